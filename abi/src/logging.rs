@@ -1,0 +1,102 @@
+//! Forwarding a plugin's `tracing` events into the host's log.
+//!
+//! Each plugin library carries its own copy of `tracing` and therefore its
+//! own global dispatcher. On activation we install, in *that* copy, a
+//! subscriber that filters with the host's `RUST_LOG` (so disabled records
+//! cost nothing) and forwards each record through [`HostApi::log`], where the
+//! host re-emits it tagged with the plugin's id. A panic hook forwards panic
+//! messages the same way, so a contained panic still shows up in the log.
+
+use std::fmt::Write as _;
+use std::sync::OnceLock;
+
+use abi_stable::std_types::RStr;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::{Context, SubscriberExt as _};
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::ffi::{HostApiBox, LogLevel};
+
+static INSTALLED: OnceLock<HostApiBox> = OnceLock::new();
+
+/// Install the forwarding subscriber and panic hook for this library. Only
+/// the first call per library has an effect (one plugin per library).
+pub(crate) fn install(host: &HostApiBox) {
+    if INSTALLED.set(host.clone()).is_err() {
+        return;
+    }
+    let filter = EnvFilter::try_new(host.log_filter().as_str()).unwrap_or_else(|_| EnvFilter::new("info"));
+    let subscriber = tracing_subscriber::registry()
+        .with(filter)
+        .with(ForwardLayer { host: host.clone() });
+    // Fails only when a dispatcher is already set — e.g. a test that links
+    // the plugin's rlib into a binary with its own subscriber; keep theirs.
+    let _ = tracing::subscriber::set_global_default(subscriber);
+
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if let Some(host) = INSTALLED.get() {
+            let location = info
+                .location()
+                .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            let msg = format!("panic{location}: {}", crate::error::panic_message(info.payload()));
+            host.log(LogLevel::Error, RStr::from("panic"), RStr::from(msg.as_str()));
+        } else {
+            previous(info);
+        }
+    }));
+}
+
+struct ForwardLayer {
+    host: HostApiBox,
+}
+
+fn level_of(level: &Level) -> LogLevel {
+    match *level {
+        Level::ERROR => LogLevel::Error,
+        Level::WARN => LogLevel::Warn,
+        Level::INFO => LogLevel::Info,
+        Level::DEBUG => LogLevel::Debug,
+        _ => LogLevel::Trace,
+    }
+}
+
+/// Renders `message` first, then `key=value` pairs, like the fmt layer does.
+#[derive(Default)]
+struct Render {
+    message: String,
+    fields: String,
+}
+
+impl Visit for Render {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.message.push_str(value);
+        } else {
+            let _ = write!(self.fields, " {}={:?}", field.name(), value);
+        }
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            let _ = write!(self.message, "{value:?}");
+        } else {
+            let _ = write!(self.fields, " {}={:?}", field.name(), value);
+        }
+    }
+}
+
+impl<S: Subscriber> Layer<S> for ForwardLayer {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let mut render = Render::default();
+        event.record(&mut render);
+        render.message.push_str(&render.fields);
+        let meta = event.metadata();
+        self.host.log(
+            level_of(meta.level()),
+            RStr::from(meta.target()),
+            RStr::from(render.message.as_str()),
+        );
+    }
+}

@@ -1,0 +1,294 @@
+//! `plugins.toml`: the operator's configuration, parsed strictly and
+//! compiled into a [`Plan`] that reports every problem at once.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Host-wide settings.
+    #[serde(default)]
+    pub host: HostSection,
+    /// The plugins, in the order they are listed (ties in the activation
+    /// order keep this order).
+    #[serde(default, rename = "plugin")]
+    pub plugins: Vec<PluginEntry>,
+}
+
+/// `[host]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSection {
+    /// Where plugin `path`s are resolved, relative to the config file.
+    /// Default: the config file's directory.
+    pub plugin_dir: Option<PathBuf>,
+    /// Root of the plugins' data directories (each plugin gets
+    /// `<data_dir>/<plugin id>`). Default: `$DISPATCH_DATA_DIR`, else
+    /// `./data`. A relative path is relative to the config file.
+    pub data_dir: Option<PathBuf>,
+    /// `multi-thread` (default) or `current-thread`.
+    #[serde(default)]
+    pub runtime: RuntimeFlavor,
+    /// Worker threads of the multi-thread runtime (default: the number of
+    /// cores).
+    pub worker_threads: Option<usize>,
+    /// How long one plugin's `activate` may take (default 30000 ms).
+    #[serde(default = "default_activate_ms")]
+    pub activate_timeout_ms: u64,
+    /// How long one plugin's `deactivate` may take (default 10000 ms).
+    #[serde(default = "default_deactivate_ms")]
+    pub deactivate_timeout_ms: u64,
+}
+
+impl Default for HostSection {
+    fn default() -> Self {
+        Self {
+            plugin_dir: None,
+            data_dir: None,
+            runtime: RuntimeFlavor::default(),
+            worker_threads: None,
+            activate_timeout_ms: default_activate_ms(),
+            deactivate_timeout_ms: default_deactivate_ms(),
+        }
+    }
+}
+
+fn default_activate_ms() -> u64 {
+    30_000
+}
+fn default_deactivate_ms() -> u64 {
+    10_000
+}
+fn default_true() -> bool {
+    true
+}
+
+/// The host's tokio runtime flavour.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuntimeFlavor {
+    /// A thread pool (default).
+    #[default]
+    MultiThread,
+    /// Everything on the main thread (plus the blocking pool).
+    CurrentThread,
+}
+
+/// One `[[plugin]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginEntry {
+    /// A file in `plugin_dir`, or an absolute path.
+    pub path: PathBuf,
+    /// When true (the default) a failure to load or activate this plugin
+    /// fails start-up.
+    #[serde(default = "default_true")]
+    pub required: bool,
+    /// Optional pin: the file's SHA-256 in hex. A different file is refused.
+    pub sha256: Option<String>,
+    /// Handed to the plugin's `activate` as JSON.
+    #[serde(default)]
+    pub config: Option<toml::Table>,
+}
+
+/// A configuration ready to load: paths resolved, files checked.
+#[derive(Debug)]
+pub struct Plan {
+    /// The config file it came from.
+    pub source: PathBuf,
+    /// Host settings.
+    pub host: HostSection,
+    /// Resolved data root.
+    pub data_dir: PathBuf,
+    /// The plugins, in config order.
+    pub plugins: Vec<PlannedPlugin>,
+}
+
+/// One plugin of the plan.
+#[derive(Debug)]
+pub struct PlannedPlugin {
+    /// Position in the config file (0-based).
+    pub index: usize,
+    /// The resolved file.
+    pub path: PathBuf,
+    /// As configured.
+    pub required: bool,
+    /// The config table as a JSON string (empty when absent).
+    pub config_json: String,
+    /// A problem found before loading (missing file, hash mismatch, …);
+    /// such a plugin is not loaded and is reported as failed.
+    pub problem: Option<String>,
+}
+
+/// Why a configuration could not be used at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys or wrong types.
+    #[error("{path} is not a valid plugins.toml: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+}
+
+impl Plan {
+    /// Read and compile `path`.
+    pub fn load(path: &Path) -> Result<Plan, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Plan::compile(path, &text)
+    }
+
+    /// Compile config text that was read from `path`. Problems with single
+    /// plugins (missing file, wrong hash, the same file listed twice) are
+    /// attached to those plugins, all of them, so the operator sees every
+    /// one in a single run; only an unreadable file is an error.
+    pub fn compile(path: &Path, text: &str) -> Result<Plan, ConfigError> {
+        let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let base = path
+            .parent()
+            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .unwrap_or(Path::new("."))
+            .to_owned();
+        let plugin_dir = match &file.host.plugin_dir {
+            Some(d) => base.join(d),
+            None => base.clone(),
+        };
+        let data_dir = match &file.host.data_dir {
+            Some(d) => base.join(d),
+            None => std::env::var_os("DISPATCH_DATA_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("data")),
+        };
+
+        let mut seen: HashMap<PathBuf, usize> = HashMap::new();
+        let mut plugins = Vec::with_capacity(file.plugins.len());
+        for (index, entry) in file.plugins.into_iter().enumerate() {
+            let path = plugin_dir.join(&entry.path);
+            let problem = check_file(&path, entry.sha256.as_deref()).err().or_else(|| {
+                let canonical = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+                seen.insert(canonical, index).map(|first| {
+                    format!("the same file is already listed as plugin #{} in the configuration", first + 1)
+                })
+            });
+            let config_json = match entry.config {
+                Some(table) => serde_json::to_string(&table).unwrap_or_default(),
+                None => String::new(),
+            };
+            plugins.push(PlannedPlugin {
+                index,
+                path,
+                required: entry.required,
+                config_json,
+                problem,
+            });
+        }
+        Ok(Plan {
+            source: path.to_owned(),
+            host: file.host,
+            data_dir,
+            plugins,
+        })
+    }
+}
+
+fn check_file(path: &Path, pin: Option<&str>) -> Result<(), String> {
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => "file not found".to_owned(),
+        _ => format!("cannot read the file: {e}"),
+    })?;
+    if !meta.is_file() {
+        return Err("not a regular file".to_owned());
+    }
+    if let Some(pin) = pin {
+        let bytes = std::fs::read(path).map_err(|e| format!("cannot read the file: {e}"))?;
+        let actual = hex(&Sha256::digest(&bytes));
+        if !actual.eq_ignore_ascii_case(pin.trim()) {
+            return Err(format!(
+                "sha256 mismatch: the configuration pins {} but the file is {actual}; refusing a swapped binary",
+                pin.trim()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_location() {
+        let err = Plan::compile(Path::new("/x/plugins.toml"), "[host]\nplugin_dirr = \"x\"\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("plugin_dirr"), "{msg}");
+        assert!(msg.contains("line 2"), "{msg}");
+    }
+
+    #[test]
+    fn every_missing_file_is_reported_not_just_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("plugins.toml");
+        let plan = Plan::compile(&cfg, "[[plugin]]\npath = \"a.so\"\n[[plugin]]\npath = \"b.so\"\n").unwrap();
+        let problems: Vec<_> = plan.plugins.iter().map(|p| p.problem.clone().unwrap()).collect();
+        assert_eq!(problems, ["file not found", "file not found"]);
+        assert_eq!(plan.plugins[1].path, dir.path().join("b.so"));
+    }
+
+    #[test]
+    fn a_pinned_hash_must_match() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("p.so"), b"abc").unwrap();
+        let good = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let cfg = dir.path().join("plugins.toml");
+        let ok = Plan::compile(&cfg, &format!("[[plugin]]\npath = \"p.so\"\nsha256 = \"{good}\"\n")).unwrap();
+        assert_eq!(ok.plugins[0].problem, None);
+        let bad = Plan::compile(&cfg, "[[plugin]]\npath = \"p.so\"\nsha256 = \"00\"\n").unwrap();
+        assert!(bad.plugins[0].problem.as_deref().unwrap().contains("sha256 mismatch"));
+    }
+
+    #[test]
+    fn the_same_file_twice_is_a_problem_of_the_second_listing() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("p.so"), b"x").unwrap();
+        let cfg = dir.path().join("plugins.toml");
+        let plan = Plan::compile(&cfg, "[[plugin]]\npath = \"p.so\"\n[[plugin]]\npath = \"p.so\"\n").unwrap();
+        assert_eq!(plan.plugins[0].problem, None);
+        assert!(plan.plugins[1].problem.as_deref().unwrap().contains("plugin #1"));
+    }
+
+    #[test]
+    fn plugin_config_becomes_json_and_required_defaults_to_true() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("plugins.toml");
+        let plan = Plan::compile(&cfg, "[[plugin]]\npath = \"p.so\"\n[plugin.config]\nx = 1\ny = \"z\"\n").unwrap();
+        assert!(plan.plugins[0].required);
+        let v: serde_json::Value = serde_json::from_str(&plan.plugins[0].config_json).unwrap();
+        assert_eq!(v, serde_json::json!({"x": 1, "y": "z"}));
+    }
+}

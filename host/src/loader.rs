@@ -1,0 +1,168 @@
+//! Opening one plugin library and checking that it is a plugin this host
+//! can talk to, with an error an operator can act on for each way it can
+//! fail.
+
+use std::path::Path;
+
+use abi_stable::library::{lib_header_from_path, LibraryError};
+use dispatch_abi::ffi::{Manifest, PluginModRef, ABI_VERSION, ABI_VERSION_SYMBOL, CRATE_VERSION};
+
+/// A library that passed every check, with its manifest read.
+pub struct Loaded {
+    /// The root module (function table).
+    pub module: PluginModRef,
+    /// What the plugin says about itself.
+    pub manifest: Manifest,
+}
+
+/// Why a library could not be used. Every message names the cause; the
+/// caller adds the file and (when known) the plugin id.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// `dlopen` refused the file.
+    #[error("not a loadable dynamic library: {0}")]
+    Open(String),
+    /// The library has no `dispatch_abi_version` symbol.
+    #[error(
+        "not a Dispatch plugin: the library does not export `dispatch_abi_version` \
+         (plugins export it with `dispatch_abi::export_plugin!`)"
+    )]
+    NotAPlugin,
+    /// The library exports no root module.
+    #[error("not a Dispatch plugin: the library exports no root module (`dispatch_abi::export_plugin!` is missing)")]
+    NoRootModule,
+    /// The library was built for another ABI version.
+    #[error(
+        "built for Dispatch plugin ABI {plugin}, but this host speaks ABI {host}: \
+         rebuild the plugin against dispatch-abi {crate_version}"
+    )]
+    AbiVersion {
+        /// What the plugin was built for.
+        plugin: u32,
+        /// What the host speaks.
+        host: u32,
+        /// The host's dispatch-abi crate version.
+        crate_version: &'static str,
+    },
+    /// abi_stable's layout check failed.
+    #[error(
+        "incompatible binary interface: the library claims plugin ABI {plugin} (this host speaks ABI {host}) \
+         but its types do not match this host's dispatch-abi {crate_version}; it was built against a changed \
+         or different copy of the interface — rebuild it against dispatch-abi {crate_version}. Details: {detail}"
+    )]
+    Layout {
+        /// What the plugin claims.
+        plugin: u32,
+        /// What the host speaks.
+        host: u32,
+        /// The host's dispatch-abi crate version.
+        crate_version: &'static str,
+        /// The first lines of abi_stable's report.
+        detail: String,
+    },
+    /// The library's root module refused to initialise or panicked.
+    #[error("the library's root module failed to initialise: {0}")]
+    Init(String),
+    /// Reading the manifest failed (the plugin's `manifest()` errored or panicked).
+    #[error("reading the manifest failed: {0}")]
+    Manifest(String),
+    /// The manifest is unusable.
+    #[error("invalid manifest: {0}")]
+    BadManifest(String),
+}
+
+/// Load the library at `path`.
+///
+/// The library stays loaded for the life of the process whatever happens:
+/// abi_stable never unloads, and a half-initialised library is not safe to
+/// `dlclose` anyway.
+pub fn load(path: &Path) -> Result<Loaded, LoadError> {
+    // First, a plain `dlopen` to read the ABI version the plugin claims, so a
+    // mismatch is reported in those terms before abi_stable's layout check.
+    // SAFETY: loading runs the library's initialisers; loading operator-listed
+    // plugins is the whole point of the host.
+    let lib = unsafe { libloading::Library::new(path) }.map_err(|e| LoadError::Open(e.to_string()))?;
+    // SAFETY: `export_plugin!` defines this symbol as a `u32` static.
+    let claimed = match unsafe { lib.get::<*const u32>(ABI_VERSION_SYMBOL) } {
+        // SAFETY: the symbol's address points at that `u32` static, which lives
+        // as long as the library (forever: see below).
+        Ok(sym) => unsafe { **sym },
+        Err(_) => {
+            std::mem::forget(lib);
+            return Err(match lib_header_from_path(path) {
+                Err(LibraryError::GetSymbolError { .. }) => LoadError::NoRootModule,
+                _ => LoadError::NotAPlugin,
+            });
+        }
+    };
+    // Never unload: abi_stable keeps its own handle leaked too.
+    std::mem::forget(lib);
+    let crate_version = CRATE_VERSION;
+    if claimed != ABI_VERSION {
+        return Err(LoadError::AbiVersion {
+            plugin: claimed,
+            host: ABI_VERSION,
+            crate_version,
+        });
+    }
+
+    let header = lib_header_from_path(path).map_err(|e| match e {
+        LibraryError::GetSymbolError { .. } => LoadError::NoRootModule,
+        other => LoadError::Open(other.to_string()),
+    })?;
+    // Not `RootModule::load_from_file`: that caches one module per interface
+    // type, and every plugin shares ours.
+    let module = header.init_root_module::<PluginModRef>().map_err(|e| match e {
+        LibraryError::AbiInstability(detail) => LoadError::Layout {
+            plugin: claimed,
+            host: ABI_VERSION,
+            crate_version,
+            detail: summarize(&detail.to_string()),
+        },
+        LibraryError::IncompatibleVersionNumber { expected_version, actual_version, .. } => LoadError::Layout {
+            plugin: claimed,
+            host: ABI_VERSION,
+            crate_version,
+            detail: format!("it was built against dispatch-abi {actual_version}, this host has {expected_version}"),
+        },
+        LibraryError::RootModule { err, .. } => LoadError::Init(err.to_string()),
+        other => LoadError::Init(other.to_string()),
+    })?;
+
+    let manifest = module.manifest()().into_result().map_err(|e| LoadError::Manifest(e.to_string()))?;
+    validate(&manifest)?;
+    Ok(Loaded { module, manifest })
+}
+
+fn validate(m: &Manifest) -> Result<(), LoadError> {
+    let id = m.id.as_str();
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' || c == '.');
+    if !ok {
+        return Err(LoadError::BadManifest(format!(
+            "plugin id `{id}` must be 1-64 characters of a-z, 0-9, `-`, `_` or `.`"
+        )));
+    }
+    if m.abi_version != ABI_VERSION {
+        return Err(LoadError::AbiVersion {
+            plugin: m.abi_version,
+            host: ABI_VERSION,
+            crate_version: CRATE_VERSION,
+        });
+    }
+    Ok(())
+}
+
+/// abi_stable's layout reports run to hundreds of lines; keep the part that
+/// says where the two layouts differ.
+fn summarize(detail: &str) -> String {
+    tracing::debug!("abi_stable layout report:\n{detail}");
+    let tail = detail
+        .find("error(s)inside:")
+        .or_else(|| detail.find("error(s) inside:"))
+        .map(|i| &detail[i..])
+        .unwrap_or(detail);
+    let lines: Vec<&str> = tail.lines().map(str::trim).filter(|l| !l.is_empty()).take(12).collect();
+    lines.join(" | ")
+}

@@ -1,0 +1,174 @@
+//! `dispatch` — the Dispatch host.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use abi_stable::std_types::RVec;
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use dispatch_host::config::{Plan, RuntimeFlavor};
+use dispatch_host::supervisor::{Settings, Supervisor};
+use dispatch_host::{logging, report};
+
+#[derive(Parser)]
+#[command(name = "dispatch", version, about = "An LLM agent runtime made of a minimal kernel and plugins")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load and activate the configured plugins and run until SIGINT/SIGTERM.
+    Serve {
+        /// The plugin configuration.
+        #[arg(long, short, default_value = "plugins.toml")]
+        config: PathBuf,
+    },
+    /// Load and activate exactly as `serve` would, print what happened to
+    /// each plugin, deactivate and exit: 0 when every required plugin is
+    /// active, 1 otherwise.
+    Plugins {
+        /// The plugin configuration.
+        #[arg(long, short, default_value = "plugins.toml")]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start the plugins, call services on the bus, print each answer as one
+    /// JSON line, and stop. Arguments come in pairs: `NAME[@VERSION] JSON`.
+    Call {
+        /// The plugin configuration.
+        #[arg(long, short, default_value = "plugins.toml")]
+        config: PathBuf,
+        /// `service[@version] request-json`, repeated.
+        #[arg(required = true, num_args = 2.., value_names = ["SERVICE[@VERSION]", "JSON"])]
+        calls: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = logging::filter_string();
+    logging::init(&filter);
+    match run(cli, filter) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("dispatch: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli, log_filter: String) -> anyhow::Result<ExitCode> {
+    let config = match &cli.command {
+        Command::Serve { config } | Command::Plugins { config, .. } | Command::Call { config, .. } => config.clone(),
+    };
+    let plan = Plan::load(&config)?;
+    let runtime = match plan.host.runtime {
+        RuntimeFlavor::CurrentThread => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        RuntimeFlavor::MultiThread => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = plan.host.worker_threads {
+                b.worker_threads(n.max(1));
+            }
+            b.thread_name("dispatch").enable_all().build()
+        }
+    }
+    .context("cannot start the async runtime")?;
+    let settings = Settings {
+        activate_timeout: Duration::from_millis(plan.host.activate_timeout_ms),
+        deactivate_timeout: Duration::from_millis(plan.host.deactivate_timeout_ms),
+        log_filter,
+    };
+    let code = runtime.block_on(async move {
+        let sup = Supervisor::start(plan, settings).await;
+        let code = match cli.command {
+            Command::Serve { .. } => serve(&sup).await,
+            Command::Plugins { json, .. } => {
+                let reports = sup.reports_snapshot();
+                if json {
+                    let body = serde_json::json!({
+                        "plugins": reports,
+                        "registrations": sup.bus().registrations(),
+                    });
+                    println!("{}", serde_json::to_string_pretty(&body).unwrap_or_default());
+                } else {
+                    print!("{}", report::table(&reports));
+                }
+                Ok(if sup.required_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            }
+            Command::Call { calls, .. } => call(&sup, &calls).await,
+        };
+        sup.shutdown().await;
+        code
+    });
+    // Plugin threads that ignored their deadline must not keep us alive.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    code
+}
+
+async fn serve(sup: &Supervisor) -> anyhow::Result<ExitCode> {
+    if !sup.required_ok() {
+        let failed: Vec<String> = sup
+            .reports_snapshot()
+            .into_iter()
+            .filter(|r| r.required && r.state != dispatch_host::supervisor::State::Active)
+            .map(|r| format!("{} ({}): {}", r.id, r.file, r.error.unwrap_or_default()))
+            .collect();
+        eprintln!("dispatch: required plugins are not active:\n  {}", failed.join("\n  "));
+        return Ok(ExitCode::FAILURE);
+    }
+    let active = sup.reports_snapshot().iter().filter(|r| r.state == dispatch_host::supervisor::State::Active).count();
+    tracing::info!(active, "dispatch is serving; SIGINT or SIGTERM stops it");
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+async fn call(sup: &Supervisor, args: &[String]) -> anyhow::Result<ExitCode> {
+    if args.len() % 2 != 0 {
+        anyhow::bail!("`dispatch call` takes pairs of SERVICE[@VERSION] JSON; got {} arguments", args.len());
+    }
+    let mut all_ok = true;
+    for pair in args.chunks(2) {
+        let (target, body) = (&pair[0], &pair[1]);
+        let (name, version) = match target.split_once('@') {
+            Some((n, v)) => (n, v.parse::<u32>().with_context(|| format!("bad version in `{target}`"))?),
+            None => (target.as_str(), 1),
+        };
+        let request: serde_json::Value =
+            serde_json::from_str(body).with_context(|| format!("the request for `{target}` is not JSON"))?;
+        let bytes = serde_json::to_vec(&request)?;
+        let answer = match sup.bus().service(name, version) {
+            Ok(handler) => handler.call(RVec::from(bytes)).await.into_result().map_err(|e| {
+                serde_json::json!({"error": e.message.as_str(), "code": e.code.as_str()})
+            }),
+            Err(e) => Err(serde_json::json!({"error": e.to_string(), "code": "not_found"})),
+        };
+        match answer {
+            Ok(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                Ok(v) => println!("{v}"),
+                Err(_) => println!("{}", String::from_utf8_lossy(&bytes)),
+            },
+            Err(err) => {
+                all_ok = false;
+                println!("{err}");
+            }
+        }
+    }
+    Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

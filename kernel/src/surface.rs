@@ -1,0 +1,247 @@
+//! Surfaces: the typed, frontend-agnostic description of data a plugin
+//! shows a client (`SurfaceSpec` in WIRE.md), and the bus contract of the
+//! `surfaces` registry plugin. Shared here so first-party plugins agree on
+//! the JSON without linking each other.
+
+use serde::{Deserialize, Serialize};
+
+/// Bus name and schema version of the registry service.
+pub const REGISTRY_SERVICE: (&str, u32) = ("surfaces", 1);
+/// Bus name and schema version of the change event ([`SurfaceChanged`]).
+pub const CHANGED_EVENT: (&str, u32) = ("surfaces.changed", 1);
+/// Bus name and schema version of the action event ([`SurfaceAction`]),
+/// published when a client invokes a field's action; the surface's owner
+/// subscribes.
+pub const ACTION_EVENT: (&str, u32) = ("surfaces.action", 1);
+
+/// A reference to an action a field can invoke.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ActionRef {
+    /// The action's id within its surface.
+    pub action_id: String,
+}
+
+/// One option of a selector field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SurfaceOption {
+    /// The value sent back when chosen.
+    pub value: String,
+    /// What a person sees.
+    pub label: String,
+}
+
+/// A field: a semantic value, not a widget.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum SurfaceField {
+    /// A boolean plus the action that flips it.
+    Toggle {
+        /// Label.
+        label: String,
+        /// Current value.
+        value: bool,
+        /// Flips it.
+        action: ActionRef,
+    },
+    /// A ratio in [0, 1].
+    Progress {
+        /// Label.
+        label: String,
+        /// The ratio.
+        value: f64,
+    },
+    /// An enum choice.
+    Selector {
+        /// Label.
+        label: String,
+        /// Current value.
+        value: String,
+        /// The choices.
+        options: Vec<SurfaceOption>,
+        /// Sets it.
+        action: ActionRef,
+    },
+    /// A read-only labelled value.
+    Stat {
+        /// Label.
+        label: String,
+        /// The value, as text.
+        value: String,
+    },
+    /// An action trigger.
+    Button {
+        /// Label.
+        label: String,
+        /// What it does.
+        action: ActionRef,
+    },
+    /// Anything else: clients with a renderer for `renderer_id` show it,
+    /// others skip it.
+    Custom {
+        /// Which renderer.
+        renderer_id: String,
+        /// Its data.
+        payload: serde_json::Value,
+    },
+}
+
+/// A surface: ordered fields mounted in a region.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SurfaceSpec {
+    /// Unique id.
+    pub id: String,
+    /// Placement hint (`side`, …).
+    pub region: String,
+    /// Title.
+    pub title: String,
+    /// The fields, in order.
+    pub fields: Vec<SurfaceField>,
+}
+
+/// Whether a surface is global or per conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Scope {
+    /// One for the whole server.
+    Global,
+    /// One per conversation.
+    Conversation,
+}
+
+/// A catalog entry: discovery metadata, no field data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogEntry {
+    /// Surface id.
+    pub id: String,
+    /// Placement hint.
+    pub region: String,
+    /// Title.
+    pub title: String,
+    /// Scope, when declared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Scope>,
+}
+
+/// A request to the registry service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase", deny_unknown_fields)]
+pub enum RegistryRequest {
+    /// Add a surface, or replace one with the same id.
+    Register {
+        /// The surface.
+        spec: SurfaceSpec,
+        /// Its scope.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scope: Option<Scope>,
+    },
+    /// Replace the spec of a registered surface.
+    Update {
+        /// The new spec (its `id` names the surface).
+        spec: SurfaceSpec,
+    },
+    /// Remove a surface.
+    Remove {
+        /// Which.
+        surface_id: String,
+    },
+    /// The current spec of one surface.
+    Get {
+        /// Which.
+        surface_id: String,
+    },
+    /// Every registered surface's catalog entry.
+    Catalog,
+    /// Invoke a field's action: published to the owner as [`SurfaceAction`].
+    Invoke {
+        /// Which surface.
+        surface_id: String,
+        /// Which action.
+        action_id: String,
+        /// The new value, if any.
+        #[serde(default)]
+        payload: serde_json::Value,
+    },
+}
+
+/// The registry's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryResponse {
+    /// For `get`, `register`, `update`: the surface's spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<SurfaceSpec>,
+    /// For `catalog`: the entries, in registration order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<Vec<CatalogEntry>>,
+}
+
+/// Published on every change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SurfaceChanged {
+    /// Which surface.
+    pub surface_id: String,
+    /// Its new spec; absent when it was removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<SurfaceSpec>,
+    /// True when the catalog changed (added, removed, retitled).
+    pub catalog_changed: bool,
+}
+
+/// Published when a client invokes an action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SurfaceAction {
+    /// Which surface.
+    pub surface_id: String,
+    /// Which action.
+    pub action_id: String,
+    /// The value sent.
+    pub payload: serde_json::Value,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn fields_serialize_as_the_wire_contract_spells_them() {
+        let spec = SurfaceSpec {
+            id: "s".into(),
+            region: "side".into(),
+            title: "T".into(),
+            fields: vec![
+                SurfaceField::Toggle {
+                    label: "On".into(),
+                    value: true,
+                    action: ActionRef { action_id: "flip".into() },
+                },
+                SurfaceField::Custom {
+                    renderer_id: "table".into(),
+                    payload: json!({"columns": ["A"], "rows": [["x"]]}),
+                },
+            ],
+        };
+        let v = serde_json::to_value(&spec).unwrap();
+        assert_eq!(
+            v,
+            json!({"id": "s", "region": "side", "title": "T", "fields": [
+                {"kind": "toggle", "label": "On", "value": true, "action": {"actionId": "flip"}},
+                {"kind": "custom", "rendererId": "table", "payload": {"columns": ["A"], "rows": [["x"]]}}
+            ]})
+        );
+        assert_eq!(serde_json::from_value::<SurfaceSpec>(v).unwrap(), spec);
+    }
+
+    #[test]
+    fn registry_requests_are_tagged_by_op() {
+        let r: RegistryRequest = serde_json::from_value(json!({"op": "get", "surfaceId": "x"})).unwrap();
+        assert_eq!(r, RegistryRequest::Get { surface_id: "x".into() });
+        assert!(serde_json::from_value::<RegistryRequest>(json!({"op": "explode"})).is_err());
+    }
+}

@@ -1,0 +1,250 @@
+//! # surfaces — the surface registry
+//!
+//! Plugins describe data they want a client to show as *surfaces*
+//! ([`SurfaceSpec`]); this plugin keeps them, answers the catalog, and
+//! publishes every change on `surfaces.changed` so transports (the
+//! WebSocket) can push updates. A client's action invocation is published
+//! on `surfaces.action` for the surface's owner to handle.
+//!
+//! Bus contract (schema version 1, types in `dispatch_kernel::surface`):
+//! service `surfaces` with requests tagged by `op` — `register`, `update`,
+//! `remove`, `get`, `catalog`, `invoke`.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use dispatch_abi::{codes, Context, Error, Event, Host, Plugin, PluginManifest, Service};
+use dispatch_kernel::surface::{
+    CatalogEntry, RegistryRequest, RegistryResponse, Scope, SurfaceAction, SurfaceChanged, SurfaceSpec,
+    ACTION_EVENT, CHANGED_EVENT, REGISTRY_SERVICE,
+};
+
+/// The registry service key.
+pub const REGISTRY: Service<RegistryRequest, RegistryResponse> =
+    Service::new(REGISTRY_SERVICE.0, REGISTRY_SERVICE.1);
+/// The change event key.
+pub const CHANGED: Event<SurfaceChanged> = Event::new(CHANGED_EVENT.0, CHANGED_EVENT.1);
+/// The action event key.
+pub const ACTION: Event<SurfaceAction> = Event::new(ACTION_EVENT.0, ACTION_EVENT.1);
+
+/// The registry's state: surfaces in registration order.
+#[derive(Default)]
+pub struct Registry {
+    entries: Vec<(SurfaceSpec, Option<Scope>)>,
+}
+
+impl Registry {
+    /// Apply one request; answers the response and, when something
+    /// changed, the event to publish.
+    pub fn apply(&mut self, req: RegistryRequest) -> Result<(RegistryResponse, Option<Outgoing>), Error> {
+        let none = RegistryResponse { spec: None, catalog: None };
+        match req {
+            RegistryRequest::Register { spec, scope } => {
+                validate(&spec)?;
+                let changed = match self.position(&spec.id) {
+                    Some(i) => {
+                        let old = &self.entries[i];
+                        let retitled = old.0.title != spec.title || old.0.region != spec.region || old.1 != scope;
+                        self.entries[i] = (spec.clone(), scope);
+                        retitled
+                    }
+                    None => {
+                        self.entries.push((spec.clone(), scope));
+                        true
+                    }
+                };
+                Ok(changed_response(spec, changed))
+            }
+            RegistryRequest::Update { spec } => {
+                validate(&spec)?;
+                let i = self.position(&spec.id).ok_or_else(|| unknown(&spec.id))?;
+                let retitled = self.entries[i].0.title != spec.title || self.entries[i].0.region != spec.region;
+                self.entries[i].0 = spec.clone();
+                Ok(changed_response(spec, retitled))
+            }
+            RegistryRequest::Remove { surface_id } => {
+                let i = self.position(&surface_id).ok_or_else(|| unknown(&surface_id))?;
+                self.entries.remove(i);
+                let event = SurfaceChanged {
+                    surface_id,
+                    spec: None,
+                    catalog_changed: true,
+                };
+                Ok((none, Some(Outgoing::Changed(event))))
+            }
+            RegistryRequest::Get { surface_id } => {
+                let i = self.position(&surface_id).ok_or_else(|| unknown(&surface_id))?;
+                Ok((
+                    RegistryResponse {
+                        spec: Some(self.entries[i].0.clone()),
+                        catalog: None,
+                    },
+                    None,
+                ))
+            }
+            RegistryRequest::Catalog => Ok((
+                RegistryResponse {
+                    spec: None,
+                    catalog: Some(self.catalog()),
+                },
+                None,
+            )),
+            RegistryRequest::Invoke {
+                surface_id,
+                action_id,
+                payload,
+            } => {
+                self.position(&surface_id).ok_or_else(|| unknown(&surface_id))?;
+                Ok((
+                    none,
+                    Some(Outgoing::Action(SurfaceAction {
+                        surface_id,
+                        action_id,
+                        payload,
+                    })),
+                ))
+            }
+        }
+    }
+
+    /// The catalog, in registration order.
+    pub fn catalog(&self) -> Vec<CatalogEntry> {
+        self.entries
+            .iter()
+            .map(|(s, scope)| CatalogEntry {
+                id: s.id.clone(),
+                region: s.region.clone(),
+                title: s.title.clone(),
+                scope: *scope,
+            })
+            .collect()
+    }
+
+    fn position(&self, id: &str) -> Option<usize> {
+        self.entries.iter().position(|(s, _)| s.id == id)
+    }
+}
+
+/// An event a registry change produces.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outgoing {
+    /// Publish on `surfaces.changed`.
+    Changed(SurfaceChanged),
+    /// Publish on `surfaces.action`.
+    Action(SurfaceAction),
+}
+
+fn changed_response(spec: SurfaceSpec, catalog_changed: bool) -> (RegistryResponse, Option<Outgoing>) {
+    let event = SurfaceChanged {
+        surface_id: spec.id.clone(),
+        spec: Some(spec.clone()),
+        catalog_changed,
+    };
+    (
+        RegistryResponse {
+            spec: Some(spec),
+            catalog: None,
+        },
+        Some(Outgoing::Changed(event)),
+    )
+}
+
+fn unknown(id: &str) -> Error {
+    Error::new(codes::NOT_FOUND, format!("no surface with id `{id}` is registered"))
+}
+
+fn validate(spec: &SurfaceSpec) -> Result<(), Error> {
+    if spec.id.trim().is_empty() {
+        return Err(Error::new(codes::INVALID_PAYLOAD, "a surface needs a non-empty `id`"));
+    }
+    Ok(())
+}
+
+/// The plugin.
+pub struct Surfaces;
+
+fn publish(host: &Host, out: Outgoing) -> Result<(), Error> {
+    match out {
+        Outgoing::Changed(e) => host.publish(&CHANGED, &e),
+        Outgoing::Action(a) => host.publish(&ACTION, &a),
+    }
+}
+
+impl Plugin for Surfaces {
+    fn manifest() -> PluginManifest {
+        PluginManifest::new("surfaces", env!("CARGO_PKG_VERSION"))
+            .description("The surface registry: what plugins show clients, and the catalog of it")
+            .provides("service", REGISTRY.name())
+            .provides("event", CHANGED.name())
+            .provides("event", ACTION.name())
+    }
+
+    fn activate(ctx: Context) -> Result<Self, Error> {
+        let registry = Arc::new(Mutex::new(Registry::default()));
+        let host = ctx.host().clone();
+        ctx.host().provide_sync(&REGISTRY, move |req| {
+            let (resp, out) = registry.lock().unwrap_or_else(PoisonError::into_inner).apply(req)?;
+            if let Some(out) = out {
+                publish(&host, out)?;
+            }
+            Ok(resp)
+        })?;
+        Ok(Surfaces)
+    }
+}
+
+dispatch_abi::export_plugin!(Surfaces);
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use dispatch_kernel::surface::SurfaceField;
+
+    fn spec(id: &str, title: &str) -> SurfaceSpec {
+        SurfaceSpec {
+            id: id.into(),
+            region: "side".into(),
+            title: title.into(),
+            fields: vec![SurfaceField::Stat {
+                label: "n".into(),
+                value: "1".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn register_get_catalog_remove() {
+        let mut r = Registry::default();
+        let (_, out) = r.apply(RegistryRequest::Register { spec: spec("a", "A"), scope: Some(Scope::Global) }).unwrap();
+        assert!(matches!(out, Some(Outgoing::Changed(SurfaceChanged { catalog_changed: true, .. }))));
+        r.apply(RegistryRequest::Register { spec: spec("b", "B"), scope: None }).unwrap();
+        let (resp, _) = r.apply(RegistryRequest::Catalog).unwrap();
+        let ids: Vec<_> = resp.catalog.unwrap().into_iter().map(|e| e.id).collect();
+        assert_eq!(ids, ["a", "b"]);
+        let (resp, _) = r.apply(RegistryRequest::Get { surface_id: "b".into() }).unwrap();
+        assert_eq!(resp.spec.unwrap().title, "B");
+        r.apply(RegistryRequest::Remove { surface_id: "a".into() }).unwrap();
+        assert_eq!(r.catalog().len(), 1);
+    }
+
+    #[test]
+    fn update_of_values_only_does_not_change_the_catalog() {
+        let mut r = Registry::default();
+        r.apply(RegistryRequest::Register { spec: spec("a", "A"), scope: None }).unwrap();
+        let (_, out) = r.apply(RegistryRequest::Update { spec: spec("a", "A") }).unwrap();
+        assert!(matches!(out, Some(Outgoing::Changed(SurfaceChanged { catalog_changed: false, .. }))));
+        let (_, out) = r.apply(RegistryRequest::Update { spec: spec("a", "Renamed") }).unwrap();
+        assert!(matches!(out, Some(Outgoing::Changed(SurfaceChanged { catalog_changed: true, .. }))));
+    }
+
+    #[test]
+    fn unknown_surfaces_and_empty_ids_are_clear_errors() {
+        let mut r = Registry::default();
+        let e = r.apply(RegistryRequest::Update { spec: spec("ghost", "G") }).unwrap_err();
+        assert_eq!(e.code(), codes::NOT_FOUND);
+        assert_eq!(e.message(), "no surface with id `ghost` is registered");
+        let e = r.apply(RegistryRequest::Register { spec: spec(" ", "x"), scope: None }).unwrap_err();
+        assert_eq!(e.code(), codes::INVALID_PAYLOAD);
+        assert!(r.apply(RegistryRequest::Invoke { surface_id: "ghost".into(), action_id: "a".into(), payload: serde_json::Value::Null }).is_err());
+    }
+}
