@@ -50,7 +50,8 @@ impl PluginHost {
     }
 }
 
-fn bus_error(e: BusError) -> AbiError {
+/// The ABI error (with its stable code) for a bus refusal.
+pub fn bus_error(e: BusError) -> AbiError {
     let code = match &e {
         BusError::NotFound { .. } => codes::NOT_FOUND,
         BusError::VersionMismatch { .. } => codes::VERSION_MISMATCH,

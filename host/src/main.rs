@@ -121,22 +121,19 @@ async fn serve(sup: &Supervisor) -> anyhow::Result<ExitCode> {
         eprintln!("dispatch: required plugins are not active:\n  {}", failed.join("\n  "));
         return Ok(ExitCode::FAILURE);
     }
-    let active = sup.reports_snapshot().iter().filter(|r| r.state == dispatch_host::supervisor::State::Active).count();
-    tracing::info!(active, "dispatch is serving; SIGINT or SIGTERM stops it");
-    wait_for_signal().await?;
-    tracing::info!("shutting down");
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
+    // Listen before announcing readiness, so a signal sent the moment we
+    // say "serving" is never the default (fatal) one.
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let active = sup.reports_snapshot().iter().filter(|r| r.state == dispatch_host::supervisor::State::Active).count();
+    tracing::info!(active, "dispatch is serving; SIGINT or SIGTERM stops it");
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-    Ok(())
+    tracing::info!("shutting down");
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn call(sup: &Supervisor, args: &[String]) -> anyhow::Result<ExitCode> {
@@ -157,7 +154,10 @@ async fn call(sup: &Supervisor, args: &[String]) -> anyhow::Result<ExitCode> {
             Ok(handler) => handler.call(RVec::from(bytes)).await.into_result().map_err(|e| {
                 serde_json::json!({"error": e.message.as_str(), "code": e.code.as_str()})
             }),
-            Err(e) => Err(serde_json::json!({"error": e.to_string(), "code": "not_found"})),
+            Err(e) => {
+                let e = dispatch_host::hostapi::bus_error(e);
+                Err(serde_json::json!({"error": e.message.as_str(), "code": e.code.as_str()}))
+            }
         };
         match answer {
             Ok(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {

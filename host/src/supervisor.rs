@@ -29,6 +29,9 @@ pub const PLUGINS_SERVICE: (&str, u32) = ("dispatch.plugins", 1);
 /// Host event: a plugin changed state (`PluginReport`).
 pub const PLUGIN_STATE_EVENT: (&str, u32) = ("dispatch.plugin-state", 1);
 
+/// How long start-up waits for lifecycle events to be delivered.
+const SETTLE_LIMIT: Duration = Duration::from_secs(2);
+
 /// Where a plugin stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -252,6 +255,25 @@ impl Supervisor {
             let i = loaded[node];
             let Some(module) = modules[i] else { continue };
             self.activate(i, module, std::mem::take(&mut configs[i])).await;
+        }
+        self.settle().await;
+    }
+
+    /// Give the start-up events (plugin states) time to reach their
+    /// subscribers, so that what `serve` exposes and `plugins`/`call` show
+    /// reflects them. Bounded: a stuck subscriber only delays start-up.
+    async fn settle(&self) {
+        let deadline = Instant::now() + SETTLE_LIMIT;
+        while self.shared.bus.events_in_flight() > 0 {
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    pending = self.shared.bus.events_in_flight(),
+                    "start-up events still undelivered after {} ms; carrying on",
+                    SETTLE_LIMIT.as_millis()
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 

@@ -179,6 +179,10 @@ struct Subscriber {
     queue: mpsc::UnboundedSender<Arc<[u8]>>,
 }
 
+/// Counts events queued but not yet fully handled, across all subscribers.
+#[derive(Default)]
+struct InFlight(std::sync::atomic::AtomicUsize);
+
 struct Chain {
     version: u32,
     owner: String,
@@ -200,6 +204,7 @@ pub struct Bus<S> {
     topics: RwLock<HashMap<String, Topic>>,
     hooks: RwLock<HashMap<String, Chain>>,
     spawn: Spawner,
+    in_flight: Arc<InFlight>,
 }
 
 fn version_check(kind: Kind, name: &str, registered: u32, requested: u32, owner: &str) -> Result<(), BusError> {
@@ -224,6 +229,7 @@ impl<S: Send + Sync + 'static> Bus<S> {
             topics: RwLock::default(),
             hooks: RwLock::default(),
             spawn,
+            in_flight: Arc::default(),
         }
     }
 
@@ -287,12 +293,20 @@ impl<S: Send + Sync + 'static> Bus<S> {
             queue: tx,
         });
         let (plugin, event) = (plugin.to_owned(), name.to_owned());
+        let in_flight = Arc::clone(&self.in_flight);
         (self.spawn)(Box::pin(async move {
             while let Some(payload) = rx.next().await {
                 if let Err(error) = sink.deliver(payload).await {
                     tracing::warn!(plugin = %plugin, event = %event, %error, "event subscriber failed");
                 }
+                in_flight.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
             }
+            // Events still queued when the subscriber was removed.
+            let mut dropped = 0;
+            while rx.try_recv().is_ok() {
+                dropped += 1;
+            }
+            in_flight.0.fetch_sub(dropped, std::sync::atomic::Ordering::AcqRel);
         }));
         Ok(())
     }
@@ -306,9 +320,12 @@ impl<S: Send + Sync + 'static> Bus<S> {
                 let payload: Arc<[u8]> = payload.into();
                 let mut delivered = 0;
                 for s in &topic.subscribers {
+                    self.in_flight.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                     // A closed queue means the subscriber was removed.
                     if s.queue.unbounded_send(Arc::clone(&payload)).is_ok() {
                         delivered += 1;
+                    } else {
+                        self.in_flight.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
                     }
                 }
                 return Ok(delivered);
@@ -323,6 +340,12 @@ impl<S: Send + Sync + 'static> Bus<S> {
         });
         version_check(Kind::Event, name, topic.version, version, &topic.owner)?;
         Ok(0)
+    }
+
+    /// Events published but not yet handled by every subscriber. Lets the
+    /// host wait for start-up events to settle before it reports or serves.
+    pub fn events_in_flight(&self) -> usize {
+        self.in_flight.0.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Add a handler to hook chain `name`.

@@ -1,1 +1,14 @@
+//! End-to-end tests: the real `dispatch` binary loading real plugin `.so`
+//! files, driven as an operator or a client would.
+//!
+//! The plugin libraries must be built first — `cargo test` does not build
+//! cdylibs. The README's test command (`scripts/test`) does both.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod async_io;
+mod bus;
+mod external;
+mod lifecycle;
+mod loading;
+mod support;

@@ -1,0 +1,110 @@
+//! # hello-plugin — a Dispatch plugin, start to finish
+//!
+//! Copy this crate to start your own plugin. It shows the three things most
+//! plugins do:
+//!
+//! 1. **declare itself** — [`Plugin::manifest`]: an id, a version, what it
+//!    depends on and what it provides;
+//! 2. **provide a service** — `hello.greet`: a request/response function
+//!    other plugins (and `dispatch call`) can use;
+//! 3. **subscribe to an event** — the host's `dispatch.plugin-state`, which
+//!    reports each plugin that activates or fails after this one.
+//!
+//! Try it:
+//!
+//! ```sh
+//! cargo build --manifest-path examples/hello-plugin/Cargo.toml
+//! dispatch call --config examples/hello-plugin/plugins.toml hello.greet '{"name":"operator"}'
+//! ```
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use dispatch_abi::{Context, Error, Event, Plugin, PluginManifest, Service};
+use serde::{Deserialize, Serialize};
+
+/// The request of `hello.greet`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Greet {
+    /// Who to greet.
+    pub name: String,
+}
+
+/// The answer of `hello.greet`.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Greeting {
+    /// The greeting.
+    pub text: String,
+    /// Ids of the plugins this plugin saw change state since it activated.
+    pub plugins_seen: Vec<String>,
+}
+
+/// The service this plugin provides. Declared as a constant with its schema
+/// version: bump the version when `Greet` or `Greeting` change shape, and
+/// callers built against the old one get a clear error instead of garbage.
+pub const GREET: Service<Greet, Greeting> = Service::new("hello.greet", 1);
+
+/// The host's plugin-state event (only the field we read).
+#[derive(Debug, Deserialize)]
+pub struct PluginState {
+    /// The plugin's id.
+    pub id: String,
+    /// `active`, `failed`, `skipped`.
+    pub state: String,
+}
+
+/// The event this plugin subscribes to, published by the host.
+pub const PLUGIN_STATE: Event<PluginState> = Event::new("dispatch.plugin-state", 1);
+
+/// Optional `[plugin.config]` of this plugin.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The greeting word (default "Hello").
+    pub greeting: Option<String>,
+}
+
+/// The plugin's state; dropped when the host deactivates it.
+pub struct HelloPlugin;
+
+impl Plugin for HelloPlugin {
+    fn manifest() -> PluginManifest {
+        PluginManifest::new("hello", env!("CARGO_PKG_VERSION"))
+            .description("Example plugin: greets, and remembers which plugins it saw activate")
+            .provides("service", GREET.name())
+    }
+
+    fn activate(ctx: Context) -> Result<Self, Error> {
+        // A typo in plugins.toml becomes a clear activation error.
+        let config: Config = ctx.config()?;
+        let word = config.greeting.unwrap_or_else(|| "Hello".to_owned());
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+
+        // Event handlers run on the host's runtime: keep them quick, and
+        // never block in them.
+        let sink = Arc::clone(&seen);
+        ctx.host().subscribe_sync(&PLUGIN_STATE, move |ev: PluginState| {
+            tracing::debug!(plugin = %ev.id, state = %ev.state, "saw a plugin change state");
+            sink.lock().unwrap_or_else(PoisonError::into_inner).push(ev.id);
+            Ok(())
+        })?;
+
+        // A synchronous service: the answer is ready as soon as it is asked.
+        ctx.host().provide_sync(&GREET, move |req: Greet| {
+            if req.name.trim().is_empty() {
+                // An Err goes back to the caller; the plugin keeps running.
+                return Err(Error::new(dispatch_abi::codes::INVALID_PAYLOAD, "`name` must not be empty"));
+            }
+            tracing::info!(name = %req.name, "greeting");
+            Ok(Greeting {
+                text: format!("{word}, {}!", req.name),
+                plugins_seen: seen.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+            })
+        })?;
+        Ok(HelloPlugin)
+    }
+}
+
+// Exports the root module the host loads. Every entry point it generates
+// catches panics, so a bug here becomes an error, not a crashed host.
+dispatch_abi::export_plugin!(HelloPlugin);

@@ -1,0 +1,151 @@
+//! Plugins built outside the host's build: the third-party example added
+//! to a fresh plugin directory without rebuilding the host, and a plugin
+//! built against a changed copy of the interface, which must be refused.
+//!
+//! These tests run cargo. They share `target/external` so dependencies
+//! compile once; a lock serialises them because both produce
+//! `libhello_plugin.so` there.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use crate::support::*;
+
+static EXTERNAL_BUILD: Mutex<()> = Mutex::new(());
+
+/// Build the crate at `manifest` in `target/external` and copy its
+/// `libhello_plugin.so` to `dest`.
+fn build_hello(manifest: &Path, dest: &Path) {
+    let _guard = EXTERNAL_BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let target = profile_dir().parent().unwrap().join("external");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--quiet", "--manifest-path"])
+        .arg(manifest)
+        .env("CARGO_TARGET_DIR", &target)
+        .status()
+        .unwrap();
+    assert!(status.success(), "building {} failed", manifest.display());
+    std::fs::copy(target.join("debug/libhello_plugin.so"), dest).unwrap();
+}
+
+#[test]
+fn the_example_plugin_is_added_without_recompiling_the_host() {
+    let host_hash = sha256(&dispatch_bin());
+
+    // A fresh plugin directory with just the example, built on its own.
+    let plugin_dir = tempfile::tempdir().unwrap();
+    let so = plugin_dir.path().join("libhello_plugin.so");
+    build_hello(&repo_root().join("examples/hello-plugin/Cargo.toml"), &so);
+
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let cfg = cfg_dir.path().join("plugins.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[host]\nplugin_dir = {:?}\n\n[[plugin]]\npath = \"libhello_plugin.so\"\n[plugin.config]\ngreeting = \"Howdy\"\n",
+            plugin_dir.path().display().to_string()
+        ),
+    )
+    .unwrap();
+
+    let (out, rows) = plugins_json(&cfg, &[]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_row(&rows, "hello", "active", &[]);
+    assert_eq!(row(&rows, "hello")["file"], so.to_str().unwrap());
+
+    let (out, lines) = call(&cfg, &[("hello.greet", r#"{"name":"operator"}"#), ("hello.greet", r#"{"name":" "}"#)], &[]);
+    assert_eq!(lines[0]["text"], "Howdy, operator!", "{}", out.stderr);
+    assert_eq!(lines[1]["code"], "invalid_payload");
+
+    assert_eq!(sha256(&dispatch_bin()), host_hash, "the host binary must not change");
+}
+
+/// Copy `abi/` and `examples/hello-plugin` into `dir`, rewiring the plugin
+/// to the copy, optionally editing the copy's `ffi.rs`.
+fn interface_copy(dir: &Path, edit: Option<(&str, &str)>) -> PathBuf {
+    let root = repo_root();
+    let abi = dir.join("dispatch-abi");
+    copy_tree(&root.join("abi"), &abi);
+    if let Some((from, to)) = edit {
+        let ffi = abi.join("src/ffi.rs");
+        let text = std::fs::read_to_string(&ffi).unwrap();
+        assert!(text.contains(from), "the interface no longer has {from:?}; update this test");
+        std::fs::write(&ffi, text.replacen(from, to, 1)).unwrap();
+    }
+    let plugin = dir.join("hello-plugin");
+    copy_tree(&root.join("examples/hello-plugin"), &plugin);
+    let manifest = plugin.join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace("path = \"../../abi\"", "path = \"../dispatch-abi\"")).unwrap();
+    manifest
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        if name == "target" {
+            continue;
+        }
+        let dest = to.join(&name);
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), dest).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_plugin_built_against_a_changed_interface_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let plugins = tempfile::tempdir().unwrap();
+
+    // Control: an unchanged copy of the interface loads fine, so what the
+    // host refuses below is the change, not the copying.
+    let same = work.path().join("same");
+    build_hello(&interface_copy(&same, None), &plugins.path().join("libhello_same.so"));
+    // The change: two fields of the manifest struct swapped, ABI version
+    // left as it was — what an unreviewed interface edit looks like. It
+    // compiles, and without the layout check the host would misread every
+    // manifest.
+    let version = "    /// The plugin's own version (semver by convention).\n    pub version: RString,\n";
+    let abi_version = "    /// The [`ABI_VERSION`] the plugin was built against.\n    pub abi_version: u32,\n";
+    let changed = work.path().join("changed");
+    build_hello(
+        &interface_copy(
+            &changed,
+            Some((&format!("{version}{abi_version}"), &format!("{abi_version}{version}"))),
+        ),
+        &plugins.path().join("libhello_changed.so"),
+    );
+
+    for (file, expect_active) in [("libhello_same.so", true), ("libhello_changed.so", false)] {
+        let cfg = plugins.path().join(format!("{file}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[host]\nplugin_dir = {:?}\n[[plugin]]\npath = {file:?}\nrequired = false\n[[plugin]]\npath = {:?}\n",
+                plugins.path().display().to_string(),
+                lib("libdispatch_plugin_surfaces.so").display().to_string()
+            ),
+        )
+        .unwrap();
+        let (out, rows) = plugins_json(&cfg, &[]);
+        assert_eq!(out.code(), 0, "{}", out.stderr);
+        assert_row(&rows, "surfaces", "active", &[]);
+        if expect_active {
+            assert_row(&rows, "hello", "active", &[]);
+        } else {
+            assert_row(
+                &rows,
+                "hello_changed",
+                "failed",
+                &["incompatible binary interface", "plugin ABI 1", "this host speaks ABI 1", "rebuild it against dispatch-abi"],
+            );
+            assert!(out.stderr.contains("libhello_changed.so"), "{}", out.stderr);
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! `dispatch serve`: starts, runs until SIGTERM/SIGINT, and deactivates in
+//! reverse activation order.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::support::*;
+
+fn serve_until_signal(signal: &str) -> Output {
+    let cfg = Config::new()
+        .plugin("libdispatch_plugin_extensions_surface.so", "")
+        .plugin("libdispatch_plugin_surfaces.so", "")
+        .plugin("libfx_alpha.so", "")
+        .write();
+    let mut child = Command::new(dispatch_bin())
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read stderr until the host says it is serving, then signal it.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            if line.contains("dispatch is serving") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    rx.recv_timeout(Duration::from_secs(30)).expect("the host never said it was serving");
+    let status = Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let mut out = wait(child, Duration::from_secs(20), "dispatch serve after a signal");
+    out.stderr = reader.join().unwrap();
+    out
+}
+
+fn assert_reverse_shutdown(out: &Output) {
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let position = |needle: &str| {
+        out.stderr
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} not in the log:\n{}", out.stderr))
+    };
+    let stopped = |id: &str| position(&format!("plugin stopped plugin={id}"));
+    // Activation: surfaces, then extensions-surface, then fx-alpha (config
+    // order breaks the tie between independent plugins).
+    assert!(stopped("fx-alpha") < stopped("extensions-surface"));
+    assert!(stopped("extensions-surface") < stopped("surfaces"));
+    assert!(position("shutting down") < stopped("fx-alpha"));
+}
+
+#[test]
+fn sigterm_deactivates_in_reverse_activation_order() {
+    assert_reverse_shutdown(&serve_until_signal("-TERM"));
+}
+
+#[test]
+fn sigint_deactivates_in_reverse_activation_order() {
+    assert_reverse_shutdown(&serve_until_signal("-INT"));
+}
+
+#[test]
+fn serve_refuses_to_start_when_a_required_plugin_fails() {
+    let cfg = Config::new()
+        .plugin("libdispatch_plugin_surfaces.so", "")
+        .plugin("libfx_alpha.so", "fail = \"error\"")
+        .write();
+    let out = run(&["serve", "--config", cfg.to_str().unwrap()], &[], Duration::from_secs(30));
+    assert_eq!(out.code(), 1);
+    assert!(out.stderr.contains("required plugins are not active"), "{}", out.stderr);
+    assert!(out.stderr.contains("fx-alpha") && out.stderr.contains("libfx_alpha.so"), "{}", out.stderr);
+    assert!(out.stderr.contains("plugin stopped plugin=surfaces"), "what started is stopped: {}", out.stderr);
+}

@@ -1,0 +1,239 @@
+//! Every way loading and activation can fail: each names the plugin, the
+//! file and the cause; the host keeps the unaffected plugins running and
+//! reports dependents as skipped.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+const SURFACES: &str = "libdispatch_plugin_surfaces.so";
+const EXTENSIONS: &str = "libdispatch_plugin_extensions_surface.so";
+const ALPHA: &str = "libfx_alpha.so";
+const BETA: &str = "libfx_beta.so";
+
+#[test]
+fn bundled_plugins_activate_in_dependency_order() {
+    // Listed dependent-first on purpose: the order must come from depends_on.
+    let cfg = Config::new().plugin(EXTENSIONS, "").plugin(SURFACES, "").write();
+    let (out, rows) = plugins_json(&cfg, &[]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(row(&rows, "surfaces")["order"], 1);
+    assert_eq!(row(&rows, "extensions-surface")["order"], 2);
+    assert_row(&rows, "extensions-surface", "active", &[]);
+    assert!(row(&rows, "surfaces")["file"].as_str().unwrap().ends_with(SURFACES));
+}
+
+#[test]
+fn the_table_names_every_plugin_and_every_problem() {
+    let cfg = Config::new().plugin(SURFACES, "").optional("libmissing.so", "").write();
+    let out = run(&["plugins", "--config", cfg.to_str().unwrap()], &[], Duration::from_secs(60));
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let header = out.stdout.lines().next().unwrap();
+    for col in ["ORDER", "ID", "VERSION", "STATE", "FILE"] {
+        assert!(header.contains(col), "{header}");
+    }
+    assert!(out.stdout.lines().any(|l| l.contains("surfaces") && l.contains("active")), "{}", out.stdout);
+    assert!(out.stdout.contains("failed missing ("), "{}", out.stdout);
+    assert!(out.stdout.contains("libmissing.so): file not found"), "{}", out.stdout);
+}
+
+#[test]
+fn missing_files_are_all_reported_and_the_rest_still_runs() {
+    let cfg = Config::new()
+        .optional("libmissing_one.so", "")
+        .plugin(SURFACES, "")
+        .optional("libmissing_two.so", "")
+        .write();
+    let (out, rows) = plugins_json(&cfg, &[]);
+    assert_eq!(out.code(), 0, "optional failures do not fail the run: {}", out.stderr);
+    assert_row(&rows, "missing_one", "failed", &["file not found"]);
+    assert_row(&rows, "missing_two", "failed", &["file not found"]);
+    assert_row(&rows, "surfaces", "active", &[]);
+    assert!(out.stderr.contains("libmissing_one.so"), "the log names the file: {}", out.stderr);
+}
+
+#[test]
+fn a_required_plugin_that_fails_makes_the_run_fail() {
+    let cfg = Config::new().plugin("libmissing.so", "").plugin(SURFACES, "").write();
+    let (out, rows) = plugins_json(&cfg, &[]);
+    assert_eq!(out.code(), 1);
+    assert_row(&rows, "surfaces", "active", &[]);
+}
+
+#[test]
+fn a_file_that_is_not_a_dynamic_library_is_refused() {
+    let c = Config::new().plugin(SURFACES, "");
+    let junk = c.dir.path().join("libjunk.so");
+    std::fs::write(&junk, "this is not an ELF file\n").unwrap();
+    let cfg = c.optional(junk.to_str().unwrap(), "").write();
+    let (out, rows) = plugins_json(&cfg, &[]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_row(&rows, "junk", "failed", &["not a loadable dynamic library"]);
+    assert_eq!(row(&rows, "junk")["file"], junk.to_str().unwrap());
+    assert_row(&rows, "surfaces", "active", &[]);
+}
+
+#[test]
+fn a_library_without_the_root_module_is_refused() {
+    let cfg = Config::new().optional("libfx_noroot.so", "").plugin(SURFACES, "").write();
+    let (out, rows) = plugins_json(&cfg, &[]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_row(&rows, "fx_noroot", "failed", &["not a Dispatch plugin", "no root module"]);
+}
+
+#[test]
+fn activate_returning_an_error_fails_the_plugin_and_skips_its_dependents() {
+    let cfg = Config::new()
+        .plugin(ALPHA, "fail = \"error\"")
+        .optional(BETA, "")
+        .plugin(SURFACES, "")
+        .write();
+    let (out, rows) = plugins_json(&cfg, &[]);
+    assert_eq!(out.code(), 1, "fx-alpha is required");
+    assert_row(&rows, "fx-alpha", "failed", &["activate failed", "fixture refuses to activate"]);
+    assert_row(&rows, "fx-beta", "skipped", &["dependency `fx-alpha` is failed"]);
+    assert_row(&rows, "surfaces", "active", &[]);
+    assert!(
+        out.stderr.contains("fixture refuses to activate") && out.stderr.contains("libfx_alpha.so"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn activate_panicking_is_contained() {
+    let cfg = Config::new().optional(ALPHA, "fail = \"panic\"").plugin(SURFACES, "").write();
+    let (out, rows) = plugins_json(&cfg, &[]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_row(&rows, "fx-alpha", "failed", &["panicked", "fixture activate panics on purpose"]);
+    assert_row(&rows, "surfaces", "active", &[]);
+}
+
+#[test]
+fn a_failed_activation_leaves_nothing_registered() {
+    // fx-alpha registers its services and then fails: none may remain.
+    let cfg = Config::new().optional(ALPHA, "fail = \"error\"\nprovide = \"fx.shared\"").plugin(SURFACES, "").write();
+    let (out, lines) = call(&cfg, &[("fx.shared", "{}"), ("fx-alpha.panic", "{}")], &[]);
+    assert_eq!(out.code(), 1);
+    assert_eq!(lines[0]["code"], "not_found", "{:?}", lines);
+    assert_eq!(lines[1]["code"], "not_found", "{:?}", lines);
+}
+
+#[test]
+fn a_slow_activate_hits_the_deadline() {
+    let cfg = Config::new()
+        .host_line("activate_timeout_ms = 300")
+        .optional(ALPHA, "activate_sleep_ms = 5000")
+        .plugin(SURFACES, "")
+        .write();
+    let started = std::time::Instant::now();
+    let (out, rows) = plugins_json(&cfg, &[]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_row(&rows, "fx-alpha", "failed", &["did not finish within 300 ms"]);
+    assert!(started.elapsed() < Duration::from_secs(5), "the host waited for the slow plugin");
+}
+
+#[test]
+fn a_duplicate_plugin_id_is_refused_naming_both_files() {
+    let c = Config::new().plugin(ALPHA, "");
+    let copy = c.dir.path().join("libfx_alpha_copy.so");
+    std::fs::copy(lib(ALPHA), &copy).unwrap();
+    let cfg = c.optional(copy.to_str().unwrap(), "").write();
+    let (out, rows) = plugins_json(&cfg, &[]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let alpha: Vec<_> = rows.iter().filter(|r| r["id"] == "fx-alpha").collect();
+    assert_eq!(alpha.len(), 2);
+    assert_eq!(alpha[0]["state"], "active");
+    assert_eq!(alpha[1]["state"], "failed");
+    let err = alpha[1]["error"].as_str().unwrap();
+    assert!(err.contains("duplicate plugin id `fx-alpha`") && err.contains("libfx_alpha.so"), "{err}");
+    assert!(alpha[1]["file"].as_str().unwrap().ends_with("libfx_alpha_copy.so"));
+}
+
+#[test]
+fn an_unknown_dependency_is_reported() {
+    let cfg = Config::new().optional(BETA, "").plugin(SURFACES, "").write();
+    let (out, rows) = plugins_json(&cfg, &[]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_row(&rows, "fx-beta", "failed", &["depends on `fx-alpha`, which is not listed"]);
+}
+
+#[test]
+fn a_dependency_cycle_is_reported_as_the_whole_chain() {
+    let cfg = Config::new()
+        .optional("libfx_cycle_a.so", "")
+        .optional("libfx_cycle_b.so", "")
+        .plugin(SURFACES, "")
+        .write();
+    let (out, rows) = plugins_json(&cfg, &[]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    for id in ["fx-cycle-a", "fx-cycle-b"] {
+        assert_row(&rows, id, "failed", &["dependency cycle: fx-cycle-a -> fx-cycle-b -> fx-cycle-a"]);
+    }
+    assert_row(&rows, "surfaces", "active", &[]);
+}
+
+#[test]
+fn a_service_provided_twice_fails_the_second_provider() {
+    let cfg = Config::new()
+        .plugin(ALPHA, "provide = \"fx.shared\"")
+        .optional(BETA, "provide = \"fx.shared\"")
+        .write();
+    let (out, rows) = plugins_json(&cfg, &[]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_row(&rows, "fx-alpha", "active", &[]);
+    assert_row(
+        &rows,
+        "fx-beta",
+        "failed",
+        &["service `fx.shared` is already provided by plugin `fx-alpha`; plugin `fx-beta` cannot provide it too"],
+    );
+    let (_, lines) = call(&cfg, &[("fx.shared", "{}")], &[]);
+    assert_eq!(lines[0]["from"], "fx-alpha");
+}
+
+#[test]
+fn a_service_asked_for_with_the_wrong_schema_version_is_refused_at_bind_time() {
+    let cfg = Config::new()
+        .plugin(ALPHA, "provide = \"fx.shared\"\nprovide_version = 2")
+        .optional(BETA, "require = { service = \"fx.shared\", version = 1 }")
+        .write();
+    let (out, rows) = plugins_json(&cfg, &[]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_row(
+        &rows,
+        "fx-beta",
+        "failed",
+        &["service `fx.shared` is at schema version 2 (declared by plugin `fx-alpha`), but version 1 was asked for"],
+    );
+    // And a call at the wrong version gets the same clear error.
+    let (_, lines) = call(&cfg, &[("fx.shared@1", "{}"), ("fx.shared@2", "{}")], &[]);
+    assert_eq!(lines[0]["code"], "version_mismatch");
+    assert!(lines[0]["error"].as_str().unwrap().contains("schema version 2"), "{lines:?}");
+    assert_eq!(lines[1]["from"], "fx-alpha");
+}
+
+#[test]
+fn a_pinned_sha256_refuses_a_swapped_file() {
+    let wrong = "0".repeat(64);
+    let good = sha256(&lib(SURFACES));
+    let cfg = Config::new()
+        .raw(&format!("\n[[plugin]]\npath = {SURFACES:?}\nsha256 = {good:?}\n"))
+        .raw(&format!("\n[[plugin]]\npath = {ALPHA:?}\nrequired = false\nsha256 = {wrong:?}\n"))
+        .write();
+    let (out, rows) = plugins_json(&cfg, &[]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_row(&rows, "surfaces", "active", &[]);
+    assert_row(&rows, "fx_alpha", "failed", &["sha256 mismatch", "refusing a swapped binary"]);
+}
+
+#[test]
+fn a_malformed_config_is_refused_before_anything_loads() {
+    let path = Config::new().plugin(SURFACES, "").write();
+    let text = std::fs::read_to_string(&*path).unwrap().replace("required = true", "requird = true");
+    std::fs::write(&*path, text).unwrap();
+    let out = run(&["plugins", "--config", path.to_str().unwrap()], &[], Duration::from_secs(30));
+    assert_eq!(out.code(), 2);
+    assert!(out.stderr.contains("not a valid plugins.toml") && out.stderr.contains("requird"), "{}", out.stderr);
+    assert!(!out.stderr.contains("plugin active"), "nothing may be activated: {}", out.stderr);
+}
