@@ -35,10 +35,7 @@ pub struct Error {
 impl Error {
     /// An error with an explicit code (prefer the constants in [`codes`]).
     pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            code: code.into(),
-            message: message.into(),
-        }
+        Self { code: code.into(), message: message.into() }
     }
 
     /// A plugin error (code [`codes::PLUGIN`]).
@@ -74,29 +71,20 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 impl From<AbiError> for Error {
     fn from(e: AbiError) -> Self {
-        Self {
-            code: e.code.into_string(),
-            message: e.message.into_string(),
-        }
+        Self { code: e.code.into_string(), message: e.message.into_string() }
     }
 }
 
 impl From<Error> for AbiError {
     fn from(e: Error) -> Self {
-        AbiError {
-            code: RString::from(e.code),
-            message: RString::from(e.message),
-        }
+        AbiError { code: RString::from(e.code), message: RString::from(e.message) }
     }
 }
 
 impl AbiError {
     /// Convenience constructor.
     pub fn new(code: &str, message: impl Into<String>) -> Self {
-        AbiError {
-            code: RString::from(code),
-            message: RString::from(message.into()),
-        }
+        AbiError { code: RString::from(code), message: RString::from(message.into()) }
     }
 }
 

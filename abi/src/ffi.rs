@@ -225,12 +225,7 @@ pub trait HostApi: Clone + Send + Sync {
     fn call_service(&self, name: RStr<'_>, version: u32, request: RVec<u8>) -> BytesFuture;
 
     /// Subscribe to event `name` at schema `version`.
-    fn subscribe(
-        &self,
-        name: RStr<'_>,
-        version: u32,
-        handler: EventHandlerBox,
-    ) -> RResult<(), AbiError>;
+    fn subscribe(&self, name: RStr<'_>, version: u32, handler: EventHandlerBox) -> RResult<(), AbiError>;
 
     /// Publish event `name` at schema `version`. Never waits for subscribers.
     fn publish(&self, name: RStr<'_>, version: u32, payload: RVec<u8>) -> RResult<(), AbiError>;

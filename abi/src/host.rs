@@ -12,8 +12,8 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::error::{codes, Error};
 use crate::ffi::{
-    AbiError, BytesFuture, EventHandler, EventHandler_TO, HookHandler, HookHandler_TO, HookKind,
-    HookOutcome, HookReply, HookSpec, HostApiBox, ServiceHandler, ServiceHandler_TO,
+    AbiError, BytesFuture, EventHandler, EventHandler_TO, HookHandler, HookHandler_TO, HookKind, HookOutcome,
+    HookReply, HookSpec, HostApiBox, ServiceHandler, ServiceHandler_TO,
 };
 use crate::keys::{Event, Hook, Service};
 
@@ -172,10 +172,7 @@ impl Host {
             })
         };
         let obj = ServiceHandler_TO::from_value(ServiceFn(wrapped), TD_Opaque);
-        self.api
-            .provide_service(RStr::from(name), key.version(), obj)
-            .into_result()
-            .map_err(Error::from)
+        self.api.provide_service(RStr::from(name), key.version(), obj).into_result().map_err(Error::from)
     }
 
     /// Become the provider of `key`, answering synchronously. The cheapest
@@ -247,10 +244,7 @@ impl Host {
             })
         };
         let obj = EventHandler_TO::from_value(EventFn(wrapped), TD_Opaque);
-        self.api
-            .subscribe(RStr::from(name), key.version(), obj)
-            .into_result()
-            .map_err(Error::from)
+        self.api.subscribe(RStr::from(name), key.version(), obj).into_result().map_err(Error::from)
     }
 
     /// Subscribe to `key` with a synchronous handler.
@@ -265,10 +259,7 @@ impl Host {
     /// Publish an event. Returns once it is queued for every subscriber.
     pub fn publish<T: Serialize>(&self, key: &Event<T>, value: &T) -> Result<(), Error> {
         let bytes = encode(&format!("payload of event `{}`", key.name()), value)?;
-        self.api
-            .publish(RStr::from(key.name()), key.version(), bytes)
-            .into_result()
-            .map_err(Error::from)
+        self.api.publish(RStr::from(key.name()), key.version(), bytes).into_result().map_err(Error::from)
     }
 
     /// Add a filter to the chain `key`: it receives the value and returns
@@ -329,7 +320,11 @@ impl Host {
     }
 
     /// Run the chain `key` over `value`.
-    pub fn run_hook<T>(&self, key: &Hook<T>, value: &T) -> impl Future<Output = Result<HookResult<T>, Error>> + Send + 'static
+    pub fn run_hook<T>(
+        &self,
+        key: &Hook<T>,
+        value: &T,
+    ) -> impl Future<Output = Result<HookResult<T>, Error>> + Send + 'static
     where
         T: Serialize + DeserializeOwned + 'static,
     {
@@ -341,10 +336,9 @@ impl Host {
                 HookOutcome::Continue(bytes) => {
                     decode(&format!("value of hook `{name}`"), &bytes).map(HookResult::Continue)
                 }
-                HookOutcome::Vetoed { plugin, reason } => Ok(HookResult::Vetoed {
-                    plugin: plugin.into_string(),
-                    reason: reason.into_string(),
-                }),
+                HookOutcome::Vetoed { plugin, reason } => {
+                    Ok(HookResult::Vetoed { plugin: plugin.into_string(), reason: reason.into_string() })
+                }
             }
         }
     }

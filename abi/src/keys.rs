@@ -36,11 +36,7 @@ pub struct Hook<T> {
 impl<Req, Resp> Service<Req, Resp> {
     /// Declare a service key.
     pub const fn new(name: &'static str, version: u32) -> Self {
-        Self {
-            name,
-            version,
-            _types: PhantomData,
-        }
+        Self { name, version, _types: PhantomData }
     }
     /// The bus name.
     pub const fn name(&self) -> &'static str {
@@ -55,11 +51,7 @@ impl<Req, Resp> Service<Req, Resp> {
 impl<T> Event<T> {
     /// Declare an event key.
     pub const fn new(name: &'static str, version: u32) -> Self {
-        Self {
-            name,
-            version,
-            _types: PhantomData,
-        }
+        Self { name, version, _types: PhantomData }
     }
     /// The bus name.
     pub const fn name(&self) -> &'static str {
@@ -74,20 +66,12 @@ impl<T> Event<T> {
 impl<T> Hook<T> {
     /// Declare a fail-open hook key: a failing handler is logged and skipped.
     pub const fn new(name: &'static str, version: u32) -> Self {
-        Self {
-            name,
-            version,
-            policy: FailurePolicy::Open,
-            _types: PhantomData,
-        }
+        Self { name, version, policy: FailurePolicy::Open, _types: PhantomData }
     }
     /// Make the hook fail-closed: a failing filter fails the run and a
     /// failing guard counts as a veto. For security-relevant chains.
     pub const fn fail_closed(self) -> Self {
-        Self {
-            policy: FailurePolicy::Closed,
-            ..self
-        }
+        Self { policy: FailurePolicy::Closed, ..self }
     }
     /// The bus name.
     pub const fn name(&self) -> &'static str {

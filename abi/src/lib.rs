@@ -76,7 +76,7 @@ pub mod runtime;
 
 pub use error::{codes, Error};
 pub use ffi::{FailurePolicy, ABI_VERSION};
-pub use host::{Host, HookResult, Verdict};
+pub use host::{HookResult, Host, Verdict};
 pub use keys::{Event, Hook, Service};
 pub use plugin::{Context, Plugin, PluginManifest};
 

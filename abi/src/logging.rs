@@ -27,9 +27,7 @@ pub(crate) fn install(host: &HostApiBox) {
         return;
     }
     let filter = EnvFilter::try_new(host.log_filter().as_str()).unwrap_or_else(|_| EnvFilter::new("info"));
-    let subscriber = tracing_subscriber::registry()
-        .with(filter)
-        .with(ForwardLayer { host: host.clone() });
+    let subscriber = tracing_subscriber::registry().with(filter).with(ForwardLayer { host: host.clone() });
     // Fails only when a dispatcher is already set — e.g. a test that links
     // the plugin's rlib into a binary with its own subscriber; keep theirs.
     let _ = tracing::subscriber::set_global_default(subscriber);
@@ -37,10 +35,8 @@ pub(crate) fn install(host: &HostApiBox) {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         if let Some(host) = INSTALLED.get() {
-            let location = info
-                .location()
-                .map(|l| format!(" at {}:{}", l.file(), l.line()))
-                .unwrap_or_default();
+            let location =
+                info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
             let msg = format!("panic{location}: {}", crate::error::panic_message(info.payload()));
             host.log(LogLevel::Error, RStr::from("panic"), RStr::from(msg.as_str()));
         } else {
@@ -93,10 +89,6 @@ impl<S: Subscriber> Layer<S> for ForwardLayer {
         event.record(&mut render);
         render.message.push_str(&render.fields);
         let meta = event.metadata();
-        self.host.log(
-            level_of(meta.level()),
-            RStr::from(meta.target()),
-            RStr::from(render.message.as_str()),
-        );
+        self.host.log(level_of(meta.level()), RStr::from(meta.target()), RStr::from(render.message.as_str()));
     }
 }

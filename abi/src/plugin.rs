@@ -8,8 +8,8 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{codes, Error};
 use crate::ffi::{
-    AbiError, Capability, HostApiBox, Manifest, PluginInstance, PluginInstanceBox,
-    PluginInstance_TO, ABI_VERSION,
+    AbiError, Capability, HostApiBox, Manifest, PluginInstance, PluginInstanceBox, PluginInstance_TO,
+    ABI_VERSION,
 };
 use crate::host::Host;
 
@@ -74,10 +74,7 @@ impl PluginManifest {
             provides: self
                 .provides
                 .iter()
-                .map(|(k, n)| Capability {
-                    kind: k.as_str().into(),
-                    name: n.as_str().into(),
-                })
+                .map(|(k, n)| Capability { kind: k.as_str().into(), name: n.as_str().into() })
                 .collect(),
         }
     }

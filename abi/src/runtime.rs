@@ -38,14 +38,8 @@ impl PluginRuntime {
             .enable_all()
             .build()
             .map_err(|e| Error::msg(format!("cannot start the `{name}` runtime: {e}")))?;
-        let runner = Runner {
-            handle: runtime.handle().clone(),
-            name: name.to_owned(),
-        };
-        Ok(Self {
-            runtime: Some(runtime),
-            runner,
-        })
+        let runner = Runner { handle: runtime.handle().clone(), name: name.to_owned() };
+        Ok(Self { runtime: Some(runtime), runner })
     }
 
     /// The tokio handle, for building clients inside the runtime's context.

@@ -149,10 +149,8 @@ pub enum ConfigError {
 impl Plan {
     /// Read and compile `path`.
     pub fn load(path: &Path) -> Result<Plan, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Plan::compile(path, &text)
     }
 
@@ -195,20 +193,9 @@ impl Plan {
                 Some(table) => serde_json::to_string(&table).unwrap_or_default(),
                 None => String::new(),
             };
-            plugins.push(PlannedPlugin {
-                index,
-                path,
-                required: entry.required,
-                config_json,
-                problem,
-            });
+            plugins.push(PlannedPlugin { index, path, required: entry.required, config_json, problem });
         }
-        Ok(Plan {
-            source: path.to_owned(),
-            host: file.host,
-            data_dir,
-            plugins,
-        })
+        Ok(Plan { source: path.to_owned(), host: file.host, data_dir, plugins })
     }
 }
 
@@ -286,7 +273,8 @@ mod tests {
     fn plugin_config_becomes_json_and_required_defaults_to_true() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("plugins.toml");
-        let plan = Plan::compile(&cfg, "[[plugin]]\npath = \"p.so\"\n[plugin.config]\nx = 1\ny = \"z\"\n").unwrap();
+        let plan =
+            Plan::compile(&cfg, "[[plugin]]\npath = \"p.so\"\n[plugin.config]\nx = 1\ny = \"z\"\n").unwrap();
         assert!(plan.plugins[0].required);
         let v: serde_json::Value = serde_json::from_str(&plan.plugins[0].config_json).unwrap();
         assert_eq!(v, serde_json::json!({"x": 1, "y": "z"}));

@@ -40,13 +40,7 @@ pub struct PluginHost {
 impl PluginHost {
     /// The FFI object handed to the plugin `id`'s `activate`.
     pub fn for_plugin(id: &str, shared: &Arc<Shared>) -> HostApiBox {
-        HostApi_TO::from_value(
-            PluginHost {
-                id: RString::from(id),
-                shared: Arc::clone(shared),
-            },
-            TD_Opaque,
-        )
+        HostApi_TO::from_value(PluginHost { id: RString::from(id), shared: Arc::clone(shared) }, TD_Opaque)
     }
 }
 
@@ -129,24 +123,20 @@ impl HostApi for PluginHost {
         RString::from(dir.to_string_lossy().into_owned())
     }
 
-    fn provide_service(&self, name: RStr<'_>, version: u32, handler: ServiceHandlerBox) -> RResult<(), AbiError> {
+    fn provide_service(
+        &self,
+        name: RStr<'_>,
+        version: u32,
+        handler: ServiceHandlerBox,
+    ) -> RResult<(), AbiError> {
         shield("provide_service", || {
-            self.shared
-                .bus
-                .provide(&self.id, name.as_str(), version, handler)
-                .map_err(bus_error)
-                .into()
+            self.shared.bus.provide(&self.id, name.as_str(), version, handler).map_err(bus_error).into()
         })
     }
 
     fn lookup_service(&self, name: RStr<'_>, version: u32) -> RResult<RString, AbiError> {
         shield("lookup_service", || {
-            self.shared
-                .bus
-                .provider_of(name.as_str(), version)
-                .map(RString::from)
-                .map_err(bus_error)
-                .into()
+            self.shared.bus.provider_of(name.as_str(), version).map(RString::from).map_err(bus_error).into()
         })
     }
 
@@ -179,7 +169,13 @@ impl HostApi for PluginHost {
         })
     }
 
-    fn register_hook(&self, name: RStr<'_>, version: u32, spec: HookSpec, handler: HookHandlerBox) -> RResult<(), AbiError> {
+    fn register_hook(
+        &self,
+        name: RStr<'_>,
+        version: u32,
+        spec: HookSpec,
+        handler: HookHandlerBox,
+    ) -> RResult<(), AbiError> {
         shield("register_hook", || {
             let kind = match spec.kind {
                 HookKind::Filter => bus::HookKind::Filter,
@@ -208,10 +204,9 @@ impl HostApi for PluginHost {
         async move {
             match fut.await {
                 Ok(ChainOutcome::Continue(v)) => RResult::ROk(HookOutcome::Continue(RVec::from(v))),
-                Ok(ChainOutcome::Vetoed { plugin, reason }) => RResult::ROk(HookOutcome::Vetoed {
-                    plugin: plugin.into(),
-                    reason: reason.into(),
-                }),
+                Ok(ChainOutcome::Vetoed { plugin, reason }) => {
+                    RResult::ROk(HookOutcome::Vetoed { plugin: plugin.into(), reason: reason.into() })
+                }
                 Err(e) => RResult::RErr(bus_error(e)),
             }
         }

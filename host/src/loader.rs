@@ -99,11 +99,7 @@ pub fn load(path: &Path) -> Result<Loaded, LoadError> {
     std::mem::forget(lib);
     let crate_version = CRATE_VERSION;
     if claimed != ABI_VERSION {
-        return Err(LoadError::AbiVersion {
-            plugin: claimed,
-            host: ABI_VERSION,
-            crate_version,
-        });
+        return Err(LoadError::AbiVersion { plugin: claimed, host: ABI_VERSION, crate_version });
     }
 
     let header = lib_header_from_path(path).map_err(|e| match e {
@@ -119,12 +115,16 @@ pub fn load(path: &Path) -> Result<Loaded, LoadError> {
             crate_version,
             detail: summarize(&detail.to_string()),
         },
-        LibraryError::IncompatibleVersionNumber { expected_version, actual_version, .. } => LoadError::Layout {
-            plugin: claimed,
-            host: ABI_VERSION,
-            crate_version,
-            detail: format!("it was built against dispatch-abi {actual_version}, this host has {expected_version}"),
-        },
+        LibraryError::IncompatibleVersionNumber { expected_version, actual_version, .. } => {
+            LoadError::Layout {
+                plugin: claimed,
+                host: ABI_VERSION,
+                crate_version,
+                detail: format!(
+                    "it was built against dispatch-abi {actual_version}, this host has {expected_version}"
+                ),
+            }
+        }
         LibraryError::RootModule { err, .. } => LoadError::Init(err.to_string()),
         other => LoadError::Init(other.to_string()),
     })?;
@@ -138,7 +138,9 @@ fn validate(m: &Manifest) -> Result<(), LoadError> {
     let id = m.id.as_str();
     let ok = !id.is_empty()
         && id.len() <= 64
-        && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' || c == '.');
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' || c == '.');
     if !ok {
         return Err(LoadError::BadManifest(format!(
             "plugin id `{id}` must be 1-64 characters of a-z, 0-9, `-`, `_` or `.`"

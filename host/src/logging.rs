@@ -5,10 +5,7 @@ use tracing_subscriber::EnvFilter;
 /// The filter the host logs with and hands to plugins: `RUST_LOG`, or
 /// `info` when unset.
 pub fn filter_string() -> String {
-    std::env::var("RUST_LOG")
-        .ok()
-        .filter(|s| !s.trim().is_empty())
-        .unwrap_or_else(|| "info".to_owned())
+    std::env::var("RUST_LOG").ok().filter(|s| !s.trim().is_empty()).unwrap_or_else(|| "info".to_owned())
 }
 
 /// Install the stderr subscriber. Records forwarded from plugins (target

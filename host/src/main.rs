@@ -64,7 +64,9 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli, log_filter: String) -> anyhow::Result<ExitCode> {
     let config = match &cli.command {
-        Command::Serve { config } | Command::Plugins { config, .. } | Command::Call { config, .. } => config.clone(),
+        Command::Serve { config } | Command::Plugins { config, .. } | Command::Call { config, .. } => {
+            config.clone()
+        }
     };
     let plan = Plan::load(&config)?;
     let runtime = match plan.host.runtime {
@@ -126,7 +128,8 @@ async fn serve(sup: &Supervisor) -> anyhow::Result<ExitCode> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    let active = sup.reports_snapshot().iter().filter(|r| r.state == dispatch_host::supervisor::State::Active).count();
+    let active =
+        sup.reports_snapshot().iter().filter(|r| r.state == dispatch_host::supervisor::State::Active).count();
     tracing::info!(active, "dispatch is serving; SIGINT or SIGTERM stops it");
     tokio::select! {
         _ = term.recv() => {}
@@ -151,9 +154,11 @@ async fn call(sup: &Supervisor, args: &[String]) -> anyhow::Result<ExitCode> {
             serde_json::from_str(body).with_context(|| format!("the request for `{target}` is not JSON"))?;
         let bytes = serde_json::to_vec(&request)?;
         let answer = match sup.bus().service(name, version) {
-            Ok(handler) => handler.call(RVec::from(bytes)).await.into_result().map_err(|e| {
-                serde_json::json!({"error": e.message.as_str(), "code": e.code.as_str()})
-            }),
+            Ok(handler) => handler
+                .call(RVec::from(bytes))
+                .await
+                .into_result()
+                .map_err(|e| serde_json::json!({"error": e.message.as_str(), "code": e.code.as_str()})),
             Err(e) => {
                 let e = dispatch_host::hostapi::bus_error(e);
                 Err(serde_json::json!({"error": e.message.as_str(), "code": e.code.as_str()}))

@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RResult, RString, RVec};
 use async_ffi::FutureExt as _;
-use dispatch_abi::ffi::{
-    BytesFuture, PluginInstanceBox, PluginModRef, ServiceHandler, ServiceHandler_TO,
-};
+use dispatch_abi::ffi::{BytesFuture, PluginInstanceBox, PluginModRef, ServiceHandler, ServiceHandler_TO};
 use dispatch_kernel::graph::{self, GraphError, Node};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -152,13 +150,7 @@ impl Supervisor {
         // The bus is empty: the host's own name cannot be taken yet.
         let _ = shared.bus.provide(HOST_ID, PLUGINS_SERVICE.0, PLUGINS_SERVICE.1, host_service);
 
-        let mut sup = Supervisor {
-            shared,
-            shutdown_tx,
-            reports,
-            active: Vec::new(),
-            settings,
-        };
+        let mut sup = Supervisor { shared, shutdown_tx, reports, active: Vec::new(), settings };
         sup.run(plan).await;
         sup
     }
@@ -197,10 +189,7 @@ impl Supervisor {
                         report.provides = m
                             .provides
                             .into_iter()
-                            .map(|c| Provided {
-                                kind: c.kind.into_string(),
-                                name: c.name.into_string(),
-                            })
+                            .map(|c| Provided { kind: c.kind.into_string(), name: c.name.into_string() })
                             .collect();
                         Some(loaded.module)
                     }
@@ -222,10 +211,7 @@ impl Supervisor {
             let reports = self.reports();
             loaded
                 .iter()
-                .map(|&i| Node {
-                    id: reports[i].id.clone(),
-                    depends_on: reports[i].depends_on.clone(),
-                })
+                .map(|&i| Node { id: reports[i].id.clone(), depends_on: reports[i].depends_on.clone() })
                 .collect()
         };
         let ordering = graph::order(&nodes);
@@ -354,10 +340,7 @@ impl Supervisor {
     fn publish_state(&self, i: usize) {
         let report = self.reports()[i].clone();
         if let Ok(bytes) = serde_json::to_vec(&report) {
-            let _ = self
-                .shared
-                .bus
-                .publish(HOST_ID, PLUGIN_STATE_EVENT.0, PLUGIN_STATE_EVENT.1, bytes);
+            let _ = self.shared.bus.publish(HOST_ID, PLUGIN_STATE_EVENT.0, PLUGIN_STATE_EVENT.1, bytes);
         }
     }
 
@@ -388,7 +371,9 @@ impl Supervisor {
                 Ok(Ok(RResult::ROk(()))) => tracing::info!(plugin = %id, "plugin stopped"),
                 Ok(Ok(RResult::RErr(e))) => tracing::warn!(plugin = %id, "deactivate failed: {}", e.message),
                 Ok(Err(join)) => tracing::warn!(plugin = %id, "deactivate crashed: {join}"),
-                Err(_) => tracing::warn!(plugin = %id, "deactivate did not finish within {} ms; moving on", timeout.as_millis()),
+                Err(_) => {
+                    tracing::warn!(plugin = %id, "deactivate did not finish within {} ms; moving on", timeout.as_millis())
+                }
             }
             self.shared.bus.remove_plugin(&id);
             self.reports()[i].state = State::Stopped;

@@ -207,7 +207,13 @@ pub struct Bus<S> {
     in_flight: Arc<InFlight>,
 }
 
-fn version_check(kind: Kind, name: &str, registered: u32, requested: u32, owner: &str) -> Result<(), BusError> {
+fn version_check(
+    kind: Kind,
+    name: &str,
+    registered: u32,
+    requested: u32,
+    owner: &str,
+) -> Result<(), BusError> {
     if registered == requested {
         Ok(())
     } else {
@@ -245,11 +251,7 @@ impl<S: Send + Sync + 'static> Bus<S> {
         }
         services.insert(
             name.to_owned(),
-            Provider {
-                plugin: plugin.to_owned(),
-                version,
-                handler: Arc::new(handler),
-            },
+            Provider { plugin: plugin.to_owned(), version, handler: Arc::new(handler) },
         );
         Ok(())
     }
@@ -257,10 +259,9 @@ impl<S: Send + Sync + 'static> Bus<S> {
     /// The handler of service `name`, checked against `version`.
     pub fn service(&self, name: &str, version: u32) -> Result<Arc<S>, BusError> {
         let services = self.services.read().unwrap_or_else(PoisonError::into_inner);
-        let p = services.get(name).ok_or_else(|| BusError::NotFound {
-            kind: Kind::Service,
-            name: name.to_owned(),
-        })?;
+        let p = services
+            .get(name)
+            .ok_or_else(|| BusError::NotFound { kind: Kind::Service, name: name.to_owned() })?;
         version_check(Kind::Service, name, p.version, version, &p.plugin)?;
         Ok(Arc::clone(&p.handler))
     }
@@ -268,10 +269,9 @@ impl<S: Send + Sync + 'static> Bus<S> {
     /// The plugin providing service `name`, checked against `version`.
     pub fn provider_of(&self, name: &str, version: u32) -> Result<String, BusError> {
         let services = self.services.read().unwrap_or_else(PoisonError::into_inner);
-        let p = services.get(name).ok_or_else(|| BusError::NotFound {
-            kind: Kind::Service,
-            name: name.to_owned(),
-        })?;
+        let p = services
+            .get(name)
+            .ok_or_else(|| BusError::NotFound { kind: Kind::Service, name: name.to_owned() })?;
         version_check(Kind::Service, name, p.version, version, &p.plugin)?;
         Ok(p.plugin.clone())
     }
@@ -279,7 +279,13 @@ impl<S: Send + Sync + 'static> Bus<S> {
     /// Subscribe `plugin` to event `name`. Each subscriber gets its own
     /// queue and pump, so a slow or failing one never holds up the others
     /// or the publisher.
-    pub fn subscribe(&self, plugin: &str, name: &str, version: u32, sink: Arc<dyn EventSink>) -> Result<(), BusError> {
+    pub fn subscribe(
+        &self,
+        plugin: &str,
+        name: &str,
+        version: u32,
+        sink: Arc<dyn EventSink>,
+    ) -> Result<(), BusError> {
         let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
         let topic = topics.entry(name.to_owned()).or_insert_with(|| Topic {
             version,
@@ -288,10 +294,7 @@ impl<S: Send + Sync + 'static> Bus<S> {
         });
         version_check(Kind::Event, name, topic.version, version, &topic.owner)?;
         let (tx, mut rx) = mpsc::unbounded::<Arc<[u8]>>();
-        topic.subscribers.push(Subscriber {
-            plugin: plugin.to_owned(),
-            queue: tx,
-        });
+        topic.subscribers.push(Subscriber { plugin: plugin.to_owned(), queue: tx });
         let (plugin, event) = (plugin.to_owned(), name.to_owned());
         let in_flight = Arc::clone(&self.in_flight);
         (self.spawn)(Box::pin(async move {
@@ -312,7 +315,13 @@ impl<S: Send + Sync + 'static> Bus<S> {
     }
 
     /// Queue an event for every subscriber; answers how many got it.
-    pub fn publish(&self, plugin: &str, name: &str, version: u32, payload: Vec<u8>) -> Result<usize, BusError> {
+    pub fn publish(
+        &self,
+        plugin: &str,
+        name: &str,
+        version: u32,
+        payload: Vec<u8>,
+    ) -> Result<usize, BusError> {
         {
             let topics = self.topics.read().unwrap_or_else(PoisonError::into_inner);
             if let Some(topic) = topics.get(name) {
@@ -365,12 +374,7 @@ impl<S: Send + Sync + 'static> Bus<S> {
             entries: Vec::new(),
         });
         version_check(Kind::Hook, name, chain.version, version, &chain.owner)?;
-        chain.entries.push(HookEntry {
-            plugin: plugin.to_owned(),
-            priority,
-            kind,
-            step,
-        });
+        chain.entries.push(HookEntry { plugin: plugin.to_owned(), priority, kind, step });
         // Stable: equal priorities keep registration order.
         chain.entries.sort_by_key(|e| e.priority);
         Ok(())
@@ -400,10 +404,7 @@ impl<S: Send + Sync + 'static> Bus<S> {
     /// Remove everything `plugin` registered (after it failed to activate,
     /// or when it is deactivated). Its event queues close once drained.
     pub fn remove_plugin(&self, plugin: &str) {
-        self.services
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|_, p| p.plugin != plugin);
+        self.services.write().unwrap_or_else(PoisonError::into_inner).retain(|_, p| p.plugin != plugin);
         for topic in self.topics.write().unwrap_or_else(PoisonError::into_inner).values_mut() {
             topic.subscribers.retain(|s| s.plugin != plugin);
         }
@@ -467,12 +468,7 @@ async fn run_chain(
                     value = v;
                 }
             }
-            Ok(StepReply::Veto(reason)) => {
-                return Ok(ChainOutcome::Vetoed {
-                    plugin: entry.plugin,
-                    reason,
-                })
-            }
+            Ok(StepReply::Veto(reason)) => return Ok(ChainOutcome::Vetoed { plugin: entry.plugin, reason }),
             Err(message) => match (policy, entry.kind) {
                 (FailurePolicy::Open, _) => {
                     tracing::warn!(plugin = %entry.plugin, hook = %name, error = %message,
@@ -485,11 +481,7 @@ async fn run_chain(
                     })
                 }
                 (FailurePolicy::Closed, HookKind::Filter) => {
-                    return Err(BusError::HookFailed {
-                        hook: name.to_owned(),
-                        plugin: entry.plugin,
-                        message,
-                    })
+                    return Err(BusError::HookFailed { hook: name.to_owned(), plugin: entry.plugin, message })
                 }
             },
         }

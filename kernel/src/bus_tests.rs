@@ -108,10 +108,20 @@ async fn a_slow_subscriber_does_not_hold_up_the_publisher_or_the_others() {
     let b = bus();
     let slow = Arc::new(Mutex::new(Vec::new()));
     let fast = Arc::new(Mutex::new(Vec::new()));
-    b.subscribe("slow", "ev", 1, Arc::new(Recorder { seen: Arc::clone(&slow), fail: false, delay: Duration::from_secs(3600) }))
-        .unwrap();
-    b.subscribe("fast", "ev", 1, Arc::new(Recorder { seen: Arc::clone(&fast), fail: false, delay: Duration::ZERO }))
-        .unwrap();
+    b.subscribe(
+        "slow",
+        "ev",
+        1,
+        Arc::new(Recorder { seen: Arc::clone(&slow), fail: false, delay: Duration::from_secs(3600) }),
+    )
+    .unwrap();
+    b.subscribe(
+        "fast",
+        "ev",
+        1,
+        Arc::new(Recorder { seen: Arc::clone(&fast), fail: false, delay: Duration::ZERO }),
+    )
+    .unwrap();
     b.publish("p", "ev", 1, b"x".to_vec()).unwrap();
     wait_for(|| fast.lock().unwrap().len() == 1).await;
     assert!(slow.lock().unwrap().is_empty());
@@ -152,10 +162,17 @@ async fn a_guard_veto_stops_the_chain_and_names_the_plugin() {
     let ran = Arc::new(AtomicUsize::new(0));
     let r = Arc::clone(&ran);
     b.add_hook("guardian", "h", 1, 0, HookKind::Guard, step(|_| Ok(StepReply::Veto("no".into())))).unwrap();
-    b.add_hook("later", "h", 1, 1, HookKind::Filter, step(move |v| {
-        r.fetch_add(1, Ordering::SeqCst);
-        Ok(StepReply::Continue(v))
-    }))
+    b.add_hook(
+        "later",
+        "h",
+        1,
+        1,
+        HookKind::Filter,
+        step(move |v| {
+            r.fetch_add(1, Ordering::SeqCst);
+            Ok(StepReply::Continue(v))
+        }),
+    )
     .unwrap();
     let out = b.run_hook("h", 1, FailurePolicy::Open, vec![]).await.unwrap();
     assert_eq!(out, ChainOutcome::Vetoed { plugin: "guardian".into(), reason: "no".into() });

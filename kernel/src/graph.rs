@@ -46,10 +46,9 @@ impl fmt::Display for GraphError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             GraphError::DuplicateId { id, .. } => write!(f, "duplicate plugin id `{id}`"),
-            GraphError::UnknownDependency { id, missing } => write!(
-                f,
-                "plugin `{id}` depends on `{missing}`, which is not listed in the configuration"
-            ),
+            GraphError::UnknownDependency { id, missing } => {
+                write!(f, "plugin `{id}` depends on `{missing}`, which is not listed in the configuration")
+            }
             GraphError::Cycle { chain } => write!(f, "dependency cycle: {}", chain.join(" -> ")),
         }
     }
@@ -103,13 +102,8 @@ pub fn order(nodes: &[Node]) -> Ordering {
                     }
                 }
                 None => {
-                    problems.push((
-                        i,
-                        GraphError::UnknownDependency {
-                            id: n.id.clone(),
-                            missing: d.clone(),
-                        },
-                    ));
+                    problems
+                        .push((i, GraphError::UnknownDependency { id: n.id.clone(), missing: d.clone() }));
                     bad[i] = true;
                 }
             }
@@ -216,8 +210,8 @@ fn cycles(deps: &[Vec<usize>], bad: &[bool], nodes: &[Node]) -> Vec<(Vec<usize>,
         next: 0,
         out: Vec::new(),
     };
-    for v in 0..n {
-        if !bad[v] && t.index[v].is_none() {
+    for (v, &is_bad) in bad.iter().enumerate() {
+        if !is_bad && t.index[v].is_none() {
             t.visit(v);
         }
     }
@@ -226,10 +220,7 @@ fn cycles(deps: &[Vec<usize>], bad: &[bool], nodes: &[Node]) -> Vec<(Vec<usize>,
     comps
         .into_iter()
         .map(|members| {
-            let chain = chain_through(&members, deps)
-                .into_iter()
-                .map(|i| nodes[i].id.clone())
-                .collect();
+            let chain = chain_through(&members, deps).into_iter().map(|i| nodes[i].id.clone()).collect();
             (members, chain)
         })
         .collect()

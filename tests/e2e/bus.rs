@@ -61,11 +61,7 @@ fn filters_from_several_libraries_run_in_priority_order() {
 #[test]
 fn a_panic_inside_a_service_call_is_an_error_for_the_caller_and_the_host_lives() {
     let cfg = Config::new().plugin(ALPHA, "").write();
-    let (out, lines) = call(
-        &cfg,
-        &[("fx-alpha.panic", "{}"), ("fx-alpha.received", r#"{"min":0}"#)],
-        &[],
-    );
+    let (out, lines) = call(&cfg, &[("fx-alpha.panic", "{}"), ("fx-alpha.received", r#"{"min":0}"#)], &[]);
     assert_eq!(out.code(), 1, "a failed call makes `dispatch call` exit 1");
     assert_eq!(lines[0]["code"], "panic");
     assert!(lines[0]["error"].as_str().unwrap().contains("fixture service panics on purpose"));

@@ -54,7 +54,8 @@ fn the_example_plugin_is_added_without_recompiling_the_host() {
     assert_row(&rows, "hello", "active", &[]);
     assert_eq!(row(&rows, "hello")["file"], so.to_str().unwrap());
 
-    let (out, lines) = call(&cfg, &[("hello.greet", r#"{"name":"operator"}"#), ("hello.greet", r#"{"name":" "}"#)], &[]);
+    let (out, lines) =
+        call(&cfg, &[("hello.greet", r#"{"name":"operator"}"#), ("hello.greet", r#"{"name":" "}"#)], &[]);
     assert_eq!(lines[0]["text"], "Howdy, operator!", "{}", out.stderr);
     assert_eq!(lines[1]["code"], "invalid_payload");
 
@@ -112,7 +113,8 @@ fn a_plugin_built_against_a_changed_interface_is_refused() {
     // compiles, and without the layout check the host would misread every
     // manifest.
     let version = "    /// The plugin's own version (semver by convention).\n    pub version: RString,\n";
-    let abi_version = "    /// The [`ABI_VERSION`] the plugin was built against.\n    pub abi_version: u32,\n";
+    let abi_version =
+        "    /// The [`ABI_VERSION`] the plugin was built against.\n    pub abi_version: u32,\n";
     let changed = work.path().join("changed");
     build_hello(
         &interface_copy(
@@ -143,7 +145,12 @@ fn a_plugin_built_against_a_changed_interface_is_refused() {
                 &rows,
                 "hello_changed",
                 "failed",
-                &["incompatible binary interface", "plugin ABI 1", "this host speaks ABI 1", "rebuild it against dispatch-abi"],
+                &[
+                    "incompatible binary interface",
+                    "plugin ABI 1",
+                    "this host speaks ABI 1",
+                    "rebuild it against dispatch-abi",
+                ],
             );
             assert!(out.stderr.contains("libhello_changed.so"), "{}", out.stderr);
         }

@@ -48,9 +48,7 @@ fn serve_until_signal(signal: &str) -> Output {
 fn assert_reverse_shutdown(out: &Output) {
     assert_eq!(out.code(), 0, "{}", out.stderr);
     let position = |needle: &str| {
-        out.stderr
-            .find(needle)
-            .unwrap_or_else(|| panic!("{needle:?} not in the log:\n{}", out.stderr))
+        out.stderr.find(needle).unwrap_or_else(|| panic!("{needle:?} not in the log:\n{}", out.stderr))
     };
     let stopped = |id: &str| position(&format!("plugin stopped plugin={id}"));
     // Activation: surfaces, then extensions-surface, then fx-alpha (config

@@ -83,11 +83,7 @@ fn a_library_without_the_root_module_is_refused() {
 
 #[test]
 fn activate_returning_an_error_fails_the_plugin_and_skips_its_dependents() {
-    let cfg = Config::new()
-        .plugin(ALPHA, "fail = \"error\"")
-        .optional(BETA, "")
-        .plugin(SURFACES, "")
-        .write();
+    let cfg = Config::new().plugin(ALPHA, "fail = \"error\"").optional(BETA, "").plugin(SURFACES, "").write();
     let (out, rows) = plugins_json(&cfg, &[]);
     assert_eq!(out.code(), 1, "fx-alpha is required");
     assert_row(&rows, "fx-alpha", "failed", &["activate failed", "fixture refuses to activate"]);
@@ -112,7 +108,10 @@ fn activate_panicking_is_contained() {
 #[test]
 fn a_failed_activation_leaves_nothing_registered() {
     // fx-alpha registers its services and then fails: none may remain.
-    let cfg = Config::new().optional(ALPHA, "fail = \"error\"\nprovide = \"fx.shared\"").plugin(SURFACES, "").write();
+    let cfg = Config::new()
+        .optional(ALPHA, "fail = \"error\"\nprovide = \"fx.shared\"")
+        .plugin(SURFACES, "")
+        .write();
     let (out, lines) = call(&cfg, &[("fx.shared", "{}"), ("fx-alpha.panic", "{}")], &[]);
     assert_eq!(out.code(), 1);
     assert_eq!(lines[0]["code"], "not_found", "{:?}", lines);
@@ -234,6 +233,10 @@ fn a_malformed_config_is_refused_before_anything_loads() {
     std::fs::write(&*path, text).unwrap();
     let out = run(&["plugins", "--config", path.to_str().unwrap()], &[], Duration::from_secs(30));
     assert_eq!(out.code(), 2);
-    assert!(out.stderr.contains("not a valid plugins.toml") && out.stderr.contains("requird"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("not a valid plugins.toml") && out.stderr.contains("requird"),
+        "{}",
+        out.stderr
+    );
     assert!(!out.stderr.contains("plugin active"), "nothing may be activated: {}", out.stderr);
 }

@@ -198,7 +198,10 @@ pub fn call(config: &Path, pairs: &[(&str, &str)], env: &[(&str, &str)]) -> (Out
     let lines = out
         .stdout
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("line {l:?} is not JSON: {e}; stderr: {}", out.stderr)))
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("line {l:?} is not JSON: {e}; stderr: {}", out.stderr))
+        })
         .collect();
     (out, lines)
 }

@@ -7,14 +7,17 @@
 //! event, and the `surfaces` plugin's registry service.
 
 use dispatch_abi::{Context, Error, Event, Host, Plugin, PluginManifest, Service};
-use dispatch_kernel::surface::{RegistryRequest, RegistryResponse, Scope, SurfaceField, SurfaceSpec, REGISTRY_SERVICE};
+use dispatch_kernel::surface::{
+    RegistryRequest, RegistryResponse, Scope, SurfaceField, SurfaceSpec, REGISTRY_SERVICE,
+};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 /// The surface's id.
 pub const SURFACE_ID: &str = "loaded-extensions";
 
-const REGISTRY: Service<RegistryRequest, RegistryResponse> = Service::new(REGISTRY_SERVICE.0, REGISTRY_SERVICE.1);
+const REGISTRY: Service<RegistryRequest, RegistryResponse> =
+    Service::new(REGISTRY_SERVICE.0, REGISTRY_SERVICE.1);
 const PLUGINS: Service<Value, PluginList> = Service::new("dispatch.plugins", 1);
 const PLUGIN_STATE: Event<Value> = Event::new("dispatch.plugin-state", 1);
 
@@ -101,10 +104,7 @@ impl Plugin for ExtensionsSurface {
         let list = host.call_blocking(&PLUGINS, &json!({}))?;
         host.call_blocking(
             &REGISTRY,
-            &RegistryRequest::Register {
-                spec: build_spec(&list),
-                scope: Some(Scope::Global),
-            },
+            &RegistryRequest::Register { spec: build_spec(&list), scope: Some(Scope::Global) },
         )?;
         let h = host.clone();
         host.subscribe(&PLUGIN_STATE, move |_changed: Value| refresh(h.clone()))?;

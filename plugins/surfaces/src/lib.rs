@@ -43,7 +43,8 @@ impl Registry {
                 let changed = match self.position(&spec.id) {
                     Some(i) => {
                         let old = &self.entries[i];
-                        let retitled = old.0.title != spec.title || old.0.region != spec.region || old.1 != scope;
+                        let retitled =
+                            old.0.title != spec.title || old.0.region != spec.region || old.1 != scope;
                         self.entries[i] = (spec.clone(), scope);
                         retitled
                     }
@@ -57,51 +58,27 @@ impl Registry {
             RegistryRequest::Update { spec } => {
                 validate(&spec)?;
                 let i = self.position(&spec.id).ok_or_else(|| unknown(&spec.id))?;
-                let retitled = self.entries[i].0.title != spec.title || self.entries[i].0.region != spec.region;
+                let retitled =
+                    self.entries[i].0.title != spec.title || self.entries[i].0.region != spec.region;
                 self.entries[i].0 = spec.clone();
                 Ok(changed_response(spec, retitled))
             }
             RegistryRequest::Remove { surface_id } => {
                 let i = self.position(&surface_id).ok_or_else(|| unknown(&surface_id))?;
                 self.entries.remove(i);
-                let event = SurfaceChanged {
-                    surface_id,
-                    spec: None,
-                    catalog_changed: true,
-                };
+                let event = SurfaceChanged { surface_id, spec: None, catalog_changed: true };
                 Ok((none, Some(Outgoing::Changed(event))))
             }
             RegistryRequest::Get { surface_id } => {
                 let i = self.position(&surface_id).ok_or_else(|| unknown(&surface_id))?;
-                Ok((
-                    RegistryResponse {
-                        spec: Some(self.entries[i].0.clone()),
-                        catalog: None,
-                    },
-                    None,
-                ))
+                Ok((RegistryResponse { spec: Some(self.entries[i].0.clone()), catalog: None }, None))
             }
-            RegistryRequest::Catalog => Ok((
-                RegistryResponse {
-                    spec: None,
-                    catalog: Some(self.catalog()),
-                },
-                None,
-            )),
-            RegistryRequest::Invoke {
-                surface_id,
-                action_id,
-                payload,
-            } => {
+            RegistryRequest::Catalog => {
+                Ok((RegistryResponse { spec: None, catalog: Some(self.catalog()) }, None))
+            }
+            RegistryRequest::Invoke { surface_id, action_id, payload } => {
                 self.position(&surface_id).ok_or_else(|| unknown(&surface_id))?;
-                Ok((
-                    none,
-                    Some(Outgoing::Action(SurfaceAction {
-                        surface_id,
-                        action_id,
-                        payload,
-                    })),
-                ))
+                Ok((none, Some(Outgoing::Action(SurfaceAction { surface_id, action_id, payload }))))
             }
         }
     }
@@ -134,18 +111,8 @@ pub enum Outgoing {
 }
 
 fn changed_response(spec: SurfaceSpec, catalog_changed: bool) -> (RegistryResponse, Option<Outgoing>) {
-    let event = SurfaceChanged {
-        surface_id: spec.id.clone(),
-        spec: Some(spec.clone()),
-        catalog_changed,
-    };
-    (
-        RegistryResponse {
-            spec: Some(spec),
-            catalog: None,
-        },
-        Some(Outgoing::Changed(event)),
-    )
+    let event = SurfaceChanged { surface_id: spec.id.clone(), spec: Some(spec.clone()), catalog_changed };
+    (RegistryResponse { spec: Some(spec), catalog: None }, Some(Outgoing::Changed(event)))
 }
 
 fn unknown(id: &str) -> Error {
@@ -205,17 +172,15 @@ mod tests {
             id: id.into(),
             region: "side".into(),
             title: title.into(),
-            fields: vec![SurfaceField::Stat {
-                label: "n".into(),
-                value: "1".into(),
-            }],
+            fields: vec![SurfaceField::Stat { label: "n".into(), value: "1".into() }],
         }
     }
 
     #[test]
     fn register_get_catalog_remove() {
         let mut r = Registry::default();
-        let (_, out) = r.apply(RegistryRequest::Register { spec: spec("a", "A"), scope: Some(Scope::Global) }).unwrap();
+        let (_, out) =
+            r.apply(RegistryRequest::Register { spec: spec("a", "A"), scope: Some(Scope::Global) }).unwrap();
         assert!(matches!(out, Some(Outgoing::Changed(SurfaceChanged { catalog_changed: true, .. }))));
         r.apply(RegistryRequest::Register { spec: spec("b", "B"), scope: None }).unwrap();
         let (resp, _) = r.apply(RegistryRequest::Catalog).unwrap();
@@ -245,6 +210,12 @@ mod tests {
         assert_eq!(e.message(), "no surface with id `ghost` is registered");
         let e = r.apply(RegistryRequest::Register { spec: spec(" ", "x"), scope: None }).unwrap_err();
         assert_eq!(e.code(), codes::INVALID_PAYLOAD);
-        assert!(r.apply(RegistryRequest::Invoke { surface_id: "ghost".into(), action_id: "a".into(), payload: serde_json::Value::Null }).is_err());
+        assert!(r
+            .apply(RegistryRequest::Invoke {
+                surface_id: "ghost".into(),
+                action_id: "a".into(),
+                payload: serde_json::Value::Null
+            })
+            .is_err());
     }
 }
