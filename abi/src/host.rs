@@ -49,15 +49,36 @@ pub enum HookResult<T> {
     },
 }
 
+/// What a payload is, for error messages. Rendered only on error: the
+/// success path of a call must not allocate a message it never shows.
+#[derive(Clone, Copy)]
+enum What {
+    Request(&'static str),
+    Response(&'static str),
+    Event(&'static str),
+    Hook(&'static str),
+}
+
+impl std::fmt::Display for What {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            What::Request(n) => write!(f, "request for service `{n}`"),
+            What::Response(n) => write!(f, "response of service `{n}`"),
+            What::Event(n) => write!(f, "payload of event `{n}`"),
+            What::Hook(n) => write!(f, "value of hook `{n}`"),
+        }
+    }
+}
+
 /// Serialize a value for the bus.
-fn encode<T: Serialize>(what: &str, value: &T) -> Result<RVec<u8>, Error> {
+fn encode<T: Serialize>(what: What, value: &T) -> Result<RVec<u8>, Error> {
     serde_json::to_vec(value)
         .map(RVec::from)
         .map_err(|e| Error::new(codes::INVALID_PAYLOAD, format!("cannot encode {what}: {e}")))
 }
 
 /// Parse a value from the bus, naming what it was in the error.
-fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, Error> {
+fn decode<T: DeserializeOwned>(what: What, bytes: &[u8]) -> Result<T, Error> {
     serde_json::from_slice(bytes)
         .map_err(|e| Error::new(codes::INVALID_PAYLOAD, format!("invalid {what}: {e}")))
 }
@@ -163,11 +184,11 @@ impl Host {
         let name = key.name();
         let wrapped = move |request: RVec<u8>| -> BytesFuture {
             contain_call(|| {
-                let parsed = decode::<Req>(&format!("request for service `{name}`"), &request);
+                let parsed = decode::<Req>(What::Request(name), &request);
                 let fut = parsed.map(&handler);
                 async move {
                     let resp = fut?.await?;
-                    encode(&format!("response of service `{name}`"), &resp)
+                    encode(What::Response(name), &resp)
                 }
             })
         };
@@ -207,11 +228,11 @@ impl Host {
         Resp: DeserializeOwned + 'static,
     {
         let name = key.name();
-        let fut = encode(&format!("request for service `{name}`"), request)
+        let fut = encode(What::Request(name), request)
             .map(|bytes| self.api.call_service(RStr::from(name), key.version(), bytes));
         async move {
             let bytes = fut?.await.into_result()?;
-            decode(&format!("response of service `{name}`"), &bytes)
+            decode(What::Response(name), &bytes)
         }
     }
 
@@ -239,7 +260,7 @@ impl Host {
         let name = key.name();
         let wrapped = move |payload: RVec<u8>| {
             contain_call(|| {
-                let fut = decode::<T>(&format!("payload of event `{name}`"), &payload).map(&handler);
+                let fut = decode::<T>(What::Event(name), &payload).map(&handler);
                 async move { fut?.await }
             })
         };
@@ -258,7 +279,7 @@ impl Host {
 
     /// Publish an event. Returns once it is queued for every subscriber.
     pub fn publish<T: Serialize>(&self, key: &Event<T>, value: &T) -> Result<(), Error> {
-        let bytes = encode(&format!("payload of event `{}`", key.name()), value)?;
+        let bytes = encode(What::Event(key.name()), value)?;
         self.api.publish(RStr::from(key.name()), key.version(), bytes).into_result().map_err(Error::from)
     }
 
@@ -273,10 +294,10 @@ impl Host {
         let name = key.name();
         let wrapped = move |value: RVec<u8>| {
             contain_call(|| {
-                let fut = decode::<T>(&format!("value of hook `{name}`"), &value).map(&filter);
+                let fut = decode::<T>(What::Hook(name), &value).map(&filter);
                 async move {
                     let out = fut?.await?;
-                    encode(&format!("value of hook `{name}`"), &out).map(HookReply::Continue)
+                    encode(What::Hook(name), &out).map(HookReply::Continue)
                 }
             })
         };
@@ -294,7 +315,7 @@ impl Host {
         let name = key.name();
         let wrapped = move |value: RVec<u8>| {
             contain_call(|| {
-                let fut = decode::<T>(&format!("value of hook `{name}`"), &value).map(&guard);
+                let fut = decode::<T>(What::Hook(name), &value).map(&guard);
                 async move {
                     Ok(match fut?.await? {
                         // The chain keeps the value it already has; no need
@@ -329,13 +350,11 @@ impl Host {
         T: Serialize + DeserializeOwned + 'static,
     {
         let name = key.name();
-        let fut = encode(&format!("value of hook `{name}`"), value)
+        let fut = encode(What::Hook(name), value)
             .map(|bytes| self.api.run_hook(RStr::from(name), key.version(), key.policy(), bytes));
         async move {
             match fut?.await.into_result()? {
-                HookOutcome::Continue(bytes) => {
-                    decode(&format!("value of hook `{name}`"), &bytes).map(HookResult::Continue)
-                }
+                HookOutcome::Continue(bytes) => decode(What::Hook(name), &bytes).map(HookResult::Continue),
                 HookOutcome::Vetoed { plugin, reason } => {
                     Ok(HookResult::Vetoed { plugin: plugin.into_string(), reason: reason.into_string() })
                 }

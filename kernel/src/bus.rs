@@ -8,7 +8,6 @@
 //! traits. Nothing here knows about `.so` files or a particular runtime:
 //! event pumps are started through an injected [`Spawner`].
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -16,6 +15,9 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use futures::channel::mpsc;
 use futures::StreamExt as _;
+// Names on the bus come from plugins, not from the network: a fast
+// non-keyed hash is safe here and is most of a ready call's lookup cost.
+use rustc_hash::FxHashMap as HashMap;
 
 /// A boxed, sendable future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
