@@ -1,0 +1,152 @@
+//! What the turn loop needs from the outside world, injected so that it
+//! never touches a real clock, a timer or a runtime: [`Clock`], [`Sleep`],
+//! and the [`AbortSignal`] that cancels a turn.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use crate::bus::BoxFuture;
+
+/// Milliseconds since some fixed point (for durations only).
+pub trait Clock: Send + Sync {
+    /// Now, in milliseconds.
+    fn now_ms(&self) -> u64;
+}
+
+/// Waits (the retry backoff). A runtime's timer in production, a fake that
+/// returns at once in tests.
+pub trait Sleep: Send + Sync {
+    /// Resolve after `duration`.
+    fn sleep(&self, duration: Duration) -> BoxFuture<()>;
+}
+
+#[derive(Default)]
+struct AbortState {
+    aborted: AtomicBool,
+    wakers: Mutex<Vec<Waker>>,
+}
+
+/// Cancels a turn. Cheap to clone; every clone sees the same state. Works
+/// with any executor (no timers, no runtime).
+#[derive(Clone, Default)]
+pub struct AbortSignal(Arc<AbortState>);
+
+impl std::fmt::Debug for AbortSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AbortSignal(aborted: {})", self.is_aborted())
+    }
+}
+
+impl AbortSignal {
+    /// A signal that has not fired.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Fire: everything waiting on [`AbortSignal::aborted`] wakes.
+    pub fn abort(&self) {
+        self.0.aborted.store(true, Ordering::SeqCst);
+        let wakers = std::mem::take(&mut *self.0.wakers.lock().unwrap_or_else(PoisonError::into_inner));
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    /// Whether it has fired.
+    pub fn is_aborted(&self) -> bool {
+        self.0.aborted.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once the signal fires.
+    pub fn aborted(&self) -> Aborted {
+        Aborted(self.clone())
+    }
+}
+
+/// The future of [`AbortSignal::aborted`].
+pub struct Aborted(AbortSignal);
+
+impl Future for Aborted {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.is_aborted() {
+            return Poll::Ready(());
+        }
+        let mut wakers = self.0 .0.wakers.lock().unwrap_or_else(PoisonError::into_inner);
+        // Re-check under the lock: `abort` takes the list after setting the
+        // flag, so either we see the flag or it sees our waker.
+        if self.0.is_aborted() {
+            return Poll::Ready(());
+        }
+        if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+/// The retry schedule for retryable provider errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// The wait before retry N (0-based); its length is the most retries.
+    pub delays: Vec<Duration>,
+    /// The most time all retries of one step may wait in total.
+    pub budget: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// 1 s, 2 s, 4 s, 8 s, 16 s; at most 60 s of waiting per step.
+    fn default() -> Self {
+        RetryPolicy {
+            delays: [1, 2, 4, 8, 16].into_iter().map(Duration::from_secs).collect(),
+            budget: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// No retries.
+    pub fn none() -> Self {
+        RetryPolicy { delays: Vec::new(), budget: Duration::ZERO }
+    }
+
+    /// The wait before retry `attempt`, honouring a server's `Retry-After`
+    /// (the longer of the two), or `None` when the schedule or the budget
+    /// (given what was `spent` already) is exhausted.
+    pub fn delay_for(&self, attempt: usize, retry_after: Option<Duration>, spent: Duration) -> Option<Duration> {
+        let scheduled = *self.delays.get(attempt)?;
+        let delay = retry_after.map_or(scheduled, |ra| ra.max(scheduled));
+        (spent + delay <= self.budget).then_some(delay)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_schedule_honours_retry_after_and_the_budget() {
+        let p = RetryPolicy { delays: vec![Duration::from_secs(1), Duration::from_secs(2)], budget: Duration::from_secs(10) };
+        assert_eq!(p.delay_for(0, None, Duration::ZERO), Some(Duration::from_secs(1)));
+        assert_eq!(p.delay_for(0, Some(Duration::from_secs(5)), Duration::ZERO), Some(Duration::from_secs(5)));
+        assert_eq!(p.delay_for(1, Some(Duration::from_millis(10)), Duration::ZERO), Some(Duration::from_secs(2)));
+        assert_eq!(p.delay_for(2, None, Duration::ZERO), None, "schedule exhausted");
+        assert_eq!(p.delay_for(1, None, Duration::from_secs(9)), None, "budget exhausted");
+        assert_eq!(RetryPolicy::none().delay_for(0, None, Duration::ZERO), None);
+    }
+
+    #[test]
+    fn abort_wakes_a_waiter() {
+        let signal = AbortSignal::new();
+        let s = signal.clone();
+        let t = std::thread::spawn(move || futures::executor::block_on(s.aborted()));
+        std::thread::sleep(Duration::from_millis(20));
+        signal.abort();
+        t.join().unwrap();
+        assert!(signal.is_aborted());
+    }
+}

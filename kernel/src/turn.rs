@@ -1,0 +1,558 @@
+//! One agent turn: model step → tool calls → model step … → done.
+//!
+//! [`run_turn`] is pure and runtime-agnostic: the provider, the tools, the
+//! clock, the sleep and the abort signal are injected, and everything the
+//! turn does is reported as [`AgentEvent`]s through one emitter. It never
+//! panics and never hangs on a broken part: a failing, panicking or unknown
+//! tool becomes an error *result* the model reads (the turn continues); a
+//! provider failure ends the turn with `error` then `done`; an abort ends it
+//! with `done{reason:"aborted"}` at once.
+//!
+//! # Invariants (checked by the property test)
+//!
+//! * events: `turn-start`, …, `done` exactly once, last;
+//! * every `tool-call` event is followed by exactly one `tool-result` with
+//!   the same id, and every tool-call chunk handed back for persistence has
+//!   its result chunk — also after an abort;
+//! * nothing streamed is duplicated by a retry: retries happen only while
+//!   the step has produced no content;
+//! * `genTotalMs = ttftMs + decodeMs` when a first token was seen;
+//!   `contextSize` = the final step's input + output tokens.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::{self, Either};
+use futures::{FutureExt as _, StreamExt as _};
+use serde_json::Value;
+
+use crate::bus::BoxFuture;
+use crate::provider::{Provider, ProviderError, ProviderEvent, ProviderOptions, StepRequest, ToolSpec};
+use crate::reconcile::reconcile;
+use crate::runtime::{AbortSignal, Clock, RetryPolicy, Sleep};
+use crate::tool::{Tool, ToolContext, ToolError, ToolOutput};
+use crate::wire::{AgentEvent, ChatMessage, Chunk, FinishReason, Role, StepMetrics, TurnMetrics, Usage};
+
+/// Receives every event of the turn, in order. Called from the turn's task
+/// and, for `tool-output`, from running tools.
+pub type Emitter = Arc<dyn Fn(AgentEvent) + Send + Sync>;
+
+/// Consulted at each tool-result boundary; returns queued user messages to
+/// inject before the next model call.
+pub type SteeringDrain = Box<dyn FnMut() -> Vec<String> + Send>;
+
+/// Called with each step's finished messages, in order, before the next
+/// step starts — for incremental persistence.
+pub type StepSink = Box<dyn FnMut(Vec<ChatMessage>) -> BoxFuture<()> + Send>;
+
+/// The content of the result of a call that was cut short by an abort.
+pub const ABORTED: &str = "Aborted: the turn was stopped before this tool call finished.";
+
+/// Everything one turn needs.
+pub struct TurnInput<'a> {
+    /// The conversation.
+    pub conversation_id: String,
+    /// The turn; step ids are `<turn_id>#<index>`.
+    pub turn_id: String,
+    /// The history, ending with the new user message. Reconciled before use.
+    pub history: Vec<ChatMessage>,
+    /// The model.
+    pub provider: &'a dyn Provider,
+    /// Per-turn provider options.
+    pub options: ProviderOptions,
+    /// The tools on offer.
+    pub tools: Vec<Arc<dyn Tool>>,
+    /// The working directory tools run in.
+    pub cwd: Option<PathBuf>,
+    /// Cancels the turn.
+    pub abort: AbortSignal,
+    /// For metrics; without it no timing fields are reported.
+    pub clock: Option<Arc<dyn Clock>>,
+    /// For retry backoff.
+    pub sleep: Arc<dyn Sleep>,
+    /// Retry schedule for retryable provider errors.
+    pub retry: RetryPolicy,
+    /// Most model steps in the turn; 0 = unlimited.
+    pub max_steps: u32,
+    /// Most tool calls run at once when a step's calls may run in parallel.
+    pub max_parallel_tools: usize,
+    /// Where events go.
+    pub emit: Emitter,
+    /// Steering messages, drained at tool-result boundaries.
+    pub drain_steering: Option<SteeringDrain>,
+    /// Incremental persistence of each step's messages.
+    pub on_step: Option<StepSink>,
+}
+
+/// What a turn hands back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TurnOutcome {
+    /// The messages the turn added (assistant, tool results, steering), in
+    /// order, every tool call with its result: what to persist.
+    pub messages: Vec<ChatMessage>,
+    /// Why the turn ended.
+    pub reason: FinishReason,
+    /// Usage summed over the steps.
+    pub usage: Usage,
+    /// Per-step and per-turn metrics, as persisted.
+    pub metrics: TurnMetrics,
+}
+
+/// A tool call as the model made it.
+#[derive(Debug, Clone)]
+struct Call {
+    id: String,
+    name: String,
+    input: Value,
+    dispatched_at: Option<u64>,
+}
+
+enum StepEnd {
+    /// The stream finished.
+    Finished(FinishReason),
+    /// The provider failed for good.
+    Failed,
+    /// The turn was aborted.
+    Aborted,
+}
+
+struct StepResult {
+    end: StepEnd,
+    calls: Vec<Call>,
+    messages: Vec<ChatMessage>,
+}
+
+/// Await `fut` unless `abort` fires first (`None`).
+async fn or_abort<F: Future>(abort: &AbortSignal, fut: F) -> Option<F::Output> {
+    if abort.is_aborted() {
+        return None;
+    }
+    let fut = std::pin::pin!(fut);
+    let aborted = std::pin::pin!(abort.aborted());
+    match future::select(fut, aborted).await {
+        Either::Left((v, _)) => Some(v),
+        Either::Right(_) => None,
+    }
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with a non-text payload".to_owned())
+}
+
+struct Turn<'a> {
+    input: TurnInput<'a>,
+    messages: Vec<ChatMessage>,
+    specs: Vec<ToolSpec>,
+    by_name: HashMap<String, Arc<dyn Tool>>,
+    steps: Vec<StepMetrics>,
+}
+
+/// Run one turn. Emits `turn-start` first and `done` last; the caller
+/// emits `user-message` before and `turn-sealed` after persisting.
+pub async fn run_turn(input: TurnInput<'_>) -> TurnOutcome {
+    let specs = input
+        .tools
+        .iter()
+        .map(|t| ToolSpec { name: t.name().to_owned(), description: t.description().to_owned(), input_schema: t.input_schema() })
+        .collect();
+    let by_name = input.tools.iter().map(|t| (t.name().to_owned(), Arc::clone(t))).collect();
+    let messages = reconcile(&input.history);
+    let mut turn = Turn { input, messages, specs, by_name, steps: Vec::new() };
+    turn.run().await
+}
+
+impl Turn<'_> {
+    fn now(&self) -> Option<u64> {
+        self.input.clock.as_ref().map(|c| c.now_ms())
+    }
+
+    fn emit(&self, event: AgentEvent) {
+        (self.input.emit)(event);
+    }
+
+    fn ids(&self) -> (String, String) {
+        (self.input.conversation_id.clone(), self.input.turn_id.clone())
+    }
+
+    async fn run(&mut self) -> TurnOutcome {
+        let started = self.now();
+        let (conversation_id, turn_id) = self.ids();
+        self.emit(AgentEvent::TurnStart { conversation_id: conversation_id.clone(), turn_id: turn_id.clone() });
+
+        let mut added: Vec<ChatMessage> = Vec::new();
+        let mut total = Usage::default();
+        let mut index: u32 = 0;
+        let reason = loop {
+            if self.input.abort.is_aborted() {
+                break FinishReason::Aborted;
+            }
+            let step = self.run_step(index).await;
+            let step_usage = self.steps.last().map(|s| s.usage).unwrap_or_default();
+            total = total.add(step_usage);
+            for m in &step.messages {
+                self.messages.push(m.clone());
+            }
+            added.extend(step.messages.iter().cloned());
+            if !step.messages.is_empty() {
+                if let Some(sink) = self.input.on_step.as_mut() {
+                    sink(step.messages).await;
+                }
+            }
+            match step.end {
+                StepEnd::Aborted => {
+                    break FinishReason::Aborted;
+                }
+                StepEnd::Failed => {
+                    break FinishReason::Error;
+                }
+                StepEnd::Finished(r) if step.calls.is_empty() => {
+                    break r;
+                }
+                StepEnd::Finished(_) => {}
+            }
+            if self.input.abort.is_aborted() {
+                break FinishReason::Aborted;
+            }
+            if self.input.max_steps > 0 && index + 1 >= self.input.max_steps {
+                break FinishReason::MaxSteps;
+            }
+            // Tool-result boundary: queued user text joins the next call.
+            let drained = self.input.drain_steering.as_mut().map(|d| d()).unwrap_or_default();
+            let drained: Vec<String> = drained.into_iter().filter(|t| !t.trim().is_empty()).collect();
+            if !drained.is_empty() {
+                let text = drained.join("\n\n");
+                self.emit(AgentEvent::Steering {
+                    conversation_id: conversation_id.clone(),
+                    turn_id: turn_id.clone(),
+                    text: text.clone(),
+                });
+                let msg = ChatMessage::user(text);
+                self.messages.push(msg.clone());
+                added.push(msg.clone());
+                if let Some(sink) = self.input.on_step.as_mut() {
+                    sink(vec![msg]).await;
+                }
+            }
+            index += 1;
+        };
+
+        let duration_ms = match (started, self.now()) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+            _ => None,
+        };
+        let reported = total.is_reported();
+        let context_size = self
+            .steps
+            .last()
+            .filter(|_| reported)
+            .map(|s| s.usage.input_tokens + s.usage.output_tokens);
+        self.emit(AgentEvent::Done {
+            conversation_id,
+            turn_id: turn_id.clone(),
+            reason: reason.clone(),
+            duration_ms,
+            usage: reported.then_some(total),
+            context_size,
+        });
+        TurnOutcome {
+            messages: added,
+            reason,
+            usage: total,
+            metrics: TurnMetrics { turn_id, usage: total, duration_ms, steps: std::mem::take(&mut self.steps), context_size },
+        }
+    }
+
+    async fn run_step(&mut self, index: u32) -> StepResult {
+        let (conversation_id, turn_id) = self.ids();
+        let step_id = format!("{turn_id}#{index}");
+        let mut chunks: Vec<Chunk> = Vec::new();
+        let mut calls: Vec<Call> = Vec::new();
+        let mut usage = Usage::default();
+        let mut finish = FinishReason::Stop;
+        let mut had_content = false;
+        let mut attempt = 0usize;
+        let mut waited = Duration::ZERO;
+        let mut start;
+        let mut first_token: Option<u64> = None;
+
+        let end = 'attempts: loop {
+            start = self.now();
+            let request = StepRequest { messages: &self.messages, tools: &self.specs, options: &self.input.options };
+            let opened = std::panic::catch_unwind(AssertUnwindSafe(|| self.input.provider.stream(request)));
+            let failure: Option<ProviderError> = match opened {
+                Err(p) => Some(ProviderError::fatal(format!("the provider panicked: {}", panic_text(&*p)), None)),
+                Ok(mut stream) => loop {
+                    let next = AssertUnwindSafe(stream.next()).catch_unwind();
+                    let Some(item) = or_abort(&self.input.abort, next).await else {
+                        break 'attempts StepEnd::Aborted;
+                    };
+                    let event = match item {
+                        Err(p) => {
+                            break Some(ProviderError::fatal(format!("the provider panicked: {}", panic_text(&*p)), None))
+                        }
+                        Ok(None) => break None,
+                        Ok(Some(Err(e))) => break Some(e),
+                        Ok(Some(Ok(ev))) => ev,
+                    };
+                    match event {
+                        ProviderEvent::TextDelta(delta) | ProviderEvent::ReasoningDelta(delta) if delta.is_empty() => {}
+                        ProviderEvent::TextDelta(delta) => {
+                            had_content = true;
+                            first_token = first_token.or(self.now());
+                            match chunks.last_mut() {
+                                Some(Chunk::Text { text }) => text.push_str(&delta),
+                                _ => chunks.push(Chunk::Text { text: delta.clone() }),
+                            }
+                            self.emit(AgentEvent::TextDelta {
+                                conversation_id: conversation_id.clone(),
+                                turn_id: turn_id.clone(),
+                                delta,
+                            });
+                        }
+                        ProviderEvent::ReasoningDelta(delta) => {
+                            had_content = true;
+                            first_token = first_token.or(self.now());
+                            match chunks.last_mut() {
+                                Some(Chunk::Thinking { text }) => text.push_str(&delta),
+                                _ => chunks.push(Chunk::Thinking { text: delta.clone() }),
+                            }
+                            self.emit(AgentEvent::ReasoningDelta {
+                                conversation_id: conversation_id.clone(),
+                                turn_id: turn_id.clone(),
+                                delta,
+                            });
+                        }
+                        ProviderEvent::ToolCall { id, name, input } => {
+                            had_content = true;
+                            chunks.push(Chunk::ToolCall {
+                                tool_call_id: id.clone(),
+                                tool_name: name.clone(),
+                                input: input.clone(),
+                                step_id: Some(step_id.clone()),
+                            });
+                            self.emit(AgentEvent::ToolCall {
+                                conversation_id: conversation_id.clone(),
+                                turn_id: turn_id.clone(),
+                                step_id: step_id.clone(),
+                                tool_call_id: id.clone(),
+                                tool_name: name.clone(),
+                                input: input.clone(),
+                            });
+                            calls.push(Call { id, name, input, dispatched_at: self.now() });
+                        }
+                        ProviderEvent::Usage(u) => {
+                            had_content = true;
+                            usage = usage.add(u);
+                            self.emit(AgentEvent::Usage {
+                                conversation_id: conversation_id.clone(),
+                                turn_id: turn_id.clone(),
+                                usage: u,
+                                step_id: Some(step_id.clone()),
+                            });
+                        }
+                        ProviderEvent::Finish(r) => finish = r,
+                    }
+                },
+            };
+            let Some(error) = failure else {
+                break StepEnd::Finished(finish);
+            };
+            // Retry only while nothing of this step reached anyone.
+            if error.retryable && !had_content {
+                if let Some(delay) = self.input.retry.delay_for(attempt, error.retry_after, waited) {
+                    self.emit(AgentEvent::ProviderRetry {
+                        conversation_id: conversation_id.clone(),
+                        turn_id: turn_id.clone(),
+                        attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
+                        delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                        message: error.message.clone(),
+                        code: error.code.clone(),
+                    });
+                    if or_abort(&self.input.abort, self.input.sleep.sleep(delay)).await.is_none() {
+                        break StepEnd::Aborted;
+                    }
+                    waited += delay;
+                    attempt += 1;
+                    continue;
+                }
+            }
+            chunks.push(Chunk::Error { message: error.message.clone(), code: error.code.clone() });
+            self.emit(AgentEvent::Error {
+                conversation_id: conversation_id.clone(),
+                turn_id: turn_id.clone(),
+                message: error.message,
+                code: error.code,
+            });
+            break StepEnd::Failed;
+        };
+
+        // Step timing.
+        let end_ms = self.now();
+        let gen_total_ms = match (start, end_ms) {
+            (Some(s), Some(e)) => Some(e.saturating_sub(s)),
+            _ => None,
+        };
+        let (ttft_ms, decode_ms) = match (start, first_token, end_ms) {
+            (Some(s), Some(f), Some(e)) => (Some(f.saturating_sub(s)), Some(e.saturating_sub(f))),
+            _ => (None, None),
+        };
+        self.emit(AgentEvent::StepComplete {
+            conversation_id: conversation_id.clone(),
+            turn_id: turn_id.clone(),
+            step_id: step_id.clone(),
+            ttft_ms,
+            decode_ms,
+            gen_total_ms,
+        });
+        self.steps.push(StepMetrics { step_id: step_id.clone(), usage, ttft_ms, decode_ms, gen_total_ms });
+
+        // Tool calls: run them, or say why they did not run. Either way each
+        // gets exactly one result.
+        let outputs: Vec<ToolOutput> = match end {
+            StepEnd::Finished(_) => self.dispatch(&calls).await,
+            StepEnd::Aborted => calls.iter().map(|_| aborted()).collect(),
+            StepEnd::Failed => calls
+                .iter()
+                .map(|_| ToolOutput {
+                    content: "Not run: the model's response failed before the step completed.".into(),
+                    is_error: true,
+                })
+                .collect(),
+        };
+        let end = match end {
+            // An abort during the tools ends the turn as aborted too.
+            StepEnd::Finished(_) if self.input.abort.is_aborted() => StepEnd::Aborted,
+            other => other,
+        };
+
+        let mut messages = Vec::new();
+        if !chunks.is_empty() {
+            messages.push(ChatMessage { role: Role::Assistant, chunks });
+        }
+        for (call, out) in calls.iter().zip(outputs) {
+            let duration_ms = match (call.dispatched_at, self.now()) {
+                (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+                _ => None,
+            };
+            self.emit(AgentEvent::ToolResult {
+                conversation_id: conversation_id.clone(),
+                turn_id: turn_id.clone(),
+                step_id: step_id.clone(),
+                tool_call_id: call.id.clone(),
+                tool_name: call.name.clone(),
+                content: out.content.clone(),
+                is_error: out.is_error,
+                duration_ms,
+            });
+            messages.push(ChatMessage {
+                role: Role::Tool,
+                chunks: vec![Chunk::ToolResult {
+                    tool_call_id: call.id.clone(),
+                    tool_name: call.name.clone(),
+                    content: out.content,
+                    is_error: out.is_error,
+                    step_id: Some(step_id.clone()),
+                }],
+            });
+        }
+        StepResult { end, calls, messages }
+    }
+
+    /// Run a step's calls: in parallel (bounded) when every tool in the
+    /// batch is concurrency-safe, otherwise one after the other. Results
+    /// come back in call order.
+    async fn dispatch(&self, calls: &[Call]) -> Vec<ToolOutput> {
+        let parallel = calls.len() > 1
+            && calls.iter().all(|c| self.by_name.get(&c.name).is_none_or(|t| t.concurrency_safe()));
+        if parallel {
+            let limit = self.input.max_parallel_tools.max(1);
+            futures::stream::iter(calls.iter().map(|c| self.execute(c)))
+                .buffered(limit)
+                .collect()
+                .await
+        } else {
+            let mut out = Vec::with_capacity(calls.len());
+            for c in calls {
+                out.push(self.execute(c).await);
+            }
+            out
+        }
+    }
+
+    /// One call, with every failure turned into an error result.
+    async fn execute(&self, call: &Call) -> ToolOutput {
+        let Some(tool) = self.by_name.get(&call.name) else {
+            let mut names: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
+            names.sort_unstable();
+            return error_output(format!(
+                "Unknown tool `{}`. Available tools: {}.",
+                call.name,
+                if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+            ));
+        };
+        if !call.input.is_object() {
+            return error_output(format!(
+                "Invalid input for tool `{}`: expected a JSON object, got {}.",
+                call.name,
+                truncate(&call.input.to_string(), 200)
+            ));
+        }
+        if self.input.abort.is_aborted() {
+            return aborted();
+        }
+        let emit = Arc::clone(&self.input.emit);
+        let (conversation_id, turn_id, tool_call_id) = (self.input.conversation_id.clone(), self.input.turn_id.clone(), call.id.clone());
+        let output: crate::tool::OutputSink = Arc::new(move |data: &str, stream| {
+            emit(AgentEvent::ToolOutput {
+                conversation_id: conversation_id.clone(),
+                turn_id: turn_id.clone(),
+                tool_call_id: tool_call_id.clone(),
+                data: data.to_owned(),
+                stream,
+            });
+        });
+        let ctx = ToolContext {
+            tool_call_id: call.id.clone(),
+            conversation_id: self.input.conversation_id.clone(),
+            cwd: self.input.cwd.clone(),
+            abort: self.input.abort.clone(),
+            output,
+        };
+        let started = std::panic::catch_unwind(AssertUnwindSafe(|| tool.execute(call.input.clone(), ctx)));
+        let fut = match started {
+            Ok(f) => f,
+            Err(p) => return error_output(format!("Tool `{}` panicked: {}", call.name, panic_text(&*p))),
+        };
+        match or_abort(&self.input.abort, AssertUnwindSafe(fut).catch_unwind()).await {
+            None => aborted(),
+            Some(Err(p)) => error_output(format!("Tool `{}` panicked: {}", call.name, panic_text(&*p))),
+            Some(Ok(Ok(out))) => out,
+            Some(Ok(Err(ToolError::InvalidInput(msg)))) => {
+                error_output(format!("Invalid input for tool `{}`: {msg}", call.name))
+            }
+            Some(Ok(Err(ToolError::Failed(msg)))) => error_output(format!("Tool `{}` failed: {msg}", call.name)),
+        }
+    }
+}
+
+fn error_output(content: String) -> ToolOutput {
+    ToolOutput { content, is_error: true }
+}
+
+fn aborted() -> ToolOutput {
+    error_output(ABORTED.to_owned())
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}

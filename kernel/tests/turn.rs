@@ -1,0 +1,439 @@
+//! The turn loop, one behaviour per test, against scripted fakes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dispatch_kernel::reconcile::INTERRUPTED;
+use dispatch_kernel::tool::{ToolError, ToolOutput};
+use dispatch_kernel::turn::ABORTED;
+use dispatch_kernel::wire::{AgentEvent, ChatMessage, Chunk, FinishReason, OutputStream, Role, Usage};
+use serde_json::json;
+use support::*;
+
+fn done_reason(h: &Harness) -> FinishReason {
+    match h.events().last().unwrap() {
+        AgentEvent::Done { reason, .. } => reason.clone(),
+        other => panic!("last event is {other:?}"),
+    }
+}
+
+fn tool_results(h: &Harness) -> Vec<(String, String, bool)> {
+    h.events()
+        .into_iter()
+        .filter_map(|e| match e {
+            AgentEvent::ToolResult { tool_call_id, content, is_error, .. } => Some((tool_call_id, content, is_error)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn text_and_reasoning_stream_as_deltas_and_one_assistant_message() {
+    let h = Harness::new(vec![vec![reasoning("think"), reasoning("ing"), text("Hel"), text("lo"), finish(FinishReason::Stop)]]);
+    let out = h.run();
+    assert_eq!(
+        h.types(),
+        ["turn-start", "reasoning-delta", "reasoning-delta", "text-delta", "text-delta", "step-complete", "done"]
+    );
+    assert_eq!(out.reason, FinishReason::Stop);
+    assert_eq!(
+        out.messages,
+        vec![ChatMessage {
+            role: Role::Assistant,
+            chunks: vec![Chunk::Thinking { text: "thinking".into() }, Chunk::Text { text: "Hello".into() }]
+        }]
+    );
+}
+
+#[test]
+fn tool_calls_run_and_their_results_feed_the_next_step() {
+    let h = Harness::new(vec![
+        vec![text("let me look"), call("a", "echo", json!({"x": 1})), finish(FinishReason::ToolCalls)],
+        vec![text("done"), finish(FinishReason::Stop)],
+    ])
+    .tools(vec![echo(true)]);
+    let out = h.run();
+    assert_eq!(
+        h.types(),
+        ["turn-start", "text-delta", "tool-call", "step-complete", "tool-result", "text-delta", "step-complete", "done"]
+    );
+    assert_eq!(tool_results(&h), vec![("a".into(), r#"{"x":1}"#.into(), false)]);
+    // The second request carried the call and its result.
+    let second = &h.provider.requests.lock().unwrap()[1];
+    assert_eq!(second.len(), 3);
+    assert!(matches!(&second[2].chunks[0], Chunk::ToolResult { tool_call_id, step_id: Some(s), .. } if tool_call_id == "a" && s == "t1#0"));
+    assert_eq!(out.messages.len(), 3, "assistant, tool result, final assistant");
+    assert_eq!(out.reason, FinishReason::Stop);
+    // Tools are offered to the provider by name.
+    assert_eq!(h.provider.tool_names.lock().unwrap()[0], ["echo"]);
+}
+
+#[test]
+fn step_ids_mark_tool_events_tool_chunks_and_usage() {
+    let h = Harness::new(vec![
+        vec![call("a", "echo", json!({})), usage(10, 2)],
+        vec![call("b", "echo", json!({})), usage(20, 3)],
+        vec![text("ok")],
+    ])
+    .tools(vec![echo(true)]);
+    let out = h.run();
+    for e in h.events() {
+        match e {
+            AgentEvent::ToolCall { tool_call_id, step_id, .. } | AgentEvent::ToolResult { tool_call_id, step_id, .. } => {
+                let expected = if tool_call_id == "a" { "t1#0" } else { "t1#1" };
+                assert_eq!(step_id, expected);
+            }
+            AgentEvent::Usage { step_id, usage, .. } => {
+                let expected = if usage.input_tokens == 10 { "t1#0" } else { "t1#1" };
+                assert_eq!(step_id.as_deref(), Some(expected));
+            }
+            _ => {}
+        }
+    }
+    for m in &out.messages {
+        for c in &m.chunks {
+            if let Chunk::ToolCall { step_id, .. } | Chunk::ToolResult { step_id, .. } = c {
+                assert!(step_id.as_deref().unwrap().starts_with("t1#"));
+            }
+        }
+    }
+}
+
+#[test]
+fn concurrency_safe_calls_of_one_step_run_in_parallel() {
+    let (active, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let h = Harness::new(vec![
+        vec![call("a", "read", json!({})), call("b", "read", json!({})), call("c", "read", json!({}))],
+        vec![text("ok")],
+    ])
+    .tools(vec![counted("read", true, 3, Arc::clone(&active), Arc::clone(&peak))]);
+    h.run();
+    assert_eq!(peak.load(std::sync::atomic::Ordering::SeqCst), 3);
+    // Results still come back in call order.
+    let ids: Vec<String> = tool_results(&h).into_iter().map(|r| r.0).collect();
+    assert_eq!(ids, ["a", "b", "c"]);
+}
+
+#[test]
+fn parallelism_is_bounded() {
+    let (active, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut h = Harness::new(vec![
+        (0..6).map(|i| call(&format!("c{i}"), "read", json!({}))).collect(),
+        vec![text("ok")],
+    ])
+    .tools(vec![counted("read", true, 3, Arc::clone(&active), Arc::clone(&peak))]);
+    h.max_parallel_tools = 2;
+    h.run();
+    assert_eq!(peak.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(tool_results(&h).len(), 6);
+}
+
+#[test]
+fn a_batch_with_an_unsafe_tool_runs_in_order() {
+    let (active, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let h = Harness::new(vec![
+        vec![call("a", "read", json!({})), call("b", "write", json!({})), call("c", "read", json!({}))],
+        vec![text("ok")],
+    ])
+    .tools(vec![
+        counted("read", true, 3, Arc::clone(&active), Arc::clone(&peak)),
+        counted("write", false, 3, Arc::clone(&active), Arc::clone(&peak)),
+    ]);
+    h.run();
+    assert_eq!(peak.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[test]
+fn unknown_tool_invalid_input_failure_and_panic_are_results_the_model_reads() {
+    let failing = tool("fail", false, |_, _| Box::pin(async { Err(ToolError::Failed("disk full".into())) }));
+    let picky = tool("picky", false, |_, _| Box::pin(async { Err(ToolError::InvalidInput("`path` is required".into())) }));
+    let panicking = tool("boom", false, |_, _| Box::pin(async { panic!("tool exploded") }));
+    let panicking_early = tool("boom-early", false, |_, _| panic!("tool exploded before its future"));
+    let h = Harness::new(vec![
+        vec![
+            call("1", "nope", json!({})),
+            call("2", "echo", json!("not an object")),
+            call("3", "fail", json!({})),
+            call("4", "picky", json!({})),
+            call("5", "boom", json!({})),
+            call("6", "boom-early", json!({})),
+        ],
+        vec![text("recovered")],
+    ])
+    .tools(vec![echo(false), failing, picky, panicking, panicking_early]);
+    let out = h.run();
+    let results = tool_results(&h);
+    assert!(results.iter().all(|r| r.2), "all are errors: {results:?}");
+    assert_eq!(results[0].1, "Unknown tool `nope`. Available tools: boom, boom-early, echo, fail, picky.");
+    assert!(results[1].1.starts_with("Invalid input for tool `echo`: expected a JSON object"), "{}", results[1].1);
+    assert_eq!(results[2].1, "Tool `fail` failed: disk full");
+    assert_eq!(results[3].1, "Invalid input for tool `picky`: `path` is required");
+    assert_eq!(results[4].1, "Tool `boom` panicked: tool exploded");
+    assert_eq!(results[5].1, "Tool `boom-early` panicked: tool exploded before its future");
+    assert_eq!(out.reason, FinishReason::Stop, "the turn continued");
+}
+
+#[test]
+fn tool_output_streams_as_events_between_call_and_result() {
+    let shell = tool("sh", false, |_, ctx| {
+        Box::pin(async move {
+            (ctx.output)("line 1\n", OutputStream::Stdout);
+            (ctx.output)("oops\n", OutputStream::Stderr);
+            Ok(ToolOutput::ok("exit 0"))
+        })
+    });
+    let h = Harness::new(vec![vec![call("a", "sh", json!({}))], vec![text("ok")]]).tools(vec![shell]);
+    h.run();
+    let outputs: Vec<(String, OutputStream)> = h
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            AgentEvent::ToolOutput { data, stream, tool_call_id, .. } => {
+                assert_eq!(tool_call_id, "a");
+                Some((data, stream))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(outputs, vec![("line 1\n".into(), OutputStream::Stdout), ("oops\n".into(), OutputStream::Stderr)]);
+    let types = h.types();
+    let pos = |t: &str| types.iter().position(|x| x == t).unwrap();
+    assert!(pos("tool-call") < pos("tool-output") && pos("tool-output") < pos("tool-result"));
+}
+
+#[test]
+fn abort_before_the_first_step_ends_at_once() {
+    let h = Harness::new(vec![vec![text("never")]]);
+    h.abort.abort();
+    let out = h.run();
+    assert_eq!(h.types(), ["turn-start", "done"]);
+    assert_eq!(out.reason, FinishReason::Aborted);
+    assert!(h.provider.requests.lock().unwrap().is_empty());
+}
+
+#[test]
+fn abort_mid_stream_keeps_the_partial_text_and_answers_every_call() {
+    let h = Harness::new(vec![vec![text("partial "), call("a", "echo", json!({})), Item::Abort, Item::Hang]])
+        .tools(vec![echo(true)]);
+    let out = h.run();
+    assert_eq!(done_reason(&h), FinishReason::Aborted);
+    assert_eq!(tool_results(&h), vec![("a".into(), ABORTED.into(), true)]);
+    assert_eq!(out.messages[0].chunks[0], Chunk::Text { text: "partial ".into() });
+    assert!(matches!(&out.messages[1].chunks[0], Chunk::ToolResult { tool_call_id, is_error: true, .. } if tool_call_id == "a"));
+    assert_eq!(h.provider.requests.lock().unwrap().len(), 1, "no further step");
+}
+
+#[test]
+fn abort_mid_tool_seals_the_turn_with_a_result_for_every_call() {
+    let abort = Arc::new(std::sync::Mutex::new(None::<dispatch_kernel::runtime::AbortSignal>));
+    let a = Arc::clone(&abort);
+    // `slow` fires the abort and then waits forever, like a hung command.
+    let slow = tool("slow", true, move |_, _| {
+        let signal = a.lock().unwrap().clone().unwrap();
+        Box::pin(async move {
+            signal.abort();
+            futures::future::pending::<()>().await;
+            unreachable!()
+        })
+    });
+    let h = Harness::new(vec![vec![call("fast", "echo", json!({})), call("stuck", "slow", json!({}))], vec![text("never")]])
+        .tools(vec![echo(true), slow]);
+    *abort.lock().unwrap() = Some(h.abort.clone());
+    let out = h.run();
+    assert_eq!(done_reason(&h), FinishReason::Aborted);
+    let results = tool_results(&h);
+    assert_eq!(results.len(), 2);
+    assert_eq!(results[1], ("stuck".into(), ABORTED.into(), true));
+    let calls = out.messages.iter().flat_map(|m| &m.chunks).filter(|c| matches!(c, Chunk::ToolCall { .. })).count();
+    let answers = out.messages.iter().flat_map(|m| &m.chunks).filter(|c| matches!(c, Chunk::ToolResult { .. })).count();
+    assert_eq!((calls, answers), (2, 2));
+    assert_eq!(h.provider.requests.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn a_retryable_error_before_any_content_is_retried_after_a_provider_retry_event() {
+    let h = Harness::new(vec![vec![retryable("overloaded")], vec![retryable("still overloaded")], vec![text("hi")]]);
+    let out = h.run();
+    assert_eq!(out.reason, FinishReason::Stop);
+    let retries: Vec<(u32, u64, String)> = h
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            AgentEvent::ProviderRetry { attempt, delay_ms, message, code, .. } => {
+                assert_eq!(code.as_deref(), Some("429"));
+                Some((attempt, delay_ms, message))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(retries, vec![(0, 100, "overloaded".into()), (1, 200, "still overloaded".into())]);
+    assert_eq!(*h.sleep.slept.lock().unwrap(), [Duration::from_millis(100), Duration::from_millis(200)]);
+    assert_eq!(h.types(), ["turn-start", "provider-retry", "provider-retry", "text-delta", "step-complete", "done"]);
+}
+
+#[test]
+fn retry_after_from_the_server_is_honoured() {
+    let mut e = dispatch_kernel::provider::ProviderError::retryable("slow down", Some("429".into()));
+    e.retry_after = Some(Duration::from_secs(3));
+    let h = Harness::new(vec![vec![Item::Fail(e)], vec![text("ok")]]);
+    h.run();
+    assert_eq!(*h.sleep.slept.lock().unwrap(), [Duration::from_secs(3)]);
+}
+
+#[test]
+fn an_error_after_content_is_not_retried() {
+    let h = Harness::new(vec![vec![text("half an ans"), retryable("connection reset")], vec![text("DUPLICATE")]]);
+    let out = h.run();
+    assert_eq!(out.reason, FinishReason::Error);
+    assert_eq!(h.types(), ["turn-start", "text-delta", "error", "step-complete", "done"]);
+    assert_eq!(
+        out.messages[0].chunks,
+        vec![Chunk::Text { text: "half an ans".into() }, Chunk::Error { message: "connection reset".into(), code: Some("429".into()) }]
+    );
+}
+
+#[test]
+fn an_exhausted_retry_budget_ends_with_error_then_done() {
+    let h = Harness::new((0..5).map(|i| vec![retryable(&format!("busy {i}"))]).collect());
+    let out = h.run();
+    assert_eq!(out.reason, FinishReason::Error);
+    assert_eq!(
+        h.types(),
+        ["turn-start", "provider-retry", "provider-retry", "provider-retry", "error", "step-complete", "done"]
+    );
+    assert!(matches!(&h.events()[4], AgentEvent::Error { message, .. } if message == "busy 3"));
+}
+
+#[test]
+fn a_fatal_error_is_not_retried() {
+    let h = Harness::new(vec![vec![fatal("bad request: unknown model")], vec![text("never")]]);
+    let out = h.run();
+    assert_eq!(out.reason, FinishReason::Error);
+    assert!(h.sleep.slept.lock().unwrap().is_empty());
+    assert_eq!(h.provider.requests.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn a_panicking_provider_is_an_error_not_a_crash() {
+    let h = Harness::new(vec![vec![text("a"), Item::Panic]]);
+    let out = h.run();
+    assert_eq!(out.reason, FinishReason::Error);
+    assert!(h.events().iter().any(|e| matches!(e, AgentEvent::Error { message, .. } if message.contains("scripted provider panic"))));
+}
+
+#[test]
+fn calls_of_a_failed_step_are_answered_without_running() {
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = Arc::clone(&ran);
+    let counting = tool("count", false, move |_, _| {
+        r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async { Ok(ToolOutput::ok("")) })
+    });
+    let h = Harness::new(vec![vec![call("a", "count", json!({})), fatal("stream broke")]]).tools(vec![counting]);
+    let out = h.run();
+    assert_eq!(out.reason, FinishReason::Error);
+    assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(tool_results(&h).len(), 1);
+}
+
+#[test]
+fn the_step_limit_ends_the_turn_with_max_steps() {
+    let mut h = Harness::new((0..5).map(|i| vec![call(&format!("c{i}"), "echo", json!({}))]).collect()).tools(vec![echo(true)]);
+    h.max_steps = 2;
+    let out = h.run();
+    assert_eq!(out.reason, FinishReason::MaxSteps);
+    assert_eq!(h.provider.requests.lock().unwrap().len(), 2);
+    assert_eq!(tool_results(&h).len(), 2, "the last step's calls still got results");
+}
+
+#[test]
+fn steering_is_drained_at_the_tool_result_boundary_and_joins_the_next_call() {
+    let h = Harness::new(vec![vec![call("a", "echo", json!({}))], vec![text("adjusted")]]).tools(vec![echo(true)]);
+    h.steering.lock().unwrap().push_back(vec!["actually, use Rust".into(), "and be brief".into()]);
+    let out = h.run();
+    let steering: Vec<String> = h
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            AgentEvent::Steering { text, .. } => Some(text),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(steering, ["actually, use Rust\n\nand be brief"]);
+    let types = h.types();
+    let pos = |t: &str| types.iter().position(|x| x == t).unwrap();
+    assert!(pos("tool-result") < pos("steering"));
+    let second = &h.provider.requests.lock().unwrap()[1];
+    assert_eq!(second.last().unwrap(), &ChatMessage::user("actually, use Rust\n\nand be brief"));
+    assert!(out.messages.contains(&ChatMessage::user("actually, use Rust\n\nand be brief")));
+}
+
+#[test]
+fn each_steps_messages_reach_the_step_sink_in_order() {
+    let h = Harness::new(vec![vec![text("a"), call("x", "echo", json!({}))], vec![text("b")]]).tools(vec![echo(true)]);
+    let out = h.run();
+    let persisted: Vec<ChatMessage> = h.persisted.lock().unwrap().iter().flatten().cloned().collect();
+    assert_eq!(persisted, out.messages);
+    assert_eq!(h.persisted.lock().unwrap().len(), 2, "one batch per step");
+}
+
+#[test]
+fn metrics_come_from_the_injected_clock() {
+    let slow = tool("slow", false, |_, _| Box::pin(async { Ok(ToolOutput::ok("")) }));
+    let h = Harness::new(vec![
+        vec![Item::Advance(30), text("a"), Item::Advance(20), call("x", "slow", json!({})), usage(100, 10)],
+        vec![Item::Advance(5), text("b"), Item::Advance(5), usage(150, 20)],
+    ])
+    .tools(vec![slow]);
+    let out = h.run();
+    let steps: Vec<(Option<u64>, Option<u64>, Option<u64>)> = h
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            AgentEvent::StepComplete { ttft_ms, decode_ms, gen_total_ms, .. } => Some((ttft_ms, decode_ms, gen_total_ms)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(steps, vec![(Some(30), Some(20), Some(50)), (Some(5), Some(5), Some(10))]);
+    match h.events().last().unwrap() {
+        AgentEvent::Done { duration_ms, usage, context_size, .. } => {
+            assert_eq!(*duration_ms, Some(60));
+            assert_eq!(*usage, Some(Usage { input_tokens: 250, output_tokens: 30, ..Usage::default() }));
+            assert_eq!(*context_size, Some(170), "final step's input + output");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(out.metrics.steps.len(), 2);
+    assert_eq!(out.metrics.steps[0].usage.input_tokens, 100);
+    assert_eq!(out.metrics.context_size, Some(170));
+    assert!(h.events().iter().any(|e| matches!(e, AgentEvent::ToolResult { duration_ms: Some(0), .. })));
+}
+
+#[test]
+fn no_usage_means_no_usage_or_context_size_on_done() {
+    let h = Harness::new(vec![vec![text("hi")]]);
+    h.run();
+    assert!(matches!(h.events().last().unwrap(), AgentEvent::Done { usage: None, context_size: None, .. }));
+}
+
+#[test]
+fn history_is_reconciled_before_the_provider_sees_it() {
+    let mut h = Harness::new(vec![vec![text("ok")]]);
+    h.history = vec![
+        ChatMessage::user("earlier"),
+        ChatMessage {
+            role: Role::Assistant,
+            chunks: vec![Chunk::ToolCall { tool_call_id: "old".into(), tool_name: "echo".into(), input: json!({}), step_id: Some("t0#0".into()) }],
+        },
+        ChatMessage::user("now"),
+    ];
+    h.run();
+    let sent = &h.provider.requests.lock().unwrap()[0];
+    assert_eq!(sent.len(), 4);
+    assert!(matches!(&sent[2].chunks[0], Chunk::ToolResult { tool_call_id, content, is_error: true, .. } if tool_call_id == "old" && content == INTERRUPTED));
+}
