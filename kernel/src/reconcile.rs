@@ -63,7 +63,12 @@ mod tests {
     use serde_json::json;
 
     fn call(id: &str) -> Chunk {
-        Chunk::ToolCall { tool_call_id: id.into(), tool_name: "t".into(), input: json!({}), step_id: Some("turn#0".into()) }
+        Chunk::ToolCall {
+            tool_call_id: id.into(),
+            tool_name: "t".into(),
+            input: json!({}),
+            step_id: Some("turn#0".into()),
+        }
     }
     fn result(id: &str) -> ChatMessage {
         ChatMessage {

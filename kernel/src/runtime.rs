@@ -117,7 +117,12 @@ impl RetryPolicy {
     /// The wait before retry `attempt`, honouring a server's `Retry-After`
     /// (the longer of the two), or `None` when the schedule or the budget
     /// (given what was `spent` already) is exhausted.
-    pub fn delay_for(&self, attempt: usize, retry_after: Option<Duration>, spent: Duration) -> Option<Duration> {
+    pub fn delay_for(
+        &self,
+        attempt: usize,
+        retry_after: Option<Duration>,
+        spent: Duration,
+    ) -> Option<Duration> {
         let scheduled = *self.delays.get(attempt)?;
         let delay = retry_after.map_or(scheduled, |ra| ra.max(scheduled));
         (spent + delay <= self.budget).then_some(delay)
@@ -130,10 +135,19 @@ mod tests {
 
     #[test]
     fn retry_schedule_honours_retry_after_and_the_budget() {
-        let p = RetryPolicy { delays: vec![Duration::from_secs(1), Duration::from_secs(2)], budget: Duration::from_secs(10) };
+        let p = RetryPolicy {
+            delays: vec![Duration::from_secs(1), Duration::from_secs(2)],
+            budget: Duration::from_secs(10),
+        };
         assert_eq!(p.delay_for(0, None, Duration::ZERO), Some(Duration::from_secs(1)));
-        assert_eq!(p.delay_for(0, Some(Duration::from_secs(5)), Duration::ZERO), Some(Duration::from_secs(5)));
-        assert_eq!(p.delay_for(1, Some(Duration::from_millis(10)), Duration::ZERO), Some(Duration::from_secs(2)));
+        assert_eq!(
+            p.delay_for(0, Some(Duration::from_secs(5)), Duration::ZERO),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            p.delay_for(1, Some(Duration::from_millis(10)), Duration::ZERO),
+            Some(Duration::from_secs(2))
+        );
         assert_eq!(p.delay_for(2, None, Duration::ZERO), None, "schedule exhausted");
         assert_eq!(p.delay_for(1, None, Duration::from_secs(9)), None, "budget exhausted");
         assert_eq!(RetryPolicy::none().delay_for(0, None, Duration::ZERO), None);

@@ -160,7 +160,11 @@ pub async fn run_turn(input: TurnInput<'_>) -> TurnOutcome {
     let specs = input
         .tools
         .iter()
-        .map(|t| ToolSpec { name: t.name().to_owned(), description: t.description().to_owned(), input_schema: t.input_schema() })
+        .map(|t| ToolSpec {
+            name: t.name().to_owned(),
+            description: t.description().to_owned(),
+            input_schema: t.input_schema(),
+        })
         .collect();
     let by_name = input.tools.iter().map(|t| (t.name().to_owned(), Arc::clone(t))).collect();
     let messages = reconcile(&input.history);
@@ -184,7 +188,10 @@ impl Turn<'_> {
     async fn run(&mut self) -> TurnOutcome {
         let started = self.now();
         let (conversation_id, turn_id) = self.ids();
-        self.emit(AgentEvent::TurnStart { conversation_id: conversation_id.clone(), turn_id: turn_id.clone() });
+        self.emit(AgentEvent::TurnStart {
+            conversation_id: conversation_id.clone(),
+            turn_id: turn_id.clone(),
+        });
 
         let mut added: Vec<ChatMessage> = Vec::new();
         let mut total = Usage::default();
@@ -195,7 +202,7 @@ impl Turn<'_> {
             }
             let step = self.run_step(index).await;
             let step_usage = self.steps.last().map(|s| s.usage).unwrap_or_default();
-            total = total.add(step_usage);
+            total = total + step_usage;
             for m in &step.messages {
                 self.messages.push(m.clone());
             }
@@ -248,11 +255,8 @@ impl Turn<'_> {
             _ => None,
         };
         let reported = total.is_reported();
-        let context_size = self
-            .steps
-            .last()
-            .filter(|_| reported)
-            .map(|s| s.usage.input_tokens + s.usage.output_tokens);
+        let context_size =
+            self.steps.last().filter(|_| reported).map(|s| s.usage.input_tokens + s.usage.output_tokens);
         self.emit(AgentEvent::Done {
             conversation_id,
             turn_id: turn_id.clone(),
@@ -265,7 +269,13 @@ impl Turn<'_> {
             messages: added,
             reason,
             usage: total,
-            metrics: TurnMetrics { turn_id, usage: total, duration_ms, steps: std::mem::take(&mut self.steps), context_size },
+            metrics: TurnMetrics {
+                turn_id,
+                usage: total,
+                duration_ms,
+                steps: std::mem::take(&mut self.steps),
+                context_size,
+            },
         }
     }
 
@@ -284,10 +294,13 @@ impl Turn<'_> {
 
         let end = 'attempts: loop {
             start = self.now();
-            let request = StepRequest { messages: &self.messages, tools: &self.specs, options: &self.input.options };
+            let request =
+                StepRequest { messages: &self.messages, tools: &self.specs, options: &self.input.options };
             let opened = std::panic::catch_unwind(AssertUnwindSafe(|| self.input.provider.stream(request)));
             let failure: Option<ProviderError> = match opened {
-                Err(p) => Some(ProviderError::fatal(format!("the provider panicked: {}", panic_text(&*p)), None)),
+                Err(p) => {
+                    Some(ProviderError::fatal(format!("the provider panicked: {}", panic_text(&*p)), None))
+                }
                 Ok(mut stream) => loop {
                     let next = AssertUnwindSafe(stream.next()).catch_unwind();
                     let Some(item) = or_abort(&self.input.abort, next).await else {
@@ -295,14 +308,18 @@ impl Turn<'_> {
                     };
                     let event = match item {
                         Err(p) => {
-                            break Some(ProviderError::fatal(format!("the provider panicked: {}", panic_text(&*p)), None))
+                            break Some(ProviderError::fatal(
+                                format!("the provider panicked: {}", panic_text(&*p)),
+                                None,
+                            ))
                         }
                         Ok(None) => break None,
                         Ok(Some(Err(e))) => break Some(e),
                         Ok(Some(Ok(ev))) => ev,
                     };
                     match event {
-                        ProviderEvent::TextDelta(delta) | ProviderEvent::ReasoningDelta(delta) if delta.is_empty() => {}
+                        ProviderEvent::TextDelta(delta) | ProviderEvent::ReasoningDelta(delta)
+                            if delta.is_empty() => {}
                         ProviderEvent::TextDelta(delta) => {
                             had_content = true;
                             first_token = first_token.or(self.now());
@@ -349,7 +366,7 @@ impl Turn<'_> {
                         }
                         ProviderEvent::Usage(u) => {
                             had_content = true;
-                            usage = usage.add(u);
+                            usage = usage + u;
                             self.emit(AgentEvent::Usage {
                                 conversation_id: conversation_id.clone(),
                                 turn_id: turn_id.clone(),
@@ -473,10 +490,7 @@ impl Turn<'_> {
             && calls.iter().all(|c| self.by_name.get(&c.name).is_none_or(|t| t.concurrency_safe()));
         if parallel {
             let limit = self.input.max_parallel_tools.max(1);
-            futures::stream::iter(calls.iter().map(|c| self.execute(c)))
-                .buffered(limit)
-                .collect()
-                .await
+            futures::stream::iter(calls.iter().map(|c| self.execute(c))).buffered(limit).collect().await
         } else {
             let mut out = Vec::with_capacity(calls.len());
             for c in calls {
@@ -508,7 +522,8 @@ impl Turn<'_> {
             return aborted();
         }
         let emit = Arc::clone(&self.input.emit);
-        let (conversation_id, turn_id, tool_call_id) = (self.input.conversation_id.clone(), self.input.turn_id.clone(), call.id.clone());
+        let (conversation_id, turn_id, tool_call_id) =
+            (self.input.conversation_id.clone(), self.input.turn_id.clone(), call.id.clone());
         let output: crate::tool::OutputSink = Arc::new(move |data: &str, stream| {
             emit(AgentEvent::ToolOutput {
                 conversation_id: conversation_id.clone(),
@@ -537,7 +552,9 @@ impl Turn<'_> {
             Some(Ok(Err(ToolError::InvalidInput(msg)))) => {
                 error_output(format!("Invalid input for tool `{}`: {msg}", call.name))
             }
-            Some(Ok(Err(ToolError::Failed(msg)))) => error_output(format!("Tool `{}` failed: {msg}", call.name)),
+            Some(Ok(Err(ToolError::Failed(msg)))) => {
+                error_output(format!("Tool `{}` failed: {msg}", call.name))
+            }
         }
     }
 }

@@ -140,8 +140,19 @@ pub struct Usage {
 }
 
 impl Usage {
-    /// Field-wise sum; a cache counter is present when either side has it.
-    pub fn add(self, other: Usage) -> Usage {
+    /// Whether anything was counted.
+    pub fn is_reported(&self) -> bool {
+        self.input_tokens > 0
+            || self.output_tokens > 0
+            || self.cache_read_tokens.is_some()
+            || self.cache_write_tokens.is_some()
+    }
+}
+
+/// Field-wise sum; a cache counter is present when either side has it.
+impl std::ops::Add for Usage {
+    type Output = Usage;
+    fn add(self, other: Usage) -> Usage {
         fn opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
             match (a, b) {
                 (None, None) => None,
@@ -154,14 +165,6 @@ impl Usage {
             cache_read_tokens: opt(self.cache_read_tokens, other.cache_read_tokens),
             cache_write_tokens: opt(self.cache_write_tokens, other.cache_write_tokens),
         }
-    }
-
-    /// Whether anything was counted.
-    pub fn is_reported(&self) -> bool {
-        self.input_tokens > 0
-            || self.output_tokens > 0
-            || self.cache_read_tokens.is_some()
-            || self.cache_write_tokens.is_some()
     }
 }
 

@@ -26,7 +26,9 @@ fn tool_results(h: &Harness) -> Vec<(String, String, bool)> {
     h.events()
         .into_iter()
         .filter_map(|e| match e {
-            AgentEvent::ToolResult { tool_call_id, content, is_error, .. } => Some((tool_call_id, content, is_error)),
+            AgentEvent::ToolResult { tool_call_id, content, is_error, .. } => {
+                Some((tool_call_id, content, is_error))
+            }
             _ => None,
         })
         .collect()
@@ -34,11 +36,25 @@ fn tool_results(h: &Harness) -> Vec<(String, String, bool)> {
 
 #[test]
 fn text_and_reasoning_stream_as_deltas_and_one_assistant_message() {
-    let h = Harness::new(vec![vec![reasoning("think"), reasoning("ing"), text("Hel"), text("lo"), finish(FinishReason::Stop)]]);
+    let h = Harness::new(vec![vec![
+        reasoning("think"),
+        reasoning("ing"),
+        text("Hel"),
+        text("lo"),
+        finish(FinishReason::Stop),
+    ]]);
     let out = h.run();
     assert_eq!(
         h.types(),
-        ["turn-start", "reasoning-delta", "reasoning-delta", "text-delta", "text-delta", "step-complete", "done"]
+        [
+            "turn-start",
+            "reasoning-delta",
+            "reasoning-delta",
+            "text-delta",
+            "text-delta",
+            "step-complete",
+            "done"
+        ]
     );
     assert_eq!(out.reason, FinishReason::Stop);
     assert_eq!(
@@ -60,13 +76,24 @@ fn tool_calls_run_and_their_results_feed_the_next_step() {
     let out = h.run();
     assert_eq!(
         h.types(),
-        ["turn-start", "text-delta", "tool-call", "step-complete", "tool-result", "text-delta", "step-complete", "done"]
+        [
+            "turn-start",
+            "text-delta",
+            "tool-call",
+            "step-complete",
+            "tool-result",
+            "text-delta",
+            "step-complete",
+            "done"
+        ]
     );
     assert_eq!(tool_results(&h), vec![("a".into(), r#"{"x":1}"#.into(), false)]);
     // The second request carried the call and its result.
     let second = &h.provider.requests.lock().unwrap()[1];
     assert_eq!(second.len(), 3);
-    assert!(matches!(&second[2].chunks[0], Chunk::ToolResult { tool_call_id, step_id: Some(s), .. } if tool_call_id == "a" && s == "t1#0"));
+    assert!(
+        matches!(&second[2].chunks[0], Chunk::ToolResult { tool_call_id, step_id: Some(s), .. } if tool_call_id == "a" && s == "t1#0")
+    );
     assert_eq!(out.messages.len(), 3, "assistant, tool result, final assistant");
     assert_eq!(out.reason, FinishReason::Stop);
     // Tools are offered to the provider by name.
@@ -84,7 +111,8 @@ fn step_ids_mark_tool_events_tool_chunks_and_usage() {
     let out = h.run();
     for e in h.events() {
         match e {
-            AgentEvent::ToolCall { tool_call_id, step_id, .. } | AgentEvent::ToolResult { tool_call_id, step_id, .. } => {
+            AgentEvent::ToolCall { tool_call_id, step_id, .. }
+            | AgentEvent::ToolResult { tool_call_id, step_id, .. } => {
                 let expected = if tool_call_id == "a" { "t1#0" } else { "t1#1" };
                 assert_eq!(step_id, expected);
             }
@@ -151,7 +179,9 @@ fn a_batch_with_an_unsafe_tool_runs_in_order() {
 #[test]
 fn unknown_tool_invalid_input_failure_and_panic_are_results_the_model_reads() {
     let failing = tool("fail", false, |_, _| Box::pin(async { Err(ToolError::Failed("disk full".into())) }));
-    let picky = tool("picky", false, |_, _| Box::pin(async { Err(ToolError::InvalidInput("`path` is required".into())) }));
+    let picky = tool("picky", false, |_, _| {
+        Box::pin(async { Err(ToolError::InvalidInput("`path` is required".into())) })
+    });
     let panicking = tool("boom", false, |_, _| Box::pin(async { panic!("tool exploded") }));
     let panicking_early = tool("boom-early", false, |_, _| panic!("tool exploded before its future"));
     let h = Harness::new(vec![
@@ -170,7 +200,11 @@ fn unknown_tool_invalid_input_failure_and_panic_are_results_the_model_reads() {
     let results = tool_results(&h);
     assert!(results.iter().all(|r| r.2), "all are errors: {results:?}");
     assert_eq!(results[0].1, "Unknown tool `nope`. Available tools: boom, boom-early, echo, fail, picky.");
-    assert!(results[1].1.starts_with("Invalid input for tool `echo`: expected a JSON object"), "{}", results[1].1);
+    assert!(
+        results[1].1.starts_with("Invalid input for tool `echo`: expected a JSON object"),
+        "{}",
+        results[1].1
+    );
     assert_eq!(results[2].1, "Tool `fail` failed: disk full");
     assert_eq!(results[3].1, "Invalid input for tool `picky`: `path` is required");
     assert_eq!(results[4].1, "Tool `boom` panicked: tool exploded");
@@ -200,7 +234,10 @@ fn tool_output_streams_as_events_between_call_and_result() {
             _ => None,
         })
         .collect();
-    assert_eq!(outputs, vec![("line 1\n".into(), OutputStream::Stdout), ("oops\n".into(), OutputStream::Stderr)]);
+    assert_eq!(
+        outputs,
+        vec![("line 1\n".into(), OutputStream::Stdout), ("oops\n".into(), OutputStream::Stderr)]
+    );
     let types = h.types();
     let pos = |t: &str| types.iter().position(|x| x == t).unwrap();
     assert!(pos("tool-call") < pos("tool-output") && pos("tool-output") < pos("tool-result"));
@@ -224,7 +261,9 @@ fn abort_mid_stream_keeps_the_partial_text_and_answers_every_call() {
     assert_eq!(done_reason(&h), FinishReason::Aborted);
     assert_eq!(tool_results(&h), vec![("a".into(), ABORTED.into(), true)]);
     assert_eq!(out.messages[0].chunks[0], Chunk::Text { text: "partial ".into() });
-    assert!(matches!(&out.messages[1].chunks[0], Chunk::ToolResult { tool_call_id, is_error: true, .. } if tool_call_id == "a"));
+    assert!(
+        matches!(&out.messages[1].chunks[0], Chunk::ToolResult { tool_call_id, is_error: true, .. } if tool_call_id == "a")
+    );
     assert_eq!(h.provider.requests.lock().unwrap().len(), 1, "no further step");
 }
 
@@ -241,23 +280,32 @@ fn abort_mid_tool_seals_the_turn_with_a_result_for_every_call() {
             unreachable!()
         })
     });
-    let h = Harness::new(vec![vec![call("fast", "echo", json!({})), call("stuck", "slow", json!({}))], vec![text("never")]])
-        .tools(vec![echo(true), slow]);
+    let h = Harness::new(vec![
+        vec![call("fast", "echo", json!({})), call("stuck", "slow", json!({}))],
+        vec![text("never")],
+    ])
+    .tools(vec![echo(true), slow]);
     *abort.lock().unwrap() = Some(h.abort.clone());
     let out = h.run();
     assert_eq!(done_reason(&h), FinishReason::Aborted);
     let results = tool_results(&h);
     assert_eq!(results.len(), 2);
     assert_eq!(results[1], ("stuck".into(), ABORTED.into(), true));
-    let calls = out.messages.iter().flat_map(|m| &m.chunks).filter(|c| matches!(c, Chunk::ToolCall { .. })).count();
-    let answers = out.messages.iter().flat_map(|m| &m.chunks).filter(|c| matches!(c, Chunk::ToolResult { .. })).count();
+    let calls =
+        out.messages.iter().flat_map(|m| &m.chunks).filter(|c| matches!(c, Chunk::ToolCall { .. })).count();
+    let answers =
+        out.messages.iter().flat_map(|m| &m.chunks).filter(|c| matches!(c, Chunk::ToolResult { .. })).count();
     assert_eq!((calls, answers), (2, 2));
     assert_eq!(h.provider.requests.lock().unwrap().len(), 1);
 }
 
 #[test]
 fn a_retryable_error_before_any_content_is_retried_after_a_provider_retry_event() {
-    let h = Harness::new(vec![vec![retryable("overloaded")], vec![retryable("still overloaded")], vec![text("hi")]]);
+    let h = Harness::new(vec![
+        vec![retryable("overloaded")],
+        vec![retryable("still overloaded")],
+        vec![text("hi")],
+    ]);
     let out = h.run();
     assert_eq!(out.reason, FinishReason::Stop);
     let retries: Vec<(u32, u64, String)> = h
@@ -273,7 +321,10 @@ fn a_retryable_error_before_any_content_is_retried_after_a_provider_retry_event(
         .collect();
     assert_eq!(retries, vec![(0, 100, "overloaded".into()), (1, 200, "still overloaded".into())]);
     assert_eq!(*h.sleep.slept.lock().unwrap(), [Duration::from_millis(100), Duration::from_millis(200)]);
-    assert_eq!(h.types(), ["turn-start", "provider-retry", "provider-retry", "text-delta", "step-complete", "done"]);
+    assert_eq!(
+        h.types(),
+        ["turn-start", "provider-retry", "provider-retry", "text-delta", "step-complete", "done"]
+    );
 }
 
 #[test]
@@ -287,13 +338,17 @@ fn retry_after_from_the_server_is_honoured() {
 
 #[test]
 fn an_error_after_content_is_not_retried() {
-    let h = Harness::new(vec![vec![text("half an ans"), retryable("connection reset")], vec![text("DUPLICATE")]]);
+    let h =
+        Harness::new(vec![vec![text("half an ans"), retryable("connection reset")], vec![text("DUPLICATE")]]);
     let out = h.run();
     assert_eq!(out.reason, FinishReason::Error);
     assert_eq!(h.types(), ["turn-start", "text-delta", "error", "step-complete", "done"]);
     assert_eq!(
         out.messages[0].chunks,
-        vec![Chunk::Text { text: "half an ans".into() }, Chunk::Error { message: "connection reset".into(), code: Some("429".into()) }]
+        vec![
+            Chunk::Text { text: "half an ans".into() },
+            Chunk::Error { message: "connection reset".into(), code: Some("429".into()) }
+        ]
     );
 }
 
@@ -304,7 +359,15 @@ fn an_exhausted_retry_budget_ends_with_error_then_done() {
     assert_eq!(out.reason, FinishReason::Error);
     assert_eq!(
         h.types(),
-        ["turn-start", "provider-retry", "provider-retry", "provider-retry", "error", "step-complete", "done"]
+        [
+            "turn-start",
+            "provider-retry",
+            "provider-retry",
+            "provider-retry",
+            "error",
+            "step-complete",
+            "done"
+        ]
     );
     assert!(matches!(&h.events()[4], AgentEvent::Error { message, .. } if message == "busy 3"));
 }
@@ -323,7 +386,9 @@ fn a_panicking_provider_is_an_error_not_a_crash() {
     let h = Harness::new(vec![vec![text("a"), Item::Panic]]);
     let out = h.run();
     assert_eq!(out.reason, FinishReason::Error);
-    assert!(h.events().iter().any(|e| matches!(e, AgentEvent::Error { message, .. } if message.contains("scripted provider panic"))));
+    assert!(h.events().iter().any(
+        |e| matches!(e, AgentEvent::Error { message, .. } if message.contains("scripted provider panic"))
+    ));
 }
 
 #[test]
@@ -334,7 +399,8 @@ fn calls_of_a_failed_step_are_answered_without_running() {
         r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Box::pin(async { Ok(ToolOutput::ok("")) })
     });
-    let h = Harness::new(vec![vec![call("a", "count", json!({})), fatal("stream broke")]]).tools(vec![counting]);
+    let h =
+        Harness::new(vec![vec![call("a", "count", json!({})), fatal("stream broke")]]).tools(vec![counting]);
     let out = h.run();
     assert_eq!(out.reason, FinishReason::Error);
     assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 0);
@@ -343,7 +409,8 @@ fn calls_of_a_failed_step_are_answered_without_running() {
 
 #[test]
 fn the_step_limit_ends_the_turn_with_max_steps() {
-    let mut h = Harness::new((0..5).map(|i| vec![call(&format!("c{i}"), "echo", json!({}))]).collect()).tools(vec![echo(true)]);
+    let mut h = Harness::new((0..5).map(|i| vec![call(&format!("c{i}"), "echo", json!({}))]).collect())
+        .tools(vec![echo(true)]);
     h.max_steps = 2;
     let out = h.run();
     assert_eq!(out.reason, FinishReason::MaxSteps);
@@ -353,7 +420,8 @@ fn the_step_limit_ends_the_turn_with_max_steps() {
 
 #[test]
 fn steering_is_drained_at_the_tool_result_boundary_and_joins_the_next_call() {
-    let h = Harness::new(vec![vec![call("a", "echo", json!({}))], vec![text("adjusted")]]).tools(vec![echo(true)]);
+    let h = Harness::new(vec![vec![call("a", "echo", json!({}))], vec![text("adjusted")]])
+        .tools(vec![echo(true)]);
     h.steering.lock().unwrap().push_back(vec!["actually, use Rust".into(), "and be brief".into()]);
     let out = h.run();
     let steering: Vec<String> = h
@@ -375,7 +443,8 @@ fn steering_is_drained_at_the_tool_result_boundary_and_joins_the_next_call() {
 
 #[test]
 fn each_steps_messages_reach_the_step_sink_in_order() {
-    let h = Harness::new(vec![vec![text("a"), call("x", "echo", json!({}))], vec![text("b")]]).tools(vec![echo(true)]);
+    let h = Harness::new(vec![vec![text("a"), call("x", "echo", json!({}))], vec![text("b")]])
+        .tools(vec![echo(true)]);
     let out = h.run();
     let persisted: Vec<ChatMessage> = h.persisted.lock().unwrap().iter().flatten().cloned().collect();
     assert_eq!(persisted, out.messages);
@@ -395,7 +464,9 @@ fn metrics_come_from_the_injected_clock() {
         .events()
         .into_iter()
         .filter_map(|e| match e {
-            AgentEvent::StepComplete { ttft_ms, decode_ms, gen_total_ms, .. } => Some((ttft_ms, decode_ms, gen_total_ms)),
+            AgentEvent::StepComplete { ttft_ms, decode_ms, gen_total_ms, .. } => {
+                Some((ttft_ms, decode_ms, gen_total_ms))
+            }
             _ => None,
         })
         .collect();
@@ -428,12 +499,19 @@ fn history_is_reconciled_before_the_provider_sees_it() {
         ChatMessage::user("earlier"),
         ChatMessage {
             role: Role::Assistant,
-            chunks: vec![Chunk::ToolCall { tool_call_id: "old".into(), tool_name: "echo".into(), input: json!({}), step_id: Some("t0#0".into()) }],
+            chunks: vec![Chunk::ToolCall {
+                tool_call_id: "old".into(),
+                tool_name: "echo".into(),
+                input: json!({}),
+                step_id: Some("t0#0".into()),
+            }],
         },
         ChatMessage::user("now"),
     ];
     h.run();
     let sent = &h.provider.requests.lock().unwrap()[0];
     assert_eq!(sent.len(), 4);
-    assert!(matches!(&sent[2].chunks[0], Chunk::ToolResult { tool_call_id, content, is_error: true, .. } if tool_call_id == "old" && content == INTERRUPTED));
+    assert!(
+        matches!(&sent[2].chunks[0], Chunk::ToolResult { tool_call_id, content, is_error: true, .. } if tool_call_id == "old" && content == INTERRUPTED)
+    );
 }

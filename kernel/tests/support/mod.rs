@@ -42,7 +42,11 @@ pub fn call(id: &str, name: &str, input: Value) -> Item {
     Item::Event(ProviderEvent::ToolCall { id: id.into(), name: name.into(), input })
 }
 pub fn usage(input: u64, output: u64) -> Item {
-    Item::Event(ProviderEvent::Usage(Usage { input_tokens: input, output_tokens: output, ..Usage::default() }))
+    Item::Event(ProviderEvent::Usage(Usage {
+        input_tokens: input,
+        output_tokens: output,
+        ..Usage::default()
+    }))
 }
 pub fn finish(r: FinishReason) -> Item {
     Item::Event(ProviderEvent::Finish(r))
@@ -161,7 +165,13 @@ pub fn echo(safe: bool) -> Arc<dyn Tool> {
 
 /// A tool that counts how many of its calls run at once; each call yields
 /// `yields` times before answering.
-pub fn counted(name: &str, safe: bool, yields: usize, active: Arc<AtomicUsize>, peak: Arc<AtomicUsize>) -> Arc<dyn Tool> {
+pub fn counted(
+    name: &str,
+    safe: bool,
+    yields: usize,
+    active: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
+) -> Arc<dyn Tool> {
     tool(name, safe, move |_, _| {
         let (active, peak) = (Arc::clone(&active), Arc::clone(&peak));
         Box::pin(async move {
@@ -226,7 +236,11 @@ impl Harness {
             tools: Vec::new(),
             history: vec![ChatMessage::user("hello")],
             retry: RetryPolicy {
-                delays: vec![Duration::from_millis(100), Duration::from_millis(200), Duration::from_millis(400)],
+                delays: vec![
+                    Duration::from_millis(100),
+                    Duration::from_millis(200),
+                    Duration::from_millis(400),
+                ],
                 budget: Duration::from_secs(10),
             },
             max_steps: 0,
