@@ -80,3 +80,18 @@ fn serve_refuses_to_start_when_a_required_plugin_fails() {
     assert!(out.stderr.contains("fx-alpha") && out.stderr.contains("libfx_alpha.so"), "{}", out.stderr);
     assert!(out.stderr.contains("plugin stopped plugin=surfaces"), "what started is stopped: {}", out.stderr);
 }
+
+#[test]
+fn a_hanging_deactivate_hits_its_deadline_and_the_rest_still_stop() {
+    let cfg = Config::new()
+        .host_line("deactivate_timeout_ms = 300")
+        .plugin("libdispatch_plugin_surfaces.so", "")
+        .plugin("libfx_alpha.so", "deactivate_sleep_ms = 30000")
+        .write();
+    let started = std::time::Instant::now();
+    let out = run(&["plugins", "--config", cfg.to_str().unwrap()], &[], Duration::from_secs(20));
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert!(started.elapsed() < Duration::from_secs(10), "the host waited for the hung deactivate");
+    assert!(out.stderr.contains("deactivate did not finish within 300 ms"), "{}", out.stderr);
+    assert!(out.stderr.contains("plugin stopped plugin=surfaces"), "{}", out.stderr);
+}
