@@ -13,3 +13,4 @@ pub mod loader;
 pub mod logging;
 pub mod report;
 pub mod supervisor;
+pub mod turn;

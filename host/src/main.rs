@@ -47,6 +47,22 @@ enum Command {
         #[arg(required = true, num_args = 2.., value_names = ["SERVICE[@VERSION]", "JSON"])]
         calls: Vec<String>,
     },
+    /// Start the plugins, run one agent turn on MESSAGE and print its events
+    /// as NDJSON (one JSON object per line), then stop. Exits 1 when the turn
+    /// ends in an error.
+    Turn {
+        /// The plugin configuration.
+        #[arg(long, short, default_value = "plugins.toml")]
+        config: PathBuf,
+        /// `<credential>/<model>`; default: the catalog's default model.
+        #[arg(long, short)]
+        model: Option<String>,
+        /// Most model steps (0 = unlimited).
+        #[arg(long, default_value_t = 0)]
+        max_steps: u32,
+        /// The user message.
+        message: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -64,9 +80,10 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli, log_filter: String) -> anyhow::Result<ExitCode> {
     let config = match &cli.command {
-        Command::Serve { config } | Command::Plugins { config, .. } | Command::Call { config, .. } => {
-            config.clone()
-        }
+        Command::Serve { config }
+        | Command::Plugins { config, .. }
+        | Command::Call { config, .. }
+        | Command::Turn { config, .. } => config.clone(),
     };
     let plan = Plan::load(&config)?;
     let runtime = match plan.host.runtime {
@@ -103,6 +120,18 @@ fn run(cli: Cli, log_filter: String) -> anyhow::Result<ExitCode> {
                 Ok(if sup.required_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
             }
             Command::Call { calls, .. } => call(&sup, &calls).await,
+            Command::Turn { model, message, max_steps, .. } => {
+                match dispatch_host::turn::run(sup.shared(), model, message, max_steps).await {
+                    Ok(outcome) if outcome.reason == dispatch_kernel::wire::FinishReason::Error => {
+                        Ok(ExitCode::FAILURE)
+                    }
+                    Ok(_) => Ok(ExitCode::SUCCESS),
+                    Err(e) => {
+                        eprintln!("dispatch: {e}");
+                        Ok(ExitCode::FAILURE)
+                    }
+                }
+            }
         };
         sup.shutdown().await;
         code

@@ -354,6 +354,11 @@ impl Supervisor {
         self.reports().iter().all(|r| !r.required || r.state == State::Active)
     }
 
+    /// The state every plugin handle shares (for the host's own clients).
+    pub fn shared(&self) -> Arc<Shared> {
+        Arc::clone(&self.shared)
+    }
+
     /// The bus (for the host's own calls, e.g. `dispatch call`).
     pub fn bus(&self) -> &HostBus {
         &self.shared.bus

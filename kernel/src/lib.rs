@@ -19,6 +19,7 @@ pub mod bus;
 pub mod graph;
 pub mod provider;
 pub mod reconcile;
+pub mod remote;
 pub mod runtime;
 pub mod surface;
 pub mod tool;

@@ -11,4 +11,5 @@ mod bus;
 mod external;
 mod lifecycle;
 mod loading;
+mod providers;
 mod support;

@@ -1,0 +1,134 @@
+//! `dispatch turn`: one agent turn from the command line, through the bus —
+//! the model catalog resolves the model, the provider plugin streams it, the
+//! kernel runs the turn, and every event is printed as one JSON line (the
+//! same NDJSON the HTTP transport will stream).
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use abi_stable::std_types::RVec;
+use dispatch_kernel::bus::BoxFuture;
+use dispatch_kernel::provider::ProviderOptions;
+use dispatch_kernel::remote::{CatalogRequest, RemoteProvider, Resolved, ServiceCaller, CATALOG_SERVICE};
+use dispatch_kernel::runtime::{AbortSignal, Clock, RetryPolicy, Sleep};
+use dispatch_kernel::turn::{run_turn, TurnInput, TurnOutcome};
+use dispatch_kernel::wire::{AgentEvent, ChatMessage};
+
+use crate::hostapi::{bus_error, Shared};
+
+/// Calls services on the host's bus (the host's own client).
+pub struct BusCaller(pub Arc<Shared>);
+
+impl ServiceCaller for BusCaller {
+    fn call(
+        &self,
+        name: &str,
+        version: u32,
+        request: Vec<u8>,
+    ) -> BoxFuture<Result<Vec<u8>, (String, String)>> {
+        match self.0.bus.service(name, version) {
+            Ok(handler) => {
+                let fut = handler.call(RVec::from(request));
+                Box::pin(async move {
+                    fut.await
+                        .into_result()
+                        .map(|b| b.to_vec())
+                        .map_err(|e| (e.code.into_string(), e.message.into_string()))
+                })
+            }
+            Err(e) => {
+                let e = bus_error(e);
+                Box::pin(std::future::ready(Err((e.code.into_string(), e.message.into_string()))))
+            }
+        }
+    }
+}
+
+struct MonotonicClock(Instant);
+impl Clock for MonotonicClock {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.0.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+struct TokioSleep;
+impl Sleep for TokioSleep {
+    fn sleep(&self, d: Duration) -> BoxFuture<()> {
+        Box::pin(tokio::time::sleep(d))
+    }
+}
+
+/// Why a turn could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TurnError(pub String);
+
+/// Resolve `model` through the catalog.
+pub async fn resolve(caller: &BusCaller, model: Option<String>) -> Result<Resolved, TurnError> {
+    let req = serde_json::to_vec(&CatalogRequest::Resolve { model }).map_err(|e| TurnError(e.to_string()))?;
+    let bytes = caller
+        .call(CATALOG_SERVICE.0, CATALOG_SERVICE.1, req)
+        .await
+        .map_err(|(code, msg)| TurnError(format!("cannot resolve the model ({code}): {msg}")))?;
+    serde_json::from_slice(&bytes).map_err(|e| TurnError(format!("the catalog answered invalid JSON: {e}")))
+}
+
+/// Run one turn and print its events as NDJSON on stdout.
+pub async fn run(
+    shared: Arc<Shared>,
+    model: Option<String>,
+    message: String,
+    max_steps: u32,
+) -> Result<TurnOutcome, TurnError> {
+    let caller = Arc::new(BusCaller(shared));
+    let resolved = resolve(&caller, model).await?;
+    let handle = tokio::runtime::Handle::current();
+    let spawn: dispatch_kernel::bus::Spawner = Arc::new(move |f| {
+        handle.spawn(f);
+    });
+    let provider = RemoteProvider::new(Arc::clone(&caller), &resolved, Some(spawn));
+    let conversation_id = format!("cli-{}", std::process::id());
+    let turn_id = format!("turn-{}", std::process::id());
+    let emit = Arc::new(|event: AgentEvent| {
+        let mut out = std::io::stdout().lock();
+        if let Ok(line) = serde_json::to_string(&event) {
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+    });
+    emit(AgentEvent::UserMessage {
+        conversation_id: conversation_id.clone(),
+        turn_id: turn_id.clone(),
+        text: message.clone(),
+    });
+    let abort = AbortSignal::new();
+    let ctrl_c = abort.clone();
+    let watcher = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            ctrl_c.abort();
+        }
+    });
+    let outcome = run_turn(TurnInput {
+        conversation_id: conversation_id.clone(),
+        turn_id: turn_id.clone(),
+        history: vec![ChatMessage::user(message)],
+        provider: &provider,
+        options: ProviderOptions { model: Some(resolved.model.clone()), ..ProviderOptions::default() },
+        tools: Vec::new(),
+        cwd: std::env::current_dir().ok(),
+        abort,
+        clock: Some(Arc::new(MonotonicClock(Instant::now()))),
+        sleep: Arc::new(TokioSleep),
+        retry: RetryPolicy::default(),
+        max_steps,
+        max_parallel_tools: 4,
+        emit: emit.clone(),
+        drain_steering: None,
+        on_step: None,
+    })
+    .await;
+    watcher.abort();
+    emit(AgentEvent::TurnSealed { conversation_id, turn_id });
+    Ok(outcome)
+}

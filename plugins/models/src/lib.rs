@@ -1,0 +1,178 @@
+//! # models — the model catalog
+//!
+//! Provider plugins register the credentials they serve; the catalog lists
+//! every provider's models (`<credential>/<model>`, the `GET /models` body)
+//! and resolves a model name to the provider service that streams it.
+//!
+//! Service `models` (schema 1, `dispatch_kernel::remote::CatalogRequest`):
+//! `register`, `list`, `resolve`. Config:
+//!
+//! ```toml
+//! [plugin.config]
+//! default_model = "scripted/demo"   # used when a turn names no model
+//! ```
+//!
+//! Without `default_model`, `DISPATCH_MODEL` is used (`name` means
+//! `openai/name`), else the first model listed.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use dispatch_abi::{codes, Context, Error, Host, Plugin, PluginManifest, Service};
+use dispatch_kernel::remote::{
+    CatalogRequest, ModelInfo, ModelList, ProviderModels, ProviderRequest, Resolved, CATALOG_SERVICE,
+    PROVIDER_VERSION,
+};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The catalog service key.
+pub const CATALOG: Service<CatalogRequest, Value> = Service::new(CATALOG_SERVICE.0, CATALOG_SERVICE.1);
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Config {
+    default_model: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Registration {
+    provider: String,
+    service: String,
+    credentials: Vec<String>,
+}
+
+#[derive(Clone)]
+struct Catalog {
+    host: Host,
+    default_model: Option<String>,
+    registrations: Arc<Mutex<Vec<Registration>>>,
+}
+
+fn provider_key(service: &str) -> Service<ProviderRequest, ProviderModels> {
+    // Service names are owned strings in registrations; keys want 'static.
+    Service::new(Box::leak(service.to_owned().into_boxed_str()), PROVIDER_VERSION)
+}
+
+impl Catalog {
+    fn snapshot(&self) -> Vec<Registration> {
+        self.registrations.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    async fn list(&self) -> ModelList {
+        let mut out = ModelList::default();
+        for reg in self.snapshot() {
+            match self.host.call(&provider_key(&reg.service), &ProviderRequest::Models).await {
+                Ok(models) => {
+                    for m in models.models {
+                        if let Some(cw) = m.context_window {
+                            out.model_info.insert(m.name.clone(), ModelInfo { context_window: Some(cw) });
+                        }
+                        out.models.push(m.name);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(provider = %reg.provider, error = %e, "cannot list the provider's models")
+                }
+            }
+        }
+        out
+    }
+
+    async fn resolve(&self, model: Option<String>) -> Result<Resolved, Error> {
+        let model = match model.filter(|m| !m.trim().is_empty()) {
+            Some(m) => m,
+            None => self.default_model().await?,
+        };
+        let Some((credential, rest)) = model.split_once('/').filter(|(c, r)| !c.is_empty() && !r.is_empty())
+        else {
+            return Err(Error::new(
+                codes::NOT_FOUND,
+                format!("model `{model}` is not of the form `<credential>/<model>`"),
+            ));
+        };
+        let regs = self.snapshot();
+        let Some(reg) = regs.iter().find(|r| r.credentials.iter().any(|c| c == credential)) else {
+            let mut known: Vec<&str> =
+                regs.iter().flat_map(|r| r.credentials.iter().map(String::as_str)).collect();
+            known.sort_unstable();
+            return Err(Error::new(
+                codes::NOT_FOUND,
+                format!(
+                    "unknown credential `{credential}` in model `{model}`; configured credentials: {}",
+                    if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                ),
+            ));
+        };
+        // Check the model when the provider can say what it has.
+        if let Ok(list) = self.host.call(&provider_key(&reg.service), &ProviderRequest::Models).await {
+            let names: Vec<&str> = list.models.iter().map(|m| m.name.as_str()).collect();
+            if !names.is_empty() && !names.contains(&model.as_str()) {
+                return Err(Error::new(
+                    codes::NOT_FOUND,
+                    format!(
+                        "unknown model `{rest}` for credential `{credential}`; it has: {}",
+                        names.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(Resolved { model, provider: reg.provider.clone(), service: reg.service.clone() })
+    }
+
+    async fn default_model(&self) -> Result<String, Error> {
+        if let Some(m) = &self.default_model {
+            return Ok(m.clone());
+        }
+        if let Some(m) = std::env::var("DISPATCH_MODEL").ok().filter(|m| !m.trim().is_empty()) {
+            return Ok(if m.contains('/') { m } else { format!("openai/{m}") });
+        }
+        self.list().await.models.into_iter().next().ok_or_else(|| {
+            Error::new(codes::NOT_FOUND, "no model is available: no provider has registered any")
+        })
+    }
+}
+
+/// The plugin.
+pub struct Models;
+
+impl Plugin for Models {
+    fn manifest() -> PluginManifest {
+        PluginManifest::new("models", env!("CARGO_PKG_VERSION"))
+            .description(
+                "The model catalog: lists every provider's models and resolves a model to its provider",
+            )
+            .provides("service", CATALOG.name())
+    }
+
+    fn activate(ctx: Context) -> Result<Self, Error> {
+        let cfg: Config = ctx.config()?;
+        let catalog = Catalog {
+            host: ctx.host().clone(),
+            default_model: cfg.default_model,
+            registrations: Arc::default(),
+        };
+        ctx.host().provide(&CATALOG, move |req: CatalogRequest| {
+            let catalog = catalog.clone();
+            async move {
+                match req {
+                    CatalogRequest::Register { provider, service, credentials } => {
+                        tracing::info!(%provider, %service, credentials = ?credentials, "provider registered");
+                        let mut regs = catalog.registrations.lock().unwrap_or_else(PoisonError::into_inner);
+                        regs.retain(|r| r.provider != provider);
+                        regs.push(Registration { provider, service, credentials });
+                        Ok(Value::Object(Default::default()))
+                    }
+                    CatalogRequest::List => to_value(&catalog.list().await),
+                    CatalogRequest::Resolve { model } => to_value(&catalog.resolve(model).await?),
+                }
+            }
+        })?;
+        Ok(Models)
+    }
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Result<Value, Error> {
+    serde_json::to_value(v).map_err(|e| Error::msg(e.to_string()))
+}
+
+dispatch_abi::export_plugin!(Models);

@@ -1,0 +1,171 @@
+//! Model providers through the real host: the catalog, the scripted
+//! provider, and `dispatch turn` running the kernel turn loop against a
+//! provider plugin over the bus.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::*;
+
+const MODELS: &str = "libdispatch_plugin_models.so";
+const SCRIPTED: &str = "libdispatch_plugin_provider_scripted.so";
+
+/// Run `dispatch turn` and parse its NDJSON.
+pub fn turn(cfg: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (Output, Vec<Value>) {
+    let mut all = vec!["turn", "--config", cfg.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = run(&all, env, Duration::from_secs(60));
+    let events = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}\n{}", out.stderr)))
+        .collect();
+    (out, events)
+}
+
+pub fn types(events: &[Value]) -> Vec<&str> {
+    events.iter().map(|e| e["type"].as_str().unwrap()).collect()
+}
+
+fn script(dir: &std::path::Path, text: &str) -> String {
+    let p = dir.join("script.json");
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn the_bundled_script_plays_a_turn_that_calls_a_tool_then_answers() {
+    let cfg = Config::new().plugin(MODELS, "").plugin(SCRIPTED, "").write();
+    let (out, events) = turn(&cfg, &["what is this project?"], &[]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let t = types(&events);
+    assert_eq!(t.first(), Some(&"user-message"));
+    assert_eq!(t[1], "turn-start");
+    assert_eq!(&t[t.len() - 2..], ["done", "turn-sealed"]);
+    assert!(t.contains(&"reasoning-delta") && t.contains(&"tool-call") && t.contains(&"tool-result"));
+    let call = events.iter().find(|e| e["type"] == "tool-call").unwrap();
+    assert_eq!(call["toolName"], "read_file");
+    assert!(call["stepId"].as_str().unwrap().ends_with("#0"));
+    let done = &events[events.len() - 2];
+    assert_eq!(done["reason"], "stop");
+    assert_eq!(done["usage"]["inputTokens"], 520);
+    assert_eq!(done["contextSize"], 445);
+}
+
+#[test]
+fn the_catalog_lists_models_and_refuses_unknown_ones_clearly() {
+    let cfg = Config::new().plugin(MODELS, "").plugin(SCRIPTED, "").write();
+    let (_, lines) = call(&cfg, &[("models", r#"{"op":"list"}"#)], &[]);
+    assert_eq!(
+        lines[0],
+        serde_json::json!({"models": ["scripted/demo"], "modelInfo": {"scripted/demo": {"contextWindow": 128000}}})
+    );
+
+    let (out, events) = turn(&cfg, &["--model", "nope/x", "hi"], &[]);
+    assert_eq!(out.code(), 1);
+    assert!(events.is_empty());
+    assert!(
+        out.stderr.contains("unknown credential `nope` in model `nope/x`; configured credentials: scripted"),
+        "{}",
+        out.stderr
+    );
+    let (out, _) = turn(&cfg, &["--model", "scripted/other", "hi"], &[]);
+    assert!(out.stderr.contains("unknown model `other` for credential `scripted`"), "{}", out.stderr);
+}
+
+#[test]
+fn a_scripted_error_is_retried_with_a_provider_retry_event() {
+    let c = Config::new();
+    let s = script(
+        c.dir.path(),
+        r#"{"replies": [{"steps": [
+            {"error": {"status": 429, "message": "overloaded"}},
+            {"text": "made it", "chunkChars": 3}
+        ]}]}"#,
+    );
+    let cfg = c.plugin(MODELS, "").plugin(SCRIPTED, &format!("script = {s:?}")).write();
+    let (out, events) = turn(&cfg, &["go"], &[]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let retry = events.iter().find(|e| e["type"] == "provider-retry").expect("a provider-retry event");
+    assert_eq!(retry["attempt"], 0);
+    assert_eq!(retry["code"], "429");
+    assert_eq!(retry["message"], "HTTP 429: overloaded");
+    let text: String =
+        events.iter().filter(|e| e["type"] == "text-delta").map(|e| e["delta"].as_str().unwrap()).collect();
+    assert_eq!(text, "made it");
+    let deltas = events.iter().filter(|e| e["type"] == "text-delta").count();
+    assert_eq!(deltas, 3, "chunkChars = 3");
+}
+
+#[test]
+fn a_fatal_scripted_error_ends_the_turn_with_error_then_done() {
+    let c = Config::new();
+    let s = script(
+        c.dir.path(),
+        r#"{"replies": [{"steps": [{"error": {"status": 400, "message": "bad request"}}]}]}"#,
+    );
+    let cfg = c.plugin(MODELS, "").plugin(SCRIPTED, &format!("script = {s:?}")).write();
+    let (out, events) = turn(&cfg, &["go"], &[]);
+    assert_eq!(out.code(), 1);
+    let t = types(&events);
+    assert!(!t.contains(&"provider-retry"));
+    let err = events.iter().find(|e| e["type"] == "error").unwrap();
+    assert_eq!(err["message"], "HTTP 400: bad request");
+    assert_eq!(err["code"], "400");
+    assert_eq!(events[events.len() - 2]["reason"], "error");
+}
+
+#[test]
+fn the_script_comes_from_dispatch_script_and_replies_are_picked_by_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = script(
+        dir.path(),
+        r#"{"replies": [
+            {"match": "(?i)weather", "steps": [{"text": "sunny"}]},
+            {"steps": [{"text": "fallback"}]}
+        ]}"#,
+    );
+    let cfg = Config::new().plugin(MODELS, "").plugin(SCRIPTED, "").write();
+    let text = |events: &[Value]| -> String {
+        events.iter().filter(|e| e["type"] == "text-delta").map(|e| e["delta"].as_str().unwrap()).collect()
+    };
+    let (_, events) = turn(&cfg, &["How is the WEATHER?"], &[("DISPATCH_SCRIPT", &s)]);
+    assert_eq!(text(&events), "sunny");
+    let (_, events) = turn(&cfg, &["anything else"], &[("DISPATCH_SCRIPT", &s)]);
+    assert_eq!(text(&events), "fallback");
+}
+
+#[test]
+fn a_malformed_script_is_refused_at_activation_with_line_and_reason() {
+    let c = Config::new();
+    let s = script(c.dir.path(), "{\"replies\": [\n  {\"steps\": [{\"txet\": \"typo\"}]}\n]}");
+    let cfg = c.plugin(MODELS, "").plugin(SCRIPTED, &format!("script = {s:?}")).write();
+    let (out, rows) = plugins_json(&cfg, &[]);
+    assert_eq!(out.code(), 1);
+    assert_row(&rows, "provider-scripted", "failed", &["malformed script", "unknown field `txet`", "line 2"]);
+    assert_row(&rows, "models", "active", &[]);
+}
+
+#[test]
+fn the_default_configuration_runs_offline() {
+    // The repository's own plugins.toml, pointed at this build.
+    let text = std::fs::read_to_string(repo_root().join("plugins.toml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("plugins.toml");
+    let text = text
+        .replace(
+            "plugin_dir = \"target/release\"",
+            &format!("plugin_dir = {:?}", profile_dir().display().to_string()),
+        )
+        .replace("data_dir = \"data\"", "data_dir = \"data\"");
+    std::fs::write(&cfg, text).unwrap();
+    let (out, rows) = plugins_json(&cfg, &[]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert!(rows.iter().all(|r| r["state"] == "active"), "{rows:?}");
+    let (out, events) = turn(&cfg, &["hello"], &[]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let text: String =
+        events.iter().filter(|e| e["type"] == "text-delta").map(|e| e["delta"].as_str().unwrap()).collect();
+    assert!(text.contains("scripted demo model"), "{text}");
+}
