@@ -11,5 +11,7 @@ mod bus;
 mod external;
 mod lifecycle;
 mod loading;
+#[path = "../mock_openai.rs"]
+mod mock_openai;
 mod providers;
 mod support;

@@ -167,3 +167,73 @@ fn the_default_configuration_runs_offline() {
         events.iter().filter(|e| e["type"] == "text-delta").map(|e| e["delta"].as_str().unwrap()).collect();
     assert!(text.contains("scripted demo model"), "{text}");
 }
+
+const OPENAI: &str = "libdispatch_plugin_provider_openai.so";
+
+#[test]
+fn the_openai_provider_plugin_streams_a_turn_and_honours_retry_after() {
+    use crate::mock_openai::*;
+    let server = MockServer::start(vec![
+        Reply::json(429, serde_json::json!({"error": {"message": "slow down"}})).header("Retry-After", "1"),
+        Reply::sse(&[
+            text_chunk("Hello from "),
+            text_chunk("the mock"),
+            finish_chunk("stop"),
+            usage_chunk(9, 4, Some(5)),
+        ]),
+    ]);
+    let cfg = Config::new().plugin(MODELS, "").plugin(OPENAI, "").write();
+    let env = [
+        ("DISPATCH_BASE_URL", server.base_url()),
+        ("DISPATCH_API_KEY", "sk-e2e-very-secret".to_owned()),
+        ("DISPATCH_MODEL", "mock-model".to_owned()),
+        ("RUST_LOG", "debug".to_owned()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (out, events) = turn(&cfg, &["hi"], &env);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let retry = events.iter().find(|e| e["type"] == "provider-retry").expect("provider-retry");
+    assert_eq!(retry["delayMs"], 1000, "Retry-After: 1 stretches the first 1 s wait to at least 1 s");
+    assert_eq!(retry["code"], "429");
+    assert_eq!(retry["message"], "HTTP 429: slow down");
+    let text: String =
+        events.iter().filter(|e| e["type"] == "text-delta").map(|e| e["delta"].as_str().unwrap()).collect();
+    assert_eq!(text, "Hello from the mock");
+    let usage = events.iter().find(|e| e["type"] == "usage").unwrap();
+    assert_eq!(
+        usage["usage"],
+        serde_json::json!({"inputTokens": 9, "outputTokens": 4, "cacheReadTokens": 5})
+    );
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs[1].body["model"], "mock-model");
+    assert_eq!(reqs[1].header("authorization"), Some("Bearer sk-e2e-very-secret"));
+    assert!(!out.stderr.contains("sk-e2e-very-secret"), "the API key leaked into the log");
+    assert!(out.stderr.contains("credential configured"), "{}", out.stderr);
+}
+
+#[test]
+fn named_credentials_from_config_and_the_catalog_lists_them() {
+    use crate::mock_openai::*;
+    let server = MockServer::start(vec![Reply::json(
+        200,
+        serde_json::json!({"data": [{"id": "served-a"}, {"id": "served-b"}]}),
+    )]);
+    let config = format!(
+        "[[plugin.config.credentials]]\nname = \"local\"\nbase_url = {:?}\napi_key_env = \"LOCAL_KEY\"\n\
+         [plugin.config.credentials.context_windows]\n\"served-a\" = 8192\n\
+         [[plugin.config.credentials]]\nname = \"fixed\"\nbase_url = \"http://127.0.0.1:9/v1\"\nmodels = [\"f1\"]\n",
+        server.base_url()
+    );
+    let cfg = Config::new().plugin(MODELS, "").plugin(OPENAI, &config).write();
+    let (out, lines) = call(&cfg, &[("models", r#"{"op":"list"}"#)], &[("LOCAL_KEY", "k")]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(
+        lines[0],
+        serde_json::json!({"models": ["fixed/f1", "local/served-a", "local/served-b"], "modelInfo": {"local/served-a": {"contextWindow": 8192}}})
+    );
+    // A missing key variable is a clear activation error.
+    let (out, rows) = plugins_json(&cfg, &[]);
+    assert_eq!(out.code(), 1);
+    assert_row(&rows, "provider-openai", "failed", &["`LOCAL_KEY`", "not set"]);
+}

@@ -124,7 +124,17 @@ impl Output {
 pub fn run(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Output {
     let mut cmd = Command::new(dispatch_bin());
     cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.env_remove("RUST_LOG");
+    // Hermetic: nothing from the developer's environment reaches the host.
+    for var in [
+        "RUST_LOG",
+        "DISPATCH_BASE_URL",
+        "DISPATCH_API_KEY",
+        "DISPATCH_MODEL",
+        "DISPATCH_SCRIPT",
+        "DISPATCH_DATA_DIR",
+    ] {
+        cmd.env_remove(var);
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -1,0 +1,294 @@
+//! One named credential's connection to an OpenAI-compatible endpoint,
+//! built on `async-openai` (its `byot` streaming with our own JSON), with
+//! its retries disabled — the turn loop owns retry policy — and HTTP errors
+//! kept whole (status, server message, `Retry-After`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use async_openai::config::OpenAIConfig;
+use async_openai::error::OpenAIError;
+use async_openai::middleware::HttpRequestFactory;
+use async_openai::Client;
+use dispatch_kernel::provider::{ProviderError, ProviderEvent};
+use dispatch_kernel::remote::{EventSender, ModelEntry};
+use futures::StreamExt as _;
+use serde_json::Value;
+
+use crate::convert::{error_value, Assembler};
+
+/// A credential as configured. `Debug` never shows the key.
+#[derive(Clone)]
+pub struct Credential {
+    /// Its name: the `<credential>` in `<credential>/<model>`.
+    pub name: String,
+    /// E.g. `https://api.openai.com/v1`.
+    pub base_url: String,
+    /// The secret.
+    pub api_key: String,
+    /// A fixed model list; `None` = ask the server's `/models`.
+    pub models: Option<Vec<String>>,
+    /// Per-model context windows.
+    pub context_windows: BTreeMap<String, u64>,
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential")
+            .field("name", &self.name)
+            .field("base_url", &self.base_url)
+            .field("api_key", &if self.api_key.is_empty() { "<none>" } else { "<redacted>" })
+            .field("models", &self.models)
+            .finish()
+    }
+}
+
+/// Timeouts of every request.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// TCP (+TLS) connect.
+    pub connect: Duration,
+    /// From sending the request to the first streamed event.
+    pub first_byte: Duration,
+    /// Longest silence between two pieces of the body.
+    pub idle: Duration,
+}
+
+/// An HTTP answer that was not 2xx, kept whole.
+#[derive(Debug, thiserror::Error)]
+#[error("HTTP {status}: {body}")]
+struct HttpStatus {
+    status: u16,
+    retry_after: Option<Duration>,
+    body: String,
+}
+
+/// A client for one credential.
+#[derive(Clone)]
+pub struct OpenAiClient {
+    credential: Credential,
+    client: Client<OpenAIConfig>,
+    timeouts: Timeouts,
+}
+
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    v.parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64)
+}
+
+impl OpenAiClient {
+    /// Build the client (no I/O happens here).
+    pub fn new(credential: Credential, timeouts: Timeouts) -> Result<Self, String> {
+        // reqwest (built without a default TLS provider) panics when no rustls
+        // provider is installed; install ring's once. This library has its own
+        // copy of rustls, so this affects nobody else in the process.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .connect_timeout(timeouts.connect)
+            .read_timeout(timeouts.idle)
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        // Clear the org/project headers OpenAIConfig picks up from the
+        // environment: they must not leak to third-party servers.
+        let config = OpenAIConfig::new()
+            .with_api_base(credential.base_url.trim_end_matches('/'))
+            .with_api_key(credential.api_key.clone())
+            .with_org_id("")
+            .with_project_id("");
+        let exec = http.clone();
+        // Our own executor: no retries, and non-2xx answers kept whole.
+        let service = tower::service_fn(move |factory: HttpRequestFactory| {
+            let http = exec.clone();
+            async move {
+                let request = factory.build().await?;
+                let response = http.execute(request).await.map_err(OpenAIError::Reqwest)?;
+                if response.status().is_success() {
+                    return Ok(response);
+                }
+                let status = response.status().as_u16();
+                let retry_after = retry_after(response.headers());
+                let body = response.text().await.unwrap_or_default();
+                Err(OpenAIError::Boxed(Box::new(HttpStatus { status, retry_after, body })))
+            }
+        });
+        let client = Client::with_config(config).with_http_client(http).with_http_service(service);
+        Ok(OpenAiClient { credential, client, timeouts })
+    }
+
+    /// The credential.
+    pub fn credential(&self) -> &Credential {
+        &self.credential
+    }
+
+    fn classify(&self, e: OpenAIError) -> ProviderError {
+        let base = &self.credential.base_url;
+        match e {
+            OpenAIError::Boxed(b) => match b.downcast_ref::<HttpStatus>() {
+                Some(h) => {
+                    let parsed: Option<Value> = serde_json::from_str(&h.body).ok();
+                    let inner = parsed.as_ref().and_then(|v| v.get("error").cloned().or(Some(v.clone())));
+                    let mut err = match inner {
+                        Some(v) if v.get("message").is_some() => error_value(&v, Some(h.status)),
+                        _ => error_value(&Value::String(truncate(&h.body, 500)), Some(h.status)),
+                    };
+                    if err.message.starts_with('"') {
+                        err.message = truncate(&h.body, 500);
+                    }
+                    err.message = format!("HTTP {}: {}", h.status, err.message);
+                    err.retry_after = h.retry_after;
+                    err
+                }
+                None => ProviderError::fatal(b.to_string(), None),
+            },
+            OpenAIError::Reqwest(r) if r.is_connect() => {
+                ProviderError::retryable(format!("cannot connect to {base}: {}", source_chain(&r)), None)
+            }
+            OpenAIError::Reqwest(r) if r.is_timeout() => {
+                ProviderError::retryable(format!("{base} did not answer in time: {}", source_chain(&r)), None)
+            }
+            OpenAIError::Reqwest(r) => {
+                ProviderError::retryable(format!("request to {base} failed: {}", source_chain(&r)), None)
+            }
+            OpenAIError::JSONDeserialize(e, raw) => ProviderError::fatal(
+                format!("the server sent a malformed stream line ({e}): {}", truncate(&raw, 200)),
+                None,
+            ),
+            OpenAIError::StreamError(e) => {
+                ProviderError::retryable(format!("the stream from {base} broke: {e}"), None)
+            }
+            OpenAIError::ApiError(api) => {
+                let status = api.status_code.as_u16();
+                let mut err = ProviderError::fatal(
+                    format!("HTTP {status}: {}", api.api_error.message),
+                    Some(status.to_string()),
+                );
+                err.retryable = status == 429 || status == 408 || status >= 500;
+                err
+            }
+            other => ProviderError::fatal(other.to_string(), None),
+        }
+    }
+
+    /// Stream one step into `tx`. Never panics and never hangs: every
+    /// failure (including timeouts) becomes one error event.
+    pub async fn produce(self, body: Value, tx: EventSender) {
+        let first_byte = self.timeouts.first_byte;
+        let start = async {
+            let mut stream = self.client.chat().create_stream_byot::<_, Value>(&body).await?;
+            let first = stream.next().await;
+            Ok::<_, OpenAIError>((stream, first))
+        };
+        let (mut stream, mut item) = match tokio::time::timeout(first_byte, start).await {
+            Err(_) => {
+                let _ = tx.unbounded_send(Err(ProviderError::retryable(
+                    format!(
+                        "{} sent nothing within {} ms (first-byte timeout)",
+                        self.credential.base_url,
+                        first_byte.as_millis()
+                    ),
+                    None,
+                )));
+                return;
+            }
+            Ok(Err(e)) => {
+                let _ = tx.unbounded_send(Err(self.classify(e)));
+                return;
+            }
+            Ok(Ok(pair)) => pair,
+        };
+        let mut assembler = Assembler::default();
+        let mut seen_end = false;
+        loop {
+            match item {
+                None => break,
+                Some(Err(e)) => {
+                    let _ = tx.unbounded_send(Err(self.classify(e)));
+                    return;
+                }
+                Some(Ok(chunk)) => {
+                    let has_finish = chunk
+                        .get("choices")
+                        .and_then(|c| c.get(0))
+                        .and_then(|c| c.get("finish_reason"))
+                        .is_some_and(|f| !f.is_null());
+                    match assembler.feed(&chunk) {
+                        Ok(events) => {
+                            for e in events {
+                                if tx.unbounded_send(Ok(e)).is_err() {
+                                    return; // the reader went away
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            let _ = tx.unbounded_send(Err(e));
+                            return;
+                        }
+                    }
+                    seen_end |= has_finish;
+                }
+            }
+            item = stream.next().await;
+        }
+        // async-openai ends the stream both on `[DONE]` and on a clean EOF;
+        // a finish reason is our evidence the model finished.
+        match assembler.finish(seen_end) {
+            Ok(events) => {
+                for e in events {
+                    let _ = tx.unbounded_send(Ok::<ProviderEvent, _>(e));
+                }
+            }
+            Err(e) => {
+                let _ = tx.unbounded_send(Err(e));
+            }
+        }
+    }
+
+    /// The models this credential serves: the configured list, else the
+    /// server's `/models`.
+    pub async fn models(&self) -> Result<Vec<ModelEntry>, ProviderError> {
+        let names: Vec<String> = match &self.credential.models {
+            Some(list) => list.clone(),
+            None => {
+                let models = self.client.models();
+                let fetch = models.list_byot::<Value>();
+                let listed = tokio::time::timeout(self.timeouts.first_byte, fetch)
+                    .await
+                    .map_err(|_| ProviderError::retryable("listing models timed out", None))?
+                    .map_err(|e| self.classify(e))?;
+                listed
+                    .get("data")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|m| m.get("id").and_then(Value::as_str).map(str::to_owned))
+                    .collect()
+            }
+        };
+        Ok(names
+            .into_iter()
+            .map(|m| ModelEntry {
+                context_window: self.credential.context_windows.get(&m).copied(),
+                name: format!("{}/{m}", self.credential.name),
+            })
+            .collect())
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}

@@ -1,0 +1,346 @@
+//! Pure translation between Dispatch's types and the OpenAI chat
+//! completions JSON: the request body, and the streamed chunks back into
+//! provider events (tool-call deltas assembled by index).
+
+use std::collections::BTreeMap;
+
+use dispatch_kernel::provider::{ProviderError, ProviderEvent, ToolSpec};
+use dispatch_kernel::remote::ToolSpecWire;
+use dispatch_kernel::wire::{ChatMessage, Chunk, FinishReason, ReasoningEffort, Role, Usage};
+use serde_json::{json, Map, Value};
+
+/// The request body for one streamed step.
+pub fn request_body(
+    model: &str,
+    messages: &[ChatMessage],
+    tools: &[ToolSpecWire],
+    system_prompt: Option<&str>,
+    effort: Option<ReasoningEffort>,
+) -> Value {
+    let mut out: Vec<Value> = Vec::new();
+    if let Some(sp) = system_prompt.filter(|s| !s.is_empty()) {
+        out.push(json!({"role": "system", "content": sp}));
+    }
+    for m in messages {
+        convert_message(m, &mut out);
+    }
+    let mut body = json!({
+        "model": model,
+        "messages": out,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+    });
+    if !tools.is_empty() {
+        body["tools"] = tools
+            .iter()
+            .map(|t| {
+                json!({"type": "function", "function": {
+                    "name": t.name, "description": t.description, "parameters": t.input_schema}})
+            })
+            .collect();
+    }
+    if let Some(e) = effort {
+        // OpenAI-compatible servers know low/medium/high; the higher rungs
+        // of Dispatch's ladder map to the highest they accept.
+        body["reasoning_effort"] = json!(match e {
+            ReasoningEffort::Low => "low",
+            ReasoningEffort::Medium => "medium",
+            ReasoningEffort::High | ReasoningEffort::Xhigh | ReasoningEffort::Max => "high",
+        });
+    }
+    body
+}
+
+/// Convert a [`ToolSpec`] for the wire.
+pub fn tool_wire(t: &ToolSpec) -> ToolSpecWire {
+    ToolSpecWire::from(t)
+}
+
+fn text_of(chunks: &[Chunk]) -> String {
+    chunks
+        .iter()
+        .filter_map(|c| match c {
+            Chunk::Text { text } | Chunk::System { text } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join("")
+}
+
+fn convert_message(m: &ChatMessage, out: &mut Vec<Value>) {
+    match m.role {
+        Role::System => out.push(json!({"role": "system", "content": text_of(&m.chunks)})),
+        Role::User => {
+            let images: Vec<&Chunk> = m.chunks.iter().filter(|c| matches!(c, Chunk::Image { .. })).collect();
+            if images.is_empty() {
+                out.push(json!({"role": "user", "content": text_of(&m.chunks)}));
+            } else {
+                let parts: Vec<Value> = m
+                    .chunks
+                    .iter()
+                    .filter_map(|c| match c {
+                        Chunk::Text { text } => Some(json!({"type": "text", "text": text})),
+                        Chunk::Image { url, .. } => {
+                            Some(json!({"type": "image_url", "image_url": {"url": url}}))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                out.push(json!({"role": "user", "content": parts}));
+            }
+        }
+        Role::Assistant => {
+            let text = text_of(&m.chunks);
+            let calls: Vec<Value> = m
+                .chunks
+                .iter()
+                .filter_map(|c| match c {
+                    Chunk::ToolCall { tool_call_id, tool_name, input, .. } => Some(json!({
+                        "id": tool_call_id, "type": "function",
+                        "function": {"name": tool_name, "arguments": arguments(input)}})),
+                    _ => None,
+                })
+                .collect();
+            if text.is_empty() && calls.is_empty() {
+                return; // only thinking or errors: nothing the model needs back
+            }
+            let mut msg = Map::new();
+            msg.insert("role".into(), json!("assistant"));
+            msg.insert("content".into(), if text.is_empty() { Value::Null } else { json!(text) });
+            if !calls.is_empty() {
+                msg.insert("tool_calls".into(), Value::Array(calls));
+            }
+            out.push(Value::Object(msg));
+        }
+        Role::Tool => {
+            for c in &m.chunks {
+                if let Chunk::ToolResult { tool_call_id, content, .. } = c {
+                    out.push(json!({"role": "tool", "tool_call_id": tool_call_id, "content": content}));
+                }
+            }
+        }
+    }
+}
+
+/// Tool arguments are a JSON *string* on the wire; a string input (the
+/// model's unparseable arguments, kept verbatim) goes back as it was.
+fn arguments(input: &Value) -> String {
+    match input {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[derive(Default)]
+struct PartialCall {
+    id: String,
+    name: String,
+    arguments: String,
+}
+
+/// Assembles a streamed completion into provider events.
+#[derive(Default)]
+pub struct Assembler {
+    calls: BTreeMap<u64, PartialCall>,
+    usage: Option<Usage>,
+    finish: Option<FinishReason>,
+}
+
+fn finish_reason(s: &str) -> FinishReason {
+    match s {
+        "stop" => FinishReason::Stop,
+        "tool_calls" | "function_call" => FinishReason::ToolCalls,
+        "length" => FinishReason::Length,
+        "content_filter" => FinishReason::ContentFilter,
+        other => FinishReason::Other(other.to_owned()),
+    }
+}
+
+/// The provider error for an in-band `{"error": …}` chunk or body.
+pub fn error_value(err: &Value, status: Option<u16>) -> ProviderError {
+    let message =
+        err.get("message").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| err.to_string());
+    let code = status.map(|s| s.to_string()).or_else(|| match err.get("code") {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    });
+    let numeric = code.as_deref().and_then(|c| c.parse::<u16>().ok());
+    let retryable = numeric.is_some_and(|s| s == 429 || s == 408 || s >= 500);
+    ProviderError { message, code, retryable, retry_after: None }
+}
+
+impl Assembler {
+    /// Feed one chunk; answers the events it completes (text, reasoning).
+    pub fn feed(&mut self, chunk: &Value) -> Result<Vec<ProviderEvent>, ProviderError> {
+        if let Some(err) = chunk.get("error") {
+            return Err(error_value(err, None));
+        }
+        let mut out = Vec::new();
+        if let Some(u) = chunk.get("usage").filter(|u| !u.is_null()) {
+            let n = |v: Option<&Value>| v.and_then(Value::as_u64).unwrap_or(0);
+            self.usage = Some(Usage {
+                input_tokens: n(u.get("prompt_tokens")),
+                output_tokens: n(u.get("completion_tokens")),
+                cache_read_tokens: u
+                    .get("prompt_tokens_details")
+                    .and_then(|d| d.get("cached_tokens"))
+                    .and_then(Value::as_u64),
+                cache_write_tokens: None,
+            });
+        }
+        let Some(choice) = chunk.get("choices").and_then(Value::as_array).and_then(|c| c.first()) else {
+            return Ok(out);
+        };
+        if let Some(delta) = choice.get("delta") {
+            for key in ["reasoning_content", "reasoning"] {
+                if let Some(r) = delta.get(key).and_then(Value::as_str).filter(|s| !s.is_empty()) {
+                    out.push(ProviderEvent::ReasoningDelta(r.to_owned()));
+                    break;
+                }
+            }
+            if let Some(t) = delta.get("content").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+                out.push(ProviderEvent::TextDelta(t.to_owned()));
+            }
+            for tc in delta.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+                let index = tc.get("index").and_then(Value::as_u64).unwrap_or(0);
+                let call = self.calls.entry(index).or_default();
+                if let Some(id) = tc.get("id").and_then(Value::as_str) {
+                    call.id.push_str(id);
+                }
+                if let Some(f) = tc.get("function") {
+                    if let Some(n) = f.get("name").and_then(Value::as_str) {
+                        call.name.push_str(n);
+                    }
+                    if let Some(a) = f.get("arguments").and_then(Value::as_str) {
+                        call.arguments.push_str(a);
+                    }
+                }
+            }
+        }
+        if let Some(r) = choice.get("finish_reason").and_then(Value::as_str) {
+            self.finish = Some(finish_reason(r));
+        }
+        Ok(out)
+    }
+
+    /// The stream ended: the assembled tool calls, usage and finish reason.
+    /// `complete` says whether the server ended it properly (`[DONE]`, or a
+    /// finish reason); otherwise the stream was cut and that is an error.
+    pub fn finish(self, complete: bool) -> Result<Vec<ProviderEvent>, ProviderError> {
+        if !complete && self.finish.is_none() {
+            return Err(ProviderError::retryable(
+                "the stream ended before the model finished its answer",
+                None,
+            ));
+        }
+        let mut out = Vec::new();
+        for (index, call) in self.calls {
+            let input = if call.arguments.trim().is_empty() {
+                json!({})
+            } else {
+                serde_json::from_str(&call.arguments).unwrap_or(Value::String(call.arguments))
+            };
+            let id = if call.id.is_empty() { format!("call_{index}") } else { call.id };
+            out.push(ProviderEvent::ToolCall { id, name: call.name, input });
+        }
+        if let Some(u) = self.usage {
+            out.push(ProviderEvent::Usage(u));
+        }
+        out.push(ProviderEvent::Finish(self.finish.unwrap_or(FinishReason::Stop)));
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_converts_with_tool_calls_and_results() {
+        let msgs = vec![
+            ChatMessage::user("list files"),
+            ChatMessage {
+                role: Role::Assistant,
+                chunks: vec![
+                    Chunk::Thinking { text: "hmm".into() },
+                    Chunk::text("Looking."),
+                    Chunk::ToolCall {
+                        tool_call_id: "c1".into(),
+                        tool_name: "ls".into(),
+                        input: json!({"p": "."}),
+                        step_id: None,
+                    },
+                ],
+            },
+            ChatMessage {
+                role: Role::Tool,
+                chunks: vec![Chunk::ToolResult {
+                    tool_call_id: "c1".into(),
+                    tool_name: "ls".into(),
+                    content: "a b".into(),
+                    is_error: false,
+                    step_id: None,
+                }],
+            },
+        ];
+        let tools = vec![ToolSpecWire {
+            name: "ls".into(),
+            description: "list".into(),
+            input_schema: json!({"type": "object"}),
+        }];
+        let body = request_body("gpt-x", &msgs, &tools, Some("be brief"), Some(ReasoningEffort::Max));
+        assert_eq!(
+            body["messages"],
+            json!([
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": "list files"},
+                {"role": "assistant", "content": "Looking.", "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "ls", "arguments": "{\"p\":\".\"}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "a b"}
+            ])
+        );
+        assert_eq!(body["tools"][0]["function"]["parameters"], json!({"type": "object"}));
+        assert_eq!(body["stream"], true);
+        assert_eq!(body["stream_options"]["include_usage"], true);
+        assert_eq!(body["reasoning_effort"], "high");
+    }
+
+    #[test]
+    fn tool_call_deltas_are_assembled_by_index() {
+        let mut a = Assembler::default();
+        let d = |v: Value| json!({"choices": [{"index": 0, "delta": v}]});
+        a.feed(&d(json!({"tool_calls": [{"index": 1, "id": "b", "function": {"name": "write", "arguments": "{\"x\""}}]}))).unwrap();
+        a.feed(&d(
+            json!({"tool_calls": [{"index": 0, "id": "a", "function": {"name": "read", "arguments": ""}}]}),
+        ))
+        .unwrap();
+        a.feed(&d(json!({"tool_calls": [{"index": 1, "function": {"arguments": ": 1}"}}]}))).unwrap();
+        a.feed(&d(json!({"tool_calls": [{"index": 0, "function": {"arguments": "not json"}}]}))).unwrap();
+        a.feed(&json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})).unwrap();
+        let out = a.finish(true).unwrap();
+        assert_eq!(
+            out,
+            vec![
+                ProviderEvent::ToolCall { id: "a".into(), name: "read".into(), input: json!("not json") },
+                ProviderEvent::ToolCall { id: "b".into(), name: "write".into(), input: json!({"x": 1}) },
+                ProviderEvent::Finish(FinishReason::ToolCalls),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_cut_stream_is_an_error() {
+        let mut a = Assembler::default();
+        a.feed(&json!({"choices": [{"delta": {"content": "hal"}}]})).unwrap();
+        assert!(a.finish(false).unwrap_err().retryable);
+    }
+
+    #[test]
+    fn in_band_errors_surface() {
+        let e = Assembler::default()
+            .feed(&json!({"error": {"message": "rate limited", "code": 429}}))
+            .unwrap_err();
+        assert_eq!((e.message.as_str(), e.code.as_deref(), e.retryable), ("rate limited", Some("429"), true));
+    }
+}

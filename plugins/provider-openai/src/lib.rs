@@ -1,0 +1,344 @@
+//! # provider-openai — any OpenAI-compatible endpoint
+//!
+//! OpenAI, OpenRouter, vLLM, llama.cpp server, Ollama, LiteLLM, DeepSeek, …:
+//! streamed chat completions with tools, reasoning deltas where the server
+//! sends them (`reasoning_content` / `reasoning`), usage including cached
+//! prompt tokens, through `async-openai`.
+//!
+//! ## Credentials
+//!
+//! ```toml
+//! [plugin.config]
+//! connect_timeout_ms = 10000      # TCP + TLS
+//! first_byte_timeout_ms = 120000  # request sent → first streamed event
+//! idle_timeout_ms = 120000        # longest silence inside a stream
+//!
+//! [[plugin.config.credentials]]
+//! name = "openrouter"                          # models are "openrouter/<model>"
+//! base_url = "https://openrouter.ai/api/v1"
+//! api_key_env = "OPENROUTER_API_KEY"           # the key is read from this variable
+//! models = ["deepseek/deepseek-chat"]          # optional; else GET /models
+//! [plugin.config.credentials.context_windows]
+//! "deepseek/deepseek-chat" = 64000
+//! ```
+//!
+//! Without `credentials`, `DISPATCH_BASE_URL`, `DISPATCH_API_KEY` and
+//! `DISPATCH_MODEL` define one credential named `openai` (as in the
+//! original Dispatch); with none of those set, the plugin serves no models.
+//! Keys are never logged.
+//!
+//! ## Errors
+//!
+//! HTTP 429, 408 and 5xx, connection failures and timeouts are retryable
+//! (status and server message kept, `Retry-After` passed to the retry
+//! schedule); other 4xx are fatal with the server's message; a stream that
+//! breaks or sends a malformed line is an error the turn reports.
+
+pub mod client;
+pub mod convert;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use dispatch_abi::runtime::{PluginRuntime, Runner};
+use dispatch_abi::{codes, Context, Error, Plugin, PluginManifest, Service};
+use dispatch_kernel::remote::{
+    CatalogRequest, ModelEntry, Opened, ProviderModels, ProviderRequest, StreamTable, CATALOG_SERVICE,
+    PROVIDER_VERSION,
+};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::client::{Credential, OpenAiClient, Timeouts};
+
+/// The bus service this provider answers on.
+pub const SERVICE: Service<ProviderRequest, Value> = Service::new("provider.openai", PROVIDER_VERSION);
+const CATALOG: Service<CatalogRequest, Value> = Service::new(CATALOG_SERVICE.0, CATALOG_SERVICE.1);
+
+/// `[plugin.config]`.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Named credentials.
+    pub credentials: Vec<CredentialConfig>,
+    /// TCP + TLS connect timeout.
+    pub connect_timeout_ms: u64,
+    /// Request sent → first streamed event.
+    pub first_byte_timeout_ms: u64,
+    /// Longest silence inside a stream.
+    pub idle_timeout_ms: u64,
+    /// Worker threads of the plugin's runtime.
+    pub worker_threads: usize,
+    /// Register with the `models` catalog (default true).
+    pub register: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            credentials: Vec::new(),
+            connect_timeout_ms: 10_000,
+            first_byte_timeout_ms: 120_000,
+            idle_timeout_ms: 120_000,
+            worker_threads: 2,
+            register: true,
+        }
+    }
+}
+
+/// One `[[plugin.config.credentials]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialConfig {
+    /// The `<credential>` prefix of its models.
+    pub name: String,
+    /// The endpoint, e.g. `https://api.openai.com/v1`.
+    pub base_url: String,
+    /// The environment variable holding the API key (never the key itself).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// A fixed model list.
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+    /// Context windows by model.
+    #[serde(default)]
+    pub context_windows: BTreeMap<String, u64>,
+}
+
+/// Build the credentials from the config, or from the `DISPATCH_*`
+/// environment variables when the config has none.
+pub fn credentials(cfg: &Config, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<Credential>, String> {
+    let mut out = Vec::new();
+    for c in &cfg.credentials {
+        if c.name.is_empty() || c.name.contains('/') {
+            return Err(format!("credential name `{}` must be non-empty and contain no `/`", c.name));
+        }
+        if out.iter().any(|o: &Credential| o.name == c.name) {
+            return Err(format!("credential `{}` is configured twice", c.name));
+        }
+        let api_key = match &c.api_key_env {
+            Some(var) => env(var).ok_or_else(|| {
+                format!("credential `{}`: the environment variable `{var}` (its API key) is not set", c.name)
+            })?,
+            None => String::new(),
+        };
+        out.push(Credential {
+            name: c.name.clone(),
+            base_url: c.base_url.clone(),
+            api_key,
+            models: c.models.clone(),
+            context_windows: c.context_windows.clone(),
+        });
+    }
+    if out.is_empty() {
+        let base = env("DISPATCH_BASE_URL");
+        let key = env("DISPATCH_API_KEY");
+        if base.is_some() || key.is_some() {
+            let model = env("DISPATCH_MODEL").filter(|m| !m.is_empty());
+            out.push(Credential {
+                name: "openai".into(),
+                base_url: base.unwrap_or_else(|| "https://api.openai.com/v1".into()),
+                api_key: key.unwrap_or_default(),
+                models: model.map(|m| vec![m.strip_prefix("openai/").unwrap_or(&m).to_owned()]),
+                context_windows: BTreeMap::new(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+struct State {
+    clients: HashMap<String, OpenAiClient>,
+    table: Arc<StreamTable>,
+    runner: Runner,
+    /// Server-listed models, once fetched.
+    listed: Mutex<HashMap<String, Vec<ModelEntry>>>,
+}
+
+impl State {
+    async fn models(&self) -> Vec<ModelEntry> {
+        let mut out = Vec::new();
+        let mut names: Vec<&String> = self.clients.keys().collect();
+        names.sort();
+        for name in names {
+            let cached = self.listed.lock().unwrap_or_else(PoisonError::into_inner).get(name).cloned();
+            if let Some(list) = cached {
+                out.extend(list);
+                continue;
+            }
+            let client = self.clients[name].clone();
+            match self
+                .runner
+                .run(async move { client.models().await.map_err(|e| Error::msg(e.message)) })
+                .await
+            {
+                Ok(list) => {
+                    self.listed
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(name.clone(), list.clone());
+                    out.extend(list);
+                }
+                Err(e) => tracing::warn!(credential = %name, error = %e, "cannot list models"),
+            }
+        }
+        out
+    }
+
+    fn open(&self, model: &str, body_of: impl FnOnce(&str) -> Value) -> Result<u64, Error> {
+        let (cred, name) = model.split_once('/').ok_or_else(|| {
+            Error::new(codes::NOT_FOUND, format!("model `{model}` is not `<credential>/<model>`"))
+        })?;
+        let client = self
+            .clients
+            .get(cred)
+            .cloned()
+            .ok_or_else(|| Error::new(codes::NOT_FOUND, format!("unknown credential `{cred}`")))?;
+        let body = body_of(name);
+        let (id, fut) = self.table.open(move |tx| client.produce(body, tx));
+        drop(self.runner.run(async move {
+            fut.await;
+            Ok(())
+        }));
+        Ok(id)
+    }
+}
+
+/// The plugin.
+pub struct OpenAiProvider {
+    runtime: PluginRuntime,
+    table: Arc<StreamTable>,
+}
+
+impl Plugin for OpenAiProvider {
+    fn manifest() -> PluginManifest {
+        PluginManifest::new("provider-openai", env!("CARGO_PKG_VERSION"))
+            .description("Any OpenAI-compatible endpoint, through named credentials")
+            .depends_on("models")
+            .provides("provider", "openai-compatible")
+            .provides("service", SERVICE.name())
+    }
+
+    fn activate(ctx: Context) -> Result<Self, Error> {
+        let cfg: Config = ctx.config()?;
+        let creds = credentials(&cfg, &|k| std::env::var(k).ok())
+            .map_err(|e| Error::new(codes::INVALID_CONFIG, e))?;
+        let timeouts = Timeouts {
+            connect: Duration::from_millis(cfg.connect_timeout_ms),
+            first_byte: Duration::from_millis(cfg.first_byte_timeout_ms),
+            idle: Duration::from_millis(cfg.idle_timeout_ms),
+        };
+        let runtime = PluginRuntime::new("provider-openai", cfg.worker_threads)?;
+        let mut clients = HashMap::new();
+        for c in &creds {
+            tracing::info!(credential = ?c, "credential configured");
+            let client = OpenAiClient::new(c.clone(), timeouts).map_err(Error::msg)?;
+            clients.insert(c.name.clone(), client);
+        }
+        if clients.is_empty() {
+            tracing::info!("no credentials configured (set DISPATCH_BASE_URL / DISPATCH_API_KEY, or [plugin.config] credentials)");
+        }
+        let names: Vec<String> = creds.iter().map(|c| c.name.clone()).collect();
+        let table = Arc::new(StreamTable::default());
+        let state = Arc::new(State {
+            clients,
+            table: Arc::clone(&table),
+            runner: runtime.runner(),
+            listed: Mutex::default(),
+        });
+        ctx.host().provide(&SERVICE, move |req: ProviderRequest| {
+            let state = Arc::clone(&state);
+            async move {
+                match req {
+                    ProviderRequest::Models => to_value(&ProviderModels { models: state.models().await }),
+                    ProviderRequest::Open { model, messages, tools, system_prompt, reasoning_effort } => {
+                        let id = state.open(&model, |name| {
+                            convert::request_body(
+                                name,
+                                &messages,
+                                &tools,
+                                system_prompt.as_deref(),
+                                reasoning_effort,
+                            )
+                        })?;
+                        to_value(&Opened { stream_id: id })
+                    }
+                    ProviderRequest::Next { stream_id } => {
+                        let batch =
+                            state.table.next(stream_id).await.map_err(|e| Error::new(codes::NOT_FOUND, e))?;
+                        to_value(&batch)
+                    }
+                    ProviderRequest::Cancel { stream_id } => {
+                        state.table.cancel(stream_id);
+                        Ok(Value::Object(Default::default()))
+                    }
+                }
+            }
+        })?;
+        if cfg.register && !names.is_empty() {
+            ctx.host().call_blocking(
+                &CATALOG,
+                &CatalogRequest::Register {
+                    provider: "provider-openai".into(),
+                    service: SERVICE.name().into(),
+                    credentials: names,
+                },
+            )?;
+        }
+        Ok(OpenAiProvider { runtime, table })
+    }
+
+    fn deactivate(&mut self) -> Result<(), Error> {
+        self.table.cancel_all();
+        self.runtime.shutdown(Duration::from_secs(2));
+        Ok(())
+    }
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Result<Value, Error> {
+    serde_json::to_value(v).map_err(|e| Error::msg(e.to_string()))
+}
+
+dispatch_abi::export_plugin!(OpenAiProvider);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
+    }
+
+    #[test]
+    fn the_dispatch_environment_defines_an_openai_credential() {
+        let c = credentials(
+            &Config::default(),
+            &env(&[
+                ("DISPATCH_BASE_URL", "http://x/v1"),
+                ("DISPATCH_API_KEY", "sk-1"),
+                ("DISPATCH_MODEL", "m1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.len(), 1);
+        assert_eq!(
+            (c[0].name.as_str(), c[0].base_url.as_str(), c[0].api_key.as_str()),
+            ("openai", "http://x/v1", "sk-1")
+        );
+        assert_eq!(c[0].models, Some(vec!["m1".to_owned()]));
+        assert!(credentials(&Config::default(), &env(&[])).unwrap().is_empty());
+    }
+
+    #[test]
+    fn keys_come_from_the_named_variable_and_are_never_printed() {
+        let cfg: Config = serde_json::from_value(serde_json::json!({"credentials": [
+            {"name": "or", "base_url": "https://openrouter.ai/api/v1", "api_key_env": "OR_KEY"}]}))
+        .unwrap();
+        let c = credentials(&cfg, &env(&[("OR_KEY", "sk-secret-123")])).unwrap();
+        assert_eq!(c[0].api_key, "sk-secret-123");
+        assert!(!format!("{:?}", c[0]).contains("sk-secret"));
+        let e = credentials(&cfg, &env(&[])).unwrap_err();
+        assert!(e.contains("`OR_KEY`") && e.contains("not set"), "{e}");
+    }
+}
