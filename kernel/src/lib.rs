@@ -21,6 +21,7 @@ pub mod provider;
 pub mod reconcile;
 pub mod remote;
 pub mod runtime;
+pub mod store;
 pub mod surface;
 pub mod tool;
 pub mod turn;

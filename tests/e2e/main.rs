@@ -14,4 +14,5 @@ mod loading;
 #[path = "../mock_openai.rs"]
 mod mock_openai;
 mod providers;
+mod store;
 mod support;

@@ -1,0 +1,214 @@
+//! The conversation store's bus contract: the `store` service (schema
+//! [`STORE_SERVICE`]) that persists the append-only chunk log, conversation
+//! metadata and per-turn metrics. Any store plugin (SQLite today, Postgres
+//! for more than one machine) speaks it, so the plugins that use it never
+//! change when the store does.
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::wire::{
+    ChatMessage, Chunk, ConversationMeta, ConversationStatus, ReasoningEffort, Role, StoredChunk, TurnMetrics,
+};
+
+/// Bus name and schema version of the store service.
+pub const STORE_SERVICE: (&str, u32) = ("store", 1);
+
+/// Requests to the store, tagged by `op`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase", deny_unknown_fields)]
+pub enum StoreRequest {
+    /// Append one message's chunks; answers [`Appended`]. Atomic: all the
+    /// chunks land, with consecutive seqs, or none do.
+    Append {
+        /// The conversation (created on first append).
+        conversation_id: String,
+        /// The message's role.
+        role: Role,
+        /// The turn it belongs to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        turn_id: Option<String>,
+        /// Its chunks, in order.
+        chunks: Vec<Chunk>,
+    },
+    /// Raw history window; answers [`History`].
+    History {
+        /// The conversation.
+        conversation_id: String,
+        /// Only chunks with `seq > since_seq`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since_seq: Option<u64>,
+        /// Only chunks with `seq < before_seq`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before_seq: Option<u64>,
+        /// The newest `limit` of the selection.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u64>,
+    },
+    /// The whole history as messages, reconciled for a provider; answers
+    /// [`Messages`].
+    Messages {
+        /// The conversation.
+        conversation_id: String,
+    },
+    /// Metadata of one conversation; answers [`Details`] or `null`.
+    Get {
+        /// The conversation.
+        conversation_id: String,
+    },
+    /// Change metadata (creates the conversation if needed); answers
+    /// [`Details`]. Absent fields are left alone; `null` clears.
+    Update(MetaUpdate),
+    /// Conversations, most recently active first; answers [`Listing`].
+    List {
+        /// Only ids starting with this.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prefix: Option<String>,
+        /// Only this status.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<ConversationStatus>,
+    },
+    /// Record a sealed turn's metrics.
+    AppendMetrics {
+        /// The conversation.
+        conversation_id: String,
+        /// The metrics.
+        metrics: TurnMetrics,
+    },
+    /// Every turn's metrics in append order; answers [`MetricsList`].
+    Metrics {
+        /// The conversation.
+        conversation_id: String,
+    },
+}
+
+/// `Some(None)` = clear, `None` = leave alone.
+fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// A metadata change.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MetaUpdate {
+    /// The conversation.
+    pub conversation_id: String,
+    /// New title.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// New status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<ConversationStatus>,
+    /// Sticky working directory (`null` clears).
+    #[serde(default, deserialize_with = "double_option", skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<Option<String>>,
+    /// Sticky model (`null` clears).
+    #[serde(default, deserialize_with = "double_option", skip_serializing_if = "Option::is_none")]
+    pub model: Option<Option<String>>,
+    /// Sticky reasoning effort (`null` clears).
+    #[serde(default, deserialize_with = "double_option", skip_serializing_if = "Option::is_none")]
+    pub reasoning_effort: Option<Option<ReasoningEffort>>,
+    /// Workspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_id: Option<String>,
+    /// Per-conversation system prompt (`null` clears).
+    #[serde(default, deserialize_with = "double_option", skip_serializing_if = "Option::is_none")]
+    pub system_prompt: Option<Option<String>>,
+}
+
+/// The seqs an append was given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Appended {
+    /// One per chunk, consecutive.
+    pub seqs: Vec<u64>,
+}
+
+/// A history window — exactly the `GET /conversations/:id` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct History {
+    /// Ascending.
+    pub chunks: Vec<StoredChunk>,
+    /// The last returned seq, or the requested `sinceSeq` when nothing is newer.
+    pub latest_seq: u64,
+}
+
+/// History as messages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Messages {
+    /// In order, reconciled.
+    pub messages: Vec<ChatMessage>,
+}
+
+/// Everything stored about a conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Details {
+    /// The list fields.
+    #[serde(flatten)]
+    pub meta: ConversationMeta,
+    /// Sticky working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Sticky model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Sticky reasoning effort.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_effort: Option<ReasoningEffort>,
+    /// Per-conversation system prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_prompt: Option<String>,
+    /// The last seq used.
+    pub latest_seq: u64,
+}
+
+/// The list answer — exactly the `GET /conversations` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Listing {
+    /// Most recently active first.
+    pub conversations: Vec<ConversationMeta>,
+}
+
+/// The metrics answer — exactly the `GET /conversations/:id/metrics` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricsList {
+    /// In append order.
+    pub turns: Vec<TurnMetrics>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn null_clears_and_absence_leaves_alone() {
+        let u: StoreRequest =
+            serde_json::from_value(json!({"op": "update", "conversationId": "c", "cwd": null, "title": "T"}))
+                .unwrap();
+        let StoreRequest::Update(u) = u else { panic!() };
+        assert_eq!(u.cwd, Some(None));
+        assert_eq!(u.model, None);
+        assert_eq!(u.title.as_deref(), Some("T"));
+    }
+
+    #[test]
+    fn requests_are_strict() {
+        assert!(serde_json::from_value::<StoreRequest>(
+            json!({"op": "append", "conversationId": "c", "role": "user", "chunks": [], "extra": 1})
+        )
+        .is_err());
+        assert!(serde_json::from_value::<StoreRequest>(
+            json!({"op": "history", "conversationId": "c", "limit": -1})
+        )
+        .is_err());
+    }
+}

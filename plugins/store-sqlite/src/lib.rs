@@ -1,0 +1,147 @@
+//! # store-sqlite — the conversation store on SQLite
+//!
+//! The append-only chunk log (1-based, gap-free `seq` per conversation),
+//! conversation metadata and per-turn metrics, behind the `store` service
+//! (`dispatch_kernel::store::StoreRequest`), so a different store can
+//! replace it without touching the plugins that use it.
+//!
+//! ```toml
+//! [[plugin]]
+//! path = "libdispatch_plugin_store_sqlite.so"
+//! [plugin.config]
+//! path = "/var/lib/dispatch/dispatch.db"  # default: <data_dir>/store-sqlite/dispatch.db
+//! durability = "normal"                  # or "full" (see below)
+//! max_chunk_bytes = 1048576              # a larger chunk is refused
+//! readers = 4                            # read connections (default: cores, 2-8)
+//! ```
+//!
+//! Durability: `normal` (SQLite `synchronous = NORMAL`, WAL) survives any
+//! crash of the process — an acknowledged append is there after a SIGKILL —
+//! but the last commits before a power loss or kernel crash can be lost
+//! (never half of one: the database stays consistent). `full` makes every
+//! acknowledged append durable against power loss too, at the cost of an
+//! fsync per commit (group commit shares it among concurrent turns).
+
+pub mod store;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dispatch_abi::runtime::{PluginRuntime, Runner};
+use dispatch_abi::{codes, Context, Error, Plugin, PluginManifest, Service};
+use dispatch_kernel::store::{
+    Appended, History, Listing, Messages, MetricsList, StoreRequest, STORE_SERVICE,
+};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::store::{Durability, Options, Store, StoreError};
+
+/// The store service key.
+pub const SERVICE: Service<StoreRequest, Value> = Service::new(STORE_SERVICE.0, STORE_SERVICE.1);
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Config {
+    path: Option<PathBuf>,
+    durability: Durability,
+    max_chunk_bytes: Option<usize>,
+    readers: Option<u32>,
+}
+
+/// The plugin.
+pub struct StoreSqlite {
+    runtime: PluginRuntime,
+    store: Option<Store>,
+}
+
+fn err(e: StoreError) -> Error {
+    let code = match e {
+        StoreError::InvalidId(_) | StoreError::ChunkTooLarge { .. } | StoreError::EmptyMessage => {
+            codes::INVALID_PAYLOAD
+        }
+        StoreError::Closed => codes::UNAVAILABLE,
+        _ => codes::PLUGIN,
+    };
+    Error::new(code, e.to_string())
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Result<Value, Error> {
+    serde_json::to_value(v).map_err(|e| Error::msg(e.to_string()))
+}
+
+async fn handle(store: Store, req: StoreRequest) -> Result<Value, Error> {
+    match req {
+        StoreRequest::Append { conversation_id, role, turn_id, chunks } => {
+            let seqs =
+                store.append(&conversation_id, role, turn_id.as_deref(), &chunks).await.map_err(err)?;
+            to_value(&Appended { seqs })
+        }
+        StoreRequest::History { conversation_id, since_seq, before_seq, limit } => {
+            let h: History =
+                store.history(&conversation_id, since_seq, before_seq, limit).await.map_err(err)?;
+            to_value(&h)
+        }
+        StoreRequest::Messages { conversation_id } => {
+            to_value(&Messages { messages: store.messages(&conversation_id).await.map_err(err)? })
+        }
+        StoreRequest::Get { conversation_id } => to_value(&store.get(&conversation_id).await.map_err(err)?),
+        StoreRequest::Update(u) => to_value(&store.update(u).await.map_err(err)?),
+        StoreRequest::List { prefix, status } => {
+            to_value(&Listing { conversations: store.list(prefix.as_deref(), status).await.map_err(err)? })
+        }
+        StoreRequest::AppendMetrics { conversation_id, metrics } => {
+            store.append_metrics(&conversation_id, &metrics).await.map_err(err)?;
+            Ok(Value::Object(Default::default()))
+        }
+        StoreRequest::Metrics { conversation_id } => {
+            to_value(&MetricsList { turns: store.metrics(&conversation_id).await.map_err(err)? })
+        }
+    }
+}
+
+impl Plugin for StoreSqlite {
+    fn manifest() -> PluginManifest {
+        PluginManifest::new("store-sqlite", env!("CARGO_PKG_VERSION"))
+            .description("The conversation store: chunk log, metadata and metrics in SQLite")
+            .provides("service", SERVICE.name())
+    }
+
+    fn activate(ctx: Context) -> Result<Self, Error> {
+        let cfg: Config = ctx.config()?;
+        let path = cfg.path.clone().unwrap_or_else(|| store::default_path(&ctx.host().data_dir()));
+        let mut options = Options::new(&path);
+        options.durability = cfg.durability;
+        if let Some(m) = cfg.max_chunk_bytes {
+            options.max_chunk_bytes = m;
+        }
+        if let Some(r) = cfg.readers {
+            options.readers = r;
+        }
+        let runtime = PluginRuntime::new("store-sqlite", 2)?;
+        // Open inside our runtime: the pool and the writer task live there.
+        let store = runtime
+            .handle()
+            .block_on(Store::open(options))
+            .map_err(|e| Error::new(codes::INVALID_CONFIG, e.to_string()))?;
+        tracing::info!(path = %path.display(), durability = ?cfg.durability, "store open");
+        let runner: Runner = runtime.runner();
+        let s = store.clone();
+        ctx.host().provide(&SERVICE, move |req: StoreRequest| runner.run(handle(s.clone(), req)))?;
+        Ok(StoreSqlite { runtime, store: Some(store) })
+    }
+
+    fn deactivate(&mut self) -> Result<(), Error> {
+        if let Some(store) = self.store.take() {
+            // Let queued writes finish before the runtime stops.
+            let _ = self
+                .runtime
+                .handle()
+                .block_on(async { tokio::time::timeout(Duration::from_secs(5), store.close()).await });
+        }
+        self.runtime.shutdown(Duration::from_secs(5));
+        Ok(())
+    }
+}
+
+dispatch_abi::export_plugin!(StoreSqlite);
