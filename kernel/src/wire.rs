@@ -25,8 +25,12 @@ pub enum Role {
 }
 
 /// One ordered piece of a message: the unit of the append-only log.
+///
+/// Deserialized through a flat intermediate struct ([`ChunkRepr`]) rather
+/// than serde's internally-tagged path, which buffers every object before
+/// looking at its tag: history reads parse thousands of chunks at a time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "kebab-case", rename_all_fields = "camelCase")]
+#[serde(tag = "type", rename_all = "kebab-case", rename_all_fields = "camelCase", try_from = "ChunkRepr")]
 pub enum Chunk {
     /// Plain text.
     Text {
@@ -85,6 +89,63 @@ pub enum Chunk {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mime_type: Option<String>,
     },
+}
+
+/// The flat shape every chunk variant fits in (deserialization only).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[doc(hidden)]
+pub struct ChunkRepr {
+    #[serde(rename = "type")]
+    kind: String,
+    text: Option<String>,
+    tool_call_id: Option<String>,
+    tool_name: Option<String>,
+    /// Present-but-null is a valid tool input, so keep "present" apart.
+    #[serde(default, deserialize_with = "present")]
+    input: Option<Value>,
+    step_id: Option<String>,
+    content: Option<String>,
+    is_error: Option<bool>,
+    message: Option<String>,
+    code: Option<String>,
+    url: Option<String>,
+    mime_type: Option<String>,
+}
+
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+impl TryFrom<ChunkRepr> for Chunk {
+    type Error = String;
+    fn try_from(r: ChunkRepr) -> Result<Self, String> {
+        fn need<T>(v: Option<T>, field: &str, kind: &str) -> Result<T, String> {
+            v.ok_or_else(|| format!("missing field `{field}` in a `{kind}` chunk"))
+        }
+        let k = r.kind.as_str();
+        Ok(match k {
+            "text" => Chunk::Text { text: need(r.text, "text", k)? },
+            "thinking" => Chunk::Thinking { text: need(r.text, "text", k)? },
+            "system" => Chunk::System { text: need(r.text, "text", k)? },
+            "tool-call" => Chunk::ToolCall {
+                tool_call_id: need(r.tool_call_id, "toolCallId", k)?,
+                tool_name: need(r.tool_name, "toolName", k)?,
+                input: need(r.input, "input", k)?,
+                step_id: r.step_id,
+            },
+            "tool-result" => Chunk::ToolResult {
+                tool_call_id: need(r.tool_call_id, "toolCallId", k)?,
+                tool_name: need(r.tool_name, "toolName", k)?,
+                content: need(r.content, "content", k)?,
+                is_error: need(r.is_error, "isError", k)?,
+                step_id: r.step_id,
+            },
+            "error" => Chunk::Error { message: need(r.message, "message", k)?, code: r.code },
+            "image" => Chunk::Image { url: need(r.url, "url", k)?, mime_type: r.mime_type },
+            other => return Err(format!("unknown chunk type `{other}`")),
+        })
+    }
 }
 
 impl Chunk {

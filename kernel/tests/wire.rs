@@ -316,3 +316,18 @@ fn metrics_and_conversation_meta() {
         json!({"id": "c1", "createdAt": 1_700_000_000_000u64, "lastActivityAt": 1_700_000_000_500u64, "title": "Hello", "status": "active", "workspaceId": "default"}),
     );
 }
+
+#[test]
+fn chunks_with_missing_fields_or_unknown_types_are_refused_clearly() {
+    let e = serde_json::from_value::<Chunk>(json!({"type": "tool-call", "toolName": "x", "input": {}}))
+        .unwrap_err();
+    assert!(e.to_string().contains("missing field `toolCallId` in a `tool-call` chunk"), "{e}");
+    let e = serde_json::from_value::<Chunk>(json!({"type": "hologram"})).unwrap_err();
+    assert!(e.to_string().contains("unknown chunk type `hologram`"), "{e}");
+    // A null tool input is an input, not a missing one.
+    let c: Chunk = serde_json::from_value(
+        json!({"type": "tool-call", "toolCallId": "a", "toolName": "x", "input": null}),
+    )
+    .unwrap();
+    assert!(matches!(c, Chunk::ToolCall { input: Value::Null, .. }));
+}

@@ -22,7 +22,9 @@ CREATE TABLE chunks (
     message_seq     INTEGER NOT NULL,
     role            TEXT NOT NULL,
     turn_id         TEXT,
-    chunk           TEXT NOT NULL,
+    -- The chunk as the wire's StoredChunk JSON ({"seq","role","chunk"}), so a
+    -- history read is one concatenation instead of per-row work.
+    stored          TEXT NOT NULL,
     PRIMARY KEY (conversation_id, seq)
 ) WITHOUT ROWID;
 

@@ -8,6 +8,7 @@
 //! same transaction as the insert, so they are 1-based, gap-free and
 //! monotonic, and a message's chunks land together or not at all.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,7 +21,7 @@ use dispatch_kernel::wire::{
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Connection, Row, SqliteConnection, SqlitePool};
+use sqlx::{Connection, Row as _, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 /// The migrations, embedded at compile time.
@@ -189,15 +190,6 @@ fn role_str(r: Role) -> &'static str {
     }
 }
 
-fn parse_role(s: &str) -> Role {
-    match s {
-        "system" => Role::System,
-        "user" => Role::User,
-        "tool" => Role::Tool,
-        _ => Role::Assistant,
-    }
-}
-
 fn status_str(s: ConversationStatus) -> &'static str {
     match s {
         ConversationStatus::Active => "active",
@@ -304,24 +296,29 @@ impl Store {
         validate_id(conversation_id)?;
         let since_i = i64::try_from(since.unwrap_or(0)).unwrap_or(i64::MAX);
         let before_i = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
-        let limit_i = limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
-        let rows = sqlx::query(
-            "SELECT seq, role, chunk FROM chunks WHERE conversation_id = ?1 AND seq > ?2 AND seq < ?3 \
-             ORDER BY seq DESC LIMIT ?4",
+        let limit_i = limit.map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX));
+        // Seqs are gap-free, so the window is a seq range: the newest
+        // `limit` below `before` are `hi - limit < seq <= hi`. The rows are
+        // stored as wire JSON; one concatenation returns them all (per-row
+        // round trips through the driver cost several times more).
+        let json: Option<String> = sqlx::query_scalar(
+            "WITH b AS (SELECT MIN(?3 - 1, last_seq) AS hi FROM conversations WHERE id = ?1) \
+             SELECT '[' || group_concat(stored, ',') || ']' FROM chunks, b \
+             WHERE conversation_id = ?1 AND seq > ?2 AND seq <= b.hi AND seq > b.hi - ?4",
         )
         .bind(conversation_id)
         .bind(since_i)
         .bind(before_i)
         .bind(limit_i)
-        .fetch_all(&self.readers)
+        .fetch_one(&self.readers)
         .await?;
-        let mut chunks = Vec::with_capacity(rows.len());
-        for row in rows.iter().rev() {
-            chunks.push(StoredChunk {
-                seq: u64::try_from(row.get::<i64, _>(0)).unwrap_or(0),
-                role: parse_role(row.get::<&str, _>(1)),
-                chunk: parse_json(row.get::<&str, _>(2))?,
-            });
+        let mut chunks: Vec<StoredChunk> = match json {
+            Some(j) => parse_json(&j)?,
+            None => Vec::new(),
+        };
+        // SQLite returns them in key order; make sure without trusting it.
+        if !chunks.windows(2).all(|w| w[0].seq < w[1].seq) {
+            chunks.sort_by_key(|c| c.seq);
         }
         let latest_seq = chunks.last().map_or(since.unwrap_or(0), |c| c.seq);
         Ok(History { chunks, latest_seq })
@@ -331,24 +328,31 @@ impl Store {
     /// without a result.
     pub async fn messages(&self, conversation_id: &str) -> Result<Vec<ChatMessage>, StoreError> {
         validate_id(conversation_id)?;
-        let rows = sqlx::query(
-            "SELECT message_seq, role, chunk FROM chunks WHERE conversation_id = ?1 ORDER BY seq",
+        let json: Option<String> = sqlx::query_scalar(
+            "SELECT '[' || group_concat('[' || message_seq || ',' || stored || ']', ',') || ']' \
+             FROM chunks WHERE conversation_id = ?1",
         )
         .bind(conversation_id)
-        .fetch_all(&self.readers)
+        .fetch_one(&self.readers)
         .await?;
+        let mut rows: Vec<(i64, StoredChunk)> = match json {
+            Some(j) => parse_json(&j)?,
+            None => Vec::new(),
+        };
+        if !rows.windows(2).all(|w| w[0].1.seq < w[1].1.seq) {
+            rows.sort_by_key(|r| r.1.seq);
+        }
+        let rows = rows.into_iter().map(|(m, s)| (m, s.role, s.chunk));
         let mut out: Vec<ChatMessage> = Vec::new();
         let mut current: Option<i64> = None;
-        for row in &rows {
-            let msg: i64 = row.get(0);
-            let chunk: Chunk = parse_json(row.get::<&str, _>(2))?;
+        for (msg, role, chunk) in rows {
             if current == Some(msg) {
                 if let Some(last) = out.last_mut() {
                     last.chunks.push(chunk);
                 }
             } else {
                 current = Some(msg);
-                out.push(ChatMessage { role: parse_role(row.get::<&str, _>(1)), chunks: vec![chunk] });
+                out.push(ChatMessage { role, chunks: vec![chunk] });
             }
         }
         Ok(reconcile(&out))
@@ -459,7 +463,16 @@ fn details(r: &SqliteRow) -> Result<Details, StoreError> {
     })
 }
 
-async fn writer_loop(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Write>) {
+/// The single writer: owns the write connection and the last seq of every
+/// conversation it has touched (it is the only writer, so the cache is
+/// exact, and it is only updated once a transaction committed).
+struct Writer {
+    conn: SqliteConnection,
+    last_seq: HashMap<String, i64>,
+}
+
+async fn writer_loop(conn: SqliteConnection, mut rx: mpsc::Receiver<Write>) {
+    let mut writer = Writer { conn, last_seq: HashMap::new() };
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -468,31 +481,9 @@ async fn writer_loop(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Write>) 
                 Err(_) => break,
             }
         }
-        commit_batch(&mut conn, batch).await;
+        writer.commit_batch(batch).await;
     }
-    let _ = conn.close().await;
-}
-
-/// Commit a batch in one transaction; if anything in it fails, roll back
-/// and commit each write on its own, so one bad write fails alone.
-async fn commit_batch(conn: &mut SqliteConnection, batch: Vec<Write>) {
-    if batch.len() > 1 {
-        match try_transaction(conn, &batch).await {
-            Ok(done) => {
-                for (w, d) in batch.into_iter().zip(done) {
-                    finish(w, Ok(d));
-                }
-                return;
-            }
-            Err(_) => {
-                // Fall through: one by one.
-            }
-        }
-    }
-    for w in batch {
-        let result = try_transaction(conn, std::slice::from_ref(&w)).await.map(|mut d| d.remove(0));
-        finish(w, result);
-    }
+    let _ = writer.conn.close().await;
 }
 
 /// What each write of a committed transaction answers.
@@ -517,125 +508,245 @@ fn finish(w: Write, result: Result<Outcome, StoreError>) {
     }
 }
 
-async fn try_transaction(conn: &mut SqliteConnection, writes: &[Write]) -> Result<Vec<Outcome>, StoreError> {
-    // IMMEDIATE: take the write lock up front (we are the only writer, but
-    // an operator's sqlite3 shell might not be).
-    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-    let mut out = Vec::with_capacity(writes.len());
-    for w in writes {
-        out.push(apply(&mut tx, w).await?);
-    }
-    tx.commit().await?;
-    Ok(out)
+/// A whole transaction as one SQL script with positional (`?`) arguments:
+/// the driver runs every statement of it in one round trip to its thread,
+/// which is most of the cost of a small transaction.
+struct Script {
+    sql: String,
+    args: sqlx::sqlite::SqliteArguments<'static>,
 }
 
-async fn ensure_conversation(tx: &mut SqliteConnection, id: &str, now: i64) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO conversations (id, created_at, last_activity_at) VALUES (?1, ?2, ?2) ON CONFLICT(id) DO NOTHING")
-        .bind(id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+impl Script {
+    fn new() -> Self {
+        Script { sql: String::from("BEGIN IMMEDIATE;"), args: sqlx::sqlite::SqliteArguments::default() }
+    }
+
+    fn statement(&mut self, sql: &str) {
+        self.sql.push_str(sql);
+        self.sql.push(';');
+    }
+
+    fn arg<T>(&mut self, v: T) -> Result<(), StoreError>
+    where
+        T: 'static + Send + sqlx::Encode<'static, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+    {
+        use sqlx::Arguments as _;
+        self.args.add(v).map_err(|e| StoreError::Database(e.to_string()))
+    }
+}
+
+impl Writer {
+    /// Commit a batch in one transaction; if anything in it fails, roll
+    /// back and commit each write on its own, so one bad write fails alone.
+    async fn commit_batch(&mut self, batch: Vec<Write>) {
+        if batch.len() > 1 {
+            if let Ok(done) = self.transaction(&batch).await {
+                for (w, d) in batch.into_iter().zip(done) {
+                    finish(w, Ok(d));
+                }
+                return;
+            }
+        }
+        for w in batch {
+            let result = self.transaction(std::slice::from_ref(&w)).await.map(|mut d| d.remove(0));
+            finish(w, result);
+        }
+    }
+
+    async fn transaction(&mut self, writes: &[Write]) -> Result<Vec<Outcome>, StoreError> {
+        // The seq counters of conversations not seen yet. Reading them
+        // outside the transaction is exact: nobody else writes.
+        for w in writes {
+            if let Write::Append { conversation_id, .. } = w {
+                if !self.last_seq.contains_key(conversation_id) {
+                    let last =
+                        sqlx::query_scalar::<_, i64>("SELECT last_seq FROM conversations WHERE id = ?1")
+                            .bind(conversation_id)
+                            .fetch_optional(&mut self.conn)
+                            .await?
+                            .unwrap_or(0);
+                    self.last_seq.insert(conversation_id.clone(), last);
+                }
+            }
+        }
+        let now = now_ms();
+        let mut script = Script::new();
+        let mut out = Vec::with_capacity(writes.len());
+        let mut next_seq: HashMap<&str, i64> = HashMap::new();
+        // Appends are gathered into one upsert and as few multi-row inserts
+        // as possible; another kind of write flushes them first, so the
+        // order of writes is kept.
+        let mut rows: Vec<PendingRow> = Vec::new();
+        let mut convs: Vec<(String, i64, String)> = Vec::new();
+        for w in writes {
+            match w {
+                Write::Append { conversation_id, role, turn_id, chunks, title, .. } => {
+                    let last = next_seq
+                        .get(conversation_id.as_str())
+                        .copied()
+                        .unwrap_or(self.last_seq[conversation_id]);
+                    let first = last + 1;
+                    let n = i64::try_from(chunks.len()).unwrap_or(i64::MAX);
+                    let role = role_str(*role);
+                    for (i, chunk) in chunks.iter().enumerate() {
+                        let seq = first + i64::try_from(i).unwrap_or(0);
+                        let stored = format!(r#"{{"seq":{seq},"role":"{role}","chunk":{chunk}}}"#);
+                        rows.push(PendingRow {
+                            conversation_id: conversation_id.clone(),
+                            seq,
+                            message_seq: first,
+                            role,
+                            turn_id: turn_id.clone(),
+                            stored,
+                        });
+                    }
+                    next_seq.insert(conversation_id, last + n);
+                    let title = title.clone().unwrap_or_default();
+                    match convs.iter_mut().find(|c| &c.0 == conversation_id) {
+                        Some(c) => {
+                            c.1 = last + n;
+                            if c.2.is_empty() {
+                                c.2 = title;
+                            }
+                        }
+                        None => convs.push((conversation_id.clone(), last + n, title)),
+                    }
+                    out.push(Outcome::Seqs(
+                        (first..=last + n).map(|s| u64::try_from(s).unwrap_or(0)).collect(),
+                    ));
+                }
+                other => {
+                    flush(&mut script, &mut convs, &mut rows, now)?;
+                    meta(&mut script, other, now)?;
+                    out.push(Outcome::Unit);
+                }
+            }
+        }
+        flush(&mut script, &mut convs, &mut rows, now)?;
+        script.statement("COMMIT");
+        let result = sqlx::query_with(&script.sql, script.args).execute(&mut self.conn).await;
+        if let Err(e) = result {
+            // Whatever ran is undone; "no transaction" if BEGIN itself failed.
+            let _ = sqlx::query("ROLLBACK").execute(&mut self.conn).await;
+            return Err(e.into());
+        }
+        for (id, last) in next_seq {
+            self.last_seq.insert(id.to_owned(), last);
+        }
+        Ok(out)
+    }
+}
+
+/// One chunk row waiting for its insert.
+struct PendingRow {
+    conversation_id: String,
+    seq: i64,
+    message_seq: i64,
+    role: &'static str,
+    turn_id: Option<String>,
+    /// The wire `StoredChunk` JSON.
+    stored: String,
+}
+
+/// Add the gathered appends: one upsert for their conversations (seq
+/// counter, activity time, default title), then the chunk rows.
+fn flush(
+    script: &mut Script,
+    convs: &mut Vec<(String, i64, String)>,
+    rows: &mut Vec<PendingRow>,
+    now: i64,
+) -> Result<(), StoreError> {
+    if !convs.is_empty() {
+        let values = vec!["(?, ?, ?, ?, ?)"; convs.len()].join(", ");
+        script.statement(&format!(
+            "INSERT INTO conversations (id, created_at, last_activity_at, last_seq, title) VALUES {values} \
+             ON CONFLICT(id) DO UPDATE SET last_seq = excluded.last_seq, last_activity_at = excluded.last_activity_at, \
+             title = CASE WHEN conversations.title = '' THEN excluded.title ELSE conversations.title END"
+        ));
+        for (id, last, title) in convs.drain(..) {
+            script.arg(id)?;
+            script.arg(now)?;
+            script.arg(now)?;
+            script.arg(last)?;
+            script.arg(title)?;
+        }
+    }
+    while !rows.is_empty() {
+        let part: Vec<_> = rows.drain(..rows.len().min(ROWS_PER_INSERT)).collect();
+        let values = vec!["(?, ?, ?, ?, ?, ?)"; part.len()].join(", ");
+        script.statement(&format!(
+            "INSERT INTO chunks (conversation_id, seq, message_seq, role, turn_id, stored) VALUES {values}"
+        ));
+        for r in part {
+            script.arg(r.conversation_id)?;
+            script.arg(r.seq)?;
+            script.arg(r.message_seq)?;
+            script.arg(r.role)?;
+            script.arg(r.turn_id)?;
+            script.arg(r.stored)?;
+        }
+    }
     Ok(())
 }
 
-async fn apply(tx: &mut SqliteConnection, w: &Write) -> Result<Outcome, StoreError> {
-    let now = now_ms();
+/// Rows per multi-row insert: 6 variables each, well under SQLite's
+/// default limit of 32766 bound variables per statement.
+const ROWS_PER_INSERT: usize = 4000;
+
+fn ensure_conversation(script: &mut Script, id: &str, now: i64) -> Result<(), StoreError> {
+    script.statement("INSERT INTO conversations (id, created_at, last_activity_at) VALUES (?, ?, ?) ON CONFLICT(id) DO NOTHING");
+    script.arg(id.to_owned())?;
+    script.arg(now)?;
+    script.arg(now)
+}
+
+/// A metadata update or a metrics append.
+fn meta(script: &mut Script, w: &Write, now: i64) -> Result<(), StoreError> {
     match w {
-        Write::Append { conversation_id, role, turn_id, chunks, title, .. } => {
-            ensure_conversation(tx, conversation_id, now).await?;
-            let n = i64::try_from(chunks.len()).unwrap_or(i64::MAX);
-            let last: i64 = sqlx::query_scalar(
-                "UPDATE conversations SET last_seq = last_seq + ?1, last_activity_at = ?2 WHERE id = ?3 RETURNING last_seq",
-            )
-            .bind(n)
-            .bind(now)
-            .bind(conversation_id)
-            .fetch_one(&mut *tx)
-            .await?;
-            let first = last - n + 1;
-            for (i, chunk) in chunks.iter().enumerate() {
-                sqlx::query(
-                    "INSERT INTO chunks (conversation_id, seq, message_seq, role, turn_id, chunk) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )
-                .bind(conversation_id)
-                .bind(first + i64::try_from(i).unwrap_or(0))
-                .bind(first)
-                .bind(role_str(*role))
-                .bind(turn_id.as_deref())
-                .bind(chunk.as_str())
-                .execute(&mut *tx)
-                .await?;
-            }
-            if let Some(t) = title {
-                sqlx::query("UPDATE conversations SET title = ?1 WHERE id = ?2 AND title = ''")
-                    .bind(t)
-                    .bind(conversation_id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            Ok(Outcome::Seqs((first..=last).map(|s| u64::try_from(s).unwrap_or(0)).collect()))
-        }
+        Write::Append { .. } => Ok(()),
         Write::Update { update: u, .. } => {
-            ensure_conversation(tx, &u.conversation_id, now).await?;
-            let set = |col: &'static str| format!("UPDATE conversations SET {col} = ?1 WHERE id = ?2");
+            ensure_conversation(script, &u.conversation_id, now)?;
+            let mut set = |col: &str, v: Option<String>| -> Result<(), StoreError> {
+                script.statement(&format!("UPDATE conversations SET {col} = ? WHERE id = ?"));
+                script.arg(v)?;
+                script.arg(u.conversation_id.clone())
+            };
             if let Some(t) = &u.title {
-                sqlx::query(&set("title")).bind(t).bind(&u.conversation_id).execute(&mut *tx).await?;
+                set("title", Some(t.clone()))?;
             }
             if let Some(s) = u.status {
-                sqlx::query(&set("status"))
-                    .bind(status_str(s))
-                    .bind(&u.conversation_id)
-                    .execute(&mut *tx)
-                    .await?;
+                set("status", Some(status_str(s).to_owned()))?;
             }
             if let Some(w) = &u.workspace_id {
-                sqlx::query(&set("workspace_id")).bind(w).bind(&u.conversation_id).execute(&mut *tx).await?;
+                set("workspace_id", Some(w.clone()))?;
             }
             if let Some(c) = &u.cwd {
-                sqlx::query(&set("cwd"))
-                    .bind(c.as_deref())
-                    .bind(&u.conversation_id)
-                    .execute(&mut *tx)
-                    .await?;
+                set("cwd", c.clone())?;
             }
             if let Some(m) = &u.model {
-                sqlx::query(&set("model"))
-                    .bind(m.as_deref())
-                    .bind(&u.conversation_id)
-                    .execute(&mut *tx)
-                    .await?;
+                set("model", m.clone())?;
             }
             if let Some(e) = &u.reasoning_effort {
-                let v = e
-                    .map(|e| serde_json::to_value(e).ok().and_then(|v| v.as_str().map(str::to_owned)))
-                    .flatten();
-                sqlx::query(&set("reasoning_effort"))
-                    .bind(v)
-                    .bind(&u.conversation_id)
-                    .execute(&mut *tx)
-                    .await?;
+                set(
+                    "reasoning_effort",
+                    e.and_then(|e| serde_json::to_value(e).ok().and_then(|v| v.as_str().map(str::to_owned))),
+                )?;
             }
             if let Some(p) = &u.system_prompt {
-                sqlx::query(&set("system_prompt"))
-                    .bind(p.as_deref())
-                    .bind(&u.conversation_id)
-                    .execute(&mut *tx)
-                    .await?;
+                set("system_prompt", p.clone())?;
             }
-            Ok(Outcome::Unit)
+            Ok(())
         }
         Write::Metrics { conversation_id, metrics, turn_id, .. } => {
-            ensure_conversation(tx, conversation_id, now).await?;
-            sqlx::query(
-                "INSERT INTO turn_metrics (conversation_id, position, turn_id, metrics) VALUES (?1, \
-                 (SELECT COALESCE(MAX(position), 0) + 1 FROM turn_metrics WHERE conversation_id = ?1), ?2, ?3)",
-            )
-            .bind(conversation_id)
-            .bind(turn_id)
-            .bind(metrics)
-            .execute(&mut *tx)
-            .await?;
-            Ok(Outcome::Unit)
+            ensure_conversation(script, conversation_id, now)?;
+            script.statement(
+                "INSERT INTO turn_metrics (conversation_id, position, turn_id, metrics) VALUES (?, \
+                 (SELECT COALESCE(MAX(position), 0) + 1 FROM turn_metrics WHERE conversation_id = ?), ?, ?)",
+            );
+            script.arg(conversation_id.clone())?;
+            script.arg(conversation_id.clone())?;
+            script.arg(turn_id.clone())?;
+            script.arg(metrics.clone())
         }
     }
 }

@@ -319,7 +319,7 @@ async fn a_database_created_by_the_first_schema_version_opens_and_migrates() {
             .execute(&mut conn)
             .await
             .unwrap();
-        sqlx::query("INSERT INTO chunks (conversation_id, seq, message_seq, role, chunk) VALUES ('old', 1, 1, 'user', '{\"type\":\"text\",\"text\":\"from v1\"}')")
+        sqlx::query("INSERT INTO chunks (conversation_id, seq, message_seq, role, stored) VALUES ('old', 1, 1, 'user', '{\"seq\":1,\"role\":\"user\",\"chunk\":{\"type\":\"text\",\"text\":\"from v1\"}}')")
             .execute(&mut conn)
             .await
             .unwrap();
