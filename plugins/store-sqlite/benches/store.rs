@@ -6,8 +6,8 @@
 //! ```
 //!
 //! * appends of 1-chunk and of 20-chunk messages, from many concurrent
-//!   writers (32 conversations, one task each) — the store's group commit
-//!   at work — and from one sequential writer;
+//!   writers (32 and 200 conversations, one task each) — the store's group
+//!   commit at work — and from one sequential writer;
 //! * the ceiling: rusqlite inserting the same rows, 256 messages per
 //!   transaction, one prepared statement (and, for reference, one
 //!   transaction per message);
@@ -23,6 +23,7 @@ use dispatch_kernel::wire::{Chunk, Role, StoredChunk};
 use dispatch_plugin_store_sqlite::store::{Options, Store, MIGRATOR};
 
 const WRITERS: usize = 32;
+const MANY_WRITERS: usize = 200;
 const READS: usize = 21;
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -34,15 +35,15 @@ fn chunk(i: usize) -> Chunk {
     Chunk::text(format!("chunk {i}: {}", "lorem ipsum dolor sit amet ".repeat(4)))
 }
 
-async fn store_concurrent(dir: &std::path::Path, messages: usize, per_message: usize) -> f64 {
-    let store = Arc::new(Store::open(Options::new(dir.join("conc.db"))).await.unwrap());
+async fn store_concurrent(dir: &std::path::Path, writers: usize, messages: usize, per_message: usize) -> f64 {
+    let store = Arc::new(Store::open(Options::new(dir.join(format!("conc-{writers}.db")))).await.unwrap());
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for w in 0..WRITERS {
+    for w in 0..writers {
         let store = Arc::clone(&store);
         tasks.push(tokio::spawn(async move {
             let chunks: Vec<Chunk> = (0..per_message).map(chunk).collect();
-            for _ in 0..messages / WRITERS {
+            for _ in 0..messages / writers {
                 store.append(&format!("conv-{w}"), Role::Assistant, Some("t"), &chunks).await.unwrap();
             }
         }));
@@ -50,7 +51,7 @@ async fn store_concurrent(dir: &std::path::Path, messages: usize, per_message: u
     for t in tasks {
         t.await.unwrap();
     }
-    let rows = (messages / WRITERS * WRITERS * per_message) as f64;
+    let rows = (messages / writers * writers * per_message) as f64;
     let rate = rows / started.elapsed().as_secs_f64();
     Arc::try_unwrap(store).ok().unwrap().close().await;
     rate
@@ -121,17 +122,20 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     println!("rows/s (medians of 3 runs each, alternating); machine: shared 2-core VM\n");
     for (messages, per_message) in [(20_000usize, 1usize), (2_000, 20)] {
-        let (mut conc, mut seq, mut ceil, mut per_tx) = (vec![], vec![], vec![], vec![]);
+        let (mut conc, mut many, mut seq, mut ceil, mut per_tx) = (vec![], vec![], vec![], vec![], vec![]);
         for _ in 0..3 {
             let d = tempfile::tempdir().unwrap();
-            conc.push(rt.block_on(store_concurrent(d.path(), messages, per_message)));
+            conc.push(rt.block_on(store_concurrent(d.path(), WRITERS, messages, per_message)));
+            many.push(rt.block_on(store_concurrent(d.path(), MANY_WRITERS, messages, per_message)));
             ceil.push(rusqlite_append(&d.path().join("ceil.db"), messages, per_message, 256));
             seq.push(rt.block_on(store_sequential(d.path(), messages / 4, per_message)));
             per_tx.push(rusqlite_append(&d.path().join("pertx.db"), messages / 4, per_message, 1));
         }
-        let (conc, seq, ceil, per_tx) = (median(conc), median(seq), median(ceil), median(per_tx));
+        let (conc, many, seq, ceil, per_tx) =
+            (median(conc), median(many), median(seq), median(ceil), median(per_tx));
         println!("{per_message}-chunk messages ({messages} messages):");
         println!("  store, {WRITERS} concurrent writers (group commit): {conc:>10.0} rows/s  = {:.2} of the ceiling", conc / ceil);
+        println!("  store, {MANY_WRITERS} concurrent writers (group commit): {many:>9.0} rows/s  = {:.2} of the ceiling", many / ceil);
         println!("  store, 1 sequential writer:                    {seq:>10.0} rows/s");
         println!("  rusqlite, 256 messages per transaction (ceiling): {ceil:>8.0} rows/s");
         println!("  rusqlite, 1 transaction per message:           {per_tx:>10.0} rows/s\n");
