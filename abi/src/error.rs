@@ -95,3 +95,10 @@ impl std::fmt::Display for AbiError {
 }
 
 impl std::error::Error for AbiError {}
+
+/// Serialize an answer for the bus, as an [`Error`] when it cannot be (a
+/// service whose ops answer different types returns `serde_json::Value`).
+pub fn to_json<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, Error> {
+    serde_json::to_value(value)
+        .map_err(|e| Error::new(codes::INVALID_PAYLOAD, format!("cannot encode the answer: {e}")))
+}

@@ -74,7 +74,7 @@ pub mod plugin;
 #[cfg(feature = "runtime")]
 pub mod runtime;
 
-pub use error::{codes, Error};
+pub use error::{codes, to_json, Error};
 pub use ffi::{FailurePolicy, ABI_VERSION};
 pub use host::{HookResult, Host, Verdict};
 pub use keys::{Event, Hook, Service};

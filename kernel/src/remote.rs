@@ -512,6 +512,21 @@ impl StreamTable {
         Ok(batch)
     }
 
+    /// Answer the ops every provider answers the same way — `next` and
+    /// `cancel` — or `None` for the others (`models`, `open`).
+    pub async fn answer(&self, req: &ProviderRequest) -> Option<Result<Value, String>> {
+        match req {
+            ProviderRequest::Next { stream_id } => Some(
+                self.next(*stream_id).await.and_then(|b| serde_json::to_value(b).map_err(|e| e.to_string())),
+            ),
+            ProviderRequest::Cancel { stream_id } => {
+                self.cancel(*stream_id);
+                Some(Ok(Value::Object(serde_json::Map::new())))
+            }
+            _ => None,
+        }
+    }
+
     /// Stop stream `id` (its producer is aborted). Unknown ids are ignored.
     pub fn cancel(&self, id: u64) {
         if let Some(entry) = self.lock().remove(&id) {

@@ -17,7 +17,7 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use dispatch_abi::{codes, Context, Error, Host, Plugin, PluginManifest, Service};
+use dispatch_abi::{codes, to_json, Context, Error, Host, Plugin, PluginManifest, Service};
 use dispatch_kernel::remote::{
     CatalogRequest, ModelInfo, ModelList, ProviderModels, ProviderRequest, Resolved, CATALOG_SERVICE,
     PROVIDER_VERSION,
@@ -162,17 +162,13 @@ impl Plugin for Models {
                         regs.push(Registration { provider, service, credentials });
                         Ok(Value::Object(Default::default()))
                     }
-                    CatalogRequest::List => to_value(&catalog.list().await),
-                    CatalogRequest::Resolve { model } => to_value(&catalog.resolve(model).await?),
+                    CatalogRequest::List => to_json(&catalog.list().await),
+                    CatalogRequest::Resolve { model } => to_json(&catalog.resolve(model).await?),
                 }
             }
         })?;
         Ok(Models)
     }
-}
-
-fn to_value<T: serde::Serialize>(v: &T) -> Result<Value, Error> {
-    serde_json::to_value(v).map_err(|e| Error::msg(e.to_string()))
 }
 
 dispatch_abi::export_plugin!(Models);

@@ -42,7 +42,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use dispatch_abi::runtime::{PluginRuntime, Runner};
-use dispatch_abi::{codes, Context, Error, Plugin, PluginManifest, Service};
+use dispatch_abi::{codes, to_json, Context, Error, Plugin, PluginManifest, Service};
 use dispatch_kernel::remote::{
     CatalogRequest, ModelEntry, Opened, ProviderModels, ProviderRequest, StreamTable, CATALOG_SERVICE,
     PROVIDER_VERSION,
@@ -251,7 +251,7 @@ impl Plugin for OpenAiProvider {
             let state = Arc::clone(&state);
             async move {
                 match req {
-                    ProviderRequest::Models => to_value(&ProviderModels { models: state.models().await }),
+                    ProviderRequest::Models => to_json(&ProviderModels { models: state.models().await }),
                     ProviderRequest::Open { model, messages, tools, system_prompt, reasoning_effort } => {
                         let id = state.open(&model, |name| {
                             convert::request_body(
@@ -262,17 +262,13 @@ impl Plugin for OpenAiProvider {
                                 reasoning_effort,
                             )
                         })?;
-                        to_value(&Opened { stream_id: id })
+                        to_json(&Opened { stream_id: id })
                     }
-                    ProviderRequest::Next { stream_id } => {
-                        let batch =
-                            state.table.next(stream_id).await.map_err(|e| Error::new(codes::NOT_FOUND, e))?;
-                        to_value(&batch)
-                    }
-                    ProviderRequest::Cancel { stream_id } => {
-                        state.table.cancel(stream_id);
-                        Ok(Value::Object(Default::default()))
-                    }
+                    // `next` and `cancel` are the same for every provider.
+                    other => match state.table.answer(&other).await {
+                        Some(answer) => answer.map_err(|e| Error::new(codes::NOT_FOUND, e)),
+                        None => Err(Error::msg("unreachable: every op is handled above")),
+                    },
                 }
             }
         })?;
@@ -294,10 +290,6 @@ impl Plugin for OpenAiProvider {
         self.runtime.shutdown(Duration::from_secs(2));
         Ok(())
     }
-}
-
-fn to_value<T: serde::Serialize>(v: &T) -> Result<Value, Error> {
-    serde_json::to_value(v).map_err(|e| Error::msg(e.to_string()))
 }
 
 dispatch_abi::export_plugin!(OpenAiProvider);

@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use dispatch_abi::runtime::{PluginRuntime, Runner};
-use dispatch_abi::{codes, Context, Error, Plugin, PluginManifest, Service};
+use dispatch_abi::{codes, to_json, Context, Error, Plugin, PluginManifest, Service};
 use dispatch_kernel::provider::{ProviderError, ProviderEvent};
 use dispatch_kernel::remote::{
     CatalogRequest, EventSender, ModelEntry, Opened, ProviderModels, ProviderRequest, StreamTable,
@@ -339,7 +339,7 @@ impl Plugin for ScriptedProvider {
             let state = Arc::clone(&state);
             async move {
                 match req {
-                    ProviderRequest::Models => to_value(&ProviderModels {
+                    ProviderRequest::Models => to_json(&ProviderModels {
                         models: vec![ModelEntry { name: MODEL.into(), context_window: Some(128_000) }],
                     }),
                     ProviderRequest::Open { model, messages, .. } => {
@@ -349,17 +349,13 @@ impl Plugin for ScriptedProvider {
                                 format!("unknown model `{model}`: the scripted provider only has `{MODEL}`"),
                             ));
                         }
-                        to_value(&Opened { stream_id: state.open(&messages) })
+                        to_json(&Opened { stream_id: state.open(&messages) })
                     }
-                    ProviderRequest::Next { stream_id } => {
-                        let batch =
-                            state.table.next(stream_id).await.map_err(|e| Error::new(codes::NOT_FOUND, e))?;
-                        to_value(&batch)
-                    }
-                    ProviderRequest::Cancel { stream_id } => {
-                        state.table.cancel(stream_id);
-                        Ok(Value::Object(Default::default()))
-                    }
+                    // `next` and `cancel` are the same for every provider.
+                    other => match state.table.answer(&other).await {
+                        Some(answer) => answer.map_err(|e| Error::new(codes::NOT_FOUND, e)),
+                        None => Err(Error::msg("unreachable: every op is handled above")),
+                    },
                 }
             }
         })?;
@@ -382,10 +378,6 @@ impl Plugin for ScriptedProvider {
         self.runtime.shutdown(Duration::from_secs(2));
         Ok(())
     }
-}
-
-fn to_value<T: serde::Serialize>(v: &T) -> Result<Value, Error> {
-    serde_json::to_value(v).map_err(|e| Error::msg(e.to_string()))
 }
 
 dispatch_abi::export_plugin!(ScriptedProvider);

@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use dispatch_abi::runtime::{PluginRuntime, Runner};
-use dispatch_abi::{codes, Context, Error, Plugin, PluginManifest, Service};
+use dispatch_abi::{codes, to_json, Context, Error, Plugin, PluginManifest, Service};
 use dispatch_kernel::store::{
     Appended, History, Listing, Messages, MetricsList, StoreRequest, STORE_SERVICE,
 };
@@ -66,36 +66,32 @@ fn err(e: StoreError) -> Error {
     Error::new(code, e.to_string())
 }
 
-fn to_value<T: serde::Serialize>(v: &T) -> Result<Value, Error> {
-    serde_json::to_value(v).map_err(|e| Error::msg(e.to_string()))
-}
-
 async fn handle(store: Store, req: StoreRequest) -> Result<Value, Error> {
     match req {
         StoreRequest::Append { conversation_id, role, turn_id, chunks } => {
             let seqs =
                 store.append(&conversation_id, role, turn_id.as_deref(), &chunks).await.map_err(err)?;
-            to_value(&Appended { seqs })
+            to_json(&Appended { seqs })
         }
         StoreRequest::History { conversation_id, since_seq, before_seq, limit } => {
             let h: History =
                 store.history(&conversation_id, since_seq, before_seq, limit).await.map_err(err)?;
-            to_value(&h)
+            to_json(&h)
         }
         StoreRequest::Messages { conversation_id } => {
-            to_value(&Messages { messages: store.messages(&conversation_id).await.map_err(err)? })
+            to_json(&Messages { messages: store.messages(&conversation_id).await.map_err(err)? })
         }
-        StoreRequest::Get { conversation_id } => to_value(&store.get(&conversation_id).await.map_err(err)?),
-        StoreRequest::Update(u) => to_value(&store.update(u).await.map_err(err)?),
+        StoreRequest::Get { conversation_id } => to_json(&store.get(&conversation_id).await.map_err(err)?),
+        StoreRequest::Update(u) => to_json(&store.update(u).await.map_err(err)?),
         StoreRequest::List { prefix, status } => {
-            to_value(&Listing { conversations: store.list(prefix.as_deref(), status).await.map_err(err)? })
+            to_json(&Listing { conversations: store.list(prefix.as_deref(), status).await.map_err(err)? })
         }
         StoreRequest::AppendMetrics { conversation_id, metrics } => {
             store.append_metrics(&conversation_id, &metrics).await.map_err(err)?;
             Ok(Value::Object(Default::default()))
         }
         StoreRequest::Metrics { conversation_id } => {
-            to_value(&MetricsList { turns: store.metrics(&conversation_id).await.map_err(err)? })
+            to_json(&MetricsList { turns: store.metrics(&conversation_id).await.map_err(err)? })
         }
     }
 }
