@@ -118,11 +118,64 @@ fn rusqlite_append(path: &std::path::Path, messages: usize, per_message: usize, 
     (messages * per_message) as f64 / started.elapsed().as_secs_f64()
 }
 
+/// The store's own statement shapes (one upsert for the batch's
+/// conversations, one multi-row insert), `batch` messages per transaction,
+/// through rusqlite: separates the cost of the SQL from the cost of the driver.
+fn rusqlite_store_shape(path: &std::path::Path, messages: usize, per_message: usize, batch: usize) -> f64 {
+    let mut conn = rusqlite_db(path);
+    let encoded: Vec<String> = (0..per_message).map(|i| serde_json::to_string(&chunk(i)).unwrap()).collect();
+    let started = Instant::now();
+    let mut seq = vec![0i64; WRITERS];
+    let mut done = 0;
+    while done < messages {
+        let n = batch.min(messages - done);
+        let tx = conn.transaction().unwrap();
+        let mut conv_args: Vec<rusqlite::types::Value> = Vec::new();
+        let mut row_args: Vec<rusqlite::types::Value> = Vec::new();
+        let mut convs = 0;
+        for k in 0..n {
+            let w = (done + k) % WRITERS;
+            let id = format!("conv-{w}");
+            let first = seq[w] + 1;
+            for (j, c) in encoded.iter().enumerate() {
+                let s = first + j as i64;
+                row_args.extend([
+                    id.clone().into(),
+                    s.into(),
+                    first.into(),
+                    "assistant".to_owned().into(),
+                    "t".to_owned().into(),
+                    format!(r#"{{"seq":{s},"role":"assistant","chunk":{c}}}"#).into(),
+                ]);
+            }
+            seq[w] += per_message as i64;
+            if k < WRITERS {
+                convs += 1;
+                conv_args.extend([id.into(), 1i64.into(), 1i64.into(), seq[w].into(), String::new().into()]);
+            }
+        }
+        let up = format!(
+            "INSERT INTO conversations (id, created_at, last_activity_at, last_seq, title) VALUES {} ON CONFLICT(id) DO UPDATE SET last_seq = excluded.last_seq, last_activity_at = excluded.last_activity_at, title = CASE WHEN conversations.title = '' THEN excluded.title ELSE conversations.title END",
+            vec!["(?, ?, ?, ?, ?)"; convs].join(", ")
+        );
+        tx.execute(&up, rusqlite::params_from_iter(conv_args)).unwrap();
+        let ins = format!(
+            "INSERT INTO chunks (conversation_id, seq, message_seq, role, turn_id, stored) VALUES {}",
+            vec!["(?, ?, ?, ?, ?, ?)"; n * per_message].join(", ")
+        );
+        tx.execute(&ins, rusqlite::params_from_iter(row_args)).unwrap();
+        tx.commit().unwrap();
+        done += n;
+    }
+    (messages * per_message) as f64 / started.elapsed().as_secs_f64()
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     println!("rows/s (medians of 3 runs each, alternating); machine: shared 2-core VM\n");
     for (messages, per_message) in [(20_000usize, 1usize), (2_000, 20)] {
-        let (mut conc, mut many, mut seq, mut ceil, mut per_tx) = (vec![], vec![], vec![], vec![], vec![]);
+        let (mut conc, mut many, mut seq, mut ceil, mut per_tx, mut shape, mut same_batch) =
+            (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
         for _ in 0..3 {
             let d = tempfile::tempdir().unwrap();
             conc.push(rt.block_on(store_concurrent(d.path(), WRITERS, messages, per_message)));
@@ -130,6 +183,8 @@ fn main() {
             ceil.push(rusqlite_append(&d.path().join("ceil.db"), messages, per_message, 256));
             seq.push(rt.block_on(store_sequential(d.path(), messages / 4, per_message)));
             per_tx.push(rusqlite_append(&d.path().join("pertx.db"), messages / 4, per_message, 1));
+            shape.push(rusqlite_store_shape(&d.path().join("shape.db"), messages, per_message, WRITERS));
+            same_batch.push(rusqlite_append(&d.path().join("same.db"), messages, per_message, WRITERS));
         }
         let (conc, many, seq, ceil, per_tx) =
             (median(conc), median(many), median(seq), median(ceil), median(per_tx));
@@ -138,7 +193,13 @@ fn main() {
         println!("  store, {MANY_WRITERS} concurrent writers (group commit): {many:>9.0} rows/s  = {:.2} of the ceiling", many / ceil);
         println!("  store, 1 sequential writer:                    {seq:>10.0} rows/s");
         println!("  rusqlite, 256 messages per transaction (ceiling): {ceil:>8.0} rows/s");
-        println!("  rusqlite, 1 transaction per message:           {per_tx:>10.0} rows/s\n");
+        println!("  rusqlite, 1 transaction per message:           {per_tx:>10.0} rows/s");
+        let same = median(same_batch);
+        println!("  rusqlite, {WRITERS} messages per transaction:          {same:>10.0} rows/s  (the store's 32 writers = {:.2} of it)", conc / same);
+        println!(
+            "  rusqlite, the store's statements, {WRITERS} messages per transaction: {:>8.0} rows/s\n",
+            median(shape)
+        );
     }
 
     // Reading a 10 000-chunk history.
