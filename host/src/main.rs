@@ -4,12 +4,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use abi_stable::std_types::RVec;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use dispatch_host::config::{Plan, RuntimeFlavor};
 use dispatch_host::supervisor::{Settings, Supervisor};
+use dispatch_host::turn::BusCaller;
 use dispatch_host::{logging, report};
+use dispatch_kernel::remote::ServiceCaller as _;
 
 #[derive(Parser)]
 #[command(name = "dispatch", version, about = "An LLM agent runtime made of a minimal kernel and plugins")]
@@ -172,6 +173,7 @@ async fn call(sup: &Supervisor, args: &[String]) -> anyhow::Result<ExitCode> {
     if args.len() % 2 != 0 {
         anyhow::bail!("`dispatch call` takes pairs of SERVICE[@VERSION] JSON; got {} arguments", args.len());
     }
+    let caller = BusCaller(sup.shared());
     let mut all_ok = true;
     for pair in args.chunks(2) {
         let (target, body) = (&pair[0], &pair[1]);
@@ -182,17 +184,10 @@ async fn call(sup: &Supervisor, args: &[String]) -> anyhow::Result<ExitCode> {
         let request: serde_json::Value =
             serde_json::from_str(body).with_context(|| format!("the request for `{target}` is not JSON"))?;
         let bytes = serde_json::to_vec(&request)?;
-        let answer = match sup.bus().service(name, version) {
-            Ok(handler) => handler
-                .call(RVec::from(bytes))
-                .await
-                .into_result()
-                .map_err(|e| serde_json::json!({"error": e.message.as_str(), "code": e.code.as_str()})),
-            Err(e) => {
-                let e = dispatch_host::hostapi::bus_error(e);
-                Err(serde_json::json!({"error": e.message.as_str(), "code": e.code.as_str()}))
-            }
-        };
+        let answer = caller
+            .call(name, version, bytes)
+            .await
+            .map_err(|(code, message)| serde_json::json!({"error": message, "code": code}));
         match answer {
             Ok(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
                 Ok(v) => println!("{v}"),

@@ -181,6 +181,24 @@ impl Turn<'_> {
         (self.input.emit)(event);
     }
 
+    /// Append a text or reasoning delta to the step's chunks (extending the
+    /// last chunk of the same kind) and report it.
+    fn delta(&self, chunks: &mut Vec<Chunk>, delta: String, reasoning: bool) {
+        match (chunks.last_mut(), reasoning) {
+            (Some(Chunk::Text { text }), false) | (Some(Chunk::Thinking { text }), true) => {
+                text.push_str(&delta)
+            }
+            (_, false) => chunks.push(Chunk::Text { text: delta.clone() }),
+            (_, true) => chunks.push(Chunk::Thinking { text: delta.clone() }),
+        }
+        let (conversation_id, turn_id) = self.ids();
+        self.emit(if reasoning {
+            AgentEvent::ReasoningDelta { conversation_id, turn_id, delta }
+        } else {
+            AgentEvent::TextDelta { conversation_id, turn_id, delta }
+        });
+    }
+
     fn ids(&self) -> (String, String) {
         (self.input.conversation_id.clone(), self.input.turn_id.clone())
     }
@@ -323,28 +341,12 @@ impl Turn<'_> {
                         ProviderEvent::TextDelta(delta) => {
                             had_content = true;
                             first_token = first_token.or(self.now());
-                            match chunks.last_mut() {
-                                Some(Chunk::Text { text }) => text.push_str(&delta),
-                                _ => chunks.push(Chunk::Text { text: delta.clone() }),
-                            }
-                            self.emit(AgentEvent::TextDelta {
-                                conversation_id: conversation_id.clone(),
-                                turn_id: turn_id.clone(),
-                                delta,
-                            });
+                            self.delta(&mut chunks, delta, false);
                         }
                         ProviderEvent::ReasoningDelta(delta) => {
                             had_content = true;
                             first_token = first_token.or(self.now());
-                            match chunks.last_mut() {
-                                Some(Chunk::Thinking { text }) => text.push_str(&delta),
-                                _ => chunks.push(Chunk::Thinking { text: delta.clone() }),
-                            }
-                            self.emit(AgentEvent::ReasoningDelta {
-                                conversation_id: conversation_id.clone(),
-                                turn_id: turn_id.clone(),
-                                delta,
-                            });
+                            self.delta(&mut chunks, delta, true);
                         }
                         ProviderEvent::ToolCall { id, name, input } => {
                             had_content = true;

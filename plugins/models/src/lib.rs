@@ -37,7 +37,8 @@ struct Config {
 #[derive(Debug, Clone)]
 struct Registration {
     provider: String,
-    service: String,
+    /// Interned at registration: bus keys want `'static` names.
+    service: &'static str,
     credentials: Vec<String>,
 }
 
@@ -48,9 +49,14 @@ struct Catalog {
     registrations: Arc<Mutex<Vec<Registration>>>,
 }
 
-fn provider_key(service: &str) -> Service<ProviderRequest, ProviderModels> {
-    // Service names are owned strings in registrations; keys want 'static.
-    Service::new(Box::leak(service.to_owned().into_boxed_str()), PROVIDER_VERSION)
+fn provider_key(service: &'static str) -> Service<ProviderRequest, ProviderModels> {
+    Service::new(service, PROVIDER_VERSION)
+}
+
+/// A `'static` copy of `name`, reusing an earlier registration's so that
+/// re-registering never grows memory.
+fn intern(regs: &[Registration], name: String) -> &'static str {
+    regs.iter().map(|r| r.service).find(|s| *s == name).unwrap_or_else(|| Box::leak(name.into_boxed_str()))
 }
 
 impl Catalog {
@@ -61,7 +67,7 @@ impl Catalog {
     async fn list(&self) -> ModelList {
         let mut out = ModelList::default();
         for reg in self.snapshot() {
-            match self.host.call(&provider_key(&reg.service), &ProviderRequest::Models).await {
+            match self.host.call(&provider_key(reg.service), &ProviderRequest::Models).await {
                 Ok(models) => {
                     for m in models.models {
                         if let Some(cw) = m.context_window {
@@ -104,7 +110,7 @@ impl Catalog {
             ));
         };
         // Check the model when the provider can say what it has.
-        if let Ok(list) = self.host.call(&provider_key(&reg.service), &ProviderRequest::Models).await {
+        if let Ok(list) = self.host.call(&provider_key(reg.service), &ProviderRequest::Models).await {
             let names: Vec<&str> = list.models.iter().map(|m| m.name.as_str()).collect();
             if !names.is_empty() && !names.contains(&model.as_str()) {
                 return Err(Error::new(
@@ -116,7 +122,7 @@ impl Catalog {
                 ));
             }
         }
-        Ok(Resolved { model, provider: reg.provider.clone(), service: reg.service.clone() })
+        Ok(Resolved { model, provider: reg.provider.clone(), service: reg.service.to_owned() })
     }
 
     async fn default_model(&self) -> Result<String, Error> {
@@ -158,6 +164,7 @@ impl Plugin for Models {
                     CatalogRequest::Register { provider, service, credentials } => {
                         tracing::info!(%provider, %service, credentials = ?credentials, "provider registered");
                         let mut regs = catalog.registrations.lock().unwrap_or_else(PoisonError::into_inner);
+                        let service = intern(&regs, service);
                         regs.retain(|r| r.provider != provider);
                         regs.push(Registration { provider, service, credentials });
                         Ok(Value::Object(Default::default()))
