@@ -8,9 +8,10 @@
 //! * appends of 1-chunk and of 20-chunk messages, from many concurrent
 //!   writers (32 and 200 conversations, one task each) — the store's group
 //!   commit at work — and from one sequential writer;
-//! * the ceiling: rusqlite inserting the same rows, 256 messages per
-//!   transaction, one prepared statement (and, for reference, one
-//!   transaction per message);
+//! * the ceiling: rusqlite inserting the same rows (same conversations,
+//!   same interleaving), 256 messages per transaction, prepared statements
+//!   (and, for reference, at the store's batching and one transaction per
+//!   message);
 //! * reading a 10 000-chunk history: the store's `history` (rows + JSON
 //!   parse) vs rusqlite selecting and parsing the same rows.
 
@@ -73,18 +74,27 @@ fn rusqlite_db(path: &std::path::Path) -> rusqlite::Connection {
     let conn = rusqlite::Connection::open(path).unwrap();
     conn.pragma_update(None, "journal_mode", "WAL").unwrap();
     conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
+    conn.pragma_update(None, "foreign_keys", "ON").unwrap();
     for m in MIGRATOR.iter() {
         conn.execute_batch(&m.sql).unwrap();
     }
     conn
 }
 
-/// The same rows as the store writes, `batch` messages per transaction.
-fn rusqlite_append(path: &std::path::Path, messages: usize, per_message: usize, batch: usize) -> f64 {
+/// The same rows as the store writes — `convs` conversations written in
+/// turn, as the store's concurrent writers do —, `batch` messages per
+/// transaction.
+fn rusqlite_append(
+    path: &std::path::Path,
+    convs: usize,
+    messages: usize,
+    per_message: usize,
+    batch: usize,
+) -> f64 {
     let mut conn = rusqlite_db(path);
     let encoded: Vec<String> = (0..per_message).map(|i| serde_json::to_string(&chunk(i)).unwrap()).collect();
     let started = Instant::now();
-    let mut seq = vec![0i64; WRITERS];
+    let mut seq = vec![0i64; convs];
     let mut done = 0;
     while done < messages {
         let tx = conn.transaction().unwrap();
@@ -99,7 +109,7 @@ fn rusqlite_append(path: &std::path::Path, messages: usize, per_message: usize, 
                 .prepare_cached("INSERT INTO chunks (conversation_id, seq, message_seq, role, turn_id, stored) VALUES (?1, ?2, ?3, 'assistant', 't', ?4)")
                 .unwrap();
             for _ in 0..batch.min(messages - done) {
-                let w = done % WRITERS;
+                let w = done % convs;
                 let id = format!("conv-{w}");
                 conv.execute([&id]).unwrap();
                 bump.execute(rusqlite::params![per_message as i64, id]).unwrap();
@@ -118,88 +128,44 @@ fn rusqlite_append(path: &std::path::Path, messages: usize, per_message: usize, 
     (messages * per_message) as f64 / started.elapsed().as_secs_f64()
 }
 
-/// The store's own statement shapes (one upsert for the batch's
-/// conversations, one multi-row insert), `batch` messages per transaction,
-/// through rusqlite: separates the cost of the SQL from the cost of the driver.
-fn rusqlite_store_shape(path: &std::path::Path, messages: usize, per_message: usize, batch: usize) -> f64 {
-    let mut conn = rusqlite_db(path);
-    let encoded: Vec<String> = (0..per_message).map(|i| serde_json::to_string(&chunk(i)).unwrap()).collect();
-    let started = Instant::now();
-    let mut seq = vec![0i64; WRITERS];
-    let mut done = 0;
-    while done < messages {
-        let n = batch.min(messages - done);
-        let tx = conn.transaction().unwrap();
-        let mut conv_args: Vec<rusqlite::types::Value> = Vec::new();
-        let mut row_args: Vec<rusqlite::types::Value> = Vec::new();
-        let mut convs = 0;
-        for k in 0..n {
-            let w = (done + k) % WRITERS;
-            let id = format!("conv-{w}");
-            let first = seq[w] + 1;
-            for (j, c) in encoded.iter().enumerate() {
-                let s = first + j as i64;
-                row_args.extend([
-                    id.clone().into(),
-                    s.into(),
-                    first.into(),
-                    "assistant".to_owned().into(),
-                    "t".to_owned().into(),
-                    format!(r#"{{"seq":{s},"role":"assistant","chunk":{c}}}"#).into(),
-                ]);
-            }
-            seq[w] += per_message as i64;
-            if k < WRITERS {
-                convs += 1;
-                conv_args.extend([id.into(), 1i64.into(), 1i64.into(), seq[w].into(), String::new().into()]);
-            }
-        }
-        let up = format!(
-            "INSERT INTO conversations (id, created_at, last_activity_at, last_seq, title) VALUES {} ON CONFLICT(id) DO UPDATE SET last_seq = excluded.last_seq, last_activity_at = excluded.last_activity_at, title = CASE WHEN conversations.title = '' THEN excluded.title ELSE conversations.title END",
-            vec!["(?, ?, ?, ?, ?)"; convs].join(", ")
-        );
-        tx.execute(&up, rusqlite::params_from_iter(conv_args)).unwrap();
-        let ins = format!(
-            "INSERT INTO chunks (conversation_id, seq, message_seq, role, turn_id, stored) VALUES {}",
-            vec!["(?, ?, ?, ?, ?, ?)"; n * per_message].join(", ")
-        );
-        tx.execute(&ins, rusqlite::params_from_iter(row_args)).unwrap();
-        tx.commit().unwrap();
-        done += n;
-    }
-    (messages * per_message) as f64 / started.elapsed().as_secs_f64()
-}
-
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     println!("rows/s (medians of 3 runs each, alternating); machine: shared 2-core VM\n");
     for (messages, per_message) in [(20_000usize, 1usize), (2_000, 20)] {
-        let (mut conc, mut many, mut seq, mut ceil, mut per_tx, mut shape, mut same_batch) =
-            (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        println!("{per_message}-chunk messages ({messages} messages):");
+        for writers in [WRITERS, MANY_WRITERS] {
+            let (mut store, mut ceil, mut same) = (vec![], vec![], vec![]);
+            for _ in 0..3 {
+                let d = tempfile::tempdir().unwrap();
+                store.push(rt.block_on(store_concurrent(d.path(), writers, messages, per_message)));
+                ceil.push(rusqlite_append(&d.path().join("ceil.db"), writers, messages, per_message, 256));
+                same.push(rusqlite_append(
+                    &d.path().join("same.db"),
+                    writers,
+                    messages,
+                    per_message,
+                    writers,
+                ));
+            }
+            let (store, ceil, same) = (median(store), median(ceil), median(same));
+            println!("  {writers} conversations, one concurrent writer each:");
+            println!("    store (group commit):                      {store:>9.0} rows/s = {:.2} of the ceiling, {:.2} of rusqlite at equal batching", store / ceil, store / same);
+            println!("    rusqlite, 256 messages per tx (ceiling):   {ceil:>9.0} rows/s");
+            println!("    rusqlite, {writers} messages per tx:             {same:>9.0} rows/s");
+        }
+        let (mut seq, mut per_tx) = (vec![], vec![]);
         for _ in 0..3 {
             let d = tempfile::tempdir().unwrap();
-            conc.push(rt.block_on(store_concurrent(d.path(), WRITERS, messages, per_message)));
-            many.push(rt.block_on(store_concurrent(d.path(), MANY_WRITERS, messages, per_message)));
-            ceil.push(rusqlite_append(&d.path().join("ceil.db"), messages, per_message, 256));
             seq.push(rt.block_on(store_sequential(d.path(), messages / 4, per_message)));
-            per_tx.push(rusqlite_append(&d.path().join("pertx.db"), messages / 4, per_message, 1));
-            shape.push(rusqlite_store_shape(&d.path().join("shape.db"), messages, per_message, WRITERS));
-            same_batch.push(rusqlite_append(&d.path().join("same.db"), messages, per_message, WRITERS));
+            per_tx.push(rusqlite_append(&d.path().join("pertx.db"), 1, messages / 4, per_message, 1));
         }
-        let (conc, many, seq, ceil, per_tx) =
-            (median(conc), median(many), median(seq), median(ceil), median(per_tx));
-        println!("{per_message}-chunk messages ({messages} messages):");
-        println!("  store, {WRITERS} concurrent writers (group commit): {conc:>10.0} rows/s  = {:.2} of the ceiling", conc / ceil);
-        println!("  store, {MANY_WRITERS} concurrent writers (group commit): {many:>9.0} rows/s  = {:.2} of the ceiling", many / ceil);
-        println!("  store, 1 sequential writer:                    {seq:>10.0} rows/s");
-        println!("  rusqlite, 256 messages per transaction (ceiling): {ceil:>8.0} rows/s");
-        println!("  rusqlite, 1 transaction per message:           {per_tx:>10.0} rows/s");
-        let same = median(same_batch);
-        println!("  rusqlite, {WRITERS} messages per transaction:          {same:>10.0} rows/s  (the store's 32 writers = {:.2} of it)", conc / same);
+        let (seq, per_tx) = (median(seq), median(per_tx));
+        println!("  1 conversation, 1 sequential writer:");
         println!(
-            "  rusqlite, the store's statements, {WRITERS} messages per transaction: {:>8.0} rows/s\n",
-            median(shape)
+            "    store:                                     {seq:>9.0} rows/s = {:.2} of rusqlite",
+            seq / per_tx
         );
+        println!("    rusqlite, 1 transaction per message:       {per_tx:>9.0} rows/s\n");
     }
 
     // Reading a 10 000-chunk history.

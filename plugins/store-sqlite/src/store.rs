@@ -1,17 +1,25 @@
 //! The SQLite conversation store.
 //!
-//! One writer connection owned by a task does every write, in
-//! transactions; concurrent appends queue up and are committed together
-//! (group commit), which is what makes many turns writing at once cheap.
-//! Readers use a pool of read-only connections; WAL lets them run while the
-//! writer writes. Seqs come from a per-conversation counter bumped in the
-//! same transaction as the insert, so they are 1-based, gap-free and
-//! monotonic, and a message's chunks land together or not at all.
+//! One writer thread does every write, in transactions; concurrent appends
+//! queue up and are committed together (group commit), which is what makes
+//! many turns writing at once cheap. Readers use a pool of read-only
+//! connections; WAL lets them run while the writer writes. Seqs come from a
+//! per-conversation counter bumped in the same transaction as the insert,
+//! so they are 1-based, gap-free and monotonic, and a message's chunks land
+//! together or not at all.
+//!
+//! sqlx opens, configures and migrates every connection and serves the
+//! small metadata queries. The hot paths — the writer's transactions and
+//! history reads — run on those same connections' raw handles
+//! (`lock_handle`) through rusqlite's prepared statements, synchronously:
+//! sqlx hands every statement and every row to a worker thread, and on
+//! this workload that hand-off cost more than SQLite itself
+//! (BENCHMARKS.md has the figures).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dispatch_kernel::reconcile::reconcile;
 use dispatch_kernel::store::{Details, History, MetaUpdate};
@@ -29,6 +37,11 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 256;
+
+/// Longest the writer waits for the writers it expects before committing
+/// what it has (see `Writer::run`). Only spent while many writes arrive
+/// at once; a lone write commits at once.
+const GATHER: Duration = Duration::from_micros(200);
 
 /// Why a store operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -132,6 +145,10 @@ enum Write {
         turn_id: String,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// Finish what is queued before it, close the connection, answer.
+    Close {
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// A handle on the store. Cheap to clone.
@@ -234,14 +251,52 @@ impl Store {
             .await
             .map_err(|e| open_err(e.to_string()))?;
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(writer_loop(writer, rx));
+        let (ready, started) = oneshot::channel();
+        let rt = tokio::runtime::Handle::current();
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer_thread(rt, writer, rx, ready))
+            .map_err(|e| open_err(format!("cannot start the writer thread: {e}")))?;
+        started
+            .await
+            .map_err(|_| open_err("the writer thread ended at start".into()))?
+            .map_err(|e| open_err(e.to_string()))?;
         Ok(Store { writes: tx, readers, max_chunk_bytes: options.max_chunk_bytes })
     }
 
-    /// Stop accepting writes, finish the queued ones and close everything.
+    /// Stop accepting writes, finish the queued ones, close the write
+    /// connection and the readers. Writes sent through other clones after
+    /// this fail with [`StoreError::Closed`].
     pub async fn close(self) {
-        drop(self.writes);
+        let (done, closed) = oneshot::channel();
+        if self.writes.send(Write::Close { done }).await.is_ok() {
+            let _ = closed.await;
+        }
         self.readers.close().await;
+    }
+
+    /// Run `f` on a read connection's raw handle, on a blocking thread:
+    /// the rows never cross sqlx's per-row channel, which for a long
+    /// history cost more than the query itself (see BENCHMARKS.md).
+    async fn read_raw<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let mut pooled = self.readers.acquire().await?;
+        let rt = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let mut locked = rt.block_on(pooled.lock_handle())?;
+            // SAFETY: as in `writer_thread` — a valid handle that sqlx does
+            // not touch while `locked` lives; the rusqlite connection does
+            // not own it and is dropped first.
+            let db = unsafe { rusqlite::Connection::from_handle(locked.as_raw_handle().as_ptr()) }?;
+            let result = f(&db);
+            drop(db);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("a read failed: {e}")))?
     }
 
     /// Append one message; answers the seqs of its chunks.
@@ -296,30 +351,25 @@ impl Store {
         validate_id(conversation_id)?;
         let since_i = i64::try_from(since.unwrap_or(0)).unwrap_or(i64::MAX);
         let before_i = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
-        let limit_i = limit.map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX));
-        // Seqs are gap-free, so the window is a seq range: the newest
-        // `limit` below `before` are `hi - limit < seq <= hi`. The rows are
-        // stored as wire JSON; one concatenation returns them all (per-row
-        // round trips through the driver cost several times more).
-        let json: Option<String> = sqlx::query_scalar(
-            "WITH b AS (SELECT MIN(?3 - 1, last_seq) AS hi FROM conversations WHERE id = ?1) \
-             SELECT '[' || group_concat(stored, ',') || ']' FROM chunks, b \
-             WHERE conversation_id = ?1 AND seq > ?2 AND seq <= b.hi AND seq > b.hi - ?4",
-        )
-        .bind(conversation_id)
-        .bind(since_i)
-        .bind(before_i)
-        .bind(limit_i)
-        .fetch_one(&self.readers)
-        .await?;
-        let mut chunks: Vec<StoredChunk> = match json {
-            Some(j) => parse_json(&j)?,
-            None => Vec::new(),
-        };
-        // SQLite returns them in key order; make sure without trusting it.
-        if !chunks.windows(2).all(|w| w[0].seq < w[1].seq) {
-            chunks.sort_by_key(|c| c.seq);
-        }
+        let limit_i = limit.map_or(-1, |l| i64::try_from(l).unwrap_or(-1));
+        let id = conversation_id.to_owned();
+        // The newest `limit` below `before`, read newest first, then
+        // turned around (the primary key makes both directions cheap).
+        let mut chunks = self
+            .read_raw(move |db| {
+                let mut q = db.prepare_cached(
+                    "SELECT stored FROM chunks WHERE conversation_id = ?1 AND seq > ?2 AND seq < ?3 \
+                     ORDER BY seq DESC LIMIT ?4",
+                )?;
+                let mut rows = q.query(rusqlite::params![id, since_i, before_i, limit_i])?;
+                let mut out = Vec::new();
+                while let Some(r) = rows.next()? {
+                    out.push(parse_json::<StoredChunk>(r.get_ref(0)?.as_str()?)?);
+                }
+                Ok(out)
+            })
+            .await?;
+        chunks.reverse();
         let latest_seq = chunks.last().map_or(since.unwrap_or(0), |c| c.seq);
         Ok(History { chunks, latest_seq })
     }
@@ -328,33 +378,29 @@ impl Store {
     /// without a result.
     pub async fn messages(&self, conversation_id: &str) -> Result<Vec<ChatMessage>, StoreError> {
         validate_id(conversation_id)?;
-        let json: Option<String> = sqlx::query_scalar(
-            "SELECT '[' || group_concat('[' || message_seq || ',' || stored || ']', ',') || ']' \
-             FROM chunks WHERE conversation_id = ?1",
-        )
-        .bind(conversation_id)
-        .fetch_one(&self.readers)
-        .await?;
-        let mut rows: Vec<(i64, StoredChunk)> = match json {
-            Some(j) => parse_json(&j)?,
-            None => Vec::new(),
-        };
-        if !rows.windows(2).all(|w| w[0].1.seq < w[1].1.seq) {
-            rows.sort_by_key(|r| r.1.seq);
-        }
-        let rows = rows.into_iter().map(|(m, s)| (m, s.role, s.chunk));
-        let mut out: Vec<ChatMessage> = Vec::new();
-        let mut current: Option<i64> = None;
-        for (msg, role, chunk) in rows {
-            if current == Some(msg) {
-                if let Some(last) = out.last_mut() {
-                    last.chunks.push(chunk);
+        let id = conversation_id.to_owned();
+        let out = self
+            .read_raw(move |db| {
+                let mut q = db.prepare_cached(
+                    "SELECT message_seq, stored FROM chunks WHERE conversation_id = ?1 ORDER BY seq",
+                )?;
+                let mut rows = q.query([id])?;
+                let mut out: Vec<ChatMessage> = Vec::new();
+                let mut current: Option<i64> = None;
+                while let Some(r) = rows.next()? {
+                    let msg: i64 = r.get(0)?;
+                    let stored: StoredChunk = parse_json(r.get_ref(1)?.as_str()?)?;
+                    match out.last_mut() {
+                        Some(last) if current == Some(msg) => last.chunks.push(stored.chunk),
+                        _ => {
+                            current = Some(msg);
+                            out.push(ChatMessage { role: stored.role, chunks: vec![stored.chunk] });
+                        }
+                    }
                 }
-            } else {
-                current = Some(msg);
-                out.push(ChatMessage { role, chunks: vec![chunk] });
-            }
-        }
+                Ok(out)
+            })
+            .await?;
         Ok(reconcile(&out))
     }
 
@@ -463,27 +509,53 @@ fn details(r: &SqliteRow) -> Result<Details, StoreError> {
     })
 }
 
-/// The single writer: owns the write connection and the last seq of every
+/// The single writer's thread: takes the write connection's raw SQLite
+/// handle from sqlx and keeps it for its whole life, so a transaction runs
+/// as plain synchronous SQLite calls with cached prepared statements — no
+/// hand-off to sqlx's worker thread per statement, which is what bounded
+/// throughput before (see BENCHMARKS.md). sqlx still opened, configured
+/// and migrated the connection, and closes it at the end.
+fn writer_thread(
+    rt: tokio::runtime::Handle,
+    mut conn: SqliteConnection,
+    mut rx: mpsc::Receiver<Write>,
+    ready: oneshot::Sender<Result<(), StoreError>>,
+) {
+    let mut closed = None;
+    match rt.block_on(conn.lock_handle()) {
+        Err(e) => {
+            let _ = ready.send(Err(e.into()));
+        }
+        Ok(mut locked) => {
+            // SAFETY: the handle is a valid open connection, and while
+            // `locked` lives sqlx makes no call on it (that is what the lock
+            // guarantees). The rusqlite connection does not own the handle
+            // (`from_handle` never closes it) and is dropped inside this
+            // block, before `locked`.
+            match unsafe { rusqlite::Connection::from_handle(locked.as_raw_handle().as_ptr()) } {
+                Err(e) => {
+                    let _ = ready.send(Err(e.into()));
+                }
+                Ok(db) => {
+                    let _ = ready.send(Ok(()));
+                    let mut writer = Writer { db, last_seq: HashMap::new() };
+                    closed = writer.run(&mut rx);
+                }
+            }
+        }
+    }
+    let _ = rt.block_on(conn.close());
+    if let Some(done) = closed {
+        let _ = done.send(());
+    }
+}
+
+/// The single writer: the write connection and the last seq of every
 /// conversation it has touched (it is the only writer, so the cache is
 /// exact, and it is only updated once a transaction committed).
 struct Writer {
-    conn: SqliteConnection,
+    db: rusqlite::Connection,
     last_seq: HashMap<String, i64>,
-}
-
-async fn writer_loop(conn: SqliteConnection, mut rx: mpsc::Receiver<Write>) {
-    let mut writer = Writer { conn, last_seq: HashMap::new() };
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(w) => batch.push(w),
-                Err(_) => break,
-            }
-        }
-        writer.commit_batch(batch).await;
-    }
-    let _ = writer.conn.close().await;
 }
 
 /// What each write of a committed transaction answers.
@@ -505,42 +577,74 @@ fn finish(w: Write, result: Result<Outcome, StoreError>) {
         Write::Update { reply, .. } | Write::Metrics { reply, .. } => {
             let _ = reply.send(result.map(|_| ()));
         }
+        Write::Close { .. } => {}
     }
 }
 
-/// A whole transaction as one SQL script with positional (`?`) arguments:
-/// the driver runs every statement of it in one round trip to its thread,
-/// which is most of the cost of a small transaction.
-struct Script {
-    sql: String,
-    args: sqlx::sqlite::SqliteArguments<'static>,
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Database(e.to_string())
+    }
 }
 
-impl Script {
-    fn new() -> Self {
-        Script { sql: String::from("BEGIN IMMEDIATE;"), args: sqlx::sqlite::SqliteArguments::default() }
-    }
-
-    fn statement(&mut self, sql: &str) {
-        self.sql.push_str(sql);
-        self.sql.push(';');
-    }
-
-    fn arg<T>(&mut self, v: T) -> Result<(), StoreError>
-    where
-        T: 'static + Send + sqlx::Encode<'static, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
-    {
-        use sqlx::Arguments as _;
-        self.args.add(v).map_err(|e| StoreError::Database(e.to_string()))
+impl From<rusqlite::types::FromSqlError> for StoreError {
+    fn from(e: rusqlite::types::FromSqlError) -> Self {
+        StoreError::Database(e.to_string())
     }
 }
 
 impl Writer {
+    /// Commit what is queued, as it queues: every write that arrived while
+    /// the previous transaction ran goes into the next one (group commit),
+    /// so batches grow with the number of concurrent writers. Answers the
+    /// `Close` request, if that is what ended the loop.
+    fn run(&mut self, rx: &mut mpsc::Receiver<Write>) -> Option<oneshot::Sender<()>> {
+        // How many writes the last transaction carried: that many writers
+        // are probably waiting to send their next one. Their replies have
+        // just woken them, so a short gather lets most of them land in the
+        // next transaction instead of the first few committing alone.
+        let mut expected = 1;
+        while let Some(first) = rx.blocking_recv() {
+            let mut batch = Vec::new();
+            let mut close = None;
+            let mut next = Some(first);
+            let deadline = Instant::now() + GATHER;
+            while let Some(w) = next.take() {
+                match w {
+                    Write::Close { done } => close = Some(done),
+                    w => batch.push(w),
+                }
+                if close.is_some() || batch.len() >= MAX_BATCH {
+                    break;
+                }
+                next = loop {
+                    match rx.try_recv() {
+                        Ok(w) => break Some(w),
+                        Err(mpsc::error::TryRecvError::Empty)
+                            if batch.len() < expected && Instant::now() < deadline =>
+                        {
+                            std::thread::yield_now();
+                        }
+                        Err(_) => break None,
+                    }
+                };
+            }
+            expected = batch.len().max(1);
+            if !batch.is_empty() {
+                self.commit_batch(batch);
+            }
+            if close.is_some() {
+                return close;
+            }
+        }
+        None
+    }
+
     /// Commit a batch in one transaction; if anything in it fails, roll
     /// back and commit each write on its own, so one bad write fails alone.
-    async fn commit_batch(&mut self, batch: Vec<Write>) {
+    fn commit_batch(&mut self, batch: Vec<Write>) {
         if batch.len() > 1 {
-            if let Ok(done) = self.transaction(&batch).await {
+            if let Ok(done) = self.transaction(&batch) {
                 for (w, d) in batch.into_iter().zip(done) {
                     finish(w, Ok(d));
                 }
@@ -548,88 +652,71 @@ impl Writer {
             }
         }
         for w in batch {
-            let result = self.transaction(std::slice::from_ref(&w)).await.map(|mut d| d.remove(0));
+            let result = self.transaction(std::slice::from_ref(&w)).map(|mut d| d.remove(0));
             finish(w, result);
         }
     }
 
-    async fn transaction(&mut self, writes: &[Write]) -> Result<Vec<Outcome>, StoreError> {
-        // The seq counters of conversations not seen yet. Reading them
-        // outside the transaction is exact: nobody else writes.
-        for w in writes {
-            if let Write::Append { conversation_id, .. } = w {
-                if !self.last_seq.contains_key(conversation_id) {
-                    let last =
-                        sqlx::query_scalar::<_, i64>("SELECT last_seq FROM conversations WHERE id = ?1")
-                            .bind(conversation_id)
-                            .fetch_optional(&mut self.conn)
-                            .await?
-                            .unwrap_or(0);
-                    self.last_seq.insert(conversation_id.clone(), last);
-                }
-            }
-        }
+    /// One transaction for `writes`. Rolled back (by dropping it) on any
+    /// error, and then the seq cache is left as it was.
+    fn transaction(&mut self, writes: &[Write]) -> Result<Vec<Outcome>, StoreError> {
         let now = now_ms();
-        let mut script = Script::new();
+        let tx = self.db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut out = Vec::with_capacity(writes.len());
         let mut next_seq: HashMap<&str, i64> = HashMap::new();
-        // Appends are gathered into one upsert and as few multi-row inserts
-        // as possible; another kind of write flushes them first, so the
-        // order of writes is kept.
-        let mut rows: Vec<PendingRow> = Vec::new();
-        let mut convs: Vec<(String, i64, String)> = Vec::new();
+        let mut stored = String::new();
         for w in writes {
             match w {
                 Write::Append { conversation_id, role, turn_id, chunks, title, .. } => {
-                    let last = next_seq
-                        .get(conversation_id.as_str())
-                        .copied()
-                        .unwrap_or(self.last_seq[conversation_id]);
-                    let first = last + 1;
-                    let n = i64::try_from(chunks.len()).unwrap_or(i64::MAX);
-                    let role = role_str(*role);
-                    for (i, chunk) in chunks.iter().enumerate() {
-                        let seq = first + i64::try_from(i).unwrap_or(0);
-                        let stored = format!(r#"{{"seq":{seq},"role":"{role}","chunk":{chunk}}}"#);
-                        rows.push(PendingRow {
-                            conversation_id: conversation_id.clone(),
-                            seq,
-                            message_seq: first,
-                            role,
-                            turn_id: turn_id.clone(),
-                            stored,
-                        });
-                    }
-                    next_seq.insert(conversation_id, last + n);
-                    let title = title.clone().unwrap_or_default();
-                    match convs.iter_mut().find(|c| &c.0 == conversation_id) {
-                        Some(c) => {
-                            c.1 = last + n;
-                            if c.2.is_empty() {
-                                c.2 = title;
+                    let id = conversation_id.as_str();
+                    let last = match next_seq.get(id).or_else(|| self.last_seq.get(id)) {
+                        Some(&l) => l,
+                        None => {
+                            // Not seen yet: read its counter. Exact, since
+                            // nobody else writes.
+                            let mut q =
+                                tx.prepare_cached("SELECT last_seq FROM conversations WHERE id = ?1")?;
+                            let mut rows = q.query([id])?;
+                            match rows.next()? {
+                                Some(r) => r.get(0)?,
+                                None => 0,
                             }
                         }
-                        None => convs.push((conversation_id.clone(), last + n, title)),
+                    };
+                    let first = last + 1;
+                    let n = i64::try_from(chunks.len()).unwrap_or(i64::MAX);
+                    // The conversation row first: chunks reference it.
+                    tx.prepare_cached(
+                        "INSERT INTO conversations (id, created_at, last_activity_at, last_seq, title) \
+                         VALUES (?1, ?2, ?2, ?3, ?4) ON CONFLICT(id) DO UPDATE SET \
+                         last_seq = excluded.last_seq, last_activity_at = excluded.last_activity_at, \
+                         title = CASE WHEN conversations.title = '' THEN excluded.title ELSE conversations.title END",
+                    )?
+                    .execute(rusqlite::params![id, now, last + n, title.as_deref().unwrap_or("")])?;
+                    let role = role_str(*role);
+                    let mut insert = tx.prepare_cached(
+                        "INSERT INTO chunks (conversation_id, seq, message_seq, role, turn_id, stored) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )?;
+                    for (seq, chunk) in (first..).zip(chunks) {
+                        use std::fmt::Write as _;
+                        stored.clear();
+                        // Infallible: writing to a String.
+                        let _ = write!(stored, r#"{{"seq":{seq},"role":"{role}","chunk":{chunk}}}"#);
+                        insert.execute(rusqlite::params![id, seq, first, role, turn_id, stored])?;
                     }
+                    next_seq.insert(id, last + n);
                     out.push(Outcome::Seqs(
                         (first..=last + n).map(|s| u64::try_from(s).unwrap_or(0)).collect(),
                     ));
                 }
                 other => {
-                    flush(&mut script, &mut convs, &mut rows, now)?;
-                    meta(&mut script, other, now)?;
+                    meta(&tx, other, now)?;
                     out.push(Outcome::Unit);
                 }
             }
         }
-        flush(&mut script, &mut convs, &mut rows, now)?;
-        script.statement("COMMIT");
-        let result = sqlx::query_with(&script.sql, script.args).execute(&mut self.conn).await;
-        if let Err(e) = result {
-            // Whatever ran is undone; "no transaction" if BEGIN itself failed.
-            let _ = sqlx::query("ROLLBACK").execute(&mut self.conn).await;
-            return Err(e.into());
-        }
+        tx.commit()?;
         for (id, last) in next_seq {
             self.last_seq.insert(id.to_owned(), last);
         }
@@ -637,116 +724,61 @@ impl Writer {
     }
 }
 
-/// One chunk row waiting for its insert.
-struct PendingRow {
-    conversation_id: String,
-    seq: i64,
-    message_seq: i64,
-    role: &'static str,
-    turn_id: Option<String>,
-    /// The wire `StoredChunk` JSON.
-    stored: String,
-}
-
-/// Add the gathered appends: one upsert for their conversations (seq
-/// counter, activity time, default title), then the chunk rows.
-fn flush(
-    script: &mut Script,
-    convs: &mut Vec<(String, i64, String)>,
-    rows: &mut Vec<PendingRow>,
-    now: i64,
-) -> Result<(), StoreError> {
-    if !convs.is_empty() {
-        let values = vec!["(?, ?, ?, ?, ?)"; convs.len()].join(", ");
-        script.statement(&format!(
-            "INSERT INTO conversations (id, created_at, last_activity_at, last_seq, title) VALUES {values} \
-             ON CONFLICT(id) DO UPDATE SET last_seq = excluded.last_seq, last_activity_at = excluded.last_activity_at, \
-             title = CASE WHEN conversations.title = '' THEN excluded.title ELSE conversations.title END"
-        ));
-        for (id, last, title) in convs.drain(..) {
-            script.arg(id)?;
-            script.arg(now)?;
-            script.arg(now)?;
-            script.arg(last)?;
-            script.arg(title)?;
-        }
-    }
-    while !rows.is_empty() {
-        let part: Vec<_> = rows.drain(..rows.len().min(ROWS_PER_INSERT)).collect();
-        let values = vec!["(?, ?, ?, ?, ?, ?)"; part.len()].join(", ");
-        script.statement(&format!(
-            "INSERT INTO chunks (conversation_id, seq, message_seq, role, turn_id, stored) VALUES {values}"
-        ));
-        for r in part {
-            script.arg(r.conversation_id)?;
-            script.arg(r.seq)?;
-            script.arg(r.message_seq)?;
-            script.arg(r.role)?;
-            script.arg(r.turn_id)?;
-            script.arg(r.stored)?;
-        }
-    }
+/// Make sure a conversation row exists (metadata and metrics need one).
+fn ensure_conversation(tx: &rusqlite::Transaction<'_>, id: &str, now: i64) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO conversations (id, created_at, last_activity_at) VALUES (?1, ?2, ?2) \
+         ON CONFLICT(id) DO NOTHING",
+    )?
+    .execute(rusqlite::params![id, now])?;
     Ok(())
 }
 
-/// Rows per multi-row insert: 6 variables each, well under SQLite's
-/// default limit of 32766 bound variables per statement.
-const ROWS_PER_INSERT: usize = 4000;
-
-fn ensure_conversation(script: &mut Script, id: &str, now: i64) -> Result<(), StoreError> {
-    script.statement("INSERT INTO conversations (id, created_at, last_activity_at) VALUES (?, ?, ?) ON CONFLICT(id) DO NOTHING");
-    script.arg(id.to_owned())?;
-    script.arg(now)?;
-    script.arg(now)
-}
-
 /// A metadata update or a metrics append.
-fn meta(script: &mut Script, w: &Write, now: i64) -> Result<(), StoreError> {
+fn meta(tx: &rusqlite::Transaction<'_>, w: &Write, now: i64) -> Result<(), StoreError> {
     match w {
-        Write::Append { .. } => Ok(()),
+        Write::Append { .. } | Write::Close { .. } => Ok(()),
         Write::Update { update: u, .. } => {
-            ensure_conversation(script, &u.conversation_id, now)?;
-            let mut set = |col: &str, v: Option<String>| -> Result<(), StoreError> {
-                script.statement(&format!("UPDATE conversations SET {col} = ? WHERE id = ?"));
-                script.arg(v)?;
-                script.arg(u.conversation_id.clone())
+            ensure_conversation(tx, &u.conversation_id, now)?;
+            let set = |col: &str, v: Option<&str>| -> Result<(), StoreError> {
+                // `col` is one of the fixed names below, never input.
+                tx.prepare_cached(&format!("UPDATE conversations SET {col} = ?1 WHERE id = ?2"))?
+                    .execute(rusqlite::params![v, u.conversation_id])?;
+                Ok(())
             };
             if let Some(t) = &u.title {
-                set("title", Some(t.clone()))?;
+                set("title", Some(t))?;
             }
             if let Some(s) = u.status {
-                set("status", Some(status_str(s).to_owned()))?;
+                set("status", Some(status_str(s)))?;
             }
             if let Some(w) = &u.workspace_id {
-                set("workspace_id", Some(w.clone()))?;
+                set("workspace_id", Some(w))?;
             }
             if let Some(c) = &u.cwd {
-                set("cwd", c.clone())?;
+                set("cwd", c.as_deref())?;
             }
             if let Some(m) = &u.model {
-                set("model", m.clone())?;
+                set("model", m.as_deref())?;
             }
             if let Some(e) = &u.reasoning_effort {
-                set(
-                    "reasoning_effort",
-                    e.and_then(|e| serde_json::to_value(e).ok().and_then(|v| v.as_str().map(str::to_owned))),
-                )?;
+                let e =
+                    e.and_then(|e| serde_json::to_value(e).ok()).and_then(|v| v.as_str().map(str::to_owned));
+                set("reasoning_effort", e.as_deref())?;
             }
             if let Some(p) = &u.system_prompt {
-                set("system_prompt", p.clone())?;
+                set("system_prompt", p.as_deref())?;
             }
             Ok(())
         }
         Write::Metrics { conversation_id, metrics, turn_id, .. } => {
-            ensure_conversation(script, conversation_id, now)?;
-            script.statement(
-                "INSERT INTO turn_metrics (conversation_id, position, turn_id, metrics) VALUES (?, \
-                 (SELECT COALESCE(MAX(position), 0) + 1 FROM turn_metrics WHERE conversation_id = ?), ?, ?)",
-            );
-            script.arg(conversation_id.clone())?;
-            script.arg(conversation_id.clone())?;
-            script.arg(turn_id.clone())?;
-            script.arg(metrics.clone())
+            ensure_conversation(tx, conversation_id, now)?;
+            tx.prepare_cached(
+                "INSERT INTO turn_metrics (conversation_id, position, turn_id, metrics) VALUES (?1, \
+                 (SELECT COALESCE(MAX(position), 0) + 1 FROM turn_metrics WHERE conversation_id = ?1), ?2, ?3)",
+            )?
+            .execute(rusqlite::params![conversation_id, turn_id, metrics])?;
+            Ok(())
         }
     }
 }
