@@ -61,6 +61,13 @@ enum Command {
         /// Most model steps (0 = unlimited).
         #[arg(long, default_value_t = 0)]
         max_steps: u32,
+        /// The working directory the tools are confined to (default: the
+        /// current directory).
+        #[arg(long)]
+        cwd: Option<PathBuf>,
+        /// Offer the model no tools, even if tool plugins are loaded.
+        #[arg(long)]
+        no_tools: bool,
         /// The user message.
         message: String,
     },
@@ -121,8 +128,9 @@ fn run(cli: Cli, log_filter: String) -> anyhow::Result<ExitCode> {
                 Ok(if sup.required_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
             }
             Command::Call { calls, .. } => call(&sup, &calls).await,
-            Command::Turn { model, message, max_steps, .. } => {
-                match dispatch_host::turn::run(sup.shared(), model, message, max_steps).await {
+            Command::Turn { model, message, max_steps, cwd, no_tools, .. } => {
+                let request = dispatch_host::turn::TurnRequest { model, message, max_steps, cwd, no_tools };
+                match dispatch_host::turn::run(sup.shared(), request).await {
                     Ok(outcome) if outcome.reason == dispatch_kernel::wire::FinishReason::Error => {
                         Ok(ExitCode::FAILURE)
                     }

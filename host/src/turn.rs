@@ -8,10 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use abi_stable::std_types::RVec;
-use dispatch_kernel::bus::BoxFuture;
+use dispatch_kernel::bus::{BoxFuture, Spawner};
 use dispatch_kernel::provider::ProviderOptions;
 use dispatch_kernel::remote::{CatalogRequest, RemoteProvider, Resolved, ServiceCaller, CATALOG_SERVICE};
 use dispatch_kernel::runtime::{AbortSignal, Clock, RetryPolicy, Sleep};
+use dispatch_kernel::tool::Tool;
+use dispatch_kernel::toolbus::{RemoteTool, TOOL_PREFIX};
 use dispatch_kernel::turn::{run_turn, TurnInput, TurnOutcome};
 use dispatch_kernel::wire::{AgentEvent, ChatMessage};
 
@@ -74,19 +76,61 @@ pub async fn resolve(caller: &BusCaller, model: Option<String>) -> Result<Resolv
     serde_json::from_slice(&bytes).map_err(|e| TurnError(format!("the catalog answered invalid JSON: {e}")))
 }
 
+/// Every tool on the bus: each service named `tool.*`, described by its
+/// `spec`. A tool service that cannot describe itself is left out with a
+/// warning rather than failing the turn.
+pub async fn tools(caller: &Arc<BusCaller>, spawn: &Spawner) -> Vec<Arc<dyn Tool>> {
+    let mut names: Vec<String> = caller
+        .0
+        .bus
+        .registrations()
+        .into_iter()
+        .filter(|r| r.kind == "service" && r.name.starts_with(TOOL_PREFIX))
+        .map(|r| r.name)
+        .collect();
+    names.sort();
+    let mut tools: Vec<Arc<dyn Tool>> = Vec::new();
+    for name in names {
+        match RemoteTool::connect(Arc::clone(caller), &name, Some(Arc::clone(spawn))).await {
+            Ok(t) => tools.push(Arc::new(t)),
+            Err(e) => tracing::warn!(service = %name, error = %e, "tool left out"),
+        }
+    }
+    tools
+}
+
+/// What `dispatch turn` runs.
+#[derive(Debug, Clone, Default)]
+pub struct TurnRequest {
+    /// `<credential>/<model>`, else the catalog's default.
+    pub model: Option<String>,
+    /// The user message.
+    pub message: String,
+    /// Most steps (0 = unlimited).
+    pub max_steps: u32,
+    /// The working directory of the turn's tools (else the process's).
+    pub cwd: Option<std::path::PathBuf>,
+    /// Offer no tools.
+    pub no_tools: bool,
+}
+
 /// Run one turn and print its events as NDJSON on stdout.
-pub async fn run(
-    shared: Arc<Shared>,
-    model: Option<String>,
-    message: String,
-    max_steps: u32,
-) -> Result<TurnOutcome, TurnError> {
+pub async fn run(shared: Arc<Shared>, request: TurnRequest) -> Result<TurnOutcome, TurnError> {
+    let TurnRequest { model, message, max_steps, cwd, no_tools } = request;
     let caller = Arc::new(BusCaller(shared));
     let resolved = resolve(&caller, model).await?;
     let handle = tokio::runtime::Handle::current();
-    let spawn: dispatch_kernel::bus::Spawner = Arc::new(move |f| {
+    let spawn: Spawner = Arc::new(move |f| {
         handle.spawn(f);
     });
+    let cwd =
+        match cwd {
+            Some(d) => Some(std::fs::canonicalize(&d).map_err(|e| {
+                TurnError(format!("the working directory {} is not usable: {e}", d.display()))
+            })?),
+            None => std::env::current_dir().ok(),
+        };
+    let tools = if no_tools { Vec::new() } else { tools(&caller, &spawn).await };
     let provider = RemoteProvider::new(Arc::clone(&caller), &resolved, Some(spawn));
     let conversation_id = format!("cli-{}", std::process::id());
     let turn_id = format!("turn-{}", std::process::id());
@@ -115,8 +159,8 @@ pub async fn run(
         history: vec![ChatMessage::user(message)],
         provider: &provider,
         options: ProviderOptions { model: Some(resolved.model.clone()), ..ProviderOptions::default() },
-        tools: Vec::new(),
-        cwd: std::env::current_dir().ok(),
+        tools,
+        cwd,
         abort,
         clock: Some(Arc::new(MonotonicClock(Instant::now()))),
         sleep: Arc::new(TokioSleep),

@@ -24,6 +24,7 @@ pub mod runtime;
 pub mod store;
 pub mod surface;
 pub mod tool;
+pub mod toolbus;
 pub mod turn;
 pub mod wire;
 

@@ -1,0 +1,218 @@
+//! `read_file`: a text file with line numbers and pagination, or a
+//! directory listing.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+
+use dispatch_kernel::bus::BoxFuture;
+use dispatch_kernel::tool::{Tool, ToolContext, ToolError, ToolOutput};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::contain::Workdir;
+use crate::input::parse;
+
+/// Limits, from `[plugin.config]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Lines shown when the call gives no `limit`.
+    pub default_limit: u64,
+    /// Most bytes of output per call; the rest is left for the next page.
+    pub max_output_bytes: usize,
+    /// Longer lines are cut (minified files would otherwise fill a page).
+    pub max_line_chars: usize,
+    /// Most directory entries listed.
+    pub max_entries: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { default_limit: 2000, max_output_bytes: 100 * 1024, max_line_chars: 2000, max_entries: 1000 }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Input {
+    path: String,
+    #[serde(default)]
+    offset: Option<u64>,
+    #[serde(default)]
+    limit: Option<u64>,
+}
+
+/// The `read_file` tool.
+#[derive(Debug, Default)]
+pub struct ReadFile {
+    config: Config,
+}
+
+/// How much of a file's head is searched for a NUL byte.
+const SNIFF_BYTES: usize = 8192;
+
+impl ReadFile {
+    /// With these limits.
+    pub fn new(config: Config) -> Self {
+        ReadFile { config }
+    }
+
+    /// The call, synchronously.
+    pub fn read(&self, input: Value, cwd: Option<&Path>) -> Result<ToolOutput, ToolError> {
+        let input: Input = parse(input)?;
+        if input.offset == Some(0) {
+            return Err(ToolError::InvalidInput("`offset` is 1-based: the first line is 1".into()));
+        }
+        if input.limit == Some(0) {
+            return Err(ToolError::InvalidInput("`limit` must be at least 1".into()));
+        }
+        let wd = Workdir::new(cwd)?;
+        let path = wd.existing(&input.path)?;
+        if path.is_dir() {
+            return self.list(&wd, &path);
+        }
+        self.file(&wd, &path, input.offset.unwrap_or(1), input.limit.unwrap_or(self.config.default_limit))
+    }
+
+    fn list(&self, wd: &Workdir, dir: &Path) -> Result<ToolOutput, ToolError> {
+        let shown = wd.show(dir);
+        let entries =
+            std::fs::read_dir(dir).map_err(|e| ToolError::Failed(format!("cannot list {shown}: {e}")))?;
+        let mut names: Vec<String> = entries
+            .filter_map(Result::ok)
+            .map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                match e.file_type() {
+                    Ok(t) if t.is_dir() => format!("{name}/"),
+                    Ok(t) if t.is_symlink() => format!("{name}@"),
+                    _ => name,
+                }
+            })
+            .collect();
+        names.sort();
+        let total = names.len();
+        if total == 0 {
+            return Ok(ToolOutput::ok(format!("{shown}/ is empty")));
+        }
+        let mut out = format!("{shown}/ ({total} entries)\n");
+        for name in names.iter().take(self.config.max_entries) {
+            out.push_str(name);
+            out.push('\n');
+        }
+        if total > self.config.max_entries {
+            out.push_str(&format!("[{} more entries not shown]\n", total - self.config.max_entries));
+        }
+        Ok(ToolOutput::ok(out))
+    }
+
+    fn file(&self, wd: &Workdir, path: &Path, offset: u64, limit: u64) -> Result<ToolOutput, ToolError> {
+        let shown = wd.show(path);
+        let fail = |e: std::io::Error| ToolError::Failed(format!("cannot read {shown}: {e}"));
+        let mut file = File::open(path).map_err(fail)?;
+        let size = file.metadata().map_err(fail)?.len();
+        let mut head = Vec::with_capacity(SNIFF_BYTES);
+        (&mut file).take(SNIFF_BYTES as u64).read_to_end(&mut head).map_err(fail)?;
+        if let Some(at) = head.iter().position(|&b| b == 0) {
+            return Err(ToolError::Failed(format!(
+                "{shown} looks like a binary file ({size} bytes, a NUL byte at offset {at}); read_file shows text files only"
+            )));
+        }
+        if size == 0 {
+            return Ok(ToolOutput::ok(format!("{shown} is empty")));
+        }
+        let mut reader = BufReader::new(std::io::Cursor::new(head).chain(file));
+        let mut out = String::new();
+        let mut line = Vec::new();
+        let mut number = 0u64;
+        let (mut first_shown, mut last_shown) = (None, 0u64);
+        let mut capped = false;
+        loop {
+            line.clear();
+            if reader.read_until(b'\n', &mut line).map_err(fail)? == 0 {
+                break;
+            }
+            number += 1;
+            if number < offset || number >= offset.saturating_add(limit) || capped {
+                continue;
+            }
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim_end_matches(['\n', '\r']);
+            let mut rendered = format!("{number:>6}\t");
+            match text.char_indices().nth(self.config.max_line_chars) {
+                Some((cut, _)) => {
+                    rendered.push_str(&text[..cut]);
+                    rendered.push_str(&format!(" … [line cut at {} characters]", self.config.max_line_chars));
+                }
+                None => rendered.push_str(text),
+            }
+            rendered.push('\n');
+            if out.len() + rendered.len() > self.config.max_output_bytes && first_shown.is_some() {
+                capped = true;
+                continue;
+            }
+            out.push_str(&rendered);
+            first_shown.get_or_insert(number);
+            last_shown = number;
+        }
+        let total = number;
+        let Some(first) = first_shown else {
+            return Err(ToolError::InvalidInput(format!(
+                "`offset` {offset} is past the end of {shown} ({total} lines)"
+            )));
+        };
+        if capped {
+            out.push_str(&format!(
+                "[output capped at {} bytes: showing lines {first}-{last_shown} of {total}; continue with offset={}]\n",
+                self.config.max_output_bytes,
+                last_shown + 1
+            ));
+        } else if first > 1 || last_shown < total {
+            out.push_str(&format!(
+                "[lines {first}-{last_shown} of {total}{}]\n",
+                if last_shown < total {
+                    format!("; continue with offset={}", last_shown + 1)
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        Ok(ToolOutput::ok(out))
+    }
+}
+
+impl Tool for ReadFile {
+    fn name(&self) -> &str {
+        "read_file"
+    }
+
+    fn description(&self) -> &str {
+        "Read a text file from the working directory, with line numbers (`   12\\tcode`). \
+         Long files come in pages: pass `offset` (1-based first line) and `limit` (number of lines) \
+         to read further; the end of the output says how to continue. A directory path lists its \
+         entries (directories end with `/`). Binary files are refused. Paths are relative to the \
+         working directory and must stay inside it."
+    }
+
+    fn input_schema(&self) -> Value {
+        json!({
+            "type": "object",
+            "properties": {
+                "path": {"type": "string", "description": "File or directory, relative to the working directory"},
+                "offset": {"type": "integer", "minimum": 1, "description": "First line to show (1-based); default 1"},
+                "limit": {"type": "integer", "minimum": 1, "description": format!("Number of lines to show; default {}", self.config.default_limit)}
+            },
+            "required": ["path"],
+            "additionalProperties": false
+        })
+    }
+
+    fn concurrency_safe(&self) -> bool {
+        true
+    }
+
+    fn execute(&self, input: Value, ctx: ToolContext) -> BoxFuture<Result<ToolOutput, ToolError>> {
+        let result = self.read(input, ctx.cwd.as_deref());
+        Box::pin(async move { result })
+    }
+}
