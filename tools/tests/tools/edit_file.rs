@@ -1,0 +1,53 @@
+use dispatch_tools::edit_file::EditFile;
+use serde_json::json;
+
+use crate::support::*;
+
+fn file(text: &str) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("f.rs"), text).unwrap();
+    d
+}
+
+fn read(d: &tempfile::TempDir) -> String {
+    std::fs::read_to_string(d.path().join("f.rs")).unwrap()
+}
+
+#[test]
+fn replaces_a_unique_string() {
+    let d = file("fn a() {}\nfn b() {}\n");
+    let out = content(call(&EditFile, d.path(), json!({"path": "f.rs", "oldString": "fn b", "newString": "fn c"})));
+    assert_eq!(out, "Replaced 1 occurrence in f.rs");
+    assert_eq!(read(&d), "fn a() {}\nfn c() {}\n");
+}
+
+#[test]
+fn zero_or_several_matches_are_errors_naming_the_count() {
+    let d = file("x = 1\nx = 2\nx = 3\n");
+    let e = err(call(&EditFile, d.path(), json!({"path": "f.rs", "oldString": "y", "newString": "z"})));
+    assert!(e.contains("`oldString` was not found in f.rs"), "{e}");
+    let e = err(call(&EditFile, d.path(), json!({"path": "f.rs", "oldString": "x =", "newString": "y ="})));
+    assert!(e.contains("`oldString` occurs 3 times in f.rs"), "{e}");
+    assert_eq!(read(&d), "x = 1\nx = 2\nx = 3\n", "nothing written on error");
+    let out = content(call(
+        &EditFile,
+        d.path(),
+        json!({"path": "f.rs", "oldString": "x =", "newString": "y =", "replaceAll": true}),
+    ));
+    assert_eq!(out, "Replaced 3 occurrences in f.rs");
+    assert_eq!(read(&d), "y = 1\ny = 2\ny = 3\n");
+}
+
+#[test]
+fn bad_input_is_explained() {
+    let d = file("abc");
+    let e = err(call(&EditFile, d.path(), json!({"path": "f.rs", "oldString": "", "newString": "x"})));
+    assert!(e.contains("`oldString` is empty"), "{e}");
+    let e = err(call(&EditFile, d.path(), json!({"path": "f.rs", "oldString": "a", "newString": "a"})));
+    assert!(e.contains("are the same"), "{e}");
+    let e = err(call(&EditFile, d.path(), json!({"path": "f.rs", "old": "a", "newString": "b"})));
+    assert!(e.starts_with("invalid input: unknown field `old`"), "{e}");
+    std::fs::write(d.path().join("b.bin"), [1, 0, 2]).unwrap();
+    let e = err(call(&EditFile, d.path(), json!({"path": "b.bin", "oldString": "a", "newString": "b"})));
+    assert!(e.contains("binary"), "{e}");
+}

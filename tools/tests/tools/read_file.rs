@@ -1,0 +1,95 @@
+use dispatch_tools::read_file::{Config, ReadFile};
+use serde_json::json;
+
+use crate::support::*;
+
+fn numbered(n: usize) -> String {
+    (1..=n).map(|i| format!("line {i}\n")).collect()
+}
+
+#[test]
+fn a_file_comes_with_line_numbers() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("a.txt"), "alpha\nbeta\r\ngamma").unwrap();
+    let out = content(call(&ReadFile::default(), d.path(), json!({"path": "a.txt"})));
+    assert_eq!(out, "     1\talpha\n     2\tbeta\n     3\tgamma\n");
+}
+
+#[test]
+fn offset_and_limit_page_through_a_file_and_say_how_to_continue() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("a.txt"), numbered(10)).unwrap();
+    let out = content(call(&ReadFile::default(), d.path(), json!({"path": "a.txt", "offset": 4, "limit": 3})));
+    assert_eq!(out, "     4\tline 4\n     5\tline 5\n     6\tline 6\n[lines 4-6 of 10; continue with offset=7]\n");
+    let out = content(call(&ReadFile::default(), d.path(), json!({"path": "a.txt", "offset": 9})));
+    assert!(out.ends_with("    10\tline 10\n[lines 9-10 of 10]\n"), "{out}");
+    let e = err(call(&ReadFile::default(), d.path(), json!({"path": "a.txt", "offset": 11})));
+    assert!(e.contains("`offset` 11 is past the end of a.txt (10 lines)"), "{e}");
+    let e = err(call(&ReadFile::default(), d.path(), json!({"path": "a.txt", "offset": 0})));
+    assert!(e.contains("1-based"), "{e}");
+}
+
+#[test]
+fn the_output_cap_truncates_with_a_note() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("big.txt"), numbered(5000)).unwrap();
+    let tool = ReadFile::new(Config { max_output_bytes: 1000, ..Config::default() });
+    let out = content(call(&tool, d.path(), json!({"path": "big.txt"})));
+    assert!(out.len() < 1200, "{}", out.len());
+    let note = out.lines().last().unwrap();
+    assert!(note.starts_with("[output capped at 1000 bytes: showing lines 1-"), "{note}");
+    assert!(note.contains("of 5000; continue with offset="), "{note}");
+    // The continuation picks up where the cap stopped.
+    let next: u64 = note.rsplit('=').next().unwrap().trim_end_matches(']').parse().unwrap();
+    let out = content(call(&tool, d.path(), json!({"path": "big.txt", "offset": next, "limit": 1})));
+    assert!(out.starts_with(&format!("{next:>6}\tline {next}\n")), "{out}");
+}
+
+#[test]
+fn long_lines_are_cut() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("min.js"), "x".repeat(5000)).unwrap();
+    let tool = ReadFile::new(Config { max_line_chars: 100, ..Config::default() });
+    let out = content(call(&tool, d.path(), json!({"path": "min.js"})));
+    assert!(out.contains(&format!("{} … [line cut at 100 characters]", "x".repeat(100))), "{out}");
+}
+
+#[test]
+fn a_directory_is_listed() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir(d.path().join("src")).unwrap();
+    std::fs::write(d.path().join("b.txt"), "").unwrap();
+    std::fs::write(d.path().join("a.txt"), "").unwrap();
+    let out = content(call(&ReadFile::default(), d.path(), json!({"path": "."})));
+    assert_eq!(out, "./ (3 entries)\na.txt\nb.txt\nsrc/\n");
+    let out = content(call(&ReadFile::default(), d.path(), json!({"path": "src"})));
+    assert_eq!(out, "src/ is empty");
+}
+
+#[test]
+fn binary_files_are_refused_with_a_message() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("x.bin"), [0x7f, b'E', b'L', b'F', 0, 1, 2]).unwrap();
+    let e = err(call(&ReadFile::default(), d.path(), json!({"path": "x.bin"})));
+    assert!(e.contains("x.bin looks like a binary file (7 bytes, a NUL byte at offset 4)"), "{e}");
+}
+
+#[test]
+fn missing_files_and_bad_input_are_explained() {
+    let d = tempfile::tempdir().unwrap();
+    let e = err(call(&ReadFile::default(), d.path(), json!({"path": "nope.txt"})));
+    assert!(e.contains("`nope.txt` does not exist"), "{e}");
+    let e = err(call(&ReadFile::default(), d.path(), json!({})));
+    assert_eq!(e, "invalid input: missing field `path`");
+    let e = err(call(&ReadFile::default(), d.path(), json!({"path": "a", "limit": "ten"})));
+    assert!(e.contains("invalid type: string \"ten\", expected u64"), "{e}");
+}
+
+#[test]
+fn read_file_is_concurrency_safe() {
+    use dispatch_kernel::tool::Tool;
+    assert!(ReadFile::default().concurrency_safe());
+    assert!(!dispatch_tools::write_file::WriteFile.concurrency_safe());
+    assert!(!dispatch_tools::edit_file::EditFile.concurrency_safe());
+    assert!(!dispatch_tools::shell::Shell::default().concurrency_safe());
+}

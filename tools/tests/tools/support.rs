@@ -1,0 +1,72 @@
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use dispatch_kernel::runtime::AbortSignal;
+use dispatch_kernel::tool::{Tool, ToolContext, ToolError, ToolOutput};
+use dispatch_kernel::wire::OutputStream;
+use serde_json::Value;
+
+pub type Streamed = Arc<Mutex<Vec<(String, OutputStream)>>>;
+
+pub fn ctx(cwd: &Path, abort: AbortSignal) -> (ToolContext, Streamed) {
+    let streamed: Streamed = Arc::default();
+    let sink = Arc::clone(&streamed);
+    let ctx = ToolContext {
+        tool_call_id: "call-1".into(),
+        conversation_id: "conv-1".into(),
+        cwd: Some(cwd.to_path_buf()),
+        abort,
+        output: Arc::new(move |text: &str, stream| sink.lock().unwrap().push((text.to_owned(), stream))),
+    };
+    (ctx, streamed)
+}
+
+/// Run a tool that needs no runtime to completion.
+pub fn call(tool: &dyn Tool, cwd: &Path, input: Value) -> Result<ToolOutput, ToolError> {
+    futures::executor::block_on(tool.execute(input, ctx(cwd, AbortSignal::new()).0))
+}
+
+/// The message of a failed call.
+pub fn err(r: Result<ToolOutput, ToolError>) -> String {
+    match r {
+        Err(e) => e.to_string(),
+        Ok(o) => panic!("expected an error, got {o:?}"),
+    }
+}
+
+pub fn content(r: Result<ToolOutput, ToolError>) -> String {
+    let o = r.unwrap();
+    assert!(!o.is_error, "{}", o.content);
+    o.content
+}
+
+/// Processes whose command line contains `marker` (from /proc).
+pub fn processes_with(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if !entry.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(marker) {
+                found.push(format!("{}: {cmd}", entry.file_name().to_string_lossy()));
+            }
+        }
+    }
+    found
+}
+
+/// Wait (bounded) until no process carries `marker`; the kernel may take
+/// a moment to reap SIGKILLed orphans.
+pub fn assert_no_process_with(marker: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let left = processes_with(marker);
+        if left.is_empty() {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "processes left behind: {left:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
