@@ -16,3 +16,4 @@ mod mock_openai;
 mod providers;
 mod store;
 mod support;
+mod tools;

@@ -97,7 +97,11 @@ fn a_symlink_that_stays_inside_is_followed() {
     let l = layout();
     let out = content(call(&ReadFile::default(), &l.work, json!({"path": "inner-link.txt"})));
     assert!(out.contains("fine"), "{out}");
-    content(call(&EditFile, &l.work, json!({"path": "inner-link.txt", "oldString": "fine", "newString": "good"})));
+    content(call(
+        &EditFile,
+        &l.work,
+        json!({"path": "inner-link.txt", "oldString": "fine", "newString": "good"}),
+    ));
     assert_eq!(std::fs::read_to_string(l.work.join("ok.txt")).unwrap(), "good");
     assert!(std::fs::symlink_metadata(l.work.join("inner-link.txt")).unwrap().file_type().is_symlink());
 }

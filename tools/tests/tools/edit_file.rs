@@ -16,7 +16,8 @@ fn read(d: &tempfile::TempDir) -> String {
 #[test]
 fn replaces_a_unique_string() {
     let d = file("fn a() {}\nfn b() {}\n");
-    let out = content(call(&EditFile, d.path(), json!({"path": "f.rs", "oldString": "fn b", "newString": "fn c"})));
+    let out =
+        content(call(&EditFile, d.path(), json!({"path": "f.rs", "oldString": "fn b", "newString": "fn c"})));
     assert_eq!(out, "Replaced 1 occurrence in f.rs");
     assert_eq!(read(&d), "fn a() {}\nfn c() {}\n");
 }

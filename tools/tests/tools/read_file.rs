@@ -19,8 +19,12 @@ fn a_file_comes_with_line_numbers() {
 fn offset_and_limit_page_through_a_file_and_say_how_to_continue() {
     let d = tempfile::tempdir().unwrap();
     std::fs::write(d.path().join("a.txt"), numbered(10)).unwrap();
-    let out = content(call(&ReadFile::default(), d.path(), json!({"path": "a.txt", "offset": 4, "limit": 3})));
-    assert_eq!(out, "     4\tline 4\n     5\tline 5\n     6\tline 6\n[lines 4-6 of 10; continue with offset=7]\n");
+    let out =
+        content(call(&ReadFile::default(), d.path(), json!({"path": "a.txt", "offset": 4, "limit": 3})));
+    assert_eq!(
+        out,
+        "     4\tline 4\n     5\tline 5\n     6\tline 6\n[lines 4-6 of 10; continue with offset=7]\n"
+    );
     let out = content(call(&ReadFile::default(), d.path(), json!({"path": "a.txt", "offset": 9})));
     assert!(out.ends_with("    10\tline 10\n[lines 9-10 of 10]\n"), "{out}");
     let e = err(call(&ReadFile::default(), d.path(), json!({"path": "a.txt", "offset": 11})));

@@ -56,7 +56,11 @@ async fn a_timeout_kills_the_whole_process_group() {
         .unwrap();
     assert!(started.elapsed() < Duration::from_secs(20), "returned long after the timeout");
     assert!(out.is_error);
-    assert!(out.content.ends_with("[timed out after 300 ms; the command's process group was killed]"), "{}", out.content);
+    assert!(
+        out.content.ends_with("[timed out after 300 ms; the command's process group was killed]"),
+        "{}",
+        out.content
+    );
     assert!(!out.content.contains("never"));
     assert_no_process_with(&m);
 }
@@ -67,7 +71,8 @@ async fn an_abort_mid_run_kills_the_group_and_returns_at_once() {
     let m = marker("an_abort_mid_run_kills_the_group_and_returns_at_once!");
     let abort = AbortSignal::new();
     let (ctx, streamed) = ctx(d.path(), abort.clone());
-    let run = tokio::spawn(Shell::default().execute(json!({"command": format!("echo started; sleep {m}")}), ctx));
+    let run =
+        tokio::spawn(Shell::default().execute(json!({"command": format!("echo started; sleep {m}")}), ctx));
     // Abort once the command is visibly running.
     let deadline = Instant::now() + Duration::from_secs(10);
     while streamed.lock().unwrap().is_empty() {
@@ -76,7 +81,11 @@ async fn an_abort_mid_run_kills_the_group_and_returns_at_once() {
     }
     assert!(!processes_with(&m).is_empty(), "the sleep is running");
     abort.abort();
-    let out = tokio::time::timeout(Duration::from_secs(10), run).await.expect("returned after abort").unwrap().unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("returned after abort")
+        .unwrap()
+        .unwrap();
     assert!(out.is_error);
     assert_eq!(out.content, "started\n[aborted; the command's process group was killed]");
     assert_no_process_with(&m);
@@ -88,10 +97,8 @@ async fn a_background_child_holding_stdout_cannot_hold_the_call() {
     let m = marker("a_background_child_holding_stdout_cannot_hold_the_call");
     let (ctx, _) = ctx(d.path(), AbortSignal::new());
     let started = Instant::now();
-    let out = Shell::default()
-        .execute(json!({"command": format!("sleep {m} & echo done")}), ctx)
-        .await
-        .unwrap();
+    let out =
+        Shell::default().execute(json!({"command": format!("sleep {m} & echo done")}), ctx).await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(20));
     assert_eq!((out.content.as_str(), out.is_error), ("done\n[exit code 0]", false));
     assert_no_process_with(&m);
@@ -112,7 +119,8 @@ async fn huge_output_is_capped_with_a_note() {
     assert!(out.content.contains("bytes of output omitted"), "{}", &out.content[..200]);
     assert!(out.content.ends_with("line-19999\n[exit code 0]"));
     let streamed = streamed.lock().unwrap();
-    let total: usize = streamed.iter().filter(|(_, s)| *s == OutputStream::Stdout).map(|(t, _)| t.len()).sum();
+    let total: usize =
+        streamed.iter().filter(|(_, s)| *s == OutputStream::Stdout).map(|(t, _)| t.len()).sum();
     assert!(total <= 10_000, "streaming stops at the cap: {total}");
     assert!(streamed.last().unwrap().0.contains("streaming stopped at 10000 bytes"));
 }

@@ -41,7 +41,10 @@ fn bad_tasks_are_explained() {
     let d = tempfile::tempdir().unwrap();
     let tool = TodoWrite::new(Arc::default(), None);
     let e = err(call(&tool, d.path(), json!({"todos": [{"content": "x", "status": "doing"}]})));
-    assert!(e.contains("unknown variant `doing`, expected one of `pending`, `in_progress`, `completed`"), "{e}");
+    assert!(
+        e.contains("unknown variant `doing`, expected one of `pending`, `in_progress`, `completed`"),
+        "{e}"
+    );
     let e = err(call(&tool, d.path(), json!({"todos": [{"content": "  ", "status": "pending"}]})));
     assert!(e.contains("task #1 has empty `content`"), "{e}");
     let e = err(call(&tool, d.path(), json!({"todos": "x"})));

@@ -22,7 +22,8 @@ fn refuses_to_overwrite_unless_asked_and_keeps_permissions() {
     let e = err(call(&WriteFile, d.path(), json!({"path": "run.sh", "content": "new"})));
     assert!(e.contains("run.sh already exists; pass `overwrite: true`"), "{e}");
     assert_eq!(std::fs::read_to_string(&p).unwrap(), "old");
-    let out = content(call(&WriteFile, d.path(), json!({"path": "run.sh", "content": "new", "overwrite": true})));
+    let out =
+        content(call(&WriteFile, d.path(), json!({"path": "run.sh", "content": "new", "overwrite": true})));
     assert!(out.starts_with("Overwrote run.sh"), "{out}");
     assert_eq!(std::fs::read_to_string(&p).unwrap(), "new");
     assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o750);
@@ -51,7 +52,10 @@ fn writes_atomically_leaving_no_temporary_file() {
 #[test]
 fn bad_input_is_explained() {
     let d = tempfile::tempdir().unwrap();
-    assert_eq!(err(call(&WriteFile, d.path(), json!({"path": "x"}))), "invalid input: missing field `content`");
+    assert_eq!(
+        err(call(&WriteFile, d.path(), json!({"path": "x"}))),
+        "invalid input: missing field `content`"
+    );
     let e = err(call(&WriteFile, d.path(), json!({"path": "x", "content": "y", "overwrite": "yes"})));
     assert!(e.contains("invalid type: string \"yes\", expected a boolean"), "{e}");
 }

@@ -1,0 +1,212 @@
+//! The standard tools through the real host: each tool is its own `.so`,
+//! the scripted model calls them, `dispatch turn` offers them to the turn
+//! over the bus, and their effects land in a real working directory.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::providers::{turn, types};
+use crate::support::*;
+
+const MODELS: &str = "libdispatch_plugin_models.so";
+const SCRIPTED: &str = "libdispatch_plugin_provider_scripted.so";
+const TOOLS: [&str; 5] = [
+    "libdispatch_plugin_tool_read_file.so",
+    "libdispatch_plugin_tool_write_file.so",
+    "libdispatch_plugin_tool_edit_file.so",
+    "libdispatch_plugin_tool_shell.so",
+    "libdispatch_plugin_tool_todo.so",
+];
+
+fn config_with_tools() -> Config {
+    let mut c = Config::new().plugin(MODELS, "").plugin(SCRIPTED, "");
+    for t in TOOLS {
+        c = c.plugin(t, "");
+    }
+    c
+}
+
+/// A script whose one reply makes one tool call per step, then answers.
+fn script(dir: &std::path::Path, calls: &[Value]) -> String {
+    let mut steps: Vec<Value> = calls.iter().map(|c| json!({"toolCalls": [c]})).collect();
+    steps.push(json!({"text": "all done"}));
+    let p = dir.join("script.json");
+    std::fs::write(&p, json!({"replies": [{"steps": steps}]}).to_string()).unwrap();
+    p.display().to_string()
+}
+
+fn results(events: &[Value]) -> Vec<(String, String, bool)> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "tool-result")
+        .map(|e| {
+            (
+                e["toolName"].as_str().unwrap().to_owned(),
+                e["content"].as_str().unwrap().to_owned(),
+                e["isError"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn every_tool_runs_through_the_host_contained_to_the_working_directory() {
+    let cfg = config_with_tools();
+    let work = cfg.dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let s = script(
+        cfg.dir.path(),
+        &[
+            json!({"name": "write_file", "input": {"path": "notes.txt", "content": "hello\nworld\n"}}),
+            json!({"name": "edit_file", "input": {"path": "notes.txt", "oldString": "world", "newString": "there"}}),
+            json!({"name": "read_file", "input": {"path": "notes.txt"}}),
+            json!({"name": "read_file", "input": {"path": "../plugins.toml"}}),
+            json!({"name": "write_file", "input": {"path": "/tmp/escape.txt", "content": "x"}}),
+            json!({"name": "run_shell", "input": {"command": "echo out; echo err >&2; cat notes.txt; exit 2"}}),
+            json!({"name": "todo_write", "input": {"todos": [{"content": "ship it", "status": "in_progress"}]}}),
+            json!({"name": "read_file", "input": {"pth": "typo"}}),
+        ],
+    );
+    let cfg = cfg.write();
+    let (out, events) =
+        turn(&cfg, &["--cwd", work.to_str().unwrap(), "go"], &[("DISPATCH_SCRIPT", s.as_str())]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let r = results(&events);
+    assert_eq!(r.len(), 8, "{r:?}");
+    assert_eq!(r[0], ("write_file".into(), "Created notes.txt (12 bytes, 2 lines)".into(), false));
+    assert_eq!(r[1], ("edit_file".into(), "Replaced 1 occurrence in notes.txt".into(), false));
+    assert_eq!(r[2], ("read_file".into(), "     1\thello\n     2\tthere\n".into(), false));
+    assert!(r[3].2 && r[3].1.contains("`../plugins.toml` is outside the working directory"), "{:?}", r[3]);
+    assert!(r[4].2 && r[4].1.contains("is outside the working directory"), "{:?}", r[4]);
+    assert!(!std::path::Path::new("/tmp/escape.txt").exists());
+    assert_eq!(r[5], ("run_shell".into(), "out\nerr\nhello\nthere\n[exit code 2]".into(), true));
+    assert_eq!(r[6], ("todo_write".into(), "Task list (0/1 completed):\n[~] ship it\n".into(), false));
+    assert!(r[7].2 && r[7].1.contains("unknown field `pth`"), "{:?}", r[7]);
+    assert_eq!(std::fs::read_to_string(work.join("notes.txt")).unwrap(), "hello\nthere\n");
+    // The shell's output was streamed as tool-output events before its result.
+    let shell_call =
+        events.iter().find(|e| e["type"] == "tool-call" && e["toolName"] == "run_shell").unwrap();
+    let id = &shell_call["toolCallId"];
+    let pos = |pred: &dyn Fn(&Value) -> bool| events.iter().position(pred).unwrap();
+    let first_output = pos(&|e| e["type"] == "tool-output" && e["toolCallId"] == *id);
+    let result = pos(&|e| e["type"] == "tool-result" && e["toolCallId"] == *id);
+    assert!(first_output < result);
+    let streamed: Vec<(&str, &str)> = events
+        .iter()
+        .filter(|e| e["type"] == "tool-output" && e["toolCallId"] == *id)
+        .map(|e| (e["stream"].as_str().unwrap(), e["data"].as_str().unwrap()))
+        .collect();
+    assert!(streamed.contains(&("stderr", "err\n")), "{streamed:?}");
+    assert_eq!(types(&events).last(), Some(&"turn-sealed"));
+}
+
+#[test]
+fn an_operator_can_leave_a_tool_out() {
+    // Only read_file loaded: a call to run_shell is an unknown tool.
+    let cfg = Config::new().plugin(MODELS, "").plugin(SCRIPTED, "").plugin(TOOLS[0], "");
+    let s = script(cfg.dir.path(), &[json!({"name": "run_shell", "input": {"command": "true"}})]);
+    let cfg = cfg.write();
+    let (out, events) = turn(&cfg, &["go"], &[("DISPATCH_SCRIPT", s.as_str())]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let r = results(&events);
+    assert!(r[0].2 && r[0].1.contains("run_shell"), "{r:?}");
+    // --no-tools offers none at all.
+    let (_, events) = turn(&cfg, &["--no-tools", "go"], &[("DISPATCH_SCRIPT", s.as_str())]);
+    assert!(results(&events)[0].2);
+}
+
+#[test]
+fn the_tool_protocol_and_the_todo_service_answer_on_the_bus() {
+    let cfg = config_with_tools().write();
+    let start = json!({"op": "start", "callId": "c1", "conversationId": "conv-9", "input": {"todos": [{"content": "a", "status": "pending"}]}});
+    let (out, lines) = call(
+        &cfg,
+        &[
+            ("tool.read_file", r#"{"op":"spec"}"#),
+            ("tool.todo_write", &start.to_string()),
+            ("tool.todo_write", r#"{"op":"next","runId":1}"#),
+            ("todo", r#"{"op":"get","conversationId":"conv-9"}"#),
+            ("tool.todo_write", r#"{"op":"next","runId":1}"#),
+        ],
+        &[],
+    );
+    assert_eq!(lines.len(), 5, "{}", out.stderr);
+    assert_eq!(lines[0]["name"], "read_file");
+    assert_eq!(lines[0]["concurrencySafe"], true);
+    assert_eq!(lines[0]["inputSchema"]["required"], json!(["path"]));
+    assert_eq!(lines[1], json!({"runId": 1}));
+    assert_eq!(lines[2]["result"]["kind"], "output");
+    assert_eq!(
+        lines[3],
+        json!({"conversationId": "conv-9", "todos": [{"content": "a", "status": "pending"}]})
+    );
+    // A finished run is forgotten.
+    assert!(lines[4]["error"].as_str().unwrap_or_default().contains("no run 1"), "{:?}", lines[4]);
+}
+
+#[test]
+fn ctrl_c_during_a_shell_command_aborts_the_turn_and_kills_the_process_group() {
+    let cfg = config_with_tools();
+    let marker = format!("{}.{}", 8_000 + std::process::id() % 1000, 4242);
+    let s = script(
+        cfg.dir.path(),
+        &[
+            json!({"name": "run_shell", "input": {"command": format!("echo started; sleep {marker} & sleep {marker}")}}),
+        ],
+    );
+    let cfg = cfg.write();
+    let mut child = Command::new(dispatch_bin())
+        .args(["turn", "--config", cfg.to_str().unwrap(), "go"])
+        .env("DISPATCH_SCRIPT", &s)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut events: Vec<Value> = Vec::new();
+    // Wait for the command's first output, then press Ctrl-C.
+    for line in lines.by_ref() {
+        let e: Value = serde_json::from_str(&line.unwrap()).unwrap();
+        let started = e["type"] == "tool-output";
+        events.push(e);
+        if started {
+            break;
+        }
+    }
+    assert!(!processes_with(&marker).is_empty(), "the command is running");
+    let pressed = Instant::now();
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    events.extend(lines.map(|l| serde_json::from_str::<Value>(&l.unwrap()).unwrap()));
+    let status = wait(child, Duration::from_secs(30), "dispatch turn after Ctrl-C").status;
+    assert!(pressed.elapsed() < Duration::from_secs(20), "the turn did not end at once");
+    let done = events.iter().find(|e| e["type"] == "done").expect("a done event");
+    assert_eq!(done["reason"], "aborted");
+    let result = events.iter().find(|e| e["type"] == "tool-result").unwrap();
+    assert_eq!(result["isError"], true);
+    assert_eq!(status.code(), Some(0));
+    assert_no_process_with(&marker);
+}
+
+/// Processes whose command line contains `marker`.
+fn processes_with(marker: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(marker))
+        .collect()
+}
+
+fn assert_no_process_with(marker: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !processes_with(marker).is_empty() {
+        assert!(Instant::now() < deadline, "left behind: {:?}", processes_with(marker));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
