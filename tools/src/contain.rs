@@ -132,7 +132,8 @@ impl Workdir {
     /// lead inside, and the answer is its target.
     pub fn writable(&self, path: &str) -> Result<PathBuf, ToolError> {
         let joined = self.lexical(path)?;
-        let (Some(parent), Some(name)) = (joined.parent(), joined.file_name()) else {
+        let (Some(parent), Some(name), false) = (joined.parent(), joined.file_name(), joined == self.root)
+        else {
             return Err(refuse(format!("`{path}` names the working directory itself, not a file")));
         };
         let real_parent = match std::fs::canonicalize(parent) {

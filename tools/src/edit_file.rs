@@ -43,6 +43,9 @@ impl EditFile {
         if path.is_dir() {
             return Err(ToolError::Failed(format!("{shown} is a directory")));
         }
+        if !path.is_file() {
+            return Err(ToolError::Failed(format!("{shown} is not a regular file")));
+        }
         let bytes =
             std::fs::read(&path).map_err(|e| ToolError::Failed(format!("cannot read {shown}: {e}")))?;
         if bytes.contains(&0) {

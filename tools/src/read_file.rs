@@ -72,6 +72,10 @@ impl ReadFile {
         if path.is_dir() {
             return self.list(&wd, &path);
         }
+        if !path.is_file() {
+            // A FIFO or a device would block or never end.
+            return Err(ToolError::Failed(format!("{} is not a regular file", wd.show(&path))));
+        }
         self.file(&wd, &path, input.offset.unwrap_or(1), input.limit.unwrap_or(self.config.default_limit))
     }
 

@@ -123,3 +123,26 @@ fn a_missing_working_directory_is_an_error() {
     let e = err(call(&ReadFile::default(), &l.work.join("gone"), json!({"path": "ok.txt"})));
     assert!(e.contains("the working directory") && e.contains("is not usable"), "{e}");
 }
+
+#[test]
+fn the_working_directory_itself_is_not_a_file_to_write() {
+    let l = layout();
+    for path in [".", "sub/..", ""] {
+        let e = err(call(&WriteFile, &l.work, json!({"path": path, "content": "x"})));
+        assert!(
+            e.contains("names the working directory itself") || e.contains("`path` is empty"),
+            "{path:?}: {e}"
+        );
+    }
+}
+
+#[test]
+fn a_fifo_is_refused_instead_of_blocking() {
+    let l = layout();
+    let fifo = l.work.join("pipe");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let e = err(call(&ReadFile::default(), &l.work, json!({"path": "pipe"})));
+    assert!(e.contains("pipe is not a regular file"), "{e}");
+    let e = err(call(&EditFile, &l.work, json!({"path": "pipe", "oldString": "a", "newString": "b"})));
+    assert!(e.contains("pipe is not a regular file"), "{e}");
+}
