@@ -65,7 +65,7 @@ fn every_tool_runs_through_the_host_contained_to_the_working_directory() {
             json!({"name": "read_file", "input": {"path": "notes.txt"}}),
             json!({"name": "read_file", "input": {"path": "../plugins.toml"}}),
             json!({"name": "write_file", "input": {"path": "/tmp/escape.txt", "content": "x"}}),
-            json!({"name": "run_shell", "input": {"command": "echo out; echo err >&2; cat notes.txt; exit 2"}}),
+            json!({"name": "run_shell", "input": {"command": "echo out; sleep 0.1; echo err >&2; sleep 0.1; cat notes.txt; exit 2"}}),
             json!({"name": "todo_write", "input": {"todos": [{"content": "ship it", "status": "in_progress"}]}}),
             json!({"name": "read_file", "input": {"pth": "typo"}}),
         ],
