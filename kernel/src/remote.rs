@@ -427,6 +427,34 @@ pub fn open_request(
     }
 }
 
+/// Wait for the next item of `rx`, then take every item already queued
+/// behind it without waiting — up to and including the first one `ends`
+/// says closes the batch. Answers the items in order and whether the
+/// channel is closed (its sender gone) with nothing more to come. The
+/// heart of both pull protocols: one `next` call answers all that is
+/// ready, so a fast producer costs one round trip per batch, not per item.
+pub(crate) async fn next_ready<T>(
+    rx: &mut futures::channel::mpsc::UnboundedReceiver<T>,
+    ends: impl Fn(&T) -> bool,
+) -> (Vec<T>, bool) {
+    use futures::StreamExt as _;
+    let mut items = Vec::new();
+    let mut item = rx.next().await;
+    loop {
+        let Some(it) = item else { return (items, true) };
+        let last = ends(&it);
+        items.push(it);
+        if last {
+            return (items, false);
+        }
+        match rx.try_recv() {
+            Ok(next) => item = Some(next),
+            Err(futures::channel::mpsc::TryRecvError::Closed) => item = None,
+            Err(_) => return (items, false),
+        }
+    }
+}
+
 /// Where a provider's producer pushes one step's events.
 pub type EventSender = futures::channel::mpsc::UnboundedSender<Result<ProviderEvent, ProviderError>>;
 
@@ -475,32 +503,20 @@ impl StreamTable {
     /// Wait for the next events of stream `id` and answer them all as one
     /// batch. Unknown ids (cancelled, finished, never opened) are an error.
     pub async fn next(&self, id: u64) -> Result<Batch, String> {
-        use futures::StreamExt as _;
         let mut rx = {
             let mut streams = self.lock();
             let entry = streams.get_mut(&id).ok_or_else(|| format!("no open stream {id}"))?;
             entry.rx.take().ok_or_else(|| format!("stream {id} is already being read"))?
         };
-        let mut batch = Batch::default();
-        let mut item = rx.next().await;
-        loop {
+        let (items, closed) = next_ready(&mut rx, Result::is_err).await;
+        let mut batch = Batch { done: closed, ..Batch::default() };
+        for item in items {
             match item {
-                None => {
-                    batch.done = true;
-                    break;
-                }
-                Some(Ok(e)) => batch.events.push(e.into()),
-                Some(Err(e)) => {
+                Ok(e) => batch.events.push(e.into()),
+                Err(e) => {
                     batch.error = Some(e.into());
                     batch.done = true;
-                    break;
                 }
-            }
-            // Take whatever else is ready, without waiting.
-            match rx.try_recv() {
-                Ok(next) => item = Some(next),
-                Err(futures::channel::mpsc::TryRecvError::Closed) => item = None,
-                Err(_) => break,
             }
         }
         let mut streams = self.lock();

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::bus::{BoxFuture, Spawner};
-use crate::remote::ServiceCaller;
+use crate::remote::{next_ready, ServiceCaller};
 use crate::runtime::AbortSignal;
 use crate::tool::{OutputSink, Tool, ToolContext, ToolError, ToolOutput};
 use crate::wire::OutputStream;
@@ -225,34 +225,23 @@ impl RunTable {
     /// ready. Unknown ids (cancelled, finished, never started) are an
     /// error.
     pub async fn next(&self, id: u64) -> Result<RunBatch, String> {
-        use futures::StreamExt as _;
         let mut rx = {
             let mut runs = self.lock();
             let run = runs.get_mut(&id).ok_or_else(|| format!("no run {id} (finished or cancelled)"))?;
             run.rx.take().ok_or_else(|| format!("run {id} is already being read"))?
         };
+        let (items, closed) = next_ready(&mut rx, |i| matches!(i, Item::Result(_))).await;
         let mut batch = RunBatch::default();
-        let mut item = rx.next().await;
-        loop {
+        for item in items {
             match item {
-                Some(Item::Output(piece)) => batch.output.push(piece),
-                Some(Item::Result(r)) => {
-                    batch.result = Some(r);
-                    break;
-                }
-                None => {
-                    // The run's future was dropped without a result (its
-                    // runtime shut down under it).
-                    batch.result =
-                        Some(RunResult::Failed { message: "the tool stopped without a result".into() });
-                    break;
-                }
+                Item::Output(piece) => batch.output.push(piece),
+                Item::Result(r) => batch.result = Some(r),
             }
-            match rx.try_recv() {
-                Ok(next) => item = Some(next),
-                Err(mpsc::TryRecvError::Closed) => item = None,
-                Err(_) => break,
-            }
+        }
+        if closed && batch.result.is_none() {
+            // The run's future was dropped without a result (its runtime
+            // shut down under it).
+            batch.result = Some(RunResult::Failed { message: "the tool stopped without a result".into() });
         }
         let mut runs = self.lock();
         if batch.result.is_some() {
@@ -353,11 +342,6 @@ impl<C: ServiceCaller> RemoteTool<C> {
     pub async fn connect(caller: Arc<C>, service: &str, spawn: Option<Spawner>) -> Result<Self, String> {
         let spec: ToolDescription = call(&*caller, service, &ToolRequest::Spec).await?;
         Ok(RemoteTool { caller, service: service.to_owned(), spec, spawn })
-    }
-
-    /// The service behind it.
-    pub fn service(&self) -> &str {
-        &self.service
     }
 }
 
@@ -569,6 +553,19 @@ mod tests {
         assert_eq!(table.running(), 0);
         futures::executor::block_on(fut); // ends because the signal fired
         assert!(futures::executor::block_on(table.next(id)).is_err());
+    }
+
+    #[test]
+    fn a_run_dropped_without_a_result_answers_a_failure() {
+        let table = RunTable::default();
+        let (id, fut) = table.start(Arc::new(Echo), "c".into(), "v".into(), None, Value::Null);
+        drop(fut); // its runtime shut down before it ran
+        let batch = futures::executor::block_on(table.next(id)).unwrap();
+        assert_eq!(
+            batch.result,
+            Some(RunResult::Failed { message: "the tool stopped without a result".into() })
+        );
+        assert_eq!(table.running(), 0);
     }
 
     #[test]

@@ -46,11 +46,6 @@ impl ToolPlugin {
         Ok(ToolPlugin { runtime, table })
     }
 
-    /// Calls in progress.
-    pub fn running(&self) -> usize {
-        self.table.running()
-    }
-
     /// Abort every call in progress (a shell's process group is killed)
     /// and stop the runtime.
     pub fn stop(&mut self) {

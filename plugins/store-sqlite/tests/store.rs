@@ -344,3 +344,45 @@ async fn a_database_created_by_the_first_schema_version_opens_and_migrates() {
     .unwrap();
     assert_eq!(s.append("old", Role::Assistant, None, &[text("after")]).await.unwrap(), vec![2]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_fails_in_the_database_fails_alone_and_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dispatch.db");
+    let s = Store::open(Options::new(&path)).await.unwrap();
+    // A trigger makes the database itself refuse one conversation's second
+    // chunk, after its first chunk of the same message was inserted.
+    let db = rusqlite::Connection::open(&path).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER poison BEFORE INSERT ON chunks \
+         WHEN NEW.conversation_id = 'poison' AND NEW.seq > 1 BEGIN SELECT RAISE(ABORT, 'poisoned'); END;",
+    )
+    .unwrap();
+    drop(db);
+    // Many writers at once, so the poisoned message shares a transaction
+    // with good ones.
+    let s = Arc::new(s);
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let s = Arc::clone(&s);
+        tasks.push(tokio::spawn(async move {
+            let id = if i == 7 { "poison".to_owned() } else { format!("good-{i}") };
+            (id.clone(), s.append(&id, Role::User, None, &[text("a"), text("b")]).await)
+        }));
+    }
+    for t in tasks {
+        let (id, result) = t.await.unwrap();
+        if id == "poison" {
+            let e = result.unwrap_err();
+            assert!(e.to_string().contains("poisoned"), "{e}");
+        } else {
+            assert_eq!(result.unwrap(), vec![1, 2], "{id}");
+        }
+    }
+    // Neither half of the poisoned message, nor its seq counter, remains.
+    assert_eq!(s.history("poison", None, None, None).await.unwrap().chunks, vec![]);
+    assert!(s.get("poison").await.unwrap().is_none());
+    // A message that passes the trigger takes seq 1: no gap was left.
+    assert_eq!(s.append("poison", Role::User, None, &[text("one")]).await.unwrap(), vec![1]);
+    assert_eq!(s.integrity_check().await.unwrap(), "ok");
+}
