@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dispatch_kernel::reconcile::reconcile;
 use dispatch_kernel::store::{Details, History, MetaUpdate};
@@ -37,11 +37,6 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 256;
-
-/// Longest the writer waits for the writers it expects before committing
-/// what it has (see `Writer::run`). Only spent while many writes arrive
-/// at once; a lone write commits at once.
-const GATHER: Duration = Duration::from_micros(200);
 
 /// Why a store operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -599,37 +594,19 @@ impl Writer {
     /// so batches grow with the number of concurrent writers. Answers the
     /// `Close` request, if that is what ended the loop.
     fn run(&mut self, rx: &mut mpsc::Receiver<Write>) -> Option<oneshot::Sender<()>> {
-        // How many writes the last transaction carried: that many writers
-        // are probably waiting to send their next one. Their replies have
-        // just woken them, so a short gather lets most of them land in the
-        // next transaction instead of the first few committing alone.
-        let mut expected = 1;
         while let Some(first) = rx.blocking_recv() {
             let mut batch = Vec::new();
             let mut close = None;
             let mut next = Some(first);
-            let deadline = Instant::now() + GATHER;
             while let Some(w) = next.take() {
                 match w {
                     Write::Close { done } => close = Some(done),
                     w => batch.push(w),
                 }
-                if close.is_some() || batch.len() >= MAX_BATCH {
-                    break;
+                if close.is_none() && batch.len() < MAX_BATCH {
+                    next = rx.try_recv().ok();
                 }
-                next = loop {
-                    match rx.try_recv() {
-                        Ok(w) => break Some(w),
-                        Err(mpsc::error::TryRecvError::Empty)
-                            if batch.len() < expected && Instant::now() < deadline =>
-                        {
-                            std::thread::yield_now();
-                        }
-                        Err(_) => break None,
-                    }
-                };
             }
-            expected = batch.len().max(1);
             if !batch.is_empty() {
                 self.commit_batch(batch);
             }
