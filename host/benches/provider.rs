@@ -11,14 +11,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 #[path = "../../tests/mock_openai.rs"]
 mod mock;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use dispatch_host::config::Plan;
-use dispatch_host::supervisor::{Settings, State, Supervisor};
 use dispatch_host::turn::{resolve, BusCaller};
 use dispatch_kernel::provider::{Provider, ProviderEvent, ProviderOptions, StepRequest};
 use dispatch_kernel::remote::RemoteProvider;
@@ -83,26 +83,19 @@ fn main() {
     let server = MockServer::start((0..2 * ROUNDS + 2).map(|_| reply()).collect());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("plugins.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[host]\nplugin_dir = {:?}\ndata_dir = \"data\"\n\
-             [[plugin]]\npath = \"libdispatch_plugin_models.so\"\n\
-             [[plugin]]\npath = \"libdispatch_plugin_provider_openai.so\"\n\
-             [[plugin.config.credentials]]\nname = \"bench\"\nbase_url = {:?}\nmodels = [\"m\"]\n",
-            release.display().to_string(),
-            server.base_url()
-        ),
-    )
-    .unwrap();
-    let settings = Settings {
-        activate_timeout: Duration::from_secs(30),
-        deactivate_timeout: Duration::from_secs(5),
-        log_filter: "warn".into(),
-    };
-    let sup = rt.block_on(Supervisor::start(Plan::load(&cfg).unwrap(), settings));
-    assert!(sup.reports_snapshot().iter().all(|r| r.state == State::Active));
+    let credentials = format!(
+        "[[plugin.config.credentials]]\nname = \"bench\"\nbase_url = {:?}\nmodels = [\"m\"]",
+        server.base_url()
+    );
+    let sup = common::start_with(
+        &rt,
+        dir.path(),
+        &release,
+        &[
+            ("libdispatch_plugin_models.so".into(), ""),
+            ("libdispatch_plugin_provider_openai.so".into(), &credentials),
+        ],
+    );
     let caller = Arc::new(BusCaller(sup.shared()));
     let resolved = rt.block_on(resolve(&caller, Some("bench/m".into()))).unwrap();
     let provider = RemoteProvider::new(Arc::clone(&caller), &resolved, None);

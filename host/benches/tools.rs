@@ -9,11 +9,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod common;
 
-use dispatch_host::config::Plan;
-use dispatch_host::supervisor::{Settings, State, Supervisor};
+use std::sync::Arc;
+use std::time::Instant;
+
 use dispatch_host::turn::BusCaller;
 use dispatch_kernel::runtime::AbortSignal;
 use dispatch_kernel::tool::{Tool, ToolContext};
@@ -49,24 +49,15 @@ fn main() {
     std::fs::create_dir(&work).unwrap();
     let text: String = (1..=200).map(|i| format!("fn line_{i}() {{ println!(\"{i}\"); }}\n")).collect();
     std::fs::write(work.join("src.rs"), &text).unwrap();
-    let cfg = dir.path().join("plugins.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[host]\nplugin_dir = {:?}\ndata_dir = \"data\"\n\
-             [[plugin]]\npath = \"libdispatch_plugin_tool_read_file.so\"\n\
-             [[plugin]]\npath = \"libdispatch_plugin_tool_shell.so\"\n",
-            release.display().to_string()
-        ),
-    )
-    .unwrap();
-    let settings = Settings {
-        activate_timeout: Duration::from_secs(30),
-        deactivate_timeout: Duration::from_secs(5),
-        log_filter: "warn".into(),
-    };
-    let sup = rt.block_on(Supervisor::start(Plan::load(&cfg).unwrap(), settings));
-    assert!(sup.reports_snapshot().iter().all(|r| r.state == State::Active));
+    let sup = common::start_with(
+        &rt,
+        dir.path(),
+        &release,
+        &[
+            ("libdispatch_plugin_tool_read_file.so".into(), ""),
+            ("libdispatch_plugin_tool_shell.so".into(), ""),
+        ],
+    );
     let caller = Arc::new(BusCaller(sup.shared()));
     let remote_read = rt.block_on(RemoteTool::connect(Arc::clone(&caller), "tool.read_file", None)).unwrap();
     let remote_shell = rt.block_on(RemoteTool::connect(Arc::clone(&caller), "tool.run_shell", None)).unwrap();
@@ -97,7 +88,7 @@ fn main() {
         let (a, b) = (median(a), median(b));
         println!("{name}:");
         println!("  in process:        {a:>9.1} µs");
-        println!("  through the host:  {b:>9.1} µs  (+{:.1} µs, {:.2}x)", b - a, b / a);
+        println!("  through the host:  {b:>9.1} µs  ({:+.1} µs, {:.2}x)", b - a, b / a);
     }
     rt.block_on(sup.shutdown());
 }

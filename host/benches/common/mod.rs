@@ -81,12 +81,26 @@ pub fn many_copies(dir: &Path, n: usize) -> Vec<String> {
         .collect()
 }
 
+/// Start the host on `plugins` (file, `[plugin.config]`-level TOML) copied
+/// into or living in `dir`.
 pub fn start(rt: &tokio::runtime::Runtime, dir: &Path, plugins: &[(String, &str)]) -> Supervisor {
-    let mut toml = format!("[host]\nplugin_dir = {:?}\ndata_dir = \"data\"\n", dir.display().to_string());
+    start_with(rt, dir, dir, plugins)
+}
+
+/// Start the host with its `plugins.toml` in `config_dir` and the
+/// libraries read from `plugin_dir`; every plugin must come up active.
+pub fn start_with(
+    rt: &tokio::runtime::Runtime,
+    config_dir: &Path,
+    plugin_dir: &Path,
+    plugins: &[(String, &str)],
+) -> Supervisor {
+    let mut toml =
+        format!("[host]\nplugin_dir = {:?}\ndata_dir = \"data\"\n", plugin_dir.display().to_string());
     for (file, config) in plugins {
         toml.push_str(&format!("[[plugin]]\npath = {file:?}\n{config}\n"));
     }
-    let cfg = dir.join("plugins.toml");
+    let cfg = config_dir.join("plugins.toml");
     std::fs::write(&cfg, toml).unwrap();
     let plan = Plan::load(&cfg).unwrap();
     let settings = Settings {
