@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::process_table::{assert_no_process_with, processes_with};
 use crate::providers::{turn, types};
 use crate::support::*;
 
@@ -190,23 +191,4 @@ fn ctrl_c_during_a_shell_command_aborts_the_turn_and_kills_the_process_group() {
     assert_eq!(result["isError"], true);
     assert_eq!(status.code(), Some(0));
     assert_no_process_with(&marker);
-}
-
-/// Processes whose command line contains `marker`.
-fn processes_with(marker: &str) -> Vec<String> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains(marker))
-        .collect()
-}
-
-fn assert_no_process_with(marker: &str) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !processes_with(marker).is_empty() {
-        assert!(Instant::now() < deadline, "left behind: {:?}", processes_with(marker));
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }

@@ -8,6 +8,7 @@ use dispatch_kernel::wire::OutputStream;
 use dispatch_tools::shell::{Config, Shell};
 use serde_json::json;
 
+use crate::process_table::{assert_no_process_with, processes_with};
 use crate::support::*;
 
 /// A marker only this test's processes carry, to find them in /proc.

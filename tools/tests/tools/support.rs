@@ -39,34 +39,3 @@ pub fn content(r: Result<ToolOutput, ToolError>) -> String {
     assert!(!o.is_error, "{}", o.content);
     o.content
 }
-
-/// Processes whose command line contains `marker` (from /proc).
-pub fn processes_with(marker: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        if !entry.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()) {
-            continue;
-        }
-        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) {
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains(marker) {
-                found.push(format!("{}: {cmd}", entry.file_name().to_string_lossy()));
-            }
-        }
-    }
-    found
-}
-
-/// Wait (bounded) until no process carries `marker`; the kernel may take
-/// a moment to reap SIGKILLed orphans.
-pub fn assert_no_process_with(marker: &str) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let left = processes_with(marker);
-        if left.is_empty() {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "processes left behind: {left:?}");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-}
