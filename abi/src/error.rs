@@ -19,6 +19,11 @@ pub mod codes {
     pub const PANIC: &str = "panic";
     /// The host is shutting down or the callee went away.
     pub const UNAVAILABLE: &str = "unavailable";
+    /// The request is well-formed but this provider does not support it.
+    pub const UNSUPPORTED: &str = "unsupported";
+    /// The request conflicts with one in progress (a second reader of a
+    /// stream that is already being read).
+    pub const CONFLICT: &str = "conflict";
     /// Anything else a plugin reports.
     pub const PLUGIN: &str = "plugin";
 }

@@ -274,6 +274,9 @@ pub type PluginInstanceBox = PluginInstance_TO<'static, RBox<()>>;
 #[derive(StableAbi)]
 #[sabi(kind(Prefix(prefix_ref = PluginModRef)))]
 #[sabi(missing_field(panic))]
+// Two function pointers; a Debug impl would add nothing, and the layout is
+// frozen, so leave the derives alone.
+#[allow(missing_debug_implementations)]
 pub struct PluginMod {
     /// The plugin's manifest. Must be cheap and side-effect free.
     pub manifest: extern "C" fn() -> RResult<Manifest, AbiError>,

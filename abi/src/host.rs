@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RResult, RStr, RVec};
@@ -52,14 +53,14 @@ pub enum HookResult<T> {
 /// What a payload is, for error messages. Rendered only on error: the
 /// success path of a call must not allocate a message it never shows.
 #[derive(Clone, Copy)]
-enum What {
-    Request(&'static str),
-    Response(&'static str),
-    Event(&'static str),
-    Hook(&'static str),
+enum What<'a> {
+    Request(&'a str),
+    Response(&'a str),
+    Event(&'a str),
+    Hook(&'a str),
 }
 
-impl std::fmt::Display for What {
+impl std::fmt::Display for What<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             What::Request(n) => write!(f, "request for service `{n}`"),
@@ -148,6 +149,12 @@ where
     }
 }
 
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host").field("plugin_id", &self.plugin_id()).finish_non_exhaustive()
+    }
+}
+
 impl Host {
     /// Wrap the raw handle the host passed to `activate`.
     pub fn from_abi(api: HostApiBox) -> Self {
@@ -181,19 +188,23 @@ impl Host {
         F: Fn(Req) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Resp, Error>> + Send + 'static,
     {
-        let name = key.name();
+        let name: Arc<str> = key.name().into();
         let wrapped = move |request: RVec<u8>| -> BytesFuture {
             contain_call(|| {
-                let parsed = decode::<Req>(What::Request(name), &request);
+                let parsed = decode::<Req>(What::Request(&name), &request);
                 let fut = parsed.map(&handler);
+                let name = Arc::clone(&name);
                 async move {
                     let resp = fut?.await?;
-                    encode(What::Response(name), &resp)
+                    encode(What::Response(&name), &resp)
                 }
             })
         };
         let obj = ServiceHandler_TO::from_value(ServiceFn(wrapped), TD_Opaque);
-        self.api.provide_service(RStr::from(name), key.version(), obj).into_result().map_err(Error::from)
+        self.api
+            .provide_service(RStr::from(key.name()), key.version(), obj)
+            .into_result()
+            .map_err(Error::from)
     }
 
     /// Become the provider of `key`, answering synchronously. The cheapest
@@ -230,9 +241,11 @@ impl Host {
         let name = key.name();
         let fut = encode(What::Request(name), request)
             .map(|bytes| self.api.call_service(RStr::from(name), key.version(), bytes));
+        // Only an error message needs the name past this point.
+        let name = key.name_cow();
         async move {
             let bytes = fut?.await.into_result()?;
-            decode(What::Response(name), &bytes)
+            decode(What::Response(&name), &bytes)
         }
     }
 
@@ -257,15 +270,15 @@ impl Host {
         F: Fn(T) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), Error>> + Send + 'static,
     {
-        let name = key.name();
+        let name: Arc<str> = key.name().into();
         let wrapped = move |payload: RVec<u8>| {
             contain_call(|| {
-                let fut = decode::<T>(What::Event(name), &payload).map(&handler);
+                let fut = decode::<T>(What::Event(&name), &payload).map(&handler);
                 async move { fut?.await }
             })
         };
         let obj = EventHandler_TO::from_value(EventFn(wrapped), TD_Opaque);
-        self.api.subscribe(RStr::from(name), key.version(), obj).into_result().map_err(Error::from)
+        self.api.subscribe(RStr::from(key.name()), key.version(), obj).into_result().map_err(Error::from)
     }
 
     /// Subscribe to `key` with a synchronous handler.
@@ -291,13 +304,14 @@ impl Host {
         F: Fn(T) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<T, Error>> + Send + 'static,
     {
-        let name = key.name();
+        let name: Arc<str> = key.name().into();
         let wrapped = move |value: RVec<u8>| {
             contain_call(|| {
-                let fut = decode::<T>(What::Hook(name), &value).map(&filter);
+                let fut = decode::<T>(What::Hook(&name), &value).map(&filter);
+                let name = Arc::clone(&name);
                 async move {
                     let out = fut?.await?;
-                    encode(What::Hook(name), &out).map(HookReply::Continue)
+                    encode(What::Hook(&name), &out).map(HookReply::Continue)
                 }
             })
         };
@@ -312,10 +326,10 @@ impl Host {
         F: Fn(T) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Verdict, Error>> + Send + 'static,
     {
-        let name = key.name();
+        let name: Arc<str> = key.name().into();
         let wrapped = move |value: RVec<u8>| {
             contain_call(|| {
-                let fut = decode::<T>(What::Hook(name), &value).map(&guard);
+                let fut = decode::<T>(What::Hook(&name), &value).map(&guard);
                 async move {
                     Ok(match fut?.await? {
                         // The chain keeps the value it already has; no need
@@ -352,9 +366,10 @@ impl Host {
         let name = key.name();
         let fut = encode(What::Hook(name), value)
             .map(|bytes| self.api.run_hook(RStr::from(name), key.version(), key.policy(), bytes));
+        let name = key.name_cow();
         async move {
             match fut?.await.into_result()? {
-                HookOutcome::Continue(bytes) => decode(What::Hook(name), &bytes).map(HookResult::Continue),
+                HookOutcome::Continue(bytes) => decode(What::Hook(&name), &bytes).map(HookResult::Continue),
                 HookOutcome::Vetoed { plugin, reason } => {
                     Ok(HookResult::Vetoed { plugin: plugin.into_string(), reason: reason.into_string() })
                 }

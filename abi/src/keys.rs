@@ -1,11 +1,17 @@
 //! Typed keys for the bus.
 //!
 //! A key is declared once, by the plugin that owns the name, and shared with
-//! the plugins that use it (as a constant in a small crate, or copied with
-//! its request/response types). It carries the name and the schema version,
-//! so a plugin built against another version gets a `version_mismatch` error
+//! the plugins that use it (the bundled plugins' keys are in
+//! `dispatch-contracts`). It carries the name and the schema version, so a
+//! plugin built against another version gets a `version_mismatch` error
 //! when it binds instead of a silently misread value.
+//!
+//! Most names are known at compile time (`Service::new("store", 1)`, a
+//! `const`); a name known only at run time — a provider service chosen by
+//! configuration, `tool.<name>` for a tool named by its author — is an owned
+//! key (`Service::named(name, 1)`), with no leaked memory.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
 
@@ -13,34 +19,42 @@ use crate::ffi::FailurePolicy;
 
 /// A request/response service with exactly one provider.
 pub struct Service<Req, Resp> {
-    name: &'static str,
+    name: Cow<'static, str>,
     version: u32,
     _types: PhantomData<fn(Req) -> Resp>,
 }
 
 /// A fire-and-forget event with any number of subscribers.
 pub struct Event<T> {
-    name: &'static str,
+    name: Cow<'static, str>,
     version: u32,
     _types: PhantomData<fn(T)>,
 }
 
 /// An ordered chain of filters and guards over a value of type `T`.
 pub struct Hook<T> {
-    name: &'static str,
+    name: Cow<'static, str>,
     version: u32,
     policy: FailurePolicy,
     _types: PhantomData<fn(T) -> T>,
 }
 
 impl<Req, Resp> Service<Req, Resp> {
-    /// Declare a service key.
+    /// Declare a service key (usable in a `const`).
     pub const fn new(name: &'static str, version: u32) -> Self {
-        Self { name, version, _types: PhantomData }
+        Self { name: Cow::Borrowed(name), version, _types: PhantomData }
+    }
+    /// A service key whose name is known only at run time.
+    pub fn named(name: impl Into<String>, version: u32) -> Self {
+        Self { name: Cow::Owned(name.into()), version, _types: PhantomData }
     }
     /// The bus name.
-    pub const fn name(&self) -> &'static str {
-        self.name
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The name for a future to keep (free for `const` keys).
+    pub(crate) fn name_cow(&self) -> Cow<'static, str> {
+        self.name.clone()
     }
     /// The schema version.
     pub const fn version(&self) -> u32 {
@@ -49,13 +63,17 @@ impl<Req, Resp> Service<Req, Resp> {
 }
 
 impl<T> Event<T> {
-    /// Declare an event key.
+    /// Declare an event key (usable in a `const`).
     pub const fn new(name: &'static str, version: u32) -> Self {
-        Self { name, version, _types: PhantomData }
+        Self { name: Cow::Borrowed(name), version, _types: PhantomData }
+    }
+    /// An event key whose name is known only at run time.
+    pub fn named(name: impl Into<String>, version: u32) -> Self {
+        Self { name: Cow::Owned(name.into()), version, _types: PhantomData }
     }
     /// The bus name.
-    pub const fn name(&self) -> &'static str {
-        self.name
+    pub fn name(&self) -> &str {
+        &self.name
     }
     /// The schema version.
     pub const fn version(&self) -> u32 {
@@ -66,16 +84,25 @@ impl<T> Event<T> {
 impl<T> Hook<T> {
     /// Declare a fail-open hook key: a failing handler is logged and skipped.
     pub const fn new(name: &'static str, version: u32) -> Self {
-        Self { name, version, policy: FailurePolicy::Open, _types: PhantomData }
+        Self { name: Cow::Borrowed(name), version, policy: FailurePolicy::Open, _types: PhantomData }
+    }
+    /// A fail-open hook key whose name is known only at run time.
+    pub fn named(name: impl Into<String>, version: u32) -> Self {
+        Self { name: Cow::Owned(name.into()), version, policy: FailurePolicy::Open, _types: PhantomData }
     }
     /// Make the hook fail-closed: a failing filter fails the run and a
     /// failing guard counts as a veto. For security-relevant chains.
-    pub const fn fail_closed(self) -> Self {
-        Self { policy: FailurePolicy::Closed, ..self }
+    pub const fn fail_closed(mut self) -> Self {
+        self.policy = FailurePolicy::Closed;
+        self
     }
     /// The bus name.
-    pub const fn name(&self) -> &'static str {
-        self.name
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The name for a future to keep (free for `const` keys).
+    pub(crate) fn name_cow(&self) -> Cow<'static, str> {
+        self.name.clone()
     }
     /// The schema version.
     pub const fn version(&self) -> u32 {
@@ -89,12 +116,13 @@ impl<T> Hook<T> {
 
 macro_rules! key_traits {
     ($ty:ident < $($p:ident),* >, $label:literal) => {
+        // Manual impls: derives would require the payload types to be
+        // `Clone`/`Debug` too.
         impl<$($p),*> Clone for $ty<$($p),*> {
             fn clone(&self) -> Self {
-                *self
+                Self { name: self.name.clone(), ..*self }
             }
         }
-        impl<$($p),*> Copy for $ty<$($p),*> {}
         impl<$($p),*> fmt::Debug for $ty<$($p),*> {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 write!(f, concat!($label, "({}@{})"), self.name, self.version)

@@ -62,7 +62,7 @@
 //! * Do not set a `#[global_allocator]`, and never pass std or tokio types
 //!   through [`ffi`] yourself.
 
-#![warn(missing_docs)]
+#![warn(missing_docs, missing_debug_implementations)]
 
 pub mod error;
 pub mod ffi;

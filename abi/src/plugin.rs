@@ -81,6 +81,7 @@ impl PluginManifest {
 }
 
 /// What `activate` receives: the host handle and the plugin's config.
+#[derive(Debug)]
 pub struct Context {
     host: Host,
     config: serde_json::Value,

@@ -15,6 +15,7 @@ use futures::channel::oneshot;
 use crate::error::{codes, Error};
 
 /// A multi-thread tokio runtime with named worker threads.
+#[derive(Debug)]
 pub struct PluginRuntime {
     runtime: Option<tokio::runtime::Runtime>,
     runner: Runner,
@@ -22,7 +23,7 @@ pub struct PluginRuntime {
 
 /// A cheap, cloneable handle that runs futures on a [`PluginRuntime`]; move
 /// clones into service handlers.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Runner {
     handle: tokio::runtime::Handle,
     name: String,
@@ -71,6 +72,17 @@ impl PluginRuntime {
 }
 
 impl Runner {
+    /// Start `fut` on the plugin's runtime and let it run to its end,
+    /// detached: fire-and-forget work (a model stream's producer, a tool
+    /// call, a refresh). A panic is logged by the plugin's panic hook; after
+    /// [`PluginRuntime::shutdown`] the future is dropped unstarted.
+    pub fn spawn<F>(&self, fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        drop(self.handle.spawn(fut));
+    }
+
     /// Spawn `fut` on the plugin's runtime and return a future, safe to poll
     /// from any runtime (or none), that resolves to its output. A panic in
     /// `fut` becomes an error with code `panic`.

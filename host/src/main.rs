@@ -195,7 +195,7 @@ async fn call(sup: &Supervisor, args: &[String]) -> anyhow::Result<ExitCode> {
         let answer = caller
             .call(name, version, bytes)
             .await
-            .map_err(|(code, message)| serde_json::json!({"error": message, "code": code}));
+            .map_err(|e| serde_json::json!({"error": e.message, "code": e.code}));
         match answer {
             Ok(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
                 Ok(v) => println!("{v}"),

@@ -11,90 +11,17 @@ use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RResult, RString, RVec};
 use async_ffi::FutureExt as _;
 use dispatch_abi::ffi::{BytesFuture, PluginInstanceBox, PluginModRef, ServiceHandler, ServiceHandler_TO};
+pub use dispatch_contracts::plugins::{PluginList, PluginReport, Provided, State, HOST_ID};
+use dispatch_contracts::plugins::{PLUGINS, PLUGIN_STATE};
 use dispatch_kernel::graph::{self, GraphError, Node};
-use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::config::Plan;
 use crate::hostapi::{HostBus, PluginHost, Shared};
 use crate::loader;
 
-/// The id under which the host itself provides services and publishes events.
-pub const HOST_ID: &str = "dispatch";
-
-/// Host service: the plugin reports (`{"plugins": [PluginReport]}`).
-pub const PLUGINS_SERVICE: (&str, u32) = ("dispatch.plugins", 1);
-/// Host event: a plugin changed state (`PluginReport`).
-pub const PLUGIN_STATE_EVENT: (&str, u32) = ("dispatch.plugin-state", 1);
-
 /// How long start-up waits for lifecycle events to be delivered.
 const SETTLE_LIMIT: Duration = Duration::from_secs(2);
-
-/// Where a plugin stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    /// Not yet activated.
-    Pending,
-    /// Activated and running.
-    Active,
-    /// Could not be loaded or activated.
-    Failed,
-    /// Not activated because a dependency is not active.
-    Skipped,
-    /// Deactivated during shutdown.
-    Stopped,
-}
-
-impl State {
-    /// Lower-case name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Pending => "pending",
-            State::Active => "active",
-            State::Failed => "failed",
-            State::Skipped => "skipped",
-            State::Stopped => "stopped",
-        }
-    }
-}
-
-/// One declared contribution.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Provided {
-    /// `service`, `tool`, …
-    pub kind: String,
-    /// The name.
-    pub name: String,
-}
-
-/// What happened to one configured plugin.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PluginReport {
-    /// The manifest id, or the file stem when the manifest could not be read.
-    pub id: String,
-    /// The manifest version.
-    pub version: Option<String>,
-    /// The library file.
-    pub file: String,
-    /// 1-based position in the activation order.
-    pub order: Option<usize>,
-    /// The state.
-    pub state: State,
-    /// Why it failed or was skipped.
-    pub error: Option<String>,
-    /// As configured.
-    pub required: bool,
-    /// From the manifest.
-    pub description: String,
-    /// From the manifest.
-    pub depends_on: Vec<String>,
-    /// From the manifest.
-    pub provides: Vec<Provided>,
-    /// How long `activate` took.
-    pub activate_ms: Option<f64>,
-}
 
 /// Timeouts and paths the supervisor needs.
 #[derive(Debug, Clone)]
@@ -120,7 +47,7 @@ struct PluginsService(Arc<Mutex<Vec<PluginReport>>>);
 impl ServiceHandler for PluginsService {
     fn call(&self, _request: RVec<u8>) -> BytesFuture {
         let reports = self.0.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        let body = serde_json::to_vec(&serde_json::json!({ "plugins": reports })).unwrap_or_default();
+        let body = serde_json::to_vec(&PluginList { plugins: reports }).unwrap_or_default();
         std::future::ready(RResult::ROk(RVec::from(body))).into_ffi()
     }
 }
@@ -148,7 +75,7 @@ impl Supervisor {
         let reports = Arc::new(Mutex::new(Vec::new()));
         let host_service = ServiceHandler_TO::from_value(PluginsService(Arc::clone(&reports)), TD_Opaque);
         // The bus is empty: the host's own name cannot be taken yet.
-        let _ = shared.bus.provide(HOST_ID, PLUGINS_SERVICE.0, PLUGINS_SERVICE.1, host_service);
+        let _ = shared.bus.provide(HOST_ID, PLUGINS.name(), PLUGINS.version(), host_service);
 
         let mut sup = Supervisor { shared, shutdown_tx, reports, active: Vec::new(), settings };
         sup.run(plan).await;
@@ -340,7 +267,7 @@ impl Supervisor {
     fn publish_state(&self, i: usize) {
         let report = self.reports()[i].clone();
         if let Ok(bytes) = serde_json::to_vec(&report) {
-            let _ = self.shared.bus.publish(HOST_ID, PLUGIN_STATE_EVENT.0, PLUGIN_STATE_EVENT.1, bytes);
+            let _ = self.shared.bus.publish(HOST_ID, PLUGIN_STATE.name(), PLUGIN_STATE.version(), bytes);
         }
     }
 

@@ -8,9 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use abi_stable::std_types::RVec;
+use dispatch_contracts::catalog::{CatalogRequest, CATALOG};
 use dispatch_kernel::bus::{BoxFuture, Spawner};
+use dispatch_kernel::protocol::CallError;
 use dispatch_kernel::provider::ProviderOptions;
-use dispatch_kernel::remote::{CatalogRequest, RemoteProvider, Resolved, ServiceCaller, CATALOG_SERVICE};
+use dispatch_kernel::remote::{RemoteProvider, Resolved, ServiceCaller};
 use dispatch_kernel::runtime::{AbortSignal, Clock, RetryPolicy, Sleep};
 use dispatch_kernel::tool::Tool;
 use dispatch_kernel::toolbus::{RemoteTool, TOOL_PREFIX};
@@ -23,12 +25,7 @@ use crate::hostapi::{bus_error, Shared};
 pub struct BusCaller(pub Arc<Shared>);
 
 impl ServiceCaller for BusCaller {
-    fn call(
-        &self,
-        name: &str,
-        version: u32,
-        request: Vec<u8>,
-    ) -> BoxFuture<Result<Vec<u8>, (String, String)>> {
+    fn call(&self, name: &str, version: u32, request: Vec<u8>) -> BoxFuture<Result<Vec<u8>, CallError>> {
         match self.0.bus.service(name, version) {
             Ok(handler) => {
                 let fut = handler.call(RVec::from(request));
@@ -36,12 +33,15 @@ impl ServiceCaller for BusCaller {
                     fut.await
                         .into_result()
                         .map(|b| b.to_vec())
-                        .map_err(|e| (e.code.into_string(), e.message.into_string()))
+                        .map_err(|e| CallError::new(e.code.into_string(), e.message.into_string()))
                 })
             }
             Err(e) => {
                 let e = bus_error(e);
-                Box::pin(std::future::ready(Err((e.code.into_string(), e.message.into_string()))))
+                Box::pin(std::future::ready(Err(CallError::new(
+                    e.code.into_string(),
+                    e.message.into_string(),
+                ))))
             }
         }
     }
@@ -70,9 +70,9 @@ pub struct TurnError(pub String);
 pub async fn resolve(caller: &BusCaller, model: Option<String>) -> Result<Resolved, TurnError> {
     let req = serde_json::to_vec(&CatalogRequest::Resolve { model }).map_err(|e| TurnError(e.to_string()))?;
     let bytes = caller
-        .call(CATALOG_SERVICE.0, CATALOG_SERVICE.1, req)
+        .call(CATALOG.name(), CATALOG.version(), req)
         .await
-        .map_err(|(code, msg)| TurnError(format!("cannot resolve the model ({code}): {msg}")))?;
+        .map_err(|e| TurnError(format!("cannot resolve the model ({}): {}", e.code, e.message)))?;
     serde_json::from_slice(&bytes).map_err(|e| TurnError(format!("the catalog answered invalid JSON: {e}")))
 }
 

@@ -10,7 +10,6 @@
 
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use futures::channel::mpsc;
@@ -19,11 +18,7 @@ use futures::StreamExt as _;
 // non-keyed hash is safe here and is most of a ready call's lookup cost.
 use rustc_hash::FxHashMap as HashMap;
 
-/// A boxed, sendable future.
-pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-
-/// Starts a background task (the host passes its runtime's `spawn`).
-pub type Spawner = Arc<dyn Fn(BoxFuture<()>) + Send + Sync>;
+pub use dispatch_protocol::{BoxFuture, Spawner};
 
 /// What kind of bus name an error is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

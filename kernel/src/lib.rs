@@ -6,10 +6,13 @@
 //!   [`provider::Provider`] and [`tool::Tool`] contracts, with injected
 //!   [`runtime::Clock`], [`runtime::Sleep`] and [`runtime::AbortSignal`];
 //! * [`reconcile`] — repairing dangling tool calls in history;
-//! * [`wire`] — the client-facing JSON types (chunks, events, metrics);
+//! * [`wire`] — the client-facing JSON types (chunks, events, metrics),
+//!   re-exported from `dispatch-protocol`, where every contract type lives;
+//! * [`remote`], [`toolbus`] — the turn's side of the provider and tool
+//!   protocols: kernel [`provider::Provider`]s and [`tool::Tool`]s that
+//!   speak to plugins over any bus;
 //! * [`bus`] — the service/event/hook bus that connects plugins;
-//! * [`graph`] — the plugin dependency graph;
-//! * [`surface`] — surface types shared by first-party plugins.
+//! * [`graph`] — the plugin dependency graph.
 //!
 //! Everything here is unit-tested with fakes in microseconds.
 
@@ -18,15 +21,14 @@
 pub mod bus;
 pub mod graph;
 pub mod provider;
-pub mod reconcile;
 pub mod remote;
 pub mod runtime;
-pub mod store;
-pub mod surface;
 pub mod tool;
 pub mod toolbus;
 pub mod turn;
-pub mod wire;
+
+pub use dispatch_protocol as protocol;
+pub use dispatch_protocol::{reconcile, wire};
 
 #[cfg(test)]
 mod bus_tests;

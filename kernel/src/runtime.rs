@@ -2,14 +2,10 @@
 //! never touches a real clock, a timer or a runtime: [`Clock`], [`Sleep`],
 //! and the [`AbortSignal`] that cancels a turn.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use crate::bus::BoxFuture;
+pub use dispatch_protocol::abort::{AbortSignal, Aborted};
+use dispatch_protocol::BoxFuture;
 
 /// Milliseconds since some fixed point (for durations only).
 pub trait Clock: Send + Sync {
@@ -22,71 +18,6 @@ pub trait Clock: Send + Sync {
 pub trait Sleep: Send + Sync {
     /// Resolve after `duration`.
     fn sleep(&self, duration: Duration) -> BoxFuture<()>;
-}
-
-#[derive(Default)]
-struct AbortState {
-    aborted: AtomicBool,
-    wakers: Mutex<Vec<Waker>>,
-}
-
-/// Cancels a turn. Cheap to clone; every clone sees the same state. Works
-/// with any executor (no timers, no runtime).
-#[derive(Clone, Default)]
-pub struct AbortSignal(Arc<AbortState>);
-
-impl std::fmt::Debug for AbortSignal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "AbortSignal(aborted: {})", self.is_aborted())
-    }
-}
-
-impl AbortSignal {
-    /// A signal that has not fired.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Fire: everything waiting on [`AbortSignal::aborted`] wakes.
-    pub fn abort(&self) {
-        self.0.aborted.store(true, Ordering::SeqCst);
-        let wakers = std::mem::take(&mut *self.0.wakers.lock().unwrap_or_else(PoisonError::into_inner));
-        for w in wakers {
-            w.wake();
-        }
-    }
-
-    /// Whether it has fired.
-    pub fn is_aborted(&self) -> bool {
-        self.0.aborted.load(Ordering::SeqCst)
-    }
-
-    /// Resolves once the signal fires.
-    pub fn aborted(&self) -> Aborted {
-        Aborted(self.clone())
-    }
-}
-
-/// The future of [`AbortSignal::aborted`].
-pub struct Aborted(AbortSignal);
-
-impl Future for Aborted {
-    type Output = ();
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0.is_aborted() {
-            return Poll::Ready(());
-        }
-        let mut wakers = self.0 .0.wakers.lock().unwrap_or_else(PoisonError::into_inner);
-        // Re-check under the lock: `abort` takes the list after setting the
-        // flag, so either we see the flag or it sees our waker.
-        if self.0.is_aborted() {
-            return Poll::Ready(());
-        }
-        if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
-            wakers.push(cx.waker().clone());
-        }
-        Poll::Pending
-    }
 }
 
 /// The retry schedule for retryable provider errors.
@@ -151,16 +82,5 @@ mod tests {
         assert_eq!(p.delay_for(2, None, Duration::ZERO), None, "schedule exhausted");
         assert_eq!(p.delay_for(1, None, Duration::from_secs(9)), None, "budget exhausted");
         assert_eq!(RetryPolicy::none().delay_for(0, None, Duration::ZERO), None);
-    }
-
-    #[test]
-    fn abort_wakes_a_waiter() {
-        let signal = AbortSignal::new();
-        let s = signal.clone();
-        let t = std::thread::spawn(move || futures::executor::block_on(s.aborted()));
-        std::thread::sleep(Duration::from_millis(20));
-        signal.abort();
-        t.join().unwrap();
-        assert!(signal.is_aborted());
     }
 }

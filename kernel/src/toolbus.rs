@@ -14,306 +14,22 @@
 //! offers every such service to a turn, so an operator adds a tool by
 //! adding its `.so` and removes it by leaving it out.
 //!
-//! [`RunTable`] is the tool side (runtime-agnostic; the plugin spawns each
-//! run on its own runtime), [`RemoteTool`] the turn's side: a kernel
-//! [`Tool`] that speaks this protocol through any [`ServiceCaller`].
+//! [`RemoteTool`] is the turn's side: a kernel [`Tool`] that speaks this
+//! protocol through any [`ServiceCaller`]. The serving side is
+//! `dispatch_contracts::tool::serve`.
 
-use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
-use futures::channel::mpsc;
-use futures::FutureExt as _;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::bus::{BoxFuture, Spawner};
-use crate::remote::{next_ready, ServiceCaller};
-use crate::runtime::AbortSignal;
-use crate::tool::{OutputSink, Tool, ToolContext, ToolError, ToolOutput};
-use crate::wire::OutputStream;
+pub use dispatch_protocol::tool::{
+    describe, OutputPiece, RunBatch, RunResult, Started, ToolDescription, ToolRequest, PREFIX as TOOL_PREFIX,
+    VERSION as TOOL_VERSION,
+};
+use dispatch_protocol::{BoxFuture, CallError, Spawner};
 
-/// Schema version of every tool service.
-pub const TOOL_VERSION: u32 = 1;
-/// Services named `tool.<name>` are tools.
-pub const TOOL_PREFIX: &str = "tool.";
-
-/// Requests to a tool service.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase")]
-#[non_exhaustive]
-pub enum ToolRequest {
-    /// Describe the tool ([`ToolDescription`]).
-    Spec,
-    /// Begin a call ([`Started`]).
-    Start {
-        /// The model's call id.
-        call_id: String,
-        /// The conversation the call belongs to.
-        conversation_id: String,
-        /// The turn's working directory.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        cwd: Option<String>,
-        /// The model's input.
-        input: Value,
-    },
-    /// Output since the last `next`, and the result once there is one
-    /// ([`RunBatch`]).
-    Next {
-        /// From [`Started`].
-        run_id: u64,
-    },
-    /// Abort the call. Unknown ids are ignored.
-    Cancel {
-        /// From [`Started`].
-        run_id: u64,
-    },
-}
-
-/// What `spec` answers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ToolDescription {
-    /// The name the model calls it by.
-    pub name: String,
-    /// What it does, for the model.
-    pub description: String,
-    /// JSON Schema of its input.
-    pub input_schema: Value,
-    /// Whether calls may run in parallel with others.
-    #[serde(default)]
-    pub concurrency_safe: bool,
-}
-
-/// What `start` answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Started {
-    /// Names the run in `next` and `cancel`.
-    pub run_id: u64,
-}
-
-/// One piece of streamed output.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OutputPiece {
-    /// Which stream.
-    pub stream: OutputStream,
-    /// The text.
-    pub text: String,
-}
-
-/// How a call ended, as it travels.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "camelCase", rename_all_fields = "camelCase")]
-#[non_exhaustive]
-pub enum RunResult {
-    /// The tool answered (possibly an error the model should read).
-    Output {
-        /// What the model reads.
-        content: String,
-        /// Whether it is an error.
-        is_error: bool,
-    },
-    /// [`ToolError::InvalidInput`].
-    InvalidInput {
-        /// Why.
-        message: String,
-    },
-    /// [`ToolError::Failed`].
-    Failed {
-        /// Why.
-        message: String,
-    },
-}
-
-impl From<Result<ToolOutput, ToolError>> for RunResult {
-    fn from(r: Result<ToolOutput, ToolError>) -> Self {
-        match r {
-            Ok(o) => RunResult::Output { content: o.content, is_error: o.is_error },
-            Err(ToolError::InvalidInput(message)) => RunResult::InvalidInput { message },
-            Err(ToolError::Failed(message)) => RunResult::Failed { message },
-        }
-    }
-}
-
-impl From<RunResult> for Result<ToolOutput, ToolError> {
-    fn from(r: RunResult) -> Self {
-        match r {
-            RunResult::Output { content, is_error } => Ok(ToolOutput { content, is_error }),
-            RunResult::InvalidInput { message } => Err(ToolError::InvalidInput(message)),
-            RunResult::Failed { message } => Err(ToolError::Failed(message)),
-        }
-    }
-}
-
-/// What `next` answers.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RunBatch {
-    /// Output since the previous `next`, in order.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub output: Vec<OutputPiece>,
-    /// Present once: the call is over and its run forgotten.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<RunResult>,
-}
-
-enum Item {
-    Output(OutputPiece),
-    Result(RunResult),
-}
-
-struct Run {
-    rx: Option<mpsc::UnboundedReceiver<Item>>,
-    abort: AbortSignal,
-}
-
-/// The tool side of the protocol: the calls in progress, by run id.
-#[derive(Default)]
-pub struct RunTable {
-    next_id: std::sync::atomic::AtomicU64,
-    runs: Mutex<HashMap<u64, Run>>,
-}
-
-impl RunTable {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Run>> {
-        self.runs.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Begin a call of `tool`. Answers the run id and the future that runs
-    /// it, for the plugin to spawn on its runtime. A panic in the tool
-    /// becomes an error result; the call always ends with one result.
-    pub fn start(
-        &self,
-        tool: Arc<dyn Tool>,
-        call_id: String,
-        conversation_id: String,
-        cwd: Option<String>,
-        input: Value,
-    ) -> (u64, BoxFuture<()>) {
-        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        let (tx, rx) = mpsc::unbounded();
-        let abort = AbortSignal::new();
-        self.lock().insert(id, Run { rx: Some(rx), abort: abort.clone() });
-        let out = tx.clone();
-        let output: OutputSink = Arc::new(move |text: &str, stream| {
-            let _ = out.unbounded_send(Item::Output(OutputPiece { stream, text: text.to_owned() }));
-        });
-        let ctx = ToolContext {
-            tool_call_id: call_id,
-            conversation_id,
-            cwd: cwd.map(PathBuf::from),
-            abort,
-            output,
-        };
-        let name = tool.name().to_owned();
-        let fut = async move {
-            let started = std::panic::catch_unwind(AssertUnwindSafe(|| tool.execute(input, ctx)));
-            let result = match started {
-                Ok(f) => match AssertUnwindSafe(f).catch_unwind().await {
-                    Ok(r) => RunResult::from(r),
-                    Err(p) => panicked(&name, &*p),
-                },
-                Err(p) => panicked(&name, &*p),
-            };
-            let _ = tx.unbounded_send(Item::Result(result));
-        };
-        (id, Box::pin(fut))
-    }
-
-    /// Wait for output or the result of run `id` and answer all that is
-    /// ready. Unknown ids (cancelled, finished, never started) are an
-    /// error.
-    pub async fn next(&self, id: u64) -> Result<RunBatch, String> {
-        let mut rx = {
-            let mut runs = self.lock();
-            let run = runs.get_mut(&id).ok_or_else(|| format!("no run {id} (finished or cancelled)"))?;
-            run.rx.take().ok_or_else(|| format!("run {id} is already being read"))?
-        };
-        let (items, closed) = next_ready(&mut rx, |i| matches!(i, Item::Result(_))).await;
-        let mut batch = RunBatch::default();
-        for item in items {
-            match item {
-                Item::Output(piece) => batch.output.push(piece),
-                Item::Result(r) => batch.result = Some(r),
-            }
-        }
-        if closed && batch.result.is_none() {
-            // The run's future was dropped without a result (its runtime
-            // shut down under it).
-            batch.result = Some(RunResult::Failed { message: "the tool stopped without a result".into() });
-        }
-        let mut runs = self.lock();
-        if batch.result.is_some() {
-            runs.remove(&id);
-        } else if let Some(run) = runs.get_mut(&id) {
-            run.rx = Some(rx);
-        }
-        Ok(batch)
-    }
-
-    /// Abort run `id` and forget it.
-    pub fn cancel(&self, id: u64) {
-        if let Some(run) = self.lock().remove(&id) {
-            run.abort.abort();
-        }
-    }
-
-    /// Abort every run (deactivation).
-    pub fn cancel_all(&self) {
-        for (_, run) in self.lock().drain() {
-            run.abort.abort();
-        }
-    }
-
-    /// Runs in progress.
-    pub fn running(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Answer a request for `tool`. `spawn` starts a run's future on the
-    /// plugin's runtime.
-    pub async fn answer(
-        &self,
-        tool: &Arc<dyn Tool>,
-        req: ToolRequest,
-        spawn: impl FnOnce(BoxFuture<()>),
-    ) -> Result<Value, String> {
-        let json = |v: Result<Value, serde_json::Error>| v.map_err(|e| e.to_string());
-        match req {
-            ToolRequest::Spec => json(serde_json::to_value(describe(tool.as_ref()))),
-            ToolRequest::Start { call_id, conversation_id, cwd, input } => {
-                let (run_id, fut) = self.start(Arc::clone(tool), call_id, conversation_id, cwd, input);
-                spawn(fut);
-                json(serde_json::to_value(Started { run_id }))
-            }
-            ToolRequest::Next { run_id } => json(serde_json::to_value(self.next(run_id).await?)),
-            ToolRequest::Cancel { run_id } => {
-                self.cancel(run_id);
-                Ok(Value::Object(serde_json::Map::new()))
-            }
-        }
-    }
-}
-
-/// A tool's `spec` answer.
-pub fn describe(tool: &dyn Tool) -> ToolDescription {
-    ToolDescription {
-        name: tool.name().to_owned(),
-        description: tool.description().to_owned(),
-        input_schema: tool.input_schema(),
-        concurrency_safe: tool.concurrency_safe(),
-    }
-}
-
-fn panicked(name: &str, payload: &(dyn std::any::Any + Send)) -> RunResult {
-    let text = payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a non-string panic".into());
-    RunResult::Failed { message: format!("the `{name}` tool panicked: {text}") }
-}
+use crate::remote::ServiceCaller;
+use crate::tool::{Tool, ToolContext, ToolError, ToolOutput};
 
 /// A [`Tool`] served by a tool service on the bus.
 pub struct RemoteTool<C> {
@@ -329,10 +45,9 @@ async fn call<C: ServiceCaller, T: serde::de::DeserializeOwned>(
     req: &ToolRequest,
 ) -> Result<T, String> {
     let body = serde_json::to_vec(req).map_err(|e| e.to_string())?;
-    let bytes = caller
-        .call(service, TOOL_VERSION, body)
-        .await
-        .map_err(|(code, message)| format!("tool service `{service}` failed ({code}): {message}"))?;
+    let bytes = caller.call(service, TOOL_VERSION, body).await.map_err(|CallError { code, message }| {
+        format!("tool service `{service}` failed ({code}): {message}")
+    })?;
     serde_json::from_slice(&bytes).map_err(|e| format!("tool service `{service}` answered invalid JSON: {e}"))
 }
 
@@ -421,6 +136,11 @@ impl<C: ServiceCaller> Tool for RemoteTool<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::AbortSignal;
+    use crate::wire::OutputStream;
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+    use std::sync::Mutex;
 
     /// Echoes its input's `text` as output, then as the result.
     struct Echo;
@@ -441,9 +161,6 @@ mod tests {
         fn execute(&self, input: Value, ctx: ToolContext) -> BoxFuture<Result<ToolOutput, ToolError>> {
             Box::pin(async move {
                 let text = input["text"].as_str().ok_or_else(|| ToolError::InvalidInput("no text".into()))?;
-                if text == "panic" {
-                    panic!("asked to");
-                }
                 (ctx.output)(text, OutputStream::Stdout);
                 (ctx.output)("!", OutputStream::Stderr);
                 Ok(ToolOutput::ok(format!("{text} ({})", ctx.cwd.unwrap_or_default().display())))
@@ -451,33 +168,59 @@ mod tests {
         }
     }
 
-    /// Routes calls to an in-process `RunTable`, running runs inline.
+    /// A tool service that runs each call to its end at `start` and answers
+    /// everything at the first `next` (the serving side proper is
+    /// `dispatch_contracts::tool::serve`, tested against this client in
+    /// the host's tests).
+    #[derive(Default)]
     struct Local {
-        table: Arc<RunTable>,
-        tool: Arc<dyn Tool>,
+        runs: Mutex<HashMap<u64, RunBatch>>,
+        cancelled: Mutex<Vec<u64>>,
     }
 
     impl ServiceCaller for Local {
-        fn call(
-            &self,
-            name: &str,
-            version: u32,
-            request: Vec<u8>,
-        ) -> BoxFuture<Result<Vec<u8>, (String, String)>> {
+        fn call(&self, name: &str, version: u32, request: Vec<u8>) -> BoxFuture<Result<Vec<u8>, CallError>> {
             assert_eq!((name, version), ("tool.echo", TOOL_VERSION));
             let req: ToolRequest = serde_json::from_slice(&request).unwrap();
-            let table = Arc::clone(&self.table);
-            let tool = Arc::clone(&self.tool);
-            Box::pin(async move {
-                let mut spawned = None;
-                let answer = table.answer(&tool, req, |f| spawned = Some(f)).await;
-                // Runs are "spawned" by running them to the end at once:
-                // fine for tools that do not wait.
-                if let Some(f) = spawned {
-                    f.await;
+            let answer: Result<Value, CallError> = match req {
+                ToolRequest::Spec => Ok(serde_json::to_value(describe(&Echo)).unwrap()),
+                ToolRequest::Start { call_id, conversation_id, cwd, input } => {
+                    let output = Arc::new(Mutex::new(Vec::new()));
+                    let sink = Arc::clone(&output);
+                    let ctx = ToolContext {
+                        tool_call_id: call_id,
+                        conversation_id,
+                        cwd: cwd.map(PathBuf::from),
+                        abort: AbortSignal::new(),
+                        output: Arc::new(move |t: &str, s| {
+                            sink.lock().unwrap().push(OutputPiece { stream: s, text: t.to_owned() })
+                        }),
+                    };
+                    // Echo never waits; this runs inside the test's executor.
+                    let result = futures::FutureExt::now_or_never(Echo.execute(input, ctx)).unwrap();
+                    let batch = RunBatch {
+                        output: std::mem::take(&mut *output.lock().unwrap()),
+                        result: Some(result.into()),
+                    };
+                    let mut runs = self.runs.lock().unwrap();
+                    let run_id = runs.len() as u64 + 1;
+                    runs.insert(run_id, batch);
+                    Ok(serde_json::to_value(Started { run_id }).unwrap())
                 }
-                answer.map(|v| serde_json::to_vec(&v).unwrap()).map_err(|e| ("not-found".into(), e))
-            })
+                ToolRequest::Next { run_id } => self
+                    .runs
+                    .lock()
+                    .unwrap()
+                    .remove(&run_id)
+                    .map(|b| serde_json::to_value(b).unwrap())
+                    .ok_or_else(|| CallError::new("not_found", format!("no run {run_id}"))),
+                ToolRequest::Cancel { run_id } => {
+                    self.cancelled.lock().unwrap().push(run_id);
+                    Ok(Value::Null)
+                }
+                _ => Err(CallError::new("unsupported", "unknown op")),
+            };
+            Box::pin(std::future::ready(answer.map(|v| serde_json::to_vec(&v).unwrap())))
         }
     }
 
@@ -491,13 +234,9 @@ mod tests {
         }
     }
 
-    fn local() -> Arc<Local> {
-        Arc::new(Local { table: Arc::default(), tool: Arc::new(Echo) })
-    }
-
     #[test]
     fn remote_tool_streams_output_then_answers_the_result() {
-        let caller = local();
+        let caller = Arc::new(Local::default());
         let tool =
             futures::executor::block_on(RemoteTool::connect(Arc::clone(&caller), "tool.echo", None)).unwrap();
         assert_eq!((tool.name(), tool.concurrency_safe()), ("echo", true));
@@ -510,62 +249,16 @@ mod tests {
             *out.lock().unwrap(),
             vec![("hi".to_owned(), OutputStream::Stdout), ("!".to_owned(), OutputStream::Stderr)]
         );
-        assert_eq!(caller.table.running(), 0, "a finished run is forgotten");
+        assert!(caller.runs.lock().unwrap().is_empty(), "the result was read");
     }
 
     #[test]
-    fn errors_and_panics_cross_as_tool_errors() {
-        let caller = local();
+    fn invalid_input_crosses_as_a_tool_error() {
+        let caller = Arc::new(Local::default());
         let tool =
             futures::executor::block_on(RemoteTool::connect(Arc::clone(&caller), "tool.echo", None)).unwrap();
         let r = futures::executor::block_on(tool.execute(serde_json::json!({}), ctx(Arc::default())));
         assert_eq!(r, Err(ToolError::InvalidInput("no text".into())));
-        let r = futures::executor::block_on(
-            tool.execute(serde_json::json!({"text": "panic"}), ctx(Arc::default())),
-        );
-        assert_eq!(r, Err(ToolError::Failed("the `echo` tool panicked: asked to".into())));
-    }
-
-    #[test]
-    fn cancel_fires_the_abort_signal_and_forgets_the_run() {
-        let table = RunTable::default();
-        struct Wait;
-        impl Tool for Wait {
-            fn name(&self) -> &str {
-                "wait"
-            }
-            fn description(&self) -> &str {
-                ""
-            }
-            fn input_schema(&self) -> Value {
-                Value::Null
-            }
-            fn execute(&self, _: Value, ctx: ToolContext) -> BoxFuture<Result<ToolOutput, ToolError>> {
-                Box::pin(async move {
-                    ctx.abort.aborted().await;
-                    Ok(ToolOutput::ok("stopped"))
-                })
-            }
-        }
-        let (id, fut) = table.start(Arc::new(Wait), "c".into(), "v".into(), None, Value::Null);
-        assert_eq!(table.running(), 1);
-        table.cancel(id);
-        assert_eq!(table.running(), 0);
-        futures::executor::block_on(fut); // ends because the signal fired
-        assert!(futures::executor::block_on(table.next(id)).is_err());
-    }
-
-    #[test]
-    fn a_run_dropped_without_a_result_answers_a_failure() {
-        let table = RunTable::default();
-        let (id, fut) = table.start(Arc::new(Echo), "c".into(), "v".into(), None, Value::Null);
-        drop(fut); // its runtime shut down before it ran
-        let batch = futures::executor::block_on(table.next(id)).unwrap();
-        assert_eq!(
-            batch.result,
-            Some(RunResult::Failed { message: "the tool stopped without a result".into() })
-        );
-        assert_eq!(table.running(), 0);
     }
 
     #[test]

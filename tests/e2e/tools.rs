@@ -145,7 +145,8 @@ fn the_tool_protocol_and_the_todo_service_answer_on_the_bus() {
         json!({"conversationId": "conv-9", "todos": [{"content": "a", "status": "pending"}]})
     );
     // A finished run is forgotten.
-    assert!(lines[4]["error"].as_str().unwrap_or_default().contains("no run 1"), "{:?}", lines[4]);
+    assert_eq!(lines[4]["code"], "not_found", "{:?}", lines[4]);
+    assert!(lines[4]["error"].as_str().unwrap_or_default().contains("no open stream 1"), "{:?}", lines[4]);
 }
 
 #[test]

@@ -13,7 +13,7 @@
 use std::io::ErrorKind;
 use std::path::{Component, Path, PathBuf};
 
-use dispatch_kernel::tool::ToolError;
+use dispatch_protocol::tool::ToolError;
 
 /// Longest path accepted, in bytes (Linux's `PATH_MAX`).
 pub const MAX_PATH_BYTES: usize = 4096;

@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use dispatch_kernel::bus::BoxFuture;
-use dispatch_kernel::tool::{Tool, ToolContext, ToolError, ToolOutput};
+use dispatch_protocol::tool::{Tool, ToolContext, ToolError, ToolOutput};
+use dispatch_protocol::BoxFuture;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -79,9 +79,14 @@ impl EditFile {
     }
 }
 
+impl EditFile {
+    /// The name the model calls it by.
+    pub const NAME: &'static str = "edit_file";
+}
+
 impl Tool for EditFile {
     fn name(&self) -> &str {
-        "edit_file"
+        Self::NAME
     }
 
     fn description(&self) -> &str {

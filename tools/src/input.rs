@@ -1,7 +1,7 @@
 //! Tool input parsing: the model's JSON into a typed struct, or an
 //! [`ToolError::InvalidInput`] the model can act on.
 
-use dispatch_kernel::tool::ToolError;
+use dispatch_protocol::tool::ToolError;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 

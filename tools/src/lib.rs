@@ -1,9 +1,9 @@
-//! The standard tools of Dispatch and the glue that serves a tool from a
-//! plugin.
+//! The standard tools of Dispatch.
 //!
-//! Each tool is a plain [`dispatch_kernel::tool::Tool`], testable in
+//! Each tool is a plain [`dispatch_protocol::tool::Tool`], testable in
 //! process; each ships as its own plugin (`plugins/tool-*`, a few lines on
-//! top of [`plugin::ToolPlugin`]) so an operator can leave any of them out.
+//! top of `dispatch_contracts::tool::serve`) so an operator can leave any of
+//! them out.
 //!
 //! | tool | plugin | concurrency-safe |
 //! |---|---|---|
@@ -20,7 +20,6 @@
 pub mod contain;
 pub mod edit_file;
 pub mod input;
-pub mod plugin;
 pub mod read_file;
 pub mod shell;
 pub mod todo;

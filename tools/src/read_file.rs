@@ -5,8 +5,8 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
-use dispatch_kernel::bus::BoxFuture;
-use dispatch_kernel::tool::{Tool, ToolContext, ToolError, ToolOutput};
+use dispatch_protocol::tool::{Tool, ToolContext, ToolError, ToolOutput};
+use dispatch_protocol::BoxFuture;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -185,9 +185,14 @@ impl ReadFile {
     }
 }
 
+impl ReadFile {
+    /// The name the model calls it by.
+    pub const NAME: &'static str = "read_file";
+}
+
 impl Tool for ReadFile {
     fn name(&self) -> &str {
-        "read_file"
+        Self::NAME
     }
 
     fn description(&self) -> &str {

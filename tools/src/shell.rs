@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use dispatch_kernel::bus::BoxFuture;
-use dispatch_kernel::runtime::AbortSignal;
-use dispatch_kernel::tool::{OutputSink, Tool, ToolContext, ToolError, ToolOutput};
-use dispatch_kernel::wire::OutputStream;
+use dispatch_protocol::abort::AbortSignal;
+use dispatch_protocol::tool::{OutputSink, Tool, ToolContext, ToolError, ToolOutput};
+use dispatch_protocol::wire::OutputStream;
+use dispatch_protocol::BoxFuture;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt as _;
@@ -284,9 +284,14 @@ impl Shell {
     }
 }
 
+impl Shell {
+    /// The name the model calls it by.
+    pub const NAME: &'static str = "run_shell";
+}
+
 impl Tool for Shell {
     fn name(&self) -> &str {
-        "run_shell"
+        Self::NAME
     }
 
     fn description(&self) -> &str {

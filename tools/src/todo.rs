@@ -9,57 +9,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use dispatch_kernel::bus::BoxFuture;
-use dispatch_kernel::tool::{Tool, ToolContext, ToolError, ToolOutput};
-use serde::{Deserialize, Serialize};
+pub use dispatch_protocol::todo::{Status, Todo, TodoList, TodoRequest};
+use dispatch_protocol::tool::{Tool, ToolContext, ToolError, ToolOutput};
+use dispatch_protocol::BoxFuture;
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::input::parse;
-
-/// A task's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    /// Not started.
-    Pending,
-    /// Being worked on.
-    InProgress,
-    /// Done.
-    Completed,
-}
-
-/// One task.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Todo {
-    /// What to do.
-    pub content: String,
-    /// Where it stands.
-    pub status: Status,
-}
-
-/// A conversation's list, as the `todo` service answers it and the
-/// `todo.changed` event carries it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TodoList {
-    /// The conversation.
-    pub conversation_id: String,
-    /// Its tasks, in the model's order.
-    pub todos: Vec<Todo>,
-}
-
-/// Requests to the `todo` service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase")]
-#[non_exhaustive]
-pub enum TodoRequest {
-    /// A conversation's list ([`TodoList`]; empty when it has none).
-    Get {
-        /// The conversation.
-        conversation_id: String,
-    },
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -147,9 +103,14 @@ pub fn render(todos: &[Todo]) -> String {
     out
 }
 
+impl TodoWrite {
+    /// The name the model calls it by.
+    pub const NAME: &'static str = "todo_write";
+}
+
 impl Tool for TodoWrite {
     fn name(&self) -> &str {
-        "todo_write"
+        Self::NAME
     }
 
     fn description(&self) -> &str {

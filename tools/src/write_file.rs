@@ -3,8 +3,8 @@
 use std::io::Write as _;
 use std::path::Path;
 
-use dispatch_kernel::bus::BoxFuture;
-use dispatch_kernel::tool::{Tool, ToolContext, ToolError, ToolOutput};
+use dispatch_protocol::tool::{Tool, ToolContext, ToolError, ToolOutput};
+use dispatch_protocol::BoxFuture;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -81,9 +81,14 @@ impl WriteFile {
     }
 }
 
+impl WriteFile {
+    /// The name the model calls it by.
+    pub const NAME: &'static str = "write_file";
+}
+
 impl Tool for WriteFile {
     fn name(&self) -> &str {
-        "write_file"
+        Self::NAME
     }
 
     fn description(&self) -> &str {

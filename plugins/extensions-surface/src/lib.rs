@@ -6,48 +6,18 @@
 //! bus only: the host's `dispatch.plugins` service and `dispatch.plugin-state`
 //! event, and the `surfaces` plugin's registry service.
 
-use dispatch_abi::{Context, Error, Event, Host, Plugin, PluginManifest, Service};
-use dispatch_kernel::surface::{
-    RegistryRequest, RegistryResponse, Scope, SurfaceField, SurfaceSpec, REGISTRY_SERVICE,
-};
-use serde::Deserialize;
+use dispatch_abi::{Context, Error, Host, Plugin, PluginManifest};
+use dispatch_contracts::plugins::{PluginList, State, PLUGINS, PLUGIN_STATE};
+use dispatch_contracts::surface::{RegistryRequest, Scope, SurfaceField, SurfaceSpec, REGISTRY};
 use serde_json::{json, Value};
 
 /// The surface's id.
 pub const SURFACE_ID: &str = "loaded-extensions";
 
-const REGISTRY: Service<RegistryRequest, RegistryResponse> =
-    Service::new(REGISTRY_SERVICE.0, REGISTRY_SERVICE.1);
-const PLUGINS: Service<Value, PluginList> = Service::new("dispatch.plugins", 1);
-const PLUGIN_STATE: Event<Value> = Event::new("dispatch.plugin-state", 1);
-
-/// The host's answer to `dispatch.plugins` (only the fields shown).
-#[derive(Debug, Deserialize)]
-pub struct PluginList {
-    /// Every configured plugin.
-    pub plugins: Vec<PluginRow>,
-}
-
-/// One plugin as the host reports it.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PluginRow {
-    /// Id.
-    pub id: String,
-    /// Version.
-    pub version: Option<String>,
-    /// `active`, `failed`, …
-    pub state: String,
-    /// Activation order.
-    pub order: Option<usize>,
-    /// Why it failed.
-    pub error: Option<String>,
-}
-
 /// Build the surface from the host's plugin list: an "Active" count and a
 /// table (`rendererId: "table"`, `{columns, rows}`) with one row per plugin.
 pub fn build_spec(list: &PluginList) -> SurfaceSpec {
-    let active = list.plugins.iter().filter(|p| p.state == "active").count();
+    let active = list.plugins.iter().filter(|p| p.state == State::Active).count();
     let rows: Vec<Value> = list
         .plugins
         .iter()
@@ -55,7 +25,7 @@ pub fn build_spec(list: &PluginList) -> SurfaceSpec {
             json!([
                 p.id,
                 p.version.clone().unwrap_or_default(),
-                p.state,
+                p.state.as_str(),
                 p.order.map(|o| o.to_string()).unwrap_or_default(),
                 p.error.clone().unwrap_or_default(),
             ])
@@ -107,7 +77,7 @@ impl Plugin for ExtensionsSurface {
             &RegistryRequest::Register { spec: build_spec(&list), scope: Some(Scope::Global) },
         )?;
         let h = host.clone();
-        host.subscribe(&PLUGIN_STATE, move |_changed: Value| refresh(h.clone()))?;
+        host.subscribe(&PLUGIN_STATE, move |_changed| refresh(h.clone()))?;
         tracing::info!(surface = SURFACE_ID, plugins = list.plugins.len(), "surface registered");
         Ok(ExtensionsSurface)
     }

@@ -4,7 +4,7 @@
 //! every provider's models (`<credential>/<model>`, the `GET /models` body)
 //! and resolves a model name to the provider service that streams it.
 //!
-//! Service `models` (schema 1, `dispatch_kernel::remote::CatalogRequest`):
+//! Service `models` (`dispatch_contracts::catalog`):
 //! `register`, `list`, `resolve`. Config:
 //!
 //! ```toml
@@ -18,15 +18,10 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use dispatch_abi::{codes, to_json, Context, Error, Host, Plugin, PluginManifest, Service};
-use dispatch_kernel::remote::{
-    CatalogRequest, ModelInfo, ModelList, ProviderModels, ProviderRequest, Resolved, CATALOG_SERVICE,
-    PROVIDER_VERSION,
-};
+use dispatch_contracts::catalog::{CatalogRequest, ModelInfo, ModelList, Resolved, CATALOG};
+use dispatch_contracts::provider::{self, ProviderModels, ProviderRequest};
 use serde::Deserialize;
 use serde_json::Value;
-
-/// The catalog service key.
-pub const CATALOG: Service<CatalogRequest, Value> = Service::new(CATALOG_SERVICE.0, CATALOG_SERVICE.1);
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -37,26 +32,16 @@ struct Config {
 #[derive(Debug, Clone)]
 struct Registration {
     provider: String,
-    /// Interned at registration: bus keys want `'static` names.
-    service: &'static str,
+    /// The provider's service, typed for the one op the catalog sends.
+    service: Service<ProviderRequest, ProviderModels>,
     credentials: Vec<String>,
 }
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 struct Catalog {
     host: Host,
     default_model: Option<String>,
     registrations: Arc<Mutex<Vec<Registration>>>,
-}
-
-fn provider_key(service: &'static str) -> Service<ProviderRequest, ProviderModels> {
-    Service::new(service, PROVIDER_VERSION)
-}
-
-/// A `'static` copy of `name`, reusing an earlier registration's so that
-/// re-registering never grows memory.
-fn intern(regs: &[Registration], name: String) -> &'static str {
-    regs.iter().map(|r| r.service).find(|s| *s == name).unwrap_or_else(|| Box::leak(name.into_boxed_str()))
 }
 
 impl Catalog {
@@ -67,7 +52,7 @@ impl Catalog {
     async fn list(&self) -> ModelList {
         let mut out = ModelList::default();
         for reg in self.snapshot() {
-            match self.host.call(&provider_key(reg.service), &ProviderRequest::Models).await {
+            match self.host.call(&reg.service, &ProviderRequest::Models).await {
                 Ok(models) => {
                     for m in models.models {
                         if let Some(cw) = m.context_window {
@@ -110,7 +95,7 @@ impl Catalog {
             ));
         };
         // Check the model when the provider can say what it has.
-        if let Ok(list) = self.host.call(&provider_key(reg.service), &ProviderRequest::Models).await {
+        if let Ok(list) = self.host.call(&reg.service, &ProviderRequest::Models).await {
             let names: Vec<&str> = list.models.iter().map(|m| m.name.as_str()).collect();
             if !names.is_empty() && !names.contains(&model.as_str()) {
                 return Err(Error::new(
@@ -122,7 +107,7 @@ impl Catalog {
                 ));
             }
         }
-        Ok(Resolved { model, provider: reg.provider.clone(), service: reg.service.to_owned() })
+        Ok(Resolved { model, provider: reg.provider.clone(), service: reg.service.name().to_owned() })
     }
 
     async fn default_model(&self) -> Result<String, Error> {
@@ -139,6 +124,7 @@ impl Catalog {
 }
 
 /// The plugin.
+#[derive(Debug)]
 pub struct Models;
 
 impl Plugin for Models {
@@ -164,13 +150,14 @@ impl Plugin for Models {
                     CatalogRequest::Register { provider, service, credentials } => {
                         tracing::info!(%provider, %service, credentials = ?credentials, "provider registered");
                         let mut regs = catalog.registrations.lock().unwrap_or_else(PoisonError::into_inner);
-                        let service = intern(&regs, service);
                         regs.retain(|r| r.provider != provider);
+                        let service = Service::named(service, provider::VERSION);
                         regs.push(Registration { provider, service, credentials });
                         Ok(Value::Object(Default::default()))
                     }
                     CatalogRequest::List => to_json(&catalog.list().await),
                     CatalogRequest::Resolve { model } => to_json(&catalog.resolve(model).await?),
+                    other => Err(Error::new(codes::UNSUPPORTED, format!("unsupported request {other:?}"))),
                 }
             }
         })?;

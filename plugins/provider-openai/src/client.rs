@@ -11,8 +11,8 @@ use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
 use async_openai::middleware::HttpRequestFactory;
 use async_openai::Client;
-use dispatch_kernel::provider::{ProviderError, ProviderEvent};
-use dispatch_kernel::remote::{EventSender, ModelEntry};
+use dispatch_contracts::protocol::provider::{ProviderError, ProviderEvent};
+use dispatch_contracts::provider::{EventSender, ModelEntry};
 use futures::StreamExt as _;
 use serde_json::Value;
 

@@ -4,16 +4,15 @@
 
 use std::collections::BTreeMap;
 
-use dispatch_kernel::provider::{ProviderError, ProviderEvent, ToolSpec};
-use dispatch_kernel::remote::ToolSpecWire;
-use dispatch_kernel::wire::{ChatMessage, Chunk, FinishReason, ReasoningEffort, Role, Usage};
+use dispatch_contracts::protocol::provider::{ProviderError, ProviderEvent, ToolSpec};
+use dispatch_contracts::protocol::wire::{ChatMessage, Chunk, FinishReason, ReasoningEffort, Role, Usage};
 use serde_json::{json, Map, Value};
 
 /// The request body for one streamed step.
 pub fn request_body(
     model: &str,
     messages: &[ChatMessage],
-    tools: &[ToolSpecWire],
+    tools: &[ToolSpec],
     system_prompt: Option<&str>,
     effort: Option<ReasoningEffort>,
 ) -> Value {
@@ -49,11 +48,6 @@ pub fn request_body(
         });
     }
     body
-}
-
-/// Convert a [`ToolSpec`] for the wire.
-pub fn tool_wire(t: &ToolSpec) -> ToolSpecWire {
-    ToolSpecWire::from(t)
 }
 
 fn text_of(chunks: &[Chunk]) -> String {
@@ -284,7 +278,7 @@ mod tests {
                 }],
             },
         ];
-        let tools = vec![ToolSpecWire {
+        let tools = vec![ToolSpec {
             name: "ls".into(),
             description: "list".into(),
             input_schema: json!({"type": "object"}),

@@ -41,20 +41,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use dispatch_abi::runtime::{PluginRuntime, Runner};
-use dispatch_abi::{codes, to_json, Context, Error, Plugin, PluginManifest, Service};
-use dispatch_kernel::remote::{
-    CatalogRequest, ModelEntry, Opened, ProviderModels, ProviderRequest, StreamTable, CATALOG_SERVICE,
-    PROVIDER_VERSION,
+use dispatch_abi::runtime::PluginRuntime;
+use dispatch_abi::{codes, Context, Error, Plugin, PluginManifest};
+use dispatch_contracts::provider::{
+    self, BoxFuture, EventSender, ModelEntry, ModelProvider, ProviderServer, Registration, StepSpec,
 };
 use serde::Deserialize;
-use serde_json::Value;
 
 use crate::client::{Credential, OpenAiClient, Timeouts};
 
 /// The bus service this provider answers on.
-pub const SERVICE: Service<ProviderRequest, Value> = Service::new("provider.openai", PROVIDER_VERSION);
-const CATALOG: Service<CatalogRequest, Value> = Service::new(CATALOG_SERVICE.0, CATALOG_SERVICE.1);
+pub const SERVICE: &str = "provider.openai";
 
 /// `[plugin.config]`.
 #[derive(Debug, Deserialize)]
@@ -150,8 +147,6 @@ pub fn credentials(cfg: &Config, env: &dyn Fn(&str) -> Option<String>) -> Result
 
 struct State {
     clients: HashMap<String, OpenAiClient>,
-    table: Arc<StreamTable>,
-    runner: Runner,
     /// Server-listed models, once fetched.
     listed: Mutex<HashMap<String, Vec<ModelEntry>>>,
 }
@@ -167,12 +162,7 @@ impl State {
                 out.extend(list);
                 continue;
             }
-            let client = self.clients[name].clone();
-            match self
-                .runner
-                .run(async move { client.models().await.map_err(|e| Error::msg(e.message)) })
-                .await
-            {
+            match self.clients[name].models().await {
                 Ok(list) => {
                     self.listed
                         .lock()
@@ -185,31 +175,42 @@ impl State {
         }
         out
     }
+}
 
-    fn open(&self, model: &str, body_of: impl FnOnce(&str) -> Value) -> Result<u64, Error> {
+/// `Arc` so `models` can hand a future that owns its state to the runtime.
+struct Shared(Arc<State>);
+
+impl ModelProvider for Shared {
+    fn models(&self) -> BoxFuture<Vec<ModelEntry>> {
+        let state = Arc::clone(&self.0);
+        Box::pin(async move { state.models().await })
+    }
+
+    fn open(&self, step: StepSpec, events: EventSender) -> Result<BoxFuture<()>, Error> {
+        let model = &step.model;
         let (cred, name) = model.split_once('/').ok_or_else(|| {
             Error::new(codes::NOT_FOUND, format!("model `{model}` is not `<credential>/<model>`"))
         })?;
         let client = self
+            .0
             .clients
             .get(cred)
             .cloned()
             .ok_or_else(|| Error::new(codes::NOT_FOUND, format!("unknown credential `{cred}`")))?;
-        let body = body_of(name);
-        let (id, fut) = self.table.open(move |tx| client.produce(body, tx));
-        drop(self.runner.run(async move {
-            fut.await;
-            Ok(())
-        }));
-        Ok(id)
+        let body = convert::request_body(
+            name,
+            &step.messages,
+            &step.tools,
+            step.system_prompt.as_deref(),
+            step.reasoning_effort,
+        );
+        Ok(Box::pin(client.produce(body, events)))
     }
 }
 
 /// The plugin.
-pub struct OpenAiProvider {
-    runtime: PluginRuntime,
-    table: Arc<StreamTable>,
-}
+#[derive(Debug)]
+pub struct OpenAiProvider(ProviderServer);
 
 impl Plugin for OpenAiProvider {
     fn manifest() -> PluginManifest {
@@ -217,7 +218,7 @@ impl Plugin for OpenAiProvider {
             .description("Any OpenAI-compatible endpoint, through named credentials")
             .depends_on("models")
             .provides("provider", "openai-compatible")
-            .provides("service", SERVICE.name())
+            .provides("service", SERVICE)
     }
 
     fn activate(ctx: Context) -> Result<Self, Error> {
@@ -240,54 +241,17 @@ impl Plugin for OpenAiProvider {
             tracing::info!("no credentials configured (set DISPATCH_BASE_URL / DISPATCH_API_KEY, or [plugin.config] credentials)");
         }
         let names: Vec<String> = creds.iter().map(|c| c.name.clone()).collect();
-        let table = Arc::new(StreamTable::default());
-        let state = Arc::new(State {
-            clients,
-            table: Arc::clone(&table),
-            runner: runtime.runner(),
-            listed: Mutex::default(),
-        });
-        ctx.host().provide(&SERVICE, move |req: ProviderRequest| {
-            let state = Arc::clone(&state);
-            async move {
-                match req {
-                    ProviderRequest::Models => to_json(&ProviderModels { models: state.models().await }),
-                    ProviderRequest::Open { model, messages, tools, system_prompt, reasoning_effort } => {
-                        let id = state.open(&model, |name| {
-                            convert::request_body(
-                                name,
-                                &messages,
-                                &tools,
-                                system_prompt.as_deref(),
-                                reasoning_effort,
-                            )
-                        })?;
-                        to_json(&Opened { stream_id: id })
-                    }
-                    // `next` and `cancel` are the same for every provider.
-                    other => match state.table.answer(&other).await {
-                        Some(answer) => answer.map_err(|e| Error::new(codes::NOT_FOUND, e)),
-                        None => Err(Error::msg("unreachable: every op is handled above")),
-                    },
-                }
-            }
-        })?;
-        if cfg.register && !names.is_empty() {
-            ctx.host().call_blocking(
-                &CATALOG,
-                &CatalogRequest::Register {
-                    provider: "provider-openai".into(),
-                    service: SERVICE.name().into(),
-                    credentials: names,
-                },
-            )?;
-        }
-        Ok(OpenAiProvider { runtime, table })
+        let state = Shared(Arc::new(State { clients, listed: Mutex::default() }));
+        let registration = Registration {
+            provider: "provider-openai".into(),
+            service: SERVICE.into(),
+            credentials: if cfg.register { names } else { Vec::new() },
+        };
+        Ok(OpenAiProvider(provider::serve(ctx.host(), registration, Arc::new(state), runtime)?))
     }
 
     fn deactivate(&mut self) -> Result<(), Error> {
-        self.table.cancel_all();
-        self.runtime.shutdown(Duration::from_secs(2));
+        self.0.stop();
         Ok(())
     }
 }

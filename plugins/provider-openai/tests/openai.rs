@@ -10,9 +10,8 @@ mod mock;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use dispatch_kernel::provider::{ProviderError, ProviderEvent};
-use dispatch_kernel::remote::ToolSpecWire;
-use dispatch_kernel::wire::{ChatMessage, Chunk, FinishReason, Role, Usage};
+use dispatch_contracts::protocol::provider::{ProviderError, ProviderEvent, ToolSpec};
+use dispatch_contracts::protocol::wire::{ChatMessage, Chunk, FinishReason, Role, Usage};
 use dispatch_plugin_provider_openai::client::{Credential, OpenAiClient, Timeouts};
 use dispatch_plugin_provider_openai::convert::request_body;
 use futures::StreamExt as _;
@@ -82,7 +81,7 @@ async fn plain_text_streams_and_the_request_is_what_the_api_expects() {
             }],
         },
     ];
-    let tools = vec![ToolSpecWire {
+    let tools = vec![ToolSpec {
         name: "read_file".into(),
         description: "Read a file".into(),
         input_schema: json!({"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}),

@@ -35,20 +35,18 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use dispatch_abi::runtime::{PluginRuntime, Runner};
-use dispatch_abi::{codes, to_json, Context, Error, Plugin, PluginManifest, Service};
-use dispatch_kernel::provider::{ProviderError, ProviderEvent};
-use dispatch_kernel::remote::{
-    CatalogRequest, EventSender, ModelEntry, Opened, ProviderModels, ProviderRequest, StreamTable,
-    CATALOG_SERVICE, PROVIDER_VERSION,
+use dispatch_abi::runtime::PluginRuntime;
+use dispatch_abi::{codes, Context, Error, Plugin, PluginManifest};
+use dispatch_contracts::protocol::wire::{ChatMessage, Chunk, FinishReason, Role, Usage};
+use dispatch_contracts::provider::{
+    self, BoxFuture, EventSender, ModelEntry, ModelProvider, ProviderError, ProviderEvent, ProviderServer,
+    Registration, StepSpec,
 };
-use dispatch_kernel::wire::{ChatMessage, Chunk, FinishReason, Role, Usage};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 /// The bus service this provider answers on.
-pub const SERVICE: Service<ProviderRequest, Value> = Service::new("provider.scripted", PROVIDER_VERSION);
-const CATALOG: Service<CatalogRequest, Value> = Service::new(CATALOG_SERVICE.0, CATALOG_SERVICE.1);
+pub const SERVICE: &str = "provider.scripted";
 
 /// The credential (and model prefix) it serves.
 pub const CREDENTIAL: &str = "scripted";
@@ -185,15 +183,29 @@ fn chunks(text: &str, size: usize) -> Vec<String> {
 
 struct State {
     script: Script,
-    table: Arc<StreamTable>,
-    runner: Runner,
     /// Failed attempts per (history length, user text): so a retry advances.
     attempts: Mutex<HashMap<(usize, String), usize>>,
     next_call: std::sync::atomic::AtomicU64,
 }
 
+impl ModelProvider for State {
+    fn models(&self) -> BoxFuture<Vec<ModelEntry>> {
+        Box::pin(std::future::ready(vec![ModelEntry { name: MODEL.into(), context_window: Some(128_000) }]))
+    }
+
+    fn open(&self, step: StepSpec, events: EventSender) -> Result<BoxFuture<()>, Error> {
+        if step.model != MODEL {
+            return Err(Error::new(
+                codes::NOT_FOUND,
+                format!("unknown model `{}`: the scripted provider only has `{MODEL}`", step.model),
+            ));
+        }
+        Ok(Box::pin(play(self.plan_for(&step.messages), events)))
+    }
+}
+
 impl State {
-    fn open(&self, messages: &[ChatMessage]) -> u64 {
+    fn plan_for(&self, messages: &[ChatMessage]) -> Vec<Planned> {
         let (user, steps) = position(messages);
         let key = (messages.len(), user.clone());
         let tries = *self.attempts.lock().unwrap_or_else(PoisonError::into_inner).get(&key).unwrap_or(&0);
@@ -209,13 +221,7 @@ impl State {
                 self.plan(step)
             }
         };
-        let (id, fut) = self.table.open(move |tx| play(plan, tx));
-        let spawned = self.runner.run(async move {
-            fut.await;
-            Ok(())
-        });
-        drop(spawned); // the task runs on; its result is not needed
-        id
+        plan
     }
 
     fn plan(&self, step: &Step) -> Vec<Planned> {
@@ -293,10 +299,8 @@ struct Config {
 }
 
 /// The plugin.
-pub struct ScriptedProvider {
-    runtime: PluginRuntime,
-    table: Arc<StreamTable>,
-}
+#[derive(Debug)]
+pub struct ScriptedProvider(ProviderServer);
 
 fn load_script(cfg: &Config) -> Result<(Script, String), Error> {
     let path = cfg.script.clone().or_else(|| std::env::var_os("DISPATCH_SCRIPT").map(PathBuf::from));
@@ -320,62 +324,26 @@ impl Plugin for ScriptedProvider {
             .description("Offline provider that plays scripted replies (model scripted/demo)")
             .depends_on("models")
             .provides("provider", CREDENTIAL)
-            .provides("service", SERVICE.name())
+            .provides("service", SERVICE)
     }
 
     fn activate(ctx: Context) -> Result<Self, Error> {
         let cfg: Config = ctx.config()?;
         let (script, origin) = load_script(&cfg)?;
+        let state = Arc::new(State { script, attempts: Mutex::default(), next_call: Default::default() });
+        let registration = Registration {
+            provider: "provider-scripted".into(),
+            service: SERVICE.into(),
+            credentials: if cfg.register.unwrap_or(true) { vec![CREDENTIAL.into()] } else { Vec::new() },
+        };
         let runtime = PluginRuntime::new("provider-scripted", 1)?;
-        let table = Arc::new(StreamTable::default());
-        let state = Arc::new(State {
-            script,
-            table: Arc::clone(&table),
-            runner: runtime.runner(),
-            attempts: Mutex::default(),
-            next_call: Default::default(),
-        });
-        ctx.host().provide(&SERVICE, move |req: ProviderRequest| {
-            let state = Arc::clone(&state);
-            async move {
-                match req {
-                    ProviderRequest::Models => to_json(&ProviderModels {
-                        models: vec![ModelEntry { name: MODEL.into(), context_window: Some(128_000) }],
-                    }),
-                    ProviderRequest::Open { model, messages, .. } => {
-                        if model != MODEL {
-                            return Err(Error::new(
-                                codes::NOT_FOUND,
-                                format!("unknown model `{model}`: the scripted provider only has `{MODEL}`"),
-                            ));
-                        }
-                        to_json(&Opened { stream_id: state.open(&messages) })
-                    }
-                    // `next` and `cancel` are the same for every provider.
-                    other => match state.table.answer(&other).await {
-                        Some(answer) => answer.map_err(|e| Error::new(codes::NOT_FOUND, e)),
-                        None => Err(Error::msg("unreachable: every op is handled above")),
-                    },
-                }
-            }
-        })?;
-        if cfg.register.unwrap_or(true) {
-            ctx.host().call_blocking(
-                &CATALOG,
-                &CatalogRequest::Register {
-                    provider: "provider-scripted".into(),
-                    service: SERVICE.name().into(),
-                    credentials: vec![CREDENTIAL.into()],
-                },
-            )?;
-        }
+        let server = provider::serve(ctx.host(), registration, state, runtime)?;
         tracing::info!(script = %origin, "scripted provider ready");
-        Ok(ScriptedProvider { runtime, table })
+        Ok(ScriptedProvider(server))
     }
 
     fn deactivate(&mut self) -> Result<(), Error> {
-        self.table.cancel_all();
-        self.runtime.shutdown(Duration::from_secs(2));
+        self.0.stop();
         Ok(())
     }
 }

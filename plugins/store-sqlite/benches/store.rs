@@ -20,7 +20,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dispatch_kernel::wire::{Chunk, Role, StoredChunk};
+use dispatch_contracts::protocol::wire::{Chunk, Role, StoredChunk};
 use dispatch_plugin_store_sqlite::store::{Options, Store, MIGRATOR};
 
 const WRITERS: usize = 32;

@@ -2,7 +2,7 @@
 //!
 //! The append-only chunk log (1-based, gap-free `seq` per conversation),
 //! conversation metadata and per-turn metrics, behind the `store` service
-//! (`dispatch_kernel::store::StoreRequest`), so a different store can
+//! (`dispatch_contracts::protocol::store::StoreRequest`), so a different store can
 //! replace it without touching the plugins that use it.
 //!
 //! ```toml
@@ -28,17 +28,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use dispatch_abi::runtime::{PluginRuntime, Runner};
-use dispatch_abi::{codes, to_json, Context, Error, Plugin, PluginManifest, Service};
-use dispatch_kernel::store::{
-    Appended, History, Listing, Messages, MetricsList, StoreRequest, STORE_SERVICE,
-};
+use dispatch_abi::{codes, to_json, Context, Error, Plugin, PluginManifest};
+use dispatch_contracts::store::{Appended, History, Listing, Messages, MetricsList, StoreRequest, STORE};
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::store::{Durability, Options, Store, StoreError};
-
-/// The store service key.
-pub const SERVICE: Service<StoreRequest, Value> = Service::new(STORE_SERVICE.0, STORE_SERVICE.1);
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -100,7 +95,7 @@ impl Plugin for StoreSqlite {
     fn manifest() -> PluginManifest {
         PluginManifest::new("store-sqlite", env!("CARGO_PKG_VERSION"))
             .description("The conversation store: chunk log, metadata and metrics in SQLite")
-            .provides("service", SERVICE.name())
+            .provides("service", STORE.name())
     }
 
     fn activate(ctx: Context) -> Result<Self, Error> {
@@ -123,7 +118,7 @@ impl Plugin for StoreSqlite {
         tracing::info!(path = %path.display(), durability = ?cfg.durability, "store open");
         let runner: Runner = runtime.runner();
         let s = store.clone();
-        ctx.host().provide(&SERVICE, move |req: StoreRequest| runner.run(handle(s.clone(), req)))?;
+        ctx.host().provide(&STORE, move |req: StoreRequest| runner.run(handle(s.clone(), req)))?;
         Ok(StoreSqlite { runtime, store: Some(store) })
     }
 

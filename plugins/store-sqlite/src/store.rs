@@ -21,9 +21,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dispatch_kernel::reconcile::reconcile;
-use dispatch_kernel::store::{Details, History, MetaUpdate};
-use dispatch_kernel::wire::{
+use dispatch_contracts::protocol::reconcile::reconcile;
+use dispatch_contracts::protocol::store::{Details, History, MetaUpdate};
+use dispatch_contracts::protocol::wire::{
     ChatMessage, Chunk, ConversationMeta, ConversationStatus, ReasoningEffort, Role, StoredChunk, TurnMetrics,
 };
 use sqlx::sqlite::{

@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dispatch_kernel::wire::Chunk;
+use dispatch_contracts::protocol::wire::Chunk;
 use dispatch_plugin_store_sqlite::store::{Options, Store};
 
 const KILLS: usize = 25;

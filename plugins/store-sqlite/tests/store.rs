@@ -5,9 +5,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use dispatch_kernel::reconcile::INTERRUPTED;
-use dispatch_kernel::store::MetaUpdate;
-use dispatch_kernel::wire::{
+use dispatch_contracts::protocol::reconcile::INTERRUPTED;
+use dispatch_contracts::protocol::store::MetaUpdate;
+use dispatch_contracts::protocol::wire::{
     Chunk, ConversationStatus, ReasoningEffort, Role, StepMetrics, TurnMetrics, Usage,
 };
 use dispatch_plugin_store_sqlite::store::{Options, Store, StoreError, MIGRATOR};
@@ -49,7 +49,7 @@ async fn history_windows_follow_the_wire_contract() {
     for i in 1..=10 {
         s.append("w", Role::Assistant, None, &[text(&i.to_string())]).await.unwrap();
     }
-    let seqs = |h: dispatch_kernel::store::History| {
+    let seqs = |h: dispatch_contracts::protocol::store::History| {
         (h.chunks.iter().map(|c| c.seq).collect::<Vec<_>>(), h.latest_seq)
     };
     assert_eq!(seqs(s.history("w", Some(7), None, None).await.unwrap()), (vec![8, 9, 10], 10));
@@ -171,8 +171,9 @@ async fn list_filters_by_prefix_and_status_most_recent_first() {
     })
     .await
     .unwrap();
-    let ids =
-        |v: Vec<dispatch_kernel::wire::ConversationMeta>| v.into_iter().map(|m| m.id).collect::<Vec<_>>();
+    let ids = |v: Vec<dispatch_contracts::protocol::wire::ConversationMeta>| {
+        v.into_iter().map(|m| m.id).collect::<Vec<_>>()
+    };
     assert_eq!(ids(s.list(None, None).await.unwrap()), ["other", "proj-b", "proj-a"]);
     assert_eq!(ids(s.list(Some("proj-"), None).await.unwrap()), ["proj-b", "proj-a"]);
     assert_eq!(ids(s.list(Some("proj-"), Some(ConversationStatus::Closed)).await.unwrap()), ["proj-a"]);

@@ -6,28 +6,20 @@
 //! WebSocket) can push updates. A client's action invocation is published
 //! on `surfaces.action` for the surface's owner to handle.
 //!
-//! Bus contract (schema version 1, types in `dispatch_kernel::surface`):
+//! Bus contract (`dispatch_contracts::surface`):
 //! service `surfaces` with requests tagged by `op` — `register`, `update`,
 //! `remove`, `get`, `catalog`, `invoke`.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use dispatch_abi::{codes, Context, Error, Event, Host, Plugin, PluginManifest, Service};
-use dispatch_kernel::surface::{
+use dispatch_abi::{codes, Context, Error, Host, Plugin, PluginManifest};
+use dispatch_contracts::surface::{
     CatalogEntry, RegistryRequest, RegistryResponse, Scope, SurfaceAction, SurfaceChanged, SurfaceSpec,
-    ACTION_EVENT, CHANGED_EVENT, REGISTRY_SERVICE,
+    ACTION, CHANGED, REGISTRY,
 };
 
-/// The registry service key.
-pub const REGISTRY: Service<RegistryRequest, RegistryResponse> =
-    Service::new(REGISTRY_SERVICE.0, REGISTRY_SERVICE.1);
-/// The change event key.
-pub const CHANGED: Event<SurfaceChanged> = Event::new(CHANGED_EVENT.0, CHANGED_EVENT.1);
-/// The action event key.
-pub const ACTION: Event<SurfaceAction> = Event::new(ACTION_EVENT.0, ACTION_EVENT.1);
-
 /// The registry's state: surfaces in registration order.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Registry {
     entries: Vec<(SurfaceSpec, Option<Scope>)>,
 }
@@ -165,7 +157,7 @@ dispatch_abi::export_plugin!(Surfaces);
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use dispatch_kernel::surface::SurfaceField;
+    use dispatch_contracts::surface::SurfaceField;
 
     fn spec(id: &str, title: &str) -> SurfaceSpec {
         SurfaceSpec {

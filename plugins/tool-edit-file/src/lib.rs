@@ -1,31 +1,26 @@
-//! The `edit_file` tool as a plugin: provides the service `tool.edit_file`
-//! (see `dispatch_kernel::toolbus`). The tool itself is
-//! `dispatch_tools::edit_file`.
+//! The `edit_file` tool as a plugin: serves `dispatch_tools::edit_file` as
+//! the service `tool.edit_file` (see `dispatch_contracts::tool`).
 
 use std::sync::Arc;
 
-use dispatch_abi::{Context, Error, Plugin, PluginManifest, Service};
-use dispatch_kernel::toolbus::{ToolRequest, TOOL_VERSION};
+use dispatch_abi::{Context, Error, Plugin, PluginManifest};
+use dispatch_contracts::tool::{self, Tool as _, ToolServer};
 use dispatch_tools::edit_file::EditFile;
-use dispatch_tools::plugin::ToolPlugin;
-use serde_json::Value;
-
-/// The tool's service.
-pub const SERVICE: Service<ToolRequest, Value> = Service::new("tool.edit_file", TOOL_VERSION);
 
 /// The plugin.
-pub struct Tool(ToolPlugin);
+#[derive(Debug)]
+pub struct Tool(ToolServer);
 
 impl Plugin for Tool {
     fn manifest() -> PluginManifest {
-        PluginManifest::new("tool-edit-file", env!("CARGO_PKG_VERSION"))
+        tool::manifest("tool-edit-file", env!("CARGO_PKG_VERSION"), EditFile::NAME)
             .description("Exact-string edits of text files (atomically) inside the turn's working directory")
-            .provides("service", SERVICE.name())
     }
 
     fn activate(ctx: Context) -> Result<Self, Error> {
         let tool = Arc::new(EditFile);
-        Ok(Tool(ToolPlugin::serve(ctx.host(), &SERVICE, tool, 1)?))
+        debug_assert_eq!(tool.name(), EditFile::NAME);
+        Ok(Tool(tool::serve(ctx.host(), tool, 1)?))
     }
 
     fn deactivate(&mut self) -> Result<(), Error> {

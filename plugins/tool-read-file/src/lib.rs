@@ -1,33 +1,28 @@
-//! The `read_file` tool as a plugin: provides the service `tool.read_file`
-//! (see `dispatch_kernel::toolbus`). The tool itself is
-//! `dispatch_tools::read_file`.
+//! The `read_file` tool as a plugin: serves `dispatch_tools::read_file` as
+//! the service `tool.read_file` (see `dispatch_contracts::tool`).
 //!
 //! `[plugin.config]` is `dispatch_tools::read_file::Config`; every field is optional.
 
 use std::sync::Arc;
 
-use dispatch_abi::{Context, Error, Plugin, PluginManifest, Service};
-use dispatch_kernel::toolbus::{ToolRequest, TOOL_VERSION};
-use dispatch_tools::plugin::ToolPlugin;
+use dispatch_abi::{Context, Error, Plugin, PluginManifest};
+use dispatch_contracts::tool::{self, Tool as _, ToolServer};
 use dispatch_tools::read_file::{Config, ReadFile};
-use serde_json::Value;
-
-/// The tool's service.
-pub const SERVICE: Service<ToolRequest, Value> = Service::new("tool.read_file", TOOL_VERSION);
 
 /// The plugin.
-pub struct Tool(ToolPlugin);
+#[derive(Debug)]
+pub struct Tool(ToolServer);
 
 impl Plugin for Tool {
     fn manifest() -> PluginManifest {
-        PluginManifest::new("tool-read-file", env!("CARGO_PKG_VERSION"))
+        tool::manifest("tool-read-file", env!("CARGO_PKG_VERSION"), ReadFile::NAME)
             .description("Reads text files (paginated, line-numbered) and lists directories, inside the turn's working directory")
-            .provides("service", SERVICE.name())
     }
 
     fn activate(ctx: Context) -> Result<Self, Error> {
         let tool = Arc::new(ReadFile::new(ctx.config::<Config>()?));
-        Ok(Tool(ToolPlugin::serve(ctx.host(), &SERVICE, tool, 2)?))
+        debug_assert_eq!(tool.name(), ReadFile::NAME);
+        Ok(Tool(tool::serve(ctx.host(), tool, 2)?))
     }
 
     fn deactivate(&mut self) -> Result<(), Error> {

@@ -1,33 +1,25 @@
-//! The `todo_write` tool as a plugin: provides the service `tool.todo_write`
-//! (see `dispatch_kernel::toolbus`), the service `todo` (schema 1: `{"op":
-//! "get", "conversationId"}` → `{conversationId, todos}`) through which
-//! other plugins read a conversation's list, and publishes every new list
-//! on the event `todo.changed`.
+//! The `todo_write` tool as a plugin: serves `dispatch_tools::todo` as the
+//! service `tool.todo_write` (see `dispatch_contracts::tool`), provides the
+//! `todo` service through which other plugins read a conversation's list,
+//! and publishes every new list on the `todo.changed` event (both in
+//! `dispatch_contracts::todo`).
 
 use std::sync::Arc;
 
-use dispatch_abi::{to_json, Context, Error, Event, Plugin, PluginManifest, Service};
-use dispatch_kernel::toolbus::{ToolRequest, TOOL_VERSION};
-use dispatch_tools::plugin::ToolPlugin;
-use dispatch_tools::todo::{Lists, OnChange, TodoList, TodoRequest, TodoWrite};
-use serde_json::Value;
-
-/// The tool's service.
-pub const SERVICE: Service<ToolRequest, Value> = Service::new("tool.todo_write", TOOL_VERSION);
-/// Read a conversation's list.
-pub const LISTS: Service<TodoRequest, Value> = Service::new("todo", 1);
-/// A conversation's list changed.
-pub const CHANGED: Event<TodoList> = Event::new("todo.changed", 1);
+use dispatch_abi::{Context, Error, Plugin, PluginManifest};
+use dispatch_contracts::todo::{TodoList, TodoRequest, CHANGED, TODO};
+use dispatch_contracts::tool::{self, ToolServer};
+use dispatch_tools::todo::{Lists, OnChange, TodoWrite};
 
 /// The plugin.
-pub struct Todo(ToolPlugin);
+#[derive(Debug)]
+pub struct Todo(ToolServer);
 
 impl Plugin for Todo {
     fn manifest() -> PluginManifest {
-        PluginManifest::new("tool-todo", env!("CARGO_PKG_VERSION"))
+        tool::manifest("tool-todo", env!("CARGO_PKG_VERSION"), TodoWrite::NAME)
             .description("A per-conversation task list the model keeps with todo_write")
-            .provides("service", SERVICE.name())
-            .provides("service", LISTS.name())
+            .provides("service", TODO.name())
             .provides("event", CHANGED.name())
     }
 
@@ -40,10 +32,12 @@ impl Plugin for Todo {
             }
         });
         let tool = Arc::new(TodoWrite::new(Arc::clone(&lists), Some(on_change)));
-        let served = ToolPlugin::serve(ctx.host(), &SERVICE, tool, 1)?;
-        ctx.host().provide_sync(&LISTS, move |req: TodoRequest| match req {
-            TodoRequest::Get { conversation_id } => to_json(&lists.get(&conversation_id)),
-            _ => Err(Error::msg("unknown op")),
+        let served = tool::serve(ctx.host(), tool, 1)?;
+        ctx.host().provide_sync(&TODO, move |req: TodoRequest| match req {
+            TodoRequest::Get { conversation_id } => Ok(lists.get(&conversation_id)),
+            other => {
+                Err(Error::new(dispatch_abi::codes::UNSUPPORTED, format!("unsupported request {other:?}")))
+            }
         })?;
         Ok(Todo(served))
     }

@@ -3,7 +3,7 @@
 use std::os::unix::fs::symlink;
 use std::path::Path;
 
-use dispatch_kernel::tool::Tool;
+use dispatch_protocol::tool::Tool;
 use dispatch_tools::edit_file::EditFile;
 use dispatch_tools::read_file::ReadFile;
 use dispatch_tools::write_file::WriteFile;

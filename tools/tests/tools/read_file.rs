@@ -91,7 +91,7 @@ fn missing_files_and_bad_input_are_explained() {
 
 #[test]
 fn read_file_is_concurrency_safe() {
-    use dispatch_kernel::tool::Tool;
+    use dispatch_protocol::tool::Tool;
     assert!(ReadFile::default().concurrency_safe());
     assert!(!dispatch_tools::write_file::WriteFile.concurrency_safe());
     assert!(!dispatch_tools::edit_file::EditFile.concurrency_safe());

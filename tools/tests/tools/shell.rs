@@ -2,9 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use dispatch_kernel::runtime::AbortSignal;
-use dispatch_kernel::tool::Tool;
-use dispatch_kernel::wire::OutputStream;
+use dispatch_protocol::abort::AbortSignal;
+use dispatch_protocol::tool::Tool;
+use dispatch_protocol::wire::OutputStream;
 use dispatch_tools::shell::{Config, Shell};
 use serde_json::json;
 

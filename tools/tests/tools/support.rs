@@ -1,9 +1,9 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use dispatch_kernel::runtime::AbortSignal;
-use dispatch_kernel::tool::{Tool, ToolContext, ToolError, ToolOutput};
-use dispatch_kernel::wire::OutputStream;
+use dispatch_protocol::abort::AbortSignal;
+use dispatch_protocol::tool::{Tool, ToolContext, ToolError, ToolOutput};
+use dispatch_protocol::wire::OutputStream;
 use serde_json::Value;
 
 pub type Streamed = Arc<Mutex<Vec<(String, OutputStream)>>>;

@@ -8,7 +8,7 @@
 use std::io::Write as _;
 use std::sync::Arc;
 
-use dispatch_kernel::wire::{Chunk, Role};
+use dispatch_contracts::protocol::wire::{Chunk, Role};
 use dispatch_plugin_store_sqlite::store::{Options, Store};
 
 fn main() {

@@ -5,15 +5,6 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Bus name and schema version of the registry service.
-pub const REGISTRY_SERVICE: (&str, u32) = ("surfaces", 1);
-/// Bus name and schema version of the change event ([`SurfaceChanged`]).
-pub const CHANGED_EVENT: (&str, u32) = ("surfaces.changed", 1);
-/// Bus name and schema version of the action event ([`SurfaceAction`]),
-/// published when a client invokes a field's action; the surface's owner
-/// subscribes.
-pub const ACTION_EVENT: (&str, u32) = ("surfaces.action", 1);
-
 /// A reference to an action a field can invoke.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

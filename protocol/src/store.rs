@@ -1,5 +1,5 @@
-//! The conversation store's bus contract: the `store` service (schema
-//! [`STORE_SERVICE`]) that persists the append-only chunk log, conversation
+//! The conversation store's bus contract: the `store` service (key in `dispatch-contracts`,
+//! schema version 1) that persists the append-only chunk log, conversation
 //! metadata and per-turn metrics. Any store plugin (SQLite today, Postgres
 //! for more than one machine) speaks it, so the plugins that use it never
 //! change when the store does.
@@ -9,9 +9,6 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::wire::{
     ChatMessage, Chunk, ConversationMeta, ConversationStatus, ReasoningEffort, Role, StoredChunk, TurnMetrics,
 };
-
-/// Bus name and schema version of the store service.
-pub const STORE_SERVICE: (&str, u32) = ("store", 1);
 
 /// Requests to the store, tagged by `op`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,0 +1,85 @@
+//! The host's own contracts: the `dispatch.plugins` service (every
+//! configured plugin, [`PluginList`]) and the `dispatch.plugin-state` event
+//! (one plugin changed state, a [`PluginReport`]). The host provides them
+//! under the plugin id `dispatch`.
+
+use serde::{Deserialize, Serialize};
+
+/// Where a plugin stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum State {
+    /// Not yet activated.
+    Pending,
+    /// Activated and running.
+    Active,
+    /// Could not be loaded or activated.
+    Failed,
+    /// Not activated because a dependency is not active.
+    Skipped,
+    /// Deactivated during shutdown.
+    Stopped,
+}
+
+impl State {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Active => "active",
+            State::Failed => "failed",
+            State::Skipped => "skipped",
+            State::Stopped => "stopped",
+        }
+    }
+}
+
+/// One declared contribution.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provided {
+    /// `service`, `tool`, …
+    pub kind: String,
+    /// The name.
+    pub name: String,
+}
+
+/// What happened to one configured plugin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginReport {
+    /// The manifest id, or the file stem when the manifest could not be read.
+    pub id: String,
+    /// The manifest version.
+    pub version: Option<String>,
+    /// The library file.
+    #[serde(default)]
+    pub file: String,
+    /// 1-based position in the activation order.
+    pub order: Option<usize>,
+    /// The state.
+    pub state: State,
+    /// Why it failed or was skipped.
+    pub error: Option<String>,
+    /// As configured.
+    #[serde(default)]
+    pub required: bool,
+    /// From the manifest.
+    #[serde(default)]
+    pub description: String,
+    /// From the manifest.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    /// From the manifest.
+    #[serde(default)]
+    pub provides: Vec<Provided>,
+    /// How long `activate` took.
+    pub activate_ms: Option<f64>,
+}
+
+/// The `dispatch.plugins` answer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PluginList {
+    /// Every configured plugin, in configuration order.
+    pub plugins: Vec<PluginReport>,
+}

@@ -1,0 +1,265 @@
+//! The model provider contract: what a provider streams for one model step
+//! ([`ProviderEvent`], [`ProviderError`]) and the pull protocol a provider
+//! plugin answers on its bus service ([`ProviderRequest`]).
+//!
+//! A provider plugin serves one service (e.g. `provider.openai`, schema
+//! version [`VERSION`]). A model step is streamed *pull-based*: `open`
+//! starts it and answers [`Opened`], each `next` answers the events
+//! buffered since the previous `next` ([`Batch`], waiting until there is at
+//! least one, or the end), and `cancel` stops it. A stream that ends without
+//! a `finish` event or an error is itself an error: a provider that stops
+//! talking has failed, it has not answered.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::wire::{ChatMessage, FinishReason, ReasoningEffort, Usage};
+
+/// Schema version of every provider service.
+pub const VERSION: u32 = 1;
+
+/// A tool as the model sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolSpec {
+    /// Name the model calls it by.
+    pub name: String,
+    /// What it does, written for a model.
+    pub description: String,
+    /// JSON Schema of its input.
+    pub input_schema: Value,
+}
+
+/// What a provider streams for one step.
+///
+/// On the bus it travels as `{"type": "text-delta", "delta": …}`,
+/// `{"type": "tool-call", "id", "name", "input"}`, `{"type": "usage",
+/// "usage"}`, `{"type": "finish", "reason"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(into = "EventRepr", from = "EventRepr")]
+pub enum ProviderEvent {
+    /// Answer text.
+    TextDelta(String),
+    /// Reasoning text.
+    ReasoningDelta(String),
+    /// A complete tool call. `input` is the parsed JSON; a provider that
+    /// could not parse the model's arguments passes them as a JSON string,
+    /// which the turn loop reports to the model as invalid input.
+    ToolCall {
+        /// Call id.
+        id: String,
+        /// Tool name.
+        name: String,
+        /// Input.
+        input: Value,
+    },
+    /// Token usage (usually once, at the end).
+    Usage(Usage),
+    /// Why the step ended.
+    Finish(FinishReason),
+}
+
+/// The JSON shape of [`ProviderEvent`] (serde cannot tag tuple variants).
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", rename_all_fields = "camelCase")]
+enum EventRepr {
+    TextDelta { delta: String },
+    ReasoningDelta { delta: String },
+    ToolCall { id: String, name: String, input: Value },
+    Usage { usage: Usage },
+    Finish { reason: FinishReason },
+}
+
+impl From<EventRepr> for ProviderEvent {
+    fn from(e: EventRepr) -> Self {
+        match e {
+            EventRepr::TextDelta { delta } => ProviderEvent::TextDelta(delta),
+            EventRepr::ReasoningDelta { delta } => ProviderEvent::ReasoningDelta(delta),
+            EventRepr::ToolCall { id, name, input } => ProviderEvent::ToolCall { id, name, input },
+            EventRepr::Usage { usage } => ProviderEvent::Usage(usage),
+            EventRepr::Finish { reason } => ProviderEvent::Finish(reason),
+        }
+    }
+}
+
+impl From<ProviderEvent> for EventRepr {
+    fn from(e: ProviderEvent) -> Self {
+        match e {
+            ProviderEvent::TextDelta(delta) => EventRepr::TextDelta { delta },
+            ProviderEvent::ReasoningDelta(delta) => EventRepr::ReasoningDelta { delta },
+            ProviderEvent::ToolCall { id, name, input } => EventRepr::ToolCall { id, name, input },
+            ProviderEvent::Usage(usage) => EventRepr::Usage { usage },
+            ProviderEvent::Finish(reason) => EventRepr::Finish { reason },
+        }
+    }
+}
+
+/// A provider failure.
+///
+/// On the bus: `{"message", "code"?, "retryable", "retryAfterMs"?}`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(into = "ErrorRepr", from = "ErrorRepr")]
+#[error("{message}")]
+pub struct ProviderError {
+    /// The server's message (or the transport's).
+    pub message: String,
+    /// A stable code: the HTTP status, or a provider error code.
+    pub code: Option<String>,
+    /// Whether trying again may succeed (429, 5xx, connection failures).
+    pub retryable: bool,
+    /// The server's `Retry-After`, when it sent one.
+    pub retry_after: Option<Duration>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ErrorRepr {
+    message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    code: Option<String>,
+    retryable: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retry_after_ms: Option<u64>,
+}
+
+impl From<ErrorRepr> for ProviderError {
+    fn from(e: ErrorRepr) -> Self {
+        ProviderError {
+            message: e.message,
+            code: e.code,
+            retryable: e.retryable,
+            retry_after: e.retry_after_ms.map(Duration::from_millis),
+        }
+    }
+}
+
+impl From<ProviderError> for ErrorRepr {
+    fn from(e: ProviderError) -> Self {
+        ErrorRepr {
+            message: e.message,
+            code: e.code,
+            retryable: e.retryable,
+            retry_after_ms: e.retry_after.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        }
+    }
+}
+
+impl ProviderError {
+    /// A failure worth retrying.
+    pub fn retryable(message: impl Into<String>, code: Option<String>) -> Self {
+        ProviderError { message: message.into(), code, retryable: true, retry_after: None }
+    }
+    /// A failure that retrying will not fix.
+    pub fn fatal(message: impl Into<String>, code: Option<String>) -> Self {
+        ProviderError { message: message.into(), code, retryable: false, retry_after: None }
+    }
+}
+
+/// A model as a provider lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelEntry {
+    /// `<credential>/<model>`.
+    pub name: String,
+    /// The model's context window in tokens, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_window: Option<u64>,
+}
+
+/// Requests to a provider service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum ProviderRequest {
+    /// The models this provider serves (may ask the server); answers
+    /// [`ProviderModels`].
+    Models,
+    /// Start one model step; answers [`Opened`].
+    Open {
+        /// `<credential>/<model>`.
+        model: String,
+        /// The history.
+        messages: Vec<ChatMessage>,
+        /// The tools on offer.
+        #[serde(default)]
+        tools: Vec<ToolSpec>,
+        /// The system prompt.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        system_prompt: Option<String>,
+        /// Reasoning effort.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reasoning_effort: Option<ReasoningEffort>,
+    },
+    /// The events since the last `next`; waits for at least one. Answers
+    /// [`Batch`].
+    Next {
+        /// From `open`.
+        stream_id: u64,
+    },
+    /// Stop a stream and free it. Answers `{}`; unknown ids are ignored.
+    Cancel {
+        /// From `open`.
+        stream_id: u64,
+    },
+}
+
+/// A provider's `models` answer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderModels {
+    /// Its models.
+    pub models: Vec<ModelEntry>,
+}
+
+/// A provider's `open` answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Opened {
+    /// Names the stream in `next` and `cancel`.
+    pub stream_id: u64,
+}
+
+/// A provider's `next` answer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Batch {
+    /// Events, in order.
+    pub events: Vec<ProviderEvent>,
+    /// The stream failed after `events` (the stream is over).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ProviderError>,
+    /// The stream ended after `events`.
+    #[serde(default)]
+    pub done: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn events_and_errors_travel_in_their_documented_shape() {
+        let e = ProviderEvent::ToolCall { id: "c".into(), name: "t".into(), input: json!({"a": 1}) };
+        assert_eq!(
+            serde_json::to_value(&e).unwrap(),
+            json!({"type": "tool-call", "id": "c", "name": "t", "input": {"a": 1}})
+        );
+        let d = ProviderEvent::TextDelta("hi".into());
+        assert_eq!(serde_json::to_value(&d).unwrap(), json!({"type": "text-delta", "delta": "hi"}));
+        let err = ProviderError {
+            message: "slow down".into(),
+            code: Some("429".into()),
+            retryable: true,
+            retry_after: Some(Duration::from_millis(1500)),
+        };
+        let v = serde_json::to_value(&err).unwrap();
+        assert_eq!(
+            v,
+            json!({"message": "slow down", "code": "429", "retryable": true, "retryAfterMs": 1500})
+        );
+        assert_eq!(serde_json::from_value::<ProviderError>(v).unwrap(), err);
+    }
+}
