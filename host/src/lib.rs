@@ -2,13 +2,12 @@
 //!
 //! Reads `plugins.toml` ([`config`]), loads plugin libraries ([`loader`]),
 //! activates them in dependency order and shuts them down in reverse
-//! ([`supervisor`]), and gives each plugin its handle on the shared bus
-//! ([`hostapi`]). The binary (`src/main.rs`) adds the command line.
+//! ([`supervisor`]), giving each plugin its handle on the shared bus
+//! (`dispatch_bus::hostapi`). The binary (`src/main.rs`) adds the command line.
 
 #![warn(missing_docs)]
 
 pub mod config;
-pub mod hostapi;
 pub mod loader;
 pub mod logging;
 pub mod report;

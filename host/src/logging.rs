@@ -26,3 +26,19 @@ pub fn init(filter: &str) {
         .with_writer(std::io::stderr)
         .try_init();
 }
+
+/// Re-emit one record a plugin forwarded, tagged with the plugin's id (the
+/// host's [`dispatch_bus::hostapi::LogSink`]).
+pub fn plugin_record(plugin: &str, level: dispatch_abi::ffi::LogLevel, module: &str, message: &str) {
+    use dispatch_abi::ffi::LogLevel;
+    let (plugin, module) = (tracing::field::display(plugin), tracing::field::display(module));
+    // The plugin filtered with our filter already; `plugin` is always
+    // enabled in the host's filter (see `init`).
+    match level {
+        LogLevel::Error => tracing::error!(target: "plugin", plugin, module, "{message}"),
+        LogLevel::Warn => tracing::warn!(target: "plugin", plugin, module, "{message}"),
+        LogLevel::Info => tracing::info!(target: "plugin", plugin, module, "{message}"),
+        LogLevel::Debug => tracing::debug!(target: "plugin", plugin, module, "{message}"),
+        LogLevel::Trace => tracing::trace!(target: "plugin", plugin, module, "{message}"),
+    }
+}

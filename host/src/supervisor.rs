@@ -17,8 +17,8 @@ use dispatch_kernel::graph::{self, GraphError, Node};
 use tokio::sync::watch;
 
 use crate::config::Plan;
-use crate::hostapi::{HostBus, PluginHost, Shared};
 use crate::loader;
+use dispatch_bus::hostapi::{HostBus, PluginHost, Shared};
 
 /// How long start-up waits for lifecycle events to be delivered.
 const SETTLE_LIMIT: Duration = Duration::from_secs(2);
@@ -68,6 +68,7 @@ impl Supervisor {
         }));
         let shared = Arc::new(Shared {
             bus,
+            log: Arc::new(crate::logging::plugin_record),
             log_filter: settings.log_filter.clone(),
             data_root: plan.data_dir.clone(),
             shutdown: shutdown_rx,
@@ -250,6 +251,11 @@ impl Supervisor {
                 Ok(instance) => {
                     r.state = State::Active;
                     tracing::info!(plugin = %id, version = r.version.as_deref().unwrap_or(""), "plugin active");
+                    let declared: Vec<&str> =
+                        r.provides.iter().filter(|p| p.kind == "service").map(|p| p.name.as_str()).collect();
+                    if let Some(drift) = self.shared.bus.service_drift(&id, &declared) {
+                        tracing::warn!(plugin = %id, file = %file, "{drift}");
+                    }
                     self.active.push((i, instance));
                 }
                 Err(e) => {

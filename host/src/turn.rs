@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use abi_stable::std_types::RVec;
 use dispatch_contracts::catalog::{CatalogRequest, CATALOG};
-use dispatch_kernel::bus::{BoxFuture, Spawner};
 use dispatch_kernel::protocol::CallError;
+use dispatch_kernel::protocol::{BoxFuture, Spawner};
 use dispatch_kernel::provider::ProviderOptions;
 use dispatch_kernel::remote::{RemoteProvider, Resolved, ServiceCaller};
 use dispatch_kernel::runtime::{AbortSignal, Clock, RetryPolicy, Sleep};
@@ -19,7 +19,7 @@ use dispatch_kernel::toolbus::{RemoteTool, TOOL_PREFIX};
 use dispatch_kernel::turn::{run_turn, TurnInput, TurnOutcome};
 use dispatch_kernel::wire::{AgentEvent, ChatMessage};
 
-use crate::hostapi::{bus_error, Shared};
+use dispatch_bus::hostapi::{bus_error, Shared};
 
 /// Calls services on the host's bus (the host's own client).
 pub struct BusCaller(pub Arc<Shared>);

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use dispatch_kernel::bus::BoxFuture;
+use dispatch_kernel::protocol::BoxFuture;
 use dispatch_kernel::provider::{Provider, ProviderError, ProviderEvent, ProviderOptions, StepRequest};
 use dispatch_kernel::runtime::{AbortSignal, Clock, RetryPolicy, Sleep};
 use dispatch_kernel::tool::{Tool, ToolContext, ToolError, ToolOutput};

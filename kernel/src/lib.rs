@@ -11,14 +11,12 @@
 //! * [`remote`], [`toolbus`] — the turn's side of the provider and tool
 //!   protocols: kernel [`provider::Provider`]s and [`tool::Tool`]s that
 //!   speak to plugins over any bus;
-//! * [`bus`] — the service/event/hook bus that connects plugins;
 //! * [`graph`] — the plugin dependency graph.
 //!
 //! Everything here is unit-tested with fakes in microseconds.
 
 #![warn(missing_docs)]
 
-pub mod bus;
 pub mod graph;
 pub mod provider;
 pub mod remote;
@@ -29,6 +27,3 @@ pub mod turn;
 
 pub use dispatch_protocol as protocol;
 pub use dispatch_protocol::{reconcile, wire};
-
-#[cfg(test)]
-mod bus_tests;

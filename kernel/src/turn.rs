@@ -30,12 +30,12 @@ use futures::future::{self, Either};
 use futures::{FutureExt as _, StreamExt as _};
 use serde_json::Value;
 
-use crate::bus::BoxFuture;
 use crate::provider::{Provider, ProviderError, ProviderEvent, ProviderOptions, StepRequest, ToolSpec};
 use crate::reconcile::reconcile;
 use crate::runtime::{AbortSignal, Clock, RetryPolicy, Sleep};
 use crate::tool::{Tool, ToolContext, ToolError, ToolOutput};
 use crate::wire::{AgentEvent, ChatMessage, Chunk, FinishReason, Role, StepMetrics, TurnMetrics, Usage};
+use dispatch_protocol::BoxFuture;
 
 /// Receives every event of the turn, in order. Called from the turn's task
 /// and, for `tool-output`, from running tools.

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dispatch_kernel::bus::BoxFuture;
+use dispatch_kernel::protocol::BoxFuture;
 use dispatch_kernel::provider::{Provider, ProviderError, ProviderEvent, ProviderOptions, StepRequest};
 use dispatch_kernel::runtime::{AbortSignal, Clock, RetryPolicy, Sleep};
 use dispatch_kernel::tool::{Tool, ToolContext, ToolError, ToolOutput};

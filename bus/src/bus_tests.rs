@@ -2,7 +2,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::bus::*;
+use crate::*;
 
 fn bus() -> Bus<&'static str> {
     Bus::new(Arc::new(|f| {
@@ -227,4 +227,19 @@ async fn wait_for(cond: impl Fn() -> bool) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     panic!("condition not reached in time");
+}
+
+#[test]
+fn service_drift_names_both_sides_of_a_manifest_mismatch() {
+    let bus = Bus::<u8>::new(Arc::new(|_| {}));
+    bus.provide("p", "a", 1, 0).unwrap();
+    bus.provide("p", "b", 1, 0).unwrap();
+    bus.provide("q", "c", 1, 0).unwrap();
+    assert_eq!(bus.service_drift("p", &["a", "b"]), None);
+    let drift = bus.service_drift("p", &["a", "z"]).unwrap();
+    assert_eq!(
+        drift,
+        "plugin `p` provides `b` without declaring it in its manifest; \
+         declares `z` in its manifest but does not provide it"
+    );
 }

@@ -5,6 +5,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate as bus;
+use crate::{Bus, BusError, ChainOutcome, EventSink, HookStep, StepReply};
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RResult, RStr, RString, RVec};
 use async_ffi::{FfiFuture, FutureExt as _};
@@ -13,15 +15,23 @@ use dispatch_abi::ffi::{
     AbiError, BytesFuture, EventHandlerBox, FailurePolicy, HookHandlerBox, HookKind, HookOutcome, HookReply,
     HookSpec, HostApi, HostApiBox, HostApi_TO, LogLevel, ServiceHandlerBox,
 };
-use dispatch_kernel::bus::{self, Bus, BusError, ChainOutcome, EventSink, HookStep, StepReply};
 
-/// The bus as the host instantiates it.
+/// The bus as a host instantiates it.
 pub type HostBus = Bus<ServiceHandlerBox>;
+
+/// Where plugins' log records go: `(plugin id, level, module, message)`.
+/// The `dispatch` binary re-emits them through its `tracing` subscriber.
+/// (An in-process host must not: there the plugin and the host share one
+/// `tracing` dispatcher, and re-emitting would loop back into the plugin's
+/// forwarding layer.)
+pub type LogSink = Arc<dyn Fn(&str, LogLevel, &str, &str) + Send + Sync>;
 
 /// State shared by every plugin's handle.
 pub struct Shared {
     /// The bus.
     pub bus: HostBus,
+    /// Receives every plugin's log records.
+    pub log: LogSink,
     /// `RUST_LOG` as the host uses it, handed to plugins.
     pub log_filter: String,
     /// Root of the plugins' data directories.
@@ -98,17 +108,9 @@ impl HostApi for PluginHost {
     }
 
     fn log(&self, level: LogLevel, target: RStr<'_>, message: RStr<'_>) {
-        let (plugin, module, message) = (self.id.as_str(), target.as_str(), message.as_str());
-        let (plugin, module) = (tracing::field::display(plugin), tracing::field::display(module));
-        // The plugin filtered with our filter already; `plugin` is always
-        // enabled in the host's filter (see `logging::init`).
-        match level {
-            LogLevel::Error => tracing::error!(target: "plugin", plugin, module, "{message}"),
-            LogLevel::Warn => tracing::warn!(target: "plugin", plugin, module, "{message}"),
-            LogLevel::Info => tracing::info!(target: "plugin", plugin, module, "{message}"),
-            LogLevel::Debug => tracing::debug!(target: "plugin", plugin, module, "{message}"),
-            LogLevel::Trace => tracing::trace!(target: "plugin", plugin, module, "{message}"),
-        }
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            (self.shared.log)(self.id.as_str(), level, target.as_str(), message.as_str())
+        }));
     }
 
     fn log_filter(&self) -> RString {

@@ -410,6 +410,38 @@ impl<S: Send + Sync + 'static> Bus<S> {
         }
     }
 
+    /// How the services `plugin` provides differ from the ones its manifest
+    /// `declared`: a sentence naming both sides, or `None` when they agree.
+    /// Hosts warn with it after activation, so a manifest cannot silently
+    /// drift from what the plugin registers.
+    pub fn service_drift(&self, plugin: &str, declared: &[&str]) -> Option<String> {
+        let mut provided: Vec<String> = self
+            .services
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(_, p)| p.plugin == plugin)
+            .map(|(name, _)| name.clone())
+            .collect();
+        provided.sort();
+        let undeclared: Vec<&str> =
+            provided.iter().map(String::as_str).filter(|n| !declared.contains(n)).collect();
+        let missing: Vec<&str> =
+            declared.iter().copied().filter(|d| !provided.iter().any(|p| p == d)).collect();
+        if undeclared.is_empty() && missing.is_empty() {
+            return None;
+        }
+        let list = |names: &[&str]| names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
+        let mut parts = Vec::new();
+        if !undeclared.is_empty() {
+            parts.push(format!("provides {} without declaring it in its manifest", list(&undeclared)));
+        }
+        if !missing.is_empty() {
+            parts.push(format!("declares {} in its manifest but does not provide it", list(&missing)));
+        }
+        Some(format!("plugin `{plugin}` {}", parts.join("; ")))
+    }
+
     /// Everything registered, sorted by kind and name.
     pub fn registrations(&self) -> Vec<Registration> {
         let mut out = Vec::new();

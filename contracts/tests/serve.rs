@@ -1,0 +1,240 @@
+//! `tool::serve` and `provider::serve` on the real bus, through the test
+//! host: the serving side of both pull protocols.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dispatch_abi::{codes, Context, Error, Plugin, PluginManifest};
+use dispatch_contracts::protocol::wire::{FinishReason, OutputStream};
+use dispatch_contracts::provider::{
+    self, Batch, BoxFuture, EventSender, ModelEntry, ModelProvider, Opened, ProviderEvent, ProviderRequest,
+    ProviderServer, Registration, StepSpec,
+};
+use dispatch_contracts::tool::{
+    self, OutputPiece, RunBatch, RunResult, Started, Tool, ToolContext, ToolError, ToolOutput, ToolRequest,
+    ToolServer,
+};
+use dispatch_testkit::TestHost;
+use serde_json::{json, Value};
+
+/// `echo` prints its text then answers it; `boom` panics; `wait` waits
+/// for its abort signal.
+struct Fixture(&'static str);
+
+impl Tool for Fixture {
+    fn name(&self) -> &str {
+        self.0
+    }
+    fn description(&self) -> &str {
+        "fixture"
+    }
+    fn input_schema(&self) -> Value {
+        json!({"type": "object"})
+    }
+    fn execute(&self, input: Value, ctx: ToolContext) -> BoxFuture<Result<ToolOutput, ToolError>> {
+        let name = self.0;
+        Box::pin(async move {
+            match name {
+                "boom" => panic!("asked to"),
+                "wait" => {
+                    ctx.abort.aborted().await;
+                    Ok(ToolOutput::ok("stopped"))
+                }
+                _ => {
+                    let text = input["text"].as_str().unwrap_or_default().to_owned();
+                    (ctx.output)(&text, OutputStream::Stdout);
+                    Ok(ToolOutput::ok(text))
+                }
+            }
+        })
+    }
+}
+
+macro_rules! tool_plugin {
+    ($ty:ident, $id:literal, $tool:literal) => {
+        struct $ty(ToolServer);
+        impl Plugin for $ty {
+            fn manifest() -> PluginManifest {
+                tool::manifest($id, "0.0.0", $tool)
+            }
+            fn activate(ctx: Context) -> Result<Self, Error> {
+                Ok($ty(tool::serve(ctx.host(), Arc::new(Fixture($tool)), 1)?))
+            }
+            fn deactivate(&mut self) -> Result<(), Error> {
+                self.0.stop();
+                Ok(())
+            }
+        }
+    };
+}
+tool_plugin!(EchoPlugin, "echo-plugin", "echo");
+tool_plugin!(OtherEchoPlugin, "other-echo-plugin", "echo");
+tool_plugin!(BoomPlugin, "boom-plugin", "boom");
+tool_plugin!(WaitPlugin, "wait-plugin", "wait");
+
+fn start(host: &TestHost, name: &str, input: Value) -> u64 {
+    let req = ToolRequest::Start { call_id: "c".into(), conversation_id: "v".into(), cwd: None, input };
+    let v = host.call(&tool::key(name), &req).unwrap();
+    serde_json::from_value::<Started>(v).unwrap().run_id
+}
+
+fn next(host: &TestHost, name: &str, run_id: u64) -> Result<RunBatch, Error> {
+    host.call(&tool::key(name), &ToolRequest::Next { run_id }).map(|v| serde_json::from_value(v).unwrap())
+}
+
+#[test]
+fn a_served_tool_streams_output_then_its_result_and_forgets_the_run() {
+    let mut host = TestHost::new();
+    host.activate::<EchoPlugin>(Value::Null).unwrap();
+    let spec = host.call(&tool::key("echo"), &ToolRequest::Spec).unwrap();
+    assert_eq!(spec["name"], "echo");
+    let id = start(&host, "echo", json!({"text": "hi"}));
+    let mut output = Vec::new();
+    let result = loop {
+        let batch = next(&host, "echo", id).unwrap();
+        output.extend(batch.output);
+        if let Some(r) = batch.result {
+            break r;
+        }
+    };
+    assert_eq!(output, vec![OutputPiece { stream: OutputStream::Stdout, text: "hi".into() }]);
+    assert_eq!(result, RunResult::Output { content: "hi".into(), is_error: false });
+    assert_eq!(next(&host, "echo", id).unwrap_err().code(), codes::NOT_FOUND);
+}
+
+#[test]
+fn a_panicking_tool_answers_an_error_result_and_the_plugin_keeps_serving() {
+    let mut host = TestHost::new();
+    host.activate::<BoomPlugin>(Value::Null).unwrap();
+    for _ in 0..2 {
+        let id = start(&host, "boom", json!({}));
+        let batch = next(&host, "boom", id).unwrap();
+        assert_eq!(
+            batch.result,
+            Some(RunResult::Failed { message: "the `boom` tool panicked: asked to".into() })
+        );
+    }
+}
+
+#[test]
+fn cancel_fires_the_abort_signal_and_forgets_the_run() {
+    let mut host = TestHost::new();
+    host.activate::<WaitPlugin>(Value::Null).unwrap();
+    let id = start(&host, "wait", json!({}));
+    host.call(&tool::key("wait"), &ToolRequest::Cancel { run_id: id }).unwrap();
+    assert_eq!(next(&host, "wait", id).unwrap_err().code(), codes::NOT_FOUND);
+}
+
+#[test]
+fn a_second_plugin_serving_the_same_tool_name_is_refused_naming_both() {
+    let mut host = TestHost::new();
+    host.activate::<EchoPlugin>(Value::Null).unwrap();
+    let e = host.activate::<OtherEchoPlugin>(Value::Null).unwrap_err();
+    assert_eq!(e.code(), codes::DUPLICATE);
+    assert!(e.message().contains("echo-plugin") && e.message().contains("other-echo-plugin"), "{e}");
+    // The first one still answers.
+    assert_eq!(host.call(&tool::key("echo"), &ToolRequest::Spec).unwrap()["name"], "echo");
+}
+
+#[test]
+fn an_unknown_op_is_refused_as_an_invalid_payload_naming_the_ops() {
+    let mut host = TestHost::new();
+    host.activate::<EchoPlugin>(Value::Null).unwrap();
+    let key = dispatch_abi::Service::<Value, Value>::named("tool.echo", tool::VERSION);
+    let e = host.call(&key, &json!({"op": "explode"})).unwrap_err();
+    assert_eq!(e.code(), codes::INVALID_PAYLOAD);
+    assert!(e.message().contains("unknown variant `explode`"), "{e}");
+    let e = host.call(&key, &json!({"op": "next", "runId": 1, "extra": true})).unwrap_err();
+    assert!(e.message().contains("unknown field `extra`"), "{e}");
+}
+
+/// Streams `text`, then finishes — unless it is `"silent"`, which stops
+/// without a finish event.
+struct Script;
+
+impl ModelProvider for Script {
+    fn models(&self) -> BoxFuture<Vec<ModelEntry>> {
+        Box::pin(async { vec![ModelEntry { name: "fx/model".into(), context_window: None }] })
+    }
+    fn open(&self, step: StepSpec, events: EventSender) -> Result<BoxFuture<()>, Error> {
+        if step.model != "fx/model" {
+            return Err(Error::new(codes::NOT_FOUND, format!("unknown model `{}`", step.model)));
+        }
+        Ok(Box::pin(async move {
+            let _ = events.unbounded_send(Ok(ProviderEvent::TextDelta("hello".into())));
+            if step.system_prompt.as_deref() != Some("silent") {
+                let _ = events.unbounded_send(Ok(ProviderEvent::Finish(FinishReason::Stop)));
+            }
+        }))
+    }
+}
+
+struct ScriptPlugin(ProviderServer);
+impl Plugin for ScriptPlugin {
+    fn manifest() -> PluginManifest {
+        PluginManifest::new("fx-provider", "0.0.0").provides("service", "provider.fx")
+    }
+    fn activate(ctx: Context) -> Result<Self, Error> {
+        let registration = Registration {
+            provider: "fx-provider".into(),
+            service: "provider.fx".into(),
+            credentials: vec![],
+        };
+        let runtime = dispatch_abi::runtime::PluginRuntime::new("fx-provider", 1)?;
+        Ok(ScriptPlugin(provider::serve(ctx.host(), registration, Arc::new(Script), runtime)?))
+    }
+    fn deactivate(&mut self) -> Result<(), Error> {
+        self.0.stop();
+        Ok(())
+    }
+}
+
+fn step(host: &TestHost, model: &str, system_prompt: &str) -> Result<Vec<Batch>, Error> {
+    let key = provider::key("provider.fx");
+    let open = ProviderRequest::Open {
+        model: model.into(),
+        messages: vec![],
+        tools: vec![],
+        system_prompt: Some(system_prompt.into()),
+        reasoning_effort: None,
+    };
+    let Opened { stream_id } = serde_json::from_value(host.call(&key, &open)?).unwrap();
+    let mut batches = Vec::new();
+    loop {
+        let b: Batch =
+            serde_json::from_value(host.call(&key, &ProviderRequest::Next { stream_id })?).unwrap();
+        let done = b.done;
+        batches.push(b);
+        if done {
+            return Ok(batches);
+        }
+    }
+}
+
+#[test]
+fn a_served_provider_streams_a_step_to_its_finish() {
+    let mut host = TestHost::new();
+    host.activate::<ScriptPlugin>(Value::Null).unwrap();
+    let events: Vec<ProviderEvent> =
+        step(&host, "fx/model", "").unwrap().into_iter().flat_map(|b| b.events).collect();
+    assert_eq!(
+        events,
+        vec![ProviderEvent::TextDelta("hello".into()), ProviderEvent::Finish(FinishReason::Stop)]
+    );
+    let e = step(&host, "fx/other", "").unwrap_err();
+    assert_eq!(e.code(), codes::NOT_FOUND);
+}
+
+#[test]
+fn a_provider_that_ends_a_step_without_finishing_it_reports_an_error() {
+    let mut host = TestHost::new();
+    host.activate::<ScriptPlugin>(Value::Null).unwrap();
+    let batches = step(&host, "fx/model", "silent").unwrap();
+    let last = batches.last().unwrap();
+    let err = last.error.as_ref().expect("an error, not a silent success");
+    assert!(err.message.contains("without finishing"), "{err:?}");
+    assert!(!err.retryable);
+    assert!(host.settle(Duration::from_secs(1)));
+}
