@@ -8,7 +8,11 @@
 //! 2. **provide a service** — `hello.greet`: a request/response function
 //!    other plugins (and `dispatch call`) can use;
 //! 3. **subscribe to an event** — the host's `dispatch.plugin-state`, which
-//!    reports each plugin that activates or fails after this one.
+//!    reports each plugin that activates or fails after this one. Its key
+//!    and payload come from `dispatch-contracts`, where every bundled
+//!    contract is declared once;
+//! 4. **test itself** — the tests at the bottom run the plugin on
+//!    `dispatch-testkit`'s in-process host: no `.so`, no host binary.
 //!
 //! Try it:
 //!
@@ -19,7 +23,8 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use dispatch_abi::{Context, Error, Event, Plugin, PluginManifest, Service};
+use dispatch_abi::{Context, Error, Plugin, PluginManifest, Service};
+use dispatch_contracts::plugins::{PluginReport, PLUGIN_STATE};
 use serde::{Deserialize, Serialize};
 
 /// The request of `hello.greet`.
@@ -44,18 +49,6 @@ pub struct Greeting {
 /// callers built against the old one get a clear error instead of garbage.
 pub const GREET: Service<Greet, Greeting> = Service::new("hello.greet", 1);
 
-/// The host's plugin-state event (only the field we read).
-#[derive(Debug, Deserialize)]
-pub struct PluginState {
-    /// The plugin's id.
-    pub id: String,
-    /// `active`, `failed`, `skipped`.
-    pub state: String,
-}
-
-/// The event this plugin subscribes to, published by the host.
-pub const PLUGIN_STATE: Event<PluginState> = Event::new("dispatch.plugin-state", 1);
-
 /// Optional `[plugin.config]` of this plugin.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -65,6 +58,7 @@ pub struct Config {
 }
 
 /// The plugin's state; dropped when the host deactivates it.
+#[derive(Debug)]
 pub struct HelloPlugin;
 
 impl Plugin for HelloPlugin {
@@ -83,8 +77,8 @@ impl Plugin for HelloPlugin {
         // Event handlers run on the host's runtime: keep them quick, and
         // never block in them.
         let sink = Arc::clone(&seen);
-        ctx.host().subscribe_sync(&PLUGIN_STATE, move |ev: PluginState| {
-            tracing::debug!(plugin = %ev.id, state = %ev.state, "saw a plugin change state");
+        ctx.host().subscribe_sync(&PLUGIN_STATE, move |ev: PluginReport| {
+            tracing::debug!(plugin = %ev.id, state = ev.state.as_str(), "saw a plugin change state");
             sink.lock().unwrap_or_else(PoisonError::into_inner).push(ev.id);
             Ok(())
         })?;
@@ -108,3 +102,64 @@ impl Plugin for HelloPlugin {
 // Exports the root module the host loads. Every entry point it generates
 // catches panics, so a bug here becomes an error, not a crashed host.
 dispatch_abi::export_plugin!(HelloPlugin);
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use dispatch_contracts::plugins::State;
+    use dispatch_testkit::TestHost;
+    use serde_json::json;
+    use std::time::Duration;
+
+    fn started(config: serde_json::Value) -> TestHost {
+        let mut host = TestHost::new();
+        host.activate::<HelloPlugin>(config).unwrap();
+        host
+    }
+
+    #[test]
+    fn greets_with_the_configured_word() {
+        let host = started(json!({"greeting": "Howdy"}));
+        let answer = host.call(&GREET, &Greet { name: "operator".into() }).unwrap();
+        assert_eq!(answer.text, "Howdy, operator!");
+    }
+
+    #[test]
+    fn an_empty_name_is_an_error_for_the_caller() {
+        let host = started(json!({}));
+        let e = host.call(&GREET, &Greet { name: " ".into() }).unwrap_err();
+        assert_eq!(e.code(), dispatch_abi::codes::INVALID_PAYLOAD);
+        assert!(e.message().contains("`name`"), "{e}");
+    }
+
+    #[test]
+    fn remembers_the_plugins_it_saw_change_state() {
+        let host = started(json!({}));
+        let report = PluginReport {
+            id: "other".into(),
+            version: None,
+            file: String::new(),
+            order: Some(2),
+            state: State::Active,
+            error: None,
+            required: true,
+            description: String::new(),
+            depends_on: vec![],
+            provides: vec![],
+            activate_ms: None,
+        };
+        host.host().publish(&PLUGIN_STATE, &report).unwrap();
+        assert!(host.settle(Duration::from_secs(5)));
+        let answer = host.call(&GREET, &Greet { name: "x".into() }).unwrap();
+        assert_eq!(answer.plugins_seen, vec!["other".to_owned()]);
+    }
+
+    #[test]
+    fn a_misspelt_config_key_fails_activation() {
+        let mut host = TestHost::new();
+        let e = host.activate::<HelloPlugin>(json!({"greting": "Hi"})).unwrap_err();
+        assert_eq!(e.code(), dispatch_abi::codes::INVALID_CONFIG);
+        assert!(e.message().contains("greting"), "{e}");
+    }
+}
