@@ -13,7 +13,7 @@
 //! | [`store`] | `store` | `store-sqlite` |
 //! | [`surface`] | `surfaces`, `surfaces.changed`, `surfaces.action` | `surfaces` |
 //! | [`plugins`] | `dispatch.plugins`, `dispatch.plugin-state` | the host |
-//! | [`todo`] | `todo`, `todo.changed` | `tool-todo` |
+//! | [`todo`](mod@todo) | `todo`, `todo.changed` | `tool-todo` |
 //!
 //! The payload types themselves live in `dispatch-protocol` (re-exported
 //! here as [`protocol`] and per module), which has no `abi_stable` in it, so

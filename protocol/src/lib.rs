@@ -9,7 +9,7 @@
 //!   metrics — exactly the JSON of `WIRE.md`;
 //! * **plugins** exchange the payloads of the bundled bus contracts:
 //!   [`provider`], [`catalog`], [`tool`], [`store`], [`surface`],
-//!   [`plugins`] (the host's own), [`todo`]. The typed bus keys for these
+//!   [`plugins`] (the host's own), [`todo`](mod@todo). The typed bus keys for these
 //!   live in `dispatch-contracts`, which adds `dispatch-abi` on top.
 //!
 //! The kernel's turn loop runs on these types too ([`tool::Tool`],

@@ -62,8 +62,9 @@ fn the_example_plugin_is_added_without_recompiling_the_host() {
     assert_eq!(sha256(&dispatch_bin()), host_hash, "the host binary must not change");
 }
 
-/// Copy `abi/` and `examples/hello-plugin` into `dir`, rewiring the plugin
-/// to the copy, optionally editing the copy's `ffi.rs`.
+/// Copy `abi/` into `dir`, optionally editing the copy's `ffi.rs`, and
+/// write next to it the smallest plugin (`hello`, depending on that copy
+/// alone). Answers the plugin's manifest path.
 fn interface_copy(dir: &Path, edit: Option<(&str, &str)>) -> PathBuf {
     let root = repo_root();
     let abi = dir.join("dispatch-abi");
@@ -75,11 +76,28 @@ fn interface_copy(dir: &Path, edit: Option<(&str, &str)>) -> PathBuf {
         std::fs::write(&ffi, text.replacen(from, to, 1)).unwrap();
     }
     let plugin = dir.join("hello-plugin");
-    copy_tree(&root.join("examples/hello-plugin"), &plugin);
-    let manifest = plugin.join("Cargo.toml");
-    let text = std::fs::read_to_string(&manifest).unwrap();
-    std::fs::write(&manifest, text.replace("path = \"../../abi\"", "path = \"../dispatch-abi\"")).unwrap();
-    manifest
+    std::fs::create_dir_all(plugin.join("src")).unwrap();
+    std::fs::write(
+        plugin.join("Cargo.toml"),
+        "[package]\nname = \"hello-plugin\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
+         [lib]\ncrate-type = [\"cdylib\"]\n\n[dependencies]\ndispatch-abi = { path = \"../dispatch-abi\" }\n\n\
+         [workspace]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        plugin.join("src/lib.rs"),
+        "use dispatch_abi::{Context, Error, Plugin, PluginManifest};\n\
+         pub struct Hello;\n\
+         impl Plugin for Hello {\n\
+             fn manifest() -> PluginManifest { PluginManifest::new(\"hello\", \"0.1.0\") }\n\
+             fn activate(_ctx: Context) -> Result<Self, Error> { Ok(Hello) }\n\
+         }\n\
+         dispatch_abi::export_plugin!(Hello);\n",
+    )
+    .unwrap();
+    // Pin the dependencies to the ones this repository builds with.
+    std::fs::copy(root.join("examples/hello-plugin/Cargo.lock"), plugin.join("Cargo.lock")).unwrap();
+    plugin.join("Cargo.toml")
 }
 
 fn copy_tree(from: &Path, to: &Path) {
