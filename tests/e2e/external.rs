@@ -1,5 +1,6 @@
-//! Plugins built outside the host's build: the third-party example added
-//! to a fresh plugin directory without rebuilding the host, and a plugin
+//! Plugins built outside the host's build: the third-party examples added
+//! to a fresh plugin directory without rebuilding the host (a service
+//! plugin, and a tool the scripted model calls in a turn), and a plugin
 //! built against a changed copy of the interface, which must be refused.
 //!
 //! These tests run cargo. They share `target/external` so dependencies
@@ -17,6 +18,12 @@ static EXTERNAL_BUILD: Mutex<()> = Mutex::new(());
 /// Build the crate at `manifest` in `target/external` and copy its
 /// `libhello_plugin.so` to `dest`.
 fn build_hello(manifest: &Path, dest: &Path) {
+    build_external(manifest, "libhello_plugin.so", dest);
+}
+
+/// Build the crate at `manifest` in `target/external` and copy the
+/// library `file` it produces to `dest`.
+fn build_external(manifest: &Path, file: &str, dest: &Path) {
     let _guard = EXTERNAL_BUILD.lock().unwrap_or_else(|e| e.into_inner());
     let target = profile_dir().parent().unwrap().join("external");
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -26,7 +33,40 @@ fn build_hello(manifest: &Path, dest: &Path) {
         .status()
         .unwrap();
     assert!(status.success(), "building {} failed", manifest.display());
-    std::fs::copy(target.join("debug/libhello_plugin.so"), dest).unwrap();
+    std::fs::copy(target.join("debug").join(file), dest).unwrap();
+}
+
+#[test]
+fn a_third_party_tool_is_offered_to_the_model_without_recompiling_the_host() {
+    let host_hash = sha256(&dispatch_bin());
+    let plugin_dir = tempfile::tempdir().unwrap();
+    let so = plugin_dir.path().join("libword_count.so");
+    build_external(&repo_root().join("examples/word-count/Cargo.toml"), "libword_count.so", &so);
+
+    let cfg = Config::new()
+        .plugin("libdispatch_plugin_models.so", "")
+        .plugin("libdispatch_plugin_provider_scripted.so", "")
+        .plugin(so.to_str().unwrap(), "");
+    let script = cfg.dir.path().join("script.json");
+    std::fs::write(
+        &script,
+        serde_json::json!({"replies": [{"steps": [
+            {"toolCalls": [{"name": "word_count", "input": {"text": "to be or not to be"}}]},
+            {"text": "six words"}
+        ]}]})
+        .to_string(),
+    )
+    .unwrap();
+    let cfg = cfg.write();
+    let (out, events) =
+        crate::providers::turn(&cfg, &["count them"], &[("DISPATCH_SCRIPT", script.to_str().unwrap())]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let result = events.iter().find(|e| e["type"] == "tool-result").unwrap_or_else(|| panic!("{events:?}"));
+    assert_eq!(result["toolName"], "word_count");
+    assert_eq!(result["content"], "6 words, 1 lines, 18 characters");
+    assert!(!result["isError"].as_bool().unwrap_or(false));
+    assert_eq!(events.last().unwrap()["type"], "turn-sealed", "{events:?}");
+    assert_eq!(sha256(&dispatch_bin()), host_hash, "the host binary must not change");
 }
 
 #[test]
