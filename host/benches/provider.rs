@@ -13,9 +13,6 @@
 
 mod common;
 
-#[path = "../../tests/mock_openai.rs"]
-mod mock;
-
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,8 +20,8 @@ use dispatch_host::turn::{resolve, BusCaller};
 use dispatch_kernel::provider::{Provider, ProviderEvent, ProviderOptions, StepRequest};
 use dispatch_kernel::remote::RemoteProvider;
 use dispatch_kernel::wire::ChatMessage;
+use dispatch_test_support::mock_openai::{finish_chunk, text_chunk, MockServer, Reply};
 use futures::StreamExt as _;
-use mock::{finish_chunk, text_chunk, MockServer, Reply};
 use serde_json::Value;
 
 const TOKENS: usize = 10_000;

@@ -163,17 +163,30 @@ fn parallelism_is_bounded() {
 
 #[test]
 fn a_batch_with_an_unsafe_tool_runs_in_order() {
-    let (active, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    // Each call logs when it starts and ends, yielding in between: run
+    // one after the other, in call order, the log is a, a, b, b, c, c.
+    let log: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let logged = |name: &'static str, safe: bool| {
+        let log = Arc::clone(&log);
+        tool(name, safe, move |_, ctx| {
+            let log = Arc::clone(&log);
+            Box::pin(async move {
+                log.lock().unwrap().push(format!("start {}", ctx.tool_call_id));
+                for _ in 0..3 {
+                    YieldOnce(false).await;
+                }
+                log.lock().unwrap().push(format!("end {}", ctx.tool_call_id));
+                Ok(ToolOutput::ok("done"))
+            })
+        })
+    };
     let h = Harness::new(vec![
         vec![call("a", "read", json!({})), call("b", "write", json!({})), call("c", "read", json!({}))],
         vec![text("ok")],
     ])
-    .tools(vec![
-        counted("read", true, 3, Arc::clone(&active), Arc::clone(&peak)),
-        counted("write", false, 3, Arc::clone(&active), Arc::clone(&peak)),
-    ]);
+    .tools(vec![logged("read", true), logged("write", false)]);
     h.run();
-    assert_eq!(peak.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(*log.lock().unwrap(), ["start a", "end a", "start b", "end b", "start c", "end c"]);
 }
 
 #[test]

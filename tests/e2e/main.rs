@@ -11,10 +11,6 @@ mod bus;
 mod external;
 mod lifecycle;
 mod loading;
-#[path = "../mock_openai.rs"]
-mod mock_openai;
-#[path = "../process_table.rs"]
-mod process_table;
 mod providers;
 mod store;
 mod support;

@@ -172,9 +172,9 @@ const OPENAI: &str = "libdispatch_plugin_provider_openai.so";
 
 #[test]
 fn the_openai_provider_plugin_streams_a_turn_and_honours_retry_after() {
-    use crate::mock_openai::*;
+    use dispatch_test_support::mock_openai::*;
     let server = MockServer::start(vec![
-        Reply::json(429, serde_json::json!({"error": {"message": "slow down"}})).header("Retry-After", "1"),
+        Reply::json(429, serde_json::json!({"error": {"message": "slow down"}})).header("Retry-After", "2"),
         Reply::sse(&[
             text_chunk("Hello from "),
             text_chunk("the mock"),
@@ -193,7 +193,9 @@ fn the_openai_provider_plugin_streams_a_turn_and_honours_retry_after() {
     let (out, events) = turn(&cfg, &["hi"], &env);
     assert_eq!(out.code(), 0, "{}", out.stderr);
     let retry = events.iter().find(|e| e["type"] == "provider-retry").expect("provider-retry");
-    assert_eq!(retry["delayMs"], 1000, "Retry-After: 1 stretches the first 1 s wait to at least 1 s");
+    // The default first wait is 1 s: 2000 can only come from the server's
+    // header, carried across the bus from the provider plugin.
+    assert_eq!(retry["delayMs"], 2000, "Retry-After: 2 stretches the first 1 s wait to 2 s");
     assert_eq!(retry["code"], "429");
     assert_eq!(retry["message"], "HTTP 429: slow down");
     let text: String =
@@ -214,7 +216,7 @@ fn the_openai_provider_plugin_streams_a_turn_and_honours_retry_after() {
 
 #[test]
 fn named_credentials_from_config_and_the_catalog_lists_them() {
-    use crate::mock_openai::*;
+    use dispatch_test_support::mock_openai::*;
     let server = MockServer::start(vec![Reply::json(
         200,
         serde_json::json!({"data": [{"id": "served-a"}, {"id": "served-b"}]}),

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::process_table::{assert_no_process_with, processes_with};
 use crate::providers::{turn, types};
 use crate::support::*;
+use dispatch_test_support::process_table::{assert_no_process_with, processes_with};
 
 const MODELS: &str = "libdispatch_plugin_models.so";
 const SCRIPTED: &str = "libdispatch_plugin_provider_scripted.so";

@@ -4,9 +4,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../../tests/mock_openai.rs"]
-mod mock;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -14,8 +11,8 @@ use dispatch_contracts::protocol::provider::{ProviderError, ProviderEvent, ToolS
 use dispatch_contracts::protocol::wire::{ChatMessage, Chunk, FinishReason, Role, Usage};
 use dispatch_plugin_provider_openai::client::{Credential, OpenAiClient, Timeouts};
 use dispatch_plugin_provider_openai::convert::request_body;
+use dispatch_test_support::mock_openai::*;
 use futures::StreamExt as _;
-use mock::*;
 use serde_json::{json, Value};
 
 fn client(server: &MockServer, first_byte_ms: u64) -> OpenAiClient {

@@ -6,8 +6,6 @@
 
 mod containment;
 mod edit_file;
-#[path = "../../../tests/process_table.rs"]
-mod process_table;
 mod read_file;
 mod shell;
 mod support;

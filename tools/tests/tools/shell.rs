@@ -8,8 +8,8 @@ use dispatch_protocol::wire::OutputStream;
 use dispatch_tools::shell::{Config, Shell};
 use serde_json::json;
 
-use crate::process_table::{assert_no_process_with, processes_with};
 use crate::support::*;
+use dispatch_test_support::process_table::{assert_no_process_with, processes_with};
 
 /// A marker only this test's processes carry, to find them in /proc.
 fn marker(test: &str) -> String {

@@ -4,8 +4,6 @@
 //! optionally cut off mid-way. Plain threads and `std::net`, so any test can
 //! use it, with or without an async runtime. Stops when dropped.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
-
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -1,6 +1,5 @@
 //! Looking for processes in the process table (`/proc`): the tool tests
-//! check that a killed command left nothing behind. Included by path from
-//! the in-process tool tests and the end-to-end tests.
+//! check that a killed command left nothing behind.
 
 use std::time::{Duration, Instant};
 
