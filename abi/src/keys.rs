@@ -32,6 +32,27 @@ pub struct Event<T> {
 }
 
 /// An ordered chain of filters and guards over a value of type `T`.
+///
+/// ```no_run
+/// use dispatch_abi::{Hook, HookResult, Host, Verdict};
+///
+/// /// The system prompt of a turn, before it is sent.
+/// pub const SYSTEM_PROMPT: Hook<String> = Hook::new("example.system-prompt", 1);
+/// /// Tool calls about to run; a guard may refuse one. Fail-closed: a guard
+/// /// that errors counts as a veto.
+/// pub const BEFORE_TOOL: Hook<String> = Hook::new("example.before-tool", 1).fail_closed();
+///
+/// # async fn f(host: Host) -> Result<(), dispatch_abi::Error> {
+/// host.add_filter(&SYSTEM_PROMPT, 10, |p: String| async move { Ok(format!("{p}\nBe brief.")) })?;
+/// host.add_guard(&BEFORE_TOOL, 0, |tool: String| async move {
+///     Ok(if tool == "run_shell" { Verdict::Veto("no shell here".into()) } else { Verdict::Allow })
+/// })?;
+/// match host.run_hook(&SYSTEM_PROMPT, &"You help.".to_owned()).await? {
+///     HookResult::Continue(prompt) => assert!(prompt.ends_with("Be brief.")),
+///     HookResult::Vetoed { plugin, reason } => tracing::warn!(%plugin, %reason, "vetoed"),
+/// }
+/// # Ok(()) }
+/// ```
 pub struct Hook<T> {
     name: Cow<'static, str>,
     version: u32,

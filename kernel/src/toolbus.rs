@@ -39,22 +39,27 @@ pub struct RemoteTool<C> {
     spawn: Option<Spawner>,
 }
 
+/// One call of the tool protocol. Errors name the service and keep the
+/// bus's code; an answer that does not parse is `invalid_payload`.
 async fn call<C: ServiceCaller, T: serde::de::DeserializeOwned>(
     caller: &C,
     service: &str,
     req: &ToolRequest,
-) -> Result<T, String> {
-    let body = serde_json::to_vec(req).map_err(|e| e.to_string())?;
+) -> Result<T, CallError> {
+    let invalid =
+        |what: &str, e: serde_json::Error| CallError::new("invalid_payload", format!("{what}: {e}"));
+    let body = serde_json::to_vec(req).map_err(|e| invalid("cannot encode the tool request", e))?;
     let bytes = caller.call(service, TOOL_VERSION, body).await.map_err(|CallError { code, message }| {
-        format!("tool service `{service}` failed ({code}): {message}")
+        CallError::new(code.clone(), format!("tool service `{service}` failed ({code}): {message}"))
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| format!("tool service `{service}` answered invalid JSON: {e}"))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| invalid(&format!("tool service `{service}` answered invalid JSON"), e))
 }
 
 impl<C: ServiceCaller> RemoteTool<C> {
     /// Ask `service` for its description. With a spawner, a call dropped
     /// before its result (the turn was aborted) is cancelled at once.
-    pub async fn connect(caller: Arc<C>, service: &str, spawn: Option<Spawner>) -> Result<Self, String> {
+    pub async fn connect(caller: Arc<C>, service: &str, spawn: Option<Spawner>) -> Result<Self, CallError> {
         let spec: ToolDescription = call(&*caller, service, &ToolRequest::Spec).await?;
         Ok(RemoteTool { caller, service: service.to_owned(), spec, spawn })
     }
@@ -108,7 +113,8 @@ impl<C: ServiceCaller> Tool for RemoteTool<C> {
                 cwd: ctx.cwd.as_ref().map(|p| p.to_string_lossy().into_owned()),
                 input,
             };
-            let Started { run_id } = call(&*caller, &service, &start).await.map_err(ToolError::Failed)?;
+            let Started { run_id } =
+                call(&*caller, &service, &start).await.map_err(|e| ToolError::Failed(e.message))?;
             let mut guard = CancelOnDrop {
                 caller: Arc::clone(&caller),
                 service: service.clone(),
@@ -119,7 +125,7 @@ impl<C: ServiceCaller> Tool for RemoteTool<C> {
                 let batch: RunBatch =
                     call(&*caller, &service, &ToolRequest::Next { run_id }).await.map_err(|e| {
                         guard.run_id = None;
-                        ToolError::Failed(e)
+                        ToolError::Failed(e.message)
                     })?;
                 for piece in batch.output {
                     (ctx.output)(&piece.text, piece.stream);
