@@ -69,6 +69,8 @@ struct Pull<C: ServiceCaller> {
     /// An error to yield once `pending` is drained.
     error: Option<ProviderError>,
     finished: bool,
+    /// A `finish` event arrived: the step really ended.
+    saw_finish: bool,
     spawn: Option<Spawner>,
 }
 
@@ -115,9 +117,22 @@ impl<C: ServiceCaller> Pull<C> {
                     return Some(Err(e));
                 }
                 Ok(batch) => {
+                    self.saw_finish |= batch.events.iter().any(|e| matches!(e, ProviderEvent::Finish(_)));
                     self.pending.extend(batch.events);
                     self.error = batch.error;
                     self.finished = batch.done || self.error.is_some();
+                    if self.finished && self.error.is_none() && !self.saw_finish {
+                        // Whatever the provider (third-party ones too): a
+                        // step that stops without saying how it ended has
+                        // failed, it has not answered.
+                        self.error = Some(ProviderError::fatal(
+                            format!(
+                                "provider `{}` ended the step without finishing it (no finish event, no error)",
+                                self.service
+                            ),
+                            None,
+                        ));
+                    }
                 }
             }
         }
@@ -134,6 +149,7 @@ impl<C: ServiceCaller> Provider for RemoteProvider<C> {
             pending: VecDeque::new(),
             error: None,
             finished: false,
+            saw_finish: false,
             spawn: self.spawn.clone(),
         };
         Box::pin(futures::stream::unfold(state, |mut st| async move {
@@ -227,6 +243,16 @@ mod tests {
         let (items, open) = collect(script.clone());
         assert_eq!(items, script);
         assert!(!open);
+    }
+
+    #[test]
+    fn a_stream_that_ends_without_a_finish_is_an_error_not_an_empty_success() {
+        let (items, _) = collect(vec![Ok(ProviderEvent::TextDelta("half".into()))]);
+        assert_eq!(items[0], Ok(ProviderEvent::TextDelta("half".into())));
+        let err = items[1].as_ref().unwrap_err();
+        assert!(err.message.contains("without finishing"), "{err:?}");
+        assert!(!err.retryable);
+        assert_eq!(items.len(), 2);
     }
 
     #[test]

@@ -193,3 +193,22 @@ fn ctrl_c_during_a_shell_command_aborts_the_turn_and_kills_the_process_group() {
     assert_eq!(status.code(), Some(0));
     assert_no_process_with(&marker);
 }
+
+#[test]
+fn the_model_cannot_read_the_provider_api_keys_through_run_shell() {
+    let cfg = config_with_tools();
+    let s = script(cfg.dir.path(), &[json!({"name": "run_shell", "input": {"command": "env"}})]);
+    let work = cfg.dir.path().to_str().unwrap().to_owned();
+    let cfg = cfg.write();
+    let env = [
+        ("DISPATCH_SCRIPT", s.as_str()),
+        ("DISPATCH_API_KEY", "sk-e2e-dispatch-secret"),
+        ("OPENROUTER_API_KEY", "sk-e2e-openrouter-secret"),
+    ];
+    let (out, events) = turn(&cfg, &["--cwd", &work, "go"], &env);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let r = results(&events);
+    assert_eq!(r[0].0, "run_shell");
+    assert!(r[0].1.contains("PATH="), "{}", r[0].1);
+    assert!(!out.stdout.contains("sk-e2e-"), "a credential reached the transcript: {}", r[0].1);
+}

@@ -40,6 +40,68 @@ pub struct Config {
     /// After the command exits, how long to wait for its pipes to close
     /// (a background child may hold them) before returning.
     pub drain_ms: u64,
+    /// Variables copied from the host's environment into the command's, on
+    /// top of [`BASE_ENV`]. Nothing else of the host's environment is
+    /// passed: the model reads whatever the command prints.
+    pub env_passthrough: Vec<String>,
+    /// Variables set to fixed values in the command's environment.
+    pub env: std::collections::BTreeMap<String, String>,
+}
+
+/// What a command's environment starts from: the host's values of these,
+/// where set. Everything else — provider credentials above all — is left
+/// out, because a command's output goes to the model.
+pub const BASE_ENV: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TMPDIR",
+    "TZ",
+];
+
+/// Whether a variable name looks like a credential (`DISPATCH_API_KEY`,
+/// `*_API_KEY`, `*TOKEN*`, `*SECRET*`, `*PASSWORD*`): such names are refused
+/// in [`Config::env_passthrough`] and [`Config::env`].
+pub fn looks_like_a_secret(name: &str) -> bool {
+    let n = name.to_ascii_uppercase();
+    ["API_KEY", "APIKEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL"].iter().any(|w| n.contains(w))
+}
+
+impl Config {
+    /// Refuse an environment that would hand the model a credential.
+    pub fn validate(&self) -> Result<(), String> {
+        let names = self.env_passthrough.iter().chain(self.env.keys());
+        let secret: Vec<&str> = names.map(String::as_str).filter(|n| looks_like_a_secret(n)).collect();
+        if secret.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "refusing to pass {} to shell commands: a command's output goes to the model, and these \
+                 look like credentials",
+                secret.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+            ))
+        }
+    }
+
+    /// The command's environment: [`BASE_ENV`] and `env_passthrough` from
+    /// `host_env`, then `env`.
+    pub fn command_env(
+        &self,
+        host_env: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Vec<(String, std::ffi::OsString)> {
+        let mut out = Vec::new();
+        for name in BASE_ENV.iter().copied().chain(self.env_passthrough.iter().map(String::as_str)) {
+            if looks_like_a_secret(name) {
+                continue;
+            }
+            if let Some(v) = host_env(name) {
+                out.push((name.to_owned(), v));
+            }
+        }
+        for (k, v) in &self.env {
+            if !looks_like_a_secret(k) {
+                out.push((k.clone(), v.into()));
+            }
+        }
+        out
+    }
 }
 
 impl Default for Config {
@@ -50,6 +112,8 @@ impl Default for Config {
             max_timeout_ms: 600_000,
             max_output_bytes: 64 * 1024,
             drain_ms: 200,
+            env_passthrough: Vec::new(),
+            env: Default::default(),
         }
     }
 }
@@ -183,6 +247,8 @@ impl Shell {
             .arg("-c")
             .arg(&input.command)
             .current_dir(&dir)
+            .env_clear()
+            .envs(self.config.command_env(|name| std::env::var_os(name)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -72,9 +72,53 @@ pub struct OpenAiClient {
     timeouts: Timeouts,
 }
 
+/// The longest `Retry-After` honoured: a server's value is a hint, and the
+/// turn loop's retry budget is far shorter anyway.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// How much of an error answer's body is kept: enough for any server's
+/// message; the rest is never read, so a huge body cannot exhaust memory.
+pub const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// A server's `Retry-After` (RFC 9110: delay-seconds or an HTTP-date),
+/// clamped to [`MAX_RETRY_AFTER`]. Anything else is ignored. `now` is
+/// passed in so the date form is testable.
+pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<f64>() {
+        if !secs.is_finite() || secs < 0.0 {
+            return None;
+        }
+        // Compare before converting: `Duration::from_secs_f64` panics on
+        // values it cannot represent (1e20 did, before this check).
+        return Some(if secs >= MAX_RETRY_AFTER.as_secs_f64() {
+            MAX_RETRY_AFTER
+        } else {
+            Duration::from_secs_f64(secs)
+        });
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO).min(MAX_RETRY_AFTER))
+}
+
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
-    v.parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64)
+    parse_retry_after(headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?, std::time::SystemTime::now())
+}
+
+/// Read at most [`MAX_ERROR_BODY`] bytes of an error answer's body.
+async fn capped_body(mut response: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while body.len() < MAX_ERROR_BODY {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk[..chunk.len().min(MAX_ERROR_BODY - body.len())]),
+            _ => break,
+        }
+    }
+    let mut text = String::from_utf8_lossy(&body).into_owned();
+    if body.len() >= MAX_ERROR_BODY {
+        text.push_str(" […]");
+    }
+    text
 }
 
 impl OpenAiClient {
@@ -108,7 +152,7 @@ impl OpenAiClient {
                 }
                 let status = response.status().as_u16();
                 let retry_after = retry_after(response.headers());
-                let body = response.text().await.unwrap_or_default();
+                let body = capped_body(response).await;
                 Err(OpenAIError::Boxed(Box::new(HttpStatus { status, retry_after, body })))
             }
         });
@@ -291,4 +335,28 @@ fn source_chain(e: &dyn std::error::Error) -> String {
         cur = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    #[test]
+    fn retry_after_takes_seconds_or_an_http_date_and_is_clamped() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(parse_retry_after("2", now), Some(Duration::from_secs(2)));
+        assert_eq!(parse_retry_after(" 1.5 ", now), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_retry_after("1e20", now), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after("-1", now), None);
+        assert_eq!(parse_retry_after("NaN", now), None);
+        assert_eq!(parse_retry_after("inf", now), None);
+        assert_eq!(parse_retry_after("soon", now), None);
+        let in_ten = httpdate::fmt_http_date(now + Duration::from_secs(10));
+        assert_eq!(parse_retry_after(&in_ten, now), Some(Duration::from_secs(10)));
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(10));
+        assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
+        let far = httpdate::fmt_http_date(now + Duration::from_secs(86_400));
+        assert_eq!(parse_retry_after(&far, now), Some(MAX_RETRY_AFTER));
+    }
 }

@@ -196,6 +196,34 @@ async fn http_429_is_retryable_and_carries_retry_after() {
 }
 
 #[tokio::test]
+async fn retry_after_of_1e20_is_clamped_not_a_panic() {
+    // It used to panic in `Duration::from_secs_f64`, and the step then
+    // looked like a successful empty answer.
+    let server = MockServer::start(vec![
+        Reply::json(429, json!({"error": {"message": "slow"}})).header("Retry-After", "1e20")
+    ]);
+    let err = last_error(&step(&client(&server, 5000), simple_body()).await);
+    assert!(err.retryable);
+    assert_eq!(err.retry_after, Some(dispatch_plugin_provider_openai::client::MAX_RETRY_AFTER));
+}
+
+#[tokio::test]
+async fn a_huge_error_body_is_read_only_up_to_the_cap() {
+    // 80 KiB arrive at once; the rest would follow only after the client's
+    // idle timeout (5 s). Reading the whole body used to wait for it, time
+    // out and lose the message; capped, the message is there at once.
+    let server = MockServer::start(vec![Reply {
+        status: 500,
+        headers: vec![("Content-Type".into(), "text/plain".into())],
+        pieces: vec![(Duration::ZERO, "x".repeat(80 * 1024)), (Duration::from_secs(8), "tail".into())],
+        cut: false,
+    }]);
+    let err = last_error(&step(&client(&server, 5000), simple_body()).await);
+    assert!(err.message.starts_with("HTTP 500: xxxx"), "{}", &err.message[..err.message.len().min(80)]);
+    assert!(err.message.len() < 1000, "the message is truncated for people: {}", err.message.len());
+}
+
+#[tokio::test]
 async fn http_500_is_retryable_with_the_servers_message() {
     let server =
         MockServer::start(vec![Reply::json(500, json!({"error": {"message": "upstream exploded"}}))]);

@@ -20,7 +20,9 @@ impl Plugin for Tool {
     }
 
     fn activate(ctx: Context) -> Result<Self, Error> {
-        let tool = Arc::new(Shell::new(ctx.config::<Config>()?));
+        let config: Config = ctx.config()?;
+        config.validate().map_err(|e| Error::new(dispatch_abi::codes::INVALID_CONFIG, e))?;
+        let tool = Arc::new(Shell::new(config));
         debug_assert_eq!(tool.name(), Shell::NAME);
         Ok(Tool(tool::serve(ctx.host(), tool, 1)?))
     }

@@ -141,3 +141,48 @@ async fn bad_input_is_explained() {
     let e = run(json!({"command": "  "})).await.unwrap_err().to_string();
     assert!(e.contains("`command` is empty"), "{e}");
 }
+
+#[test]
+fn the_command_environment_is_an_allowlist_without_credentials() {
+    let host_env = |name: &str| -> Option<std::ffi::OsString> {
+        match name {
+            "PATH" => Some("/usr/bin".into()),
+            "HOME" => Some("/home/op".into()),
+            "DISPATCH_API_KEY" => Some("sk-leak".into()),
+            "OPENROUTER_API_KEY" => Some("sk-leak-2".into()),
+            "EDITOR" => Some("vi".into()),
+            _ => None,
+        }
+    };
+    let config = Config {
+        env_passthrough: vec!["EDITOR".into()],
+        env: [("CI".to_owned(), "1".to_owned())].into(),
+        ..Config::default()
+    };
+    let env = config.command_env(host_env);
+    let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(names, ["PATH", "HOME", "EDITOR", "CI"]);
+    // An operator cannot opt a credential in.
+    let bad = Config { env_passthrough: vec!["DISPATCH_API_KEY".into()], ..Config::default() };
+    let e = bad.validate().unwrap_err();
+    assert!(e.contains("`DISPATCH_API_KEY`"), "{e}");
+    assert!(bad.command_env(host_env).iter().all(|(k, _)| k != "DISPATCH_API_KEY"));
+}
+
+#[tokio::test]
+async fn a_command_sees_only_the_allowlisted_environment() {
+    let d = tempfile::tempdir().unwrap();
+    let shell =
+        Shell::new(Config { env: [("FIXED".to_owned(), "yes".to_owned())].into(), ..Config::default() });
+    let (ctx, _) = ctx(d.path(), AbortSignal::new());
+    let out = shell.execute(json!({"command": "env"}), ctx).await.unwrap();
+    let names: Vec<&str> = out.content.lines().filter_map(|l| l.split_once('=').map(|(k, _)| k)).collect();
+    assert!(names.contains(&"FIXED") && names.contains(&"PATH"), "{names:?}");
+    for n in &names {
+        assert!(
+            ["FIXED", "PWD", "SHLVL", "_", "OLDPWD"].contains(n)
+                || dispatch_tools::shell::BASE_ENV.contains(n),
+            "`{n}` is not on the allowlist: {names:?}"
+        );
+    }
+}
