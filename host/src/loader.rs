@@ -63,6 +63,10 @@ pub enum LoadError {
     /// The library's root module refused to initialise or panicked.
     #[error("the library's root module failed to initialise: {0}")]
     Init(String),
+    /// A pinned library whose bytes do not hash to the pin, or that could
+    /// not be read to check it.
+    #[error("{0}")]
+    Pin(String),
     /// Reading the manifest failed (the plugin's `manifest()` errored or panicked).
     #[error("reading the manifest failed: {0}")]
     Manifest(String),
@@ -71,12 +75,76 @@ pub enum LoadError {
     BadManifest(String),
 }
 
-/// Load the library at `path`.
+/// Copy the file at `path` into a sealed in-memory file while hashing it,
+/// and answer that file's `/proc/self/fd/N` path if the hash is `pin`.
+///
+/// Hashing the path and then loading the path again would let the file be
+/// swapped in between (a symlink flipped, a file replaced). Here the bytes
+/// that were hashed are the bytes that get loaded: the copy is sealed
+/// against writes before the hash is compared, and nothing else can reach
+/// it. Memory is bounded by the copy buffer, not the file's size.
+fn pinned_copy(path: &Path, pin: &str) -> Result<std::path::PathBuf, LoadError> {
+    use sha2::{Digest, Sha256};
+    use std::io::{Read, Write};
+    use std::os::fd::{AsRawFd, FromRawFd};
+
+    let unreadable =
+        |e: std::io::Error| LoadError::Pin(format!("cannot read the file to check its sha256 pin: {e}"));
+    let mut src = std::fs::File::open(path).map_err(unreadable)?;
+    if !src.metadata().map_err(unreadable)?.is_file() {
+        return Err(LoadError::Pin("not a regular file".into()));
+    }
+    // SAFETY: a NUL-terminated name and valid flags; the fd returned is
+    // owned by the `File` built from it just below.
+    let fd = unsafe { libc::memfd_create(c"dispatch-pinned-plugin".as_ptr(), libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(LoadError::Pin(format!(
+            "cannot make a private copy to check the sha256 pin: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: `fd` was just created and is owned by nothing else.
+    let mut copy = unsafe { std::fs::File::from_raw_fd(fd) };
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = src.read(&mut buf).map_err(unreadable)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        copy.write_all(&buf[..n]).map_err(unreadable)?;
+    }
+    let seals = libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl on a descriptor we own, with a valid command.
+    if unsafe { libc::fcntl(copy.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(LoadError::Pin(format!(
+            "cannot seal the private copy: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    let actual = crate::config::hex(&hasher.finalize());
+    if !actual.eq_ignore_ascii_case(pin.trim()) {
+        return Err(LoadError::Pin(format!(
+            "sha256 mismatch: the configuration pins {} but the file is {actual}; refusing a swapped binary",
+            pin.trim()
+        )));
+    }
+    let proc_path = std::path::PathBuf::from(format!("/proc/self/fd/{}", copy.as_raw_fd()));
+    // The library is never unloaded, so its backing file is never closed.
+    std::mem::forget(copy);
+    Ok(proc_path)
+}
+
+/// Load the library at `path`; with a `pin`, exactly the bytes that hash
+/// to it (see [`pinned_copy`]).
 ///
 /// The library stays loaded for the life of the process whatever happens:
 /// abi_stable never unloads, and a half-initialised library is not safe to
 /// `dlclose` anyway.
-pub fn load(path: &Path) -> Result<Loaded, LoadError> {
+pub fn load(path: &Path, pin: Option<&str>) -> Result<Loaded, LoadError> {
+    let pinned = pin.map(|pin| pinned_copy(path, pin)).transpose()?;
+    let path = pinned.as_deref().unwrap_or(path);
     // First, a plain `dlopen` to read the ABI version the plugin claims, so a
     // mismatch is reported in those terms before abi_stable's layout check.
     // SAFETY: loading runs the library's initialisers; loading operator-listed
@@ -167,4 +235,33 @@ fn summarize(detail: &str) -> String {
         .unwrap_or(detail);
     let lines: Vec<&str> = tail.lines().map(str::trim).filter(|l| !l.is_empty()).take(12).collect();
     lines.join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ABC: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+    #[test]
+    fn a_pin_is_checked_against_the_bytes_then_those_bytes_are_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.so");
+        std::fs::write(&file, b"abc").unwrap();
+        let wrong = "00".repeat(32);
+        let err = load(&file, Some(&wrong)).err().unwrap();
+        assert!(err.to_string().contains("sha256 mismatch"), "{err}");
+        assert!(err.to_string().contains(ABC), "names the actual hash: {err}");
+        // The right pin gets as far as dlopen of the private copy, which
+        // refuses "abc" as a library: the copy is what is loaded.
+        let err = load(&file, Some(ABC)).err().unwrap();
+        assert!(matches!(err, LoadError::Open(ref m) if m.contains("/proc/self/fd/")), "{err}");
+    }
+
+    #[test]
+    fn a_pinned_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = load(dir.path(), Some(ABC)).err().unwrap();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+    }
 }

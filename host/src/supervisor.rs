@@ -107,7 +107,7 @@ impl Supervisor {
                     report.error = Some(problem);
                     None
                 }
-                None => match loader::load(&p.path) {
+                None => match loader::load(&p.path, p.sha256.as_deref()) {
                     Ok(loaded) => {
                         let m = loaded.manifest;
                         report.id = m.id.into_string();

@@ -240,3 +240,58 @@ fn a_malformed_config_is_refused_before_anything_loads() {
     );
     assert!(!out.stderr.contains("plugin active"), "nothing may be activated: {}", out.stderr);
 }
+
+/// The file is swapped after the configuration was read and before the
+/// library is loaded. The host used to hash the path when it read the
+/// configuration and `dlopen` the path again later, so a swap in between
+/// loaded an unpinned library; now the hashed bytes are the loaded bytes.
+#[test]
+fn a_file_swapped_after_the_configuration_was_read_is_refused_by_its_pin() {
+    use dispatch_host::config::Plan;
+    use dispatch_host::supervisor::{Settings, Supervisor};
+
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("libpinned.so");
+    std::os::unix::fs::symlink(lib(SURFACES), &link).unwrap();
+    let cfg = dir.path().join("plugins.toml");
+    let text =
+        format!("[[plugin]]\npath = {:?}\nrequired = false\nsha256 = {:?}\n", link, sha256(&lib(SURFACES)));
+    let plan = Plan::compile(&cfg, &text).unwrap();
+    assert_eq!(plan.plugins[0].problem, None);
+
+    // The swap: the pinned name now leads to another plugin.
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(lib(ALPHA), &link).unwrap();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let reports = rt.block_on(async {
+        let settings = Settings {
+            activate_timeout: Duration::from_secs(10),
+            deactivate_timeout: Duration::from_secs(10),
+            log_filter: "warn".into(),
+        };
+        let sup = Supervisor::start(plan, settings).await;
+        let reports = sup.reports_snapshot();
+        sup.shutdown().await;
+        reports
+    });
+    assert_eq!(reports.len(), 1);
+    let error = reports[0].error.as_deref().unwrap_or_default();
+    assert!(error.contains("sha256 mismatch"), "the swapped library was loaded: {:?}", reports[0]);
+    assert_ne!(reports[0].id, "fx-alpha");
+}
+
+/// `--config /dev/zero` used to be read until memory ran out, and a FIFO
+/// blocked start-up forever; a configuration must be a regular file.
+#[test]
+fn a_config_that_is_not_a_regular_file_is_refused_at_once() {
+    let out = run(&["plugins", "--config", "/dev/zero"], &[], Duration::from_secs(30));
+    assert_eq!(out.code(), 2, "{}", out.stderr);
+    assert!(out.stderr.contains("not a regular file"), "{}", out.stderr);
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("plugins.toml");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let out = run(&["plugins", "--config", fifo.to_str().unwrap()], &[], Duration::from_secs(30));
+    assert_eq!(out.code(), 2, "{}", out.stderr);
+    assert!(out.stderr.contains("not a regular file"), "{}", out.stderr);
+}

@@ -147,6 +147,22 @@ fn a_malformed_script_is_refused_at_activation_with_line_and_reason() {
     assert_row(&rows, "models", "active", &[]);
 }
 
+/// `script = "/dev/zero"` grew memory without bound in a thread the host
+/// had abandoned (while it reported "serving"), and a FIFO blocked
+/// activation: a script must be a regular file.
+#[test]
+fn a_script_that_is_not_a_regular_file_fails_activation_at_once() {
+    let c = Config::new();
+    let fifo = c.dir.path().join("script.fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    for path in ["/dev/zero", fifo.to_str().unwrap()] {
+        let cfg = Config::new().plugin(MODELS, "").plugin(SCRIPTED, &format!("script = {path:?}")).write();
+        let (out, rows) = plugins_json(&cfg, &[]);
+        assert_eq!(out.code(), 1, "{}", out.stderr);
+        assert_row(&rows, "provider-scripted", "failed", &["cannot read script", "not a regular file"]);
+    }
+}
+
 #[test]
 fn the_default_configuration_runs_offline() {
     // The repository's own plugins.toml, pointed at this build.

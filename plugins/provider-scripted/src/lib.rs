@@ -302,11 +302,32 @@ struct Config {
 #[derive(Debug)]
 pub struct ScriptedProvider(ProviderServer);
 
+/// The largest script read: far beyond any real script.
+pub const MAX_SCRIPT_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Read a script file: a regular file (checked before opening, so a FIFO
+/// cannot block activation) of at most [`MAX_SCRIPT_BYTES`] (so
+/// `/dev/zero` cannot grow memory without bound).
+fn read_script(path: &std::path::Path) -> Result<String, String> {
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX_SCRIPT_BYTES + 1), &mut text)
+        .map_err(|e| e.to_string())?;
+    if text.len() as u64 > MAX_SCRIPT_BYTES {
+        return Err(format!("larger than {} MiB", MAX_SCRIPT_BYTES >> 20));
+    }
+    Ok(text)
+}
+
 fn load_script(cfg: &Config) -> Result<(Script, String), Error> {
     let path = cfg.script.clone().or_else(|| std::env::var_os("DISPATCH_SCRIPT").map(PathBuf::from));
     let (text, origin) = match path {
         Some(p) => (
-            std::fs::read_to_string(&p).map_err(|e| {
+            read_script(&p).map_err(|e| {
                 Error::new(codes::INVALID_CONFIG, format!("cannot read script {}: {e}", p.display()))
             })?,
             p.display().to_string(),
