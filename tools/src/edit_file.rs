@@ -11,6 +11,9 @@ use crate::contain::Workdir;
 use crate::input::parse;
 use crate::write_file::atomic_write;
 
+/// The largest file `edit_file` reads, and the largest it writes.
+pub const MAX_EDIT_BYTES: usize = 16 * 1024 * 1024;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct Input {
@@ -46,8 +49,27 @@ impl EditFile {
         if !path.is_file() {
             return Err(ToolError::Failed(format!("{shown} is not a regular file")));
         }
-        let bytes =
-            std::fs::read(&path).map_err(|e| ToolError::Failed(format!("cannot read {shown}: {e}")))?;
+        let fail = |e: std::io::Error| ToolError::Failed(format!("cannot read {shown}: {e}"));
+        let size = std::fs::metadata(&path).map_err(fail)?.len();
+        if size > MAX_EDIT_BYTES as u64 {
+            return Err(ToolError::Failed(format!(
+                "{shown} is {size} bytes; edit_file edits files of at most {} MiB",
+                MAX_EDIT_BYTES >> 20
+            )));
+        }
+        let mut bytes = Vec::new();
+        // Bounded even if the file grows after the size check.
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(std::fs::File::open(&path).map_err(fail)?, MAX_EDIT_BYTES as u64 + 1),
+            &mut bytes,
+        )
+        .map_err(fail)?;
+        if bytes.len() > MAX_EDIT_BYTES {
+            return Err(ToolError::Failed(format!(
+                "{shown} grew past {} MiB while being read",
+                MAX_EDIT_BYTES >> 20
+            )));
+        }
         if bytes.contains(&0) {
             return Err(ToolError::Failed(format!("{shown} looks like a binary file; edit_file edits text")));
         }
@@ -69,6 +91,18 @@ impl EditFile {
                 )))
             }
             _ => {}
+        }
+        // The result's size is known before it is built: refuse rather than
+        // allocate (a 1 MB file of single-character matches times a 4 KB
+        // replacement would be 4 GB).
+        let result_len = (text.len() - count * input.old_string.len()) as u128
+            + count as u128 * input.new_string.len() as u128;
+        if result_len > MAX_EDIT_BYTES as u128 {
+            return Err(ToolError::Failed(format!(
+                "replacing {count} occurrence{} would make {shown} {result_len} bytes; edit_file writes at most {} MiB",
+                if count == 1 { "" } else { "s" },
+                MAX_EDIT_BYTES >> 20
+            )));
         }
         let edited = text.replace(&input.old_string, &input.new_string);
         atomic_write(&path, edited.as_bytes(), true, &shown)?;

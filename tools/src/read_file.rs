@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
+use dispatch_protocol::abort::AbortSignal;
 use dispatch_protocol::tool::{Tool, ToolContext, ToolError, ToolOutput};
 use dispatch_protocol::BoxFuture;
 use serde::Deserialize;
@@ -58,8 +59,13 @@ impl ReadFile {
         ReadFile { config }
     }
 
-    /// The call, synchronously.
-    pub fn read(&self, input: Value, cwd: Option<&Path>) -> Result<ToolOutput, ToolError> {
+    /// The call, synchronously; checks `abort` as it reads.
+    pub fn read(
+        &self,
+        input: Value,
+        cwd: Option<&Path>,
+        abort: &AbortSignal,
+    ) -> Result<ToolOutput, ToolError> {
         let input: Input = parse(input)?;
         if input.offset == Some(0) {
             return Err(ToolError::InvalidInput("`offset` is 1-based: the first line is 1".into()));
@@ -76,7 +82,13 @@ impl ReadFile {
             // A FIFO or a device would block or never end.
             return Err(ToolError::Failed(format!("{} is not a regular file", wd.show(&path))));
         }
-        self.file(&wd, &path, input.offset.unwrap_or(1), input.limit.unwrap_or(self.config.default_limit))
+        self.file(
+            &wd,
+            &path,
+            input.offset.unwrap_or(1),
+            input.limit.unwrap_or(self.config.default_limit),
+            abort,
+        )
     }
 
     fn list(&self, wd: &Workdir, dir: &Path) -> Result<ToolOutput, ToolError> {
@@ -110,7 +122,14 @@ impl ReadFile {
         Ok(ToolOutput::ok(out))
     }
 
-    fn file(&self, wd: &Workdir, path: &Path, offset: u64, limit: u64) -> Result<ToolOutput, ToolError> {
+    fn file(
+        &self,
+        wd: &Workdir,
+        path: &Path,
+        offset: u64,
+        limit: u64,
+        abort: &AbortSignal,
+    ) -> Result<ToolOutput, ToolError> {
         let shown = wd.show(path);
         let fail = |e: std::io::Error| ToolError::Failed(format!("cannot read {shown}: {e}"));
         let mut file = File::open(path).map_err(fail)?;
@@ -126,62 +145,127 @@ impl ReadFile {
             return Ok(ToolOutput::ok(format!("{shown} is empty")));
         }
         let mut reader = BufReader::new(std::io::Cursor::new(head).chain(file));
+        let aborted = || ToolError::Failed("aborted".into());
+        // A line is kept up to what can be shown (a character is at most 4
+        // bytes); the rest of it is skipped, never stored.
+        let keep = self.config.max_line_chars.saturating_mul(4);
         let mut out = String::new();
         let mut line = Vec::new();
         let mut number = 0u64;
         let (mut first_shown, mut last_shown) = (None, 0u64);
         let mut capped = false;
-        loop {
-            line.clear();
-            if reader.read_until(b'\n', &mut line).map_err(fail)? == 0 {
-                break;
+        let end = offset.saturating_add(limit);
+        // The page: lines before it are skipped, and reading stops after it.
+        while number + 1 < end && !capped {
+            if abort.is_aborted() {
+                return Err(aborted());
             }
+            let Some(len) = read_line_capped(&mut reader, &mut line, keep).map_err(fail)? else { break };
             number += 1;
-            if number < offset || number >= offset.saturating_add(limit) || capped {
+            if number < offset {
                 continue;
             }
             let text = String::from_utf8_lossy(&line);
             let text = text.trim_end_matches(['\n', '\r']);
             let mut rendered = format!("{number:>6}\t");
-            match text.char_indices().nth(self.config.max_line_chars) {
-                Some((cut, _)) => {
-                    rendered.push_str(&text[..cut]);
-                    rendered.push_str(&format!(" … [line cut at {} characters]", self.config.max_line_chars));
-                }
+            let cut = text.char_indices().nth(self.config.max_line_chars).map(|(at, _)| at);
+            match cut {
+                Some(at) => rendered.push_str(&text[..at]),
                 None => rendered.push_str(text),
+            }
+            if cut.is_some() || len > line.len() {
+                rendered.push_str(&format!(" … [line cut at {} characters]", self.config.max_line_chars));
             }
             rendered.push('\n');
             if out.len() + rendered.len() > self.config.max_output_bytes && first_shown.is_some() {
+                // Not shown: the next page starts with this line.
                 capped = true;
-                continue;
+                break;
             }
             out.push_str(&rendered);
             first_shown.get_or_insert(number);
             last_shown = number;
         }
-        let total = number;
+        // Count the lines after the page only within a budget: a total is
+        // worth a little reading, not a 2 GB one.
+        let mut total = Some(number);
+        let mut counted = 0u64;
+        while let Some(n) = total {
+            if abort.is_aborted() {
+                return Err(aborted());
+            }
+            if counted > COUNT_BYTES {
+                total = None;
+                break;
+            }
+            match read_line_capped(&mut reader, &mut line, 0).map_err(fail)? {
+                Some(len) => {
+                    counted += len as u64;
+                    total = Some(n + 1);
+                }
+                None => break,
+            }
+        }
+        let of = |total: Option<u64>| total.map(|t| format!(" of {t}")).unwrap_or_default();
         let Some(first) = first_shown else {
-            return Err(ToolError::InvalidInput(format!(
-                "`offset` {offset} is past the end of {shown} ({total} lines)"
-            )));
+            return Err(ToolError::InvalidInput(match total {
+                Some(t) => format!("`offset` {offset} is past the end of {shown} ({t} lines)"),
+                None => format!("`offset` {offset} is past the end of {shown}"),
+            }));
+        };
+        let more = total.is_none_or(|t| last_shown < t);
+        let next = if more {
+            format!(
+                "; {}continue with offset={}",
+                if total.is_none() { "more follows, " } else { "" },
+                last_shown + 1
+            )
+        } else {
+            String::new()
         };
         if capped {
             out.push_str(&format!(
-                "[output capped at {} bytes: showing lines {first}-{last_shown} of {total}; continue with offset={}]\n",
+                "[output capped at {} bytes: showing lines {first}-{last_shown}{}{next}]\n",
                 self.config.max_output_bytes,
-                last_shown + 1
+                of(total)
             ));
-        } else if first > 1 || last_shown < total {
-            out.push_str(&format!(
-                "[lines {first}-{last_shown} of {total}{}]\n",
-                if last_shown < total {
-                    format!("; continue with offset={}", last_shown + 1)
-                } else {
-                    String::new()
-                }
-            ));
+        } else if first > 1 || more {
+            out.push_str(&format!("[lines {first}-{last_shown}{}{next}]\n", of(total)));
         }
         Ok(ToolOutput::ok(out))
+    }
+}
+
+/// After the page, how many more bytes are read to count the file's lines
+/// (beyond it the answer says "more follows" instead of a total).
+const COUNT_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Read one line (through its newline) from `reader`, keeping at most `cap`
+/// bytes of it in `keep` and skipping the rest without storing it. Answers
+/// the line's full length, or `None` at the end of the file.
+fn read_line_capped(
+    reader: &mut impl BufRead,
+    keep: &mut Vec<u8>,
+    cap: usize,
+) -> std::io::Result<Option<usize>> {
+    keep.clear();
+    let mut len = 0;
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok((len > 0).then_some(len));
+        }
+        let (n, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        let room = cap.saturating_sub(keep.len());
+        keep.extend_from_slice(&buf[..n.min(room)]);
+        reader.consume(n);
+        len += n;
+        if done {
+            return Ok(Some(len));
+        }
     }
 }
 
@@ -221,7 +305,19 @@ impl Tool for ReadFile {
     }
 
     fn execute(&self, input: Value, ctx: ToolContext) -> BoxFuture<Result<ToolOutput, ToolError>> {
-        let result = self.read(input, ctx.cwd.as_deref());
-        Box::pin(async move { result })
+        // File I/O blocks: on a tokio runtime (a plugin's), run it on the
+        // blocking pool, off the workers; an abort is noticed between lines.
+        // Without one (a plain executor in tests), on the caller's thread.
+        let tool = ReadFile::new(self.config.clone());
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            let result = tool.read(input, ctx.cwd.as_deref(), &ctx.abort);
+            return Box::pin(std::future::ready(result));
+        };
+        Box::pin(async move {
+            runtime
+                .spawn_blocking(move || tool.read(input, ctx.cwd.as_deref(), &ctx.abort))
+                .await
+                .unwrap_or_else(|e| Err(ToolError::Failed(format!("read_file stopped: {e}"))))
+        })
     }
 }

@@ -52,3 +52,18 @@ fn bad_input_is_explained() {
     let e = err(call(&EditFile, d.path(), json!({"path": "b.bin", "oldString": "a", "newString": "b"})));
     assert!(e.contains("binary"), "{e}");
 }
+
+/// `replaceAll` of a 1-character match in a 1 MB file with a 4 KB string
+/// used to build a 4 GB string. The result's size is checked first.
+#[test]
+fn an_edit_whose_result_would_be_huge_is_refused_before_it_is_built() {
+    let d = file(&"a".repeat(1 << 20));
+    let r = call(
+        &EditFile,
+        d.path(),
+        json!({"path": "f.rs", "oldString": "a", "newString": "b".repeat(4096), "replaceAll": true}),
+    );
+    let e = err(r);
+    assert!(e.contains("1048576 occurrences") && e.contains("at most 16 MiB"), "{e}");
+    assert_eq!(read(&d).len(), 1 << 20, "the file is untouched");
+}

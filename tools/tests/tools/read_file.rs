@@ -97,3 +97,61 @@ fn read_file_is_concurrency_safe() {
     assert!(!dispatch_tools::edit_file::EditFile.concurrency_safe());
     assert!(!dispatch_tools::shell::Shell::default().concurrency_safe());
 }
+
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// `read_file {limit: 1}` of a file with one huge line used to hold the
+/// whole line (2.1 GB for a 2 GiB file, which aborted the host under a
+/// memory limit). Only what can be shown is kept now.
+#[test]
+fn a_huge_line_is_read_with_bounded_memory() {
+    use std::io::Write;
+    let d = tempfile::tempdir().unwrap();
+    let mut f = std::fs::File::create(d.path().join("big.txt")).unwrap();
+    let chunk = vec![b'a'; 1 << 20];
+    for _ in 0..128 {
+        f.write_all(&chunk).unwrap();
+    }
+    f.write_all(b"\nsecond line\n").unwrap();
+    drop(f);
+    let before = peak_rss_kib();
+    let out = content(call(&ReadFile::default(), d.path(), json!({"path": "big.txt", "limit": 1})));
+    let grown_mib = (peak_rss_kib() - before) / 1024;
+    assert!(out.starts_with("     1\taaaa"), "{}", &out[..40]);
+    assert!(out.contains("[line cut at 2000 characters]"), "{}", &out[out.len() - 200..]);
+    assert!(out.ends_with("[lines 1-1 of 2; continue with offset=2]\n"), "{}", &out[out.len() - 200..]);
+    assert!(grown_mib < 32, "reading one 128 MiB line took {grown_mib} MiB more memory");
+}
+
+/// Reading used to go on to the end of the file whatever the page: 36 s
+/// on a growing log. Past the page only a bounded amount is read to count
+/// lines; beyond it the answer says "more follows".
+#[test]
+fn reading_stops_after_the_page_of_a_large_file() {
+    use std::io::Write;
+    let d = tempfile::tempdir().unwrap();
+    let mut f = std::io::BufWriter::new(std::fs::File::create(d.path().join("log.txt")).unwrap());
+    for i in 0..1_500_000 {
+        writeln!(f, "log line {i}").unwrap();
+    }
+    drop(f);
+    let out = content(call(&ReadFile::default(), d.path(), json!({"path": "log.txt", "limit": 2})));
+    assert_eq!(
+        out,
+        "     1\tlog line 0\n     2\tlog line 1\n[lines 1-2; more follows, continue with offset=3]\n"
+    );
+}
+
+#[test]
+fn an_abort_stops_a_long_read() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("a.txt"), numbered(1000)).unwrap();
+    let abort = dispatch_protocol::abort::AbortSignal::new();
+    abort.abort();
+    let r = ReadFile::default().read(json!({"path": "a.txt", "offset": 900}), Some(d.path()), &abort);
+    assert_eq!(err(r), "aborted");
+}
