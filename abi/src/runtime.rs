@@ -14,6 +14,9 @@ use futures::channel::oneshot;
 
 use crate::error::{codes, Error};
 
+/// The most worker threads a [`PluginRuntime`] may have.
+pub const MAX_WORKERS: usize = 256;
+
 /// A multi-thread tokio runtime with named worker threads.
 #[derive(Debug)]
 pub struct PluginRuntime {
@@ -30,9 +33,17 @@ pub struct Runner {
 }
 
 impl PluginRuntime {
-    /// Start a runtime with `workers` threads (at least one) named after
-    /// the plugin.
+    /// Start a runtime with `workers` threads (at least one, at most
+    /// [`MAX_WORKERS`]) named after the plugin. A count from configuration
+    /// above the limit is an `invalid_config` error, not an attempt to
+    /// start 20 000 threads that aborts the host.
     pub fn new(name: &str, workers: usize) -> Result<Self, Error> {
+        if workers > MAX_WORKERS {
+            return Err(Error::new(
+                codes::INVALID_CONFIG,
+                format!("the `{name}` runtime cannot have {workers} worker threads (at most {MAX_WORKERS})"),
+            ));
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers.max(1))
             .thread_name(format!("{name}-rt"))

@@ -95,6 +95,9 @@ pub struct PluginEntry {
     pub config: Option<toml::Table>,
 }
 
+/// The most worker threads `[host] worker_threads` may ask for.
+pub const MAX_WORKER_THREADS: usize = 1024;
+
 /// The largest `plugins.toml` read: far beyond any real configuration.
 pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
@@ -185,6 +188,12 @@ impl Plan {
             path: path.to_owned(),
             message: e.to_string().trim_end().to_owned(),
         })?;
+        if let Some(n) = file.host.worker_threads.filter(|n| !(1..=MAX_WORKER_THREADS).contains(n)) {
+            return Err(ConfigError::Parse {
+                path: path.to_owned(),
+                message: format!("`worker_threads` = {n} is out of range (1 to {MAX_WORKER_THREADS})"),
+            });
+        }
         let base = path
             .parent()
             .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
@@ -273,6 +282,16 @@ mod tests {
         let problems: Vec<_> = plan.plugins.iter().map(|p| p.problem.clone().unwrap()).collect();
         assert_eq!(problems, ["file not found", "file not found"]);
         assert_eq!(plan.plugins[1].path, dir.path().join("b.so"));
+    }
+
+    /// `worker_threads = 20000` used to abort the host trying to start them.
+    #[test]
+    fn an_absurd_worker_thread_count_is_a_config_error() {
+        let cfg = Path::new("/nonexistent/plugins.toml");
+        let e = Plan::compile(cfg, "[host]\nworker_threads = 20000\n").unwrap_err();
+        assert!(e.to_string().contains("`worker_threads` = 20000 is out of range"), "{e}");
+        assert!(Plan::compile(cfg, "[host]\nworker_threads = 0\n").is_err());
+        assert!(Plan::compile(cfg, "[host]\nworker_threads = 4\n").is_ok());
     }
 
     #[test]

@@ -11,5 +11,6 @@ pub mod config;
 pub mod loader;
 pub mod logging;
 pub mod report;
+pub mod signals;
 pub mod supervisor;
 pub mod turn;

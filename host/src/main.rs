@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use dispatch_host::config::{Plan, RuntimeFlavor};
+use dispatch_host::signals::{self, Terminate};
 use dispatch_host::supervisor::{Settings, Supervisor};
 use dispatch_host::turn::BusCaller;
 use dispatch_host::{logging, report};
@@ -111,6 +112,13 @@ fn run(cli: Cli, log_filter: String) -> anyhow::Result<ExitCode> {
         log_filter,
     };
     let code = runtime.block_on(async move {
+        // One-shot commands answer SIGINT/SIGTERM/SIGHUP from the start:
+        // a signal during start-up must not kill the host with its plugins'
+        // processes running. `serve` listens on its own.
+        let terminate = match cli.command {
+            Command::Serve { .. } | Command::Plugins { .. } => None,
+            _ => Some(Terminate::listen().context("cannot listen for signals")?),
+        };
         let sup = Supervisor::start(plan, settings).await;
         let code = match cli.command {
             Command::Serve { .. } => serve(&sup).await,
@@ -121,21 +129,34 @@ fn run(cli: Cli, log_filter: String) -> anyhow::Result<ExitCode> {
                         "plugins": reports,
                         "registrations": sup.bus().registrations(),
                     });
-                    println!("{}", serde_json::to_string_pretty(&body).unwrap_or_default());
+                    emit(&serde_json::to_string_pretty(&body).unwrap_or_default());
                 } else {
-                    print!("{}", report::table(&reports));
+                    emit(report::table(&reports).trim_end());
                 }
                 Ok(if sup.required_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
             }
-            Command::Call { calls, .. } => call(&sup, &calls).await,
+            Command::Call { calls, .. } => {
+                let Some(mut terminate) = terminate else { unreachable!("listening for `call`") };
+                tokio::select! {
+                    code = call(&sup, &calls) => code,
+                    // Deactivation below stops whatever the calls started.
+                    n = terminate.first() => Ok(signals::exit_code(n)),
+                }
+            }
             Command::Turn { model, message, max_steps, cwd, no_tools, .. } => {
+                let Some(terminate) = terminate else { unreachable!("listening for `turn`") };
+                let abort = dispatch_kernel::runtime::AbortSignal::new();
+                let fired = terminate.abort_on_signal(abort.clone());
                 let request = dispatch_host::turn::TurnRequest { model, message, max_steps, cwd, no_tools };
-                match dispatch_host::turn::run(sup.shared(), request).await {
-                    Ok(outcome) if outcome.reason == dispatch_kernel::wire::FinishReason::Error => {
+                let result = dispatch_host::turn::run(sup.shared(), request, abort).await;
+                match (result, fired.load(std::sync::atomic::Ordering::SeqCst)) {
+                    // Ended by a signal: say so in the exit code.
+                    (_, n) if n != 0 => Ok(signals::exit_code(n)),
+                    (Ok(outcome), _) if outcome.reason == dispatch_kernel::wire::FinishReason::Error => {
                         Ok(ExitCode::FAILURE)
                     }
-                    Ok(_) => Ok(ExitCode::SUCCESS),
-                    Err(e) => {
+                    (Ok(_), _) => Ok(ExitCode::SUCCESS),
+                    (Err(e), _) => {
                         eprintln!("dispatch: {e}");
                         Ok(ExitCode::FAILURE)
                     }
@@ -177,6 +198,14 @@ async fn serve(sup: &Supervisor) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Print one line on stdout; `false` when stdout is gone (a closed pipe),
+/// which must not panic the host as `println!` would.
+fn emit(line: &str) -> bool {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
+}
+
 async fn call(sup: &Supervisor, args: &[String]) -> anyhow::Result<ExitCode> {
     if args.len() % 2 != 0 {
         anyhow::bail!("`dispatch call` takes pairs of SERVICE[@VERSION] JSON; got {} arguments", args.len());
@@ -196,15 +225,19 @@ async fn call(sup: &Supervisor, args: &[String]) -> anyhow::Result<ExitCode> {
             .call(name, version, bytes)
             .await
             .map_err(|e| serde_json::json!({"error": e.message, "code": e.code}));
-        match answer {
+        let line = match answer {
             Ok(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
-                Ok(v) => println!("{v}"),
-                Err(_) => println!("{}", String::from_utf8_lossy(&bytes)),
+                Ok(v) => v.to_string(),
+                Err(_) => String::from_utf8_lossy(&bytes).into_owned(),
             },
             Err(err) => {
                 all_ok = false;
-                println!("{err}");
+                err.to_string()
             }
+        };
+        if !emit(&line) {
+            // The reader went away (`| head -1`): stop, as a SIGPIPE would.
+            return Ok(ExitCode::from(141));
         }
     }
     Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })

@@ -114,8 +114,13 @@ pub struct TurnRequest {
     pub no_tools: bool,
 }
 
-/// Run one turn and print its events as NDJSON on stdout.
-pub async fn run(shared: Arc<Shared>, request: TurnRequest) -> Result<TurnOutcome, TurnError> {
+/// Run one turn and print its events as NDJSON on stdout. `abort` ends it
+/// early (the binary fires it on SIGINT, SIGTERM and SIGHUP).
+pub async fn run(
+    shared: Arc<Shared>,
+    request: TurnRequest,
+    abort: AbortSignal,
+) -> Result<TurnOutcome, TurnError> {
     let TurnRequest { model, message, max_steps, cwd, no_tools } = request;
     let caller = Arc::new(BusCaller(shared));
     let resolved = resolve(&caller, model).await?;
@@ -123,13 +128,18 @@ pub async fn run(shared: Arc<Shared>, request: TurnRequest) -> Result<TurnOutcom
     let spawn: Spawner = Arc::new(move |f| {
         handle.spawn(f);
     });
-    let cwd =
-        match cwd {
-            Some(d) => Some(std::fs::canonicalize(&d).map_err(|e| {
+    let cwd = match cwd {
+        Some(d) => {
+            let dir = std::fs::canonicalize(&d).map_err(|e| {
                 TurnError(format!("the working directory {} is not usable: {e}", d.display()))
-            })?),
-            None => std::env::current_dir().ok(),
-        };
+            })?;
+            if !dir.is_dir() {
+                return Err(TurnError(format!("the working directory {} is not a directory", d.display())));
+            }
+            Some(dir)
+        }
+        None => std::env::current_dir().ok(),
+    };
     let tools = if no_tools { Vec::new() } else { tools(&caller, &spawn).await };
     let provider = RemoteProvider::new(Arc::clone(&caller), &resolved, Some(spawn));
     let conversation_id = format!("cli-{}", std::process::id());
@@ -145,13 +155,6 @@ pub async fn run(shared: Arc<Shared>, request: TurnRequest) -> Result<TurnOutcom
         conversation_id: conversation_id.clone(),
         turn_id: turn_id.clone(),
         text: message.clone(),
-    });
-    let abort = AbortSignal::new();
-    let ctrl_c = abort.clone();
-    let watcher = tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            ctrl_c.abort();
-        }
     });
     let outcome = run_turn(TurnInput {
         conversation_id: conversation_id.clone(),
@@ -172,7 +175,6 @@ pub async fn run(shared: Arc<Shared>, request: TurnRequest) -> Result<TurnOutcom
         on_step: None,
     })
     .await;
-    watcher.abort();
     emit(AgentEvent::TurnSealed { conversation_id, turn_id });
     Ok(outcome)
 }

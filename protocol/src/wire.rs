@@ -210,19 +210,20 @@ impl Usage {
     }
 }
 
-/// Field-wise sum; a cache counter is present when either side has it.
+/// Field-wise sum, saturating (a provider's absurd counter must not wrap
+/// a turn's total); a cache counter is present when either side has it.
 impl std::ops::Add for Usage {
     type Output = Usage;
     fn add(self, other: Usage) -> Usage {
         fn opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
             match (a, b) {
                 (None, None) => None,
-                _ => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+                _ => Some(a.unwrap_or(0).saturating_add(b.unwrap_or(0))),
             }
         }
         Usage {
-            input_tokens: self.input_tokens + other.input_tokens,
-            output_tokens: self.output_tokens + other.output_tokens,
+            input_tokens: self.input_tokens.saturating_add(other.input_tokens),
+            output_tokens: self.output_tokens.saturating_add(other.output_tokens),
             cache_read_tokens: opt(self.cache_read_tokens, other.cache_read_tokens),
             cache_write_tokens: opt(self.cache_write_tokens, other.cache_write_tokens),
         }

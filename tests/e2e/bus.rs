@@ -106,3 +106,31 @@ fn the_surfaces_plugins_use_each_other_and_the_host_through_the_bus() {
     let names: Vec<&str> = rows.iter().map(|r| r[0].as_str().unwrap()).collect();
     assert_eq!(names, ["surfaces", "extensions-surface", "fx-alpha"]);
 }
+
+/// `dispatch call … | head -1` used to panic on the broken pipe.
+#[test]
+fn a_closed_stdout_ends_dispatch_call_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+    let cfg = Config::new().plugin("libdispatch_plugin_surfaces.so", "").write();
+    let mut args = vec!["call".to_owned(), "--config".into(), cfg.to_str().unwrap().into()];
+    for _ in 0..2000 {
+        args.push("surfaces".into());
+        args.push(r#"{"op":"catalog"}"#.into());
+    }
+    let mut child = Command::new(dispatch_bin())
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.contains("catalog"), "{first}");
+    // The reader is gone now, as `head -1` would be.
+    let out = wait(child, Duration::from_secs(60), "dispatch call into a closed pipe");
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    assert_eq!(out.code(), 141, "{}", out.stderr);
+}

@@ -295,3 +295,20 @@ fn a_config_that_is_not_a_regular_file_is_refused_at_once() {
     assert_eq!(out.code(), 2, "{}", out.stderr);
     assert!(out.stderr.contains("not a regular file"), "{}", out.stderr);
 }
+
+/// `readers = 4294967295` and `worker_threads = 20000` used to abort the
+/// whole host; they are configuration errors of their plugin.
+#[test]
+fn absurd_counts_in_a_plugins_config_fail_that_plugin_only() {
+    let cfg = Config::new()
+        .plugin(SURFACES, "")
+        .optional("libdispatch_plugin_store_sqlite.so", "readers = 4294967295")
+        .optional("libdispatch_plugin_models.so", "")
+        .optional("libdispatch_plugin_provider_openai.so", "worker_threads = 20000")
+        .write();
+    let (out, rows) = plugins_json(&cfg, &[]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_row(&rows, "surfaces", "active", &[]);
+    assert_row(&rows, "store-sqlite", "failed", &["`readers` = 4294967295 is out of range"]);
+    assert_row(&rows, "provider-openai", "failed", &["cannot have 20000 worker threads"]);
+}

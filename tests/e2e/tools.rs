@@ -149,49 +149,72 @@ fn the_tool_protocol_and_the_todo_service_answer_on_the_bus() {
     assert!(lines[4]["error"].as_str().unwrap_or_default().contains("no open stream 1"), "{:?}", lines[4]);
 }
 
+/// Every terminating signal — Ctrl-C, `timeout(1)`'s SIGTERM, a closed
+/// terminal's SIGHUP — aborts the turn, kills the running command's process
+/// group, and ends the process with 128 + the signal. SIGTERM and SIGHUP
+/// used to kill the host on the spot and leave the command running; a
+/// Ctrl-C'd turn used to exit 0.
 #[test]
-fn ctrl_c_during_a_shell_command_aborts_the_turn_and_kills_the_process_group() {
-    let cfg = config_with_tools();
-    let marker = format!("{}.{}", 8_000 + std::process::id() % 1000, 4242);
-    let s = script(
-        cfg.dir.path(),
-        &[
-            json!({"name": "run_shell", "input": {"command": format!("echo started; sleep {marker} & sleep {marker}")}}),
-        ],
-    );
-    let cfg = cfg.write();
-    let mut child = Command::new(dispatch_bin())
-        .args(["turn", "--config", cfg.to_str().unwrap(), "go"])
-        .env("DISPATCH_SCRIPT", &s)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut events: Vec<Value> = Vec::new();
-    // Wait for the command's first output, then press Ctrl-C.
-    for line in lines.by_ref() {
-        let e: Value = serde_json::from_str(&line.unwrap()).unwrap();
-        let started = e["type"] == "tool-output";
-        events.push(e);
-        if started {
-            break;
+fn a_terminating_signal_during_a_shell_command_aborts_the_turn_and_kills_the_process_group() {
+    for (signal, number) in [("INT", 2), ("TERM", 15), ("HUP", 1)] {
+        let cfg = config_with_tools();
+        let marker = format!("{}.{}{number}", 8_000 + std::process::id() % 1000, 4242);
+        let s = script(
+            cfg.dir.path(),
+            &[
+                json!({"name": "run_shell", "input": {"command": format!("echo started; sleep {marker} & sleep {marker}")}}),
+            ],
+        );
+        let cfg = cfg.write();
+        let mut child = Command::new(dispatch_bin())
+            .args(["turn", "--config", cfg.to_str().unwrap(), "go"])
+            .env("DISPATCH_SCRIPT", &s)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut events: Vec<Value> = Vec::new();
+        // Wait for the command's first output, then send the signal.
+        for line in lines.by_ref() {
+            let e: Value = serde_json::from_str(&line.unwrap()).unwrap();
+            let started = e["type"] == "tool-output";
+            events.push(e);
+            if started {
+                break;
+            }
         }
+        assert!(!processes_with(&marker).is_empty(), "the command is running");
+        let sent = Instant::now();
+        let flag = format!("-{signal}");
+        assert!(Command::new("kill")
+            .args([flag.as_str(), &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
+        events.extend(lines.map(|l| serde_json::from_str::<Value>(&l.unwrap()).unwrap()));
+        let status = wait(child, Duration::from_secs(30), "dispatch turn after a signal").status;
+        assert!(sent.elapsed() < Duration::from_secs(20), "SIG{signal}: the turn did not end at once");
+        let done = events.iter().find(|e| e["type"] == "done").expect("a done event");
+        assert_eq!(done["reason"], "aborted", "SIG{signal}");
+        let result = events.iter().find(|e| e["type"] == "tool-result").unwrap();
+        assert_eq!(result["isError"], true);
+        assert_eq!(status.code(), Some(128 + number), "SIG{signal}");
+        assert_no_process_with(&marker);
     }
-    assert!(!processes_with(&marker).is_empty(), "the command is running");
-    let pressed = Instant::now();
-    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
-    events.extend(lines.map(|l| serde_json::from_str::<Value>(&l.unwrap()).unwrap()));
-    let status = wait(child, Duration::from_secs(30), "dispatch turn after Ctrl-C").status;
-    assert!(pressed.elapsed() < Duration::from_secs(20), "the turn did not end at once");
-    let done = events.iter().find(|e| e["type"] == "done").expect("a done event");
-    assert_eq!(done["reason"], "aborted");
-    let result = events.iter().find(|e| e["type"] == "tool-result").unwrap();
-    assert_eq!(result["isError"], true);
-    assert_eq!(status.code(), Some(0));
-    assert_no_process_with(&marker);
+}
+
+#[test]
+fn a_working_directory_that_is_a_file_is_refused() {
+    let cfg = config_with_tools();
+    let file = cfg.dir.path().join("not-a-dir.txt");
+    std::fs::write(&file, "x").unwrap();
+    let cfg = cfg.write();
+    let (out, _) = turn(&cfg, &["--cwd", file.to_str().unwrap(), "go"], &[]);
+    assert_eq!(out.code(), 1, "{}", out.stderr);
+    assert!(out.stderr.contains("is not a directory"), "{}", out.stderr);
 }
 
 #[test]

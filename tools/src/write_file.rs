@@ -28,8 +28,12 @@ struct Input {
 pub(crate) fn atomic_write(path: &Path, bytes: &[u8], replace: bool, shown: &str) -> Result<(), ToolError> {
     let fail = |what: &str, e: std::io::Error| ToolError::Failed(format!("cannot {what} {shown}: {e}"));
     let dir = path.parent().ok_or_else(|| ToolError::Failed(format!("{shown} has no directory")))?;
+    // A new file gets 0666 less the umask, like any file a program creates
+    // (tempfile's default, 0600, ignored the umask); a replaced file keeps
+    // its permissions (below).
     let mut tmp = tempfile::Builder::new()
         .prefix(".dispatch-write-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
         .tempfile_in(dir)
         .map_err(|e| fail("create a temporary file next to", e))?;
     tmp.write_all(bytes).map_err(|e| fail("write", e))?;

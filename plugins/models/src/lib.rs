@@ -150,6 +150,19 @@ impl Plugin for Models {
                     CatalogRequest::Register { provider, service, credentials } => {
                         tracing::info!(%provider, %service, credentials = ?credentials, "provider registered");
                         let mut regs = catalog.registrations.lock().unwrap_or_else(PoisonError::into_inner);
+                        // One credential, one provider: a second one would
+                        // silently shadow the first.
+                        if let Some((other, cred)) = regs.iter().filter(|r| r.provider != provider).find_map(|r| {
+                            r.credentials.iter().find(|c| credentials.contains(c)).map(|c| (&r.provider, c))
+                        }) {
+                            return Err(Error::new(
+                                codes::DUPLICATE,
+                                format!(
+                                    "credential `{cred}` is already served by provider `{other}`; \
+                                     provider `{provider}` cannot register it too (rename one of them)"
+                                ),
+                            ));
+                        }
                         regs.retain(|r| r.provider != provider);
                         let service = Service::named(service, provider::VERSION);
                         regs.push(Registration { provider, service, credentials });
@@ -166,3 +179,36 @@ impl Plugin for Models {
 }
 
 dispatch_abi::export_plugin!(Models);
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use dispatch_testkit::TestHost;
+
+    fn register(host: &TestHost, provider: &str, credentials: &[&str]) -> Result<Value, Error> {
+        let req = CatalogRequest::Register {
+            provider: provider.into(),
+            service: format!("provider.{provider}"),
+            credentials: credentials.iter().map(|c| (*c).to_owned()).collect(),
+        };
+        host.call(&CATALOG, &req)
+    }
+
+    /// A second provider registering a credential name already taken used
+    /// to shadow the first silently.
+    #[test]
+    fn a_credential_registered_by_two_providers_is_refused_naming_both() {
+        let mut host = TestHost::new();
+        host.activate::<Models>(Value::Null).unwrap();
+        register(&host, "a", &["openai"]).unwrap();
+        let e = register(&host, "b", &["local", "openai"]).unwrap_err();
+        assert_eq!(e.code(), codes::DUPLICATE);
+        assert!(
+            e.message().contains("`openai`") && e.message().contains("`a`") && e.message().contains("`b`"),
+            "{e}"
+        );
+        // Re-registering one's own credentials is fine.
+        register(&host, "a", &["openai", "other"]).unwrap();
+    }
+}

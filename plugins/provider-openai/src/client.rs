@@ -33,11 +33,44 @@ pub struct Credential {
     pub context_windows: BTreeMap<String, u64>,
 }
 
+impl Credential {
+    /// The base URL without its userinfo (`user:password@`), for messages
+    /// and logs.
+    pub fn shown_base_url(&self) -> String {
+        match self.userinfo() {
+            Some(info) => self.base_url.replacen(&format!("{info}@"), "", 1),
+            None => self.base_url.clone(),
+        }
+    }
+
+    /// The `user:password` part of the base URL, if any.
+    fn userinfo(&self) -> Option<&str> {
+        let rest = self.base_url.split_once("://")?.1;
+        let authority = rest.split(['/', '?', '#']).next()?;
+        authority.rsplit_once('@').map(|(info, _)| info).filter(|i| !i.is_empty())
+    }
+
+    /// `text` with every secret of this credential — the key, the base URL's
+    /// userinfo and its password — replaced: a server that echoes the
+    /// request's headers, or an error that quotes the URL, must not put
+    /// them into an event the client and the model see.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        let password = self.userinfo().and_then(|i| i.split_once(':')).map(|(_, p)| p);
+        for secret in [Some(self.api_key.as_str()), self.userinfo(), password].into_iter().flatten() {
+            if secret.len() >= 4 {
+                out = out.replace(secret, "[redacted]");
+            }
+        }
+        out
+    }
+}
+
 impl fmt::Debug for Credential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Credential")
             .field("name", &self.name)
-            .field("base_url", &self.base_url)
+            .field("base_url", &self.shown_base_url())
             .field("api_key", &if self.api_key.is_empty() { "<none>" } else { "<redacted>" })
             .field("models", &self.models)
             .finish()
@@ -165,8 +198,15 @@ impl OpenAiClient {
         &self.credential
     }
 
+    /// The provider error for `e`, with the credential's secrets redacted.
     fn classify(&self, e: OpenAIError) -> ProviderError {
-        let base = &self.credential.base_url;
+        let mut err = self.classify_raw(e);
+        err.message = self.credential.redact(&err.message);
+        err
+    }
+
+    fn classify_raw(&self, e: OpenAIError) -> ProviderError {
+        let base = &self.credential.shown_base_url();
         match e {
             OpenAIError::Boxed(b) => match b.downcast_ref::<HttpStatus>() {
                 Some(h) => {
@@ -228,7 +268,7 @@ impl OpenAiClient {
                 let _ = tx.unbounded_send(Err(ProviderError::retryable(
                     format!(
                         "{} sent nothing within {} ms (first-byte timeout)",
-                        self.credential.base_url,
+                        self.credential.shown_base_url(),
                         first_byte.as_millis()
                     ),
                     None,

@@ -335,3 +335,35 @@ async fn models_come_from_the_server_with_configured_context_windows() {
     assert_eq!(names, vec![("local/m1".into(), Some(32_000)), ("local/m2".into(), None)]);
     assert_eq!(server.requests()[0].path, "/v1/models");
 }
+
+/// A server that echoes the request's headers put the bearer key into the
+/// error event; userinfo in the base URL showed in errors and logs.
+#[tokio::test]
+async fn secrets_never_reach_an_error_message() {
+    let server = MockServer::start(vec![Reply::json(
+        401,
+        json!({"error": {"message": "invalid key; you sent Authorization: Bearer sk-test-key"}}),
+    )]);
+    let err = last_error(&step(&client(&server, 5000), simple_body()).await);
+    assert!(err.message.starts_with("HTTP 401: invalid key"), "{}", err.message);
+    assert!(!err.message.contains("sk-test-key"), "{}", err.message);
+    assert!(err.message.contains("[redacted]"), "{}", err.message);
+
+    let credential = Credential {
+        name: "local".into(),
+        base_url: "http://admin:hunter22@127.0.0.1:9/v1".into(),
+        api_key: String::new(),
+        models: None,
+        context_windows: BTreeMap::new(),
+    };
+    assert!(!format!("{credential:?}").contains("hunter22"));
+    let timeouts = Timeouts {
+        connect: Duration::from_secs(2),
+        first_byte: Duration::from_secs(5),
+        idle: Duration::from_secs(5),
+    };
+    let c = OpenAiClient::new(credential, timeouts).unwrap();
+    let err = last_error(&step(&c, simple_body()).await);
+    assert!(!err.message.contains("hunter22") && !err.message.contains("admin:"), "{}", err.message);
+    assert!(err.message.contains("127.0.0.1:9"), "{}", err.message);
+}

@@ -107,6 +107,12 @@ impl Plugin for StoreSqlite {
             options.max_chunk_bytes = m;
         }
         if let Some(r) = cfg.readers {
+            if !(1..=64).contains(&r) {
+                return Err(Error::new(
+                    codes::INVALID_CONFIG,
+                    format!("`readers` = {r} is out of range (1 to 64)"),
+                ));
+            }
             options.readers = r;
         }
         let runtime = PluginRuntime::new("store-sqlite", 2)?;

@@ -59,3 +59,14 @@ fn bad_input_is_explained() {
     let e = err(call(&WriteFile, d.path(), json!({"path": "x", "content": "y", "overwrite": "yes"})));
     assert!(e.contains("invalid type: string \"yes\", expected a boolean"), "{e}");
 }
+
+/// New files used to be created 0600 whatever the umask.
+#[test]
+fn a_new_file_gets_the_umask_default_permissions() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    content(call(&WriteFile, d.path(), json!({"path": "new.txt", "content": "x"})));
+    std::fs::File::create(d.path().join("reference.txt")).unwrap();
+    let mode = |name: &str| std::fs::metadata(d.path().join(name)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("new.txt"), mode("reference.txt"));
+}
