@@ -618,3 +618,26 @@ pub struct ConversationMeta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compacted_from: Option<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A provider's absurd counters used to wrap a turn's total.
+    #[test]
+    fn usage_sums_saturate_instead_of_wrapping() {
+        let huge = Usage {
+            input_tokens: u64::MAX,
+            output_tokens: 1,
+            cache_read_tokens: Some(u64::MAX),
+            ..Usage::default()
+        };
+        let sum = huge
+            + Usage { input_tokens: 5, output_tokens: 2, cache_read_tokens: Some(1), ..Usage::default() };
+        assert_eq!(
+            (sum.input_tokens, sum.output_tokens, sum.cache_read_tokens),
+            (u64::MAX, 3, Some(u64::MAX))
+        );
+        assert_eq!(sum.cache_write_tokens, None);
+    }
+}
