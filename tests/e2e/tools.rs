@@ -235,3 +235,36 @@ fn the_model_cannot_read_the_provider_api_keys_through_run_shell() {
     assert!(r[0].1.contains("PATH="), "{}", r[0].1);
     assert!(!out.stdout.contains("sk-e2e-"), "a credential reached the transcript: {}", r[0].1);
 }
+
+/// A host killed outright (SIGKILL: no cleanup code runs) used to leave
+/// the running command behind; the command's process now dies with it.
+#[test]
+fn a_command_dies_with_a_host_killed_outright() {
+    let cfg = config_with_tools();
+    let marker = format!("{}.{}", 8_000 + std::process::id() % 1000, 6161);
+    let s = script(
+        cfg.dir.path(),
+        &[json!({"name": "run_shell", "input": {"command": format!("echo started; exec sleep {marker}")}})],
+    );
+    let cfg = cfg.write();
+    let mut child = Command::new(dispatch_bin())
+        .args(["turn", "--config", cfg.to_str().unwrap(), "go"])
+        .env("DISPATCH_SCRIPT", &s)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for line in lines {
+        let e: Value = serde_json::from_str(&line.unwrap()).unwrap();
+        if e["type"] == "tool-output" {
+            break;
+        }
+    }
+    assert!(!processes_with(&marker).is_empty(), "the command is running");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert_no_process_with(&marker);
+}

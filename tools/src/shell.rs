@@ -205,6 +205,52 @@ fn kill_group(pgid: Option<u32>) {
     }
 }
 
+/// The environment variable that marks every process of one call: its
+/// descendants inherit it whatever process group or session they move to.
+pub const RUN_MARKER: &str = "DISPATCH_TOOL_RUN";
+
+/// A marker no other call of this process shares.
+fn new_marker() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!("{}-{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+
+/// SIGKILL every process whose environment carries `RUN_MARKER=marker`:
+/// the ones that left the call's process group (`setsid`, `setpgid`) too.
+/// Repeats while it finds any, since a dying process may have forked.
+fn sweep(marker: &str) {
+    let needle = format!("{RUN_MARKER}={marker}\0").into_bytes();
+    let me = std::process::id();
+    for _ in 0..10 {
+        let mut found = false;
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            if pid as u32 == me {
+                continue;
+            }
+            let Ok(environ) = std::fs::read(entry.path().join("environ")) else { continue };
+            if environ.windows(needle.len()).any(|w| w == needle.as_slice()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                found = true;
+            }
+        }
+        if !found {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Kill everything a call started: its process group, then whatever left
+/// the group but still carries the call's marker.
+fn kill_call(pgid: Option<u32>, marker: &str) {
+    kill_group(pgid);
+    sweep(marker);
+}
+
 impl Shell {
     /// With these settings.
     pub fn new(config: Config) -> Self {
@@ -243,29 +289,43 @@ impl Shell {
         if !dir.is_dir() {
             return Err(ToolError::Failed(format!("the working directory {} does not exist", dir.display())));
         }
-        let mut child = tokio::process::Command::new(&self.config.shell)
+        let marker = new_marker();
+        let mut command = tokio::process::Command::new(&self.config.shell);
+        command
             .arg("-c")
             .arg(&input.command)
             .current_dir(&dir)
             .env_clear()
             .envs(self.config.command_env(|name| std::env::var_os(name)))
+            .env(RUN_MARKER, &marker)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        // SAFETY: the closure only calls prctl(2), which is async-signal-
+        // safe, between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                // The shell dies with the thread that started it: if the
+                // host is killed outright, no cleanup code runs.
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let mut child = command
             .spawn()
             .map_err(|e| ToolError::Failed(format!("cannot start {}: {e}", self.config.shell.display())))?;
         let pgid = child.id();
         // Killed however this function is left (a dropped future
-        // included): the group must not outlive the call.
-        struct GroupGuard(Option<u32>);
-        impl Drop for GroupGuard {
+        // included): nothing the call started may outlive it.
+        struct CallGuard(Option<u32>, String);
+        impl Drop for CallGuard {
             fn drop(&mut self) {
-                kill_group(self.0);
+                kill_call(self.0, &self.1);
             }
         }
-        let _guard = GroupGuard(pgid);
+        let _guard = CallGuard(pgid, marker.clone());
         let (mut stdout, mut stderr) = match (child.stdout.take(), child.stderr.take()) {
             (Some(o), Some(e)) => (o, e),
             _ => return Err(ToolError::Failed("the child's pipes are missing".into())),
@@ -323,7 +383,7 @@ impl Shell {
                 () = &mut aborted => break End::Aborted,
             }
         };
-        kill_group(pgid);
+        kill_call(pgid, &marker);
         if status.is_none() {
             // Reap the shell (SIGKILL is immediate) so no zombie is left;
             // bounded, in case it is stuck in uninterruptible sleep.

@@ -180,9 +180,24 @@ async fn a_command_sees_only_the_allowlisted_environment() {
     assert!(names.contains(&"FIXED") && names.contains(&"PATH"), "{names:?}");
     for n in &names {
         assert!(
-            ["FIXED", "PWD", "SHLVL", "_", "OLDPWD"].contains(n)
+            ["FIXED", "PWD", "SHLVL", "_", "OLDPWD", dispatch_tools::shell::RUN_MARKER].contains(n)
                 || dispatch_tools::shell::BASE_ENV.contains(n),
             "`{n}` is not on the allowlist: {names:?}"
         );
     }
+}
+
+/// A command that leaves the call's process group (`setsid`) used to keep
+/// running after the call, the turn and the host.
+#[tokio::test]
+async fn a_command_that_leaves_the_process_group_is_killed_too() {
+    let d = tempfile::tempdir().unwrap();
+    let m = format!("{}.{}", 7_000 + std::process::id() % 1000, 5151);
+    let (ctx, _) = ctx(d.path(), AbortSignal::new());
+    let command = format!(
+        "setsid sleep {m} > /dev/null 2>&1 < /dev/null & setsid -f sleep {m} > /dev/null 2>&1; echo started"
+    );
+    let out = Shell::default().execute(json!({"command": command}), ctx).await.unwrap();
+    assert!(out.content.starts_with("started"), "{}", out.content);
+    assert_no_process_with(&m);
 }
