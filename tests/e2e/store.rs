@@ -100,3 +100,38 @@ fn a_store_that_cannot_open_its_file_fails_activation_with_the_path() {
         &["cannot open the database", "corrupt.db", "not a database"],
     );
 }
+
+/// `dispatch call store …` beside a running `serve` on the same database
+/// made most appends fail with `UNIQUE constraint failed`. The second
+/// process's store now refuses to open, naming the process that holds it.
+#[test]
+fn a_second_process_on_the_same_store_is_refused_naming_the_first() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+    let cfg = Config::new().plugin(STORE, "").write();
+    let mut serve = Command::new(dispatch_bin())
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(serve.stderr.take().unwrap()).lines();
+    assert!(
+        lines.by_ref().map_while(Result::ok).any(|l| l.contains("dispatch is serving")),
+        "the first host never served"
+    );
+    let (out, answers) = call(&cfg, &[("store", r#"{"op":"history","conversationId":"c1"}"#)], &[]);
+    let _ = Command::new("kill").args(["-TERM", &serve.id().to_string()]).status();
+    std::thread::spawn(move || lines.for_each(drop));
+    let _ = wait(serve, Duration::from_secs(20), "the first host");
+    assert_eq!(out.code(), 1, "{}", out.stderr);
+    assert_eq!(answers[0]["code"], "not_found", "{answers:?}");
+    assert!(
+        out.stderr.contains("already in use by another process") && out.stderr.contains("(pid "),
+        "{}",
+        out.stderr
+    );
+}

@@ -50,6 +50,19 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// Another process writes to this database: the store keeps each
+    /// conversation's last seq in memory, which is only right for a single
+    /// writer, so a second one is refused instead of failing appends.
+    #[error(
+        "the database {path} is already in use by another process{holder}; one process writes a \
+         SQLite store (stop it, or point this one at another database)"
+    )]
+    InUse {
+        /// The file.
+        path: String,
+        /// ` (pid N)` when the holder said who it is.
+        holder: String,
+    },
     /// A conversation id that is empty, too long or has odd characters.
     #[error("invalid conversation id {0:?}: use 1-128 characters of A-Z a-z 0-9 . _ - : @")]
     InvalidId(String),
@@ -160,6 +173,42 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+enum LockError {
+    Held(String),
+    Io(std::io::Error),
+}
+
+/// Take the exclusive writer lock `<db>.lock` (an advisory `flock`, freed by
+/// the kernel when the holder exits, however it exits) and write our pid
+/// into it for whoever is refused next.
+fn lock_writer(db: &std::path::Path) -> Result<std::fs::File, LockError> {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    let mut name = db.as_os_str().to_owned();
+    name.push(".lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&name)
+        .map_err(LockError::Io)?;
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(LockError::Io(e));
+        }
+        let mut pid = String::new();
+        let _ = file.read_to_string(&mut pid);
+        let pid = pid.trim();
+        return Err(LockError::Held(if pid.is_empty() { String::new() } else { format!(" (pid {pid})") }));
+    }
+    file.set_len(0).and_then(|()| file.rewind()).map_err(LockError::Io)?;
+    writeln!(file, "{}", std::process::id()).and_then(|()| file.flush()).map_err(LockError::Io)?;
+    Ok(file)
+}
+
 /// Conversation ids end up in URLs and logs: keep them plain.
 pub fn validate_id(id: &str) -> Result<(), StoreError> {
     let ok = !id.is_empty()
@@ -226,6 +275,10 @@ impl Store {
             std::fs::create_dir_all(dir)
                 .map_err(|e| open_err(format!("cannot create {}: {e}", dir.display())))?;
         }
+        let lock = lock_writer(&path).map_err(|e| match e {
+            LockError::Held(holder) => StoreError::InUse { path: path.display().to_string(), holder },
+            LockError::Io(e) => open_err(format!("cannot lock {}.lock: {e}", path.display())),
+        })?;
         let sync = match options.durability {
             Durability::Normal => SqliteSynchronous::Normal,
             Durability::Full => SqliteSynchronous::Full,
@@ -250,7 +303,8 @@ impl Store {
         let rt = tokio::runtime::Handle::current();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer_thread(rt, writer, rx, ready))
+            // The writer holds the lock for as long as it writes.
+            .spawn(move || writer_thread(rt, writer, rx, ready, lock))
             .map_err(|e| open_err(format!("cannot start the writer thread: {e}")))?;
         started
             .await
@@ -515,6 +569,7 @@ fn writer_thread(
     mut conn: SqliteConnection,
     mut rx: mpsc::Receiver<Write>,
     ready: oneshot::Sender<Result<(), StoreError>>,
+    lock: std::fs::File,
 ) {
     let mut closed = None;
     match rt.block_on(conn.lock_handle()) {
@@ -540,6 +595,9 @@ fn writer_thread(
         }
     }
     let _ = rt.block_on(conn.close());
+    // Free the writer lock before saying "closed": a store reopened right
+    // after `close` must find it free.
+    drop(lock);
     if let Some(done) = closed {
         let _ = done.send(());
     }

@@ -387,3 +387,19 @@ async fn a_write_that_fails_in_the_database_fails_alone_and_leaves_nothing_behin
     assert_eq!(s.append("poison", Role::User, None, &[text("one")]).await.unwrap(), vec![1]);
     assert_eq!(s.integrity_check().await.unwrap(), "ok");
 }
+
+/// A second process appending beside a running one made 970 of 1000
+/// appends fail (each writer caches the last seq). One writer per
+/// database: the second is refused at open, naming the holder.
+#[tokio::test]
+async fn a_second_writer_is_refused_naming_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = open(&dir).await;
+    let second = Store::open(Options::new(dir.path().join("dispatch.db"))).await;
+    let e = second.err().expect("a second writer must be refused").to_string();
+    assert!(e.contains("already in use by another process"), "{e}");
+    assert!(e.contains(&format!("(pid {})", std::process::id())), "{e}");
+    first.close().await;
+    // Free again once the first is closed.
+    open(&dir).await.close().await;
+}
