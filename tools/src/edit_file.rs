@@ -105,7 +105,7 @@ impl EditFile {
             )));
         }
         let edited = text.replace(&input.old_string, &input.new_string);
-        atomic_write(&path, edited.as_bytes(), true, &shown)?;
+        atomic_write(&wd, &path, edited.as_bytes(), true, &shown)?;
         Ok(ToolOutput::ok(format!(
             "Replaced {count} occurrence{} in {shown}",
             if count == 1 { "" } else { "s" }

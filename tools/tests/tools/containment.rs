@@ -147,3 +147,38 @@ fn a_fifo_is_refused_instead_of_blocking() {
     let e = err(call(&EditFile, &l.work, json!({"path": "pipe", "oldString": "a", "newString": "b"})));
     assert!(e.contains("pipe is not a regular file"), "{e}");
 }
+
+/// A directory swapped for a symlink to the outside between the check and
+/// the write used to let writes land outside (9 of 1500 racing writes).
+/// Writes now resolve beneath a handle on the working directory.
+#[test]
+fn a_directory_swapped_for_a_symlink_during_writes_never_lets_one_out() {
+    use dispatch_tools::write_file::WriteFile;
+    let work = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let root = work.path().to_path_buf();
+    std::fs::create_dir(root.join("d")).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flipper = {
+        let (root, target, stop) = (root.clone(), outside.path().to_path_buf(), std::sync::Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // d: a real directory, then briefly a symlink to the outside.
+                if std::fs::rename(root.join("d"), root.join("d.real")).is_ok() {
+                    let _ = std::os::unix::fs::symlink(&target, root.join("d"));
+                    std::thread::yield_now();
+                    let _ = std::fs::remove_file(root.join("d"));
+                    let _ = std::fs::rename(root.join("d.real"), root.join("d"));
+                }
+            }
+        })
+    };
+    for i in 0..1500 {
+        let _ = call(&WriteFile, &root, json!({"path": format!("d/f{i}.txt"), "content": "x"}));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flipper.join().unwrap();
+    let escaped: Vec<_> =
+        std::fs::read_dir(outside.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(escaped.is_empty(), "{} writes landed outside: {escaped:?}", escaped.len());
+}
