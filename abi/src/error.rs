@@ -24,6 +24,8 @@ pub mod codes {
     /// The request conflicts with one in progress (a second reader of a
     /// stream that is already being read).
     pub const CONFLICT: &str = "conflict";
+    /// The caller may not do that (it does not own the thing it names).
+    pub const FORBIDDEN: &str = "forbidden";
     /// Anything else a plugin reports.
     pub const PLUGIN: &str = "plugin";
 }

@@ -6,8 +6,9 @@
 use dispatch_abi::{Event, Service};
 pub use dispatch_protocol::surface::*;
 
-/// The registry.
-pub const REGISTRY: Service<RegistryRequest, RegistryResponse> = Service::new("surfaces", 1);
+/// The registry. Schema 2: `update`, `remove` and replacing `register`
+/// take the owner's token (version 1 let any caller remove any surface).
+pub const REGISTRY: Service<RegistryRequest, RegistryResponse> = Service::new("surfaces", 2);
 /// A surface was added, replaced or removed.
 pub const CHANGED: Event<SurfaceChanged> = Event::new("surfaces.changed", 1);
 /// A client invoked a field's action; the surface's owner subscribes.

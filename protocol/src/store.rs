@@ -13,6 +13,7 @@ use crate::wire::{
 /// Requests to the store, tagged by `op`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
 pub enum StoreRequest {
     /// Append one message's chunks; answers [`Appended`]. Atomic: all the
     /// chunks land, with consecutive seqs, or none do.

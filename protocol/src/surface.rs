@@ -120,24 +120,33 @@ pub struct CatalogEntry {
 /// A request to the registry service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
 pub enum RegistryRequest {
-    /// Add a surface, or replace one with the same id.
+    /// Add a surface; answers its spec and the owner's `token`. Replacing a
+    /// registered surface of the same id needs that surface's token.
     Register {
         /// The surface.
         spec: SurfaceSpec,
         /// Its scope.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         scope: Option<Scope>,
+        /// The token of the surface being replaced (none for a new one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
     },
-    /// Replace the spec of a registered surface.
+    /// Replace the spec of a registered surface (the owner only).
     Update {
         /// The new spec (its `id` names the surface).
         spec: SurfaceSpec,
+        /// The token `register` answered.
+        token: String,
     },
-    /// Remove a surface.
+    /// Remove a surface (the owner only).
     Remove {
         /// Which.
         surface_id: String,
+        /// The token `register` answered.
+        token: String,
     },
     /// The current spec of one surface.
     Get {
@@ -168,6 +177,11 @@ pub struct RegistryResponse {
     /// For `catalog`: the entries, in registration order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub catalog: Option<Vec<CatalogEntry>>,
+    /// For `register`: the owner's token, which `update`, `remove` and a
+    /// replacing `register` must present. The bus does not say who calls a
+    /// service, so ownership is this capability: keep it to yourself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 /// Published on every change.

@@ -88,8 +88,8 @@ fn the_surfaces_plugins_use_each_other_and_the_host_through_the_bus() {
     let (out, lines) = call(
         &cfg,
         &[
-            ("surfaces", r#"{"op":"catalog"}"#),
-            ("surfaces", r#"{"op":"get","surfaceId":"loaded-extensions"}"#),
+            ("surfaces@2", r#"{"op":"catalog"}"#),
+            ("surfaces@2", r#"{"op":"get","surfaceId":"loaded-extensions"}"#),
         ],
         &[],
     );
@@ -116,7 +116,7 @@ fn a_closed_stdout_ends_dispatch_call_quietly() {
     let cfg = Config::new().plugin("libdispatch_plugin_surfaces.so", "").write();
     let mut args = vec!["call".to_owned(), "--config".into(), cfg.to_str().unwrap().into()];
     for _ in 0..2000 {
-        args.push("surfaces".into());
+        args.push("surfaces@2".into());
         args.push(r#"{"op":"catalog"}"#.into());
     }
     let mut child = Command::new(dispatch_bin())

@@ -52,11 +52,13 @@ pub fn build_spec(list: &PluginList) -> SurfaceSpec {
 }
 
 /// The plugin.
+#[derive(Debug)]
 pub struct ExtensionsSurface;
 
-async fn refresh(host: Host) -> Result<(), Error> {
+async fn refresh(host: Host, token: std::sync::Arc<str>) -> Result<(), Error> {
     let list = host.call(&PLUGINS, &json!({})).await?;
-    host.call(&REGISTRY, &RegistryRequest::Update { spec: build_spec(&list) }).await?;
+    let update = RegistryRequest::Update { spec: build_spec(&list), token: token.to_string() };
+    host.call(&REGISTRY, &update).await?;
     Ok(())
 }
 
@@ -72,12 +74,17 @@ impl Plugin for ExtensionsSurface {
         let host = ctx.host().clone();
         host.require(&REGISTRY)?;
         let list = host.call_blocking(&PLUGINS, &json!({}))?;
-        host.call_blocking(
+        let registered = host.call_blocking(
             &REGISTRY,
-            &RegistryRequest::Register { spec: build_spec(&list), scope: Some(Scope::Global) },
+            &RegistryRequest::Register { spec: build_spec(&list), scope: Some(Scope::Global), token: None },
         )?;
+        // The registry's proof that the surface is ours, for every update.
+        let token: std::sync::Arc<str> = registered
+            .token
+            .ok_or_else(|| Error::msg("the surfaces registry answered no token for our surface"))?
+            .into();
         let h = host.clone();
-        host.subscribe(&PLUGIN_STATE, move |_changed| refresh(h.clone()))?;
+        host.subscribe(&PLUGIN_STATE, move |_changed| refresh(h.clone(), std::sync::Arc::clone(&token)))?;
         tracing::info!(surface = SURFACE_ID, plugins = list.plugins.len(), "surface registered");
         Ok(ExtensionsSurface)
     }

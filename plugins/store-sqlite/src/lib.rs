@@ -88,6 +88,7 @@ async fn handle(store: Store, req: StoreRequest) -> Result<Value, Error> {
         StoreRequest::Metrics { conversation_id } => {
             to_json(&MetricsList { turns: store.metrics(&conversation_id).await.map_err(err)? })
         }
+        other => Err(Error::new(codes::UNSUPPORTED, format!("unsupported store request: {other:?}"))),
     }
 }
 
