@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::providers::{turn, types};
 use crate::support::*;
-use dispatch_test_support::process_table::{assert_no_process_with, processes_with};
+use dispatch_test_support::process_table::{assert_no_process_with, assert_process_with};
 
 const MODELS: &str = "libdispatch_plugin_models.so";
 const SCRIPTED: &str = "libdispatch_plugin_provider_scripted.so";
@@ -186,7 +186,7 @@ fn a_terminating_signal_during_a_shell_command_aborts_the_turn_and_kills_the_pro
                 break;
             }
         }
-        assert!(!processes_with(&marker).is_empty(), "the command is running");
+        assert_process_with(&marker);
         let sent = Instant::now();
         let flag = format!("-{signal}");
         assert!(Command::new("kill")
@@ -263,7 +263,7 @@ fn a_command_dies_with_a_host_killed_outright() {
             break;
         }
     }
-    assert!(!processes_with(&marker).is_empty(), "the command is running");
+    assert_process_with(&marker);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     assert_no_process_with(&marker);

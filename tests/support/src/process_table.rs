@@ -29,3 +29,13 @@ pub fn assert_no_process_with(marker: &str) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Wait (bounded) until a process carries `marker`: a command that printed
+/// its first output may not have started the process it announced yet.
+pub fn assert_process_with(marker: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while processes_with(marker).is_empty() {
+        assert!(Instant::now() < deadline, "no process with {marker:?} appeared");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

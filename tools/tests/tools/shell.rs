@@ -9,7 +9,7 @@ use dispatch_tools::shell::{Config, Shell};
 use serde_json::json;
 
 use crate::support::*;
-use dispatch_test_support::process_table::{assert_no_process_with, processes_with};
+use dispatch_test_support::process_table::{assert_no_process_with, assert_process_with};
 
 /// A marker only this test's processes carry, to find them in /proc.
 fn marker(test: &str) -> String {
@@ -80,7 +80,7 @@ async fn an_abort_mid_run_kills_the_group_and_returns_at_once() {
         assert!(Instant::now() < deadline, "no output");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(!processes_with(&m).is_empty(), "the sleep is running");
+    assert_process_with(&m);
     abort.abort();
     let out = tokio::time::timeout(Duration::from_secs(10), run)
         .await
