@@ -149,6 +149,37 @@ fn the_tool_protocol_and_the_todo_service_answer_on_the_bus() {
     assert!(lines[4]["error"].as_str().unwrap_or_default().contains("no open stream 1"), "{:?}", lines[4]);
 }
 
+/// Start `dispatch turn` on `script` and read its events until the first
+/// `tool-output`, then wait for the process carrying `marker` to exist.
+/// Answers the child, the rest of its stdout, and the events so far.
+fn turn_until_tool_output(
+    cfg: &std::path::Path,
+    script: &str,
+    marker: &str,
+) -> (std::process::Child, std::io::Lines<BufReader<std::process::ChildStdout>>, Vec<Value>) {
+    let mut child = Command::new(dispatch_bin())
+        .args(["turn", "--config", cfg.to_str().unwrap(), "go"])
+        .env("DISPATCH_SCRIPT", script)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut events: Vec<Value> = Vec::new();
+    for line in lines.by_ref() {
+        let e: Value = serde_json::from_str(&line.unwrap()).unwrap();
+        let started = e["type"] == "tool-output";
+        events.push(e);
+        if started {
+            break;
+        }
+    }
+    assert_process_with(marker);
+    (child, lines, events)
+}
+
 /// Every terminating signal — Ctrl-C, `timeout(1)`'s SIGTERM, a closed
 /// terminal's SIGHUP — aborts the turn, kills the running command's process
 /// group, and ends the process with 128 + the signal. SIGTERM and SIGHUP
@@ -166,27 +197,8 @@ fn a_terminating_signal_during_a_shell_command_aborts_the_turn_and_kills_the_pro
             ],
         );
         let cfg = cfg.write();
-        let mut child = Command::new(dispatch_bin())
-            .args(["turn", "--config", cfg.to_str().unwrap(), "go"])
-            .env("DISPATCH_SCRIPT", &s)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut events: Vec<Value> = Vec::new();
-        // Wait for the command's first output, then send the signal.
-        for line in lines.by_ref() {
-            let e: Value = serde_json::from_str(&line.unwrap()).unwrap();
-            let started = e["type"] == "tool-output";
-            events.push(e);
-            if started {
-                break;
-            }
-        }
-        assert_process_with(&marker);
+        // Once the command's first output is out, send the signal.
+        let (child, lines, mut events) = turn_until_tool_output(&cfg, &s, &marker);
         let sent = Instant::now();
         let flag = format!("-{signal}");
         assert!(Command::new("kill")
@@ -247,23 +259,7 @@ fn a_command_dies_with_a_host_killed_outright() {
         &[json!({"name": "run_shell", "input": {"command": format!("echo started; exec sleep {marker}")}})],
     );
     let cfg = cfg.write();
-    let mut child = Command::new(dispatch_bin())
-        .args(["turn", "--config", cfg.to_str().unwrap(), "go"])
-        .env("DISPATCH_SCRIPT", &s)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    for line in lines {
-        let e: Value = serde_json::from_str(&line.unwrap()).unwrap();
-        if e["type"] == "tool-output" {
-            break;
-        }
-    }
-    assert_process_with(&marker);
+    let (mut child, _, _) = turn_until_tool_output(&cfg, &s, &marker);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     assert_no_process_with(&marker);
