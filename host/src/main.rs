@@ -22,7 +22,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load and activate the configured plugins and run until SIGINT/SIGTERM.
+    /// Load and activate the configured plugins and run until SIGINT, SIGTERM or SIGHUP.
     Serve {
         /// The plugin configuration.
         #[arg(long, short, default_value = "plugins.toml")]
@@ -112,17 +112,18 @@ fn run(cli: Cli, log_filter: String) -> anyhow::Result<ExitCode> {
         log_filter,
     };
     let code = runtime.block_on(async move {
-        // One-shot commands answer SIGINT/SIGTERM/SIGHUP from the start:
-        // a signal during start-up must not kill the host with its plugins'
-        // processes running. `serve` listens on its own.
+        // Listen before anything starts: a terminating signal during
+        // start-up must not kill the host with its plugins' processes
+        // running. (`plugins` keeps the default action: it only loads and
+        // reports, and must stay interruptible.)
         let terminate = match cli.command {
-            Command::Serve { .. } | Command::Plugins { .. } => None,
+            Command::Plugins { .. } => None,
             _ => Some(Terminate::listen().context("cannot listen for signals")?),
         };
         let sup = Supervisor::start(plan, settings).await;
-        let code = match cli.command {
-            Command::Serve { .. } => serve(&sup).await,
-            Command::Plugins { json, .. } => {
+        let code = match (cli.command, terminate) {
+            (Command::Serve { .. }, Some(terminate)) => serve(&sup, terminate).await,
+            (Command::Plugins { json, .. }, _) => {
                 let reports = sup.reports_snapshot();
                 if json {
                     let body = serde_json::json!({
@@ -135,16 +136,14 @@ fn run(cli: Cli, log_filter: String) -> anyhow::Result<ExitCode> {
                 }
                 Ok(if sup.required_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
             }
-            Command::Call { calls, .. } => {
-                let Some(mut terminate) = terminate else { unreachable!("listening for `call`") };
+            (Command::Call { calls, .. }, Some(mut terminate)) => {
                 tokio::select! {
                     code = call(&sup, &calls) => code,
                     // Deactivation below stops whatever the calls started.
                     n = terminate.first() => Ok(signals::exit_code(n)),
                 }
             }
-            Command::Turn { model, message, max_steps, cwd, no_tools, .. } => {
-                let Some(terminate) = terminate else { unreachable!("listening for `turn`") };
+            (Command::Turn { model, message, max_steps, cwd, no_tools, .. }, Some(terminate)) => {
                 let abort = dispatch_kernel::runtime::AbortSignal::new();
                 let fired = terminate.abort_on_signal(abort.clone());
                 let request = dispatch_host::turn::TurnRequest { model, message, max_steps, cwd, no_tools };
@@ -162,6 +161,8 @@ fn run(cli: Cli, log_filter: String) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
+            // Every command but `plugins` listens (above).
+            (_, None) => unreachable!("no signal listener for a command that needs one"),
         };
         sup.shutdown().await;
         code
@@ -171,7 +172,7 @@ fn run(cli: Cli, log_filter: String) -> anyhow::Result<ExitCode> {
     code
 }
 
-async fn serve(sup: &Supervisor) -> anyhow::Result<ExitCode> {
+async fn serve(sup: &Supervisor, mut terminate: Terminate) -> anyhow::Result<ExitCode> {
     if !sup.required_ok() {
         let failed: Vec<String> = sup
             .reports_snapshot()
@@ -182,19 +183,12 @@ async fn serve(sup: &Supervisor) -> anyhow::Result<ExitCode> {
         eprintln!("dispatch: required plugins are not active:\n  {}", failed.join("\n  "));
         return Ok(ExitCode::FAILURE);
     }
-    // Listen before announcing readiness, so a signal sent the moment we
-    // say "serving" is never the default (fatal) one.
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
     let active =
         sup.reports_snapshot().iter().filter(|r| r.state == dispatch_host::supervisor::State::Active).count();
-    tracing::info!(active, "dispatch is serving; SIGINT or SIGTERM stops it");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!("shutting down");
+    tracing::info!(active, "dispatch is serving; SIGINT, SIGTERM or SIGHUP stops it");
+    let n = terminate.first().await;
+    tracing::info!(signal = n, "shutting down");
+    // A requested stop is a clean exit for a service manager.
     Ok(ExitCode::SUCCESS)
 }
 

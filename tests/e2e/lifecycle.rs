@@ -95,3 +95,10 @@ fn a_hanging_deactivate_hits_its_deadline_and_the_rest_still_stop() {
     assert!(out.stderr.contains("deactivate did not finish within 300 ms"), "{}", out.stderr);
     assert!(out.stderr.contains("plugin stopped plugin=surfaces"), "{}", out.stderr);
 }
+
+/// SIGHUP used to take `serve` down with its default action: no
+/// deactivation at all.
+#[test]
+fn sighup_deactivates_in_reverse_activation_order() {
+    assert_reverse_shutdown(&serve_until_signal("-HUP"));
+}
