@@ -14,6 +14,9 @@
 //! | [`surface`] | `surfaces`, `surfaces.changed`, `surfaces.action` | `surfaces` |
 //! | [`plugins`] | `dispatch.plugins`, `dispatch.plugin-state` | the host |
 //! | [`todo`](mod@todo) | `todo`, `todo.changed` | `tool-todo` |
+//! | [`session`] | `session`, `session.event`, `session.status`, `session.open`; hooks `session.tools`, `session.system-prompt` | `session` |
+//! | [`queue`] | `message-queue`, `message-queue.changed` | `message-queue` |
+//! | [`prompt`] | `system-prompt` | `system-prompt` |
 //!
 //! The payload types themselves live in `dispatch-protocol` (re-exported
 //! here as [`protocol`] and per module), which has no `abi_stable` in it, so
@@ -36,8 +39,11 @@ pub use dispatch_protocol as protocol;
 
 pub mod catalog;
 pub mod plugins;
+pub mod prompt;
 pub mod provider;
 pub mod pull;
+pub mod queue;
+pub mod session;
 pub mod store;
 pub mod surface;
 pub mod todo;

@@ -42,12 +42,13 @@ use dispatch_protocol::BoxFuture;
 pub type Emitter = Arc<dyn Fn(AgentEvent) + Send + Sync>;
 
 /// Consulted at each tool-result boundary; returns queued user messages to
-/// inject before the next model call.
-pub type SteeringDrain = Box<dyn FnMut() -> Vec<String> + Send>;
+/// inject before the next model call. Async because the queue usually lives
+/// in another plugin; an abort does not interrupt it (keep it quick).
+pub type SteeringDrain = Box<dyn FnMut() -> BoxFuture<Vec<String>> + Send + Sync>;
 
 /// Called with each step's finished messages, in order, before the next
 /// step starts — for incremental persistence.
-pub type StepSink = Box<dyn FnMut(Vec<ChatMessage>) -> BoxFuture<()> + Send>;
+pub type StepSink = Box<dyn FnMut(Vec<ChatMessage>) -> BoxFuture<()> + Send + Sync>;
 
 /// The content of the result of a call that was cut short by an abort.
 pub const ABORTED: &str = "Aborted: the turn was stopped before this tool call finished.";
@@ -249,7 +250,10 @@ impl Turn<'_> {
                 break FinishReason::MaxSteps;
             }
             // Tool-result boundary: queued user text joins the next call.
-            let drained = self.input.drain_steering.as_mut().map(|d| d()).unwrap_or_default();
+            let drained = match self.input.drain_steering.as_mut() {
+                Some(drain) => drain().await,
+                None => Vec::new(),
+            };
             let drained: Vec<String> = drained.into_iter().filter(|t| !t.trim().is_empty()).collect();
             if !drained.is_empty() {
                 let text = drained.join("\n\n");
@@ -492,7 +496,14 @@ impl Turn<'_> {
             && calls.iter().all(|c| self.by_name.get(&c.name).is_none_or(|t| t.concurrency_safe()));
         if parallel {
             let limit = self.input.max_parallel_tools.max(1);
-            futures::stream::iter(calls.iter().map(|c| self.execute(c))).buffered(limit).collect().await
+            // Boxed as `dyn Future + Send`: without it the compiler cannot
+            // prove the turn's future `Send` for every lifetime of `c` (the
+            // closure's higher-ranked signature), and a turn could not be
+            // spawned on a multi-thread runtime.
+            type CallFuture<'f> = std::pin::Pin<Box<dyn Future<Output = ToolOutput> + Send + 'f>>;
+            let futs: Vec<CallFuture<'_>> =
+                calls.iter().map(|c| Box::pin(self.execute(c)) as CallFuture<'_>).collect();
+            futures::stream::iter(futs).buffered(limit).collect().await
         } else {
             let mut out = Vec::with_capacity(calls.len());
             for c in calls {

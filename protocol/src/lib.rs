@@ -9,7 +9,8 @@
 //!   metrics — exactly the JSON of `WIRE.md`;
 //! * **plugins** exchange the payloads of the bundled bus contracts:
 //!   [`provider`], [`catalog`], [`tool`], [`store`], [`surface`],
-//!   [`plugins`] (the host's own), [`todo`](mod@todo). The typed bus keys for these
+//!   [`plugins`] (the host's own), [`todo`](mod@todo), [`session`],
+//!   [`queue`], [`prompt`]. The typed bus keys for these
 //!   live in `dispatch-contracts`, which adds `dispatch-abi` on top.
 //!
 //! The kernel's turn loop runs on these types too ([`tool::Tool`],
@@ -46,8 +47,11 @@ use std::sync::Arc;
 pub mod abort;
 pub mod catalog;
 pub mod plugins;
+pub mod prompt;
 pub mod provider;
+pub mod queue;
 pub mod reconcile;
+pub mod session;
 pub mod store;
 pub mod surface;
 pub mod todo;

@@ -274,7 +274,10 @@ impl Harness {
             max_steps: self.max_steps,
             max_parallel_tools: self.max_parallel_tools,
             emit: Arc::new(move |e| events.lock().unwrap().push(e)),
-            drain_steering: Some(Box::new(move || steering.lock().unwrap().pop_front().unwrap_or_default())),
+            drain_steering: Some(Box::new(move || {
+                let next = steering.lock().unwrap().pop_front().unwrap_or_default();
+                Box::pin(std::future::ready(next))
+            })),
             on_step: Some(Box::new(move |msgs| {
                 persisted.lock().unwrap().push(msgs);
                 Box::pin(async {})

@@ -1,0 +1,893 @@
+//! The session's state and its ops.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use abi_stable::std_types::{RStr, RVec};
+use dispatch_abi::runtime::Runner;
+use dispatch_abi::{Error, HookResult, Host};
+use dispatch_contracts::catalog::{CatalogRequest, Resolved, CATALOG};
+use dispatch_contracts::plugins::{PluginList, State, PLUGINS};
+use dispatch_contracts::queue::{Cancelled, QueueRequest, QueueState, QUEUE};
+use dispatch_contracts::session::{
+    Aborted, ChatRequest, ConversationRef, LastAnswer, OpenRequested, PromptContext, Queued, SessionRequest,
+    Started, StatusChanged, StatusInfo, ToolSummary, TurnTools, Unqueued, WireVersion, EVENT, OPEN, STATUS,
+    SYSTEM_PROMPT, TOOLS,
+};
+use dispatch_contracts::store::{Details, Messages, MetaUpdate, StoreRequest, STORE};
+use dispatch_kernel::protocol::{BoxFuture, CallError, Spawner};
+use dispatch_kernel::provider::ProviderOptions;
+use dispatch_kernel::remote::{RemoteProvider, ServiceCaller};
+use dispatch_kernel::runtime::{AbortSignal, Clock, RetryPolicy, Sleep};
+use dispatch_kernel::tool::Tool;
+use dispatch_kernel::toolbus::{RemoteTool, TOOL_PREFIX};
+use dispatch_kernel::turn::{run_turn, TurnInput};
+use dispatch_kernel::wire::{
+    AgentEvent, ChatMessage, Chunk, ConversationStatus, FinishReason, ReasoningEffort, Role,
+};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+
+use crate::log::TurnLog;
+use crate::Config;
+
+/// Sealed turns kept per conversation for late readers (besides the
+/// running one).
+const KEEP_SEALED: usize = 1;
+/// Longest an `events` or `last` call waits.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+/// The default wait of an `events` call.
+const DEFAULT_EVENTS_WAIT: Duration = Duration::from_secs(20);
+
+/// Calls bus services through the plugin's host handle — what the
+/// kernel's remote provider and tools need.
+struct HostCaller(Host);
+
+impl ServiceCaller for HostCaller {
+    fn call(&self, name: &str, version: u32, request: Vec<u8>) -> BoxFuture<Result<Vec<u8>, CallError>> {
+        let fut = self.0.abi().call_service(RStr::from(name), version, RVec::from(request));
+        Box::pin(async move {
+            fut.await
+                .into_result()
+                .map(RVec::into_vec)
+                .map_err(|e| CallError::new(e.code.into_string(), e.message.into_string()))
+        })
+    }
+}
+
+struct MonotonicClock(Instant);
+impl Clock for MonotonicClock {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.0.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+struct TokioSleep;
+impl Sleep for TokioSleep {
+    fn sleep(&self, d: Duration) -> BoxFuture<()> {
+        Box::pin(tokio::time::sleep(d))
+    }
+}
+
+struct Running {
+    turn_id: String,
+    abort: AbortSignal,
+    /// `close` was asked: the turn ends the conversation as `closed`.
+    closing: bool,
+}
+
+#[derive(Default)]
+struct Conv {
+    running: Option<Running>,
+    /// The running turn's log last, with up to [`KEEP_SEALED`] before it.
+    logs: VecDeque<Arc<TurnLog>>,
+}
+
+/// Everything a turn needs, resolved before it starts.
+struct Plan {
+    conversation_id: String,
+    turn_id: String,
+    message: String,
+    workspace_id: String,
+    resolved: Resolved,
+    cwd: PathBuf,
+    effort: Option<ReasoningEffort>,
+    history: Vec<ChatMessage>,
+    tools: Vec<Arc<dyn Tool>>,
+    system_prompt: Option<String>,
+    abort: AbortSignal,
+    log: Arc<TurnLog>,
+}
+
+/// The session.
+pub struct Session {
+    host: Host,
+    runner: Runner,
+    config: Config,
+    default_cwd: Option<PathBuf>,
+    caller: Arc<HostCaller>,
+    convs: Mutex<HashMap<String, Conv>>,
+    tools: Mutex<HashMap<String, Arc<dyn Tool>>>,
+    shutting_down: AtomicBool,
+    turn_ended: Notify,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+fn invalid(message: impl Into<String>) -> Error {
+    Error::new("invalid_input", message)
+}
+
+fn to_value<T: Serialize>(v: &T) -> Result<Value, Error> {
+    serde_json::to_value(v).map_err(|e| Error::new("plugin", e.to_string()))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &str, v: Value) -> Result<T, Error> {
+    serde_json::from_value(v)
+        .map_err(|e| Error::new("plugin", format!("the {what} answered an unexpected shape: {e}")))
+}
+
+/// The store's rule for conversation ids, checked before anything is
+/// reserved so a bad id is a clear `invalid_input`.
+fn check_id(id: &str) -> Result<(), Error> {
+    let ok = (1..=128).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!("invalid conversation id {id:?}: use 1-128 characters of A-Z a-z 0-9 . _ - : @")))
+    }
+}
+
+impl Session {
+    /// A session serving through `host`, running turns on `runner`.
+    pub fn new(host: Host, runner: Runner, config: Config, default_cwd: Option<PathBuf>) -> Arc<Self> {
+        Arc::new(Session {
+            caller: Arc::new(HostCaller(host.clone())),
+            host,
+            runner,
+            config,
+            default_cwd,
+            convs: Mutex::new(HashMap::new()),
+            tools: Mutex::new(HashMap::new()),
+            shutting_down: AtomicBool::new(false),
+            turn_ended: Notify::new(),
+        })
+    }
+
+    fn convs(&self) -> MutexGuard<'_, HashMap<String, Conv>> {
+        // Critical sections only move values in and out of the map.
+        self.convs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn spawner(&self) -> Spawner {
+        let runner = self.runner.clone();
+        Arc::new(move |f| runner.spawn(f))
+    }
+
+    /// Forget the tools known so far (a plugin changed state).
+    pub fn forget_tools(&self) {
+        self.tools.lock().unwrap_or_else(PoisonError::into_inner).clear();
+    }
+
+    /// Refuse new turns and abort the running ones.
+    pub fn begin_shutdown(&self) {
+        if self.shutting_down.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        for conv in self.convs().values() {
+            if let Some(r) = &conv.running {
+                r.abort.abort();
+            }
+        }
+    }
+
+    /// Wait until no turn runs, at most `limit`; `true` when none does.
+    pub async fn wait_idle(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::sleep(limit);
+        let mut deadline = std::pin::pin!(deadline);
+        loop {
+            let ended = self.turn_ended.notified();
+            let mut ended = std::pin::pin!(ended);
+            ended.as_mut().enable();
+            if self.convs().values().all(|c| c.running.is_none()) {
+                return true;
+            }
+            tokio::select! {
+                () = ended => {}
+                () = &mut deadline => return false,
+            }
+        }
+    }
+
+    /// Answer one request (on the session's runtime).
+    pub fn handle(
+        self: Arc<Self>,
+        request: SessionRequest,
+    ) -> impl std::future::Future<Output = Result<Value, Error>> {
+        let runner = self.runner.clone();
+        runner.run(async move {
+            match request {
+                SessionRequest::Chat { request } => to_value(&self.chat(request).await?),
+                SessionRequest::Events { conversation_id, turn_id, from, wire, wait_ms } => {
+                    self.events(&conversation_id, &turn_id, from, wire.as_deref(), wait_ms).await
+                }
+                SessionRequest::Status { conversation_id } => to_value(&self.status(&conversation_id).await?),
+                SessionRequest::Stop { conversation_id } => {
+                    to_value(&self.stop(conversation_id, false).await?)
+                }
+                SessionRequest::Close { conversation_id } => {
+                    to_value(&self.stop(conversation_id, true).await?)
+                }
+                SessionRequest::Open { conversation_id } => to_value(&self.open(conversation_id).await?),
+                SessionRequest::Queue { conversation_id, text, workspace_id } => {
+                    to_value(&self.queue(conversation_id, text, workspace_id).await?)
+                }
+                SessionRequest::Unqueue { conversation_id, message_id } => {
+                    let answer =
+                        self.queue_call(QueueRequest::Cancel { conversation_id, message_id }).await?;
+                    let c: Cancelled = decode("message-queue", answer)?;
+                    to_value(&Unqueued {
+                        conversation_id: c.state.conversation_id,
+                        cancelled: c.cancelled,
+                        queue: c.state.messages,
+                    })
+                }
+                SessionRequest::Last { conversation_id, wait_ms } => {
+                    to_value(&self.last(&conversation_id, wait_ms).await?)
+                }
+                _ => Err(Error::new("unsupported", "this session does not know that op")),
+            }
+        })
+    }
+
+    // ---- starting a turn ---------------------------------------------
+
+    /// Start a turn. Boxed (and explicitly `Send`): a turn that ends may
+    /// start the next one, so this future is part of its own type.
+    fn chat(self: &Arc<Self>, request: ChatRequest) -> BoxFuture<Result<Started, Error>> {
+        let me = Arc::clone(self);
+        Box::pin(async move { me.start(request).await })
+    }
+
+    async fn start(self: &Arc<Self>, request: ChatRequest) -> Result<Started, Error> {
+        let message = request.message.trim().to_owned();
+        if message.is_empty() {
+            return Err(invalid("the message is empty"));
+        }
+        let conversation_id = match request.conversation_id.as_deref().map(str::trim) {
+            Some(id) if !id.is_empty() => id.to_owned(),
+            _ => uuid::Uuid::new_v4().to_string(),
+        };
+        check_id(&conversation_id)?;
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(Error::new("unavailable", "the server is shutting down"));
+        }
+        let turn_id = uuid::Uuid::new_v4().to_string();
+        let abort = AbortSignal::new();
+        let log = Arc::new(TurnLog::new(turn_id.clone()));
+        {
+            let mut convs = self.convs();
+            let conv = convs.entry(conversation_id.clone()).or_default();
+            if let Some(r) = &conv.running {
+                return Err(Error::new(
+                    "conflict",
+                    format!(
+                        "conversation {conversation_id} already has a turn running ({}); queue the message \
+                         (POST /conversations/{conversation_id}/queue) or stop the turn first",
+                        r.turn_id
+                    ),
+                ));
+            }
+            conv.running = Some(Running { turn_id: turn_id.clone(), abort: abort.clone(), closing: false });
+            conv.logs.push_back(Arc::clone(&log));
+            while conv.logs.len() > KEEP_SEALED + 1 {
+                conv.logs.pop_front();
+            }
+        }
+        match self.prepare(&conversation_id, &turn_id, message, request, abort, Arc::clone(&log)).await {
+            Ok(plan) => {
+                let me = Arc::clone(self);
+                self.runner.spawn(async move { me.run(plan).await });
+                Ok(Started { conversation_id, turn_id })
+            }
+            Err(e) => {
+                let mut convs = self.convs();
+                if let Some(conv) = convs.get_mut(&conversation_id) {
+                    conv.running = None;
+                    conv.logs.retain(|l| !Arc::ptr_eq(l, &log));
+                    if conv.logs.is_empty() {
+                        convs.remove(&conversation_id);
+                    }
+                }
+                drop(convs);
+                self.turn_ended.notify_waiters();
+                Err(e)
+            }
+        }
+    }
+
+    async fn store<T: serde::de::DeserializeOwned>(&self, request: &StoreRequest) -> Result<T, Error> {
+        let answer = self.host.call(&STORE, request).await?;
+        decode("store", answer)
+    }
+
+    async fn prepare(
+        &self,
+        conversation_id: &str,
+        turn_id: &str,
+        message: String,
+        request: ChatRequest,
+        abort: AbortSignal,
+        log: Arc<TurnLog>,
+    ) -> Result<Plan, Error> {
+        let details: Option<Details> =
+            self.store(&StoreRequest::Get { conversation_id: conversation_id.to_owned() }).await?;
+        let asked_model =
+            request.model.as_deref().map(str::trim).filter(|m| !m.is_empty()).map(str::to_owned);
+        let model = asked_model.clone().or_else(|| details.as_ref().and_then(|d| d.model.clone()));
+        let resolved: Resolved = match self.host.call(&CATALOG, &CatalogRequest::Resolve { model }).await {
+            Ok(r) => decode("model catalog", r)?,
+            Err(e) if e.code() == "not_found" => return Err(Error::new("unknown_model", e.message())),
+            Err(e) => return Err(Error::new(e.code(), format!("cannot resolve the model: {}", e.message()))),
+        };
+        let asked_cwd = request.cwd.as_deref().map(str::trim).filter(|c| !c.is_empty()).map(PathBuf::from);
+        let cwd = asked_cwd
+            .clone()
+            .or_else(|| details.as_ref().and_then(|d| d.cwd.clone()).map(PathBuf::from))
+            .or_else(|| self.default_cwd.clone())
+            .ok_or_else(|| {
+                invalid("no working directory: send `cwd` or configure the session's default_cwd")
+            })?;
+        let cwd = std::fs::canonicalize(&cwd)
+            .map_err(|e| invalid(format!("the working directory {} is not usable: {e}", cwd.display())))?;
+        if !cwd.is_dir() {
+            return Err(invalid(format!("the working directory {} is not a directory", cwd.display())));
+        }
+        let effort = request.reasoning_effort.or_else(|| details.as_ref().and_then(|d| d.reasoning_effort));
+        let workspace_id = details
+            .as_ref()
+            .map(|d| d.meta.workspace_id.clone())
+            .or_else(|| request.workspace_id.clone())
+            .unwrap_or_else(|| "default".to_owned());
+
+        // Refusable checks are done: from here on the turn happens.
+        let mut chunks = vec![Chunk::text(message.clone())];
+        for image in request.images.unwrap_or_default() {
+            chunks.push(Chunk::Image { url: image.url, mime_type: image.mime_type });
+        }
+        let _: Value = self
+            .store(&StoreRequest::Append {
+                conversation_id: conversation_id.to_owned(),
+                role: Role::User,
+                turn_id: Some(turn_id.to_owned()),
+                chunks,
+            })
+            .await?;
+        let update = MetaUpdate {
+            conversation_id: conversation_id.to_owned(),
+            status: Some(ConversationStatus::Active),
+            model: asked_model.map(Some),
+            cwd: asked_cwd.map(|_| Some(cwd.to_string_lossy().into_owned())),
+            reasoning_effort: request.reasoning_effort.map(Some),
+            workspace_id: details.is_none().then(|| workspace_id.clone()),
+            ..MetaUpdate::default()
+        };
+        let _: Value = self.store(&StoreRequest::Update(update)).await?;
+        let Messages { messages: history } =
+            self.store(&StoreRequest::Messages { conversation_id: conversation_id.to_owned() }).await?;
+
+        let tools = self.tools_for(conversation_id, &resolved.model).await;
+        let system_prompt = self.system_prompt(conversation_id, &resolved.model, &cwd, &tools).await;
+        Ok(Plan {
+            conversation_id: conversation_id.to_owned(),
+            turn_id: turn_id.to_owned(),
+            message,
+            workspace_id,
+            resolved,
+            cwd,
+            effort,
+            history,
+            tools,
+            system_prompt,
+            abort,
+            log,
+        })
+    }
+
+    /// The tools for a turn: every `tool.*` service of an active plugin,
+    /// through the `session.tools` filters.
+    async fn tools_for(&self, conversation_id: &str, model: &str) -> Vec<Arc<dyn Tool>> {
+        let mut names: Vec<String> = match self.host.call(&PLUGINS, &json!({})).await {
+            Ok(PluginList { plugins }) => plugins
+                .into_iter()
+                .filter(|p| p.state == State::Active)
+                .flat_map(|p| p.provides)
+                .filter(|p| p.kind == "service")
+                .filter_map(|p| p.name.strip_prefix(TOOL_PREFIX).map(str::to_owned))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the plugins; the turn offers no tools");
+                Vec::new()
+            }
+        };
+        let value =
+            TurnTools { conversation_id: conversation_id.to_owned(), model: model.to_owned(), tools: names };
+        names = match self.host.run_hook(&TOOLS, &value).await {
+            Ok(HookResult::Continue(v)) => v.tools,
+            Ok(HookResult::Vetoed { plugin, reason }) => {
+                tracing::warn!(%plugin, %reason, "a tools filter vetoed; the turn offers no tools");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the tools hook failed; offering every tool");
+                value.tools
+            }
+        };
+        let mut tools = Vec::with_capacity(names.len());
+        let mut seen = std::collections::HashSet::new();
+        for name in names {
+            if !seen.insert(name.clone()) {
+                continue;
+            }
+            let service = format!("{TOOL_PREFIX}{name}");
+            let cached = self.tools.lock().unwrap_or_else(PoisonError::into_inner).get(&service).cloned();
+            let tool = match cached {
+                Some(t) => t,
+                None => match RemoteTool::connect(Arc::clone(&self.caller), &service, Some(self.spawner()))
+                    .await
+                {
+                    Ok(t) => {
+                        let t: Arc<dyn Tool> = Arc::new(t);
+                        self.tools
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .insert(service, Arc::clone(&t));
+                        t
+                    }
+                    Err(e) => {
+                        tracing::warn!(%service, error = %e, "tool left out: it cannot describe itself");
+                        continue;
+                    }
+                },
+            };
+            tools.push(tool);
+        }
+        tools
+    }
+
+    async fn system_prompt(
+        &self,
+        conversation_id: &str,
+        model: &str,
+        cwd: &std::path::Path,
+        tools: &[Arc<dyn Tool>],
+    ) -> Option<String> {
+        let ctx = PromptContext {
+            conversation_id: conversation_id.to_owned(),
+            model: model.to_owned(),
+            cwd: Some(cwd.to_string_lossy().into_owned()),
+            tools: tools
+                .iter()
+                .map(|t| ToolSummary { name: t.name().to_owned(), description: t.description().to_owned() })
+                .collect(),
+            prompt: String::new(),
+        };
+        let prompt = match self.host.run_hook(&SYSTEM_PROMPT, &ctx).await {
+            Ok(HookResult::Continue(c)) => c.prompt,
+            Ok(_) => String::new(),
+            Err(e) => {
+                tracing::warn!(error = %e, "the system-prompt hook failed; the turn has no system prompt");
+                String::new()
+            }
+        };
+        (!prompt.trim().is_empty()).then_some(prompt)
+    }
+
+    // ---- running a turn ----------------------------------------------
+
+    fn publish_status(&self, conversation_id: &str, workspace_id: &str, status: ConversationStatus) {
+        let changed = StatusChanged {
+            conversation_id: conversation_id.to_owned(),
+            workspace_id: workspace_id.to_owned(),
+            status,
+        };
+        if let Err(e) = self.host.publish(&STATUS, &changed) {
+            tracing::warn!(error = %e, "cannot publish a status change");
+        }
+    }
+
+    /// Where a turn's events go: its log (serialized once) and the bus.
+    fn emitter(&self, log: Arc<TurnLog>) -> Arc<dyn Fn(AgentEvent) + Send + Sync> {
+        let host = self.host.clone();
+        Arc::new(move |event: AgentEvent| {
+            let json = match serde_json::to_string(&event) {
+                Ok(j) => j,
+                Err(e) => {
+                    tracing::error!(error = %e, "an event cannot be serialized; dropped");
+                    return;
+                }
+            };
+            let bytes = RVec::from(json.as_bytes().to_vec());
+            match RawValue::from_string(json) {
+                Ok(raw) => log.push(event.type_name(), raw),
+                Err(e) => tracing::error!(error = %e, "an event is not JSON; dropped"),
+            }
+            // Nobody listening is not an error worth a log line per delta.
+            let _ = host.abi().publish(RStr::from(EVENT.name()), EVENT.version(), bytes);
+        })
+    }
+
+    async fn run(self: Arc<Self>, plan: Plan) {
+        let Plan {
+            conversation_id,
+            turn_id,
+            message,
+            workspace_id,
+            resolved,
+            cwd,
+            effort,
+            history,
+            tools,
+            system_prompt,
+            abort,
+            log,
+        } = plan;
+        let emit = self.emitter(Arc::clone(&log));
+        emit(AgentEvent::UserMessage {
+            conversation_id: conversation_id.clone(),
+            turn_id: turn_id.clone(),
+            text: message,
+        });
+        self.publish_status(&conversation_id, &workspace_id, ConversationStatus::Active);
+
+        let provider = RemoteProvider::new(Arc::clone(&self.caller), &resolved, Some(self.spawner()));
+        let retry = match &self.config.retry_delays_ms {
+            Some(delays) => RetryPolicy {
+                delays: delays.iter().map(|ms| Duration::from_millis(*ms)).collect(),
+                ..RetryPolicy::default()
+            },
+            None => RetryPolicy::default(),
+        };
+        let on_step = {
+            let host = self.host.clone();
+            let conversation_id = conversation_id.clone();
+            let turn_id = turn_id.clone();
+            let emit = Arc::clone(&emit);
+            let abort = abort.clone();
+            Box::new(move |messages: Vec<ChatMessage>| -> BoxFuture<()> {
+                let host = host.clone();
+                let conversation_id = conversation_id.clone();
+                let turn_id = turn_id.clone();
+                let emit = Arc::clone(&emit);
+                let abort = abort.clone();
+                Box::pin(async move {
+                    for m in messages {
+                        let append = StoreRequest::Append {
+                            conversation_id: conversation_id.clone(),
+                            role: m.role,
+                            turn_id: Some(turn_id.clone()),
+                            chunks: m.chunks,
+                        };
+                        if let Err(e) = host.call(&STORE, &append).await {
+                            // Going on would show the client a turn the
+                            // history does not have: end it instead.
+                            tracing::error!(error = %e, conversation = %conversation_id, "cannot save a step");
+                            emit(AgentEvent::Error {
+                                conversation_id: conversation_id.clone(),
+                                turn_id: turn_id.clone(),
+                                message: format!("the step could not be saved: {}", e.message()),
+                                code: Some("store".into()),
+                            });
+                            abort.abort();
+                            return;
+                        }
+                    }
+                })
+            })
+        };
+        let drain = {
+            let host = self.host.clone();
+            let conversation_id = conversation_id.clone();
+            Box::new(move || -> BoxFuture<Vec<String>> {
+                let host = host.clone();
+                let request = QueueRequest::Drain { conversation_id: conversation_id.clone() };
+                Box::pin(async move {
+                    match host
+                        .call(&QUEUE, &request)
+                        .await
+                        .and_then(|v| decode::<QueueState>("message-queue", v))
+                    {
+                        Ok(state) => state.messages.into_iter().map(|m| m.text).collect(),
+                        // No queue plugin: nothing is ever queued.
+                        Err(_) => Vec::new(),
+                    }
+                })
+            })
+        };
+        let outcome = run_turn(TurnInput {
+            conversation_id: conversation_id.clone(),
+            turn_id: turn_id.clone(),
+            history,
+            provider: &provider,
+            options: ProviderOptions {
+                model: Some(resolved.model.clone()),
+                system_prompt,
+                reasoning_effort: effort,
+            },
+            tools,
+            cwd: Some(cwd),
+            abort,
+            clock: Some(Arc::new(MonotonicClock(Instant::now()))),
+            sleep: Arc::new(TokioSleep),
+            retry,
+            max_steps: self.config.max_steps,
+            max_parallel_tools: self.config.max_parallel_tools.max(1),
+            emit: Arc::clone(&emit),
+            drain_steering: Some(drain),
+            on_step: Some(on_step),
+        })
+        .await;
+
+        let metrics = StoreRequest::AppendMetrics {
+            conversation_id: conversation_id.clone(),
+            metrics: outcome.metrics,
+        };
+        if let Err(e) = self.host.call(&STORE, &metrics).await {
+            tracing::warn!(error = %e, conversation = %conversation_id, "cannot save the turn's metrics");
+        }
+        let closing = {
+            let convs = self.convs();
+            convs.get(&conversation_id).and_then(|c| c.running.as_ref()).is_some_and(|r| r.closing)
+        };
+        let status = if closing { ConversationStatus::Closed } else { ConversationStatus::Idle };
+        let update = MetaUpdate {
+            conversation_id: conversation_id.clone(),
+            status: Some(status),
+            ..MetaUpdate::default()
+        };
+        if let Err(e) = self.host.call(&STORE, &StoreRequest::Update(update)).await {
+            tracing::warn!(error = %e, conversation = %conversation_id, "cannot save the conversation's status");
+        }
+        // Free the conversation before announcing the seal: a client that
+        // reads `turn-sealed` and sends at once must not get a conflict.
+        if let Some(conv) = self.convs().get_mut(&conversation_id) {
+            conv.running = None;
+        }
+        emit(AgentEvent::TurnSealed { conversation_id: conversation_id.clone(), turn_id });
+        self.publish_status(&conversation_id, &workspace_id, status);
+        self.turn_ended.notify_waiters();
+
+        let carry =
+            !closing && outcome.reason != FinishReason::Error && !self.shutting_down.load(Ordering::SeqCst);
+        if carry {
+            self.carry_queue(conversation_id, workspace_id).await;
+        }
+    }
+
+    /// What was queued and not drained starts the next turn.
+    async fn carry_queue(self: &Arc<Self>, conversation_id: String, workspace_id: String) {
+        let drained = self
+            .host
+            .call(&QUEUE, &QueueRequest::Drain { conversation_id: conversation_id.clone() })
+            .await
+            .and_then(|v| decode::<QueueState>("message-queue", v));
+        let Ok(state) = drained else { return };
+        if state.messages.is_empty() {
+            return;
+        }
+        let texts: Vec<String> = state.messages.into_iter().map(|m| m.text).collect();
+        let request = ChatRequest {
+            conversation_id: Some(conversation_id.clone()),
+            message: texts.join("\n\n"),
+            workspace_id: Some(workspace_id),
+            ..ChatRequest::default()
+        };
+        if let Err(e) = self.chat(request).await {
+            // A client started a turn first (or the model is gone): put
+            // the messages back, they are steered into that turn or wait.
+            tracing::info!(error = %e, conversation = %conversation_id, "queued messages wait for the next turn");
+            for text in texts {
+                let _ = self
+                    .queue_call(QueueRequest::Push { conversation_id: conversation_id.clone(), text })
+                    .await;
+            }
+        }
+    }
+
+    // ---- the other ops -----------------------------------------------
+
+    fn find_log(&self, conversation_id: &str, turn_id: &str) -> Option<Arc<TurnLog>> {
+        self.convs().get(conversation_id)?.logs.iter().rev().find(|l| l.turn_id == turn_id).cloned()
+    }
+
+    async fn events(
+        &self,
+        conversation_id: &str,
+        turn_id: &str,
+        from: u64,
+        wire: Option<&str>,
+        wait_ms: Option<u64>,
+    ) -> Result<Value, Error> {
+        let wire = match wire {
+            Some(w) => WireVersion::parse(w).ok_or_else(|| invalid(format!("unknown wire version {w:?}")))?,
+            None => WireVersion::Latest,
+        };
+        let log = self.find_log(conversation_id, turn_id).ok_or_else(|| {
+            Error::new(
+                "not_found",
+                format!("no turn {turn_id} in conversation {conversation_id} (it ended long ago?)"),
+            )
+        })?;
+        let wait = wait_ms.map_or(DEFAULT_EVENTS_WAIT, Duration::from_millis).min(MAX_WAIT);
+        let batch = log.read(from, wire, tokio::time::sleep(wait)).await;
+        to_value(&batch)
+    }
+
+    async fn status(&self, conversation_id: &str) -> Result<StatusInfo, Error> {
+        let (running, last) = {
+            let convs = self.convs();
+            let conv = convs.get(conversation_id);
+            (
+                conv.and_then(|c| c.running.as_ref().map(|r| r.turn_id.clone())),
+                conv.and_then(|c| c.logs.back().map(|l| l.turn_id.clone())),
+            )
+        };
+        if let Some(turn_id) = running {
+            return Ok(StatusInfo {
+                conversation_id: conversation_id.to_owned(),
+                is_active: true,
+                status: ConversationStatus::Active,
+                turn_id: Some(turn_id),
+            });
+        }
+        let details: Option<Details> =
+            self.store(&StoreRequest::Get { conversation_id: conversation_id.to_owned() }).await?;
+        let d = details.ok_or_else(|| Error::new("not_found", "Conversation not found"))?;
+        let status = match d.meta.status {
+            // Nothing runs here: an `active` on disk is from a crash.
+            ConversationStatus::Active | ConversationStatus::Queued => ConversationStatus::Idle,
+            s => s,
+        };
+        Ok(StatusInfo {
+            conversation_id: conversation_id.to_owned(),
+            is_active: false,
+            status,
+            turn_id: last,
+        })
+    }
+
+    async fn stop(&self, conversation_id: String, close: bool) -> Result<Aborted, Error> {
+        let aborted_turn = {
+            let mut convs = self.convs();
+            match convs.get_mut(&conversation_id).and_then(|c| c.running.as_mut()) {
+                Some(r) => {
+                    r.closing |= close;
+                    r.abort.abort();
+                    true
+                }
+                None => false,
+            }
+        };
+        if close && !aborted_turn {
+            let details: Option<Details> =
+                self.store(&StoreRequest::Get { conversation_id: conversation_id.clone() }).await?;
+            if let Some(d) = details {
+                let update = MetaUpdate {
+                    conversation_id: conversation_id.clone(),
+                    status: Some(ConversationStatus::Closed),
+                    ..MetaUpdate::default()
+                };
+                let _: Value = self.store(&StoreRequest::Update(update)).await?;
+                self.publish_status(&conversation_id, &d.meta.workspace_id, ConversationStatus::Closed);
+            }
+        }
+        Ok(Aborted { conversation_id, aborted_turn })
+    }
+
+    async fn open(&self, conversation_id: String) -> Result<ConversationRef, Error> {
+        let details: Option<Details> =
+            self.store(&StoreRequest::Get { conversation_id: conversation_id.clone() }).await?;
+        let workspace_id = details.map_or_else(|| "default".to_owned(), |d| d.meta.workspace_id);
+        self.host
+            .publish(&OPEN, &OpenRequested { conversation_id: conversation_id.clone(), workspace_id })?;
+        Ok(ConversationRef { conversation_id })
+    }
+
+    async fn queue_call(&self, request: QueueRequest) -> Result<Value, Error> {
+        self.host.call(&QUEUE, &request).await.map_err(|e| {
+            if e.code() == "not_found" {
+                Error::new("unsupported", "no message queue is loaded (the message-queue plugin)")
+            } else {
+                e
+            }
+        })
+    }
+
+    async fn queue(
+        self: &Arc<Self>,
+        conversation_id: String,
+        text: String,
+        workspace_id: Option<String>,
+    ) -> Result<Queued, Error> {
+        let text = text.trim().to_owned();
+        if text.is_empty() {
+            return Err(invalid("the message is empty"));
+        }
+        check_id(&conversation_id)?;
+        let running = self.convs().get(&conversation_id).is_some_and(|c| c.running.is_some());
+        if !running {
+            let request = ChatRequest {
+                conversation_id: Some(conversation_id.clone()),
+                message: text.clone(),
+                workspace_id,
+                ..ChatRequest::default()
+            };
+            match self.chat(request).await {
+                Ok(_) => return Ok(Queued { conversation_id, started_turn: true, queue: Vec::new() }),
+                // A turn started meanwhile: queue for it after all.
+                Err(e) if e.code() == "conflict" => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let answer =
+            self.queue_call(QueueRequest::Push { conversation_id: conversation_id.clone(), text }).await?;
+        let state: QueueState = decode("message-queue", answer)?;
+        Ok(Queued { conversation_id, started_turn: false, queue: state.messages })
+    }
+
+    async fn last(&self, conversation_id: &str, wait_ms: Option<u64>) -> Result<LastAnswer, Error> {
+        let running = {
+            let convs = self.convs();
+            convs.get(conversation_id).and_then(|c| c.running.as_ref().and(c.logs.back().cloned()))
+        };
+        let mut turn_id = None;
+        if let Some(log) = running {
+            let wait = wait_ms.map_or(MAX_WAIT, Duration::from_millis).min(MAX_WAIT);
+            if log.sealed(tokio::time::sleep(wait)).await {
+                turn_id = Some(log.turn_id.clone());
+            }
+        }
+        let Messages { messages } =
+            self.store(&StoreRequest::Messages { conversation_id: conversation_id.to_owned() }).await?;
+        let content = messages
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::Assistant)
+            .and_then(|m| {
+                m.chunks.iter().rev().find_map(|c| match c {
+                    Chunk::Text { text } => Some(text.clone()),
+                    _ => None,
+                })
+            })
+            .unwrap_or_default();
+        Ok(LastAnswer { conversation_id: conversation_id.to_owned(), content, turn_id })
+    }
+
+    /// Conversations the store says are `active` when none can be (after a
+    /// crash): mark them idle.
+    pub async fn recover(&self) -> Result<usize, Error> {
+        let listing: dispatch_contracts::store::Listing = self
+            .store(&StoreRequest::List { prefix: None, status: Some(ConversationStatus::Active) })
+            .await?;
+        let n = listing.conversations.len();
+        for c in listing.conversations {
+            let update = MetaUpdate {
+                conversation_id: c.id,
+                status: Some(ConversationStatus::Idle),
+                ..MetaUpdate::default()
+            };
+            let _: Value = self.store(&StoreRequest::Update(update)).await?;
+        }
+        Ok(n)
+    }
+}
