@@ -1,1 +1,451 @@
+//! # transport-http — Dispatch's HTTP API
+//!
+//! Every endpoint of `WIRE.md` on hyper 1.x: `POST /chat` streams the
+//! turn's events as NDJSON (one JSON object per line, written as they are
+//! produced, closed after `turn-sealed`); the rest are JSON in, JSON out.
+//! It owns no state: each route is a thin adapter onto a bus service —
+//! `session` for turns, `store` for history and settings, `models`,
+//! `system-prompt`, and the host's plugin list.
+//!
+//! # Listening and access
+//!
+//! Port 24203 on IPv4 *and* IPv6 loopback by default, so `localhost` works
+//! whichever it resolves to. Binding anything else needs a token (config
+//! `token` or `$DISPATCH_TOKEN`; every request then carries
+//! `Authorization: Bearer <token>`), or an explicit
+//! `allow_unauthenticated = true`, which logs a warning. With a token set,
+//! it is required on every address.
+//!
+//! # Robustness
+//!
+//! Bodies are capped (`413`), headers must arrive within a deadline,
+//! reading a body has one too, every error is a JSON `{error, code}`, and
+//! a client that disconnects from a stream leaves its turn running. On
+//! shutdown the listeners close, open connections finish what they are
+//! sending (streams end as the session seals the aborted turns) within a
+//! grace period, then the rest are dropped.
 
+pub mod http;
+pub mod routes;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dispatch_abi::runtime::PluginRuntime;
+use dispatch_abi::{Context, Error, Host, Plugin, PluginManifest};
+use dispatch_contracts::session::{WireVersion, SESSION};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, ORIGIN};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Deserialize;
+use tokio::sync::{watch, Notify};
+
+use crate::http::{full, Body, Cors, Failure};
+use crate::routes::App;
+
+/// The default port.
+pub const DEFAULT_PORT: u16 = 24203;
+
+/// `[plugin.config]` of the HTTP transport.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Addresses to listen on (default: `$DISPATCH_HTTP_ADDR`, a comma
+    /// separated list, else `127.0.0.1:24203` and `[::1]:24203`).
+    #[serde(default)]
+    pub addr: Option<Vec<String>>,
+    /// The access token (default `$DISPATCH_TOKEN`).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Serve a non-loopback address without a token (logs a warning).
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
+    /// Origins allowed to read answers (default `["*"]`).
+    #[serde(default)]
+    pub cors_origins: Option<Vec<String>>,
+    /// A directory served for unmatched `GET`s, with `index.html` as the
+    /// fallback (default `$DISPATCH_WEB_DIR`).
+    #[serde(default)]
+    pub web_dir: Option<PathBuf>,
+    /// Largest request body in bytes (default 8 MiB: images travel inline).
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// How long a client may take to send its request headers (default 10 s).
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_ms: u64,
+    /// How long a client may take to send its body (default 30 s).
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout_ms: u64,
+    /// How long shutdown waits for open responses (default 5 s).
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_ms: u64,
+    /// The wire version of clients that do not ask (`0.1` or `latest`, the
+    /// default).
+    #[serde(default)]
+    pub default_wire: Option<String>,
+    /// Worker threads (default 2).
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+}
+
+fn default_max_body() -> usize {
+    8 * 1024 * 1024
+}
+fn default_header_timeout() -> u64 {
+    10_000
+}
+fn default_body_timeout() -> u64 {
+    30_000
+}
+fn default_grace() -> u64 {
+    5_000
+}
+fn default_workers() -> usize {
+    2
+}
+
+fn config_error(message: String) -> Error {
+    Error::new("invalid_config", message)
+}
+
+/// The addresses to bind, and whether the defaults are in use.
+fn addresses(config: &Config) -> Result<(Vec<SocketAddr>, bool), Error> {
+    let listed: Option<Vec<String>> = config.addr.clone().or_else(|| {
+        std::env::var("DISPATCH_HTTP_ADDR")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect())
+    });
+    match listed {
+        None => Ok((
+            vec![
+                SocketAddr::new(IpAddr::from([127, 0, 0, 1]), DEFAULT_PORT),
+                SocketAddr::new(IpAddr::from(std::net::Ipv6Addr::LOCALHOST), DEFAULT_PORT),
+            ],
+            true,
+        )),
+        Some(list) => {
+            let mut out = Vec::new();
+            let mut bad = Vec::new();
+            for a in list.iter().filter(|a| !a.is_empty()) {
+                match a.parse::<SocketAddr>() {
+                    Ok(s) => out.push(s),
+                    Err(_) => bad.push(a.clone()),
+                }
+            }
+            if !bad.is_empty() || out.is_empty() {
+                return Err(config_error(format!(
+                    "transport-http: not a listen address (want IP:PORT, e.g. 127.0.0.1:24203 or [::1]:24203): {}",
+                    if bad.is_empty() { "none given".to_owned() } else { bad.join(", ") }
+                )));
+            }
+            Ok((out, false))
+        }
+    }
+}
+
+/// The plugin.
+#[derive(Debug)]
+pub struct TransportHttp {
+    runtime: PluginRuntime,
+    stop: watch::Sender<bool>,
+    open: Arc<AtomicUsize>,
+    closed: Arc<Notify>,
+    grace: Duration,
+    /// The addresses actually bound (port 0 resolved).
+    pub bound: Vec<SocketAddr>,
+}
+
+struct Server {
+    app: Arc<App>,
+    token: Option<String>,
+    cors: Cors,
+    body_timeout: Duration,
+}
+
+impl Server {
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, std::convert::Infallible> {
+        let origin = req.headers().get(ORIGIN).cloned();
+        let mut response = if req.method() == Method::OPTIONS {
+            let mut r = Response::new(full(""));
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            r
+        } else if let Some(f) = self.refuse(&req) {
+            f.response()
+        } else {
+            let method = req.method().clone();
+            let path = req.uri().path().to_owned();
+            let routed =
+                tokio::time::timeout(self.body_timeout, routes::route(Arc::clone(&self.app), req)).await;
+            match routed {
+                Ok(Ok(r)) => r,
+                Ok(Err(f)) => {
+                    if f.status.is_server_error() {
+                        tracing::warn!(%method, %path, status = f.status.as_u16(), error = %f.message, "request failed");
+                    }
+                    f.response()
+                }
+                Err(_) => Failure::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "timeout",
+                    format!("the request was not answered within {} ms", self.body_timeout.as_millis()),
+                )
+                .response(),
+            }
+        };
+        self.cors.apply(origin.as_ref(), response.headers_mut());
+        Ok(response)
+    }
+
+    /// `401` when a token is required and missing or wrong.
+    fn refuse(&self, req: &Request<Incoming>) -> Option<Failure> {
+        let token = self.token.as_deref()?;
+        let given = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        match given {
+            Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => None,
+            Some(_) => {
+                Some(Failure::new(StatusCode::UNAUTHORIZED, "unauthorized", "the access token is wrong"))
+            }
+            None => Some(Failure::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this server needs an access token: send `Authorization: Bearer <token>`",
+            )),
+        }
+    }
+}
+
+/// Compare without an early exit, so timing does not reveal a prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Plugin for TransportHttp {
+    fn manifest() -> PluginManifest {
+        PluginManifest::new("transport-http", env!("CARGO_PKG_VERSION"))
+            .description("The HTTP API: chat with NDJSON streaming, conversations, models, system prompt")
+            .depends_on("session")
+            .provides("transport", "http")
+    }
+
+    fn activate(ctx: Context) -> Result<Self, Error> {
+        let config: Config = ctx.config()?;
+        let host: Host = ctx.host().clone();
+        host.require(&SESSION)?;
+        let (addrs, defaults) = addresses(&config)?;
+        let token = config
+            .token
+            .clone()
+            .or_else(|| std::env::var("DISPATCH_TOKEN").ok())
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty());
+        let exposed: Vec<String> =
+            addrs.iter().filter(|a| !a.ip().is_loopback()).map(ToString::to_string).collect();
+        if !exposed.is_empty() && token.is_none() {
+            if !config.allow_unauthenticated {
+                return Err(config_error(format!(
+                    "transport-http: {} is not a loopback address; set an access token (`token` or \
+                     $DISPATCH_TOKEN), or `allow_unauthenticated = true` to serve it open on purpose",
+                    exposed.join(", ")
+                )));
+            }
+            tracing::warn!(
+                addresses = %exposed.join(", "),
+                "serving HTTP WITHOUT authentication on a non-loopback address (allow_unauthenticated = true): \
+                 anyone who can reach it can run tools on this machine"
+            );
+        }
+        let default_wire = match config.default_wire.as_deref() {
+            None => WireVersion::Latest,
+            Some(w) => WireVersion::parse(w)
+                .ok_or_else(|| config_error(format!("transport-http: unknown default_wire {w:?}")))?,
+        };
+        let cors = match &config.cors_origins {
+            None => Cors::Any,
+            Some(list) if list.iter().any(|o| o == "*") => Cors::Any,
+            Some(list) => Cors::List(list.clone()),
+        };
+        let web_dir =
+            config.web_dir.clone().or_else(|| std::env::var_os("DISPATCH_WEB_DIR").map(PathBuf::from));
+        if let Some(d) = &web_dir {
+            if !d.join("index.html").is_file() {
+                return Err(config_error(format!(
+                    "transport-http: web_dir {} has no index.html",
+                    d.display()
+                )));
+            }
+        }
+
+        // Bind now, so a taken port fails activation with a clear message.
+        let mut listeners = Vec::new();
+        for addr in &addrs {
+            match std::net::TcpListener::bind(addr) {
+                Ok(l) => listeners.push(l),
+                // IPv6 may be off on this machine: the default v6 address is best effort.
+                Err(e) if defaults && addr.is_ipv6() => {
+                    tracing::info!(%addr, error = %e, "IPv6 loopback unavailable; serving IPv4 only");
+                }
+                Err(e) => {
+                    return Err(Error::new("io", format!("transport-http: cannot listen on {addr}: {e}")))
+                }
+            }
+        }
+        let bound: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+        let runtime = PluginRuntime::new("transport-http", config.workers)?;
+        let app = Arc::new(App {
+            host,
+            max_body: config.max_body_bytes,
+            default_wire,
+            web_dir,
+            runner: runtime.runner(),
+        });
+        let server = Arc::new(Server {
+            app,
+            token,
+            cors,
+            body_timeout: Duration::from_millis(config.body_timeout_ms),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let open = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(Notify::new());
+        let header_timeout = Duration::from_millis(config.header_timeout_ms);
+        for listener in listeners {
+            listener.set_nonblocking(true).map_err(|e| Error::new("io", e.to_string()))?;
+            let listener = {
+                let _entered = runtime.handle().enter();
+                tokio::net::TcpListener::from_std(listener).map_err(|e| Error::new("io", e.to_string()))?
+            };
+            runtime.runner().spawn(accept_loop(
+                listener,
+                Arc::clone(&server),
+                stopped.clone(),
+                Arc::clone(&open),
+                Arc::clone(&closed),
+                header_timeout,
+            ));
+        }
+        // The host's shutdown begins before deactivation: stop taking
+        // connections at once.
+        let signal = ctx.host().shutdown_signal();
+        let stopper = stop.clone();
+        runtime.runner().spawn(async move {
+            signal.await;
+            let _ = stopper.send(true);
+        });
+        tracing::info!(addresses = %bound.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "), "HTTP listening");
+        Ok(TransportHttp {
+            runtime,
+            stop,
+            open,
+            closed,
+            grace: Duration::from_millis(config.shutdown_grace_ms),
+            bound,
+        })
+    }
+
+    fn deactivate(&mut self) -> Result<(), Error> {
+        let _ = self.stop.send(true);
+        let open = Arc::clone(&self.open);
+        let closed = Arc::clone(&self.closed);
+        let grace = self.grace;
+        let drained = self.runtime.handle().block_on(async move {
+            tokio::time::timeout(grace, async {
+                loop {
+                    let notified = closed.notified();
+                    let mut notified = std::pin::pin!(notified);
+                    notified.as_mut().enable();
+                    if open.load(Ordering::SeqCst) == 0 {
+                        return;
+                    }
+                    notified.await;
+                }
+            })
+            .await
+            .is_ok()
+        });
+        if !drained {
+            tracing::warn!(
+                open = self.open.load(Ordering::SeqCst),
+                "connections still open after the shutdown grace period; closing them"
+            );
+        }
+        self.runtime.shutdown(Duration::from_millis(500));
+        Ok(())
+    }
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    server: Arc<Server>,
+    mut stopped: watch::Receiver<bool>,
+    open: Arc<AtomicUsize>,
+    closed: Arc<Notify>,
+    header_timeout: Duration,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            stop = stopped.wait_for(|s| *s) => { drop(stop); return }
+        };
+        let (stream, _) = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of descriptors and the like: back off, do not spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let server = Arc::clone(&server);
+        let mut stopped = stopped.clone();
+        let open = Arc::clone(&open);
+        let closed = Arc::clone(&closed);
+        open.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(async move {
+            let service = service_fn(move |req| Arc::clone(&server).handle(req));
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            let stop = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                () = stop => {
+                    // Finish the response in flight, then close.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            open.fetch_sub(1, Ordering::SeqCst);
+            closed.notify_waiters();
+        });
+    }
+}
+
+/// A header value, for tests and tools.
+pub fn bearer(token: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!("Bearer {token}")).ok()
+}
+
+dispatch_abi::export_plugin!(TransportHttp);

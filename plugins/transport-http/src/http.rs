@@ -1,0 +1,217 @@
+//! Small HTTP helpers: JSON answers and errors, CORS, bodies, queries.
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use dispatch_abi::Error;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ACCESS_CONTROL_ALLOW_ORIGIN, CONTENT_TYPE, VARY};
+use hyper::{HeaderMap, Response, StatusCode};
+use serde::Serialize;
+
+/// Every answer's body type.
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// A whole body.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed()
+}
+
+/// A JSON answer.
+pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    match serde_json::to_vec(value) {
+        Ok(bytes) => {
+            let mut r = Response::new(full(bytes));
+            *r.status_mut() = status;
+            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r
+        }
+        Err(e) => {
+            problem(StatusCode::INTERNAL_SERVER_ERROR, "internal", &format!("cannot encode the answer: {e}"))
+        }
+    }
+}
+
+/// `{"error": message, "code": code}` with `status`.
+pub fn problem(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    let body = serde_json::json!({ "error": message, "code": code });
+    let mut r = Response::new(full(body.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// A failed request, ready to answer.
+#[derive(Debug)]
+pub struct Failure {
+    /// The status.
+    pub status: StatusCode,
+    /// The stable code.
+    pub code: String,
+    /// For people.
+    pub message: String,
+}
+
+impl Failure {
+    /// A failure with everything spelled out.
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        Failure { status, code: code.to_owned(), message: message.into() }
+    }
+
+    /// `400 bad_request`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Failure::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// The answer.
+    pub fn response(&self) -> Response<Body> {
+        problem(self.status, &self.code, &self.message)
+    }
+}
+
+impl From<Error> for Failure {
+    /// A bus error as HTTP: the plugin's code decides the status.
+    fn from(e: Error) -> Self {
+        let status = match e.code() {
+            "invalid_input" | "invalid_payload" | "unknown_model" => StatusCode::BAD_REQUEST,
+            "not_found" => StatusCode::NOT_FOUND,
+            "conflict" | "duplicate" => StatusCode::CONFLICT,
+            "forbidden" => StatusCode::FORBIDDEN,
+            "unsupported" | "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Failure::new(status, e.code(), e.message())
+    }
+}
+
+/// Answer or failure.
+pub type Reply = Result<Response<Body>, Failure>;
+
+/// CORS: which origins may read answers.
+#[derive(Debug, Clone)]
+pub enum Cors {
+    /// Anyone (`*`).
+    Any,
+    /// These origins, echoed back when they ask.
+    List(Vec<String>),
+}
+
+impl Cors {
+    /// Add the CORS headers for a request from `origin`.
+    pub fn apply(&self, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
+        match self {
+            Cors::Any => {
+                headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+            }
+            Cors::List(list) => {
+                headers.insert(VARY, HeaderValue::from_static("Origin"));
+                if let Some(o) = origin.filter(|o| list.iter().any(|l| l.as_bytes() == o.as_bytes())) {
+                    headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, o.clone());
+                }
+            }
+        }
+        headers.insert(
+            "access-control-allow-methods",
+            HeaderValue::from_static("GET, POST, PUT, DELETE, OPTIONS"),
+        );
+        headers
+            .insert("access-control-allow-headers", HeaderValue::from_static("Content-Type, Authorization"));
+        headers.insert("access-control-expose-headers", HeaderValue::from_static("X-Conversation-Id"));
+        headers.insert("access-control-max-age", HeaderValue::from_static("600"));
+    }
+}
+
+/// Read a whole body of at most `limit` bytes.
+pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Failure> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Failure::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is over the limit of {limit} bytes"),
+        )),
+        Err(e) => Err(Failure::bad_request(format!("cannot read the request body: {e}"))),
+    }
+}
+
+/// Parse a JSON body into `T`; every problem is a `400` naming it.
+pub fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Failure> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(Failure::bad_request("the request body is empty; send a JSON object"));
+    }
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| Failure::bad_request(format!("the body is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(Failure::bad_request("the body must be a JSON object"));
+    }
+    serde_json::from_value(value).map_err(|e| Failure::bad_request(format!("invalid request: {e}")))
+}
+
+/// Decode `%XX` escapes (and nothing else) of a path segment or query part.
+pub fn percent_decode(s: &str) -> Result<String, Failure> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok());
+            let Some(b) = hex else {
+                return Err(Failure::bad_request(format!("bad percent-escape in {s:?}")));
+            };
+            out.push(b);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| Failure::bad_request(format!("{s:?} is not UTF-8")))
+}
+
+/// The query string as decoded pairs (`+` is a space).
+pub fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, Failure> {
+    let Some(q) = query else { return Ok(Vec::new()) };
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            Ok((percent_decode(&k.replace('+', " "))?, percent_decode(&v.replace('+', " "))?))
+        })
+        .collect()
+}
+
+/// The value of `name` in `pairs`.
+pub fn query_get<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// A query number: absent → `None`; present → an integer ≥ `min`, else `400`.
+pub fn query_number(pairs: &[(String, String)], name: &str, min: u64) -> Result<Option<u64>, Failure> {
+    match query_get(pairs, name) {
+        None => Ok(None),
+        Some(v) => match v.trim().parse::<u64>() {
+            Ok(n) if n >= min => Ok(Some(n)),
+            _ => {
+                Err(Failure::bad_request(format!("`{name}` must be an integer of at least {min}; got {v:?}")))
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_decode_and_numbers_are_checked() {
+        let pairs = query_pairs(Some("q=a%20b&limit=5&beforeSeq=0&x=1+2")).unwrap();
+        assert_eq!(query_get(&pairs, "q"), Some("a b"));
+        assert_eq!(query_get(&pairs, "x"), Some("1 2"));
+        assert_eq!(query_number(&pairs, "limit", 1).unwrap(), Some(5));
+        assert_eq!(query_number(&pairs, "beforeSeq", 1).unwrap_err().status, StatusCode::BAD_REQUEST);
+        assert_eq!(query_number(&pairs, "sinceSeq", 0).unwrap(), None);
+        assert!(percent_decode("%zz").is_err());
+    }
+}
