@@ -9,6 +9,7 @@
 mod async_io;
 mod bus;
 mod external;
+mod http;
 mod lifecycle;
 mod loading;
 mod providers;

@@ -1,0 +1,775 @@
+//! Chat end to end: the real binary with the bundled plugins, driven over
+//! real HTTP on 127.0.0.1 — the scripted model, the real tools, the real
+//! SQLite store.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use dispatch_test_support::http_client;
+
+use crate::support::*;
+
+/// The plugins of the product, in `plugins.toml`'s order.
+pub const PRODUCT: &[&str] = &[
+    "libdispatch_plugin_surfaces.so",
+    "libdispatch_plugin_models.so",
+    "libdispatch_plugin_provider_scripted.so",
+    "libdispatch_plugin_provider_openai.so",
+    "libdispatch_plugin_store_sqlite.so",
+    "libdispatch_plugin_tool_read_file.so",
+    "libdispatch_plugin_tool_write_file.so",
+    "libdispatch_plugin_tool_edit_file.so",
+    "libdispatch_plugin_tool_shell.so",
+    "libdispatch_plugin_message_queue.so",
+    "libdispatch_plugin_system_prompt.so",
+    "libdispatch_plugin_session.so",
+    "libdispatch_plugin_transport_http.so",
+];
+
+/// The test script: a reply per scenario, picked by the message's start.
+pub const SCRIPT: &str = r#"{"replies": [
+  {"match": "^read", "steps": [
+    {"toolCalls": [{"name": "read_file", "input": {"path": "notes.txt"}}], "usage": {"inputTokens": 30, "outputTokens": 5}},
+    {"text": "The notes say hello.", "usage": {"inputTokens": 60, "outputTokens": 6}}]},
+  {"match": "^slow", "steps": [
+    {"text": "one two three four five six seven eight nine ten eleven twelve", "chunkChars": 4, "delayMs": 150}]},
+  {"match": "^shell", "steps": [
+    {"toolCalls": [{"name": "run_shell", "input": {"command": "sleep 1.5; echo slept"}}]},
+    {"text": "Slept."}]},
+  {"match": "^steer", "steps": [{"text": "Steered as asked."}]},
+  {"match": "^flaky", "steps": [
+    {"error": {"status": 429, "message": "slow down"}},
+    {"text": "Recovered."}]},
+  {"steps": [{"text": "Hello from the script.", "usage": {"inputTokens": 10, "outputTokens": 4}}]}
+]}"#;
+
+/// A product configuration listening on a free port, with the test script.
+pub fn product_config(http: &str) -> Written {
+    let mut c = Config::new();
+    let script = c.dir.path().join("script.json");
+    std::fs::write(&script, SCRIPT).unwrap();
+    let work = c.dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("notes.txt"), "hello from the notes").unwrap();
+    for p in PRODUCT {
+        let config = match *p {
+            "libdispatch_plugin_provider_scripted.so" => {
+                format!("script = {:?}", script.display().to_string())
+            }
+            "libdispatch_plugin_session.so" => {
+                format!("default_cwd = {:?}\nretry_delays_ms = [50, 50]", work.display().to_string())
+            }
+            "libdispatch_plugin_transport_http.so" => http.to_owned(),
+            _ => String::new(),
+        };
+        c = c.plugin(p, &config);
+    }
+    c.write()
+}
+
+/// The default: loopback on a port the OS picks.
+pub const LOOPBACK: &str = "addr = [\"127.0.0.1:0\"]";
+
+/// A running `dispatch serve`.
+pub struct Server {
+    child: Option<Child>,
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Start `dispatch serve` on `cfg` and wait until it listens.
+    pub fn start(cfg: &Path) -> Server {
+        Server::start_with(cfg, &[])
+    }
+
+    /// … with extra environment.
+    pub fn start_with(cfg: &Path, env: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(dispatch_bin());
+        cmd.args(["serve", "--config", cfg.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for var in ["RUST_LOG", "DISPATCH_BASE_URL", "DISPATCH_API_KEY", "DISPATCH_MODEL", "DISPATCH_TOKEN"] {
+            cmd.env_remove(var);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("HTTP listening") {
+                    let _ = tx.send(line.clone());
+                }
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the server did not start listening; its log:\n{}", log.lock().unwrap());
+            }
+        };
+        let port = line
+            .split("127.0.0.1:")
+            .nth(1)
+            .or_else(|| line.split("0.0.0.0:").nth(1))
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|p| p.parse::<u16>().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        Server { child: Some(child), base: format!("http://127.0.0.1:{port}"), log }
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The server's pid.
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.as_ref().unwrap().id()).unwrap()
+    }
+
+    /// Send `signal`, wait for the exit (bounded); the exit status.
+    pub fn stop_with(&mut self, signal: i32) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        unsafe_kill(i32::try_from(child.id()).unwrap(), signal);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the server did not exit after signal {signal}; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn unsafe_kill(pid: i32, signal: i32) {
+    let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
+    assert!(status.success());
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn rt() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    })
+}
+
+/// An answer: status, headers and JSON (or `Null` for a non-JSON body).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+/// Send a request and read the whole answer.
+pub fn send(method: &str, url: &str, body: Option<&str>, headers: &[(&str, &str)]) -> Answer {
+    rt().block_on(async {
+        let mut all = headers.to_vec();
+        if body.is_some() {
+            all.push(("content-type", "application/json"));
+        }
+        let fut = http_client::send(method, url, &all, body.map(str::as_bytes));
+        let resp = tokio::time::timeout(Duration::from_secs(60), fut)
+            .await
+            .unwrap_or_else(|_| panic!("{method} {url}: no answer within 60 s"))
+            .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let status = resp.status;
+        let headers = resp.headers.clone();
+        let text = resp.text().await;
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Answer { status, headers, body, text }
+    })
+}
+
+pub fn get(url: &str) -> Answer {
+    send("GET", url, None, &[])
+}
+
+pub fn post(url: &str, body: &str) -> Answer {
+    send("POST", url, Some(body), &[])
+}
+
+/// The events of a whole NDJSON answer.
+pub fn lines(a: &Answer) -> Vec<Value> {
+    a.text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
+        .collect()
+}
+
+/// An NDJSON stream read event by event.
+pub struct Stream {
+    resp: http_client::Response,
+    buf: Vec<u8>,
+    pub status: u16,
+    pub conversation_id: String,
+}
+
+impl Stream {
+    /// `POST /chat` without waiting for the turn.
+    pub fn open(base: &str, body: &Value) -> Stream {
+        rt().block_on(async {
+            let body = body.to_string();
+            let resp = http_client::send(
+                "POST",
+                &format!("{base}/chat"),
+                &[("content-type", "application/json")],
+                Some(body.as_bytes()),
+            )
+            .await
+            .unwrap();
+            let status = resp.status;
+            let conversation_id = resp.header("x-conversation-id").unwrap_or_default().to_owned();
+            Stream { resp, buf: Vec::new(), status, conversation_id }
+        })
+    }
+
+    /// The next event, or `None` at the end of the stream.
+    pub fn next(&mut self) -> Option<Value> {
+        loop {
+            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                return Some(serde_json::from_slice(&line[..line.len() - 1]).unwrap());
+            }
+            let chunk = rt().block_on(self.resp.next_chunk());
+            match chunk {
+                Some(c) => self.buf.extend_from_slice(&c),
+                None => return None,
+            }
+        }
+    }
+
+    /// Events until one of type `kind` (included).
+    pub fn until(&mut self, kind: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        while let Some(e) = self.next() {
+            let done = e["type"] == kind;
+            out.push(e);
+            if done {
+                return out;
+            }
+        }
+        panic!("the stream ended before a `{kind}` event: {out:?}");
+    }
+
+    /// Every remaining event.
+    pub fn rest(&mut self) -> Vec<Value> {
+        std::iter::from_fn(|| self.next()).collect()
+    }
+}
+
+/// Send a chat and read the whole stream.
+pub fn chat(base: &str, body: Value) -> (Answer, Vec<Value>) {
+    let a = post(&format!("{base}/chat"), &body.to_string());
+    let events = if a.status == 200 { lines(&a) } else { Vec::new() };
+    (a, events)
+}
+
+pub fn kinds(events: &[Value]) -> Vec<&str> {
+    events.iter().map(|e| e["type"].as_str().unwrap()).collect()
+}
+
+fn text_of(events: &[Value]) -> String {
+    events.iter().filter(|e| e["type"] == "text-delta").map(|e| e["delta"].as_str().unwrap()).collect()
+}
+
+fn work_dir(cfg: &Path) -> PathBuf {
+    cfg.parent().unwrap().join("work")
+}
+
+/// Seqs are 1-based, gap-free and ascending.
+fn assert_gap_free(chunks: &[Value]) {
+    for (i, c) in chunks.iter().enumerate() {
+        assert_eq!(c["seq"], i as u64 + 1, "seq {i}: {chunks:?}");
+    }
+}
+
+#[test]
+fn a_text_turn_streams_its_events_in_order_and_is_persisted() {
+    let cfg = product_config(LOOPBACK);
+    let s = Server::start(&cfg);
+    assert_eq!(get(&format!("{}/health", s.base)).body, json!({"ok": true}));
+    let (a, events) = chat(&s.base, json!({"message": "  hi there  "}));
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.headers["content-type"], "application/x-ndjson");
+    let id = a.headers["x-conversation-id"].to_str().unwrap().to_owned();
+    assert!(!id.is_empty());
+    let k = kinds(&events);
+    assert_eq!(k[..2], ["user-message", "turn-start"]);
+    assert_eq!(k[k.len() - 2..], ["done", "turn-sealed"]);
+    assert!(k.contains(&"usage") && k.contains(&"step-complete"));
+    assert_eq!(events[0]["text"], "hi there", "the message is trimmed");
+    assert!(events.iter().all(|e| e["conversationId"] == id.as_str()));
+    let turn = events[0]["turnId"].as_str().unwrap();
+    assert!(events.iter().all(|e| e["turnId"] == turn));
+    assert!(events.iter().all(|e| e.get("seq").is_none()), "live events carry no seq");
+    assert_eq!(text_of(&events), "Hello from the script.");
+    assert_eq!(events[events.len() - 2]["reason"], "stop");
+
+    let h = get(&format!("{}/conversations/{id}", s.base)).body;
+    let chunks = h["chunks"].as_array().unwrap();
+    assert_gap_free(chunks);
+    assert_eq!(chunks.len(), 2);
+    assert_eq!(chunks[0]["role"], "user");
+    assert_eq!(chunks[1]["chunk"], json!({"type": "text", "text": "Hello from the script."}));
+    assert_eq!(h["latestSeq"], 2);
+
+    let list = get(&format!("{}/conversations", s.base)).body;
+    let convs = list["conversations"].as_array().unwrap();
+    assert_eq!(convs.len(), 1);
+    assert_eq!(convs[0]["id"], id.as_str());
+    assert_eq!(convs[0]["status"], "idle");
+    assert_eq!(convs[0]["title"], "hi there");
+    assert_eq!(convs[0]["workspaceId"], "default");
+
+    let status = get(&format!("{}/conversations/{id}/status", s.base)).body;
+    assert_eq!(status, json!({"conversationId": id, "isActive": false, "status": "idle"}));
+    let last = get(&format!("{}/conversations/{id}/last", s.base)).body;
+    assert_eq!(last["content"], "Hello from the script.");
+    let metrics = get(&format!("{}/conversations/{id}/metrics", s.base)).body;
+    let turns = metrics["turns"].as_array().unwrap();
+    assert_eq!(turns.len(), 1);
+    assert_eq!(turns[0]["turnId"], turn);
+    assert_eq!(turns[0]["usage"], json!({"inputTokens": 10, "outputTokens": 4}));
+    assert_eq!(turns[0]["steps"][0]["stepId"], format!("{turn}#0"));
+}
+
+#[test]
+fn a_tool_calling_turn_reads_a_file_in_the_cwd_and_pairs_every_call_with_its_result() {
+    let cfg = product_config(LOOPBACK);
+    let s = Server::start(&cfg);
+    let (a, events) = chat(&s.base, json!({"message": "read the notes"}));
+    assert_eq!(a.status, 200, "{}", a.text);
+    let k = kinds(&events);
+    let call = k.iter().position(|t| *t == "tool-call").expect("a tool call");
+    let result = k.iter().position(|t| *t == "tool-result").expect("a tool result");
+    assert!(call < result);
+    assert_eq!(events[call]["toolName"], "read_file");
+    assert_eq!(events[call]["toolCallId"], events[result]["toolCallId"]);
+    assert_eq!(events[result]["isError"], false);
+    assert!(
+        events[result]["content"].as_str().unwrap().contains("hello from the notes"),
+        "{}",
+        events[result]
+    );
+    let turn = events[0]["turnId"].as_str().unwrap();
+    assert_eq!(events[call]["stepId"], format!("{turn}#0"));
+    assert_eq!(k.iter().filter(|t| **t == "step-complete").count(), 2);
+    assert_eq!(text_of(&events), "The notes say hello.");
+    let done = &events[events.len() - 2];
+    assert_eq!(done["usage"], json!({"inputTokens": 90, "outputTokens": 11}));
+    assert_eq!(done["contextSize"], 66);
+
+    let id = a.headers["x-conversation-id"].to_str().unwrap();
+    let chunks = get(&format!("{}/conversations/{id}", s.base)).body["chunks"].as_array().unwrap().clone();
+    assert_gap_free(&chunks);
+    let types: Vec<(&str, &str)> =
+        chunks.iter().map(|c| (c["role"].as_str().unwrap(), c["chunk"]["type"].as_str().unwrap())).collect();
+    assert_eq!(
+        types,
+        [("user", "text"), ("assistant", "tool-call"), ("tool", "tool-result"), ("assistant", "text")]
+    );
+    // Windows: the newest `limit` of `sinceSeq < seq < beforeSeq`.
+    let w = get(&format!("{}/conversations/{id}?sinceSeq=1&beforeSeq=4&limit=1", s.base)).body;
+    assert_eq!(w["chunks"].as_array().unwrap().len(), 1);
+    assert_eq!(w["chunks"][0]["seq"], 3);
+    assert_eq!(w["latestSeq"], 3);
+    let none = get(&format!("{}/conversations/{id}?sinceSeq=4", s.base)).body;
+    assert_eq!(none, json!({"chunks": [], "latestSeq": 4}));
+    let unknown = get(&format!("{}/conversations/never-seen?sinceSeq=7", s.base)).body;
+    assert_eq!(unknown, json!({"chunks": [], "latestSeq": 7}));
+}
+
+#[test]
+fn settings_are_sticky_per_conversation() {
+    let cfg = product_config(LOOPBACK);
+    let s = Server::start(&cfg);
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(other.path().join("notes.txt"), "notes from elsewhere").unwrap();
+    let cwd = other.path().canonicalize().unwrap().display().to_string();
+    let (a, _) = chat(
+        &s.base,
+        json!({"conversationId": "sticky-1", "message": "hi", "cwd": cwd, "model": "scripted/demo",
+               "reasoningEffort": "low"}),
+    );
+    assert_eq!(a.status, 200, "{}", a.text);
+    let base = format!("{}/conversations/sticky-1", s.base);
+    assert_eq!(get(&format!("{base}/cwd")).body, json!({"conversationId": "sticky-1", "cwd": cwd}));
+    assert_eq!(
+        get(&format!("{base}/model")).body,
+        json!({"conversationId": "sticky-1", "model": "scripted/demo"})
+    );
+    assert_eq!(get(&format!("{base}/reasoning-effort")).body["reasoningEffort"], "low");
+    // The next turn, with no cwd in the request, reads in the sticky one.
+    let (_, events) = chat(&s.base, json!({"conversationId": "sticky-1", "message": "read them"}));
+    let result = events.iter().find(|e| e["type"] == "tool-result").unwrap();
+    assert!(result["content"].as_str().unwrap().contains("notes from elsewhere"), "{result}");
+
+    let put = send("PUT", &format!("{base}/reasoning-effort"), Some(r#"{"reasoningEffort":"max"}"#), &[]);
+    assert_eq!(put.body, json!({"conversationId": "sticky-1", "reasoningEffort": "max"}));
+    for bad in [r#"{"reasoningEffort":null}"#, r#"{"reasoningEffort":"extreme"}"#, "{}"] {
+        let a = send("PUT", &format!("{base}/reasoning-effort"), Some(bad), &[]);
+        assert_eq!(a.status, 400, "{bad}: {}", a.text);
+    }
+    let cleared = send("PUT", &format!("{base}/model"), Some(r#"{"model":""}"#), &[]);
+    assert_eq!(cleared.body, json!({"conversationId": "sticky-1", "model": null}));
+    assert_eq!(send("DELETE", &format!("{base}/cwd"), None, &[]).body["cwd"], Value::Null);
+    let t = send("PUT", &format!("{base}/title"), Some(r#"{"title":"  My chat "}"#), &[]);
+    assert_eq!(t.body, json!({"conversationId": "sticky-1", "title": "My chat"}));
+    assert_eq!(send("PUT", &format!("{base}/title"), Some(r#"{"title":"   "}"#), &[]).status, 400);
+    let list = get(&format!("{}/conversations?q=sticky", s.base)).body;
+    assert_eq!(list["conversations"][0]["title"], "My chat");
+    // A sticky model the catalog does not serve is refused before the turn.
+    send("PUT", &format!("{base}/model"), Some(r#"{"model":"nowhere/x"}"#), &[]);
+    let (a, _) = chat(&s.base, json!({"conversationId": "sticky-1", "message": "hi"}));
+    assert_eq!(a.status, 400);
+    assert_eq!(a.body["code"], "unknown_model");
+}
+
+#[test]
+fn a_second_chat_while_a_turn_runs_is_refused_and_stop_seals_it_as_aborted() {
+    let cfg = product_config(LOOPBACK);
+    let s = Server::start(&cfg);
+    let mut stream = Stream::open(&s.base, &json!({"conversationId": "busy", "message": "slow please"}));
+    assert_eq!(stream.status, 200);
+    stream.until("text-delta");
+    let (second, _) = chat(&s.base, json!({"conversationId": "busy", "message": "me too"}));
+    assert_eq!(second.status, 409, "{}", second.text);
+    assert_eq!(second.body["code"], "conflict");
+    let status = get(&format!("{}/conversations/busy/status", s.base)).body;
+    assert_eq!(status["isActive"], true);
+    assert_eq!(status["status"], "active");
+
+    let stop = post(&format!("{}/conversations/busy/stop", s.base), "");
+    assert_eq!(stop.body, json!({"conversationId": "busy", "abortedTurn": true}));
+    let rest = stream.rest();
+    let k = kinds(&rest);
+    assert_eq!(k[k.len() - 2..], ["done", "turn-sealed"]);
+    assert_eq!(rest[rest.len() - 2]["reason"], "aborted");
+    assert_eq!(post(&format!("{}/conversations/busy/stop", s.base), "").body["abortedTurn"], false);
+
+    // Usable again at once.
+    let (again, events) = chat(&s.base, json!({"conversationId": "busy", "message": "hi"}));
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(text_of(&events), "Hello from the script.");
+    let chunks = get(&format!("{}/conversations/busy", s.base)).body["chunks"].as_array().unwrap().clone();
+    assert_gap_free(&chunks);
+}
+
+#[test]
+fn a_client_that_disconnects_does_not_abort_the_turn() {
+    let cfg = product_config(LOOPBACK);
+    let s = Server::start(&cfg);
+    let mut stream = Stream::open(&s.base, &json!({"conversationId": "gone", "message": "slow please"}));
+    assert_eq!(stream.conversation_id, "gone");
+    stream.until("text-delta");
+    drop(stream);
+    // `last` waits for the turn to seal, then answers its text.
+    let last = get(&format!("{}/conversations/gone/last", s.base)).body;
+    assert_eq!(last["content"], "one two three four five six seven eight nine ten eleven twelve");
+    assert!(last["turnId"].is_string(), "{last}");
+}
+
+#[test]
+fn queued_messages_steer_the_running_turn_start_idle_turns_and_can_be_cancelled() {
+    let cfg = product_config(LOOPBACK);
+    let s = Server::start(&cfg);
+    let base = format!("{}/conversations/q1", s.base);
+    // Idle: queueing starts a turn.
+    let q = post(&format!("{base}/queue"), r#"{"text":"hi"}"#);
+    assert_eq!(q.body, json!({"conversationId": "q1", "startedTurn": true, "queue": []}));
+    let last = get(&format!("{base}/last")).body;
+    assert_eq!(last["content"], "Hello from the script.");
+
+    // Running: the message waits, then is steered in at the tool boundary.
+    let mut stream = Stream::open(&s.base, &json!({"conversationId": "q1", "message": "shell time"}));
+    stream.until("tool-call");
+    let q = post(&format!("{base}/queue"), r#"{"text":"steer: also this"}"#);
+    assert_eq!(q.body["startedTurn"], false, "{}", q.text);
+    assert_eq!(q.body["queue"][0]["text"], "steer: also this");
+    let extra = post(&format!("{base}/queue"), r#"{"text":"never mind"}"#);
+    let id = extra.body["queue"][1]["id"].as_str().unwrap().to_owned();
+    let cancelled = send("DELETE", &format!("{base}/queue/{id}"), None, &[]);
+    assert_eq!(cancelled.body["cancelled"], true, "{}", cancelled.text);
+    assert_eq!(cancelled.body["queue"].as_array().unwrap().len(), 1);
+    let again = send("DELETE", &format!("{base}/queue/{id}"), None, &[]);
+    assert_eq!(again.body["cancelled"], false);
+    let rest = stream.rest();
+    let steering = rest.iter().find(|e| e["type"] == "steering").expect("a steering event");
+    assert_eq!(steering["text"], "steer: also this");
+    assert_eq!(text_of(&rest), "Steered as asked.");
+    let chunks = get(&base).body["chunks"].as_array().unwrap().clone();
+    assert_gap_free(&chunks);
+    assert!(chunks.iter().any(|c| c["role"] == "user" && c["chunk"]["text"] == "steer: also this"));
+    assert_eq!(post(&format!("{base}/queue"), r#"{"text":"  "}"#).status, 400);
+}
+
+#[test]
+fn a_retryable_provider_error_is_retried_and_the_turn_succeeds() {
+    let cfg = product_config(LOOPBACK);
+    let s = Server::start(&cfg);
+    let (_, events) = chat(&s.base, json!({"message": "flaky model"}));
+    let k = kinds(&events);
+    let retry = events.iter().find(|e| e["type"] == "provider-retry").expect("provider-retry");
+    assert_eq!(retry["attempt"], 0);
+    assert_eq!(retry["delayMs"], 50);
+    assert!(k.iter().position(|t| *t == "provider-retry") < k.iter().position(|t| *t == "text-delta"));
+    assert_eq!(text_of(&events), "Recovered.");
+    assert!(!k.contains(&"error"));
+    // Wire 0.1 leaves out what it does not know; the rest is the same.
+    let old = post(&format!("{}/chat?wire=0.1", s.base), &json!({"message": "flaky model"}).to_string());
+    let old_k: Vec<String> = lines(&old).iter().map(|e| e["type"].as_str().unwrap().to_owned()).collect();
+    for newer in ["user-message", "step-complete", "provider-retry", "steering"] {
+        assert!(!old_k.iter().any(|k| k == newer), "{newer} in a 0.1 stream: {old_k:?}");
+    }
+    assert_eq!(old_k.first().map(String::as_str), Some("turn-start"));
+    assert_eq!(old_k.last().map(String::as_str), Some("turn-sealed"));
+    assert_eq!(post(&format!("{}/chat?wire=banana", s.base), r#"{"message":"hi"}"#).status, 400);
+}
+
+#[test]
+fn a_turn_against_a_local_openai_compatible_server() {
+    use dispatch_test_support::mock_openai::*;
+    let mock = MockServer::start(vec![Reply::sse(&[
+        text_chunk("Hello from "),
+        text_chunk("the mock"),
+        finish_chunk("stop"),
+        usage_chunk(9, 4, None),
+    ])]);
+    let cfg = product_config(LOOPBACK);
+    let url = mock.base_url();
+    let s = Server::start_with(
+        &cfg,
+        &[("DISPATCH_BASE_URL", &url), ("DISPATCH_API_KEY", "sk-test"), ("DISPATCH_MODEL", "mock-model")],
+    );
+    let models = get(&format!("{}/models", s.base)).body;
+    assert!(models["models"].as_array().unwrap().iter().any(|m| m == "openai/mock-model"), "{models}");
+    let (a, events) = chat(&s.base, json!({"message": "hi", "model": "openai/mock-model"}));
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(text_of(&events), "Hello from the mock");
+    let reqs = mock.requests();
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].body["model"], "mock-model");
+    // The system prompt (rendered from the default template) goes first.
+    assert_eq!(reqs[0].body["messages"][0]["role"], "system");
+    let system = reqs[0].body["messages"][0]["content"].as_str().unwrap();
+    assert!(system.contains(&work_dir(&cfg).canonicalize().unwrap().display().to_string()), "{system}");
+    // Every bundled tool is offered.
+    let tools: Vec<&str> = reqs[0].body["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap())
+        .collect();
+    for t in ["read_file", "write_file", "edit_file", "run_shell"] {
+        assert!(tools.contains(&t), "{t} not offered: {tools:?}");
+    }
+}
+
+#[test]
+fn the_system_prompt_template_is_editable_and_a_conversation_keeps_its_prompt() {
+    use dispatch_test_support::mock_openai::*;
+    let reply = || Reply::sse(&[text_chunk("ok"), finish_chunk("stop")]);
+    let mock = MockServer::start(vec![reply(), reply(), reply()]);
+    let cfg = product_config(LOOPBACK);
+    let url = mock.base_url();
+    let s = Server::start_with(
+        &cfg,
+        &[("DISPATCH_BASE_URL", &url), ("DISPATCH_API_KEY", "sk-test"), ("DISPATCH_MODEL", "mock-model")],
+    );
+    let vars = get(&format!("{}/system-prompt/variables", s.base)).body;
+    let names: Vec<String> = vars["variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| format!("{}:{}", v["type"].as_str().unwrap(), v["name"].as_str().unwrap()))
+        .collect();
+    for n in ["system:date", "prompt:cwd", "prompt:model", "prompt:tools", "file:<path>"] {
+        assert!(names.iter().any(|x| x == n), "{n} missing: {names:?}");
+    }
+    let put = send(
+        "PUT",
+        &format!("{}/system-prompt", s.base),
+        Some(r#"{"template":"Model [prompt:model]. [if file:notes.txt]Notes: [file:notes.txt][endif]"}"#),
+        &[],
+    );
+    assert_eq!(put.status, 200, "{}", put.text);
+    assert!(get(&format!("{}/system-prompt", s.base)).body["template"]
+        .as_str()
+        .unwrap()
+        .starts_with("Model"));
+    let body = json!({"conversationId": "p1", "message": "hi", "model": "openai/mock-model"});
+    chat(&s.base, body.clone());
+    send("PUT", &format!("{}/system-prompt", s.base), Some(r#"{"template":"Changed."}"#), &[]);
+    chat(&s.base, body);
+    chat(&s.base, json!({"conversationId": "p2", "message": "hi", "model": "openai/mock-model"}));
+    let prompts: Vec<String> = mock
+        .requests()
+        .iter()
+        .map(|r| r.body["messages"][0]["content"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(prompts[0], "Model openai/mock-model. Notes: hello from the notes");
+    assert_eq!(prompts[1], prompts[0], "a conversation keeps the prompt it started with");
+    assert_eq!(prompts[2], "Changed.");
+    assert_eq!(send("PUT", &format!("{}/system-prompt", s.base), Some(r#"{"template":5}"#), &[]).status, 400);
+}
+
+#[test]
+fn malformed_requests_get_a_json_4xx_and_the_server_carries_on() {
+    let cfg = product_config("addr = [\"127.0.0.1:0\"]\nmax_body_bytes = 4096");
+    let s = Server::start(&cfg);
+    let b = &s.base;
+    let huge = format!(r#"{{"message":"{}"}}"#, "x".repeat(10_000));
+    let cases: Vec<(&str, String, Option<String>, u16)> = vec![
+        ("POST", format!("{b}/chat"), Some("{not json".into()), 400),
+        ("POST", format!("{b}/chat"), Some("[1,2]".into()), 400),
+        ("POST", format!("{b}/chat"), Some(r#"{"message": 5}"#.into()), 400),
+        ("POST", format!("{b}/chat"), Some(r#"{"msg": "hi"}"#.into()), 400),
+        ("POST", format!("{b}/chat"), Some(r#"{"message": "   "}"#.into()), 400),
+        ("POST", format!("{b}/chat"), Some(r#"{"message": "hi", "reasoningEffort": "extreme"}"#.into()), 400),
+        ("POST", format!("{b}/chat"), Some(r#"{"message": "hi", "cwd": "/no/such/dir"}"#.into()), 400),
+        ("POST", format!("{b}/chat"), Some(r#"{"message": "hi", "conversationId": "../etc"}"#.into()), 400),
+        ("POST", format!("{b}/chat"), Some(String::new()), 400),
+        ("POST", format!("{b}/chat"), Some(huge), 413),
+        ("GET", format!("{b}/conversations/x?limit=0"), None, 400),
+        ("GET", format!("{b}/conversations/x?limit=abc"), None, 400),
+        ("GET", format!("{b}/conversations/x?beforeSeq=-1"), None, 400),
+        ("GET", format!("{b}/conversations/x?sinceSeq=1.5"), None, 400),
+        ("GET", format!("{b}/conversations?status=sleeping"), None, 400),
+        ("GET", format!("{b}/conversations/nobody/status"), None, 404),
+        ("GET", format!("{b}/no/such/route"), None, 404),
+        ("DELETE", format!("{b}/chat"), None, 405),
+        ("GET", format!("{b}/chat"), None, 405),
+        ("PUT", format!("{b}/conversations/x/title"), Some(r#"{"title": 3}"#.into()), 400),
+        ("PUT", format!("{b}/conversations/x/cwd"), Some(r#"{"cwd": ""}"#.into()), 400),
+        ("PUT", format!("{b}/conversations/x/model"), Some(r#"{"model": 7}"#.into()), 400),
+    ];
+    for (method, url, body, status) in cases {
+        let a = send(method, &url, body.as_deref(), &[]);
+        assert_eq!(a.status, status, "{method} {url} {body:?}: {}", a.text);
+        assert!(
+            a.body["error"].is_string() && a.body["code"].is_string(),
+            "{method} {url}: not a JSON error: {}",
+            a.text
+        );
+    }
+    // Still serving, with CORS on errors and a preflight on any route.
+    assert_eq!(get(&format!("{b}/health")).status, 200);
+    let pre =
+        send("OPTIONS", &format!("{b}/conversations/x/title"), None, &[("origin", "http://example.com")]);
+    assert_eq!(pre.status, 204);
+    assert_eq!(pre.headers["access-control-allow-origin"], "*");
+    assert!(pre.headers["access-control-allow-methods"].to_str().unwrap().contains("DELETE"));
+    let (a, _) = chat(b, json!({"message": "hi"}));
+    assert_eq!(a.headers["access-control-expose-headers"], "X-Conversation-Id");
+}
+
+#[test]
+fn a_non_loopback_bind_needs_a_token() {
+    // Without a token (or the explicit opt-out) the transport refuses to start.
+    let open = product_config("addr = [\"0.0.0.0:0\"]");
+    let out = run(&["serve", "--config", open.to_str().unwrap()], &[], Duration::from_secs(60));
+    assert_ne!(out.code(), 0);
+    assert!(out.stderr.contains("not a loopback address"), "{}", out.stderr);
+
+    let cfg = product_config("addr = [\"0.0.0.0:0\"]\ntoken = \"s3cret-token\"");
+    let s = Server::start(&cfg);
+    let health = format!("{}/health", s.base);
+    let none = get(&health);
+    assert_eq!(none.status, 401);
+    assert_eq!(none.body["code"], "unauthorized");
+    assert_eq!(send("GET", &health, None, &[("authorization", "Bearer wrong")]).status, 401);
+    assert_eq!(send("GET", &health, None, &[("authorization", "Bearer s3cret-token")]).status, 200);
+    // Preflights carry no credentials; they are answered.
+    assert_eq!(send("OPTIONS", &health, None, &[]).status, 204);
+
+    let optout = product_config("addr = [\"0.0.0.0:0\"]\nallow_unauthenticated = true");
+    let s = Server::start(&optout);
+    assert_eq!(get(&format!("{}/health", s.base)).status, 200);
+    assert!(s.log().contains("WITHOUT authentication"), "{}", s.log());
+}
+
+#[test]
+fn conversations_survive_a_restart_and_a_sigkill_mid_turn() {
+    let cfg = product_config(LOOPBACK);
+    let mut s = Server::start(&cfg);
+    let (a, _) = chat(&s.base, json!({"conversationId": "keep", "message": "read the notes"}));
+    assert_eq!(a.status, 200);
+    assert!(s.stop_with(15).success(), "SIGTERM is a clean stop");
+
+    let mut s = Server::start(&cfg);
+    let h = get(&format!("{}/conversations/keep", s.base)).body;
+    assert_eq!(h["latestSeq"], 4, "{h}");
+    // Killed mid-turn, after some text streamed.
+    let mut stream = Stream::open(&s.base, &json!({"conversationId": "keep", "message": "slow please"}));
+    stream.until("text-delta");
+    s.stop_with(9);
+    drop(stream);
+
+    let s = Server::start(&cfg);
+    let h = get(&format!("{}/conversations/keep", s.base)).body;
+    let chunks = h["chunks"].as_array().unwrap();
+    assert_gap_free(chunks);
+    assert!(chunks.iter().any(|c| c["chunk"]["text"] == "slow please"), "the user message was saved at once");
+    let status = get(&format!("{}/conversations/keep/status", s.base)).body;
+    assert_eq!(status["status"], "idle", "nothing runs after a crash: {status}");
+    let (a, events) = chat(&s.base, json!({"conversationId": "keep", "message": "hi"}));
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(text_of(&events), "Hello from the script.");
+}
+
+#[test]
+fn sigterm_aborts_running_turns_and_seals_them_before_exit() {
+    let cfg = product_config(LOOPBACK);
+    let mut s = Server::start(&cfg);
+    let mut stream = Stream::open(&s.base, &json!({"conversationId": "term", "message": "slow please"}));
+    stream.until("text-delta");
+    let pid = s.pid();
+    unsafe_kill(pid, 15);
+    let rest = stream.rest();
+    let k = kinds(&rest);
+    assert_eq!(k[k.len() - 2..], ["done", "turn-sealed"], "{rest:?}");
+    assert_eq!(rest[rest.len() - 2]["reason"], "aborted");
+    let status = s.stop_with(0);
+    assert!(status.success(), "{status:?}\n{}", s.log());
+
+    let s = Server::start(&cfg);
+    let h = get(&format!("{}/conversations/term", s.base)).body;
+    assert_gap_free(h["chunks"].as_array().unwrap());
+    let metrics = get(&format!("{}/conversations/term/metrics", s.base)).body;
+    assert_eq!(metrics["turns"].as_array().unwrap().len(), 1, "the aborted turn's metrics were saved");
+}
