@@ -123,9 +123,20 @@ impl Cors {
     }
 }
 
-/// Read a whole body of at most `limit` bytes.
-pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Failure> {
-    match Limited::new(body, limit).collect().await {
+/// Read a whole body of at most `limit` bytes within `deadline`.
+pub async fn read_body(
+    body: Incoming,
+    limit: usize,
+    deadline: std::time::Duration,
+) -> Result<Bytes, Failure> {
+    let read = tokio::time::timeout(deadline, Limited::new(body, limit).collect()).await.map_err(|_| {
+        Failure::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!("the request body did not arrive within {} ms", deadline.as_millis()),
+        )
+    })?;
+    match read {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Failure::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -166,7 +166,6 @@ struct Server {
     app: Arc<App>,
     token: Option<String>,
     cors: Cors,
-    body_timeout: Duration,
 }
 
 impl Server {
@@ -184,22 +183,14 @@ impl Server {
         } else {
             let method = req.method().clone();
             let path = req.uri().path().to_owned();
-            let routed =
-                tokio::time::timeout(self.body_timeout, routes::route(Arc::clone(&self.app), req)).await;
-            match routed {
-                Ok(Ok(r)) => r,
-                Ok(Err(f)) => {
+            match routes::route(Arc::clone(&self.app), req).await {
+                Ok(r) => r,
+                Err(f) => {
                     if f.status.is_server_error() {
                         tracing::warn!(%method, %path, status = f.status.as_u16(), error = %f.message, "request failed");
                     }
                     f.response()
                 }
-                Err(_) => Failure::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "timeout",
-                    format!("the request was not answered within {} ms", self.body_timeout.as_millis()),
-                )
-                .response(),
             }
         };
         self.cors.apply(origin.as_ref(), response.headers_mut());
@@ -309,16 +300,12 @@ impl Plugin for TransportHttp {
         let app = Arc::new(App {
             host,
             max_body: config.max_body_bytes,
+            body_timeout: Duration::from_millis(config.body_timeout_ms),
             default_wire,
             web_dir,
             runner: runtime.runner(),
         });
-        let server = Arc::new(Server {
-            app,
-            token,
-            cors,
-            body_timeout: Duration::from_millis(config.body_timeout_ms),
-        });
+        let server = Arc::new(Server { app, token, cors });
         let (stop, stopped) = watch::channel(false);
         let open = Arc::new(AtomicUsize::new(0));
         let closed = Arc::new(Notify::new());

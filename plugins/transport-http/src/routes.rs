@@ -31,6 +31,8 @@ pub struct App {
     pub host: Host,
     /// Largest request body.
     pub max_body: usize,
+    /// Longest a client may take to send its body.
+    pub body_timeout: std::time::Duration,
     /// The wire version of clients that do not ask.
     pub default_wire: WireVersion,
     /// The static frontend, when configured.
@@ -170,7 +172,7 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Reply {
                 #[serde(default)]
                 workspace_id: Option<String>,
             }
-            let b: QueueBody = parse(&read_body(body, app.max_body).await?)?;
+            let b: QueueBody = parse(&read_body(body, app.max_body, app.body_timeout).await?)?;
             let request =
                 SessionRequest::Queue { conversation_id: id, text: b.text, workspace_id: b.workspace_id };
             ok(&call_session(&app, request).await?)
@@ -188,7 +190,7 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Reply {
             struct TitleBody {
                 title: String,
             }
-            let b: TitleBody = parse(&read_body(body, app.max_body).await?)?;
+            let b: TitleBody = parse(&read_body(body, app.max_body, app.body_timeout).await?)?;
             let title = b.title.trim().to_owned();
             if title.is_empty() {
                 return Err(Failure::bad_request("the title is empty"));
@@ -210,7 +212,7 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Reply {
             struct TemplateBody {
                 template: String,
             }
-            let b: TemplateBody = parse(&read_body(body, app.max_body).await?)?;
+            let b: TemplateBody = parse(&read_body(body, app.max_body, app.body_timeout).await?)?;
             ok(&call_prompt(&app, PromptRequest::Set { template: b.template }).await?)
         }
         (_, ["system-prompt", "variables"]) => ok(&call_prompt(&app, PromptRequest::Variables).await?),
@@ -299,7 +301,7 @@ async fn setting_route(app: &App, method: Method, id: &str, setting: &str, body:
             struct ModelBody {
                 model: Option<String>,
             }
-            let b: ModelBody = parse(&read_body(body, app.max_body).await?)?;
+            let b: ModelBody = parse(&read_body(body, app.max_body, app.body_timeout).await?)?;
             let model = b.model.map(|m| m.trim().to_owned()).filter(|m| !m.is_empty());
             update.model = Some(model.clone());
             json!(model)
@@ -309,7 +311,7 @@ async fn setting_route(app: &App, method: Method, id: &str, setting: &str, body:
             struct CwdBody {
                 cwd: String,
             }
-            let b: CwdBody = parse(&read_body(body, app.max_body).await?)?;
+            let b: CwdBody = parse(&read_body(body, app.max_body, app.body_timeout).await?)?;
             let cwd = b.cwd.trim().to_owned();
             if cwd.is_empty() {
                 return Err(Failure::bad_request("`cwd` is empty; DELETE clears it"));
@@ -323,7 +325,7 @@ async fn setting_route(app: &App, method: Method, id: &str, setting: &str, body:
             struct EffortBody {
                 reasoning_effort: ReasoningEffort,
             }
-            let b: EffortBody = parse(&read_body(body, app.max_body).await?)?;
+            let b: EffortBody = parse(&read_body(body, app.max_body, app.body_timeout).await?)?;
             update.reasoning_effort = Some(Some(b.reasoning_effort));
             json!(b.reasoning_effort)
         }
@@ -347,7 +349,7 @@ async fn chat(app: &Arc<App>, body: Incoming, pairs: &[(String, String)]) -> Rep
             .ok_or_else(|| Failure::bad_request(format!("unknown wire version {w:?}")))?,
         None => app.default_wire,
     };
-    let request: ChatRequest = parse(&read_body(body, app.max_body).await?)?;
+    let request: ChatRequest = parse(&read_body(body, app.max_body, app.body_timeout).await?)?;
     let started: Started = decode(call_session(app, SessionRequest::Chat { request }).await?)?;
     let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(8);
     let host = app.host.clone();
