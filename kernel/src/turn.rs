@@ -586,3 +586,12 @@ fn truncate(s: &str, max: usize) -> String {
         None => s.to_owned(),
     }
 }
+
+/// Regression guard, checked at compile time: a turn's future is `Send`, so
+/// the session can spawn it on a multi-thread runtime. (A closure over
+/// borrowed calls once made it `Send` only for one lifetime.)
+#[cfg(test)]
+#[allow(dead_code)]
+fn turn_future_is_send(input: TurnInput<'static>) -> impl Future<Output = TurnOutcome> + Send {
+    run_turn(input)
+}

@@ -134,3 +134,70 @@ impl Plugin for MessageQueue {
 }
 
 dispatch_abi::export_plugin!(MessageQueue);
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use dispatch_testkit::TestHost;
+    use std::sync::Mutex as StdMutex;
+
+    fn push(host: &TestHost, conversation: &str, text: &str) -> Result<QueueState, Error> {
+        let v = host
+            .call(&QUEUE, &QueueRequest::Push { conversation_id: conversation.into(), text: text.into() })?;
+        Ok(serde_json::from_value(v).unwrap())
+    }
+
+    #[test]
+    fn messages_wait_in_order_drain_at_once_and_announce_changes() {
+        let mut host = TestHost::new();
+        host.activate::<MessageQueue>(Value::Null).unwrap();
+        let seen = Arc::new(StdMutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        host.host()
+            .subscribe_sync(&CHANGED, move |s: QueueState| {
+                sink.lock().unwrap().push(s.messages.len());
+                Ok(())
+            })
+            .unwrap();
+        push(&host, "c", " first ").unwrap();
+        let state = push(&host, "c", "second").unwrap();
+        assert_eq!(state.messages.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), ["first", "second"]);
+        assert_ne!(state.messages[0].id, state.messages[1].id);
+        assert!(push(&host, "other", "x").is_ok(), "queues are per conversation");
+
+        let cancel =
+            QueueRequest::Cancel { conversation_id: "c".into(), message_id: state.messages[0].id.clone() };
+        let c: Cancelled = serde_json::from_value(host.call(&QUEUE, &cancel).unwrap()).unwrap();
+        assert!(c.cancelled);
+        let again: Cancelled = serde_json::from_value(host.call(&QUEUE, &cancel).unwrap()).unwrap();
+        assert!(!again.cancelled, "a message is cancelled once");
+
+        let drained: QueueState = serde_json::from_value(
+            host.call(&QUEUE, &QueueRequest::Drain { conversation_id: "c".into() }).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(drained.messages.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), ["second"]);
+        let left: QueueState = serde_json::from_value(
+            host.call(&QUEUE, &QueueRequest::List { conversation_id: "c".into() }).unwrap(),
+        )
+        .unwrap();
+        assert!(left.messages.is_empty());
+        assert!(host.settle(std::time::Duration::from_secs(2)));
+        // push, push, push (other), cancel, drain: five changes; the
+        // failed second cancel and the list announce nothing.
+        assert_eq!(*seen.lock().unwrap(), [1, 2, 1, 1, 0]);
+    }
+
+    #[test]
+    fn empty_oversized_and_runaway_queues_are_refused() {
+        let mut host = TestHost::new();
+        host.activate::<MessageQueue>(Value::Null).unwrap();
+        assert_eq!(push(&host, "c", "   ").unwrap_err().code(), "invalid_input");
+        assert_eq!(push(&host, "c", &"x".repeat(MAX_TEXT_BYTES + 1)).unwrap_err().code(), "invalid_input");
+        for i in 0..MAX_QUEUED {
+            push(&host, "c", &format!("m{i}")).unwrap();
+        }
+        assert_eq!(push(&host, "c", "one more").unwrap_err().code(), "conflict");
+    }
+}
