@@ -282,9 +282,10 @@ impl Plugin for TransportHttp {
         }
 
         // Bind now, so a taken port fails activation with a clear message.
+        let runtime = PluginRuntime::new("transport-http", config.workers)?;
         let mut listeners = Vec::new();
         for addr in &addrs {
-            match std::net::TcpListener::bind(addr) {
+            match listen(&runtime, *addr) {
                 Ok(l) => listeners.push(l),
                 // IPv6 may be off on this machine: the default v6 address is best effort.
                 Err(e) if defaults && addr.is_ipv6() => {
@@ -296,7 +297,6 @@ impl Plugin for TransportHttp {
             }
         }
         let bound: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
-        let runtime = PluginRuntime::new("transport-http", config.workers)?;
         let app = Arc::new(App {
             host,
             max_body: config.max_body_bytes,
@@ -311,11 +311,6 @@ impl Plugin for TransportHttp {
         let closed = Arc::new(Notify::new());
         let header_timeout = Duration::from_millis(config.header_timeout_ms);
         for listener in listeners {
-            listener.set_nonblocking(true).map_err(|e| Error::new("io", e.to_string()))?;
-            let listener = {
-                let _entered = runtime.handle().enter();
-                tokio::net::TcpListener::from_std(listener).map_err(|e| Error::new("io", e.to_string()))?
-            };
             runtime.runner().spawn(accept_loop(
                 listener,
                 Arc::clone(&server),
@@ -373,6 +368,21 @@ impl Plugin for TransportHttp {
         self.runtime.shutdown(Duration::from_millis(500));
         Ok(())
     }
+}
+
+/// Most connections waiting to be accepted. The usual default (128)
+/// overflows when a couple of hundred clients connect at once, and each
+/// overflowed SYN costs its client a one-second retransmit.
+const BACKLOG: u32 = 4096;
+
+fn listen(runtime: &PluginRuntime, addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    // Registering with the reactor needs the runtime's context.
+    let _entered = runtime.handle().enter();
+    let socket =
+        if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }
 
 async fn accept_loop(
