@@ -1,0 +1,188 @@
+//! Per-step overhead against a peer, side by side: the same agent task — N
+//! model steps, each calling one trivial tool, then an answer — against the
+//! same local OpenAI-compatible mock server, run through `POST /chat` on
+//! `dispatch serve` (release build) and through the OpenAI Agents SDK for
+//! Python, interleaved round by round. Also: the server's own CPU time per
+//! step (user + sys from /proc) over a turn with a long history.
+//!
+//! `cargo build --release && cargo bench -p dispatch-host --bench peer [-- STEPS ROUNDS CPU_STEPS]`
+//! (defaults 35 7 100). The SDK is installed from PyPI into
+//! `target/bench-venv` on first use (`$DISPATCH_BENCH_PYTHON` overrides the
+//! interpreter).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dispatch_test_support::http_client;
+use dispatch_test_support::mock_openai::{finish_chunk, text_chunk, MockServer, Reply};
+use serde_json::json;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("DISPATCH_BENCH_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = root().join("target/bench-venv");
+    let py = venv.join("bin/python");
+    if !py.exists() {
+        eprintln!("installing openai-agents into {} ...", venv.display());
+        assert!(Command::new("python3").args(["-m", "venv"]).arg(&venv).status().unwrap().success());
+        let ok = Command::new(&py).args(["-m", "pip", "install", "-q", "openai-agents"]).status().unwrap();
+        assert!(ok.success(), "pip install openai-agents failed");
+    }
+    py
+}
+
+/// One model step that calls `read_file`, as streamed chunks.
+fn tool_step(i: usize) -> Reply {
+    Reply::sse(&[
+        json!({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "mock-model",
+               "choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": [{"index": 0,
+               "id": format!("call_{i}"), "type": "function",
+               "function": {"name": "read_file", "arguments": "{\"path\":\"f.txt\"}"}}]},
+               "finish_reason": null}]}),
+        finish_chunk("tool_calls"),
+    ])
+}
+
+fn push_task(mock: &MockServer, steps: usize) {
+    for i in 0..steps {
+        mock.push(tool_step(i));
+    }
+    mock.push(Reply::sse(&[text_chunk("done"), finish_chunk("stop")]));
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5), counted from after the command name.
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn config(dir: &Path, port: u16) -> PathBuf {
+    std::fs::write(dir.join("f.txt"), "ok").unwrap();
+    let plugins = [
+        ("libdispatch_plugin_models.so", String::new()),
+        ("libdispatch_plugin_provider_openai.so", String::new()),
+        ("libdispatch_plugin_store_sqlite.so", String::new()),
+        ("libdispatch_plugin_tool_read_file.so", String::new()),
+        ("libdispatch_plugin_session.so", format!("default_cwd = {:?}", dir.display().to_string())),
+        ("libdispatch_plugin_transport_http.so", format!("addr = [\"127.0.0.1:{port}\"]")),
+    ];
+    let mut toml = format!(
+        "[host]\nplugin_dir = {:?}\ndata_dir = \"data\"\n",
+        root().join("target/release").display().to_string()
+    );
+    for (p, c) in plugins {
+        toml.push_str(&format!("\n[[plugin]]\npath = {p:?}\n"));
+        if !c.is_empty() {
+            toml.push_str(&format!("[plugin.config]\n{c}\n"));
+        }
+    }
+    let path = dir.join("plugins.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+async fn dispatch_run(port: u16, conversation: &str) -> Duration {
+    let body = json!({"conversationId": conversation, "message": "go", "model": "openai/mock-model"}).to_string();
+    let start = Instant::now();
+    let mut r = http_client::send(
+        "POST",
+        &format!("http://127.0.0.1:{port}/chat"),
+        &[("content-type", "application/json")],
+        Some(body.as_bytes()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let mut last = Vec::new();
+    while let Some(c) = r.next_chunk().await {
+        last = c.to_vec();
+    }
+    let took = start.elapsed();
+    let tail = String::from_utf8_lossy(&last);
+    assert!(tail.contains("turn-sealed"), "{tail}");
+    took
+}
+
+fn main() {
+    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let steps = args.first().copied().unwrap_or(35);
+    let rounds = args.get(1).copied().unwrap_or(7);
+    let cpu_steps = args.get(2).copied().unwrap_or(100);
+    let py = python();
+    let script = root().join("host/benches/peer_agents.py");
+    let mock = MockServer::start(Vec::new());
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cfg = config(dir.path(), port);
+    let mut server = Command::new(root().join("target/release/dispatch"))
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .env("DISPATCH_BASE_URL", mock.base_url())
+        .env("DISPATCH_API_KEY", "bench")
+        .env("DISPATCH_MODEL", "mock-model")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let start = Instant::now();
+        while http_client::send("GET", &format!("http://127.0.0.1:{port}/health"), &[], None).await.is_err() {
+            assert!(start.elapsed() < Duration::from_secs(30));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+
+    let mut ours = Vec::new();
+    let mut peer = Vec::new();
+    for round in 0..=rounds {
+        push_task(&mock, steps);
+        let d = rt.block_on(dispatch_run(port, &format!("peer-{round}")));
+        push_task(&mock, steps);
+        let out = Command::new(&py).arg(&script).arg(steps.to_string()).env("BASE_URL", mock.base_url()).output().unwrap();
+        assert!(out.status.success(), "the peer failed: {}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["final"], "done", "{v}");
+        let p = v["seconds"].as_f64().unwrap();
+        // Round 0 warms both up.
+        if round > 0 {
+            ours.push(d.as_secs_f64() * 1e3 / (steps + 1) as f64);
+            peer.push(p * 1e3 / (steps + 1) as f64);
+        }
+    }
+    let (o, p) = (median(ours), median(peer));
+    println!("{steps} tool steps + 1 answer per run, median of {rounds} interleaved rounds (mock included):");
+    println!("  dispatch serve (POST /chat)   {o:>8.3} ms per step");
+    println!("  openai-agents (Python)        {p:>8.3} ms per step");
+    println!("  ratio                         {:>8.1}x", p / o);
+
+    // CPU of the server per step over a long history.
+    push_task(&mock, cpu_steps);
+    let before = cpu_seconds(server.id());
+    let wall = rt.block_on(dispatch_run(port, "cpu"));
+    let used = cpu_seconds(server.id()) - before;
+    println!(
+        "server CPU (user+sys) over one turn of {cpu_steps} tool steps: {:.3} ms per step (wall {:.2} ms per step)",
+        used * 1e3 / (cpu_steps + 1) as f64,
+        wall.as_secs_f64() * 1e3 / (cpu_steps + 1) as f64
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+}
