@@ -99,7 +99,8 @@ fn config(dir: &Path, port: u16) -> PathBuf {
 }
 
 async fn dispatch_run(port: u16, conversation: &str) -> Duration {
-    let body = json!({"conversationId": conversation, "message": "go", "model": "openai/mock-model"}).to_string();
+    let body =
+        json!({"conversationId": conversation, "message": "go", "model": "openai/mock-model"}).to_string();
     let start = Instant::now();
     let mut r = http_client::send(
         "POST",
@@ -156,7 +157,12 @@ fn main() {
         push_task(&mock, steps);
         let d = rt.block_on(dispatch_run(port, &format!("peer-{round}")));
         push_task(&mock, steps);
-        let out = Command::new(&py).arg(&script).arg(steps.to_string()).env("BASE_URL", mock.base_url()).output().unwrap();
+        let out = Command::new(&py)
+            .arg(&script)
+            .arg(steps.to_string())
+            .env("BASE_URL", mock.base_url())
+            .output()
+            .unwrap();
         assert!(out.status.success(), "the peer failed: {}", String::from_utf8_lossy(&out.stderr));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["final"], "done", "{v}");
