@@ -598,6 +598,18 @@ pub struct TurnMetrics {
     pub context_size: Option<u64>,
 }
 
+/// Whether `id` is a usable conversation id: 1–128 characters of
+/// `A-Z a-z 0-9 . _ - : @`. Ids end up in URLs, file names and logs, so
+/// every part of the system (store, session, transports) holds them to
+/// this one rule.
+pub fn is_valid_conversation_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'@'))
+}
+
+/// What to tell someone whose conversation id breaks the rule.
+pub const CONVERSATION_ID_RULE: &str = "use 1-128 characters of A-Z a-z 0-9 . _ - : @";
+
 /// A conversation as the list endpoint shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -26,7 +26,8 @@ use dispatch_kernel::tool::Tool;
 use dispatch_kernel::toolbus::{RemoteTool, TOOL_PREFIX};
 use dispatch_kernel::turn::{run_turn, TurnInput};
 use dispatch_kernel::wire::{
-    AgentEvent, ChatMessage, Chunk, ConversationStatus, FinishReason, ReasoningEffort, Role,
+    is_valid_conversation_id, AgentEvent, ChatMessage, Chunk, ConversationStatus, FinishReason,
+    ReasoningEffort, Role, CONVERSATION_ID_RULE,
 };
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -139,12 +140,10 @@ fn decode<T: serde::de::DeserializeOwned>(what: &str, v: Value) -> Result<T, Err
 /// The store's rule for conversation ids, checked before anything is
 /// reserved so a bad id is a clear `invalid_input`.
 fn check_id(id: &str) -> Result<(), Error> {
-    let ok = (1..=128).contains(&id.len())
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'@'));
-    if ok {
+    if is_valid_conversation_id(id) {
         Ok(())
     } else {
-        Err(invalid(format!("invalid conversation id {id:?}: use 1-128 characters of A-Z a-z 0-9 . _ - : @")))
+        Err(invalid(format!("invalid conversation id {id:?}: {CONVERSATION_ID_RULE}")))
     }
 }
 

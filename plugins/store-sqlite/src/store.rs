@@ -211,10 +211,7 @@ fn lock_writer(db: &std::path::Path) -> Result<std::fs::File, LockError> {
 
 /// Conversation ids end up in URLs and logs: keep them plain.
 pub fn validate_id(id: &str) -> Result<(), StoreError> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '@'));
-    if ok {
+    if dispatch_contracts::protocol::wire::is_valid_conversation_id(id) {
         Ok(())
     } else {
         Err(StoreError::InvalidId(id.chars().take(140).collect()))

@@ -38,7 +38,7 @@ use dispatch_abi::runtime::PluginRuntime;
 use dispatch_abi::{Context, Error, Host, Plugin, PluginManifest};
 use dispatch_contracts::session::{WireVersion, SESSION};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, ORIGIN};
+use hyper::header::{AUTHORIZATION, ORIGIN};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -438,11 +438,6 @@ async fn accept_loop(
             closed.notify_waiters();
         });
     }
-}
-
-/// A header value, for tests and tools.
-pub fn bearer(token: &str) -> Option<HeaderValue> {
-    HeaderValue::from_str(&format!("Bearer {token}")).ok()
 }
 
 dispatch_abi::export_plugin!(TransportHttp);

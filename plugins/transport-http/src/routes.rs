@@ -9,7 +9,9 @@ use dispatch_abi::{Error, Host};
 use dispatch_contracts::catalog::{CatalogRequest, CATALOG};
 use dispatch_contracts::plugins::PLUGINS;
 use dispatch_contracts::prompt::{PromptRequest, PROMPT};
-use dispatch_contracts::protocol::wire::{ConversationStatus, ReasoningEffort};
+use dispatch_contracts::protocol::wire::{
+    is_valid_conversation_id, ConversationStatus, ReasoningEffort, CONVERSATION_ID_RULE,
+};
 use dispatch_contracts::session::{ChatRequest, EventBatch, SessionRequest, Started, WireVersion, SESSION};
 use dispatch_contracts::store::{Details, Listing, MetaUpdate, StoreRequest, STORE};
 use futures::SinkExt as _;
@@ -21,7 +23,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::http::{
-    full, json, parse, percent_decode, query_get, query_number, query_pairs, read_body, Body, Failure, Reply,
+    full, json, parse, percent_decode, query_get, query_number, query_pairs, read_body, Failure, Reply,
 };
 
 /// What every handler shares.
@@ -68,18 +70,15 @@ fn decode<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, Failure> {
 /// a bad one is a `400` before anything is called.
 fn conversation_id(raw: &str) -> Result<String, Failure> {
     let id = percent_decode(raw)?;
-    let ok = (1..=128).contains(&id.len())
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'@'));
-    if ok {
+    if is_valid_conversation_id(&id) {
         Ok(id)
     } else {
-        Err(Failure::bad_request(format!(
-            "invalid conversation id {id:?}: use 1-128 characters of A-Z a-z 0-9 . _ - : @"
-        )))
+        Err(Failure::bad_request(format!("invalid conversation id {id:?}: {CONVERSATION_ID_RULE}")))
     }
 }
 
-/// Route one request. `None` = no route matched this path at all.
+/// Route one request: a known path with the wrong method is `405`, an
+/// unknown one the web directory (for `GET`) or `404`.
 pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Reply {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -441,6 +440,3 @@ fn mime(path: &Path) -> &'static str {
         _ => "application/octet-stream",
     }
 }
-
-/// The body type, re-exported for the server.
-pub type ResponseBody = Body;
