@@ -10,6 +10,14 @@ use serde_json::Value;
 /// [`SessionRequest`]), so the typed key answers JSON; decode it into the
 /// op's answer type.
 pub const SESSION: Service<SessionRequest, Value> = Service::new("session", 1);
+
+/// The session service with the answer decoded straight into `T`: the
+/// op's answer type (`answering::<EventBatch>()` for `events`), or
+/// `Box<RawValue>` to pass an answer on untouched — no `Value` tree in
+/// between, which matters for the event stream.
+pub const fn answering<T>() -> Service<SessionRequest, T> {
+    Service::new("session", 1)
+}
 /// Every event of every turn, as clients receive it.
 pub const EVENT: Event<AgentEvent> = Event::new("session.event", 1);
 /// A conversation's status changed (`active`, `queued`, `idle`, `closed`).

@@ -5,7 +5,7 @@
 
 use std::io::Write as _;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use abi_stable::std_types::RVec;
 use dispatch_contracts::catalog::{CatalogRequest, CATALOG};
@@ -13,7 +13,7 @@ use dispatch_kernel::protocol::CallError;
 use dispatch_kernel::protocol::{BoxFuture, Spawner};
 use dispatch_kernel::provider::ProviderOptions;
 use dispatch_kernel::remote::{RemoteProvider, Resolved, ServiceCaller};
-use dispatch_kernel::runtime::{AbortSignal, Clock, RetryPolicy, Sleep};
+use dispatch_kernel::runtime::{AbortSignal, MonotonicClock, RetryPolicy, Sleep};
 use dispatch_kernel::tool::Tool;
 use dispatch_kernel::toolbus::{RemoteTool, TOOL_PREFIX};
 use dispatch_kernel::turn::{run_turn, TurnInput, TurnOutcome};
@@ -44,13 +44,6 @@ impl ServiceCaller for BusCaller {
                 ))))
             }
         }
-    }
-}
-
-struct MonotonicClock(Instant);
-impl Clock for MonotonicClock {
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.0.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 }
 
@@ -165,7 +158,7 @@ pub async fn run(
         tools,
         cwd,
         abort,
-        clock: Some(Arc::new(MonotonicClock(Instant::now()))),
+        clock: Some(Arc::new(MonotonicClock::start())),
         sleep: Arc::new(TokioSleep),
         retry: RetryPolicy::default(),
         max_steps,

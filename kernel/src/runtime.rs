@@ -13,6 +13,24 @@ pub trait Clock: Send + Sync {
     fn now_ms(&self) -> u64;
 }
 
+/// The real [`Clock`]: milliseconds since it was made, from the monotonic
+/// `std::time::Instant` (no I/O, no runtime). Tests inject fakes instead.
+#[derive(Debug, Clone, Copy)]
+pub struct MonotonicClock(std::time::Instant);
+
+impl MonotonicClock {
+    /// A clock starting now.
+    pub fn start() -> Self {
+        MonotonicClock(std::time::Instant::now())
+    }
+}
+
+impl Clock for MonotonicClock {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.0.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
 /// Waits (the retry backoff). A runtime's timer in production, a fake that
 /// returns at once in tests.
 pub trait Sleep: Send + Sync {

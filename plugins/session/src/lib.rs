@@ -142,7 +142,8 @@ impl Plugin for SessionPlugin {
             Err(e) => tracing::warn!(error = %e, "cannot check for conversations interrupted by a crash"),
         }
         let s = Arc::clone(&session);
-        host.provide(&SESSION, move |request: SessionRequest| Arc::clone(&s).handle(request))?;
+        let key = dispatch_contracts::session::answering::<Box<serde_json::value::RawValue>>();
+        host.provide(&key, move |request: SessionRequest| Arc::clone(&s).handle(request))?;
         // Tools come and go with their plugins: forget what we knew.
         let s = Arc::clone(&session);
         host.subscribe_sync(&PLUGIN_STATE, move |_| {

@@ -4,7 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use abi_stable::std_types::{RStr, RVec};
 use dispatch_abi::runtime::Runner;
@@ -21,7 +21,7 @@ use dispatch_contracts::store::{Details, Messages, MetaUpdate, StoreRequest, STO
 use dispatch_kernel::protocol::{BoxFuture, CallError, Spawner};
 use dispatch_kernel::provider::ProviderOptions;
 use dispatch_kernel::remote::{RemoteProvider, ServiceCaller};
-use dispatch_kernel::runtime::{AbortSignal, Clock, RetryPolicy, Sleep};
+use dispatch_kernel::runtime::{AbortSignal, MonotonicClock, RetryPolicy, Sleep};
 use dispatch_kernel::tool::Tool;
 use dispatch_kernel::toolbus::{RemoteTool, TOOL_PREFIX};
 use dispatch_kernel::turn::{run_turn, TurnInput};
@@ -42,6 +42,11 @@ use crate::Config;
 const KEEP_SEALED: usize = 1;
 /// Longest an `events` or `last` call waits.
 const MAX_WAIT: Duration = Duration::from_secs(60);
+/// How long a sealed turn's events stay readable (a slow client finishing
+/// its stream, a late `last`). After that the conversation's in-memory
+/// state is dropped: a server with many conversations keeps only the live
+/// ones.
+const SEALED_KEPT_FOR: Duration = Duration::from_secs(60);
 /// The default wait of an `events` call.
 const DEFAULT_EVENTS_WAIT: Duration = Duration::from_secs(20);
 
@@ -58,13 +63,6 @@ impl ServiceCaller for HostCaller {
                 .map(RVec::into_vec)
                 .map_err(|e| CallError::new(e.code.into_string(), e.message.into_string()))
         })
-    }
-}
-
-struct MonotonicClock(Instant);
-impl Clock for MonotonicClock {
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.0.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 }
 
@@ -128,8 +126,10 @@ fn invalid(message: impl Into<String>) -> Error {
     Error::new("invalid_input", message)
 }
 
-fn to_value<T: Serialize>(v: &T) -> Result<Value, Error> {
-    serde_json::to_value(v).map_err(|e| Error::new("plugin", e.to_string()))
+/// An answer, serialized once: events already are JSON, and going through
+/// a `Value` tree would parse every one of them again.
+fn to_value<T: Serialize>(v: &T) -> Result<Box<RawValue>, Error> {
+    serde_json::value::to_raw_value(v).map_err(|e| Error::new("plugin", e.to_string()))
 }
 
 fn decode<T: serde::de::DeserializeOwned>(what: &str, v: Value) -> Result<T, Error> {
@@ -212,7 +212,7 @@ impl Session {
     pub fn handle(
         self: Arc<Self>,
         request: SessionRequest,
-    ) -> impl std::future::Future<Output = Result<Value, Error>> {
+    ) -> impl std::future::Future<Output = Result<Box<RawValue>, Error>> {
         let runner = self.runner.clone();
         runner.run(async move {
             match request {
@@ -509,18 +509,16 @@ impl Session {
     fn emitter(&self, log: Arc<TurnLog>) -> Arc<dyn Fn(AgentEvent) + Send + Sync> {
         let host = self.host.clone();
         Arc::new(move |event: AgentEvent| {
-            let json = match serde_json::to_string(&event) {
-                Ok(j) => j,
+            // Serialized once, for the log and the bus alike.
+            let raw = match serde_json::value::to_raw_value(&event) {
+                Ok(r) => r,
                 Err(e) => {
                     tracing::error!(error = %e, "an event cannot be serialized; dropped");
                     return;
                 }
             };
-            let bytes = RVec::from(json.as_bytes().to_vec());
-            match RawValue::from_string(json) {
-                Ok(raw) => log.push(event.type_name(), raw),
-                Err(e) => tracing::error!(error = %e, "an event is not JSON; dropped"),
-            }
+            let bytes = RVec::from(raw.get().as_bytes());
+            log.push(event.type_name(), raw);
             // Nobody listening is not an error worth a log line per delta.
             let _ = host.abi().publish(RStr::from(EVENT.name()), EVENT.version(), bytes);
         })
@@ -626,7 +624,7 @@ impl Session {
             tools,
             cwd: Some(cwd),
             abort,
-            clock: Some(Arc::new(MonotonicClock(Instant::now()))),
+            clock: Some(Arc::new(MonotonicClock::start())),
             sleep: Arc::new(TokioSleep),
             retry,
             max_steps: self.config.max_steps,
@@ -662,9 +660,15 @@ impl Session {
         if let Some(conv) = self.convs().get_mut(&conversation_id) {
             conv.running = None;
         }
-        emit(AgentEvent::TurnSealed { conversation_id: conversation_id.clone(), turn_id });
+        emit(AgentEvent::TurnSealed { conversation_id: conversation_id.clone(), turn_id: turn_id.clone() });
         self.publish_status(&conversation_id, &workspace_id, status);
         self.turn_ended.notify_waiters();
+        let me = Arc::clone(&self);
+        let evicted = conversation_id.clone();
+        self.runner.spawn(async move {
+            tokio::time::sleep(SEALED_KEPT_FOR).await;
+            me.evict(&evicted, &turn_id);
+        });
 
         let carry =
             !closing && outcome.reason != FinishReason::Error && !self.shutting_down.load(Ordering::SeqCst);
@@ -703,6 +707,18 @@ impl Session {
         }
     }
 
+    /// Forget a sealed turn's events, and the conversation when nothing of
+    /// it is left in memory.
+    fn evict(&self, conversation_id: &str, turn_id: &str) {
+        let mut convs = self.convs();
+        if let Some(conv) = convs.get_mut(conversation_id) {
+            conv.logs.retain(|l| l.turn_id != turn_id || !l.is_sealed());
+            if conv.running.is_none() && conv.logs.is_empty() {
+                convs.remove(conversation_id);
+            }
+        }
+    }
+
     // ---- the other ops -----------------------------------------------
 
     fn find_log(&self, conversation_id: &str, turn_id: &str) -> Option<Arc<TurnLog>> {
@@ -716,7 +732,7 @@ impl Session {
         from: u64,
         wire: Option<&str>,
         wait_ms: Option<u64>,
-    ) -> Result<Value, Error> {
+    ) -> Result<Box<RawValue>, Error> {
         let wire = match wire {
             Some(w) => WireVersion::parse(w).ok_or_else(|| invalid(format!("unknown wire version {w:?}")))?,
             None => WireVersion::Latest,

@@ -19,6 +19,7 @@
 pub mod template;
 pub mod vars;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -38,7 +39,7 @@ Working directory: [prompt:cwd]\nToday: [system:date]. Operating system: [system
 /// Longest template accepted, in bytes.
 pub const MAX_TEMPLATE_BYTES: usize = 256 * 1024;
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Resolved {
     cwd: Option<String>,
     prompt: String,
@@ -49,6 +50,9 @@ struct Resolved {
 pub struct Prompts {
     dir: PathBuf,
     template: Mutex<Option<String>>,
+    /// Prompts already rendered or read back, by conversation: every turn
+    /// asks, and after the first one the answer is here.
+    resolved: Mutex<HashMap<String, Resolved>>,
 }
 
 /// Write `bytes` to `path` atomically (temp file + rename), so a crash
@@ -79,7 +83,7 @@ impl Prompts {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(Error::new("io", format!("cannot read the template: {e}"))),
         };
-        Ok(Prompts { dir, template: Mutex::new(template) })
+        Ok(Prompts { dir, template: Mutex::new(template), resolved: Mutex::new(HashMap::new()) })
     }
 
     /// The current template.
@@ -108,24 +112,41 @@ impl Prompts {
         Ok(template)
     }
 
+    /// The conversation's prompt for this working directory, if it has
+    /// been rendered already — from memory, without touching the disk.
+    pub fn known(&self, ctx: &PromptContext) -> Option<String> {
+        let resolved = self.resolved.lock().unwrap_or_else(PoisonError::into_inner);
+        resolved.get(&ctx.conversation_id).filter(|r| r.cwd == ctx.cwd).map(|r| r.prompt.clone())
+    }
+
     /// The prompt for this turn: the conversation's own when it has one for
-    /// this working directory, else a fresh rendering (then kept).
+    /// this working directory (in memory, else on disk from an earlier
+    /// run), else a fresh rendering (then kept). May read files and run git.
     pub fn prompt_for(&self, ctx: &PromptContext) -> String {
+        if let Some(p) = self.known(ctx) {
+            return p;
+        }
         let path = self.dir.join("resolved").join(format!("{}.json", key(&ctx.conversation_id)));
-        if let Ok(bytes) = std::fs::read(&path) {
-            if let Ok(r) = serde_json::from_slice::<Resolved>(&bytes) {
-                if r.cwd == ctx.cwd {
-                    return r.prompt;
+        let stored = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<Resolved>(&b).ok());
+        let keep = match stored.filter(|r| r.cwd == ctx.cwd) {
+            Some(r) => r,
+            None => {
+                let prompt = template::render(&self.template(), &mut vars::Vars::new(ctx));
+                let keep = Resolved { cwd: ctx.cwd.clone(), prompt };
+                let written = serde_json::to_vec(&keep)
+                    .map_err(std::io::Error::other)
+                    .and_then(|b| write_atomic(&path, &b));
+                if let Err(e) = written {
+                    tracing::warn!(error = %e, "cannot keep the conversation's prompt on disk");
                 }
+                keep
             }
-        }
-        let prompt = template::render(&self.template(), &mut vars::Vars::new(ctx));
-        let keep = Resolved { cwd: ctx.cwd.clone(), prompt: prompt.clone() };
-        if let Err(e) =
-            serde_json::to_vec(&keep).map_err(std::io::Error::other).and_then(|b| write_atomic(&path, &b))
-        {
-            tracing::warn!(error = %e, "cannot keep the conversation's prompt; it will be rendered again");
-        }
+        };
+        let prompt = keep.prompt.clone();
+        self.resolved
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(ctx.conversation_id.clone(), keep);
         prompt
     }
 }
@@ -157,15 +178,23 @@ impl Plugin for SystemPrompt {
             _ => Err(Error::new("unsupported", "this system-prompt does not know that op")),
         })?;
         host.add_filter(&SYSTEM_PROMPT, 0, move |mut ctx: PromptContext| {
-            // Rendering may read files and run git: off the caller's thread.
+            // Every turn after a conversation's first: answered from memory.
+            let known = prompts.known(&ctx);
             let prompts = Arc::clone(&prompts);
-            let (tx, rx) = futures::channel::oneshot::channel();
-            let spawned = std::thread::Builder::new().name("system-prompt".into()).spawn(move || {
-                ctx.prompt = prompts.prompt_for(&ctx);
-                let _ = tx.send(ctx);
-            });
             async move {
-                spawned.map_err(|e| Error::new("io", format!("cannot start a thread: {e}")))?;
+                if let Some(p) = known {
+                    ctx.prompt = p;
+                    return Ok(ctx);
+                }
+                // Rendering may read files and run git: off the caller's thread.
+                let (tx, rx) = futures::channel::oneshot::channel();
+                std::thread::Builder::new()
+                    .name("system-prompt".into())
+                    .spawn(move || {
+                        ctx.prompt = prompts.prompt_for(&ctx);
+                        let _ = tx.send(ctx);
+                    })
+                    .map_err(|e| Error::new("io", format!("cannot start a thread: {e}")))?;
                 rx.await.map_err(|_| Error::new("plugin", "rendering the system prompt failed"))
             }
         })?;

@@ -5,14 +5,16 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use dispatch_abi::{Error, Host};
+use dispatch_abi::Host;
 use dispatch_contracts::catalog::{CatalogRequest, CATALOG};
 use dispatch_contracts::plugins::PLUGINS;
 use dispatch_contracts::prompt::{PromptRequest, PROMPT};
 use dispatch_contracts::protocol::wire::{
     is_valid_conversation_id, ConversationStatus, ReasoningEffort, CONVERSATION_ID_RULE,
 };
-use dispatch_contracts::session::{ChatRequest, EventBatch, SessionRequest, Started, WireVersion, SESSION};
+use dispatch_contracts::session::{
+    self, ChatRequest, EventBatch, SessionRequest, Started, StatusInfo, WireVersion,
+};
 use dispatch_contracts::store::{Details, Listing, MetaUpdate, StoreRequest, STORE};
 use futures::SinkExt as _;
 use http_body_util::{BodyExt as _, StreamBody};
@@ -47,10 +49,16 @@ fn ok(value: &impl serde::Serialize) -> Reply {
     Ok(json(StatusCode::OK, value))
 }
 
-/// A bus answer as JSON.
-async fn call_session(app: &App, request: SessionRequest) -> Result<Value, Failure> {
-    Ok(app.host.call(&SESSION, &request).await?)
+/// A session answer, decoded straight into `T` (`Box<RawValue>` to pass it
+/// on as is).
+async fn call_session<T: serde::de::DeserializeOwned + 'static>(
+    app: &App,
+    request: SessionRequest,
+) -> Result<T, Failure> {
+    Ok(app.host.call(&session::answering::<T>(), &request).await?)
 }
+
+type Raw = Box<serde_json::value::RawValue>;
 
 async fn call_store(app: &App, request: StoreRequest) -> Result<Value, Failure> {
     Ok(app.host.call(&STORE, &request).await?)
@@ -139,28 +147,26 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Reply {
         }
         (_, ["conversations", id, "status"]) => {
             let id = conversation_id(id)?;
-            let mut v = call_session(&app, SessionRequest::Status { conversation_id: id }).await?;
+            let s: StatusInfo = call_session(&app, SessionRequest::Status { conversation_id: id }).await?;
             // The wire shape is `{conversationId, isActive, status}`.
-            if let Some(o) = v.as_object_mut() {
-                o.remove("turnId");
-            }
-            ok(&v)
+            ok(&json!({"conversationId": s.conversation_id, "isActive": s.is_active, "status": s.status}))
         }
         (_, ["conversations", id, "last"]) => {
             let id = conversation_id(id)?;
-            ok(&call_session(&app, SessionRequest::Last { conversation_id: id, wait_ms: None }).await?)
+            ok(&call_session::<Raw>(&app, SessionRequest::Last { conversation_id: id, wait_ms: None })
+                .await?)
         }
         (_, ["conversations", id, "stop"]) => {
             let id = conversation_id(id)?;
-            ok(&call_session(&app, SessionRequest::Stop { conversation_id: id }).await?)
+            ok(&call_session::<Raw>(&app, SessionRequest::Stop { conversation_id: id }).await?)
         }
         (_, ["conversations", id, "close"]) => {
             let id = conversation_id(id)?;
-            ok(&call_session(&app, SessionRequest::Close { conversation_id: id }).await?)
+            ok(&call_session::<Raw>(&app, SessionRequest::Close { conversation_id: id }).await?)
         }
         (_, ["conversations", id, "open"]) => {
             let id = conversation_id(id)?;
-            ok(&call_session(&app, SessionRequest::Open { conversation_id: id }).await?)
+            ok(&call_session::<Raw>(&app, SessionRequest::Open { conversation_id: id }).await?)
         }
         (_, ["conversations", id, "queue"]) => {
             let id = conversation_id(id)?;
@@ -174,14 +180,14 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Reply {
             let b: QueueBody = parse(&read_body(body, app.max_body, app.body_timeout).await?)?;
             let request =
                 SessionRequest::Queue { conversation_id: id, text: b.text, workspace_id: b.workspace_id };
-            ok(&call_session(&app, request).await?)
+            ok(&call_session::<Raw>(&app, request).await?)
         }
         (_, ["conversations", id, "queue", message]) => {
             let request = SessionRequest::Unqueue {
                 conversation_id: conversation_id(id)?,
                 message_id: percent_decode(message)?,
             };
-            ok(&call_session(&app, request).await?)
+            ok(&call_session::<Raw>(&app, request).await?)
         }
         (_, ["conversations", id, "title"]) => {
             let id = conversation_id(id)?;
@@ -349,7 +355,7 @@ async fn chat(app: &Arc<App>, body: Incoming, pairs: &[(String, String)]) -> Rep
         None => app.default_wire,
     };
     let request: ChatRequest = parse(&read_body(body, app.max_body, app.body_timeout).await?)?;
-    let started: Started = decode(call_session(app, SessionRequest::Chat { request }).await?)?;
+    let started: Started = call_session(app, SessionRequest::Chat { request }).await?;
     let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(8);
     let host = app.host.clone();
     let Started { conversation_id, turn_id } = started;
@@ -368,11 +374,7 @@ async fn chat(app: &Arc<App>, body: Incoming, pairs: &[(String, String)]) -> Rep
                 wire: Some(wire_name.to_owned()),
                 wait_ms: None,
             };
-            let batch: EventBatch = match host
-                .call(&SESSION, &request)
-                .await
-                .and_then(|v| serde_json::from_value(v).map_err(|e| Error::new("plugin", e.to_string())))
-            {
+            let batch: EventBatch = match host.call(&session::answering::<EventBatch>(), &request).await {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::warn!(error = %e, conversation = %conversation_id, "the event stream broke off");
