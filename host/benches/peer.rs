@@ -102,14 +102,7 @@ async fn dispatch_run(port: u16, conversation: &str) -> Duration {
     let body =
         json!({"conversationId": conversation, "message": "go", "model": "openai/mock-model"}).to_string();
     let start = Instant::now();
-    let mut r = http_client::send(
-        "POST",
-        &format!("http://127.0.0.1:{port}/chat"),
-        &[("content-type", "application/json")],
-        Some(body.as_bytes()),
-    )
-    .await
-    .unwrap();
+    let mut r = http_client::post_json(&format!("http://127.0.0.1:{port}/chat"), &body).await.unwrap();
     assert_eq!(r.status, 200);
     let mut last = Vec::new();
     while let Some(c) = r.next_chunk().await {
@@ -143,13 +136,7 @@ fn main() {
         .spawn()
         .unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let start = Instant::now();
-        while http_client::send("GET", &format!("http://127.0.0.1:{port}/health"), &[], None).await.is_err() {
-            assert!(start.elapsed() < Duration::from_secs(30));
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    });
+    rt.block_on(http_client::wait_ok(&format!("http://127.0.0.1:{port}/health"), Duration::from_secs(30)));
 
     let mut ours = Vec::new();
     let mut peer = Vec::new();

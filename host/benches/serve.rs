@@ -16,25 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dispatch_test_support::http_client;
-
-const PLUGINS: &[&str] = &[
-    "libdispatch_plugin_surfaces.so",
-    "libdispatch_plugin_extensions_surface.so",
-    "libdispatch_plugin_models.so",
-    "libdispatch_plugin_provider_scripted.so",
-    "libdispatch_plugin_provider_openai.so",
-    "libdispatch_plugin_store_sqlite.so",
-    "libdispatch_plugin_tool_read_file.so",
-    "libdispatch_plugin_tool_write_file.so",
-    "libdispatch_plugin_tool_edit_file.so",
-    "libdispatch_plugin_tool_shell.so",
-    "libdispatch_plugin_tool_todo.so",
-    "libdispatch_plugin_message_queue.so",
-    "libdispatch_plugin_system_prompt.so",
-    "libdispatch_plugin_session.so",
-    "libdispatch_plugin_transport_http.so",
-];
+use dispatch_test_support::{http_client, BUNDLED_PLUGINS};
 
 fn release_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("target/release")
@@ -50,7 +32,7 @@ fn write_config(dir: &Path, port: u16, deltas: usize) -> PathBuf {
     .unwrap();
     let mut toml =
         format!("[host]\nplugin_dir = {:?}\ndata_dir = \"data\"\n", release_dir().display().to_string());
-    for p in PLUGINS {
+    for p in BUNDLED_PLUGINS {
         toml.push_str(&format!("\n[[plugin]]\npath = {p:?}\n"));
         match *p {
             "libdispatch_plugin_provider_scripted.so" => {
@@ -95,18 +77,8 @@ fn mem_kib(pid: u32, field: &str) -> u64 {
         .unwrap()
 }
 
-async fn wait_health(port: u16, limit: Duration) -> Duration {
-    let start = Instant::now();
-    let url = format!("http://127.0.0.1:{port}/health");
-    loop {
-        if let Ok(r) = http_client::send("GET", &url, &[], None).await {
-            if r.status == 200 {
-                return start.elapsed();
-            }
-        }
-        assert!(start.elapsed() < limit, "the server did not answer /health");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+async fn health(port: u16) -> Duration {
+    http_client::wait_ok(&format!("http://127.0.0.1:{port}/health"), Duration::from_secs(30)).await
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -131,14 +103,7 @@ async fn one_stream(port: u16, i: usize) -> (Duration, Duration, usize) {
     let start = Instant::now();
     let body =
         format!(r#"{{"message": "go", "conversationId": "bench-{i}-{}"}}"#, start.elapsed().as_nanos());
-    let mut r = http_client::send(
-        "POST",
-        &format!("http://127.0.0.1:{port}/chat"),
-        &[("content-type", "application/json")],
-        Some(body.as_bytes()),
-    )
-    .await
-    .unwrap();
+    let mut r = http_client::post_json(&format!("http://127.0.0.1:{port}/chat"), &body).await.unwrap();
     assert_eq!(r.status, 200);
     let mut first = None;
     let mut events = 0usize;
@@ -192,7 +157,7 @@ fn main() {
         let port = free_port();
         let cfg = write_config(dir.path(), port, deltas);
         let mut child = spawn(&cfg);
-        let took = rt.block_on(wait_health(port, Duration::from_secs(30)));
+        let took = rt.block_on(health(port));
         starts.push(took.as_secs_f64() * 1e3);
         std::thread::sleep(Duration::from_millis(500));
         idle.push(mem_kib(child.id(), "VmRSS:") as f64 / 1024.0);
@@ -211,7 +176,7 @@ fn main() {
     let port = free_port();
     let cfg = write_config(dir.path(), port, deltas);
     let mut child = spawn(&cfg);
-    rt.block_on(wait_health(port, Duration::from_secs(30)));
+    rt.block_on(health(port));
     rt.block_on(streams_round(port, 8)); // warm-up
     let mut results = Vec::new();
     for _ in 0..rounds {

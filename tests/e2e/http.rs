@@ -15,23 +15,6 @@ use dispatch_test_support::http_client;
 
 use crate::support::*;
 
-/// The plugins of the product, in `plugins.toml`'s order.
-pub const PRODUCT: &[&str] = &[
-    "libdispatch_plugin_surfaces.so",
-    "libdispatch_plugin_models.so",
-    "libdispatch_plugin_provider_scripted.so",
-    "libdispatch_plugin_provider_openai.so",
-    "libdispatch_plugin_store_sqlite.so",
-    "libdispatch_plugin_tool_read_file.so",
-    "libdispatch_plugin_tool_write_file.so",
-    "libdispatch_plugin_tool_edit_file.so",
-    "libdispatch_plugin_tool_shell.so",
-    "libdispatch_plugin_message_queue.so",
-    "libdispatch_plugin_system_prompt.so",
-    "libdispatch_plugin_session.so",
-    "libdispatch_plugin_transport_http.so",
-];
-
 /// The test script: a reply per scenario, picked by the message's start.
 pub const SCRIPT: &str = r#"{"replies": [
   {"match": "^read", "steps": [
@@ -57,7 +40,7 @@ pub fn product_config(http: &str) -> Written {
     let work = c.dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
     std::fs::write(work.join("notes.txt"), "hello from the notes").unwrap();
-    for p in PRODUCT {
+    for p in dispatch_test_support::BUNDLED_PLUGINS {
         let config = match *p {
             "libdispatch_plugin_provider_scripted.so" => {
                 format!("script = {:?}", script.display().to_string())
@@ -243,15 +226,7 @@ impl Stream {
     /// `POST /chat` without waiting for the turn.
     pub fn open(base: &str, body: &Value) -> Stream {
         rt().block_on(async {
-            let body = body.to_string();
-            let resp = http_client::send(
-                "POST",
-                &format!("{base}/chat"),
-                &[("content-type", "application/json")],
-                Some(body.as_bytes()),
-            )
-            .await
-            .unwrap();
+            let resp = http_client::post_json(&format!("{base}/chat"), &body.to_string()).await.unwrap();
             let status = resp.status;
             let conversation_id = resp.header("x-conversation-id").unwrap_or_default().to_owned();
             Stream { resp, buf: Vec::new(), status, conversation_id }
@@ -772,4 +747,71 @@ fn sigterm_aborts_running_turns_and_seals_them_before_exit() {
     assert_gap_free(h["chunks"].as_array().unwrap());
     let metrics = get(&format!("{}/conversations/term/metrics", s.base)).body;
     assert_eq!(metrics["turns"].as_array().unwrap().len(), 1, "the aborted turn's metrics were saved");
+}
+
+#[test]
+fn close_open_filters_extensions_and_the_static_web_directory() {
+    let web = tempfile::tempdir().unwrap();
+    std::fs::write(web.path().join("index.html"), "<html>app</html>").unwrap();
+    std::fs::write(web.path().join("app.js"), "console.log(1)").unwrap();
+    let http = format!(
+        "addr = [\"127.0.0.1:0\"]\nweb_dir = {:?}\ncors_origins = [\"http://ui.example\"]",
+        web.path().display().to_string()
+    );
+    let cfg = product_config(&http);
+    let s = Server::start(&cfg);
+    chat(&s.base, json!({"conversationId": "c-open", "message": "hi", "workspaceId": "ws1"}));
+    chat(&s.base, json!({"conversationId": "c-closed", "message": "hi"}));
+    let closed = post(&format!("{}/conversations/c-closed/close", s.base), "");
+    assert_eq!(closed.body, json!({"conversationId": "c-closed", "abortedTurn": false}));
+    let status = get(&format!("{}/conversations/c-closed/status", s.base)).body;
+    assert_eq!(status["status"], "closed");
+    let ids = |q: &str| -> Vec<String> {
+        get(&format!("{}/conversations{q}", s.base)).body["conversations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids("?status=closed"), ["c-closed"]);
+    assert_eq!(ids("?status=idle,closed").len(), 2);
+    assert_eq!(ids("?workspaceId=ws1"), ["c-open"]);
+    assert_eq!(ids("?q=c-o"), ["c-open"]);
+    // A closed conversation takes a new message and is idle again after it.
+    chat(&s.base, json!({"conversationId": "c-closed", "message": "back"}));
+    assert_eq!(get(&format!("{}/conversations/c-closed/status", s.base)).body["status"], "idle");
+
+    // Closing a running turn aborts it; the conversation ends `closed`.
+    let mut stream = Stream::open(&s.base, &json!({"conversationId": "c-run", "message": "slow please"}));
+    stream.until("text-delta");
+    let closed = post(&format!("{}/conversations/c-run/close", s.base), "");
+    assert_eq!(closed.body["abortedTurn"], true);
+    let rest = stream.rest();
+    assert_eq!(rest[rest.len() - 2]["reason"], "aborted");
+    assert_eq!(get(&format!("{}/conversations/c-run/status", s.base)).body["status"], "closed");
+
+    let opened = post(&format!("{}/conversations/c-open/open", s.base), "");
+    assert_eq!(opened.body, json!({"conversationId": "c-open"}));
+
+    let ext = get(&format!("{}/extensions", s.base)).body;
+    let session = ext["plugins"].as_array().unwrap().iter().find(|p| p["id"] == "session").unwrap();
+    assert_eq!(session["state"], "active");
+
+    // Listed origins are echoed, others get no allow-origin.
+    let ok = send("GET", &format!("{}/health", s.base), None, &[("origin", "http://ui.example")]);
+    assert_eq!(ok.headers["access-control-allow-origin"], "http://ui.example");
+    let other = send("GET", &format!("{}/health", s.base), None, &[("origin", "http://evil.example")]);
+    assert!(other.headers.get("access-control-allow-origin").is_none());
+
+    // Unmatched GETs serve the web directory, falling back to index.html;
+    // nothing outside it is reachable.
+    let js = get(&format!("{}/app.js", s.base));
+    assert_eq!((js.status, js.text.as_str()), (200, "console.log(1)"));
+    assert_eq!(js.headers["content-type"], "text/javascript; charset=utf-8");
+    assert_eq!(get(&format!("{}/some/client/route", s.base)).text, "<html>app</html>");
+    assert_eq!(get(&format!("{}/%2e%2e/plugins.toml", s.base)).text, "<html>app</html>");
+    // API routes still win, and a POST to an unknown path is still a JSON 404.
+    assert_eq!(get(&format!("{}/health", s.base)).body, json!({"ok": true}));
+    assert_eq!(post(&format!("{}/nowhere", s.base), "{}").status, 404);
 }

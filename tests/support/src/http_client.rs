@@ -75,3 +75,22 @@ pub async fn send(
     let (parts, body) = resp.into_parts();
     Ok(Response { status: parts.status.as_u16(), headers: parts.headers, body })
 }
+
+/// `POST` a JSON body.
+pub async fn post_json(url: &str, body: &str) -> std::io::Result<Response> {
+    send("POST", url, &[("content-type", "application/json")], Some(body.as_bytes())).await
+}
+
+/// Poll `url` until it answers `200`; how long that took. Panics after `limit`.
+pub async fn wait_ok(url: &str, limit: std::time::Duration) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    loop {
+        if let Ok(r) = send("GET", url, &[], None).await {
+            if r.status == 200 {
+                return start.elapsed();
+            }
+        }
+        assert!(start.elapsed() < limit, "{url} did not answer 200 within {limit:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
