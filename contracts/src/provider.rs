@@ -18,13 +18,20 @@ pub use dispatch_protocol::provider::*;
 use dispatch_protocol::wire::{ChatMessage, ReasoningEffort};
 pub use dispatch_protocol::BoxFuture;
 use serde_json::Value;
+use std::any::Any;
+use std::fmt;
+use std::time::Duration;
+#[cfg(feature = "runtime")]
+use std::{
+    collections::HashMap,
+    sync::{Mutex, MutexGuard, PoisonError},
+    time::Instant,
+};
 
 #[cfg(feature = "runtime")]
 use crate::{catalog, pull::PullTable};
 #[cfg(feature = "runtime")]
 use std::sync::Arc;
-#[cfg(feature = "runtime")]
-use std::time::Duration;
 
 /// The key of the provider service `name` (e.g. `provider.openai`), at
 /// [`VERSION`]. Answers differ by op (see [`ProviderRequest`]), hence
@@ -37,19 +44,53 @@ pub fn key(name: &str) -> Service<ProviderRequest, Value> {
 /// [`ProviderEvent::Finish`] or one `Err`. Dropping it ends the stream.
 pub type EventSender = crate::pull::Sender<Result<ProviderEvent, ProviderError>>;
 
-/// One model step to stream: the fields of [`ProviderRequest::Open`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct StepSpec {
+/// One model step to stream: the fields of [`ProviderRequest::Open`], with
+/// the whole history even when the caller sent only its new messages (see
+/// the protocol's contexts).
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct StepSpec<'a> {
     /// `<credential>/<model>`.
-    pub model: String,
-    /// The history.
-    pub messages: Vec<ChatMessage>,
+    pub model: &'a str,
+    /// The whole history.
+    pub messages: &'a [ChatMessage],
     /// The tools on offer.
-    pub tools: Vec<ToolSpec>,
+    pub tools: &'a [ToolSpec],
     /// The system prompt.
-    pub system_prompt: Option<String>,
+    pub system_prompt: Option<&'a str>,
     /// Reasoning effort.
     pub reasoning_effort: Option<ReasoningEffort>,
+    /// The provider's own scratch space for this context (one turn): what
+    /// it derived from `messages` (their request encoding, say) kept for
+    /// the next step, which then converts only the new messages. Within a
+    /// memo's life `messages` only grows at the end and `tools` and
+    /// `system_prompt` do not change. Empty for a step outside a context.
+    pub memo: &'a mut Memo,
+}
+
+/// A provider's per-context scratch space (see [`StepSpec::memo`]).
+#[derive(Default)]
+pub struct Memo(Option<Box<dyn Any + Send>>);
+
+impl Memo {
+    /// The value of type `T` kept here, created with `T::default()` on
+    /// first use (or if a value of another type was kept).
+    pub fn get<T: Default + Send + 'static>(&mut self) -> &mut T {
+        if !self.0.as_ref().is_some_and(|b| b.is::<T>()) {
+            self.0 = Some(Box::new(T::default()));
+        }
+        match self.0.as_mut().and_then(|b| b.downcast_mut::<T>()) {
+            Some(t) => t,
+            // Just made sure the box holds a `T`.
+            None => unreachable!("the memo holds a T"),
+        }
+    }
+}
+
+impl fmt::Debug for Memo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Memo").field("kept", &self.0.is_some()).finish()
+    }
 }
 
 /// What a provider plugin implements. Both methods' futures run on the
@@ -62,7 +103,86 @@ pub trait ModelProvider: Send + Sync + 'static {
     /// An `Err` here (an unknown credential, say) fails the `open` call; a
     /// failure of the model itself goes into `events` as an `Err`. The
     /// future is dropped when the caller cancels the step.
-    fn open(&self, step: StepSpec, events: EventSender) -> Result<BoxFuture<()>, Error>;
+    fn open(&self, step: StepSpec<'_>, events: EventSender) -> Result<BoxFuture<()>, Error>;
+}
+
+#[cfg(feature = "runtime")]
+/// What [`serve`] keeps of a context between steps.
+#[derive(Debug)]
+struct Kept {
+    messages: Vec<ChatMessage>,
+    tools: Vec<ToolSpec>,
+    system_prompt: Option<String>,
+    memo: Memo,
+    used: Instant,
+}
+
+#[cfg(feature = "runtime")]
+/// Contexts kept by [`serve`]. Bounded: at most [`MAX_CONTEXTS`], each
+/// forgotten after [`CONTEXT_IDLE`] without a step (its caller died or
+/// never released it); a forgotten context costs its caller one resend.
+#[derive(Debug, Default)]
+struct Contexts(Mutex<HashMap<u64, Kept>>);
+
+/// How many contexts a provider keeps at most.
+pub const MAX_CONTEXTS: usize = 512;
+/// How long an unused context is kept.
+pub const CONTEXT_IDLE: Duration = Duration::from_secs(15 * 60);
+
+#[cfg(feature = "runtime")]
+impl Contexts {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Kept>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The context `r` continues, with `messages` appended; or a fresh one
+    /// for `base: 0`. Taken out of the table while the step is opened (a
+    /// concurrent `open` of the same context is refused as lost).
+    fn take(&self, r: ContextRef, open: OpenFields) -> Result<(u64, Kept), Error> {
+        let OpenFields { messages, tools, system_prompt } = open;
+        if r.base == 0 {
+            let kept = Kept { messages, tools, system_prompt, memo: Memo::default(), used: Instant::now() };
+            return Ok((r.id, kept));
+        }
+        let mut kept = self.lock().remove(&r.id).ok_or_else(|| lost(r, None))?;
+        if kept.messages.len() as u64 != r.base {
+            return Err(lost(r, Some(kept.messages.len())));
+        }
+        kept.messages.extend(messages);
+        Ok((r.id, kept))
+    }
+
+    fn put(&self, id: u64, mut kept: Kept) {
+        let now = Instant::now();
+        kept.used = now;
+        let mut map = self.lock();
+        map.retain(|_, k| now.duration_since(k.used) < CONTEXT_IDLE);
+        if map.len() >= MAX_CONTEXTS {
+            if let Some(oldest) = map.iter().min_by_key(|(_, k)| k.used).map(|(id, _)| *id) {
+                map.remove(&oldest);
+            }
+        }
+        map.insert(id, kept);
+    }
+}
+
+#[cfg(feature = "runtime")]
+struct OpenFields {
+    messages: Vec<ChatMessage>,
+    tools: Vec<ToolSpec>,
+    system_prompt: Option<String>,
+}
+
+#[cfg(feature = "runtime")]
+fn lost(r: ContextRef, held: Option<usize>) -> Error {
+    let why = match held {
+        None => "it is not held (expired, evicted, or the provider restarted)".to_owned(),
+        Some(n) => format!("it holds {n} messages"),
+    };
+    Error::new(
+        CONTEXT_LOST,
+        format!("context {} cannot continue after {} messages: {why}; send the whole history", r.id, r.base),
+    )
 }
 
 /// How [`serve`] presents the provider.
@@ -101,27 +221,60 @@ pub fn serve<P: ModelProvider>(
     runtime: PluginRuntime,
 ) -> Result<ProviderServer, Error> {
     let streams: Arc<PullTable<Result<ProviderEvent, ProviderError>>> = Arc::default();
+    let contexts: Arc<Contexts> = Arc::default();
     let runner = runtime.runner();
     let table = Arc::clone(&streams);
     let service = registration.service.clone();
     host.provide(&key(&service), move |req: ProviderRequest| {
         let (table, provider, runner) = (Arc::clone(&table), Arc::clone(&provider), runner.clone());
+        let contexts = Arc::clone(&contexts);
         async move {
             match req {
                 ProviderRequest::Models => {
                     let models = runner.run(async move { Ok(provider.models().await) }).await?;
                     to_json(&ProviderModels { models })
                 }
-                ProviderRequest::Open { model, messages, tools, system_prompt, reasoning_effort } => {
-                    let step = StepSpec { model, messages, tools, system_prompt, reasoning_effort };
+                ProviderRequest::Open {
+                    model,
+                    messages,
+                    tools,
+                    system_prompt,
+                    reasoning_effort,
+                    context,
+                } => {
+                    let fields = OpenFields { messages, tools, system_prompt };
+                    let (mut kept, id) = match context {
+                        Some(r) => {
+                            let (id, kept) = contexts.take(r, fields)?;
+                            (kept, Some(id))
+                        }
+                        None => {
+                            let OpenFields { messages, tools, system_prompt } = fields;
+                            let memo = Memo::default();
+                            (Kept { messages, tools, system_prompt, memo, used: Instant::now() }, None)
+                        }
+                    };
+                    let step = StepSpec {
+                        model: &model,
+                        messages: &kept.messages,
+                        tools: &kept.tools,
+                        system_prompt: kept.system_prompt.as_deref(),
+                        reasoning_effort,
+                        memo: &mut kept.memo,
+                    };
                     let (stream_id, tx, abort) = table.open();
                     let produce = match provider.open(step, tx) {
                         Ok(fut) => fut,
                         Err(e) => {
+                            // The context is dropped with `kept`: the
+                            // caller's next open starts it again.
                             table.cancel(stream_id);
                             return Err(e);
                         }
                     };
+                    if let Some(id) = id {
+                        contexts.put(id, kept);
+                    }
                     runner.spawn(async move {
                         // Cancelling the stream drops the producer.
                         futures::future::select(produce, abort.aborted()).await;
@@ -153,6 +306,10 @@ pub fn serve<P: ModelProvider>(
                 }
                 ProviderRequest::Cancel { stream_id } => {
                     table.cancel(stream_id);
+                    to_json(&serde_json::Map::new())
+                }
+                ProviderRequest::Release { context } => {
+                    contexts.lock().remove(&context);
                     to_json(&serde_json::Map::new())
                 }
                 other => {

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dispatch_abi::{codes, Context, Error, Plugin, PluginManifest};
-use dispatch_contracts::protocol::wire::{FinishReason, OutputStream};
+use dispatch_contracts::protocol::wire::{ChatMessage, Chunk, FinishReason, OutputStream};
 use dispatch_contracts::provider::{
-    self, Batch, BoxFuture, EventSender, ModelEntry, ModelProvider, Opened, ProviderEvent, ProviderRequest,
-    ProviderServer, Registration, StepSpec,
+    self, Batch, BoxFuture, ContextRef, EventSender, ModelEntry, ModelProvider, Opened, ProviderEvent,
+    ProviderRequest, ProviderServer, Registration, StepSpec, ToolSpec,
 };
 use dispatch_contracts::tool::{
     self, OutputPiece, RunBatch, RunResult, Started, Tool, ToolContext, ToolError, ToolOutput, ToolRequest,
@@ -158,13 +158,14 @@ impl ModelProvider for Script {
     fn models(&self) -> BoxFuture<Vec<ModelEntry>> {
         Box::pin(async { vec![ModelEntry { name: "fx/model".into(), context_window: None }] })
     }
-    fn open(&self, step: StepSpec, events: EventSender) -> Result<BoxFuture<()>, Error> {
+    fn open(&self, step: StepSpec<'_>, events: EventSender) -> Result<BoxFuture<()>, Error> {
         if step.model != "fx/model" {
             return Err(Error::new(codes::NOT_FOUND, format!("unknown model `{}`", step.model)));
         }
+        let silent = step.system_prompt == Some("silent");
         Ok(Box::pin(async move {
             let _ = events.unbounded_send(Ok(ProviderEvent::TextDelta("hello".into())));
-            if step.system_prompt.as_deref() != Some("silent") {
+            if !silent {
                 let _ = events.unbounded_send(Ok(ProviderEvent::Finish(FinishReason::Stop)));
             }
         }))
@@ -191,6 +192,110 @@ impl Plugin for ScriptPlugin {
     }
 }
 
+/// Describes what `open` saw: the history's length, the tools, the system
+/// prompt, and how many steps the memo has seen.
+struct Describe;
+
+impl ModelProvider for Describe {
+    fn models(&self) -> BoxFuture<Vec<ModelEntry>> {
+        Box::pin(async { Vec::new() })
+    }
+    fn open(&self, step: StepSpec<'_>, events: EventSender) -> Result<BoxFuture<()>, Error> {
+        let steps = step.memo.get::<usize>();
+        *steps += 1;
+        let last = match step.messages.last().map(|m| &m.chunks[..]) {
+            Some([Chunk::Text { text }]) => text.clone(),
+            _ => String::new(),
+        };
+        let seen = format!(
+            "{} messages, last {last}, {} tools, prompt {:?}, memo {steps}",
+            step.messages.len(),
+            step.tools.len(),
+            step.system_prompt.unwrap_or("")
+        );
+        Ok(Box::pin(async move {
+            let _ = events.unbounded_send(Ok(ProviderEvent::TextDelta(seen)));
+            let _ = events.unbounded_send(Ok(ProviderEvent::Finish(FinishReason::Stop)));
+        }))
+    }
+}
+
+struct DescribePlugin(ProviderServer);
+impl Plugin for DescribePlugin {
+    fn manifest() -> PluginManifest {
+        PluginManifest::new("fx-describe", "0.0.0").provides("service", "provider.describe")
+    }
+    fn activate(ctx: Context) -> Result<Self, Error> {
+        let registration = Registration {
+            provider: "fx-describe".into(),
+            service: "provider.describe".into(),
+            credentials: vec![],
+        };
+        let runtime = dispatch_abi::runtime::PluginRuntime::new("fx-describe", 1)?;
+        Ok(DescribePlugin(provider::serve(ctx.host(), registration, Arc::new(Describe), runtime)?))
+    }
+    fn deactivate(&mut self) -> Result<(), Error> {
+        self.0.stop();
+        Ok(())
+    }
+}
+
+/// Opens a step of `provider.describe` and answers the text it streamed.
+fn describe(host: &TestHost, texts: &[&str], context: Option<(u64, u64)>) -> Result<String, Error> {
+    let key = provider::key("provider.describe");
+    let open = ProviderRequest::Open {
+        model: "d/m".into(),
+        messages: texts.iter().map(|t| ChatMessage::user(*t)).collect(),
+        tools: vec![ToolSpec { name: "t".into(), description: "d".into(), input_schema: json!({}) }],
+        system_prompt: Some("sp".into()),
+        reasoning_effort: None,
+        context: context.map(|(id, base)| ContextRef { id, base }),
+    };
+    let Opened { stream_id } = serde_json::from_value(host.call(&key, &open)?).unwrap();
+    let b: Batch = serde_json::from_value(host.call(&key, &ProviderRequest::Next { stream_id })?).unwrap();
+    match &b.events[0] {
+        ProviderEvent::TextDelta(t) => Ok(t.clone()),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_context_keeps_the_history_so_a_step_sends_only_its_new_messages() {
+    let mut host = TestHost::new();
+    host.activate::<DescribePlugin>(Value::Null).unwrap();
+    assert_eq!(
+        describe(&host, &["a", "b"], Some((7, 0))).unwrap(),
+        "2 messages, last b, 1 tools, prompt \"sp\", memo 1"
+    );
+    // Continued: the provider sees the whole history, and its memo.
+    assert_eq!(
+        describe(&host, &["c"], Some((7, 2))).unwrap(),
+        "3 messages, last c, 1 tools, prompt \"sp\", memo 2"
+    );
+    assert_eq!(
+        describe(&host, &[], Some((7, 3))).unwrap(),
+        "3 messages, last c, 1 tools, prompt \"sp\", memo 3"
+    );
+    // Without a context: a step on its own, with a fresh memo.
+    assert_eq!(describe(&host, &["x"], None).unwrap(), "1 messages, last x, 1 tools, prompt \"sp\", memo 1");
+    // A base that does not match what the provider holds, or an unknown
+    // id: refused as lost, and the context is gone.
+    let e = describe(&host, &["d"], Some((7, 2))).unwrap_err();
+    assert_eq!(e.code(), provider::CONTEXT_LOST);
+    assert!(e.message().contains("holds 3 messages"), "{e}");
+    let e = describe(&host, &["d"], Some((7, 3))).unwrap_err();
+    assert_eq!(e.code(), provider::CONTEXT_LOST);
+    assert!(e.message().contains("not held"), "{e}");
+    // Restarted with base 0, then released.
+    assert_eq!(
+        describe(&host, &["a"], Some((7, 0))).unwrap(),
+        "1 messages, last a, 1 tools, prompt \"sp\", memo 1"
+    );
+    host.call(&provider::key("provider.describe"), &ProviderRequest::Release { context: 7 }).unwrap();
+    let e = describe(&host, &["b"], Some((7, 1))).unwrap_err();
+    assert_eq!(e.code(), provider::CONTEXT_LOST);
+}
+
 fn step(host: &TestHost, model: &str, system_prompt: &str) -> Result<Vec<Batch>, Error> {
     let key = provider::key("provider.fx");
     let open = ProviderRequest::Open {
@@ -199,6 +304,7 @@ fn step(host: &TestHost, model: &str, system_prompt: &str) -> Result<Vec<Batch>,
         tools: vec![],
         system_prompt: Some(system_prompt.into()),
         reasoning_effort: None,
+        context: None,
     };
     let Opened { stream_id } = serde_json::from_value(host.call(&key, &open)?).unwrap();
     let mut batches = Vec::new();

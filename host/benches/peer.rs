@@ -68,6 +68,23 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
+/// Context switches (voluntary + not) of every thread of a process: each
+/// is a thread handing work to another, the cost a step pays per hop.
+fn switches(pid: u32) -> u64 {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else { continue };
+        for line in status.lines() {
+            if let Some(n) = line.strip_prefix("voluntary_ctxt_switches:") {
+                total += n.trim().parse::<u64>().unwrap();
+            } else if let Some(n) = line.strip_prefix("nonvoluntary_ctxt_switches:") {
+                total += n.trim().parse::<u64>().unwrap();
+            }
+        }
+    }
+    total
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -140,10 +157,15 @@ fn main() {
 
     let mut ours = Vec::new();
     let mut peer = Vec::new();
+    let (mut ours_mock, mut peer_mock) = (Vec::new(), Vec::new());
+    let per_step = |d: Duration| d.as_secs_f64() * 1e3 / (steps + 1) as f64;
     for round in 0..=rounds {
         push_task(&mock, steps);
+        let busy = mock.busy();
         let d = rt.block_on(dispatch_run(port, &format!("peer-{round}")));
+        let d_mock = mock.busy() - busy;
         push_task(&mock, steps);
+        let busy = mock.busy();
         let out = Command::new(&py)
             .arg(&script)
             .arg(steps.to_string())
@@ -153,28 +175,47 @@ fn main() {
         assert!(out.status.success(), "the peer failed: {}", String::from_utf8_lossy(&out.stderr));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["final"], "done", "{v}");
+        let p_mock = mock.busy() - busy;
         let p = v["seconds"].as_f64().unwrap();
         // Round 0 warms both up.
         if round > 0 {
-            ours.push(d.as_secs_f64() * 1e3 / (steps + 1) as f64);
+            ours.push(per_step(d));
             peer.push(p * 1e3 / (steps + 1) as f64);
+            ours_mock.push(per_step(d_mock));
+            peer_mock.push(per_step(p_mock));
         }
     }
     let (o, p) = (median(ours), median(peer));
-    println!("{steps} tool steps + 1 answer per run, median of {rounds} interleaved rounds (mock included):");
-    println!("  dispatch serve (POST /chat)   {o:>8.3} ms per step");
-    println!("  openai-agents (Python)        {p:>8.3} ms per step");
-    println!("  ratio                         {:>8.1}x", p / o);
+    let (om, pm) = (median(ours_mock), median(peer_mock));
+    println!("{steps} tool steps + 1 answer per run, median of {rounds} interleaved rounds:");
+    println!("                                mock included   mock's own time   without the mock");
+    println!(
+        "  dispatch serve (POST /chat)   {o:>8.3} ms      {om:>8.3} ms      {:>8.3} ms per step",
+        o - om
+    );
+    println!(
+        "  openai-agents (Python)        {p:>8.3} ms      {pm:>8.3} ms      {:>8.3} ms per step",
+        p - pm
+    );
+    println!(
+        "  ratio                         {:>8.1}x                         {:>8.1}x",
+        p / o,
+        (p - pm) / (o - om)
+    );
 
     // CPU of the server per step over a long history.
     push_task(&mock, cpu_steps);
     let before = cpu_seconds(server.id());
+    let switched = switches(server.id());
     let wall = rt.block_on(dispatch_run(port, "cpu"));
     let used = cpu_seconds(server.id()) - before;
+    let switched = switches(server.id()) - switched;
+    let n = (cpu_steps + 1) as f64;
     println!(
-        "server CPU (user+sys) over one turn of {cpu_steps} tool steps: {:.3} ms per step (wall {:.2} ms per step)",
-        used * 1e3 / (cpu_steps + 1) as f64,
-        wall.as_secs_f64() * 1e3 / (cpu_steps + 1) as f64
+        "server CPU (user+sys) over one turn of {cpu_steps} tool steps: {:.3} ms per step (wall {:.2} ms per step, {:.1} context switches per step)",
+        used * 1e3 / n,
+        wall.as_secs_f64() * 1e3 / n,
+        switched as f64 / n
     );
     let _ = server.kill();
     let _ = server.wait();

@@ -9,6 +9,21 @@
 //! least one, or the end), and `cancel` stops it. A stream that ends without
 //! a `finish` event or an error is itself an error: a provider that stops
 //! talking has failed, it has not answered.
+//!
+//! ## Contexts: sending the history once
+//!
+//! Within a turn every step's history is the previous step's plus a few
+//! messages, and a long turn's history is large: re-sending (and
+//! re-converting) all of it at every step makes a step's cost grow with the
+//! turn. So `open` may name a [`ContextRef`]: with `base: 0` the provider
+//! keeps the step's history, tools and system prompt under the context's
+//! id; a later `open` with `base: n` sends only the messages after the
+//! first `n`, and the provider answers the step on the history it kept plus
+//! those (its tools and system prompt are the context's). A provider that
+//! no longer holds exactly `n` messages for the id (it restarted, evicted
+//! the context, or never kept it) refuses with [`CONTEXT_LOST`], and the
+//! caller sends the whole history again with `base: 0`. `release` forgets
+//! a context; providers also forget idle ones on their own.
 
 use std::time::Duration;
 
@@ -168,6 +183,21 @@ pub struct ModelEntry {
     pub context_window: Option<u64>,
 }
 
+/// The error code of an `open` whose context the provider does not hold
+/// (with exactly `base` messages): send the whole history again.
+pub const CONTEXT_LOST: &str = "context_lost";
+
+/// Continue a context (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContextRef {
+    /// Chosen by the caller, unique among its contexts (a random number).
+    pub id: u64,
+    /// How many history messages earlier `open`s of this context sent; 0
+    /// starts (or restarts) the context with the whole history.
+    pub base: u64,
+}
+
 /// Requests to a provider service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase", deny_unknown_fields)]
@@ -180,17 +210,21 @@ pub enum ProviderRequest {
     Open {
         /// `<credential>/<model>`.
         model: String,
-        /// The history.
+        /// The history; in a continued context, only the messages after
+        /// the context's `base`.
         messages: Vec<ChatMessage>,
-        /// The tools on offer.
-        #[serde(default)]
+        /// The tools on offer (ignored in a continued context).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
         tools: Vec<ToolSpec>,
-        /// The system prompt.
+        /// The system prompt (ignored in a continued context).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         system_prompt: Option<String>,
         /// Reasoning effort.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reasoning_effort: Option<ReasoningEffort>,
+        /// Keep, or continue, a context.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        context: Option<ContextRef>,
     },
     /// The events since the last `next`; waits for at least one. Answers
     /// [`Batch`].
@@ -202,6 +236,11 @@ pub enum ProviderRequest {
     Cancel {
         /// From `open`.
         stream_id: u64,
+    },
+    /// Forget a context. Answers `{}`; unknown ids are ignored.
+    Release {
+        /// The context's id.
+        context: u64,
     },
 }
 

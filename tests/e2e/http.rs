@@ -575,6 +575,58 @@ fn a_turn_against_a_local_openai_compatible_server() {
     }
 }
 
+/// Regression guard for provider contexts: a step sends the provider only
+/// its new messages, and the provider must still put the whole history in
+/// every request to the model — the same as converting it from scratch.
+#[test]
+fn every_step_of_a_long_turn_sends_the_model_the_whole_history() {
+    use dispatch_test_support::mock_openai::*;
+    let call = |i: usize| {
+        Reply::sse(&[
+            json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": format!("call_{i}"),
+                "type": "function", "function": {"name": "read_file", "arguments": "{\"path\":\"notes.txt\"}"}}]},
+                "finish_reason": null}]}),
+            finish_chunk("tool_calls"),
+        ])
+    };
+    let mut replies: Vec<Reply> = (0..3).map(call).collect();
+    replies.push(Reply::sse(&[text_chunk("read thrice"), finish_chunk("stop")]));
+    replies.push(Reply::sse(&[text_chunk("again"), finish_chunk("stop")]));
+    let mock = MockServer::start(replies);
+    let cfg = product_config(LOOPBACK);
+    let url = mock.base_url();
+    let s = Server::start_with(
+        &cfg,
+        &[("DISPATCH_BASE_URL", &url), ("DISPATCH_API_KEY", "sk-test"), ("DISPATCH_MODEL", "mock-model")],
+    );
+    let body = json!({"conversationId": "ctx", "message": "read it", "model": "openai/mock-model"});
+    let (_, events) = chat(&s.base, body);
+    assert_eq!(text_of(&events), "read thrice");
+    let (_, events) =
+        chat(&s.base, json!({"conversationId": "ctx", "message": "more", "model": "openai/mock-model"}));
+    assert_eq!(text_of(&events), "again");
+    let reqs = mock.requests();
+    assert_eq!(reqs.len(), 5);
+    let messages: Vec<Vec<Value>> =
+        reqs.iter().map(|r| r.body["messages"].as_array().unwrap().clone()).collect();
+    // system + user, then each step adds the call and its result.
+    let lens: Vec<usize> = messages.iter().map(Vec::len).collect();
+    assert_eq!(lens, vec![2, 4, 6, 8, 10]);
+    for k in 1..4 {
+        assert_eq!(messages[k][..messages[k - 1].len()], messages[k - 1][..], "step {k} changed the history");
+        let n = messages[k].len();
+        assert_eq!(messages[k][n - 2]["tool_calls"][0]["id"], format!("call_{}", k - 1));
+        assert_eq!(messages[k][n - 1]["role"], "tool");
+        assert!(messages[k][n - 1]["content"].as_str().unwrap().contains("hello from the notes"));
+    }
+    // The next turn (a new context) starts from the stored history.
+    assert_eq!(messages[4][..8], messages[3][..8]);
+    assert_eq!(messages[4][8]["content"], "read thrice");
+    assert_eq!(messages[4][9]["content"], "more");
+    // Every request offers the tools.
+    assert!(reqs.iter().all(|r| r.body["tools"].as_array().is_some_and(|t| !t.is_empty())));
+}
+
 #[test]
 fn the_system_prompt_template_is_editable_and_a_conversation_keeps_its_prompt() {
     use dispatch_test_support::mock_openai::*;

@@ -16,7 +16,7 @@ use dispatch_contracts::provider::{EventSender, ModelEntry};
 use futures::StreamExt as _;
 use serde_json::Value;
 
-use crate::convert::{error_value, Assembler};
+use crate::convert::{error_value, Assembler, RequestBody};
 
 /// A credential as configured. `Debug` never shows the key.
 #[derive(Clone)]
@@ -256,7 +256,7 @@ impl OpenAiClient {
 
     /// Stream one step into `tx`. Never panics and never hangs: every
     /// failure (including timeouts) becomes one error event.
-    pub async fn produce(self, body: Value, tx: EventSender) {
+    pub async fn produce(self, body: RequestBody, tx: EventSender) {
         let first_byte = self.timeouts.first_byte;
         let start = async {
             let mut stream = self.client.chat().create_stream_byot::<_, Value>(&body).await?;

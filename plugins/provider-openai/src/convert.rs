@@ -3,51 +3,120 @@
 //! provider events (tool-call deltas assembled by index).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use dispatch_contracts::protocol::provider::{ProviderError, ProviderEvent, ToolSpec};
 use dispatch_contracts::protocol::wire::{ChatMessage, Chunk, FinishReason, ReasoningEffort, Role, Usage};
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
-/// The request body for one streamed step.
+/// The request body of one streamed step, serialized by async-openai.
+///
+/// The history is kept as already-encoded JSON ([`RawValue`]): a step of a
+/// long turn copies the bytes of the messages it shares with the previous
+/// step instead of converting and encoding them again (see [`Converted`]).
+#[derive(Debug, Serialize)]
+pub struct RequestBody {
+    model: String,
+    messages: Vec<Arc<RawValue>>,
+    stream: bool,
+    stream_options: StreamOptions,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<Arc<RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_effort: Option<&'static str>,
+}
+
+#[derive(Debug, Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
+/// A context's history converted to OpenAI messages so far: kept in the
+/// step's memo, so each step converts only the messages added since the
+/// previous one. The memo's contract (the history only grows, tools and
+/// system prompt do not change) is what makes the prefix reusable.
+#[derive(Debug, Default)]
+pub struct Converted {
+    /// How many history messages are converted.
+    from: usize,
+    /// The system prompt's message, then the converted history.
+    messages: Vec<Arc<RawValue>>,
+    /// The tools, once converted (`None` when there are none).
+    tools: Option<Arc<RawValue>>,
+    started: bool,
+}
+
+impl Converted {
+    /// The body for a step on `messages`, converting only what is new.
+    pub fn body(
+        &mut self,
+        model: &str,
+        messages: &[ChatMessage],
+        tools: &[ToolSpec],
+        system_prompt: Option<&str>,
+        effort: Option<ReasoningEffort>,
+    ) -> RequestBody {
+        if !self.started || messages.len() < self.from {
+            // First use (or a caller that broke the memo's contract):
+            // start over.
+            *self = Converted { started: true, ..Converted::default() };
+            if let Some(sp) = system_prompt.filter(|s| !s.is_empty()) {
+                self.messages.push(raw(&json!({"role": "system", "content": sp})));
+            }
+            if !tools.is_empty() {
+                let list: Vec<Value> = tools
+                    .iter()
+                    .map(|t| {
+                        json!({"type": "function", "function": {
+                            "name": t.name, "description": t.description, "parameters": t.input_schema}})
+                    })
+                    .collect();
+                self.tools = Some(raw(&list));
+            }
+        }
+        let mut out = Vec::new();
+        for m in &messages[self.from..] {
+            convert_message(m, &mut out);
+        }
+        self.messages.extend(out.iter().map(raw));
+        self.from = messages.len();
+        RequestBody {
+            model: model.to_owned(),
+            messages: self.messages.clone(),
+            stream: true,
+            stream_options: StreamOptions { include_usage: true },
+            tools: self.tools.clone(),
+            // OpenAI-compatible servers know low/medium/high; the higher
+            // rungs of Dispatch's ladder map to the highest they accept.
+            reasoning_effort: effort.map(|e| match e {
+                ReasoningEffort::Low => "low",
+                ReasoningEffort::Medium => "medium",
+                ReasoningEffort::High | ReasoningEffort::Xhigh | ReasoningEffort::Max => "high",
+            }),
+        }
+    }
+}
+
+/// Encode once. Serializing a `Value` (or a list of them) cannot fail:
+/// its map keys are strings.
+fn raw<T: Serialize>(v: &T) -> Arc<RawValue> {
+    match serde_json::value::to_raw_value(v) {
+        Ok(r) => Arc::from(r),
+        Err(_) => unreachable!("a JSON value always serializes"),
+    }
+}
+
+/// The request body for one streamed step, converted from scratch.
 pub fn request_body(
     model: &str,
     messages: &[ChatMessage],
     tools: &[ToolSpec],
     system_prompt: Option<&str>,
     effort: Option<ReasoningEffort>,
-) -> Value {
-    let mut out: Vec<Value> = Vec::new();
-    if let Some(sp) = system_prompt.filter(|s| !s.is_empty()) {
-        out.push(json!({"role": "system", "content": sp}));
-    }
-    for m in messages {
-        convert_message(m, &mut out);
-    }
-    let mut body = json!({
-        "model": model,
-        "messages": out,
-        "stream": true,
-        "stream_options": {"include_usage": true},
-    });
-    if !tools.is_empty() {
-        body["tools"] = tools
-            .iter()
-            .map(|t| {
-                json!({"type": "function", "function": {
-                    "name": t.name, "description": t.description, "parameters": t.input_schema}})
-            })
-            .collect();
-    }
-    if let Some(e) = effort {
-        // OpenAI-compatible servers know low/medium/high; the higher rungs
-        // of Dispatch's ladder map to the highest they accept.
-        body["reasoning_effort"] = json!(match e {
-            ReasoningEffort::Low => "low",
-            ReasoningEffort::Medium => "medium",
-            ReasoningEffort::High | ReasoningEffort::Xhigh | ReasoningEffort::Max => "high",
-        });
-    }
-    body
+) -> RequestBody {
+    Converted::default().body(model, messages, tools, system_prompt, effort)
 }
 
 fn text_of(chunks: &[Chunk]) -> String {
@@ -284,6 +353,7 @@ mod tests {
             input_schema: json!({"type": "object"}),
         }];
         let body = request_body("gpt-x", &msgs, &tools, Some("be brief"), Some(ReasoningEffort::Max));
+        let body = serde_json::to_value(&body).unwrap();
         assert_eq!(
             body["messages"],
             json!([
@@ -298,6 +368,46 @@ mod tests {
         assert_eq!(body["stream"], true);
         assert_eq!(body["stream_options"]["include_usage"], true);
         assert_eq!(body["reasoning_effort"], "high");
+    }
+
+    #[test]
+    fn a_memo_converts_each_message_once_and_builds_the_same_body_as_from_scratch() {
+        let call = |i: usize| ChatMessage {
+            role: Role::Assistant,
+            chunks: vec![Chunk::ToolCall {
+                tool_call_id: format!("c{i}"),
+                tool_name: "ls".into(),
+                input: json!({"i": i}),
+                step_id: None,
+            }],
+        };
+        let result = |i: usize| ChatMessage {
+            role: Role::Tool,
+            chunks: vec![Chunk::ToolResult {
+                tool_call_id: format!("c{i}"),
+                tool_name: "ls".into(),
+                content: format!("r{i}"),
+                is_error: false,
+                step_id: None,
+            }],
+        };
+        let mut history = vec![ChatMessage::user("go")];
+        for i in 0..4 {
+            history.push(call(i));
+            history.push(result(i));
+        }
+        let tools = vec![ToolSpec { name: "ls".into(), description: "l".into(), input_schema: json!({}) }];
+        let mut memo = Converted::default();
+        for n in [1, 3, 5, 5, 9] {
+            let kept = memo.body("m", &history[..n], &tools, Some("sp"), None);
+            let fresh = request_body("m", &history[..n], &tools, Some("sp"), None);
+            assert_eq!(serde_json::to_value(&kept).unwrap(), serde_json::to_value(&fresh).unwrap());
+            assert_eq!((memo.from, memo.messages.len()), (n, n + 1));
+        }
+        // A shorter history breaks the memo's contract: it starts over
+        // rather than answering a wrong body.
+        let kept = memo.body("m", &history[..2], &tools, Some("sp"), None);
+        assert_eq!(serde_json::to_value(&kept).unwrap()["messages"].as_array().unwrap().len(), 3);
     }
 
     #[test]

@@ -78,7 +78,7 @@ impl Default for Config {
             connect_timeout_ms: 10_000,
             first_byte_timeout_ms: 120_000,
             idle_timeout_ms: 120_000,
-            worker_threads: 2,
+            worker_threads: 1,
             register: true,
         }
     }
@@ -186,8 +186,8 @@ impl ModelProvider for Shared {
         Box::pin(async move { state.models().await })
     }
 
-    fn open(&self, step: StepSpec, events: EventSender) -> Result<BoxFuture<()>, Error> {
-        let model = &step.model;
+    fn open(&self, step: StepSpec<'_>, events: EventSender) -> Result<BoxFuture<()>, Error> {
+        let model = step.model;
         let (cred, name) = model.split_once('/').ok_or_else(|| {
             Error::new(codes::NOT_FOUND, format!("model `{model}` is not `<credential>/<model>`"))
         })?;
@@ -197,11 +197,11 @@ impl ModelProvider for Shared {
             .get(cred)
             .cloned()
             .ok_or_else(|| Error::new(codes::NOT_FOUND, format!("unknown credential `{cred}`")))?;
-        let body = convert::request_body(
+        let body = step.memo.get::<convert::Converted>().body(
             name,
-            &step.messages,
-            &step.tools,
-            step.system_prompt.as_deref(),
+            step.messages,
+            step.tools,
+            step.system_prompt,
             step.reasoning_effort,
         );
         Ok(Box::pin(client.produce(body, events)))

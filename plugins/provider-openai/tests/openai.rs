@@ -10,7 +10,7 @@ use std::time::Duration;
 use dispatch_contracts::protocol::provider::{ProviderError, ProviderEvent, ToolSpec};
 use dispatch_contracts::protocol::wire::{ChatMessage, Chunk, FinishReason, Role, Usage};
 use dispatch_plugin_provider_openai::client::{Credential, OpenAiClient, Timeouts};
-use dispatch_plugin_provider_openai::convert::request_body;
+use dispatch_plugin_provider_openai::convert::{request_body, RequestBody};
 use dispatch_test_support::mock_openai::*;
 use futures::StreamExt as _;
 use serde_json::{json, Value};
@@ -34,13 +34,13 @@ fn client(server: &MockServer, first_byte_ms: u64) -> OpenAiClient {
 }
 
 /// Run one step and collect what the provider pushed.
-async fn step(c: &OpenAiClient, body: Value) -> Vec<Result<ProviderEvent, ProviderError>> {
+async fn step(c: &OpenAiClient, body: RequestBody) -> Vec<Result<ProviderEvent, ProviderError>> {
     let (tx, rx) = futures::channel::mpsc::unbounded();
     c.clone().produce(body, tx).await;
     rx.collect().await
 }
 
-fn simple_body() -> Value {
+fn simple_body() -> RequestBody {
     request_body("m1", &[ChatMessage::user("hi")], &[], None, None)
 }
 

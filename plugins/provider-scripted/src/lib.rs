@@ -193,14 +193,14 @@ impl ModelProvider for State {
         Box::pin(std::future::ready(vec![ModelEntry { name: MODEL.into(), context_window: Some(128_000) }]))
     }
 
-    fn open(&self, step: StepSpec, events: EventSender) -> Result<BoxFuture<()>, Error> {
+    fn open(&self, step: StepSpec<'_>, events: EventSender) -> Result<BoxFuture<()>, Error> {
         if step.model != MODEL {
             return Err(Error::new(
                 codes::NOT_FOUND,
                 format!("unknown model `{}`: the scripted provider only has `{MODEL}`", step.model),
             ));
         }
-        Ok(Box::pin(play(self.plan_for(&step.messages), events)))
+        Ok(Box::pin(play(self.plan_for(step.messages), events)))
     }
 }
 

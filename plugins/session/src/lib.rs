@@ -62,7 +62,9 @@ pub struct Config {
     /// `$DISPATCH_CWD`, else the host's current directory).
     #[serde(default)]
     pub default_cwd: Option<PathBuf>,
-    /// Worker threads of the session's runtime (default 2).
+    /// Worker threads of the session's runtime (default 1: a turn is
+    /// mostly hand-offs between plugins, and every extra worker adds
+    /// thread wake-ups to each of them — see BENCHMARKS.md).
     #[serde(default = "default_workers")]
     pub workers: usize,
     /// Most model steps per turn (0 = unlimited, the default).
@@ -81,7 +83,7 @@ pub struct Config {
 }
 
 fn default_workers() -> usize {
-    2
+    1
 }
 fn default_parallel() -> usize {
     4

@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use dispatch_abi::runtime::{PluginRuntime, Runner};
 use dispatch_abi::{codes, to_json, Context, Error, Plugin, PluginManifest};
+use dispatch_contracts::protocol::BoxFuture;
 use dispatch_contracts::store::{Appended, History, Listing, Messages, MetricsList, StoreRequest, STORE};
 use serde::Deserialize;
 use serde_json::Value;
@@ -125,7 +126,19 @@ impl Plugin for StoreSqlite {
         tracing::info!(path = %path.display(), durability = ?cfg.durability, "store open");
         let runner: Runner = runtime.runner();
         let s = store.clone();
-        ctx.host().provide(&STORE, move |req: StoreRequest| runner.run(handle(s.clone(), req)))?;
+        ctx.host().provide(&STORE, move |req: StoreRequest| -> BoxFuture<Result<Value, Error>> {
+            match req {
+                // Appends only queue for the writer thread and wait for its
+                // answer (tokio channels, which need no runtime): served in
+                // the caller's own poll, they skip two thread hand-offs per
+                // call — a turn appends twice per step.
+                StoreRequest::Append { .. } | StoreRequest::AppendMetrics { .. } => {
+                    Box::pin(handle(s.clone(), req))
+                }
+                // Reads use the pool and blocking threads of our runtime.
+                _ => Box::pin(runner.run(handle(s.clone(), req))),
+            }
+        })?;
         Ok(StoreSqlite { runtime, store: Some(store) })
     }
 

@@ -22,7 +22,7 @@ impl Plugin for Tool {
     fn activate(ctx: Context) -> Result<Self, Error> {
         let tool = Arc::new(ReadFile::new(ctx.config::<Config>()?));
         debug_assert_eq!(tool.name(), ReadFile::NAME);
-        Ok(Tool(tool::serve(ctx.host(), tool, 2)?))
+        Ok(Tool(tool::serve(ctx.host(), tool, 1)?))
     }
 
     fn deactivate(&mut self) -> Result<(), Error> {

@@ -89,7 +89,8 @@ pub struct Config {
     /// default).
     #[serde(default)]
     pub default_wire: Option<String>,
-    /// Worker threads (default 2).
+    /// Worker threads (default 1; more only help when many clients
+    /// stream at once on a many-core machine).
     #[serde(default = "default_workers")]
     pub workers: usize,
 }
@@ -107,7 +108,7 @@ fn default_grace() -> u64 {
     5_000
 }
 fn default_workers() -> usize {
-    2
+    1
 }
 
 fn config_error(message: String) -> Error {

@@ -2,14 +2,15 @@
 //! every request, and answers each with the next scripted [`Reply`] —
 //! status, headers, and a body sent in pieces with delays (an SSE stream),
 //! optionally cut off mid-way. Plain threads and `std::net`, so any test can
-//! use it, with or without an async runtime. Stops when dropped.
+//! use it, with or without an async runtime. Connections are kept alive as
+//! real endpoints keep them. Stops when dropped.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -109,6 +110,7 @@ pub struct MockServer {
     replies: Arc<Mutex<VecDeque<Reply>>>,
     pub requests: Arc<Mutex<Vec<Request>>>,
     stop: Arc<AtomicBool>,
+    busy: Arc<AtomicU64>,
 }
 
 impl MockServer {
@@ -116,23 +118,31 @@ impl MockServer {
     pub fn start(replies: Vec<Reply>) -> MockServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        listener.set_nonblocking(true).unwrap();
         let replies = Arc::new(Mutex::new(VecDeque::from(replies)));
         let requests = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (r, q, s) = (Arc::clone(&replies), Arc::clone(&requests), Arc::clone(&stop));
+        let busy = Arc::new(AtomicU64::new(0));
+        let (r, q, s, b) =
+            (Arc::clone(&replies), Arc::clone(&requests), Arc::clone(&stop), Arc::clone(&busy));
         std::thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        let (r, q) = (Arc::clone(&r), Arc::clone(&q));
-                        std::thread::spawn(move || serve(stream, &r, &q));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+            for stream in listener.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(stream) = stream {
+                    let (r, q, b) = (Arc::clone(&r), Arc::clone(&q), Arc::clone(&b));
+                    std::thread::spawn(move || serve(stream, &r, &q, &b));
                 }
             }
         });
-        MockServer { addr, replies, requests, stop }
+        MockServer { addr, replies, requests, stop, busy }
+    }
+
+    /// Time spent handling requests so far (reading each one after its
+    /// first line, answering it; delays excluded): what a benchmark
+    /// subtracts as the mock's own cost.
+    pub fn busy(&self) -> Duration {
+        Duration::from_nanos(self.busy.load(Ordering::Relaxed))
     }
 
     /// The base URL clients use (`http://127.0.0.1:PORT/v1`).
@@ -154,16 +164,47 @@ impl MockServer {
 impl Drop for MockServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect(&self.addr);
     }
 }
 
-fn serve(stream: TcpStream, replies: &Mutex<VecDeque<Reply>>, requests: &Mutex<Vec<Request>>) {
-    stream.set_nonblocking(false).unwrap();
+fn serve(
+    stream: TcpStream,
+    replies: &Mutex<VecDeque<Reply>>,
+    requests: &Mutex<Vec<Request>>,
+    busy: &AtomicU64,
+) {
+    let _ = stream.set_nodelay(true);
     let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut line = String::new();
-    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-        return;
+    let mut out = stream;
+    // One request after another on the connection, until the client
+    // closes it or a reply cuts it.
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let started = Instant::now();
+        let Some(reply) = read_request(&line, &mut reader, replies, requests) else {
+            return;
+        };
+        let mut spent = started.elapsed();
+        let done = answer(&mut out, &reply, &mut spent);
+        busy.fetch_add(u64::try_from(spent.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        if !done {
+            return;
+        }
     }
+}
+
+/// Reads the rest of a request, records it, and picks its reply.
+fn read_request(
+    line: &str,
+    reader: &mut BufReader<TcpStream>,
+    replies: &Mutex<VecDeque<Reply>>,
+    requests: &Mutex<Vec<Request>>,
+) -> Option<Reply> {
     let mut parts = line.split_whitespace();
     let method = parts.next().unwrap_or("").to_owned();
     let path = parts.next().unwrap_or("").to_owned();
@@ -172,7 +213,7 @@ fn serve(stream: TcpStream, replies: &Mutex<VecDeque<Reply>>, requests: &Mutex<V
     loop {
         let mut h = String::new();
         if reader.read_line(&mut h).unwrap_or(0) == 0 {
-            break;
+            return None;
         }
         let h = h.trim_end();
         if h.is_empty() {
@@ -186,39 +227,48 @@ fn serve(stream: TcpStream, replies: &Mutex<VecDeque<Reply>>, requests: &Mutex<V
         }
     }
     let mut body = vec![0u8; length];
-    reader.read_exact(&mut body).unwrap_or_default();
+    reader.read_exact(&mut body).ok()?;
     let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
     requests.lock().unwrap().push(Request { method, path, headers, body });
-
-    let reply = replies.lock().unwrap().pop_front().unwrap_or_else(|| {
+    Some(replies.lock().unwrap().pop_front().unwrap_or_else(|| {
         Reply::json(500, serde_json::json!({"error": {"message": "mock server: no reply scripted"}}))
-    });
-    let mut out = stream;
+    }))
+}
+
+/// Sends `reply`; false when the connection is over (a cut, or the
+/// client went away). `spent` grows by the time spent writing.
+fn answer(out: &mut TcpStream, reply: &Reply, spent: &mut Duration) -> bool {
+    let started = Instant::now();
     let total: usize = reply.pieces.iter().map(|p| p.1.len()).sum();
-    let mut head = format!("HTTP/1.1 {} X\r\nConnection: close\r\n", reply.status);
+    let mut head = format!("HTTP/1.1 {} X\r\n", reply.status);
     for (k, v) in &reply.headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     if reply.cut {
         // Promise more than we send, so the cut is a broken body.
-        head.push_str(&format!("Content-Length: {}\r\n\r\n", total + 1000));
+        head.push_str(&format!("Connection: close\r\nContent-Length: {}\r\n\r\n", total + 1000));
     } else {
         head.push_str(&format!("Content-Length: {total}\r\n\r\n"));
     }
     if out.write_all(head.as_bytes()).is_err() {
-        return;
+        return false;
     }
     let _ = out.flush();
+    *spent += started.elapsed();
     for (delay, piece) in &reply.pieces {
         std::thread::sleep(*delay);
+        let started = Instant::now();
         if out.write_all(piece.as_bytes()).is_err() {
-            return;
+            return false;
         }
         let _ = out.flush();
+        *spent += started.elapsed();
     }
     if reply.cut {
         let _ = out.shutdown(std::net::Shutdown::Both);
+        return false;
     }
+    true
 }
 
 /// A streamed chat chunk with a text delta.
