@@ -54,6 +54,27 @@ pub enum SurfaceField {
         /// Sets it.
         action: ActionRef,
     },
+    /// A number the client may set, within bounds.
+    Number {
+        /// Label.
+        label: String,
+        /// Current value.
+        value: f64,
+        /// Lowest allowed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        min: Option<f64>,
+        /// Highest allowed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max: Option<f64>,
+        /// Increment.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step: Option<f64>,
+        /// Unit shown beside it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unit: Option<String>,
+        /// Sets it.
+        action: ActionRef,
+    },
     /// A read-only labelled value.
     Stat {
         /// Label.
@@ -134,24 +155,38 @@ pub enum RegistryRequest {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         token: Option<String>,
     },
-    /// Replace the spec of a registered surface (the owner only).
+    /// Replace the spec of a registered surface (the owner only). For a
+    /// conversation-scoped surface, with `conversation_id`: that
+    /// conversation's spec; without: the spec of conversations that have
+    /// none of their own.
     Update {
         /// The new spec (its `id` names the surface).
         spec: SurfaceSpec,
         /// The token `register` answered.
         token: String,
+        /// Which conversation's instance (conversation scope only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        conversation_id: Option<String>,
     },
-    /// Remove a surface (the owner only).
+    /// Remove a surface (the owner only); with `conversation_id`, only that
+    /// conversation's instance (it then shows the default spec again).
     Remove {
         /// Which.
         surface_id: String,
         /// The token `register` answered.
         token: String,
+        /// Which conversation's instance.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        conversation_id: Option<String>,
     },
-    /// The current spec of one surface.
+    /// The current spec of one surface (of one conversation, for a
+    /// conversation-scoped one).
     Get {
         /// Which.
         surface_id: String,
+        /// Which conversation (ignored for a global surface).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        conversation_id: Option<String>,
     },
     /// Every registered surface's catalog entry.
     Catalog,
@@ -164,6 +199,10 @@ pub enum RegistryRequest {
         /// The new value, if any.
         #[serde(default)]
         payload: serde_json::Value,
+        /// Which conversation's instance (required for a
+        /// conversation-scoped surface).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        conversation_id: Option<String>,
     },
 }
 
@@ -195,6 +234,10 @@ pub struct SurfaceChanged {
     pub spec: Option<SurfaceSpec>,
     /// True when the catalog changed (added, removed, retitled).
     pub catalog_changed: bool,
+    /// The conversation whose instance changed (conversation scope); none
+    /// for the surface itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<String>,
 }
 
 /// Published when a client invokes an action.
@@ -207,6 +250,9 @@ pub struct SurfaceAction {
     pub action_id: String,
     /// The value sent.
     pub payload: serde_json::Value,
+    /// The conversation whose instance it was invoked on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<String>,
 }
 
 #[cfg(test)]
@@ -246,7 +292,11 @@ mod tests {
     #[test]
     fn registry_requests_are_tagged_by_op() {
         let r: RegistryRequest = serde_json::from_value(json!({"op": "get", "surfaceId": "x"})).unwrap();
-        assert_eq!(r, RegistryRequest::Get { surface_id: "x".into() });
+        assert_eq!(r, RegistryRequest::Get { surface_id: "x".into(), conversation_id: None });
+        let v =
+            json!({"kind": "number", "label": "Temp", "value": 0.5, "max": 2.0, "action": {"actionId": "t"}});
+        let f: SurfaceField = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&f).unwrap(), v);
         assert!(serde_json::from_value::<RegistryRequest>(json!({"op": "explode"})).is_err());
     }
 }

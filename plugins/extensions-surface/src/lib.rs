@@ -57,7 +57,8 @@ pub struct ExtensionsSurface;
 
 async fn refresh(host: Host, token: std::sync::Arc<str>) -> Result<(), Error> {
     let list = host.call(&PLUGINS, &json!({})).await?;
-    let update = RegistryRequest::Update { spec: build_spec(&list), token: token.to_string() };
+    let update =
+        RegistryRequest::Update { spec: build_spec(&list), token: token.to_string(), conversation_id: None };
     host.call(&REGISTRY, &update).await?;
     Ok(())
 }

@@ -10,9 +10,11 @@
 //! service `surfaces` with requests tagged by `op` — `register`, `update`,
 //! `remove`, `get`, `catalog`, `invoke`.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use dispatch_abi::{codes, Context, Error, Host, Plugin, PluginManifest};
+use dispatch_contracts::protocol::wire::{is_valid_conversation_id, CONVERSATION_ID_RULE};
 use dispatch_contracts::surface::{
     CatalogEntry, RegistryRequest, RegistryResponse, Scope, SurfaceAction, SurfaceChanged, SurfaceSpec,
     ACTION, CHANGED, REGISTRY,
@@ -22,8 +24,28 @@ use dispatch_contracts::surface::{
 /// owner's token.
 #[derive(Debug, Default)]
 pub struct Registry {
-    entries: Vec<(SurfaceSpec, Option<Scope>, String)>,
+    entries: Vec<Entry>,
+    /// Orders instance updates, for eviction.
+    clock: u64,
 }
+
+/// One registered surface.
+#[derive(Debug)]
+struct Entry {
+    /// The surface's spec: for a conversation-scoped one, what a
+    /// conversation without its own instance shows.
+    spec: SurfaceSpec,
+    scope: Option<Scope>,
+    token: String,
+    /// Conversation scope: each conversation's own spec, with the clock of
+    /// its last update.
+    instances: HashMap<String, (SurfaceSpec, u64)>,
+}
+
+/// Conversations a conversation-scoped surface keeps an instance for; past
+/// it, the least recently updated is dropped (its conversation shows the
+/// default spec until the owner updates it again).
+pub const MAX_INSTANCES: usize = 4096;
 
 /// 128 random bits, hex: an owner's token.
 fn new_token() -> Result<String, Error> {
@@ -42,6 +64,10 @@ fn not_owner(id: &str) -> Error {
     )
 }
 
+fn invalid(message: String) -> Error {
+    Error::new(codes::INVALID_PAYLOAD, message)
+}
+
 impl Registry {
     /// Apply one request; answers the response and, when something
     /// changed, the event to publish.
@@ -52,59 +78,126 @@ impl Registry {
                 validate(&spec)?;
                 let (changed, token) = match self.position(&spec.id) {
                     Some(i) => {
-                        let old = &self.entries[i];
-                        if token.as_deref() != Some(old.2.as_str()) {
+                        let old = &mut self.entries[i];
+                        if token.as_deref() != Some(old.token.as_str()) {
                             return Err(not_owner(&spec.id));
                         }
-                        let retitled =
-                            old.0.title != spec.title || old.0.region != spec.region || old.1 != scope;
-                        let token = old.2.clone();
-                        self.entries[i] = (spec.clone(), scope, token.clone());
-                        (retitled, token)
+                        let retitled = old.spec.title != spec.title
+                            || old.spec.region != spec.region
+                            || old.scope != scope;
+                        if scope != Some(Scope::Conversation) {
+                            old.instances.clear();
+                        }
+                        old.spec = spec.clone();
+                        old.scope = scope;
+                        (retitled, old.token.clone())
                     }
                     None => {
                         let token = new_token()?;
-                        self.entries.push((spec.clone(), scope, token.clone()));
+                        let entry = Entry {
+                            spec: spec.clone(),
+                            scope,
+                            token: token.clone(),
+                            instances: HashMap::new(),
+                        };
+                        self.entries.push(entry);
                         (true, token)
                     }
                 };
-                let (mut response, out) = changed_response(spec, changed);
+                let (mut response, out) = changed_response(spec, changed, None);
                 response.token = Some(token);
                 Ok((response, out))
             }
-            RegistryRequest::Update { spec, token } => {
+            RegistryRequest::Update { spec, token, conversation_id } => {
                 validate(&spec)?;
                 let i = self.owned(&spec.id, &token)?;
-                let retitled =
-                    self.entries[i].0.title != spec.title || self.entries[i].0.region != spec.region;
-                self.entries[i].0 = spec.clone();
-                Ok(changed_response(spec, retitled))
+                if let Some(c) = conversation_id {
+                    self.per_conversation(i, &c)?;
+                    self.clock += 1;
+                    let entry = &mut self.entries[i];
+                    entry.instances.insert(c.clone(), (spec.clone(), self.clock));
+                    if entry.instances.len() > MAX_INSTANCES {
+                        if let Some(oldest) =
+                            entry.instances.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| k.clone())
+                        {
+                            entry.instances.remove(&oldest);
+                        }
+                    }
+                    return Ok(changed_response(spec, false, Some(c)));
+                }
+                let entry = &mut self.entries[i];
+                let retitled = entry.spec.title != spec.title || entry.spec.region != spec.region;
+                entry.spec = spec.clone();
+                Ok(changed_response(spec, retitled, None))
             }
-            RegistryRequest::Remove { surface_id, token } => {
+            RegistryRequest::Remove { surface_id, token, conversation_id } => {
                 let i = self.owned(&surface_id, &token)?;
+                if let Some(c) = conversation_id {
+                    self.per_conversation(i, &c)?;
+                    let entry = &mut self.entries[i];
+                    entry.instances.remove(&c);
+                    return Ok(changed_response(entry.spec.clone(), false, Some(c)));
+                }
                 self.entries.remove(i);
-                let event = SurfaceChanged { surface_id, spec: None, catalog_changed: true };
+                let event =
+                    SurfaceChanged { surface_id, spec: None, catalog_changed: true, conversation_id: None };
                 Ok((none, Some(Outgoing::Changed(event))))
             }
-            RegistryRequest::Get { surface_id } => {
+            RegistryRequest::Get { surface_id, conversation_id } => {
                 let i = self.position(&surface_id).ok_or_else(|| unknown(&surface_id))?;
-                Ok((RegistryResponse { spec: Some(self.entries[i].0.clone()), ..none }, None))
+                let entry = &self.entries[i];
+                let spec = match (&conversation_id, entry.scope) {
+                    (Some(c), Some(Scope::Conversation)) => {
+                        entry.instances.get(c).map_or(&entry.spec, |(s, _)| s)
+                    }
+                    _ => &entry.spec,
+                };
+                Ok((RegistryResponse { spec: Some(spec.clone()), ..none }, None))
             }
             RegistryRequest::Catalog => {
                 Ok((RegistryResponse { catalog: Some(self.catalog()), ..none }, None))
             }
-            RegistryRequest::Invoke { surface_id, action_id, payload } => {
-                self.position(&surface_id).ok_or_else(|| unknown(&surface_id))?;
-                Ok((none, Some(Outgoing::Action(SurfaceAction { surface_id, action_id, payload }))))
+            RegistryRequest::Invoke { surface_id, action_id, payload, conversation_id } => {
+                let i = self.position(&surface_id).ok_or_else(|| unknown(&surface_id))?;
+                let conversation_id = match (self.entries[i].scope, conversation_id) {
+                    (Some(Scope::Conversation), None) => {
+                        return Err(invalid(format!(
+                            "surface `{surface_id}` is per conversation: invoke it with a `conversationId`"
+                        )));
+                    }
+                    (Some(Scope::Conversation), Some(c)) => Some(c),
+                    // A global surface has one instance: whatever
+                    // conversation the client was looking at is not part
+                    // of the action.
+                    _ => None,
+                };
+                let action = SurfaceAction { surface_id, action_id, payload, conversation_id };
+                Ok((none, Some(Outgoing::Action(action))))
             }
             other => Err(Error::new(codes::UNSUPPORTED, format!("unsupported request {other:?}"))),
         }
     }
 
+    /// Check that entry `i` is conversation-scoped and `c` a conversation
+    /// id.
+    fn per_conversation(&self, i: usize, c: &str) -> Result<(), Error> {
+        let entry = &self.entries[i];
+        if entry.scope != Some(Scope::Conversation) {
+            return Err(invalid(format!(
+                "surface `{}` is global: it has no per-conversation instances",
+                entry.spec.id
+            )));
+        }
+        if !is_valid_conversation_id(c) {
+            return Err(invalid(format!("`{c}` is not a conversation id: {CONVERSATION_ID_RULE}")));
+        }
+        Ok(())
+    }
+
     /// The position of surface `id` if `token` is its owner's.
     fn owned(&self, id: &str, token: &str) -> Result<usize, Error> {
         let i = self.position(id).ok_or_else(|| unknown(id))?;
-        if self.entries[i].2 != token {
+        if self.entries[i].token != token {
             return Err(not_owner(id));
         }
         Ok(i)
@@ -114,17 +207,17 @@ impl Registry {
     pub fn catalog(&self) -> Vec<CatalogEntry> {
         self.entries
             .iter()
-            .map(|(s, scope, _)| CatalogEntry {
-                id: s.id.clone(),
-                region: s.region.clone(),
-                title: s.title.clone(),
-                scope: *scope,
+            .map(|e| CatalogEntry {
+                id: e.spec.id.clone(),
+                region: e.spec.region.clone(),
+                title: e.spec.title.clone(),
+                scope: e.scope,
             })
             .collect()
     }
 
     fn position(&self, id: &str) -> Option<usize> {
-        self.entries.iter().position(|(s, _, _)| s.id == id)
+        self.entries.iter().position(|e| e.spec.id == id)
     }
 }
 
@@ -137,8 +230,17 @@ pub enum Outgoing {
     Action(SurfaceAction),
 }
 
-fn changed_response(spec: SurfaceSpec, catalog_changed: bool) -> (RegistryResponse, Option<Outgoing>) {
-    let event = SurfaceChanged { surface_id: spec.id.clone(), spec: Some(spec.clone()), catalog_changed };
+fn changed_response(
+    spec: SurfaceSpec,
+    catalog_changed: bool,
+    conversation_id: Option<String>,
+) -> (RegistryResponse, Option<Outgoing>) {
+    let event = SurfaceChanged {
+        surface_id: spec.id.clone(),
+        spec: Some(spec.clone()),
+        catalog_changed,
+        conversation_id,
+    };
     (RegistryResponse { spec: Some(spec), catalog: None, token: None }, Some(Outgoing::Changed(event)))
 }
 
@@ -220,9 +322,11 @@ mod tests {
         let (resp, _) = r.apply(RegistryRequest::Catalog).unwrap();
         let ids: Vec<_> = resp.catalog.unwrap().into_iter().map(|e| e.id).collect();
         assert_eq!(ids, ["a", "b"]);
-        let (resp, _) = r.apply(RegistryRequest::Get { surface_id: "b".into() }).unwrap();
+        let (resp, _) =
+            r.apply(RegistryRequest::Get { surface_id: "b".into(), conversation_id: None }).unwrap();
         assert_eq!(resp.spec.unwrap().title, "B");
-        r.apply(RegistryRequest::Remove { surface_id: "a".into(), token: token_a }).unwrap();
+        r.apply(RegistryRequest::Remove { surface_id: "a".into(), token: token_a, conversation_id: None })
+            .unwrap();
         assert_eq!(r.catalog().len(), 1);
     }
 
@@ -233,11 +337,20 @@ mod tests {
         let mut r = Registry::default();
         let (token, _) = register(&mut r, "a", "A", None);
         let stranger = "0".repeat(32);
-        let e =
-            r.apply(RegistryRequest::Remove { surface_id: "a".into(), token: stranger.clone() }).unwrap_err();
+        let e = r
+            .apply(RegistryRequest::Remove {
+                surface_id: "a".into(),
+                token: stranger.clone(),
+                conversation_id: None,
+            })
+            .unwrap_err();
         assert_eq!(e.code(), codes::FORBIDDEN);
         let e = r
-            .apply(RegistryRequest::Update { spec: spec("a", "Hijacked"), token: stranger.clone() })
+            .apply(RegistryRequest::Update {
+                spec: spec("a", "Hijacked"),
+                token: stranger.clone(),
+                conversation_id: None,
+            })
             .unwrap_err();
         assert_eq!(e.code(), codes::FORBIDDEN);
         let hijack = RegistryRequest::Register { spec: spec("a", "Hijacked"), scope: None, token: None };
@@ -247,7 +360,7 @@ mod tests {
         let again =
             RegistryRequest::Register { spec: spec("a", "A2"), scope: None, token: Some(token.clone()) };
         assert_eq!(r.apply(again).unwrap().0.token.as_deref(), Some(token.as_str()));
-        r.apply(RegistryRequest::Remove { surface_id: "a".into(), token }).unwrap();
+        r.apply(RegistryRequest::Remove { surface_id: "a".into(), token, conversation_id: None }).unwrap();
         assert!(r.catalog().is_empty());
     }
 
@@ -255,18 +368,30 @@ mod tests {
     fn update_of_values_only_does_not_change_the_catalog() {
         let mut r = Registry::default();
         let (token, _) = register(&mut r, "a", "A", None);
-        let (_, out) =
-            r.apply(RegistryRequest::Update { spec: spec("a", "A"), token: token.clone() }).unwrap();
+        let (_, out) = r
+            .apply(RegistryRequest::Update {
+                spec: spec("a", "A"),
+                token: token.clone(),
+                conversation_id: None,
+            })
+            .unwrap();
         assert!(matches!(out, Some(Outgoing::Changed(SurfaceChanged { catalog_changed: false, .. }))));
-        let (_, out) = r.apply(RegistryRequest::Update { spec: spec("a", "Renamed"), token }).unwrap();
+        let (_, out) = r
+            .apply(RegistryRequest::Update { spec: spec("a", "Renamed"), token, conversation_id: None })
+            .unwrap();
         assert!(matches!(out, Some(Outgoing::Changed(SurfaceChanged { catalog_changed: true, .. }))));
     }
 
     #[test]
     fn unknown_surfaces_and_empty_ids_are_clear_errors() {
         let mut r = Registry::default();
-        let e =
-            r.apply(RegistryRequest::Update { spec: spec("ghost", "G"), token: String::new() }).unwrap_err();
+        let e = r
+            .apply(RegistryRequest::Update {
+                spec: spec("ghost", "G"),
+                token: String::new(),
+                conversation_id: None,
+            })
+            .unwrap_err();
         assert_eq!(e.code(), codes::NOT_FOUND);
         assert_eq!(e.message(), "no surface with id `ghost` is registered");
         let e = r
@@ -277,8 +402,112 @@ mod tests {
             .apply(RegistryRequest::Invoke {
                 surface_id: "ghost".into(),
                 action_id: "a".into(),
-                payload: serde_json::Value::Null
+                payload: serde_json::Value::Null,
+                conversation_id: None,
             })
             .is_err());
+    }
+
+    fn get(r: &mut Registry, id: &str, conversation: Option<&str>) -> SurfaceSpec {
+        let req =
+            RegistryRequest::Get { surface_id: id.into(), conversation_id: conversation.map(Into::into) };
+        r.apply(req).unwrap().0.spec.unwrap()
+    }
+
+    #[test]
+    fn a_conversation_scoped_surface_keeps_one_instance_per_conversation() {
+        let mut r = Registry::default();
+        let (token, _) = register(&mut r, "todo", "Tasks", Some(Scope::Conversation));
+        let update = |c: &str, title: &str| RegistryRequest::Update {
+            spec: spec("todo", title),
+            token: token.clone(),
+            conversation_id: Some(c.into()),
+        };
+        let (_, out) = r.apply(update("c1", "Tasks")).unwrap();
+        let Some(Outgoing::Changed(e)) = out else { panic!("{out:?}") };
+        assert_eq!((e.conversation_id.as_deref(), e.catalog_changed), (Some("c1"), false));
+        let mut own = spec("todo", "Tasks");
+        own.fields = vec![SurfaceField::Stat { label: "n".into(), value: "2".into() }];
+        r.apply(RegistryRequest::Update {
+            spec: own.clone(),
+            token: token.clone(),
+            conversation_id: Some("c2".into()),
+        })
+        .unwrap();
+        assert_eq!(get(&mut r, "todo", Some("c2")), own);
+        // Conversations without an instance, and the surface itself, show
+        // the default spec.
+        assert_eq!(get(&mut r, "todo", Some("c3")), spec("todo", "Tasks"));
+        assert_eq!(get(&mut r, "todo", None), spec("todo", "Tasks"));
+        // Removing an instance reverts that conversation to the default.
+        let (_, out) = r
+            .apply(RegistryRequest::Remove {
+                surface_id: "todo".into(),
+                token: token.clone(),
+                conversation_id: Some("c2".into()),
+            })
+            .unwrap();
+        assert!(matches!(out, Some(Outgoing::Changed(SurfaceChanged { conversation_id: Some(_), .. }))));
+        assert_eq!(get(&mut r, "todo", Some("c2")), spec("todo", "Tasks"));
+        assert_eq!(r.catalog().len(), 1, "the surface itself stays");
+        // Invoking needs the conversation, and carries it to the owner.
+        let invoke = |c: Option<&str>| RegistryRequest::Invoke {
+            surface_id: "todo".into(),
+            action_id: "clear".into(),
+            payload: serde_json::Value::Null,
+            conversation_id: c.map(Into::into),
+        };
+        assert_eq!(r.apply(invoke(None)).unwrap_err().code(), codes::INVALID_PAYLOAD);
+        let (_, out) = r.apply(invoke(Some("c1"))).unwrap();
+        let Some(Outgoing::Action(a)) = out else { panic!("{out:?}") };
+        assert_eq!(a.conversation_id.as_deref(), Some("c1"));
+        // Bad conversation ids are refused.
+        let e = r.apply(update("../x", "Tasks")).unwrap_err();
+        assert_eq!(e.code(), codes::INVALID_PAYLOAD);
+    }
+
+    #[test]
+    fn a_global_surface_has_no_instances_and_its_actions_carry_no_conversation() {
+        let mut r = Registry::default();
+        let (token, _) = register(&mut r, "g", "G", Some(Scope::Global));
+        let e = r
+            .apply(RegistryRequest::Update {
+                spec: spec("g", "G"),
+                token,
+                conversation_id: Some("c1".into()),
+            })
+            .unwrap_err();
+        assert_eq!(e.code(), codes::INVALID_PAYLOAD);
+        assert!(e.message().contains("is global"), "{e}");
+        assert_eq!(get(&mut r, "g", Some("c1")), spec("g", "G"));
+        let (_, out) = r
+            .apply(RegistryRequest::Invoke {
+                surface_id: "g".into(),
+                action_id: "a".into(),
+                payload: serde_json::Value::Null,
+                conversation_id: Some("c1".into()),
+            })
+            .unwrap();
+        let Some(Outgoing::Action(a)) = out else { panic!("{out:?}") };
+        assert_eq!(a.conversation_id, None);
+    }
+
+    #[test]
+    fn instances_beyond_the_cap_drop_the_least_recently_updated() {
+        let mut r = Registry::default();
+        let (token, _) = register(&mut r, "q", "Q", Some(Scope::Conversation));
+        for i in 0..=MAX_INSTANCES {
+            let mut s = spec("q", "Q");
+            s.fields = vec![SurfaceField::Stat { label: "i".into(), value: i.to_string() }];
+            r.apply(RegistryRequest::Update {
+                spec: s,
+                token: token.clone(),
+                conversation_id: Some(format!("c{i}")),
+            })
+            .unwrap();
+        }
+        assert_eq!(get(&mut r, "q", Some("c0")), spec("q", "Q"), "the oldest went back to the default");
+        assert_ne!(get(&mut r, "q", Some("c1")), spec("q", "Q"));
+        assert_ne!(get(&mut r, "q", Some(&format!("c{MAX_INSTANCES}"))), spec("q", "Q"));
     }
 }
