@@ -122,47 +122,71 @@ struct Kept {
 /// forgotten after [`CONTEXT_IDLE`] without a step (its caller died or
 /// never released it); a forgotten context costs its caller one resend.
 #[derive(Debug, Default)]
-struct Contexts(Mutex<HashMap<u64, Kept>>);
+struct Contexts(Mutex<Table>);
+
+#[cfg(feature = "runtime")]
+#[derive(Debug)]
+struct Table {
+    map: HashMap<u64, Kept>,
+    /// When idle contexts were last dropped: a sweep walks every context,
+    /// so it runs at most once a minute (or when the table is full), not
+    /// at every step.
+    swept: Instant,
+}
+
+#[cfg(feature = "runtime")]
+impl Default for Table {
+    fn default() -> Self {
+        Table { map: HashMap::new(), swept: Instant::now() }
+    }
+}
 
 /// How many contexts a provider keeps at most.
 pub const MAX_CONTEXTS: usize = 512;
 /// How long an unused context is kept.
 pub const CONTEXT_IDLE: Duration = Duration::from_secs(15 * 60);
+#[cfg(feature = "runtime")]
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 #[cfg(feature = "runtime")]
 impl Contexts {
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Kept>> {
+    fn lock(&self) -> MutexGuard<'_, Table> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The context `r` continues, with `messages` appended; or a fresh one
     /// for `base: 0`. Taken out of the table while the step is opened (a
     /// concurrent `open` of the same context is refused as lost).
-    fn take(&self, r: ContextRef, open: OpenFields) -> Result<(u64, Kept), Error> {
-        let OpenFields { messages, tools, system_prompt } = open;
+    fn take(&self, r: ContextRef, open: OpenFields) -> Result<Kept, Error> {
         if r.base == 0 {
-            let kept = Kept { messages, tools, system_prompt, memo: Memo::default(), used: Instant::now() };
-            return Ok((r.id, kept));
+            return Ok(open.into_kept());
         }
-        let mut kept = self.lock().remove(&r.id).ok_or_else(|| lost(r, None))?;
+        let mut kept = self.lock().map.remove(&r.id).ok_or_else(|| lost(r, None))?;
         if kept.messages.len() as u64 != r.base {
             return Err(lost(r, Some(kept.messages.len())));
         }
-        kept.messages.extend(messages);
-        Ok((r.id, kept))
+        kept.messages.extend(open.messages);
+        Ok(kept)
     }
 
     fn put(&self, id: u64, mut kept: Kept) {
         let now = Instant::now();
         kept.used = now;
-        let mut map = self.lock();
-        map.retain(|_, k| now.duration_since(k.used) < CONTEXT_IDLE);
-        if map.len() >= MAX_CONTEXTS {
-            if let Some(oldest) = map.iter().min_by_key(|(_, k)| k.used).map(|(id, _)| *id) {
-                map.remove(&oldest);
+        let mut table = self.lock();
+        if table.map.len() >= MAX_CONTEXTS || now.duration_since(table.swept) >= SWEEP_EVERY {
+            table.map.retain(|_, k| now.duration_since(k.used) < CONTEXT_IDLE);
+            table.swept = now;
+        }
+        if table.map.len() >= MAX_CONTEXTS {
+            if let Some(oldest) = table.map.iter().min_by_key(|(_, k)| k.used).map(|(id, _)| *id) {
+                table.map.remove(&oldest);
             }
         }
-        map.insert(id, kept);
+        table.map.insert(id, kept);
+    }
+
+    fn release(&self, id: u64) {
+        self.lock().map.remove(&id);
     }
 }
 
@@ -171,6 +195,15 @@ struct OpenFields {
     messages: Vec<ChatMessage>,
     tools: Vec<ToolSpec>,
     system_prompt: Option<String>,
+}
+
+#[cfg(feature = "runtime")]
+impl OpenFields {
+    /// A context (or a lone step) starting with these fields.
+    fn into_kept(self) -> Kept {
+        let OpenFields { messages, tools, system_prompt } = self;
+        Kept { messages, tools, system_prompt, memo: Memo::default(), used: Instant::now() }
+    }
 }
 
 #[cfg(feature = "runtime")]
@@ -243,16 +276,9 @@ pub fn serve<P: ModelProvider>(
                     context,
                 } => {
                     let fields = OpenFields { messages, tools, system_prompt };
-                    let (mut kept, id) = match context {
-                        Some(r) => {
-                            let (id, kept) = contexts.take(r, fields)?;
-                            (kept, Some(id))
-                        }
-                        None => {
-                            let OpenFields { messages, tools, system_prompt } = fields;
-                            let memo = Memo::default();
-                            (Kept { messages, tools, system_prompt, memo, used: Instant::now() }, None)
-                        }
+                    let mut kept = match context {
+                        Some(r) => contexts.take(r, fields)?,
+                        None => fields.into_kept(),
                     };
                     let step = StepSpec {
                         model: &model,
@@ -272,8 +298,8 @@ pub fn serve<P: ModelProvider>(
                             return Err(e);
                         }
                     };
-                    if let Some(id) = id {
-                        contexts.put(id, kept);
+                    if let Some(r) = context {
+                        contexts.put(r.id, kept);
                     }
                     runner.spawn(async move {
                         // Cancelling the stream drops the producer.
@@ -309,7 +335,7 @@ pub fn serve<P: ModelProvider>(
                     to_json(&serde_json::Map::new())
                 }
                 ProviderRequest::Release { context } => {
-                    contexts.lock().remove(&context);
+                    contexts.release(context);
                     to_json(&serde_json::Map::new())
                 }
                 other => {

@@ -296,6 +296,25 @@ fn a_context_keeps_the_history_so_a_step_sends_only_its_new_messages() {
     assert_eq!(e.code(), provider::CONTEXT_LOST);
 }
 
+#[test]
+fn beyond_the_cap_the_least_recently_used_context_is_forgotten() {
+    let mut host = TestHost::new();
+    host.activate::<DescribePlugin>(Value::Null).unwrap();
+    let n = provider::MAX_CONTEXTS as u64;
+    for id in 1..=n {
+        describe(&host, &["a"], Some((id, 0))).unwrap();
+    }
+    // Context 1 is used again, so 2 is now the least recently used.
+    describe(&host, &["b"], Some((1, 1))).unwrap();
+    describe(&host, &["a"], Some((n + 1, 0))).unwrap();
+    let e = describe(&host, &["b"], Some((2, 1))).unwrap_err();
+    assert_eq!(e.code(), provider::CONTEXT_LOST);
+    for id in [1, 3, n, n + 1] {
+        let base = if id == 1 { 2 } else { 1 };
+        assert!(describe(&host, &[], Some((id, base))).is_ok(), "context {id} was kept");
+    }
+}
+
 fn step(host: &TestHost, model: &str, system_prompt: &str) -> Result<Vec<Batch>, Error> {
     let key = provider::key("provider.fx");
     let open = ProviderRequest::Open {

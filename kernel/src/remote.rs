@@ -172,16 +172,28 @@ impl<C: ServiceCaller> RemoteProvider<C> {
     }
 }
 
-impl<C: ServiceCaller> Drop for RemoteProvider<C> {
-    fn drop(&mut self) {
-        let sent = self.sent();
-        if let (Some(spawn), false, true) = (self.spawn.as_ref(), sent.unsupported, sent.count > 0) {
+impl<C: ServiceCaller> RemoteProvider<C> {
+    /// Send `req` in the background, answer ignored (a cleanup: `cancel`,
+    /// `release`); without a spawner the provider's timeouts clean up.
+    fn send_later(&self, req: ProviderRequest) {
+        if let Some(spawn) = self.spawn.as_ref() {
             let caller = Arc::clone(&self.caller);
             let service = self.service.clone();
-            let req = ProviderRequest::Release { context: sent.id };
             spawn(Box::pin(async move {
                 let _ = call::<C, Value>(&caller, &service, &req).await;
             }));
+        }
+    }
+}
+
+impl<C: ServiceCaller> Drop for RemoteProvider<C> {
+    fn drop(&mut self) {
+        let (unsupported, count, id) = {
+            let sent = self.sent();
+            (sent.unsupported, sent.count, sent.id)
+        };
+        if !unsupported && count > 0 {
+            self.send_later(ProviderRequest::Release { context: id });
         }
     }
 }
@@ -242,14 +254,8 @@ struct Pull<'a, C: ServiceCaller> {
 
 impl<C: ServiceCaller> Drop for Pull<'_, C> {
     fn drop(&mut self) {
-        let p = self.provider;
-        if let (Some(id), false, Some(spawn)) = (self.stream_id, self.finished, p.spawn.as_ref()) {
-            let caller = Arc::clone(&p.caller);
-            let service = p.service.clone();
-            spawn(Box::pin(async move {
-                let req = ProviderRequest::Cancel { stream_id: id };
-                let _ = call_json::<C, Value>(&caller, &service, &req).await;
-            }));
+        if let (Some(id), false) = (self.stream_id, self.finished) {
+            self.provider.send_later(ProviderRequest::Cancel { stream_id: id });
         }
     }
 }
