@@ -17,6 +17,7 @@
 //! | [`session`] | `session`, `session.event`, `session.status`, `session.open`; hooks `session.tools`, `session.system-prompt` | `session` |
 //! | [`queue`] | `message-queue`, `message-queue.changed` | `message-queue` |
 //! | [`prompt`] | `system-prompt` | `system-prompt` |
+//! | [`websocket`] | `websocket` | `transport-ws` |
 //!
 //! The payload types themselves live in `dispatch-protocol` (re-exported
 //! here as [`protocol`] and per module), which has no `abi_stable` in it, so
@@ -48,3 +49,4 @@ pub mod store;
 pub mod surface;
 pub mod todo;
 pub mod tool;
+pub mod websocket;

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dispatch_test_support::{http_client, BUNDLED_PLUGINS};
+use dispatch_test_support::{bundled_config, http_client};
 
 fn release_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("target/release")
@@ -30,23 +30,18 @@ fn write_config(dir: &Path, port: u16, deltas: usize) -> PathBuf {
         format!(r#"{{"replies": [{{"steps": [{{"text": "{text}", "chunkChars": 1, "usage": {{"inputTokens": 1, "outputTokens": 1}}}}]}}]}}"#),
     )
     .unwrap();
-    let mut toml =
-        format!("[host]\nplugin_dir = {:?}\ndata_dir = \"data\"\n", release_dir().display().to_string());
-    for p in BUNDLED_PLUGINS {
-        toml.push_str(&format!("\n[[plugin]]\npath = {p:?}\n"));
-        match *p {
-            "libdispatch_plugin_provider_scripted.so" => {
-                toml.push_str(&format!("[plugin.config]\nscript = {:?}\n", script.display().to_string()));
-            }
-            "libdispatch_plugin_transport_http.so" => {
-                toml.push_str(&format!("[plugin.config]\naddr = [\"127.0.0.1:{port}\"]\n"));
-            }
-            "libdispatch_plugin_session.so" => {
-                toml.push_str(&format!("[plugin.config]\ndefault_cwd = {:?}\n", dir.display().to_string()));
-            }
-            _ => {}
-        }
-    }
+    let toml = bundled_config(
+        &release_dir(),
+        &[
+            (
+                "libdispatch_plugin_provider_scripted.so",
+                format!("script = {:?}", script.display().to_string()),
+            ),
+            ("libdispatch_plugin_transport_http.so", format!("addr = [\"127.0.0.1:{port}\"]")),
+            ("libdispatch_plugin_transport_ws.so", "addr = [\"127.0.0.1:0\"]".to_owned()),
+            ("libdispatch_plugin_session.so", format!("default_cwd = {:?}", dir.display().to_string())),
+        ],
+    );
     let path = dir.join("plugins.toml");
     std::fs::write(&path, toml).unwrap();
     path

@@ -10,7 +10,7 @@
 //! * **plugins** exchange the payloads of the bundled bus contracts:
 //!   [`provider`], [`catalog`], [`tool`], [`store`], [`surface`],
 //!   [`plugins`] (the host's own), [`todo`](mod@todo), [`session`],
-//!   [`queue`], [`prompt`]. The typed bus keys for these
+//!   [`queue`], [`prompt`], [`websocket`]. The typed bus keys for these
 //!   live in `dispatch-contracts`, which adds `dispatch-abi` on top.
 //!
 //! The kernel's turn loop runs on these types too ([`tool::Tool`],
@@ -56,6 +56,7 @@ pub mod store;
 pub mod surface;
 pub mod todo;
 pub mod tool;
+pub mod websocket;
 pub mod wire;
 
 /// A boxed, sendable future.

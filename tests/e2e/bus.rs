@@ -82,7 +82,7 @@ fn a_bad_request_is_a_clear_error_not_a_crash() {
 fn the_surfaces_plugins_use_each_other_and_the_host_through_the_bus() {
     let cfg = Config::new()
         .plugin("libdispatch_plugin_surfaces.so", "")
-        .plugin("libdispatch_plugin_extensions_surface.so", "")
+        .plugin("libdispatch_plugin_standard_surfaces.so", "")
         .plugin(ALPHA, "")
         .write();
     let (out, lines) = call(
@@ -96,15 +96,19 @@ fn the_surfaces_plugins_use_each_other_and_the_host_through_the_bus() {
     assert_eq!(out.code(), 0, "{}", out.stderr);
     assert_eq!(
         lines[0]["catalog"],
-        serde_json::json!([{"id": "loaded-extensions", "region": "side", "title": "Loaded Extensions", "scope": "global"}])
+        serde_json::json!([
+            {"id": "loaded-extensions", "region": "side", "title": "Loaded Extensions", "scope": "global"},
+            {"id": "todo", "region": "side", "title": "Tasks", "scope": "conversation"},
+            {"id": "message-queue", "region": "side", "title": "Message Queue", "scope": "conversation"}
+        ])
     );
-    // fx-alpha activated after extensions-surface: it appears through the
+    // fx-alpha activated after standard-surfaces: it appears through the
     // host's plugin-state event and the surface's refresh.
     let fields = &lines[1]["spec"]["fields"];
     assert_eq!(fields[0]["value"], "3 of 3", "{fields}");
     let rows = fields[1]["payload"]["rows"].as_array().unwrap();
     let names: Vec<&str> = rows.iter().map(|r| r[0].as_str().unwrap()).collect();
-    assert_eq!(names, ["surfaces", "extensions-surface", "fx-alpha"]);
+    assert_eq!(names, ["surfaces", "standard-surfaces", "fx-alpha"]);
 }
 
 /// `dispatch call … | head -1` used to panic on the broken pipe.

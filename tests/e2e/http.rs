@@ -26,6 +26,11 @@ pub const SCRIPT: &str = r#"{"replies": [
     {"toolCalls": [{"name": "run_shell", "input": {"command": "sleep 1.5; echo slept"}}]},
     {"text": "Slept."}]},
   {"match": "^steer", "steps": [{"text": "Steered as asked."}]},
+  {"match": "^todo", "steps": [
+    {"toolCalls": [{"name": "todo_write", "input": {"todos": [
+      {"content": "read the notes", "status": "completed"},
+      {"content": "answer", "status": "in_progress"}]}}]},
+    {"text": "Planned."}]},
   {"match": "^flaky", "steps": [
     {"error": {"status": 429, "message": "slow down"}},
     {"text": "Recovered."}]},
@@ -34,9 +39,21 @@ pub const SCRIPT: &str = r#"{"replies": [
 
 /// A product configuration listening on a free port, with the test script.
 pub fn product_config(http: &str) -> Written {
+    product_config_ws(http, LOOPBACK)
+}
+
+/// The same, with the WebSocket transport's configuration too.
+pub fn product_config_ws(http: &str, ws: &str) -> Written {
     let mut c = Config::new();
     let script = c.dir.path().join("script.json");
-    std::fs::write(&script, SCRIPT).unwrap();
+    // A long turn for the slow-client tests: 2000 deltas of 3000 bytes, about
+    // one a millisecond — 6 MB, more than a stalled client's socket buffers
+    // (the kernel lets a sender's grow to 4 MiB) and its queue hold.
+    let flood = format!(
+        r#"{{"replies": [{{"match": "^flood", "steps": [{{"text": "{}", "chunkChars": 3000, "delayMs": 1}}]}},"#,
+        "y".repeat(2000 * 3000)
+    );
+    std::fs::write(&script, SCRIPT.replacen(r#"{"replies": ["#, &flood, 1)).unwrap();
     let work = c.dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
     std::fs::write(work.join("notes.txt"), "hello from the notes").unwrap();
@@ -49,6 +66,10 @@ pub fn product_config(http: &str) -> Written {
                 format!("default_cwd = {:?}\nretry_delays_ms = [50, 50]", work.display().to_string())
             }
             "libdispatch_plugin_transport_http.so" => http.to_owned(),
+            // Its own port too: the OS picks one (`Server::ws` reads it).
+            "libdispatch_plugin_transport_ws.so" => ws.to_owned(),
+            // The flood turn's answer is one 6 MB text chunk.
+            "libdispatch_plugin_store_sqlite.so" => "max_chunk_bytes = 16777216".to_owned(),
             _ => String::new(),
         };
         c = c.plugin(p, &config);
@@ -65,6 +86,7 @@ pub struct Server {
     /// `http://127.0.0.1:<port>`.
     pub base: String,
     log: Arc<Mutex<String>>,
+    ws_line: Arc<Mutex<Option<String>>>,
 }
 
 impl Server {
@@ -91,9 +113,14 @@ impl Server {
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel();
         let sink = Arc::clone(&log);
+        let ws_line = Arc::new(Mutex::new(None));
+        let ws_sink = Arc::clone(&ws_line);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                if line.contains("WebSocket listening") {
+                    *ws_sink.lock().unwrap() = Some(line.clone());
+                }
                 if line.contains("HTTP listening") {
                     let _ = tx.send(line.clone());
                 }
@@ -110,14 +137,20 @@ impl Server {
                 panic!("the server did not start listening; its log:\n{}", log.lock().unwrap());
             }
         };
-        let port = line
-            .split("127.0.0.1:")
-            .nth(1)
-            .or_else(|| line.split("0.0.0.0:").nth(1))
-            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|p| p.parse::<u16>().ok())
-            .unwrap_or_else(|| panic!("no port in {line:?}"));
-        Server { child: Some(child), base: format!("http://127.0.0.1:{port}"), log }
+        let port = port_in(&line);
+        Server { child: Some(child), base: format!("http://127.0.0.1:{port}"), log, ws_line }
+    }
+
+    /// `ws://127.0.0.1:<port>` of the WebSocket transport's own port.
+    pub fn ws(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(line) = self.ws_line.lock().unwrap().as_deref() {
+                return format!("ws://127.0.0.1:{}", port_in(line));
+            }
+            assert!(Instant::now() < deadline, "the WebSocket did not start listening; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Everything the server logged so far.
@@ -148,6 +181,16 @@ impl Server {
     }
 }
 
+/// The port of the first IPv4 address in a "… listening" log line.
+fn port_in(line: &str) -> u16 {
+    line.split("127.0.0.1:")
+        .nth(1)
+        .or_else(|| line.split("0.0.0.0:").nth(1))
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"))
+}
+
 fn unsafe_kill(pid: i32, signal: i32) {
     let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
     assert!(status.success());
@@ -162,7 +205,7 @@ impl Drop for Server {
     }
 }
 
-fn rt() -> &'static tokio::runtime::Runtime {
+pub fn rt() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()

@@ -10,7 +10,7 @@ use crate::support::*;
 
 fn serve_until_signal(signal: &str) -> Output {
     let cfg = Config::new()
-        .plugin("libdispatch_plugin_extensions_surface.so", "")
+        .plugin("libdispatch_plugin_standard_surfaces.so", "")
         .plugin("libdispatch_plugin_surfaces.so", "")
         .plugin("libfx_alpha.so", "")
         .write();
@@ -53,8 +53,8 @@ fn assert_reverse_shutdown(out: &Output) {
     let stopped = |id: &str| position(&format!("plugin stopped plugin={id}"));
     // Activation: surfaces, then extensions-surface, then fx-alpha (config
     // order breaks the tie between independent plugins).
-    assert!(stopped("fx-alpha") < stopped("extensions-surface"));
-    assert!(stopped("extensions-surface") < stopped("surfaces"));
+    assert!(stopped("fx-alpha") < stopped("standard-surfaces"));
+    assert!(stopped("standard-surfaces") < stopped("surfaces"));
     assert!(position("shutting down") < stopped("fx-alpha"));
 }
 

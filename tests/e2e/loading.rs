@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::support::*;
 
 const SURFACES: &str = "libdispatch_plugin_surfaces.so";
-const EXTENSIONS: &str = "libdispatch_plugin_extensions_surface.so";
+const EXTENSIONS: &str = "libdispatch_plugin_standard_surfaces.so";
 const ALPHA: &str = "libfx_alpha.so";
 const BETA: &str = "libfx_beta.so";
 
@@ -18,8 +18,8 @@ fn bundled_plugins_activate_in_dependency_order() {
     let (out, rows) = plugins_json(&cfg, &[]);
     assert_eq!(out.code(), 0, "{}", out.stderr);
     assert_eq!(row(&rows, "surfaces")["order"], 1);
-    assert_eq!(row(&rows, "extensions-surface")["order"], 2);
-    assert_row(&rows, "extensions-surface", "active", &[]);
+    assert_eq!(row(&rows, "standard-surfaces")["order"], 2);
+    assert_row(&rows, "standard-surfaces", "active", &[]);
     assert!(row(&rows, "surfaces")["file"].as_str().unwrap().ends_with(SURFACES));
 }
 

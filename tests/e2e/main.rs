@@ -16,3 +16,4 @@ mod providers;
 mod store;
 mod support;
 mod tools;
+mod ws;

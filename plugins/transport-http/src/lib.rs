@@ -27,6 +27,7 @@
 
 pub mod http;
 pub mod routes;
+pub mod ws;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -201,12 +202,15 @@ impl Server {
     /// `401` when a token is required and missing or wrong.
     fn refuse(&self, req: &Request<Incoming>) -> Option<Failure> {
         let token = self.token.as_deref()?;
-        let given = req
+        let header = req
             .headers()
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+            .map(|v| v.trim().to_owned());
+        // Browsers cannot set headers on a WebSocket: `/ws` also takes `?token=`.
+        let given =
+            header.or_else(|| (req.uri().path() == "/ws").then(|| query_token(req.uri().query())).flatten());
         match given {
             Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => None,
             Some(_) => {
@@ -219,6 +223,11 @@ impl Server {
             )),
         }
     }
+}
+
+/// The `token` query parameter, decoded.
+fn query_token(query: Option<&str>) -> Option<String> {
+    http::query_pairs(query).ok()?.into_iter().find(|(k, _)| k == "token").map(|(_, v)| v)
 }
 
 /// Compare without an early exit, so timing does not reveal a prefix.
@@ -419,7 +428,8 @@ async fn accept_loop(
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
             let mut conn = std::pin::pin!(conn);
             let stop = async move {
                 let _ = stopped.wait_for(|s| *s).await;

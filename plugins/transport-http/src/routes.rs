@@ -97,6 +97,7 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Reply {
             &[Method::GET]
         }
         ["chat"] => &[Method::POST],
+        ["ws"] if method == Method::GET => return crate::ws::upgrade(app, req).await,
         ["conversations", _] | ["conversations", _, "metrics" | "status" | "last"] => &[Method::GET],
         ["conversations", _, "stop" | "close" | "open" | "queue"] => &[Method::POST],
         ["conversations", _, "queue", _] => &[Method::DELETE],

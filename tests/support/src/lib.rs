@@ -1,8 +1,9 @@
 //! What this repository's tests share, as one crate instead of files
 //! included by path: [`mock_openai`] (the local OpenAI-compatible server
-//! the provider tests and benchmarks start on 127.0.0.1) and
-//! [`process_table`] (checks that killed commands left nothing behind), and
-//! [`http_client`] (a plain-HTTP client for driving `dispatch serve`).
+//! the provider tests and benchmarks start on 127.0.0.1),
+//! [`process_table`] (checks that killed commands left nothing behind),
+//! [`http_client`] (a plain-HTTP client for driving `dispatch serve`) and
+//! [`ws_client`] (a WebSocket client for the same).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -12,7 +13,7 @@ pub mod http_client;
 /// the end-to-end tests and the benchmarks start as "the product".
 pub const BUNDLED_PLUGINS: &[&str] = &[
     "libdispatch_plugin_surfaces.so",
-    "libdispatch_plugin_extensions_surface.so",
+    "libdispatch_plugin_standard_surfaces.so",
     "libdispatch_plugin_models.so",
     "libdispatch_plugin_provider_scripted.so",
     "libdispatch_plugin_provider_openai.so",
@@ -26,6 +27,23 @@ pub const BUNDLED_PLUGINS: &[&str] = &[
     "libdispatch_plugin_system_prompt.so",
     "libdispatch_plugin_session.so",
     "libdispatch_plugin_transport_http.so",
+    "libdispatch_plugin_transport_ws.so",
 ];
 pub mod mock_openai;
 pub mod process_table;
+pub mod ws_client;
+
+/// A `plugins.toml` with every bundled plugin from `plugin_dir`, in
+/// [`BUNDLED_PLUGINS`]' order, each with the `[plugin.config]` body
+/// `configs` gives it (TOML lines), for the benchmarks.
+pub fn bundled_config(plugin_dir: &std::path::Path, configs: &[(&str, String)]) -> String {
+    let mut toml =
+        format!("[host]\nplugin_dir = {:?}\ndata_dir = \"data\"\n", plugin_dir.display().to_string());
+    for p in BUNDLED_PLUGINS {
+        toml.push_str(&format!("\n[[plugin]]\npath = {p:?}\n"));
+        if let Some((_, config)) = configs.iter().find(|(name, _)| name == p) {
+            toml.push_str(&format!("[plugin.config]\n{config}\n"));
+        }
+    }
+    toml
+}

@@ -1,0 +1,10 @@
+//! The `websocket` contract of the `transport-ws` plugin: hand it an
+//! upgraded connection accepted elsewhere (the HTTP transport's `/ws`).
+//! Types in [`dispatch_protocol::websocket`], re-exported here.
+
+use dispatch_abi::Service;
+pub use dispatch_protocol::websocket::*;
+use serde_json::Value;
+
+/// The upgrade service; answers depend on the op (see [`UpgradeRequest`]).
+pub const WEBSOCKET: Service<UpgradeRequest, Value> = Service::new("websocket", 1);

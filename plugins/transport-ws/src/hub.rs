@@ -1,0 +1,459 @@
+//! The hub: every connected client, what each watches, and the fan-out.
+//!
+//! One lock guards it all; nothing under it awaits. Messages are
+//! serialized once and shared ([`Utf8Bytes`] is reference counted), then
+//! offered to each client's bounded queue without waiting: a client whose
+//! queue is full is *kicked* (its connection closes, it reconnects and
+//! re-subscribes) rather than slowing the turn or anyone else.
+//!
+//! # Chat feeds
+//!
+//! A conversation somebody watches has one *feed*: a task that reads each
+//! of its turns from the session (the `events` pull, from the turn's first
+//! event) and fans the events out. The feed keeps the running turn's
+//! messages, so a client that subscribes mid-turn is replayed from the
+//! `user-message` before it gets the live ones, in one ordered queue. Turns
+//! reach the feed in order: from `chat.send`, from the session's `active`
+//! status, or from a status probe when the first client subscribes. When
+//! the last watcher leaves, the feed stops; the turn does not.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use dispatch_abi::runtime::Runner;
+use dispatch_abi::{codes, Host};
+use dispatch_contracts::session::{self, EventBatch, SessionRequest, StatusInfo, WireVersion};
+use dispatch_contracts::surface::{RegistryRequest, REGISTRY};
+use serde_json::json;
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, Notify};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// A serialized server message, shared by every client it goes to.
+pub type Frame = Utf8Bytes;
+
+/// Which surface instance a client watches: the surface and, for a
+/// conversation-scoped one, the conversation.
+pub type SurfaceKey = (String, Option<String>);
+
+/// A client, as the hub sees it.
+#[derive(Debug)]
+struct Client {
+    tx: mpsc::Sender<Frame>,
+    wire: WireVersion,
+    /// Fired when the client fell too far behind.
+    kick: Arc<Notify>,
+    surfaces: HashSet<SurfaceKey>,
+    chats: HashSet<String>,
+}
+
+/// A watched conversation.
+#[derive(Debug)]
+struct Watch {
+    /// Distinguishes this watch from a later one of the same conversation,
+    /// so a stale feed task stops instead of writing into it.
+    generation: u64,
+    clients: HashSet<u64>,
+    /// The running turn's messages so far (a late subscriber's replay),
+    /// each with whether wire 0.1 has its event type.
+    frames: Vec<(Frame, bool)>,
+    /// Turns for the feed to read, in order.
+    turns: mpsc::UnboundedSender<String>,
+    /// Turns already handed to the feed (recent ones), to read each once.
+    queued: VecDeque<String>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    clients: HashMap<u64, Client>,
+    surfaces: HashMap<SurfaceKey, HashSet<u64>>,
+    /// Changes seen per surface, so a subscription can tell whether one
+    /// slipped in between reading the spec and registering.
+    surface_changes: HashMap<String, u64>,
+    watches: HashMap<String, Watch>,
+}
+
+/// What a new client gets from [`Hub::join`].
+#[derive(Debug)]
+pub struct Joined {
+    /// Its id.
+    pub id: u64,
+    /// Its outgoing messages.
+    pub rx: mpsc::Receiver<Frame>,
+    /// Fired when it is kicked for being too slow.
+    pub kick: Arc<Notify>,
+}
+
+/// The shared state of the transport.
+#[derive(Debug)]
+pub struct Hub {
+    host: Host,
+    runner: Runner,
+    state: Mutex<State>,
+    next_id: AtomicU64,
+    /// Messages a client may have waiting before it is kicked.
+    max_queued: usize,
+}
+
+/// Turns a feed remembers having read, so a late duplicate is skipped.
+const REMEMBERED_TURNS: usize = 8;
+
+impl Hub {
+    /// A hub that reads turns through `host` and runs feeds on `runner`.
+    pub fn new(host: Host, runner: Runner, max_queued: usize) -> Arc<Self> {
+        Arc::new(Hub {
+            host,
+            runner,
+            state: Mutex::new(State::default()),
+            next_id: AtomicU64::new(1),
+            max_queued: max_queued.max(1),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The bus, for the connection handlers.
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
+    /// Connected clients.
+    pub fn clients(&self) -> usize {
+        self.lock().clients.len()
+    }
+
+    /// Register a client.
+    pub fn join(&self, wire: WireVersion) -> Joined {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(self.max_queued);
+        let kick = Arc::new(Notify::new());
+        let client =
+            Client { tx, wire, kick: Arc::clone(&kick), surfaces: HashSet::new(), chats: HashSet::new() };
+        self.lock().clients.insert(id, client);
+        Joined { id, rx, kick }
+    }
+
+    /// Forget a client and everything it watched. Feeds nobody watches any
+    /// more stop.
+    pub fn leave(&self, id: u64) {
+        let mut state = self.lock();
+        let Some(client) = state.clients.remove(&id) else { return };
+        for key in client.surfaces {
+            remove_from(&mut state.surfaces, &key, id);
+        }
+        for conversation in client.chats {
+            drop_watcher(&mut state, &conversation, id);
+        }
+    }
+
+    /// Queue `frame` for one client.
+    pub fn send_to(&self, id: u64, frame: Frame) {
+        let state = self.lock();
+        if let Some(c) = state.clients.get(&id) {
+            offer(c, frame);
+        }
+    }
+
+    /// Queue `frame` for every client.
+    pub fn broadcast(&self, frame: &Frame) {
+        let state = self.lock();
+        for c in state.clients.values() {
+            offer(c, frame.clone());
+        }
+    }
+
+    // ---- surfaces ------------------------------------------------------
+
+    /// How many changes of `surface` this hub has seen.
+    pub fn surface_version(&self, surface: &str) -> u64 {
+        self.lock().surface_changes.get(surface).copied().unwrap_or(0)
+    }
+
+    /// Count a change of `surface` (before its update goes out).
+    pub fn surface_changed(&self, surface: &str) {
+        *self.lock().surface_changes.entry(surface.to_owned()).or_default() += 1;
+    }
+
+    /// Watch a surface instance and queue `reply` (its spec, read when the
+    /// surface was at `version`) in the same step, so no update can
+    /// overtake it. Answers whether the surface changed since `version`:
+    /// the caller then sends the current spec as an update.
+    pub fn watch_surface(&self, id: u64, key: SurfaceKey, reply: Frame, version: u64) -> bool {
+        let mut state = self.lock();
+        let changed = state.surface_changes.get(&key.0).copied().unwrap_or(0) != version;
+        let Some(client) = state.clients.get_mut(&id) else { return false };
+        offer(client, reply);
+        if client.surfaces.insert(key.clone()) {
+            state.surfaces.entry(key).or_default().insert(id);
+        }
+        changed
+    }
+
+    /// Stop watching a surface instance.
+    pub fn unwatch_surface(&self, id: u64, key: &SurfaceKey) {
+        let mut state = self.lock();
+        if let Some(client) = state.clients.get_mut(&id) {
+            client.surfaces.remove(key);
+        }
+        remove_from(&mut state.surfaces, key, id);
+    }
+
+    /// Send `frame` to the watchers of `key`.
+    pub fn to_surface_watchers(&self, key: &SurfaceKey, frame: &Frame) {
+        let state = self.lock();
+        let Some(ids) = state.surfaces.get(key) else { return };
+        for id in ids {
+            if let Some(c) = state.clients.get(id) {
+                offer(c, frame.clone());
+            }
+        }
+    }
+
+    /// The conversations whose instance of `surface` somebody watches.
+    pub fn surface_conversations(&self, surface: &str) -> Vec<String> {
+        let state = self.lock();
+        state
+            .surfaces
+            .keys()
+            .filter(|(s, c)| s == surface && c.is_some())
+            .filter_map(|(_, c)| c.clone())
+            .collect()
+    }
+
+    // ---- chats ---------------------------------------------------------
+
+    /// Watch a conversation's turns. A client that already does gets
+    /// nothing new (no second replay); otherwise it is replayed the
+    /// running turn so far. Answers whether the conversation had no watch
+    /// before (the caller then probes for a running turn).
+    pub fn watch_chat(self: &Arc<Self>, id: u64, conversation: &str) -> bool {
+        let mut state = self.lock();
+        let Some(client) = state.clients.get_mut(&id) else { return false };
+        if !client.chats.insert(conversation.to_owned()) {
+            return false;
+        }
+        let created = !state.watches.contains_key(conversation);
+        if created {
+            let (turns, rx) = mpsc::unbounded_channel();
+            let generation = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let watch = Watch {
+                generation,
+                clients: HashSet::new(),
+                frames: Vec::new(),
+                turns,
+                queued: VecDeque::new(),
+            };
+            state.watches.insert(conversation.to_owned(), watch);
+            self.runner.spawn(feed(Arc::clone(self), conversation.to_owned(), generation, rx));
+        }
+        let State { clients, watches, .. } = &mut *state;
+        if let (Some(watch), Some(client)) = (watches.get_mut(conversation), clients.get(&id)) {
+            watch.clients.insert(id);
+            for (frame, in_v0_1) in &watch.frames {
+                if *in_v0_1 || client.wire == WireVersion::Latest {
+                    offer(client, frame.clone());
+                }
+            }
+        }
+        created
+    }
+
+    /// Stop watching a conversation (its turn goes on).
+    pub fn unwatch_chat(&self, id: u64, conversation: &str) {
+        let mut state = self.lock();
+        if let Some(client) = state.clients.get_mut(&id) {
+            client.chats.remove(conversation);
+        }
+        drop_watcher(&mut state, conversation, id);
+    }
+
+    /// Whether somebody watches the conversation.
+    pub fn is_watched(&self, conversation: &str) -> bool {
+        self.lock().watches.contains_key(conversation)
+    }
+
+    /// A turn of a watched conversation started: hand it to the feed
+    /// (once).
+    pub fn turn_started(&self, conversation: &str, turn: &str) {
+        let mut state = self.lock();
+        let Some(watch) = state.watches.get_mut(conversation) else { return };
+        if watch.queued.iter().any(|t| t == turn) {
+            return;
+        }
+        if watch.queued.len() == REMEMBERED_TURNS {
+            watch.queued.pop_front();
+        }
+        watch.queued.push_back(turn.to_owned());
+        let _ = watch.turns.send(turn.to_owned());
+    }
+
+    /// Ask the session whether the conversation runs a turn, and feed it if
+    /// so (a client subscribed, or the status says a turn started).
+    pub fn probe(self: &Arc<Self>, conversation: String) {
+        let hub = Arc::clone(self);
+        self.runner.spawn(async move {
+            let request = SessionRequest::Status { conversation_id: conversation.clone() };
+            match hub.host.call(&session::answering::<StatusInfo>(), &request).await {
+                Ok(StatusInfo { is_active: true, turn_id: Some(turn), .. }) => {
+                    hub.turn_started(&conversation, &turn);
+                }
+                Ok(_) => {}
+                Err(e) if e.code() == codes::NOT_FOUND => {}
+                Err(e) => tracing::warn!(error = %e, %conversation, "cannot ask the session for a conversation's status"),
+            }
+        });
+    }
+
+    /// Hand a batch of a turn's events to the watchers. False when the
+    /// watch is gone (the feed stops).
+    fn fan_out(&self, conversation: &str, generation: u64, events: &[Box<RawValue>], sealed: bool) -> bool {
+        let mut state = self.lock();
+        let State { clients, watches, .. } = &mut *state;
+        let Some(watch) = watches.get_mut(conversation).filter(|w| w.generation == generation) else {
+            return false;
+        };
+        for event in events {
+            let in_v0_1 = WireVersion::V0_1.includes(event_type(event.get()));
+            let frame = Frame::from(format!(r#"{{"type":"chat.delta","event":{}}}"#, event.get()));
+            for id in &watch.clients {
+                if let Some(c) = clients.get(id) {
+                    if in_v0_1 || c.wire == WireVersion::Latest {
+                        offer(c, frame.clone());
+                    }
+                }
+            }
+            watch.frames.push((frame, in_v0_1));
+        }
+        if sealed {
+            // Nothing to replay once the turn is over: history is read over HTTP.
+            watch.frames = Vec::new();
+        }
+        true
+    }
+
+    /// A new turn begins on the feed: drop the last one's replay.
+    fn begin_turn(&self, conversation: &str, generation: u64) -> bool {
+        let mut state = self.lock();
+        match state.watches.get_mut(conversation).filter(|w| w.generation == generation) {
+            Some(w) => {
+                w.frames.clear();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The registry's catalog as a `catalog` message.
+    pub async fn catalog_frame(&self) -> Option<Frame> {
+        match self.host.call(&REGISTRY, &RegistryRequest::Catalog).await {
+            Ok(r) => Some(message(&json!({"type": "catalog", "catalog": r.catalog.unwrap_or_default()}))),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the surface catalog");
+                None
+            }
+        }
+    }
+}
+
+/// Offer a message to a client's queue; a full queue kicks the client.
+fn offer(client: &Client, frame: Frame) {
+    if let Err(mpsc::error::TrySendError::Full(_)) = client.tx.try_send(frame) {
+        client.kick.notify_one();
+    }
+}
+
+fn remove_from(map: &mut HashMap<SurfaceKey, HashSet<u64>>, key: &SurfaceKey, id: u64) {
+    if let Some(ids) = map.get_mut(key) {
+        ids.remove(&id);
+        if ids.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
+fn drop_watcher(state: &mut State, conversation: &str, id: u64) {
+    if let Some(watch) = state.watches.get_mut(conversation) {
+        watch.clients.remove(&id);
+        if watch.clients.is_empty() {
+            // Dropping the watch closes the feed's turn channel.
+            state.watches.remove(conversation);
+        }
+    }
+}
+
+/// Serialize a server message.
+pub fn message(value: &serde_json::Value) -> Frame {
+    Frame::from(value.to_string())
+}
+
+/// An event's `type`, read without parsing the event: the session writes
+/// it first (`{"type":"…"`); anything else is parsed.
+fn event_type(json: &str) -> &str {
+    if let Some(rest) = json.strip_prefix(r#"{"type":""#) {
+        if let Some(end) = rest.find('"') {
+            return &rest[..end];
+        }
+    }
+    #[derive(serde::Deserialize)]
+    struct Tagged<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: &'a str,
+    }
+    serde_json::from_str::<Tagged<'_>>(json).map(|t| t.kind).unwrap_or("")
+}
+
+/// Read each turn handed to this watch, in order, until the watch goes.
+async fn feed(
+    hub: Arc<Hub>,
+    conversation: String,
+    generation: u64,
+    mut turns: mpsc::UnboundedReceiver<String>,
+) {
+    while let Some(turn) = turns.recv().await {
+        if !hub.begin_turn(&conversation, generation) {
+            return;
+        }
+        let mut from = 0;
+        loop {
+            let request = SessionRequest::Events {
+                conversation_id: conversation.clone(),
+                turn_id: turn.clone(),
+                from,
+                wire: None,
+                wait_ms: None,
+            };
+            let batch = match hub.host.call(&session::answering::<EventBatch>(), &request).await {
+                Ok(b) => b,
+                // The turn's log is gone (sealed long ago): nothing to read.
+                Err(e) if e.code() == codes::NOT_FOUND => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, %conversation, %turn, "cannot read a turn's events; its watchers miss the rest");
+                    break;
+                }
+            };
+            if !hub.fan_out(&conversation, generation, &batch.events, batch.sealed) {
+                return;
+            }
+            if batch.sealed {
+                break;
+            }
+            from = batch.next;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn event_types_are_read_from_the_prefix_or_parsed() {
+        assert_eq!(event_type(r#"{"type":"text-delta","delta":"x"}"#), "text-delta");
+        assert_eq!(event_type(r#"{ "delta": "x", "type": "steering" }"#), "steering");
+        assert_eq!(event_type("not json"), "");
+    }
+}
