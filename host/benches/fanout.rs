@@ -3,17 +3,20 @@
 //!
 //! Each round: W clients connect to the WebSocket and `chat.subscribe` one
 //! conversation, then one NDJSON client starts a turn of D text deltas
-//! (`POST /chat`, the scripted model, no delays) and reads it. Every
-//! receiver notes when each event arrives. Reported, medians over rounds:
+//! (`POST /chat`, the scripted model) and reads it. Every receiver notes
+//! when each event arrives. Two kinds of turn:
 //!
-//! * **deliveries/s** — WebSocket event deliveries (W × events) over the
-//!   time from the first event anywhere to the last delivery;
-//! * **delivery lag** — per event and watcher, how long after the event's
-//!   *first* arrival at any receiver (NDJSON included) that watcher got it:
-//!   the cost of fanning out, p50 / p99;
-//! * side by side, the same turn with the NDJSON client alone: its events/s
-//!   and how long the turn takes from first event to `turn-sealed`, with and
-//!   without the watchers.
+//! * **burst** — the deltas with no delay (the whole turn is produced in a
+//!   few milliseconds): **deliveries/s**, W × events over the time from the
+//!   first event anywhere to the last delivery;
+//! * **paced** — a delta every millisecond (faster than any model streams):
+//!   **delivery lag**, per event and watcher, how long after the event's
+//!   *first* arrival at any receiver (the NDJSON reader included) that
+//!   watcher got it — the cost of fanning out — p50 / p99.
+//!
+//! Side by side, the same turns with the NDJSON reader alone: its events/s
+//! and the turn's time from first event to `turn-sealed`. Medians over
+//! rounds.
 //!
 //! `cargo bench -p dispatch-host --bench fanout [-- WATCHERS DELTAS ROUNDS]`
 //! (defaults 100 2000 5).
@@ -73,8 +76,8 @@ async fn watcher(ws: String, conversation: String) -> tokio::task::JoinHandle<Ar
 }
 
 /// The NDJSON client: start the turn and note each event's arrival.
-async fn ndjson(port: u16, conversation: &str) -> Arrivals {
-    let body = format!(r#"{{"message": "go", "conversationId": "{conversation}"}}"#);
+async fn ndjson(port: u16, conversation: &str, message: &str) -> Arrivals {
+    let body = format!(r#"{{"message": "{message}", "conversationId": "{conversation}"}}"#);
     let mut r = http_client::post_json(&format!("http://127.0.0.1:{port}/chat"), &body).await.unwrap();
     assert_eq!(r.status, 200);
     let mut arrivals = Vec::new();
@@ -93,7 +96,7 @@ struct Round {
     ndjson_events_per_s: f64,
 }
 
-async fn round(port: u16, ws: &str, watchers: usize, id: &str) -> Round {
+async fn round(port: u16, ws: &str, watchers: usize, id: &str, message: &str) -> Round {
     let mut handles = Vec::new();
     for _ in 0..watchers {
         handles.push(watcher(ws.to_owned(), id.to_owned()).await);
@@ -101,7 +104,7 @@ async fn round(port: u16, ws: &str, watchers: usize, id: &str) -> Round {
     // Let the subscriptions land before the turn starts (a late one would
     // be replayed, which is not what is measured here).
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let reference = ndjson(port, id).await;
+    let reference = ndjson(port, id, message).await;
     let mut all = vec![reference.clone()];
     for h in handles {
         all.push(h.await.unwrap());
@@ -149,7 +152,11 @@ fn main() {
     let text = "x".repeat(deltas);
     std::fs::write(
         &script,
-        format!(r#"{{"replies": [{{"steps": [{{"text": "{text}", "chunkChars": 1}}]}}]}}"#),
+        format!(
+            r#"{{"replies": [
+                {{"match": "^paced", "steps": [{{"text": "{text}", "chunkChars": 1, "delayMs": 1}}]}},
+                {{"steps": [{{"text": "{text}", "chunkChars": 1}}]}}]}}"#
+        ),
     )
     .unwrap();
     let (port, ws_port) = (free_port(), free_port());
@@ -175,12 +182,13 @@ fn main() {
     rt.block_on(http_client::wait_ok(&format!("http://127.0.0.1:{port}/health"), Duration::from_secs(30)));
     let ws = format!("ws://127.0.0.1:{ws_port}");
 
-    rt.block_on(round(port, &ws, 4, "warm-up"));
-    let mut fan = Vec::new();
-    let mut alone = Vec::new();
+    rt.block_on(round(port, &ws, 4, "warm-up", "burst"));
+    let (mut fan, mut alone, mut paced, mut paced_alone) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for r in 0..rounds {
-        fan.push(rt.block_on(round(port, &ws, watchers, &format!("fan-{r}"))));
-        alone.push(rt.block_on(round(port, &ws, 0, &format!("alone-{r}"))));
+        fan.push(rt.block_on(round(port, &ws, watchers, &format!("fan-{r}"), "burst")));
+        alone.push(rt.block_on(round(port, &ws, 0, &format!("alone-{r}"), "burst")));
+        paced.push(rt.block_on(round(port, &ws, watchers, &format!("paced-{r}"), "paced")));
+        paced_alone.push(rt.block_on(round(port, &ws, 0, &format!("paced-alone-{r}"), "paced")));
     }
     child.kill().unwrap();
     child.wait().unwrap();
@@ -190,6 +198,7 @@ fn main() {
         "one turn of {deltas} deltas ({} events), {watchers} WebSocket watchers + 1 NDJSON reader, median of {rounds} rounds:",
         deltas + 7
     );
+    println!("burst (no delay between deltas):");
     println!("  WebSocket deliveries/s            {:>10.0}", m(&fan, |r| r.deliveries_per_s));
     println!(
         "  delivery lag p50 / p99            {:>8.2} / {:.2} ms",
@@ -205,5 +214,16 @@ fn main() {
         "  NDJSON reader's events/s          {:>10.0} (alone: {:.0})",
         m(&fan, |r| r.ndjson_events_per_s),
         m(&alone, |r| r.ndjson_events_per_s)
+    );
+    println!("paced (a delta every millisecond):");
+    println!(
+        "  delivery lag p50 / p99            {:>8.2} / {:.2} ms",
+        m(&paced, |r| r.lag_p50),
+        m(&paced, |r| r.lag_p99)
+    );
+    println!(
+        "  turn, first event -> sealed       {:>8.1} ms (NDJSON reader alone: {:.1} ms)",
+        m(&paced, |r| r.turn_ms),
+        m(&paced_alone, |r| r.turn_ms)
     );
 }
