@@ -346,6 +346,17 @@ fn malformed_binary_huge_and_unknown_messages_are_answered_and_the_server_carrie
         assert_eq!(refused.last().unwrap()["conversationId"], "busy");
         assert_eq!(c.turn().await.last().unwrap()["type"], "turn-sealed");
 
+        // A connection watches at most 1024 conversations.
+        let (mut e, _) = connect(&s.ws()).await;
+        for i in 0..1024 {
+            e.send(&json!({"type": "chat.subscribe", "conversationId": format!("many-{i}")})).await;
+        }
+        e.send(&json!({"type": "chat.subscribe", "conversationId": "one-too-many"})).await;
+        let refused = e.until(|v| v["type"] == "chat.error").await;
+        assert_eq!(refused.last().unwrap()["conversationId"], "one-too-many");
+        assert!(refused.last().unwrap()["message"].as_str().unwrap().contains("1024"), "{refused:?}");
+        e.close().await;
+
         c.send_raw(Message::Binary(vec![1u8, 2, 3].into())).await.unwrap();
         let answer = c.next().await;
         assert_eq!(answer["type"], "error");

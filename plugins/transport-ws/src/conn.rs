@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::hub::{message, Frame, Hub, Joined, SurfaceKey};
+use crate::hub::{message, Frame, Hub, Joined, SurfaceKey, MAX_WATCHED};
 
 /// Per-connection settings.
 #[derive(Debug, Clone, Copy)]
@@ -172,6 +172,10 @@ async fn write<S>(
     }
 }
 
+fn too_many(what: &str) -> String {
+    format!("this connection already watches {MAX_WATCHED} {what}: unsubscribe from some first")
+}
+
 /// A surface op's fields.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -268,6 +272,9 @@ impl Client {
         match kind {
             "subscribe" => {
                 let key = (surface_id.clone(), conversation_id.clone());
+                if !self.hub.may_watch(self.id, true) {
+                    return self.error(Some(&surface_id), &too_many("surface instances"));
+                }
                 let version = self.hub.surface_version(&surface_id);
                 let Some(spec) = self.read_surface(&key).await else { return };
                 let mut reply = json!({"type": "surface", "spec": spec});
@@ -339,6 +346,9 @@ impl Client {
             _ => uuid::Uuid::new_v4().to_string(),
         };
         request.conversation_id = Some(conversation.clone());
+        if !self.hub.may_watch(self.id, false) {
+            return self.chat_error(Some(&conversation), &too_many("conversations"));
+        }
         let created = self.hub.watch_chat(self.id, &conversation);
         match self.hub.host().call(&session::answering::<Started>(), &SessionRequest::Chat { request }).await
         {
@@ -358,6 +368,9 @@ impl Client {
         let host = self.hub.host();
         match kind {
             "chat.subscribe" => {
+                if !self.hub.may_watch(self.id, false) {
+                    return self.chat_error(Some(&conversation_id), &too_many("conversations"));
+                }
                 if self.hub.watch_chat(self.id, &conversation_id) {
                     self.hub.probe(conversation_id);
                 }

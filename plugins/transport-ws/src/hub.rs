@@ -96,6 +96,11 @@ pub struct Hub {
     max_queued: usize,
 }
 
+/// Surface instances, and conversations, one client may watch: each costs
+/// the server a little memory (and a conversation a feed task), so a
+/// client looping over ids must not grow it without bound.
+pub const MAX_WATCHED: usize = 1024;
+
 /// Turns a feed remembers having read, so a late duplicate is skipped.
 const REMEMBERED_TURNS: usize = 8;
 
@@ -163,6 +168,19 @@ impl Hub {
         for c in state.clients.values() {
             offer(c, frame.clone());
         }
+    }
+
+    /// Whether the client may watch one more surface instance (`surface`)
+    /// or conversation.
+    pub fn may_watch(&self, id: u64, surface: bool) -> bool {
+        let state = self.lock();
+        state.clients.get(&id).is_some_and(|c| {
+            if surface {
+                c.surfaces.len() < MAX_WATCHED
+            } else {
+                c.chats.len() < MAX_WATCHED
+            }
+        })
     }
 
     // ---- surfaces ------------------------------------------------------
