@@ -909,4 +909,8 @@ fn close_open_filters_extensions_and_the_static_web_directory() {
     // API routes still win, and a POST to an unknown path is still a JSON 404.
     assert_eq!(get(&format!("{}/health", s.base)).body, json!({"ok": true}));
     assert_eq!(post(&format!("{}/nowhere", s.base), "{}").status, 404);
+    // An API call this server does not have (dispatch-web asks for
+    // `/conversations/:id/lsp`) is a JSON 404, not the app's index.html.
+    let lsp = get(&format!("{}/conversations/c1/lsp", s.base));
+    assert_eq!((lsp.status, lsp.body["code"].as_str()), (404, Some("not_found")), "{}", lsp.text);
 }

@@ -440,3 +440,30 @@ fn both_doors_lead_to_the_same_clients_and_follow_the_access_rules() {
         }
     });
 }
+
+#[test]
+fn sigterm_seals_the_watched_turn_for_websocket_clients_before_the_socket_closes() {
+    let cfg = product_config(LOOPBACK);
+    let mut s = Server::start(&cfg);
+    rt().block_on(async {
+        let (mut c, _) = connect(&s.ws()).await;
+        c.send(&json!({"type": "chat.send", "conversationId": "term", "message": "slow please"})).await;
+        c.until(|v| v["event"]["type"] == "text-delta").await;
+        let killed = std::process::Command::new("kill").args(["-15", &s.pid().to_string()]).status().unwrap();
+        assert!(killed.success());
+        let rest = c.turn().await;
+        let k = kinds(&rest);
+        assert_eq!(k[k.len() - 2..], ["done", "turn-sealed"], "{rest:?}");
+        assert_eq!(rest[rest.len() - 2]["reason"], "aborted");
+        // Then the server goes away.
+        loop {
+            match c.read(Duration::from_secs(30)).await {
+                Read::Closed(_) => break,
+                Read::Json(_) => {}
+                Read::Timeout => panic!("the socket stayed open after shutdown"),
+            }
+        }
+    });
+    let status = s.stop_with(0);
+    assert!(status.success(), "{status:?}\n{}", s.log());
+}

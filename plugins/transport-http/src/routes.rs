@@ -105,7 +105,26 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Reply {
         ["conversations", _, "model" | "reasoning-effort"] | ["system-prompt"] => &[Method::GET, Method::PUT],
         ["conversations", _, "cwd"] => &[Method::GET, Method::PUT, Method::DELETE],
         _ => {
-            if method == Method::GET || method == Method::HEAD {
+            // The frontend's files, except under the API's own prefixes: an
+            // API call this server lacks (a newer client's) gets a JSON 404,
+            // not the single-page app's index.html.
+            let api = matches!(
+                segments.first(),
+                Some(
+                    &("conversations"
+                        | "chat"
+                        | "models"
+                        | "system-prompt"
+                        | "extensions"
+                        | "health"
+                        | "ws"
+                        | "workspaces"
+                        | "metrics"
+                        | "images"
+                        | "admin")
+                )
+            );
+            if (method == Method::GET || method == Method::HEAD) && !api {
                 if let Some(dir) = &app.web_dir {
                     return serve_static(dir, &path).await;
                 }

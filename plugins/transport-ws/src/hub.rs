@@ -18,7 +18,7 @@
 //! the last watcher leaves, the feed stops; the turn does not.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use dispatch_abi::runtime::Runner;
@@ -94,6 +94,10 @@ pub struct Hub {
     next_id: AtomicU64,
     /// Messages a client may have waiting before it is kicked.
     max_queued: usize,
+    /// Feeds in the middle of a turn, so shutdown can wait for the turns
+    /// it aborted to seal before closing the sockets.
+    reading: AtomicUsize,
+    idle: Notify,
 }
 
 /// Surface instances, and conversations, one client may watch: each costs
@@ -113,6 +117,8 @@ impl Hub {
             state: Mutex::new(State::default()),
             next_id: AtomicU64::new(1),
             max_queued: max_queued.max(1),
+            reading: AtomicUsize::new(0),
+            idle: Notify::new(),
         })
     }
 
@@ -364,6 +370,20 @@ impl Hub {
         }
     }
 
+    /// Wait until no feed is in the middle of a turn (the session seals
+    /// the turns it aborts at shutdown, and watchers should see that).
+    pub async fn turns_delivered(&self) {
+        loop {
+            let idle = self.idle.notified();
+            let mut idle = std::pin::pin!(idle);
+            idle.as_mut().enable();
+            if self.reading.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+
     /// The registry's catalog as a `catalog` message.
     pub async fn catalog_frame(&self) -> Option<Frame> {
         match self.host.call(&REGISTRY, &RegistryRequest::Catalog).await {
@@ -434,32 +454,43 @@ async fn feed(
         if !hub.begin_turn(&conversation, generation) {
             return;
         }
-        let mut from = 0;
-        loop {
-            let request = SessionRequest::Events {
-                conversation_id: conversation.clone(),
-                turn_id: turn.clone(),
-                from,
-                wire: None,
-                wait_ms: None,
-            };
-            let batch = match hub.host.call(&session::answering::<EventBatch>(), &request).await {
-                Ok(b) => b,
-                // The turn's log is gone (sealed long ago): nothing to read.
-                Err(e) if e.code() == codes::NOT_FOUND => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, %conversation, %turn, "cannot read a turn's events; its watchers miss the rest");
-                    break;
-                }
-            };
-            if !hub.fan_out(&conversation, generation, &batch.events, batch.sealed) {
-                return;
-            }
-            if batch.sealed {
-                break;
-            }
-            from = batch.next;
+        hub.reading.fetch_add(1, Ordering::SeqCst);
+        let finished = read_turn(&hub, &conversation, generation, &turn).await;
+        hub.reading.fetch_sub(1, Ordering::SeqCst);
+        hub.idle.notify_waiters();
+        if !finished {
+            return;
         }
+    }
+}
+
+/// Read one turn to its end and fan it out; false when the watch went away.
+async fn read_turn(hub: &Hub, conversation: &str, generation: u64, turn: &str) -> bool {
+    let mut from = 0;
+    loop {
+        let request = SessionRequest::Events {
+            conversation_id: conversation.to_owned(),
+            turn_id: turn.to_owned(),
+            from,
+            wire: None,
+            wait_ms: None,
+        };
+        let batch = match hub.host.call(&session::answering::<EventBatch>(), &request).await {
+            Ok(b) => b,
+            // The turn's log is gone (sealed long ago): nothing to read.
+            Err(e) if e.code() == codes::NOT_FOUND => return true,
+            Err(e) => {
+                tracing::warn!(error = %e, %conversation, %turn, "cannot read a turn's events; its watchers miss the rest");
+                return true;
+            }
+        };
+        if !hub.fan_out(conversation, generation, &batch.events, batch.sealed) {
+            return false;
+        }
+        if batch.sealed {
+            return true;
+        }
+        from = batch.next;
     }
 }
 

@@ -103,6 +103,9 @@ pub struct Config {
     /// How long a client may take to send its upgrade request (default 10 s).
     #[serde(default = "default_header_timeout")]
     pub header_timeout_ms: u64,
+    /// How long shutdown waits for watched turns to seal (default 5 s).
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_ms: u64,
     /// Worker threads (default 1).
     #[serde(default = "default_workers")]
     pub workers: usize,
@@ -122,6 +125,9 @@ fn default_header_timeout() -> u64 {
 }
 fn default_workers() -> usize {
     1
+}
+fn default_grace() -> u64 {
+    5_000
 }
 
 fn config_error(message: String) -> Error {
@@ -377,6 +383,7 @@ pub struct TransportWs {
     runtime: PluginRuntime,
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
+    grace: Duration,
     /// The addresses actually bound (port 0 resolved).
     pub bound: Vec<SocketAddr>,
 }
@@ -490,7 +497,8 @@ impl Plugin for TransportWs {
             let _ = stopper.send(true);
         });
         tracing::info!(addresses = %bound.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "), "WebSocket listening");
-        Ok(TransportWs { runtime, shared, stop, bound })
+        let grace = Duration::from_millis(config.shutdown_grace_ms);
+        Ok(TransportWs { runtime, shared, stop, grace, bound })
     }
 
     fn deactivate(&mut self) -> Result<(), Error> {
@@ -498,6 +506,19 @@ impl Plugin for TransportWs {
         let open = self.shared.open.load(Ordering::SeqCst);
         if open > 0 {
             tracing::info!(open, "closing WebSocket connections");
+            // The session aborts running turns at shutdown and seals them:
+            // let their watchers see that, then give the writers a moment
+            // to send it.
+            let hub = Arc::clone(&self.shared.hub);
+            let grace = self.grace;
+            let delivered = self.runtime.handle().block_on(async move {
+                let done = tokio::time::timeout(grace, hub.turns_delivered()).await.is_ok();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                done
+            });
+            if !delivered {
+                tracing::warn!("watched turns still running after the shutdown grace period; closing anyway");
+            }
         }
         // Dropping the runtime drops every connection: clients see the
         // socket close and reconnect to the next server.
