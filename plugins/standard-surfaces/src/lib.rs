@@ -33,8 +33,10 @@ pub const QUEUE_SURFACE: &str = "message-queue";
 /// The queue surface's action that withdraws a message (`{"messageId"}`).
 pub const CANCEL_ACTION: &str = "cancel";
 
-/// Build the surface from the host's plugin list: an "Active" count and a
-/// table (`rendererId: "table"`, `{columns, rows}`) with one row per plugin.
+/// Build the surface from the host's plugin list, as WIRE.md spells it: a
+/// "Loaded" stat (the plugins active now) and a table (`rendererId:
+/// "table"`, `{columns, rows}`) with one row per configured plugin — name,
+/// version, state (with the error, for one that failed), activation order.
 pub fn build_spec(list: &PluginList) -> SurfaceSpec {
     let active = list.plugins.iter().filter(|p| p.state == State::Active).count();
     let rows: Vec<Value> = list
@@ -44,9 +46,11 @@ pub fn build_spec(list: &PluginList) -> SurfaceSpec {
             json!([
                 p.id,
                 p.version.clone().unwrap_or_default(),
-                p.state.as_str(),
+                match &p.error {
+                    Some(e) => format!("{}: {e}", p.state.as_str()),
+                    None => p.state.as_str().to_owned(),
+                },
                 p.order.map(|o| o.to_string()).unwrap_or_default(),
-                p.error.clone().unwrap_or_default(),
             ])
         })
         .collect();
@@ -57,12 +61,12 @@ pub fn build_spec(list: &PluginList) -> SurfaceSpec {
         fields: vec![
             SurfaceField::Stat {
                 label: "Loaded".into(),
-                value: format!("{active} of {}", list.plugins.len()),
+                value: active.to_string(),
             },
             SurfaceField::Custom {
                 renderer_id: "table".into(),
                 payload: json!({
-                    "columns": ["Name", "Version", "State", "Order", "Error"],
+                    "columns": ["Name", "Version", "State", "Order"],
                     "rows": rows,
                 }),
             },
@@ -218,11 +222,12 @@ mod tests {
         .unwrap();
         let spec = build_spec(&list);
         let v = serde_json::to_value(&spec).unwrap();
-        assert_eq!(v["fields"][0], json!({"kind": "stat", "label": "Loaded", "value": "1 of 2"}));
+        assert_eq!(v["fields"][0], json!({"kind": "stat", "label": "Loaded", "value": "1"}));
+        assert_eq!(v["fields"][1]["payload"]["columns"], json!(["Name", "Version", "State", "Order"]));
         assert_eq!(v["fields"][1]["rendererId"], "table");
         assert_eq!(
             v["fields"][1]["payload"]["rows"],
-            json!([["surfaces", "0.1.0", "active", "1", ""], ["broken", "", "failed", "", "file not found"]])
+            json!([["surfaces", "0.1.0", "active", "1"], ["broken", "", "failed: file not found", ""]])
         );
     }
 
