@@ -10,14 +10,30 @@ use dispatch_host::config::{Plan, RuntimeFlavor};
 use dispatch_host::signals::{self, Terminate};
 use dispatch_host::supervisor::{Settings, Supervisor};
 use dispatch_host::turn::BusCaller;
-use dispatch_host::{logging, report};
+use dispatch_host::{client, logging, report};
 use dispatch_kernel::remote::ServiceCaller as _;
 
 #[derive(Parser)]
-#[command(name = "dispatch", version, about = "An LLM agent runtime made of a minimal kernel and plugins")]
+#[command(
+    name = "dispatch",
+    version,
+    about = "An LLM agent runtime made of a minimal kernel and plugins",
+    after_help = "Client commands (models, chat, send, read, list, stop, history, open) talk to a running \
+                  `dispatch serve` at --server / $DISPATCH_SERVER (default http://127.0.0.1:24203), with \
+                  $DISPATCH_TOKEN as its access token. Exit codes: 0 done, 1 the turn failed, 2 usage, \
+                  3 server unreachable, 4 the server refused, 5 the turn was stopped, 130 interrupted."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// Where the server is.
+#[derive(clap::Args, Clone)]
+struct Remote {
+    /// The server's URL.
+    #[arg(long, env = "DISPATCH_SERVER", default_value = client::DEFAULT_SERVER)]
+    server: String,
 }
 
 #[derive(Subcommand)]
@@ -72,10 +88,138 @@ enum Command {
         /// The user message.
         message: String,
     },
+    /// List the models the server offers (`<credential>/<model>`).
+    Models {
+        #[command(flatten)]
+        remote: Remote,
+        /// Print the server's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Talk to a model: with --text (or a file, or piped stdin) send one
+    /// message and stream the reply; without, open an interactive prompt.
+    Chat {
+        #[command(flatten)]
+        remote: Remote,
+        /// `<credential>/<model>` (see `dispatch models`); default: the
+        /// conversation's, else the server's default.
+        model: Option<String>,
+        /// The message.
+        #[arg(long, short)]
+        text: Option<String>,
+        /// Continue this conversation (default: a new one).
+        #[arg(long, short)]
+        conversation: Option<String>,
+        /// The tools' working directory (default for a new conversation on
+        /// a server on this machine: this directory; else the
+        /// conversation's, else the server's).
+        #[arg(long)]
+        cwd: Option<PathBuf>,
+        /// Reasoning effort: low, medium, high, xhigh, max.
+        #[arg(long)]
+        effort: Option<String>,
+        /// Attach a text file (repeatable).
+        #[arg(long, short)]
+        file: Vec<PathBuf>,
+        /// Ask the web frontend to open the conversation.
+        #[arg(long)]
+        open: bool,
+        /// Show the model's reasoning (dimmed).
+        #[arg(long)]
+        show_reasoning: bool,
+        /// Print the raw events (NDJSON) instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a message to an existing conversation and stream the reply, or
+    /// queue it for the running turn.
+    Send {
+        #[command(flatten)]
+        remote: Remote,
+        /// The conversation (id or unique id prefix).
+        id: String,
+        /// The message.
+        #[arg(long, short)]
+        text: Option<String>,
+        /// Attach a text file (repeatable).
+        #[arg(long, short)]
+        file: Vec<PathBuf>,
+        /// Queue it for the running turn (or start one if none runs).
+        #[arg(long)]
+        queue: bool,
+        /// Ask the web frontend to open the conversation.
+        #[arg(long)]
+        open: bool,
+        /// The tools' working directory.
+        #[arg(long)]
+        cwd: Option<PathBuf>,
+        /// Reasoning effort.
+        #[arg(long)]
+        effort: Option<String>,
+        /// Show the model's reasoning (dimmed).
+        #[arg(long)]
+        show_reasoning: bool,
+        /// Print the raw events (NDJSON) instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a conversation's last answer (waiting for a running turn to end).
+    Read {
+        #[command(flatten)]
+        remote: Remote,
+        /// The conversation (id or unique id prefix).
+        id: String,
+    },
+    /// List conversations, newest activity first.
+    List {
+        #[command(flatten)]
+        remote: Remote,
+        /// Only ids starting with this.
+        prefix: Option<String>,
+        /// Only these statuses (comma-separated; default active,idle).
+        #[arg(long)]
+        status: Option<String>,
+        /// Every status, closed ones included.
+        #[arg(long)]
+        all: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a conversation's running turn.
+    Stop {
+        #[command(flatten)]
+        remote: Remote,
+        /// The conversation (id or unique id prefix).
+        id: String,
+    },
+    /// Print a conversation's history.
+    History {
+        #[command(flatten)]
+        remote: Remote,
+        /// The conversation (id or unique id prefix).
+        id: String,
+        /// Only what came after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        /// One stored chunk (JSON) per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the web frontend to open a conversation.
+    Open {
+        #[command(flatten)]
+        remote: Remote,
+        /// The conversation (id or unique id prefix).
+        id: String,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if is_client(&cli.command) {
+        return client_main(cli.command);
+    }
     let filter = logging::filter_string();
     logging::init(&filter);
     match run(cli, filter) {
@@ -93,6 +237,7 @@ fn run(cli: Cli, log_filter: String) -> anyhow::Result<ExitCode> {
         | Command::Plugins { config, .. }
         | Command::Call { config, .. }
         | Command::Turn { config, .. } => config.clone(),
+        _ => unreachable!("client commands return early"),
     };
     let plan = Plan::load(&config)?;
     let runtime = match plan.host.runtime {
@@ -161,8 +306,9 @@ fn run(cli: Cli, log_filter: String) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            // Every command but `plugins` listens (above).
-            (_, None) => unreachable!("no signal listener for a command that needs one"),
+            // Every command but `plugins` listens (above); client commands
+            // returned before the host started.
+            _ => unreachable!("no signal listener for a command that needs one"),
         };
         sup.shutdown().await;
         code
@@ -190,6 +336,100 @@ async fn serve(sup: &Supervisor, mut terminate: Terminate) -> anyhow::Result<Exi
     tracing::info!(signal = n, "shutting down");
     // A requested stop is a clean exit for a service manager.
     Ok(ExitCode::SUCCESS)
+}
+
+fn is_client(command: &Command) -> bool {
+    !matches!(
+        command,
+        Command::Serve { .. } | Command::Plugins { .. } | Command::Call { .. } | Command::Turn { .. }
+    )
+}
+
+/// The client commands: no plugins, one small runtime, errors as one line.
+fn client_main(command: Command) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("dispatch: cannot start the async runtime: {e}");
+            return ExitCode::from(client::exit::TURN_FAILED);
+        }
+    };
+    match client_command(&runtime, command) {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("dispatch: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn client_command(runtime: &tokio::runtime::Runtime, command: Command) -> client::Outcome {
+    use std::io::{IsTerminal as _, Read as _};
+    match command {
+        Command::Models { remote, json } => {
+            runtime.block_on(client::models(&client::server(&remote.server)?, json))
+        }
+        Command::Chat {
+            remote,
+            model,
+            text,
+            conversation,
+            cwd,
+            effort,
+            file,
+            open,
+            show_reasoning,
+            json,
+        } => {
+            let server = client::server(&remote.server)?;
+            let cwd = match (cwd, &conversation) {
+                (Some(dir), _) => Some(client::check_dir(&dir)?),
+                (None, None) => client::default_cwd(&server),
+                (None, Some(_)) => None,
+            };
+            let style = client::render::Style::detect(show_reasoning);
+            let mut request =
+                client::TurnRequest { conversation, message: String::new(), model, cwd, effort };
+            let piped = text.is_none() && file.is_empty() && !std::io::stdin().is_terminal();
+            if text.is_none() && file.is_empty() && !piped {
+                return client::interactive::run(runtime, &server, request, style);
+            }
+            let mut text = text;
+            if piped {
+                let mut input = String::new();
+                std::io::stdin().read_to_string(&mut input).map_err(|e| client::Failure {
+                    code: client::exit::USAGE,
+                    message: format!("cannot read the message from stdin: {e}"),
+                })?;
+                text = Some(input);
+            }
+            request.message = client::compose(text.as_deref(), &file)?;
+            let show = client::Show { json, style, open };
+            let (ending, _, interrupted) = runtime.block_on(client::run_turn(&server, &request, show))?;
+            Ok(client::turn_code(ending, interrupted))
+        }
+        Command::Send { remote, id, text, file, queue, open, cwd, effort, show_reasoning, json } => {
+            let server = client::server(&remote.server)?;
+            let cwd = cwd.as_deref().map(client::check_dir).transpose()?;
+            let message = client::compose(text.as_deref(), &file)?;
+            let show = client::Show { json, style: client::render::Style::detect(show_reasoning), open };
+            runtime.block_on(client::send(&server, &id, message, queue, show, cwd, effort))
+        }
+        Command::Read { remote, id } => runtime.block_on(client::read(&client::server(&remote.server)?, &id)),
+        Command::List { remote, prefix, status, all, json } => runtime.block_on(client::list(
+            &client::server(&remote.server)?,
+            prefix.as_deref(),
+            status.as_deref(),
+            all,
+            json,
+        )),
+        Command::Stop { remote, id } => runtime.block_on(client::stop(&client::server(&remote.server)?, &id)),
+        Command::History { remote, id, since, json } => {
+            runtime.block_on(client::history(&client::server(&remote.server)?, &id, since, json))
+        }
+        Command::Open { remote, id } => runtime.block_on(client::open(&client::server(&remote.server)?, &id)),
+        _ => unreachable!("host commands are handled by run()"),
+    }
 }
 
 /// Print one line on stdout; `false` when stdout is gone (a closed pipe),

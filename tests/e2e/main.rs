@@ -8,6 +8,7 @@
 
 mod async_io;
 mod bus;
+mod cli;
 mod external;
 mod http;
 mod lifecycle;

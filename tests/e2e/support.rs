@@ -132,6 +132,9 @@ pub fn run(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Output {
         "DISPATCH_MODEL",
         "DISPATCH_SCRIPT",
         "DISPATCH_DATA_DIR",
+        "DISPATCH_SERVER",
+        "DISPATCH_TOKEN",
+        "NO_COLOR",
     ] {
         cmd.env_remove(var);
     }

@@ -59,10 +59,7 @@ pub fn build_spec(list: &PluginList) -> SurfaceSpec {
         region: "side".into(),
         title: "Loaded Extensions".into(),
         fields: vec![
-            SurfaceField::Stat {
-                label: "Loaded".into(),
-                value: active.to_string(),
-            },
+            SurfaceField::Stat { label: "Loaded".into(), value: active.to_string() },
             SurfaceField::Custom {
                 renderer_id: "table".into(),
                 payload: json!({
