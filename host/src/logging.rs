@@ -8,10 +8,21 @@ pub fn filter_string() -> String {
     std::env::var("RUST_LOG").ok().filter(|s| !s.trim().is_empty()).unwrap_or_else(|| "info".to_owned())
 }
 
+/// How log records are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Format {
+    /// One human-readable line per record (colors on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per record (`timestamp`, `level`, `fields`,
+    /// `target`), for journald/log shippers.
+    Json,
+}
+
 /// Install the stderr subscriber. Records forwarded from plugins (target
 /// `plugin`) are always let through here: each plugin already applied the
 /// same filter to its own targets, and our filter cannot see them.
-pub fn init(filter: &str) {
+pub fn init(filter: &str, format: Format) {
     let env = EnvFilter::try_new(filter).unwrap_or_else(|e| {
         eprintln!("dispatch: ignoring invalid RUST_LOG `{filter}`: {e}");
         EnvFilter::new("info")
@@ -20,11 +31,11 @@ pub fn init(filter: &str) {
         Ok(directive) => env.add_directive(directive),
         Err(_) => env,
     };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(env)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(env).with_writer(std::io::stderr);
+    let _ = match format {
+        Format::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init(),
+        Format::Json => builder.json().with_current_span(false).try_init(),
+    };
 }
 
 /// Re-emit one record a plugin forwarded, tagged with the plugin's id (the

@@ -43,6 +43,9 @@ enum Command {
         /// The plugin configuration.
         #[arg(long, short, default_value = "plugins.toml")]
         config: PathBuf,
+        /// How log records are written to stderr.
+        #[arg(long, value_enum, env = "DISPATCH_LOG_FORMAT", default_value = "text")]
+        log_format: logging::Format,
     },
     /// Load and activate exactly as `serve` would, print what happened to
     /// each plugin, deactivate and exit: 0 when every required plugin is
@@ -221,7 +224,11 @@ fn main() -> ExitCode {
         return client_main(cli.command);
     }
     let filter = logging::filter_string();
-    logging::init(&filter);
+    let format = match &cli.command {
+        Command::Serve { log_format, .. } => *log_format,
+        _ => logging::Format::Text,
+    };
+    logging::init(&filter, format);
     match run(cli, filter) {
         Ok(code) => code,
         Err(e) => {
@@ -233,7 +240,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli, log_filter: String) -> anyhow::Result<ExitCode> {
     let config = match &cli.command {
-        Command::Serve { config }
+        Command::Serve { config, .. }
         | Command::Plugins { config, .. }
         | Command::Call { config, .. }
         | Command::Turn { config, .. } => config.clone(),
@@ -332,8 +339,16 @@ async fn serve(sup: &Supervisor, mut terminate: Terminate) -> anyhow::Result<Exi
     let active =
         sup.reports_snapshot().iter().filter(|r| r.state == dispatch_host::supervisor::State::Active).count();
     tracing::info!(active, "dispatch is serving; SIGINT, SIGTERM or SIGHUP stops it");
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!("serving, {active} plugins active")),
+    ]);
     let n = terminate.first().await;
     tracing::info!(signal = n, "shutting down");
+    notify(&[
+        sd_notify::NotifyState::Stopping,
+        sd_notify::NotifyState::Status("stopping: sealing running turns"),
+    ]);
     // A requested stop is a clean exit for a service manager.
     Ok(ExitCode::SUCCESS)
 }
@@ -429,6 +444,16 @@ fn client_command(runtime: &tokio::runtime::Runtime, command: Command) -> client
         }
         Command::Open { remote, id } => runtime.block_on(client::open(&client::server(&remote.server)?, &id)),
         _ => unreachable!("host commands are handled by run()"),
+    }
+}
+
+/// Tell systemd (`Type=notify`) where we stand; nothing without
+/// `$NOTIFY_SOCKET`.
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        if let Err(e) = sd_notify::notify(false, state) {
+            tracing::warn!(error = %e, "cannot notify systemd");
+        }
     }
 }
 

@@ -14,6 +14,7 @@ mod http;
 mod lifecycle;
 mod loading;
 mod providers;
+mod service;
 mod store;
 mod support;
 mod tools;
