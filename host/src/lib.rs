@@ -13,6 +13,7 @@ pub mod config;
 pub mod loader;
 pub mod logging;
 pub mod report;
+pub mod scaffold;
 pub mod signals;
 pub mod supervisor;
 pub mod turn;

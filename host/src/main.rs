@@ -28,6 +28,26 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Subcommand)]
+enum PluginsAction {
+    /// Make a new plugin crate (on the author-facing crates, like the
+    /// examples) that builds with `cargo build` and whose test passes.
+    New {
+        /// The plugin's name: lower-case letters, digits and `-`.
+        name: String,
+        /// What it is.
+        #[arg(long, value_enum, default_value = "tool")]
+        kind: dispatch_host::scaffold::Kind,
+        /// Where to create it (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The Dispatch checkout to depend on (default: the one this binary
+        /// was built from).
+        #[arg(long)]
+        dispatch_src: Option<PathBuf>,
+    },
+}
+
 /// Where the server is.
 #[derive(clap::Args, Clone)]
 struct Remote {
@@ -57,6 +77,8 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(subcommand)]
+        action: Option<PluginsAction>,
     },
     /// Start the plugins, call services on the bus, print each answer as one
     /// JSON line, and stop. Arguments come in pairs: `NAME[@VERSION] JSON`.
@@ -220,6 +242,25 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Plugins { action: Some(PluginsAction::New { name, kind, dir, dispatch_src }), .. } =
+        &cli.command
+    {
+        return match dispatch_host::scaffold::new_plugin(name, *kind, dir.as_deref(), dispatch_src.as_deref())
+        {
+            Ok(dir) => {
+                println!(
+                    "created {} — build it with: cargo build --release --manifest-path {}/Cargo.toml",
+                    dir.display(),
+                    dir.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("dispatch: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if is_client(&cli.command) {
         return client_main(cli.command);
     }
