@@ -26,6 +26,11 @@ pub struct HostSection {
     /// Where plugin `path`s are resolved, relative to the config file.
     /// Default: the config file's directory.
     pub plugin_dir: Option<PathBuf>,
+    /// Every `*.so` in this directory is loaded, listed or not (a
+    /// `[[plugin]]` entry with its `id` gives it config, `required` or a
+    /// pin). Relative to the config file; default `plugins.d`; a missing
+    /// directory means none.
+    pub drop_in_dir: Option<PathBuf>,
     /// Root of the plugins' data directories (each plugin gets
     /// `<data_dir>/<plugin id>`). Default: `$DISPATCH_DATA_DIR`, else
     /// `./data`. A relative path is relative to the config file.
@@ -48,6 +53,7 @@ impl Default for HostSection {
     fn default() -> Self {
         Self {
             plugin_dir: None,
+            drop_in_dir: None,
             data_dir: None,
             runtime: RuntimeFlavor::default(),
             worker_threads: None,
@@ -78,12 +84,16 @@ pub enum RuntimeFlavor {
     CurrentThread,
 }
 
-/// One `[[plugin]]`.
+/// One `[[plugin]]`: a file by `path`, or a plugin of the drop-in
+/// directory by `id`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginEntry {
     /// A file in `plugin_dir`, or an absolute path.
-    pub path: PathBuf,
+    pub path: Option<PathBuf>,
+    /// The id of a plugin whose file is in the drop-in directory (or
+    /// listed by path elsewhere): this entry configures it.
+    pub id: Option<String>,
     /// When true (the default) a failure to load or activate this plugin
     /// fails start-up.
     #[serde(default = "default_true")]
@@ -110,8 +120,29 @@ pub struct Plan {
     pub host: HostSection,
     /// Resolved data root.
     pub data_dir: PathBuf,
-    /// The plugins, in config order.
+    /// The plugins: listed ones in config order, then the drop-in
+    /// directory's other `*.so` files by name.
     pub plugins: Vec<PlannedPlugin>,
+    /// Entries that name a plugin by id; matched against manifests once
+    /// the libraries are loaded.
+    pub by_id: Vec<IdEntry>,
+    /// Where plugins were looked for (for "no file provides …" messages).
+    pub searched: Vec<PathBuf>,
+}
+
+/// A `[[plugin]]` entry with an `id`.
+#[derive(Debug, Clone)]
+pub struct IdEntry {
+    /// Position in the config file (0-based).
+    pub index: usize,
+    /// The plugin id it configures.
+    pub id: String,
+    /// As configured.
+    pub required: bool,
+    /// The config table as JSON (empty when absent).
+    pub config_json: String,
+    /// The pinned sha256.
+    pub sha256: Option<String>,
 }
 
 /// One plugin of the plan.
@@ -131,6 +162,8 @@ pub struct PlannedPlugin {
     /// A problem found before loading (missing file, hash mismatch, …);
     /// such a plugin is not loaded and is reported as failed.
     pub problem: Option<String>,
+    /// Found in the drop-in directory rather than listed.
+    pub drop_in: bool,
 }
 
 /// Why a configuration could not be used at all.
@@ -210,20 +243,39 @@ impl Plan {
                 .unwrap_or_else(|| PathBuf::from("data")),
         };
 
+        let drop_in_dir =
+            base.join(file.host.drop_in_dir.clone().unwrap_or_else(|| PathBuf::from("plugins.d")));
         let mut seen: HashMap<PathBuf, usize> = HashMap::new();
         let mut plugins = Vec::with_capacity(file.plugins.len());
+        let mut by_id = Vec::new();
         for (index, entry) in file.plugins.into_iter().enumerate() {
-            let path = plugin_dir.join(&entry.path);
+            let config_json = match &entry.config {
+                Some(table) => serde_json::to_string(table).unwrap_or_default(),
+                None => String::new(),
+            };
+            let listed = match (entry.path, entry.id) {
+                (Some(path), None) => path,
+                (None, Some(id)) => {
+                    by_id.push(IdEntry { index, id, required: entry.required, config_json, sha256: entry.sha256 });
+                    continue;
+                }
+                _ => {
+                    return Err(ConfigError::Parse {
+                        path: path.to_owned(),
+                        message: format!(
+                            "plugin #{}: give exactly one of `path` (a library file) and `id` (a plugin of the drop-in directory)",
+                            index + 1
+                        ),
+                    })
+                }
+            };
+            let path = plugin_dir.join(&listed);
             let problem = check_file(&path, entry.sha256.as_deref()).err().or_else(|| {
                 let canonical = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
                 seen.insert(canonical, index).map(|first| {
                     format!("the same file is already listed as plugin #{} in the configuration", first + 1)
                 })
             });
-            let config_json = match entry.config {
-                Some(table) => serde_json::to_string(&table).unwrap_or_default(),
-                None => String::new(),
-            };
             let sha256 = entry.sha256;
             plugins.push(PlannedPlugin {
                 index,
@@ -232,9 +284,39 @@ impl Plan {
                 config_json,
                 sha256,
                 problem,
+                drop_in: false,
             });
         }
-        Ok(Plan { source: path.to_owned(), host: file.host, data_dir, plugins })
+        // The drop-in directory: every `*.so` not already listed, by name.
+        let mut dropped: Vec<PathBuf> = match std::fs::read_dir(&drop_in_dir) {
+            Ok(entries) => entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "so"))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        dropped.sort();
+        let listed_count = plugins.len();
+        for (n, file_path) in dropped.into_iter().enumerate() {
+            let canonical = std::fs::canonicalize(&file_path).unwrap_or_else(|_| file_path.clone());
+            if seen.contains_key(&canonical) {
+                continue;
+            }
+            let problem = check_file(&file_path, None).err();
+            plugins.push(PlannedPlugin {
+                index: listed_count + n,
+                path: file_path,
+                // Not required unless an `id` entry says so.
+                required: false,
+                config_json: String::new(),
+                sha256: None,
+                problem,
+                drop_in: true,
+            });
+        }
+        let searched = vec![plugin_dir, drop_in_dir];
+        Ok(Plan { source: path.to_owned(), host: file.host, data_dir, plugins, by_id, searched })
     }
 }
 
@@ -326,5 +408,37 @@ mod tests {
         assert!(plan.plugins[0].required);
         let v: serde_json::Value = serde_json::from_str(&plan.plugins[0].config_json).unwrap();
         assert_eq!(v, serde_json::json!({"x": 1, "y": "z"}));
+    }
+
+    #[test]
+    fn drop_in_files_follow_the_listed_ones_by_name_and_id_entries_wait_for_manifests() {
+        let dir = tempfile::tempdir().unwrap();
+        let drop = dir.path().join("plugins.d");
+        std::fs::create_dir(&drop).unwrap();
+        for f in ["b.so", "a.so", "notes.txt", "listed.so"] {
+            std::fs::write(drop.join(f), b"x").unwrap();
+        }
+        let cfg = dir.path().join("plugins.toml");
+        let text = "[[plugin]]\npath = \"plugins.d/listed.so\"\n[[plugin]]\nid = \"b\"\nrequired = false\n";
+        let plan = Plan::compile(&cfg, text).unwrap();
+        let files: Vec<(String, bool)> = plan
+            .plugins
+            .iter()
+            .map(|p| (p.path.file_name().unwrap().to_string_lossy().into_owned(), p.drop_in))
+            .collect();
+        assert_eq!(files, [("listed.so".into(), false), ("a.so".into(), true), ("b.so".into(), true)]);
+        assert!(plan.plugins[1..].iter().all(|p| !p.required), "drop-ins are optional by default");
+        assert_eq!(plan.by_id.len(), 1);
+        assert_eq!((plan.by_id[0].id.as_str(), plan.by_id[0].required), ("b", false));
+        assert_eq!(plan.searched, [dir.path().to_path_buf(), drop.clone()]);
+
+        // A missing directory is no drop-ins; `drop_in_dir` moves it.
+        let none = Plan::compile(&cfg, "[host]\ndrop_in_dir = \"elsewhere\"\n").unwrap();
+        assert!(none.plugins.is_empty());
+        // Exactly one of path and id.
+        assert!(Plan::compile(&cfg, "[[plugin]]\nrequired = true\n")
+            .unwrap_err()
+            .to_string()
+            .contains("exactly one"));
     }
 }

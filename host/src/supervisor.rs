@@ -86,7 +86,10 @@ impl Supervisor {
     async fn run(&mut self, plan: Plan) {
         let mut modules: Vec<Option<PluginModRef>> = Vec::new();
         let mut configs = Vec::new();
+        let mut files: Vec<(std::path::PathBuf, bool)> = Vec::new();
+        let (by_id, searched) = (plan.by_id, plan.searched);
         for p in plan.plugins {
+            files.push((p.path.clone(), p.drop_in));
             let file = p.path.display().to_string();
             let mut report = PluginReport {
                 id: file_stem(&p.path),
@@ -133,6 +136,8 @@ impl Supervisor {
             self.reports().push(report);
         }
 
+        self.apply_id_entries(by_id, &searched, &files, &mut modules, &mut configs);
+
         // Order what loaded; graph problems fail the plugin they belong to.
         let loaded: Vec<usize> = (0..modules.len()).filter(|&i| modules[i].is_some()).collect();
         let nodes: Vec<Node> = {
@@ -171,6 +176,77 @@ impl Supervisor {
             self.activate(i, module, std::mem::take(&mut configs[i])).await;
         }
         self.settle().await;
+    }
+
+    /// `[[plugin]] id = …` entries configure a drop-in plugin once its
+    /// manifest says who it is: `required`, the config, and a pin — a pinned
+    /// plugin is loaded again from a sealed copy of exactly the pinned
+    /// bytes (the first mapping is never activated). An id no drop-in file
+    /// provides becomes a failed row naming the directories searched.
+    fn apply_id_entries(
+        &self,
+        entries: Vec<crate::config::IdEntry>,
+        searched: &[std::path::PathBuf],
+        files: &[(std::path::PathBuf, bool)],
+        modules: &mut Vec<Option<PluginModRef>>,
+        configs: &mut Vec<String>,
+    ) {
+        let mut reports = self.reports();
+        for entry in entries {
+            let found =
+                (0..files.len()).find(|&i| files[i].1 && modules[i].is_some() && reports[i].id == entry.id);
+            let Some(i) = found else {
+                let listed = (0..files.len()).find(|&i| !files[i].1 && reports[i].id == entry.id);
+                let error = match listed {
+                    Some(i) => format!(
+                        "plugin `{}` is listed by path ({}); configure it in that entry, not by id",
+                        entry.id, reports[i].file
+                    ),
+                    None => format!(
+                        "no plugin file provides id `{}` (searched {})",
+                        entry.id,
+                        searched.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(" and ")
+                    ),
+                };
+                tracing::error!(plugin = %entry.id, "plugin failed: {error}");
+                reports.push(PluginReport {
+                    id: entry.id,
+                    version: None,
+                    file: String::new(),
+                    order: None,
+                    state: State::Failed,
+                    error: Some(error),
+                    required: entry.required,
+                    description: String::new(),
+                    depends_on: Vec::new(),
+                    provides: Vec::new(),
+                    activate_ms: None,
+                });
+                modules.push(None);
+                configs.push(String::new());
+                continue;
+            };
+            reports[i].required = entry.required;
+            configs[i] = entry.config_json;
+            if let Some(pin) = entry.sha256 {
+                match loader::load(&files[i].0, Some(&pin)) {
+                    Ok(loaded) if loaded.manifest.id.as_str() == entry.id => modules[i] = Some(loaded.module),
+                    Ok(loaded) => {
+                        modules[i] = None;
+                        reports[i].state = State::Failed;
+                        reports[i].error = Some(format!(
+                            "the file changed while loading: the pinned copy is plugin `{}`",
+                            loaded.manifest.id
+                        ));
+                    }
+                    Err(e) => {
+                        modules[i] = None;
+                        reports[i].state = State::Failed;
+                        reports[i].error = Some(e.to_string());
+                    }
+                }
+            }
+        }
     }
 
     /// Give the start-up events (plugin states) time to reach their

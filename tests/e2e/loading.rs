@@ -312,3 +312,89 @@ fn absurd_counts_in_a_plugins_config_fail_that_plugin_only() {
     assert_row(&rows, "store-sqlite", "failed", &["`readers` = 4294967295 is out of range"]);
     assert_row(&rows, "provider-openai", "failed", &["cannot have 20000 worker threads"]);
 }
+
+/// A `plugins.d` beside the configuration, holding copies of `files`.
+fn drop_in(cfg: &std::path::Path, files: &[(&str, &str)]) -> std::path::PathBuf {
+    let dir = cfg.parent().unwrap().join("plugins.d");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (from, to) in files {
+        std::fs::copy(lib(from), dir.join(to)).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn every_library_in_the_drop_in_directory_is_loaded_and_a_garbage_file_is_only_reported() {
+    let cfg = Config::new().plugin(SURFACES, "").write();
+    let dir = drop_in(&cfg, &[(ALPHA, "libfx_alpha.so")]);
+    std::fs::write(dir.join("libgarbage.so"), b"not a library").unwrap();
+    std::fs::write(dir.join("README.txt"), b"not even a .so").unwrap();
+    let (out, rows) = plugins_json(&cfg, &[]);
+    assert_eq!(out.code(), 0, "a broken drop-in is not required: {}", out.stderr);
+    assert_row(&rows, "fx-alpha", "active", &[]);
+    assert!(row(&rows, "fx-alpha")["file"].as_str().unwrap().ends_with("plugins.d/libfx_alpha.so"));
+    assert_row(&rows, "garbage", "failed", &["not a loadable dynamic library"]);
+    assert_eq!(rows.len(), 3, "{rows:?}");
+}
+
+#[test]
+fn an_id_entry_configures_a_drop_in_plugin_and_may_require_or_pin_it() {
+    // Its config reaches it: this one makes it refuse to activate.
+    let cfg = Config::new()
+        .plugin(SURFACES, "")
+        .raw("\n[[plugin]]\nid = \"fx-alpha\"\nrequired = false\n[plugin.config]\nfail = \"error\"\n")
+        .write();
+    drop_in(&cfg, &[(ALPHA, "libfx_alpha.so")]);
+    let (out, rows) = plugins_json(&cfg, &[]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_row(&rows, "fx-alpha", "failed", &["fixture refuses to activate"]);
+
+    // Required: the same failure fails the run.
+    let cfg =
+        Config::new().raw("\n[[plugin]]\nid = \"fx-alpha\"\n[plugin.config]\nfail = \"error\"\n").write();
+    drop_in(&cfg, &[(ALPHA, "libfx_alpha.so")]);
+    assert_eq!(plugins_json(&cfg, &[]).0.code(), 1);
+
+    // A pin that does not match is refused.
+    let wrong = "0".repeat(64);
+    let cfg = Config::new().raw(&format!("\n[[plugin]]\nid = \"fx-alpha\"\nsha256 = {wrong:?}\n")).write();
+    drop_in(&cfg, &[(ALPHA, "libfx_alpha.so")]);
+    let (out, rows) = plugins_json(&cfg, &[]);
+    assert_eq!(out.code(), 1);
+    assert_row(&rows, "fx-alpha", "failed", &["sha256 mismatch"]);
+}
+
+#[test]
+fn an_id_no_file_provides_is_an_error_naming_the_directories_searched() {
+    let cfg = Config::new().plugin(SURFACES, "").raw("\n[[plugin]]\nid = \"fx-nowhere\"\n").write();
+    let (out, rows) = plugins_json(&cfg, &[]);
+    assert_eq!(out.code(), 1, "{}", out.stderr);
+    let drop_dir = cfg.parent().unwrap().join("plugins.d");
+    assert_row(
+        &rows,
+        "fx-nowhere",
+        "failed",
+        &["no plugin file provides id `fx-nowhere`", drop_dir.to_str().unwrap()],
+    );
+    assert_row(&rows, "surfaces", "active", &[]);
+}
+
+#[test]
+fn two_files_with_one_id_are_refused_naming_both() {
+    let cfg = Config::new().plugin(SURFACES, "").write();
+    let dir = drop_in(&cfg, &[(ALPHA, "libfx_alpha.so"), (ALPHA, "libfx_alpha_copy.so")]);
+    let (_, rows) = plugins_json(&cfg, &[]);
+    let alphas: Vec<&serde_json::Value> = rows.iter().filter(|r| r["id"] == "fx-alpha").collect();
+    assert_eq!(alphas.len(), 2, "{rows:?}");
+    let refused = alphas.iter().find(|r| r["state"] == "failed").expect("one of them refused");
+    let error = refused["error"].as_str().unwrap();
+    assert!(error.contains("duplicate plugin id `fx-alpha`"), "{error}");
+    assert!(error.contains(dir.join("libfx_alpha.so").to_str().unwrap()), "{error}");
+    assert!(refused["file"].as_str().unwrap().ends_with("libfx_alpha_copy.so"));
+
+    // `path` and `id` together is a configuration error.
+    let both = Config::new().raw("\n[[plugin]]\npath = \"x.so\"\nid = \"x\"\n").write();
+    let out = run(&["plugins", "--config", both.to_str().unwrap()], &[], Duration::from_secs(60));
+    assert_eq!(out.code(), 2);
+    assert!(out.stderr.contains("exactly one of `path`"), "{}", out.stderr);
+}
