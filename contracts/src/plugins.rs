@@ -21,5 +21,9 @@ use serde_json::Value;
 pub const PLUGINS: Service<Value, PluginList> = Service::new("dispatch.plugins", 1);
 /// One plugin changed state.
 pub const PLUGIN_STATE: Event<PluginReport> = Event::new("dispatch.plugin-state", 1);
+/// Re-read the configuration and the drop-in directory and apply the
+/// difference to the running plugins (any request; send `{}`). Provided by
+/// `dispatch serve` only.
+pub const RELOAD: Service<Value, ReloadReport> = Service::new("dispatch.reload", 1);
 /// The plugin id the host provides these under.
 pub const HOST_ID: &str = "dispatch";

@@ -84,12 +84,28 @@ pub enum LoadError {
 /// against writes before the hash is compared, and nothing else can reach
 /// it. Memory is bounded by the copy buffer, not the file's size.
 fn pinned_copy(path: &Path, pin: &str) -> Result<std::path::PathBuf, LoadError> {
+    let (copy, actual) = private_copy(path)?;
+    if !actual.eq_ignore_ascii_case(pin.trim()) {
+        return Err(LoadError::Pin(format!(
+            "sha256 mismatch: the configuration pins {} but the file is {actual}; refusing a swapped binary",
+            pin.trim()
+        )));
+    }
+    Ok(copy)
+}
+
+/// Copy the file into a sealed in-memory file, hashing it on the way:
+/// answers the copy's `/proc/self/fd/N` path and the bytes' sha256. The
+/// copy is a new file to the dynamic loader, so loading it never hands
+/// back an earlier mapping of the same path (what an upgrade in a running
+/// host needs), and nothing can change it after the hash.
+fn private_copy(path: &Path) -> Result<(std::path::PathBuf, String), LoadError> {
     use sha2::{Digest, Sha256};
     use std::io::{Read, Write};
     use std::os::fd::{AsRawFd, FromRawFd};
 
     let unreadable =
-        |e: std::io::Error| LoadError::Pin(format!("cannot read the file to check its sha256 pin: {e}"));
+        |e: std::io::Error| LoadError::Pin(format!("cannot read the file to make its private copy: {e}"));
     let mut src = std::fs::File::open(path).map_err(unreadable)?;
     if !src.metadata().map_err(unreadable)?.is_file() {
         return Err(LoadError::Pin("not a regular file".into()));
@@ -99,7 +115,7 @@ fn pinned_copy(path: &Path, pin: &str) -> Result<std::path::PathBuf, LoadError> 
     let fd = unsafe { libc::memfd_create(c"dispatch-pinned-plugin".as_ptr(), libc::MFD_ALLOW_SEALING) };
     if fd < 0 {
         return Err(LoadError::Pin(format!(
-            "cannot make a private copy to check the sha256 pin: {}",
+            "cannot make a private copy of the library: {}",
             std::io::Error::last_os_error()
         )));
     }
@@ -124,16 +140,18 @@ fn pinned_copy(path: &Path, pin: &str) -> Result<std::path::PathBuf, LoadError> 
         )));
     }
     let actual = crate::config::hex(&hasher.finalize());
-    if !actual.eq_ignore_ascii_case(pin.trim()) {
-        return Err(LoadError::Pin(format!(
-            "sha256 mismatch: the configuration pins {} but the file is {actual}; refusing a swapped binary",
-            pin.trim()
-        )));
-    }
     let proc_path = std::path::PathBuf::from(format!("/proc/self/fd/{}", copy.as_raw_fd()));
     // The library is never unloaded, so its backing file is never closed.
     std::mem::forget(copy);
-    Ok(proc_path)
+    Ok((proc_path, actual))
+}
+
+/// Load a private copy of the library at `path` (see [`private_copy`]);
+/// answers it with the sha256 of the bytes loaded. For libraries loaded
+/// into a running host, where `path` may name a file loaded before.
+pub fn load_private(path: &Path) -> Result<(Loaded, String), LoadError> {
+    let (copy, sha256) = private_copy(path)?;
+    Ok((load(&copy, None)?, sha256))
 }
 
 /// Load the library at `path`; with a `pin`, exactly the bytes that hash

@@ -46,6 +46,16 @@ enum PluginsAction {
         #[arg(long)]
         dispatch_src: Option<PathBuf>,
     },
+    /// Make a running server re-read its configuration and drop-in
+    /// directory and apply the difference (what SIGHUP does); prints the
+    /// report.
+    Reload {
+        #[command(flatten)]
+        remote: Remote,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Where the server is.
@@ -77,6 +87,9 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Show a running server's plugins instead (its `GET /extensions`).
+        #[arg(long)]
+        server: Option<String>,
         #[command(subcommand)]
         action: Option<PluginsAction>,
     },
@@ -313,9 +326,9 @@ fn run(cli: Cli, log_filter: String) -> anyhow::Result<ExitCode> {
             Command::Plugins { .. } => None,
             _ => Some(Terminate::listen().context("cannot listen for signals")?),
         };
-        let sup = Supervisor::start(plan, settings).await;
+        let mut sup = Supervisor::start(plan, settings).await;
         let code = match (cli.command, terminate) {
-            (Command::Serve { .. }, Some(terminate)) => serve(&sup, terminate).await,
+            (Command::Serve { config, .. }, Some(terminate)) => serve(&mut sup, &config, terminate).await,
             (Command::Plugins { json, .. }, _) => {
                 let reports = sup.reports_snapshot();
                 if json {
@@ -366,7 +379,11 @@ fn run(cli: Cli, log_filter: String) -> anyhow::Result<ExitCode> {
     code
 }
 
-async fn serve(sup: &Supervisor, mut terminate: Terminate) -> anyhow::Result<ExitCode> {
+async fn serve(
+    sup: &mut Supervisor,
+    config: &std::path::Path,
+    mut terminate: Terminate,
+) -> anyhow::Result<ExitCode> {
     if !sup.required_ok() {
         let failed: Vec<String> = sup
             .reports_snapshot()
@@ -384,7 +401,23 @@ async fn serve(sup: &Supervisor, mut terminate: Terminate) -> anyhow::Result<Exi
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status(&format!("serving, {active} plugins active")),
     ]);
-    let n = terminate.first().await;
+    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(4);
+    sup.provide_reload(reload_tx);
+    let n = loop {
+        tokio::select! {
+            signal = terminate.stop_or_reload() => match signal {
+                Some(n) => break n,
+                None => {
+                    tracing::info!("SIGHUP: reloading the plugins");
+                    reload(sup, config).await;
+                }
+            },
+            Some(reply) = reload_rx.recv() => {
+                let report = reload(sup, config).await;
+                let _ = reply.send(report);
+            }
+        }
+    };
     tracing::info!(signal = n, "shutting down");
     notify(&[
         sd_notify::NotifyState::Stopping,
@@ -395,10 +428,13 @@ async fn serve(sup: &Supervisor, mut terminate: Terminate) -> anyhow::Result<Exi
 }
 
 fn is_client(command: &Command) -> bool {
-    !matches!(
-        command,
-        Command::Serve { .. } | Command::Plugins { .. } | Command::Call { .. } | Command::Turn { .. }
-    )
+    match command {
+        Command::Plugins { server, action, .. } => {
+            server.is_some() || matches!(action, Some(PluginsAction::Reload { .. }))
+        }
+        Command::Serve { .. } | Command::Call { .. } | Command::Turn { .. } => false,
+        _ => true,
+    }
 }
 
 /// The client commands: no plugins, one small runtime, errors as one line.
@@ -484,8 +520,37 @@ fn client_command(runtime: &tokio::runtime::Runtime, command: Command) -> client
             runtime.block_on(client::history(&client::server(&remote.server)?, &id, since, json))
         }
         Command::Open { remote, id } => runtime.block_on(client::open(&client::server(&remote.server)?, &id)),
+        Command::Plugins { action: Some(PluginsAction::Reload { remote, json }), .. } => {
+            runtime.block_on(client::reload(&client::server(&remote.server)?, json))
+        }
+        Command::Plugins { server: Some(url), json, .. } => {
+            runtime.block_on(client::plugins(&client::server(&url)?, json))
+        }
         _ => unreachable!("host commands are handled by run()"),
     }
+}
+
+/// Re-read the configuration and apply it; a configuration that cannot
+/// be read changes nothing and is the report's one failure.
+async fn reload(sup: &mut Supervisor, config: &std::path::Path) -> dispatch_host::supervisor::ReloadReport {
+    notify(&[sd_notify::NotifyState::Reloading]);
+    let report = match Plan::load(config) {
+        Ok(plan) => sup.reload(plan).await,
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused: the configuration cannot be used; nothing changed");
+            dispatch_host::supervisor::ReloadReport {
+                failed: vec![dispatch_host::supervisor::ReloadChange {
+                    id: "plugins.toml".into(),
+                    file: config.display().to_string(),
+                    version: None,
+                    reason: Some(format!("{e}; nothing was changed")),
+                }],
+                ..Default::default()
+            }
+        }
+    };
+    notify(&[sd_notify::NotifyState::Ready]);
+    report
 }
 
 /// Tell systemd (`Type=notify`) where we stand; nothing without

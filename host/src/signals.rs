@@ -1,5 +1,5 @@
 //! The terminating signals the one-shot commands (`turn`, `call`) answer:
-//! SIGINT, SIGTERM and SIGHUP (`timeout(1)` sends SIGTERM; a closed
+//! SIGINT, SIGTERM and SIGHUP (for `serve`, SIGHUP means "reload") (`timeout(1)` sends SIGTERM; a closed
 //! terminal, SIGHUP). Listening replaces their default action, which would
 //! kill the host on the spot and leave tool processes running; instead the
 //! work is aborted and the plugins are deactivated (a shell tool kills its
@@ -34,6 +34,16 @@ impl Terminate {
             _ = self.int.recv() => libc::SIGINT,
             _ = self.term.recv() => libc::SIGTERM,
             _ = self.hup.recv() => libc::SIGHUP,
+        }
+    }
+
+    /// For `serve`: wait for SIGINT or SIGTERM (answers its number) — or
+    /// SIGHUP, which asks for a reload (answers `None`).
+    pub async fn stop_or_reload(&mut self) -> Option<i32> {
+        tokio::select! {
+            _ = self.int.recv() => Some(libc::SIGINT),
+            _ = self.term.recv() => Some(libc::SIGTERM),
+            _ = self.hup.recv() => None,
         }
     }
 

@@ -2,7 +2,7 @@
 //! their dependencies, activate them one by one, and deactivate them in
 //! reverse. Every outcome lands in a [`PluginReport`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -11,8 +11,10 @@ use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RResult, RString, RVec};
 use async_ffi::FutureExt as _;
 use dispatch_abi::ffi::{BytesFuture, PluginInstanceBox, PluginModRef, ServiceHandler, ServiceHandler_TO};
-pub use dispatch_contracts::plugins::{PluginList, PluginReport, Provided, State, HOST_ID};
-use dispatch_contracts::plugins::{PLUGINS, PLUGIN_STATE};
+pub use dispatch_contracts::plugins::{
+    PluginList, PluginReport, Provided, ReloadChange, ReloadReport, State, HOST_ID,
+};
+use dispatch_contracts::plugins::{PLUGINS, PLUGIN_STATE, RELOAD};
 use dispatch_kernel::graph::{self, GraphError, Node};
 use tokio::sync::watch;
 
@@ -41,6 +43,58 @@ pub struct Supervisor {
     reports: Arc<Mutex<Vec<PluginReport>>>,
     active: Vec<(usize, PluginInstanceBox)>,
     settings: Settings,
+    /// Per report row: where it came from, for reloads.
+    slots: Vec<Slot>,
+}
+
+/// What a reload compares a report row against.
+#[derive(Clone)]
+struct Slot {
+    /// The library file as configured (or found in the drop-in directory).
+    path: std::path::PathBuf,
+    /// The file's identity when it was loaded (device, inode, size,
+    /// modification time): a different one means a new build.
+    identity: Option<FileId>,
+    /// The configuration it was activated with.
+    config: String,
+    /// The loaded module (none when loading failed).
+    module: Option<PluginModRef>,
+}
+
+type FileId = (u64, u64, u64, i64, i64);
+
+fn file_id(path: &Path) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+}
+
+fn canonical(path: &Path) -> std::path::PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+struct ReloadService(tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<ReloadReport>>);
+impl ServiceHandler for ReloadService {
+    fn call(&self, _request: RVec<u8>) -> BytesFuture {
+        let requests = self.0.clone();
+        async move {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let unavailable = || {
+                RResult::RErr(dispatch_abi::ffi::AbiError {
+                    code: RString::from(dispatch_abi::codes::UNAVAILABLE),
+                    message: RString::from("the host is shutting down; nothing was reloaded"),
+                })
+            };
+            if requests.send(tx).await.is_err() {
+                return unavailable();
+            }
+            match rx.await {
+                Ok(report) => RResult::ROk(RVec::from(serde_json::to_vec(&report).unwrap_or_default())),
+                Err(_) => unavailable(),
+            }
+        }
+        .into_ffi()
+    }
 }
 
 struct PluginsService(Arc<Mutex<Vec<PluginReport>>>);
@@ -49,6 +103,23 @@ impl ServiceHandler for PluginsService {
         let reports = self.0.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let body = serde_json::to_vec(&PluginList { plugins: reports }).unwrap_or_default();
         std::future::ready(RResult::ROk(RVec::from(body))).into_ffi()
+    }
+}
+
+/// The row of a file that could not be loaded.
+fn failed_report(path: &Path, required: bool, error: String) -> PluginReport {
+    PluginReport {
+        id: file_stem(path),
+        version: None,
+        file: path.display().to_string(),
+        order: None,
+        state: State::Failed,
+        error: Some(error),
+        required,
+        description: String::new(),
+        depends_on: Vec::new(),
+        provides: Vec::new(),
+        activate_ms: None,
     }
 }
 
@@ -78,7 +149,8 @@ impl Supervisor {
         // The bus is empty: the host's own name cannot be taken yet.
         let _ = shared.bus.provide(HOST_ID, PLUGINS.name(), PLUGINS.version(), host_service);
 
-        let mut sup = Supervisor { shared, shutdown_tx, reports, active: Vec::new(), settings };
+        let mut sup =
+            Supervisor { shared, shutdown_tx, reports, active: Vec::new(), settings, slots: Vec::new() };
         sup.run(plan).await;
         sup
     }
@@ -137,6 +209,14 @@ impl Supervisor {
         }
 
         self.apply_id_entries(by_id, &searched, &files, &mut modules, &mut configs);
+        self.slots = (0..modules.len())
+            .map(|i| Slot {
+                path: files.get(i).map(|f| f.0.clone()).unwrap_or_default(),
+                identity: files.get(i).and_then(|f| file_id(&f.0)),
+                config: configs[i].clone(),
+                module: modules[i],
+            })
+            .collect();
 
         // Order what loaded; graph problems fail the plugin they belong to.
         let loaded: Vec<usize> = (0..modules.len()).filter(|&i| modules[i].is_some()).collect();
@@ -247,6 +327,369 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    /// Offer `dispatch.reload` on the bus: each call sends its answer slot
+    /// down `requests`, for the owner of this supervisor (the serve loop)
+    /// to run [`Supervisor::reload`] and answer.
+    pub fn provide_reload(
+        &self,
+        requests: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<ReloadReport>>,
+    ) {
+        let handler = ServiceHandler_TO::from_value(ReloadService(requests), TD_Opaque);
+        if let Err(e) = self.shared.bus.provide(HOST_ID, RELOAD.name(), RELOAD.version(), handler) {
+            tracing::warn!(error = %e, "cannot offer dispatch.reload");
+        }
+    }
+
+    /// Re-read the configuration (`plan`) and the drop-in directory and
+    /// apply the difference to the running plugins: new files are loaded
+    /// and activated in dependency order among the running ones; plugins
+    /// no longer configured are deactivated, their dependents first, and
+    /// leave the bus; a file that changed (a new build) is loaded from a
+    /// private copy and replaces the running instance; a changed
+    /// `[plugin.config]` restarts its plugin. A file that fails to load or
+    /// activate is reported and nothing else is disturbed. Libraries stay
+    /// mapped (abi_stable never unloads).
+    pub async fn reload(&mut self, plan: Plan) -> ReloadReport {
+        let mut out = ReloadReport::default();
+        let Plan { plugins: planned, by_id, .. } = plan;
+        let by_id: HashMap<String, crate::config::IdEntry> =
+            by_id.into_iter().map(|e| (e.id.clone(), e)).collect();
+        // What is wanted, by canonical path.
+        let mut wanted: HashMap<std::path::PathBuf, crate::config::PlannedPlugin> = HashMap::new();
+        let mut wanted_order: Vec<std::path::PathBuf> = Vec::new();
+        for p in planned {
+            let c = canonical(&p.path);
+            if let std::collections::hash_map::Entry::Vacant(slot) = wanted.entry(c.clone()) {
+                wanted_order.push(c);
+                slot.insert(p);
+            }
+        }
+        let active_rows: HashSet<usize> = self.active.iter().map(|(i, _)| *i).collect();
+        let rows = self.slots.len();
+        let mut leaving: HashSet<usize> = HashSet::new(); // rows that go for good
+        let mut stop: HashSet<usize> = HashSet::new(); // active rows to deactivate
+        let mut load: Vec<usize> = Vec::new(); // rows to load anew (upgrades)
+        let mut again: HashSet<usize> = HashSet::new(); // rows to (re)activate
+        let mut known: HashSet<std::path::PathBuf> = HashSet::new();
+        for i in 0..rows {
+            let c = canonical(&self.slots[i].path);
+            known.insert(c.clone());
+            let Some(w) = wanted.get(&c) else {
+                leaving.insert(i);
+                if active_rows.contains(&i) {
+                    stop.insert(i);
+                }
+                continue;
+            };
+            let config = self.config_for(i, w, &by_id);
+            if file_id(&w.path) != self.slots[i].identity {
+                load.push(i);
+                if active_rows.contains(&i) {
+                    stop.insert(i);
+                }
+            } else if config != self.slots[i].config {
+                self.slots[i].config = config;
+                again.insert(i);
+                if active_rows.contains(&i) {
+                    stop.insert(i);
+                }
+            } else if !active_rows.contains(&i) && self.slots[i].module.is_some() {
+                // Failed or skipped before: try again (a dependency may be back).
+                again.insert(i);
+            }
+        }
+        // Dependents of whatever stops stop first, and come back after.
+        loop {
+            let stopping: HashSet<String> = stop.iter().map(|&i| self.reports()[i].id.clone()).collect();
+            let more: Vec<usize> = active_rows
+                .iter()
+                .copied()
+                .filter(|i| !stop.contains(i))
+                .filter(|&i| self.reports()[i].depends_on.iter().any(|d| stopping.contains(d)))
+                .collect();
+            if more.is_empty() {
+                break;
+            }
+            for i in more {
+                stop.insert(i);
+                if !leaving.contains(&i) && !load.contains(&i) {
+                    again.insert(i);
+                }
+            }
+        }
+        // Deactivate, most recently activated first.
+        let order: Vec<usize> =
+            self.active.iter().rev().map(|(i, _)| *i).filter(|i| stop.contains(i)).collect();
+        for i in order {
+            self.deactivate_row(i).await;
+            if leaving.contains(&i) {
+                let r = self.reports()[i].clone();
+                out.removed.push(ReloadChange { id: r.id, file: r.file, version: r.version, reason: None });
+            }
+        }
+        // Load new builds of changed files, and the new files.
+        let mut upgraded: HashSet<usize> = HashSet::new();
+        for &i in &load {
+            let c = canonical(&self.slots[i].path);
+            let Some(w) = wanted.get(&c) else { continue };
+            let config = self.config_for(i, w, &by_id);
+            match self.load_row(&w.path, by_id.values()) {
+                Ok((report, module)) => {
+                    let keep = self.reports()[i].clone();
+                    let mut reports = self.reports();
+                    reports[i] = PluginReport {
+                        required: keep.required || report.required,
+                        order: keep.order,
+                        ..report
+                    };
+                    drop(reports);
+                    self.slots[i] = Slot {
+                        path: w.path.clone(),
+                        identity: file_id(&w.path),
+                        config,
+                        module: Some(module),
+                    };
+                    upgraded.insert(i);
+                    again.insert(i);
+                }
+                Err(reason) => {
+                    let r = self.reports()[i].clone();
+                    out.failed.push(ReloadChange {
+                        id: r.id,
+                        file: w.path.display().to_string(),
+                        version: None,
+                        reason: Some(reason.clone()),
+                    });
+                    let mut reports = self.reports();
+                    reports[i].state = State::Failed;
+                    reports[i].error = Some(reason);
+                    drop(reports);
+                    self.slots[i].module = None;
+                    self.slots[i].identity = file_id(&w.path);
+                    again.remove(&i);
+                }
+            }
+        }
+        let mut added: HashSet<usize> = HashSet::new();
+        for c in &wanted_order {
+            if known.contains(c) {
+                continue;
+            }
+            let Some(w) = wanted.get(c) else { continue };
+            let i = self.reports().len();
+            let (report, module) =
+                match w.problem.clone().map(Err).unwrap_or_else(|| self.load_row(&w.path, by_id.values())) {
+                    Ok((mut report, module)) => {
+                        report.required = w.required || by_id.get(&report.id).is_some_and(|e| e.required);
+                        (report, Some(module))
+                    }
+                    Err(reason) => {
+                        out.failed.push(ReloadChange {
+                            id: file_stem(&w.path),
+                            file: w.path.display().to_string(),
+                            version: None,
+                            reason: Some(reason.clone()),
+                        });
+                        (failed_report(&w.path, w.required, reason), None)
+                    }
+                };
+            let config = match &module {
+                Some(_) => by_id
+                    .get(&report.id)
+                    .map(|e| e.config_json.clone())
+                    .filter(|_| w.drop_in)
+                    .unwrap_or_else(|| w.config_json.clone()),
+                None => String::new(),
+            };
+            self.reports().push(report);
+            self.slots.push(Slot { path: w.path.clone(), identity: file_id(&w.path), config, module });
+            if module.is_some() {
+                added.insert(i);
+                again.insert(i);
+            }
+        }
+        // Forget the rows that left (their libraries stay mapped).
+        if !leaving.is_empty() {
+            let keep: Vec<usize> = (0..self.slots.len()).filter(|i| !leaving.contains(i)).collect();
+            let map: HashMap<usize, usize> = keep.iter().enumerate().map(|(new, &old)| (old, new)).collect();
+            let remap = |set: HashSet<usize>| -> HashSet<usize> {
+                set.into_iter().filter_map(|i| map.get(&i).copied()).collect()
+            };
+            {
+                let mut reports = self.reports();
+                let old = std::mem::take(&mut *reports);
+                *reports = old
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(i, _)| !leaving.contains(i))
+                    .map(|(_, r)| r)
+                    .collect();
+            }
+            let old = std::mem::take(&mut self.slots);
+            self.slots =
+                old.into_iter().enumerate().filter(|(i, _)| !leaving.contains(i)).map(|(_, s)| s).collect();
+            for (i, _) in &mut self.active {
+                *i = map[i];
+            }
+            again = remap(again);
+            upgraded = remap(upgraded);
+            added = remap(added);
+        }
+        // Activate in dependency order among everything loaded.
+        let candidates: Vec<usize> =
+            (0..self.slots.len()).filter(|i| self.slots[*i].module.is_some()).collect();
+        let nodes: Vec<Node> = {
+            let reports = self.reports();
+            candidates
+                .iter()
+                .map(|&i| Node { id: reports[i].id.clone(), depends_on: reports[i].depends_on.clone() })
+                .collect()
+        };
+        let ordering = graph::order(&nodes);
+        for (node, problem) in &ordering.problems {
+            let i = candidates[*node];
+            if !again.contains(&i) {
+                continue;
+            }
+            let msg = match problem {
+                GraphError::DuplicateId { id, first } => {
+                    format!(
+                        "duplicate plugin id `{id}`: already used by {}",
+                        self.reports()[candidates[*first]].file
+                    )
+                }
+                other => other.to_string(),
+            };
+            let mut reports = self.reports();
+            reports[i].state = State::Failed;
+            reports[i].error = Some(msg);
+            drop(reports);
+            again.remove(&i);
+            self.publish_state(i);
+        }
+        let mut next_order = self.reports().iter().filter_map(|r| r.order).max().unwrap_or(0);
+        for node in ordering.order {
+            let i = candidates[node];
+            if !again.contains(&i) {
+                continue;
+            }
+            let Some(module) = self.slots[i].module else { continue };
+            next_order += 1;
+            self.reports()[i].order = Some(next_order);
+            let config = self.slots[i].config.clone();
+            self.activate(i, module, config).await;
+        }
+        // The report.
+        let reports = self.reports().clone();
+        for (i, r) in reports.iter().enumerate() {
+            if !again.contains(&i) && !added.contains(&i) && !upgraded.contains(&i) {
+                if r.state == State::Active {
+                    out.unchanged += 1;
+                }
+                continue;
+            }
+            let change = ReloadChange {
+                id: r.id.clone(),
+                file: r.file.clone(),
+                version: r.version.clone(),
+                reason: r.error.clone(),
+            };
+            if r.state != State::Active {
+                out.failed.push(change);
+            } else if added.contains(&i) {
+                out.added.push(change);
+            } else if upgraded.contains(&i) {
+                out.upgraded.push(change);
+            } else {
+                out.restarted.push(change);
+            }
+        }
+        self.settle().await;
+        tracing::info!(
+            added = out.added.len(),
+            removed = out.removed.len(),
+            upgraded = out.upgraded.len(),
+            restarted = out.restarted.len(),
+            failed = out.failed.len(),
+            unchanged = out.unchanged,
+            "plugins reloaded"
+        );
+        out
+    }
+
+    /// The configuration a row should run with: its entry's, or for a
+    /// drop-in, its `id` entry's.
+    fn config_for(
+        &self,
+        i: usize,
+        w: &crate::config::PlannedPlugin,
+        by_id: &HashMap<String, crate::config::IdEntry>,
+    ) -> String {
+        if w.drop_in {
+            let id = self.reports()[i].id.clone();
+            return by_id.get(&id).map(|e| e.config_json.clone()).unwrap_or_default();
+        }
+        w.config_json.clone()
+    }
+
+    /// Load a private copy of `path` and read its manifest into a report;
+    /// a pin of an `id` entry naming it is checked against the bytes loaded.
+    fn load_row<'a>(
+        &self,
+        path: &Path,
+        id_entries: impl Iterator<Item = &'a crate::config::IdEntry> + Clone,
+    ) -> Result<(PluginReport, PluginModRef), String> {
+        let (loaded, sha256) = loader::load_private(path).map_err(|e| e.to_string())?;
+        let m = loaded.manifest;
+        let id = m.id.into_string();
+        if let Some(pin) = id_entries.clone().find(|e| e.id == id).and_then(|e| e.sha256.clone()) {
+            if !pin.trim().eq_ignore_ascii_case(&sha256) {
+                return Err(format!(
+                    "sha256 mismatch: the configuration pins {} but the file is {sha256}; refusing a swapped binary",
+                    pin.trim()
+                ));
+            }
+        }
+        let report = PluginReport {
+            id,
+            version: Some(m.version.into_string()),
+            file: path.display().to_string(),
+            order: None,
+            state: State::Pending,
+            error: None,
+            required: false,
+            description: m.description.into_string(),
+            depends_on: m.depends_on.into_iter().map(RString::into_string).collect(),
+            provides: m
+                .provides
+                .into_iter()
+                .map(|c| Provided { kind: c.kind.into_string(), name: c.name.into_string() })
+                .collect(),
+            activate_ms: None,
+        };
+        Ok((report, loaded.module))
+    }
+
+    /// Deactivate the active plugin of row `i` (bounded) and take what it
+    /// registered off the bus.
+    async fn deactivate_row(&mut self, i: usize) {
+        let Some(pos) = self.active.iter().position(|(row, _)| *row == i) else { return };
+        let (_, mut instance) = self.active.remove(pos);
+        let id = self.reports()[i].id.clone();
+        let task = tokio::task::spawn_blocking(move || instance.deactivate());
+        match tokio::time::timeout(self.settings.deactivate_timeout, task).await {
+            Ok(Ok(RResult::ROk(()))) => tracing::info!(plugin = %id, "plugin stopped for a reload"),
+            Ok(Ok(RResult::RErr(e))) => tracing::warn!(plugin = %id, "deactivate failed: {}", e.message),
+            Ok(Err(join)) => tracing::warn!(plugin = %id, "deactivate crashed: {join}"),
+            Err(_) => tracing::warn!(plugin = %id, "deactivate did not finish in time; moving on"),
+        }
+        self.shared.bus.remove_plugin(&id);
+        let mut reports = self.reports();
+        reports[i].state = State::Stopped;
+        drop(reports);
+        self.publish_state(i);
     }
 
     /// Give the start-up events (plugin states) time to reach their

@@ -83,3 +83,38 @@ pub struct PluginList {
     /// Every configured plugin, in configuration order.
     pub plugins: Vec<PluginReport>,
 }
+
+/// One plugin a reload touched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReloadChange {
+    /// The plugin id (the file stem when it has no readable manifest).
+    pub id: String,
+    /// The library file.
+    pub file: String,
+    /// The version now running (added, upgraded, restarted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Why (failed, removed as a dependent, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// What one reload of the plugin set did (`dispatch.reload`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReloadReport {
+    /// New plugins now active.
+    pub added: Vec<ReloadChange>,
+    /// Plugins no longer configured (or whose file is gone), deactivated.
+    pub removed: Vec<ReloadChange>,
+    /// Plugins whose file changed: the new build runs.
+    pub upgraded: Vec<ReloadChange>,
+    /// Plugins restarted because their configuration changed or a
+    /// dependency was upgraded.
+    pub restarted: Vec<ReloadChange>,
+    /// What could not be loaded or activated; the rest is untouched.
+    pub failed: Vec<ReloadChange>,
+    /// Plugins left running as they were.
+    pub unchanged: usize,
+}

@@ -23,7 +23,7 @@ fn build_hello(manifest: &Path, dest: &Path) {
 
 /// Build the crate at `manifest` in `target/external` and copy the
 /// library `file` it produces to `dest`.
-fn build_external(manifest: &Path, file: &str, dest: &Path) {
+pub fn build_external(manifest: &Path, file: &str, dest: &Path) {
     let _guard = EXTERNAL_BUILD.lock().unwrap_or_else(|e| e.into_inner());
     let target = profile_dir().parent().unwrap().join("external");
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))

@@ -31,6 +31,9 @@ pub const SCRIPT: &str = r#"{"replies": [
       {"content": "read the notes", "status": "completed"},
       {"content": "answer", "status": "in_progress"}]}}]},
     {"text": "Planned."}]},
+  {"match": "^count", "steps": [
+    {"toolCalls": [{"name": "word_count", "input": {"text": "one two three"}}]},
+    {"text": "Counted."}]},
   {"match": "^flaky", "steps": [
     {"error": {"status": 429, "message": "slow down"}},
     {"text": "Recovered."}]},

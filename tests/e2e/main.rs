@@ -14,6 +14,7 @@ mod http;
 mod lifecycle;
 mod loading;
 mod providers;
+mod reload;
 mod service;
 mod store;
 mod support;

@@ -454,6 +454,52 @@ pub async fn send(
     Ok(turn_code(ending, interrupted))
 }
 
+/// `dispatch plugins --server`: a running server's plugins.
+pub async fn plugins(server: &Server, as_json: bool) -> Outcome {
+    let answer = server.json("GET", "/extensions", None).await?;
+    if as_json {
+        say(&serde_json::to_string_pretty(&answer).unwrap_or_default());
+        return Ok(exit::OK);
+    }
+    let list: dispatch_contracts::plugins::PluginList =
+        serde_json::from_value(answer).map_err(|e| Failure {
+            code: exit::TURN_FAILED,
+            message: format!("the server's plugin list is not understood: {e}"),
+        })?;
+    say(crate::report::table(&list.plugins).trim_end());
+    Ok(exit::OK)
+}
+
+/// `dispatch plugins reload`: ask the server to apply its configuration
+/// again; exit 1 when anything failed.
+pub async fn reload(server: &Server, as_json: bool) -> Outcome {
+    let answer = server.json("POST", "/admin/plugins/reload", None).await?;
+    let report: dispatch_contracts::plugins::ReloadReport =
+        serde_json::from_value(answer.clone()).map_err(|e| Failure {
+            code: exit::TURN_FAILED,
+            message: format!("the reload report is not understood: {e}"),
+        })?;
+    if as_json {
+        say(&answer.to_string());
+    } else {
+        for (what, list) in [
+            ("added", &report.added),
+            ("removed", &report.removed),
+            ("upgraded", &report.upgraded),
+            ("restarted", &report.restarted),
+            ("failed", &report.failed),
+        ] {
+            for c in list {
+                let version = c.version.as_deref().map(|v| format!(" {v}")).unwrap_or_default();
+                let reason = c.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+                say(&format!("{what:<9} {}{version} ({}){reason}", c.id, c.file));
+            }
+        }
+        say(&format!("{} unchanged", report.unchanged));
+    }
+    Ok(if report.failed.is_empty() { exit::OK } else { exit::TURN_FAILED })
+}
+
 /// Whether `path` names a directory that exists (for `--cwd` and `/cwd`).
 pub fn check_dir(path: &Path) -> Result<String, Failure> {
     let abs = std::path::absolute(path).map_err(|e| usage(format!("{}: {e}", path.display())))?;

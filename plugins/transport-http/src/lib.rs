@@ -174,6 +174,7 @@ impl Server {
     async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
+        peer: SocketAddr,
     ) -> Result<Response<Body>, std::convert::Infallible> {
         let origin = req.headers().get(ORIGIN).cloned();
         let mut response = if req.method() == Method::OPTIONS {
@@ -182,6 +183,8 @@ impl Server {
             r
         } else if let Some(f) = self.refuse(&req) {
             f.response()
+        } else if req.uri().path() == "/admin/plugins/reload" {
+            self.reload(&req, peer).await.unwrap_or_else(|f| f.response())
         } else {
             let method = req.method().clone();
             let path = req.uri().path().to_owned();
@@ -197,6 +200,25 @@ impl Server {
         };
         self.cors.apply(origin.as_ref(), response.headers_mut());
         Ok(response)
+    }
+
+    /// `POST /admin/plugins/reload`: the host re-reads its configuration
+    /// and drop-in directory and applies the difference; answers the
+    /// reload's report. With a token configured the token was checked
+    /// already; without one, only a loopback client may ask.
+    async fn reload(&self, req: &Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, Failure> {
+        if req.method() != Method::POST {
+            return Err(Failure::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST"));
+        }
+        if self.token.is_none() && !peer.ip().is_loopback() && !peer.ip().to_canonical().is_loopback() {
+            return Err(Failure::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "reloading plugins from another machine needs an access token (`token` or $DISPATCH_TOKEN)",
+            ));
+        }
+        let report = self.app.host.call(&dispatch_contracts::plugins::RELOAD, &serde_json::json!({})).await?;
+        Ok(http::json(StatusCode::OK, &report))
     }
 
     /// `401` when a token is required and missing or wrong.
@@ -408,7 +430,7 @@ async fn accept_loop(
             a = listener.accept() => a,
             stop = stopped.wait_for(|s| *s) => { drop(stop); return }
         };
-        let (stream, _) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(s) => s,
             Err(e) => {
                 // Out of descriptors and the like: back off, do not spin.
@@ -424,7 +446,7 @@ async fn accept_loop(
         let closed = Arc::clone(&closed);
         open.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(async move {
-            let service = service_fn(move |req| Arc::clone(&server).handle(req));
+            let service = service_fn(move |req| Arc::clone(&server).handle(req, peer));
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)

@@ -1,0 +1,123 @@
+//! Changing the plugins of a running server: a tool plugin dropped into
+//! `plugins.d`, upgraded to a rebuilt version and removed, each applied by
+//! SIGHUP, `dispatch plugins reload` or `POST /admin/plugins/reload`, with
+//! turns before and after; a garbage file disturbs nothing.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::external::build_external;
+use crate::http::{chat, get, post, product_config, Server, LOOPBACK};
+use crate::support::*;
+
+fn repo() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The word-count example built as is, and a second build whose version is
+/// 0.2.0 and whose answers say so.
+fn two_builds(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let v1 = dir.join("v1.so");
+    build_external(&repo().join("examples/word-count/Cargo.toml"), "libword_count.so", &v1);
+    let src = dir.join("word-count-v2");
+    std::fs::create_dir_all(src.join("src")).unwrap();
+    let root = repo().display().to_string();
+    let cargo = std::fs::read_to_string(repo().join("examples/word-count/Cargo.toml"))
+        .unwrap()
+        .replace("version = \"0.1.0\"", "version = \"0.2.0\"")
+        .replace("../../", &format!("{root}/"));
+    std::fs::write(src.join("Cargo.toml"), cargo).unwrap();
+    let lib = std::fs::read_to_string(repo().join("examples/word-count/src/lib.rs"))
+        .unwrap()
+        .replace("{words} words,", "{words} words (v2),");
+    std::fs::write(src.join("src/lib.rs"), lib).unwrap();
+    std::fs::copy(repo().join("examples/word-count/Cargo.lock"), src.join("Cargo.lock")).unwrap();
+    let v2 = dir.join("v2.so");
+    build_external(&src.join("Cargo.toml"), "libword_count.so", &v2);
+    (v1, v2)
+}
+
+/// The word_count result of a "count" turn.
+fn count_turn(s: &Server, conversation: &str) -> Value {
+    let (a, events) = chat(&s.base, json!({"conversationId": conversation, "message": "count please"}));
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(events.last().unwrap()["type"], "turn-sealed", "{events:?}");
+    events.into_iter().find(|e| e["type"] == "tool-result").expect("a tool result")
+}
+
+fn word_count_row(s: &Server) -> Option<Value> {
+    let list = get(&format!("{}/extensions", s.base)).body;
+    list["plugins"].as_array().unwrap().iter().find(|p| p["id"] == "word-count").cloned()
+}
+
+/// Copy `from` to `to` as a new file (a new inode, as an installer does).
+fn install(from: &Path, to: &Path) {
+    let tmp = to.with_extension("tmp");
+    std::fs::copy(from, &tmp).unwrap();
+    std::fs::rename(&tmp, to).unwrap();
+}
+
+#[test]
+fn a_tool_plugin_is_added_upgraded_and_removed_in_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (v1, v2) = two_builds(dir.path());
+    let cfg = product_config(LOOPBACK);
+    let drop_dir = cfg.parent().unwrap().join("plugins.d");
+    std::fs::create_dir_all(&drop_dir).unwrap();
+    let s = Server::start(&cfg);
+
+    // Not there yet: the model's call fails, the turn goes on.
+    let before = count_turn(&s, "r1");
+    assert_eq!(before["isError"], true, "{before}");
+
+    // Dropped in, SIGHUP: the next turn calls it.
+    install(&v1, &drop_dir.join("libword_count.so"));
+    let hup = std::process::Command::new("kill").args(["-HUP", &s.pid().to_string()]).status().unwrap();
+    assert!(hup.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while word_count_row(&s).is_none_or(|r| r["state"] != "active") {
+        assert!(Instant::now() < deadline, "never active after SIGHUP; log:\n{}", s.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let added = count_turn(&s, "r2");
+    assert_eq!(
+        (added["content"].as_str(), added["isError"].as_bool()),
+        (Some("3 words, 1 lines, 13 characters"), Some(false))
+    );
+    assert!(s.log().contains("plugins reloaded"), "{}", s.log());
+
+    // A new build, through the CLI: the new version answers.
+    install(&v2, &drop_dir.join("libword_count.so"));
+    let out = run(&["plugins", "reload", "--server", &s.base], &[], Duration::from_secs(60));
+    assert_eq!(out.code(), 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("upgraded  word-count 0.2.0"), "{}", out.stdout);
+    assert_eq!(word_count_row(&s).unwrap()["version"], "0.2.0");
+    assert_eq!(count_turn(&s, "r3")["content"], "3 words (v2), 1 lines, 13 characters");
+
+    // Garbage dropped in: reported, nothing else disturbed.
+    std::fs::write(drop_dir.join("libgarbage.so"), b"not a library").unwrap();
+    let report = post(&format!("{}/admin/plugins/reload", s.base), "");
+    assert_eq!(report.status, 200, "{}", report.text);
+    let failed = report.body["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{}", report.body);
+    assert!(
+        failed[0]["reason"].as_str().unwrap().contains("not a loadable dynamic library"),
+        "{}",
+        report.body
+    );
+    assert!(report.body["unchanged"].as_u64().unwrap() >= 17, "{}", report.body);
+    assert_eq!(count_turn(&s, "r4")["content"], "3 words (v2), 1 lines, 13 characters");
+
+    // Removed: gone from the bus and the list; turns still work.
+    std::fs::remove_file(drop_dir.join("libword_count.so")).unwrap();
+    std::fs::remove_file(drop_dir.join("libgarbage.so")).unwrap();
+    let report = post(&format!("{}/admin/plugins/reload", s.base), "").body;
+    let removed: Vec<&str> =
+        report["removed"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(removed, ["word-count"], "{report}");
+    assert!(word_count_row(&s).is_none());
+    let after = count_turn(&s, "r5");
+    assert_eq!(after["isError"], true, "{after}");
+}
