@@ -270,12 +270,13 @@ impl Plan {
                 }
             };
             let path = plugin_dir.join(&listed);
-            let problem = check_file(&path, entry.sha256.as_deref()).err().or_else(|| {
-                let canonical = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
-                seen.insert(canonical, index).map(|first| {
-                    format!("the same file is already listed as plugin #{} in the configuration", first + 1)
-                })
+            // Recorded even when the entry has a problem, so the drop-in scan
+            // does not load the same file again without its pin.
+            let canonical = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+            let again = seen.insert(canonical, index).map(|first| {
+                format!("the same file is already listed as plugin #{} in the configuration", first + 1)
             });
+            let problem = check_file(&path, entry.sha256.as_deref()).err().or(again);
             let sha256 = entry.sha256;
             plugins.push(PlannedPlugin {
                 index,

@@ -69,6 +69,15 @@ fn file_id(path: &Path) -> Option<FileId> {
     Some((m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
 }
 
+/// The sha256 of a file's bytes, hex.
+fn file_sha256(path: &Path) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let mut file = std::fs::File::open(path).ok()?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).ok()?;
+    Some(crate::config::hex(&hasher.finalize()))
+}
+
 fn canonical(path: &Path) -> std::path::PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
@@ -160,8 +169,17 @@ impl Supervisor {
         let mut configs = Vec::new();
         let mut files: Vec<(std::path::PathBuf, bool)> = Vec::new();
         let (by_id, searched) = (plan.by_id, plan.searched);
-        for p in plan.plugins {
+        // Pins of `id` entries are matched to drop-in files by hash before
+        // anything is loaded, so a pinned id only ever runs its pinned bytes.
+        let pins: Vec<String> =
+            by_id.iter().filter_map(|e| e.sha256.as_deref()).map(|p| p.trim().to_ascii_lowercase()).collect();
+        let mut pinned: Vec<Option<String>> = Vec::new();
+        for mut p in plan.plugins {
             files.push((p.path.clone(), p.drop_in));
+            if p.drop_in && p.problem.is_none() && !pins.is_empty() {
+                p.sha256 = file_sha256(&p.path).filter(|h| pins.contains(h));
+            }
+            pinned.push(p.sha256.clone().filter(|_| p.drop_in));
             let file = p.path.display().to_string();
             let mut report = PluginReport {
                 id: file_stem(&p.path),
@@ -208,7 +226,7 @@ impl Supervisor {
             self.reports().push(report);
         }
 
-        self.apply_id_entries(by_id, &searched, &files, &mut modules, &mut configs);
+        self.apply_id_entries(by_id, &searched, &files, &pinned, &mut modules, &mut configs);
         self.slots = (0..modules.len())
             .map(|i| Slot {
                 path: files.get(i).map(|f| f.0.clone()).unwrap_or_default(),
@@ -259,15 +277,17 @@ impl Supervisor {
     }
 
     /// `[[plugin]] id = …` entries configure a drop-in plugin once its
-    /// manifest says who it is: `required`, the config, and a pin — a pinned
-    /// plugin is loaded again from a sealed copy of exactly the pinned
-    /// bytes (the first mapping is never activated). An id no drop-in file
-    /// provides becomes a failed row naming the directories searched.
+    /// manifest says who it is: `required`, the config, and a pin — a
+    /// pinned id must come from a file that was matched to the pin by its
+    /// hash and loaded from a sealed copy of those bytes (`pinned`). An id
+    /// no drop-in file provides becomes a failed row naming the
+    /// directories searched.
     fn apply_id_entries(
         &self,
         entries: Vec<crate::config::IdEntry>,
         searched: &[std::path::PathBuf],
         files: &[(std::path::PathBuf, bool)],
+        pinned: &[Option<String>],
         modules: &mut Vec<Option<PluginModRef>>,
         configs: &mut Vec<String>,
     ) {
@@ -309,21 +329,14 @@ impl Supervisor {
             reports[i].required = entry.required;
             configs[i] = entry.config_json;
             if let Some(pin) = entry.sha256 {
-                match loader::load(&files[i].0, Some(&pin)) {
-                    Ok(loaded) if loaded.manifest.id.as_str() == entry.id => modules[i] = Some(loaded.module),
-                    Ok(loaded) => {
-                        modules[i] = None;
-                        reports[i].state = State::Failed;
-                        reports[i].error = Some(format!(
-                            "the file changed while loading: the pinned copy is plugin `{}`",
-                            loaded.manifest.id
-                        ));
-                    }
-                    Err(e) => {
-                        modules[i] = None;
-                        reports[i].state = State::Failed;
-                        reports[i].error = Some(e.to_string());
-                    }
+                let pin = pin.trim().to_ascii_lowercase();
+                if pinned.get(i).and_then(Option::as_deref) != Some(pin.as_str()) {
+                    modules[i] = None;
+                    reports[i].state = State::Failed;
+                    reports[i].error = Some(format!(
+                        "sha256 mismatch: the configuration pins {pin} for `{}`, but its file in the drop-in directory has other bytes; refusing it",
+                        entry.id
+                    ));
                 }
             }
         }

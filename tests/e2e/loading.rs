@@ -355,6 +355,14 @@ fn an_id_entry_configures_a_drop_in_plugin_and_may_require_or_pin_it() {
     drop_in(&cfg, &[(ALPHA, "libfx_alpha.so")]);
     assert_eq!(plugins_json(&cfg, &[]).0.code(), 1);
 
+    // A matching pin: loaded from a sealed copy of exactly those bytes.
+    let good = sha256(&lib(ALPHA));
+    let cfg = Config::new().raw(&format!("\n[[plugin]]\nid = \"fx-alpha\"\nsha256 = {good:?}\n")).write();
+    drop_in(&cfg, &[(ALPHA, "libfx_alpha.so")]);
+    let (out, rows) = plugins_json(&cfg, &[]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_row(&rows, "fx-alpha", "active", &[]);
+
     // A pin that does not match is refused.
     let wrong = "0".repeat(64);
     let cfg = Config::new().raw(&format!("\n[[plugin]]\nid = \"fx-alpha\"\nsha256 = {wrong:?}\n")).write();

@@ -16,27 +16,32 @@ fn repo() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-/// The word-count example built as is, and a second build whose version is
-/// 0.2.0 and whose answers say so.
+/// Two builds of the word-count example: 0.1.0 as it is, and 0.2.0 whose
+/// answers say so. Each from a copy with its own library name: they share
+/// `target/external` with the example's own build, and a build cargo finds
+/// fresh is not copied out again.
 fn two_builds(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let v1 = dir.join("v1.so");
-    build_external(&repo().join("examples/word-count/Cargo.toml"), "libword_count.so", &v1);
-    let src = dir.join("word-count-v2");
-    std::fs::create_dir_all(src.join("src")).unwrap();
-    let root = repo().display().to_string();
-    let cargo = std::fs::read_to_string(repo().join("examples/word-count/Cargo.toml"))
-        .unwrap()
-        .replace("version = \"0.1.0\"", "version = \"0.2.0\"")
-        .replace("../../", &format!("{root}/"));
-    std::fs::write(src.join("Cargo.toml"), cargo).unwrap();
-    let lib = std::fs::read_to_string(repo().join("examples/word-count/src/lib.rs"))
-        .unwrap()
-        .replace("{words} words,", "{words} words (v2),");
-    std::fs::write(src.join("src/lib.rs"), lib).unwrap();
-    std::fs::copy(repo().join("examples/word-count/Cargo.lock"), src.join("Cargo.lock")).unwrap();
-    let v2 = dir.join("v2.so");
-    build_external(&src.join("Cargo.toml"), "libword_count.so", &v2);
-    (v1, v2)
+    let build = |tag: &str, version: &str, words: &str| {
+        let src = dir.join(format!("word-count-{tag}"));
+        std::fs::create_dir_all(src.join("src")).unwrap();
+        let root = repo().display().to_string();
+        let cargo = std::fs::read_to_string(repo().join("examples/word-count/Cargo.toml"))
+            .unwrap()
+            .replace("version = \"0.1.0\"", &format!("version = {version:?}"))
+            .replace("name = \"word-count\"", &format!("name = \"word-count-{tag}\""))
+            .replace("[lib]\n", &format!("[lib]\nname = \"word_count_{tag}\"\n"))
+            .replace("../../", &format!("{root}/"));
+        std::fs::write(src.join("Cargo.toml"), cargo).unwrap();
+        let lib = std::fs::read_to_string(repo().join("examples/word-count/src/lib.rs"))
+            .unwrap()
+            .replace("{words} words,", words);
+        std::fs::write(src.join("src/lib.rs"), lib).unwrap();
+        std::fs::copy(repo().join("examples/word-count/Cargo.lock"), src.join("Cargo.lock")).unwrap();
+        let so = dir.join(format!("{tag}.so"));
+        build_external(&src.join("Cargo.toml"), &format!("libword_count_{tag}.so"), &so);
+        so
+    };
+    (build("v1", "0.1.0", "{words} words,"), build("v2", "0.2.0", "{words} words (v2),"))
 }
 
 /// The word_count result of a "count" turn.

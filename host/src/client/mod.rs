@@ -182,24 +182,35 @@ pub async fn run_turn(
             code: exit::TURN_FAILED,
             message: format!("cannot listen for Ctrl-C: {e}"),
         })?;
-    let mut body = json!({"message": request.message});
-    for (k, v) in [
-        ("conversationId", &request.conversation),
-        ("model", &request.model),
-        ("cwd", &request.cwd),
-        ("reasoningEffort", &request.effort),
-    ] {
+    // A new conversation's id is minted here, so a Ctrl-C that comes before
+    // the server answered can still stop its turn.
+    let conversation = request.conversation.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let mut body = json!({"message": request.message, "conversationId": conversation});
+    for (k, v) in [("model", &request.model), ("cwd", &request.cwd), ("reasoningEffort", &request.effort)] {
         if let Some(v) = v {
             body[k] = json!(v);
         }
     }
-    let resp = server.send("POST", "/chat", Some(&body)).await?;
+    let mut interrupts = interrupts;
+    let resp = tokio::select! {
+        r = server.send("POST", "/chat", Some(&body)) => r?,
+        // Before the server answered: stop whatever it started.
+        _ = interrupts.recv() => {
+            let _ = writeln!(std::io::stderr(), "\nstopping the turn… (Ctrl-C again to leave at once)");
+            let path = format!("/conversations/{conversation}/stop");
+            tokio::select! {
+                _ = server.json("POST", &path, None) => {}
+                _ = interrupts.recv() => {}
+            }
+            return Ok((Ending::Cut, conversation, true));
+        }
+    };
     if resp.status != 200 {
         let status = resp.status;
         let bytes = resp.bytes().await?;
         return Err(http::refusal(status, serde_json::from_slice(&bytes).ok().as_ref(), &bytes).into());
     }
-    let conversation = resp.header("x-conversation-id").unwrap_or_default().to_owned();
+    let conversation = resp.header("x-conversation-id").map(str::to_owned).unwrap_or(conversation);
     if show.open && !conversation.is_empty() {
         server.json("POST", &format!("/conversations/{conversation}/open"), None).await?;
     }
@@ -230,7 +241,13 @@ async fn follow(
                 interrupted = true;
                 let _ = writeln!(err, "\nstopping the turn… (Ctrl-C again to leave at once)");
                 if !conversation.is_empty() {
-                    server.json("POST", &format!("/conversations/{conversation}/stop"), None).await?;
+                    let path = format!("/conversations/{conversation}/stop");
+                    let stop = server.json("POST", &path, None);
+                    tokio::select! {
+                        r = stop => { r?; }
+                        // A stop the server does not answer must not trap us.
+                        _ = interrupts.recv() => return Ok((Ending::Cut, true)),
+                    }
                 }
                 continue;
             }

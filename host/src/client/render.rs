@@ -106,7 +106,7 @@ impl Renderer {
     /// End the current line (text or reasoning) before a line of our own.
     fn break_line(&mut self, out: &mut dyn Write, err: &mut dyn Write) {
         if self.reasoning {
-            let _ = write!(err, "{}", if self.style.color { RESET } else { "" });
+            let _ = writeln!(err, "{}", if self.style.color { RESET } else { "" });
             self.reasoning = false;
         }
         if self.mid_line {

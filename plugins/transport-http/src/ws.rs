@@ -4,7 +4,7 @@
 //! hands the socket itself over. Without `transport-ws` loaded, `/ws`
 //! answers `503` saying so.
 
-use std::os::fd::IntoRawFd as _;
+use std::os::fd::{FromRawFd as _, IntoRawFd as _};
 use std::sync::Arc;
 
 use dispatch_abi::codes;
@@ -75,9 +75,14 @@ pub async fn upgrade(app: Arc<App>, mut req: Request<Incoming>) -> Reply {
             Err(e) => return tracing::warn!(error = %e, "upgrade at /ws: cannot detach the socket"),
         };
         let adopt = UpgradeRequest::Adopt { ticket: handshake.ticket, fd, buffered: parts.read_buf.to_vec() };
-        // From here the descriptor is the WebSocket transport's, failure
-        // included (it closes it).
+        // Once the call reaches the WebSocket transport the descriptor is
+        // its own, failure included (it closes it). A call that never got
+        // there (the plugin went away) leaves it ours to close.
         if let Err(e) = host.call(&WEBSOCKET, &adopt).await {
+            if e.code() == codes::NOT_FOUND || e.code() == codes::UNAVAILABLE {
+                // SAFETY: the descriptor was detached above and nobody took it.
+                drop(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+            }
             tracing::warn!(error = %e, "the WebSocket transport refused a /ws connection");
         }
     });

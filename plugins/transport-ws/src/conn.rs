@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dispatch_abi::{codes, Error};
+use dispatch_contracts::protocol::wire::{is_valid_conversation_id, CONVERSATION_ID_RULE};
 use dispatch_contracts::session::{self, ChatRequest, Queued, SessionRequest, Started, WireVersion};
 use dispatch_contracts::surface::{RegistryRequest, SurfaceSpec, REGISTRY};
 use futures::{SinkExt as _, StreamExt as _};
@@ -17,7 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::hub::{message, Frame, Hub, Joined, SurfaceKey, MAX_WATCHED};
+use crate::hub::{message, Hub, Item, Joined, SurfaceKey, MAX_WATCHED};
 
 /// Per-connection settings.
 #[derive(Debug, Clone, Copy)]
@@ -116,7 +117,7 @@ fn close(code: CloseCode, reason: &str) -> CloseFrame {
 
 async fn write<S>(
     mut sink: futures::stream::SplitSink<WebSocketStream<S>, Message>,
-    mut rx: mpsc::Receiver<Frame>,
+    mut rx: mpsc::Receiver<Item>,
     mut close_rx: mpsc::UnboundedReceiver<CloseFrame>,
     kick: Arc<tokio::sync::Notify>,
     options: Options,
@@ -130,18 +131,28 @@ async fn write<S>(
     loop {
         let step = async {
             tokio::select! {
-                frame = rx.recv() => match frame {
-                    Some(frame) => {
-                        sink.feed(Message::Text(frame)).await?;
+                item = rx.recv() => match item {
+                    Some(item) => {
+                        for frame in item.iter() {
+                            sink.feed(Message::Text(frame.clone())).await?;
+                        }
                         // Everything else already queued goes in the same flush.
-                        while let Ok(frame) = rx.try_recv() {
-                            sink.feed(Message::Text(frame)).await?;
+                        while let Ok(item) = rx.try_recv() {
+                            for frame in item.iter() {
+                                sink.feed(Message::Text(frame.clone())).await?;
+                            }
                         }
                         sink.flush().await.map(|()| true)
                     }
                     None => Ok(false),
                 },
                 c = close_rx.recv() => {
+                    // What was queued before the end goes out first.
+                    while let Ok(item) = rx.try_recv() {
+                        for frame in item.iter() {
+                            sink.feed(Message::Text(frame.clone())).await?;
+                        }
+                    }
                     match c {
                         Some(frame) => sink.send(Message::Close(Some(frame))).await?,
                         None => sink.close().await?,
@@ -255,8 +266,12 @@ impl Client {
             "chat.subscribe" | "chat.unsubscribe" | "chat.queue" | "chat.queue.cancel" => {
                 let conversation = value.get("conversationId").and_then(Value::as_str).map(str::to_owned);
                 match serde_json::from_value::<ChatOp>(value) {
-                    Ok(op) if op.conversation_id.is_empty() => {
-                        self.chat_error(None, &format!("{kind}: `conversationId` must not be empty"));
+                    Ok(op) if !is_valid_conversation_id(&op.conversation_id) => {
+                        let shown: String = op.conversation_id.chars().take(64).collect();
+                        self.chat_error(
+                            None,
+                            &format!("{kind}: invalid conversationId {shown:?}: {CONVERSATION_ID_RULE}"),
+                        );
                     }
                     Ok(op) => self.chat_op(&kind, op).await,
                     Err(e) => self.chat_error(conversation.as_deref(), &format!("{kind}: {e}")),
@@ -341,10 +356,18 @@ impl Client {
     async fn chat_send(&self, mut request: ChatRequest) {
         // The sender watches the conversation before the turn starts, so
         // it sees the turn from its first event; a new one gets its id here.
+        let minted = request.conversation_id.as_deref().is_none_or(str::is_empty);
         let conversation = match request.conversation_id.as_deref() {
             Some(c) if !c.is_empty() => c.to_owned(),
             _ => uuid::Uuid::new_v4().to_string(),
         };
+        if !is_valid_conversation_id(&conversation) {
+            let shown: String = conversation.chars().take(64).collect();
+            return self.chat_error(
+                None,
+                &format!("chat.send: invalid conversationId {shown:?}: {CONVERSATION_ID_RULE}"),
+            );
+        }
         request.conversation_id = Some(conversation.clone());
         if !self.hub.may_watch(self.id, false) {
             return self.chat_error(Some(&conversation), &too_many("conversations"));
@@ -354,9 +377,12 @@ impl Client {
         {
             Ok(started) => self.hub.turn_started(&started.conversation_id, &started.turn_id),
             Err(e) => {
-                if created {
+                if minted {
+                    // Nobody else knows this id: nothing to watch.
+                    self.hub.unwatch_chat(self.id, &conversation);
+                } else if created {
                     // Something else may be running there: watch it.
-                    self.hub.probe(conversation.clone());
+                    self.hub.probe(conversation.clone(), false);
                 }
                 self.chat_error(Some(&conversation), e.message());
             }
@@ -372,7 +398,7 @@ impl Client {
                     return self.chat_error(Some(&conversation_id), &too_many("conversations"));
                 }
                 if self.hub.watch_chat(self.id, &conversation_id) {
-                    self.hub.probe(conversation_id);
+                    self.hub.probe(conversation_id, false);
                 }
             }
             "chat.unsubscribe" => self.hub.unwatch_chat(self.id, &conversation_id),
@@ -386,7 +412,7 @@ impl Client {
                     // A new turn: its sender watches it, as with chat.send.
                     Ok(q) if q.started_turn => {
                         if self.hub.watch_chat(self.id, &conversation_id) {
-                            self.hub.probe(conversation_id);
+                            self.hub.probe(conversation_id, true);
                         }
                     }
                     // Queued: the message-queue surface shows it.

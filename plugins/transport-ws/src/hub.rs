@@ -33,6 +33,16 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 /// A serialized server message, shared by every client it goes to.
 pub type Frame = Utf8Bytes;
 
+/// What a client's queue holds: messages that go out together — one
+/// message, a batch of a turn's events read at once, or a late
+/// subscriber's whole replay. The queue's bound counts these, so a replay
+/// of thousands of events is one entry, not a reason to disconnect.
+pub type Item = Arc<[Frame]>;
+
+fn one(frame: Frame) -> Item {
+    Arc::from(vec![frame])
+}
+
 /// Which surface instance a client watches: the surface and, for a
 /// conversation-scoped one, the conversation.
 pub type SurfaceKey = (String, Option<String>);
@@ -40,7 +50,7 @@ pub type SurfaceKey = (String, Option<String>);
 /// A client, as the hub sees it.
 #[derive(Debug)]
 struct Client {
-    tx: mpsc::Sender<Frame>,
+    tx: mpsc::Sender<Item>,
     wire: WireVersion,
     /// Fired when the client fell too far behind.
     kick: Arc<Notify>,
@@ -80,7 +90,7 @@ pub struct Joined {
     /// Its id.
     pub id: u64,
     /// Its outgoing messages.
-    pub rx: mpsc::Receiver<Frame>,
+    pub rx: mpsc::Receiver<Item>,
     /// Fired when it is kicked for being too slow.
     pub kick: Arc<Notify>,
 }
@@ -164,15 +174,16 @@ impl Hub {
     pub fn send_to(&self, id: u64, frame: Frame) {
         let state = self.lock();
         if let Some(c) = state.clients.get(&id) {
-            offer(c, frame);
+            offer(c, one(frame));
         }
     }
 
     /// Queue `frame` for every client.
     pub fn broadcast(&self, frame: &Frame) {
+        let item = one(frame.clone());
         let state = self.lock();
         for c in state.clients.values() {
-            offer(c, frame.clone());
+            offer(c, Arc::clone(&item));
         }
     }
 
@@ -209,7 +220,7 @@ impl Hub {
         let mut state = self.lock();
         let changed = state.surface_changes.get(&key.0).copied().unwrap_or(0) != version;
         let Some(client) = state.clients.get_mut(&id) else { return false };
-        offer(client, reply);
+        offer(client, one(reply));
         if client.surfaces.insert(key.clone()) {
             state.surfaces.entry(key).or_default().insert(id);
         }
@@ -229,9 +240,10 @@ impl Hub {
     pub fn to_surface_watchers(&self, key: &SurfaceKey, frame: &Frame) {
         let state = self.lock();
         let Some(ids) = state.surfaces.get(key) else { return };
+        let item = one(frame.clone());
         for id in ids {
             if let Some(c) = state.clients.get(id) {
-                offer(c, frame.clone());
+                offer(c, Arc::clone(&item));
             }
         }
     }
@@ -276,10 +288,15 @@ impl Hub {
         let State { clients, watches, .. } = &mut *state;
         if let (Some(watch), Some(client)) = (watches.get_mut(conversation), clients.get(&id)) {
             watch.clients.insert(id);
-            for (frame, in_v0_1) in &watch.frames {
-                if *in_v0_1 || client.wire == WireVersion::Latest {
-                    offer(client, frame.clone());
-                }
+            // The running turn so far, as one queue entry.
+            let replay: Vec<Frame> = watch
+                .frames
+                .iter()
+                .filter(|(_, in_v0_1)| *in_v0_1 || client.wire == WireVersion::Latest)
+                .map(|(f, _)| f.clone())
+                .collect();
+            if !replay.is_empty() {
+                offer(client, Arc::from(replay));
             }
         }
         created
@@ -316,12 +333,15 @@ impl Hub {
 
     /// Ask the session whether the conversation runs a turn, and feed it if
     /// so (a client subscribed, or the status says a turn started).
-    pub fn probe(self: &Arc<Self>, conversation: String) {
+    /// `started`: the session just said a turn started there, so its turn
+    /// is fed even if it sealed before the answer (a turn that fails at
+    /// once); otherwise only a running turn is.
+    pub fn probe(self: &Arc<Self>, conversation: String, started: bool) {
         let hub = Arc::clone(self);
         self.runner.spawn(async move {
             let request = SessionRequest::Status { conversation_id: conversation.clone() };
             match hub.host.call(&session::answering::<StatusInfo>(), &request).await {
-                Ok(StatusInfo { is_active: true, turn_id: Some(turn), .. }) => {
+                Ok(StatusInfo { is_active, turn_id: Some(turn), .. }) if is_active || started => {
                     hub.turn_started(&conversation, &turn);
                 }
                 Ok(_) => {}
@@ -339,17 +359,25 @@ impl Hub {
         let Some(watch) = watches.get_mut(conversation).filter(|w| w.generation == generation) else {
             return false;
         };
+        // The batch, serialized once per wire version, one queue entry each.
+        let (mut latest, mut old) = (Vec::with_capacity(events.len()), Vec::with_capacity(events.len()));
         for event in events {
             let in_v0_1 = WireVersion::V0_1.includes(event_type(event.get()));
             let frame = Frame::from(format!(r#"{{"type":"chat.delta","event":{}}}"#, event.get()));
-            for id in &watch.clients {
-                if let Some(c) = clients.get(id) {
-                    if in_v0_1 || c.wire == WireVersion::Latest {
-                        offer(c, frame.clone());
-                    }
+            if in_v0_1 {
+                old.push(frame.clone());
+            }
+            latest.push(frame.clone());
+            watch.frames.push((frame, in_v0_1));
+        }
+        let (latest, old): (Item, Item) = (Arc::from(latest), Arc::from(old));
+        for id in &watch.clients {
+            if let Some(c) = clients.get(id) {
+                let item = if c.wire == WireVersion::Latest { &latest } else { &old };
+                if !item.is_empty() {
+                    offer(c, Arc::clone(item));
                 }
             }
-            watch.frames.push((frame, in_v0_1));
         }
         if sealed {
             // Nothing to replay once the turn is over: history is read over HTTP.
@@ -397,8 +425,8 @@ impl Hub {
 }
 
 /// Offer a message to a client's queue; a full queue kicks the client.
-fn offer(client: &Client, frame: Frame) {
-    if let Err(mpsc::error::TrySendError::Full(_)) = client.tx.try_send(frame) {
+fn offer(client: &Client, item: Item) {
+    if let Err(mpsc::error::TrySendError::Full(_)) = client.tx.try_send(item) {
         client.kick.notify_one();
     }
 }

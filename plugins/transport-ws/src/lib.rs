@@ -366,15 +366,17 @@ fn adopt_fd(fd: i32) -> Result<std::net::TcpStream, Error> {
     // SAFETY: the `adopt` contract transfers ownership of `fd` to this
     // plugin, in this process; nobody else closes or uses it after the call.
     let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
-    // Not a TCP socket: give the descriptor back instead of closing it.
-    if stream.peer_addr().is_err() {
-        let _ = stream.into_raw_fd();
-        return Err(Error::new(
-            codes::INVALID_PAYLOAD,
-            format!("adopt: descriptor {fd} is not a connected TCP socket"),
-        ));
+    match stream.peer_addr() {
+        Ok(_) => Ok(stream),
+        // Not a socket at all: give the descriptor back instead of closing
+        // someone else's file.
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => {
+            let _ = stream.into_raw_fd();
+            Err(Error::new(codes::INVALID_PAYLOAD, format!("adopt: descriptor {fd} is not a socket")))
+        }
+        // A socket whose client already left: ours, so closed here.
+        Err(e) => Err(Error::new(codes::INVALID_PAYLOAD, format!("adopt: the connection is gone ({e})"))),
     }
-    Ok(stream)
 }
 
 /// The plugin.
@@ -548,7 +550,7 @@ fn subscribe_broadcasts(host: &Host, hub: &Arc<Hub>, runner: &Runner) -> Result<
             "status": status,
         })));
         if status == ConversationStatus::Active && h.is_watched(&conversation_id) {
-            h.probe(conversation_id);
+            h.probe(conversation_id, true);
         }
         Ok(())
     })?;
