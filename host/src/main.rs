@@ -68,7 +68,7 @@ struct Remote {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load and activate the configured plugins and run until SIGINT, SIGTERM or SIGHUP.
+    /// Load and activate the configured plugins and run until SIGINT or SIGTERM (SIGHUP reloads the plugins).
     Serve {
         /// The plugin configuration.
         #[arg(long, short, default_value = "plugins.toml")]
@@ -396,7 +396,7 @@ async fn serve(
     }
     let active =
         sup.reports_snapshot().iter().filter(|r| r.state == dispatch_host::supervisor::State::Active).count();
-    tracing::info!(active, "dispatch is serving; SIGINT, SIGTERM or SIGHUP stops it");
+    tracing::info!(active, "dispatch is serving; SIGINT or SIGTERM stops it, SIGHUP reloads the plugins");
     notify(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status(&format!("serving, {active} plugins active")),

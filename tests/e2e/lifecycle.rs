@@ -9,6 +9,12 @@ use std::time::Duration;
 use crate::support::*;
 
 fn serve_until_signal(signal: &str) -> Output {
+    serve_with_signals(&[signal])
+}
+
+/// Start `serve`, then send each signal in turn; every one but the last is
+/// a SIGHUP whose reload is waited for.
+fn serve_with_signals(signals: &[&str]) -> Output {
     let cfg = Config::new()
         .plugin("libdispatch_plugin_standard_surfaces.so", "")
         .plugin("libdispatch_plugin_surfaces.so", "")
@@ -29,7 +35,7 @@ fn serve_until_signal(signal: &str) -> Output {
         let mut all = String::new();
         for line in BufReader::new(stderr).lines() {
             let line = line.unwrap();
-            if line.contains("dispatch is serving") {
+            if line.contains("dispatch is serving") || line.contains("plugins reloaded") {
                 let _ = tx.send(());
             }
             all.push_str(&line);
@@ -38,7 +44,13 @@ fn serve_until_signal(signal: &str) -> Output {
         all
     });
     rx.recv_timeout(Duration::from_secs(30)).expect("the host never said it was serving");
-    let status = Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+    let (last, before) = signals.split_last().unwrap();
+    for signal in before {
+        let status = Command::new("kill").args([*signal, &child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        rx.recv_timeout(Duration::from_secs(30)).expect("the host never said it reloaded");
+    }
+    let status = Command::new("kill").args([*last, &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let mut out = wait(child, Duration::from_secs(20), "dispatch serve after a signal");
     out.stderr = reader.join().unwrap();
@@ -96,9 +108,17 @@ fn a_hanging_deactivate_hits_its_deadline_and_the_rest_still_stop() {
     assert!(out.stderr.contains("plugin stopped plugin=surfaces"), "{}", out.stderr);
 }
 
-/// SIGHUP used to take `serve` down with its default action: no
-/// deactivation at all.
+/// SIGHUP used to take `serve` down with its default action (no
+/// deactivation at all); it now reloads the plugins — with nothing changed,
+/// nothing stops — and the server goes on until SIGTERM.
 #[test]
-fn sighup_deactivates_in_reverse_activation_order() {
-    assert_reverse_shutdown(&serve_until_signal("-HUP"));
+fn sighup_reloads_without_stopping_anything_and_sigterm_then_stops_in_reverse_order() {
+    let out = serve_with_signals(&["-HUP", "-TERM"]);
+    assert!(
+        out.stderr.contains("plugins reloaded added=0 removed=0 upgraded=0 restarted=0 failed=0 unchanged=3"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("stopped for a reload"), "{}", out.stderr);
+    assert_reverse_shutdown(&out);
 }
