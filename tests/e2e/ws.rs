@@ -394,6 +394,16 @@ fn both_doors_lead_to_the_same_clients_and_follow_the_access_rules() {
         let plain = http_client::send("GET", &format!("{}/ws", s.base), &[], None).await.unwrap();
         assert_eq!(plain.status, 426);
 
+        // A web page from elsewhere may not drive a local server without a
+        // token; one served from this machine may.
+        for url in [s.ws(), format!("{}/ws", s.base.replace("http://", "ws://"))] {
+            let refused =
+                WsClient::connect_with(&url, &[("origin", "https://evil.example")]).await.unwrap_err();
+            assert!(refused.contains("403"), "{url}: {refused}");
+            let mut ok = WsClient::connect_with(&url, &[("origin", "http://localhost:5173")]).await.unwrap();
+            assert_eq!(ok.next().await["type"], "catalog");
+        }
+
         // Through the HTTP port: the same hub (broadcasts reach both).
         let (mut via_http, catalog) = connect(&format!("{}/ws", s.base.replace("http://", "ws://"))).await;
         assert!(!catalog["catalog"].as_array().unwrap().is_empty());

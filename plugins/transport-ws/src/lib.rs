@@ -85,6 +85,13 @@ pub struct Config {
     /// Serve a non-loopback address without a token (logs a warning).
     #[serde(default)]
     pub allow_unauthenticated: bool,
+    /// Web pages (`Origin`s, e.g. `http://localhost:5173`) that may open a
+    /// socket; `["*"]` for any. Default: any when a token is configured
+    /// (the token is the check), else pages served from this machine only
+    /// — so a web site open in the user's browser cannot drive a local
+    /// server. Clients that are not browsers send no `Origin`: always let in.
+    #[serde(default)]
+    pub allowed_origins: Option<Vec<String>>,
     /// The wire version of clients that do not ask (`0.1` or `latest`, the
     /// default).
     #[serde(default)]
@@ -193,14 +200,57 @@ impl Refusal {
     }
 }
 
-/// Check a WebSocket upgrade request (RFC 6455 §4.2.1) and the `wire`
-/// query parameter; answers the `Sec-WebSocket-Accept` value and the wire
-/// version of the connection.
+/// Which web pages may open a socket (see [`Config::allowed_origins`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origins {
+    /// Any.
+    Any,
+    /// Pages served from this machine (`localhost`, `127.x.x.x`, `[::1]`).
+    Loopback,
+    /// These, exactly.
+    List(Vec<String>),
+}
+
+impl Origins {
+    fn allows(&self, origin: Option<&str>) -> bool {
+        let Some(origin) = origin else { return true };
+        match self {
+            Origins::Any => true,
+            Origins::List(list) => list.iter().any(|o| o.eq_ignore_ascii_case(origin)),
+            Origins::Loopback => {
+                let host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+                let host = if host.starts_with('[') {
+                    host.split(']').next().map(|h| format!("{h}]")).unwrap_or_default()
+                } else {
+                    host.split(':').next().unwrap_or_default().to_owned()
+                };
+                host.eq_ignore_ascii_case("localhost")
+                    || host == "[::1]"
+                    || host.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+            }
+        }
+    }
+}
+
+/// Check a WebSocket upgrade request (RFC 6455 §4.2.1), the page it comes
+/// from, and the `wire` query parameter; answers the
+/// `Sec-WebSocket-Accept` value and the wire version of the connection.
 pub fn check_upgrade<'a>(
     header: impl Fn(&str) -> Option<&'a str>,
     query: Option<&str>,
     default_wire: WireVersion,
+    origins: &Origins,
 ) -> Result<(String, WireVersion), Refusal> {
+    if let Some(origin) = header("origin").filter(|o| !origins.allows(Some(o))) {
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            "origin_forbidden",
+            format!(
+                "a page from {origin} may not open a WebSocket here: add it to transport-ws `allowed_origins` \
+                 (or configure an access token)"
+            ),
+        ));
+    }
     let has_token = |name: &str, token: &str| {
         header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     };
@@ -276,6 +326,7 @@ struct Shared {
     runner: Runner,
     token: Option<String>,
     default_wire: WireVersion,
+    origins: Origins,
     ws_config: WebSocketConfig,
     options: conn::Options,
     /// Handshakes answered for another listener, waiting for `adopt`.
@@ -308,8 +359,17 @@ impl Shared {
                 let header = |name: &str| {
                     headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
                 };
-                let (accept, wire) = check_upgrade(header, query.as_deref(), self.default_wire)
-                    .map_err(|r| Error::new(codes::INVALID_PAYLOAD, r.message))?;
+                let (accept, wire) =
+                    check_upgrade(header, query.as_deref(), self.default_wire, &self.origins).map_err(
+                        |r| {
+                            let code = if r.status == StatusCode::FORBIDDEN {
+                                codes::FORBIDDEN
+                            } else {
+                                codes::INVALID_PAYLOAD
+                            };
+                            Error::new(code, r.message)
+                        },
+                    )?;
                 let ticket = uuid::Uuid::new_v4().to_string();
                 let mut tickets = self.tickets.lock().unwrap_or_else(PoisonError::into_inner);
                 tickets.retain(|_, (_, at)| at.elapsed() < TICKET_LIFETIME);
@@ -469,6 +529,12 @@ impl Plugin for TransportWs {
         let shared = Arc::new(Shared {
             hub: Arc::clone(&hub),
             runner: runtime.runner(),
+            origins: match &config.allowed_origins {
+                Some(list) if list.iter().any(|o| o == "*") => Origins::Any,
+                Some(list) => Origins::List(list.clone()),
+                None if token.is_some() => Origins::Any,
+                None => Origins::Loopback,
+            },
             token,
             default_wire,
             ws_config,
@@ -660,7 +726,8 @@ fn upgrade(shared: &Arc<Shared>, mut req: Request<Incoming>) -> Response<Full<By
     }
     let headers = req.headers();
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let (accept, wire) = match check_upgrade(header, req.uri().query(), shared.default_wire) {
+    let (accept, wire) = match check_upgrade(header, req.uri().query(), shared.default_wire, &shared.origins)
+    {
         Ok(a) => a,
         Err(r) => return r.response(),
     };
@@ -708,25 +775,63 @@ mod tests {
 
     #[test]
     fn the_accept_key_is_rfc_6455s_and_the_wire_comes_from_the_query() {
-        let (accept, wire) = check_upgrade(headers(&UPGRADE_HEADERS), None, WireVersion::Latest).unwrap();
+        let (accept, wire) =
+            check_upgrade(headers(&UPGRADE_HEADERS), None, WireVersion::Latest, &Origins::Loopback).unwrap();
         // The worked example of RFC 6455 §1.3.
         assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         assert_eq!(wire, WireVersion::Latest);
-        let (_, wire) =
-            check_upgrade(headers(&UPGRADE_HEADERS), Some("token=x&wire=0.1"), WireVersion::Latest).unwrap();
+        let (_, wire) = check_upgrade(
+            headers(&UPGRADE_HEADERS),
+            Some("token=x&wire=0.1"),
+            WireVersion::Latest,
+            &Origins::Loopback,
+        )
+        .unwrap();
         assert_eq!(wire, WireVersion::V0_1);
-        let bad = check_upgrade(headers(&UPGRADE_HEADERS), Some("wire=9"), WireVersion::Latest).unwrap_err();
+        let bad =
+            check_upgrade(headers(&UPGRADE_HEADERS), Some("wire=9"), WireVersion::Latest, &Origins::Loopback)
+                .unwrap_err();
         assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     }
 
     #[test]
+    fn only_pages_from_this_machine_may_connect_by_default() {
+        let from = |origin: &'static str| {
+            let mut h = UPGRADE_HEADERS.to_vec();
+            h.push(("Origin", origin));
+            h
+        };
+        for ok in
+            ["http://localhost:5173", "http://127.0.0.1:24203", "http://[::1]:24203", "https://LOCALHOST"]
+        {
+            let h = from(ok);
+            assert!(
+                check_upgrade(headers(&h), None, WireVersion::Latest, &Origins::Loopback).is_ok(),
+                "{ok}"
+            );
+        }
+        let h = from("https://evil.example");
+        let refused = check_upgrade(headers(&h), None, WireVersion::Latest, &Origins::Loopback).unwrap_err();
+        assert_eq!((refused.status, refused.code), (StatusCode::FORBIDDEN, "origin_forbidden"));
+        let h = from("http://localhost.evil.example");
+        assert!(check_upgrade(headers(&h), None, WireVersion::Latest, &Origins::Loopback).is_err());
+        let listed = Origins::List(vec!["https://evil.example".into()]);
+        assert!(
+            check_upgrade(headers(&from("https://evil.example")), None, WireVersion::Latest, &listed).is_ok()
+        );
+        assert!(check_upgrade(headers(&from("https://x.example")), None, WireVersion::Latest, &Origins::Any)
+            .is_ok());
+    }
+
+    #[test]
     fn a_plain_request_is_told_to_upgrade() {
-        let r = check_upgrade(headers(&[("Host", "x")]), None, WireVersion::Latest).unwrap_err();
+        let r = check_upgrade(headers(&[("Host", "x")]), None, WireVersion::Latest, &Origins::Loopback)
+            .unwrap_err();
         assert_eq!(r.status, StatusCode::UPGRADE_REQUIRED);
         let old =
             [UPGRADE_HEADERS[0], UPGRADE_HEADERS[1], ("Sec-WebSocket-Version", "8"), UPGRADE_HEADERS[3]];
         assert_eq!(
-            check_upgrade(headers(&old), None, WireVersion::Latest).unwrap_err().code,
+            check_upgrade(headers(&old), None, WireVersion::Latest, &Origins::Loopback).unwrap_err().code,
             "upgrade_required"
         );
     }
