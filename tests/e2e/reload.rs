@@ -126,3 +126,36 @@ fn a_tool_plugin_is_added_upgraded_and_removed_in_a_running_server() {
     let after = count_turn(&s, "r5");
     assert_eq!(after["isError"], true, "{after}");
 }
+
+/// Removing a plugin while a turn's call to it runs: the call ends as an
+/// error result for the model and the turn goes on to seal.
+#[test]
+fn removing_a_plugin_during_its_slow_call_ends_the_call_with_an_error_and_the_turn_seals() {
+    let cfg = product_config(LOOPBACK);
+    let s = Server::start(&cfg);
+    let mut stream =
+        crate::http::Stream::open(&s.base, &json!({"conversationId": "gone-tool", "message": "shell time"}));
+    stream.until("tool-call");
+    // The configuration without the shell tool (its command sleeps 1.5 s).
+    let text = std::fs::read_to_string(&*cfg).unwrap();
+    let without =
+        text.replace("\n[[plugin]]\npath = \"libdispatch_plugin_tool_shell.so\"\nrequired = true\n", "\n");
+    assert_ne!(without, text, "the shell tool's entry was not found in:\n{text}");
+    std::fs::write(&*cfg, without).unwrap();
+    let started = Instant::now();
+    let report = post(&format!("{}/admin/plugins/reload", s.base), "").body;
+    let removed: Vec<&str> =
+        report["removed"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(removed, ["tool-shell"], "{report}");
+    let rest = stream.rest();
+    let result = rest.iter().find(|e| e["type"] == "tool-result").unwrap_or_else(|| panic!("{rest:?}"));
+    assert_eq!(result["isError"], true, "{result}");
+    // The tool's own abort message (its command's process group killed).
+    assert!(result["content"].as_str().unwrap().contains("aborted"), "{result}");
+    assert_eq!(rest.last().unwrap()["type"], "turn-sealed", "{rest:?}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    // And the next turn runs without it.
+    let (a, events) = chat(&s.base, json!({"conversationId": "gone-tool", "message": "hi"}));
+    assert_eq!(a.status, 200);
+    assert_eq!(events.last().unwrap()["type"], "turn-sealed");
+}
