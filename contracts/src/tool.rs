@@ -88,7 +88,13 @@ enum Item {
 pub struct ToolServer {
     runtime: PluginRuntime,
     runs: Arc<PullTable<Item>>,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 }
+
+#[cfg(feature = "runtime")]
+/// What a call cut short by [`ToolServer::stop`] tells the model.
+const STOPPED: &str =
+    "the tool's plugin was stopped during this call (a plugin reload, or the server shutting down)";
 
 #[cfg(feature = "runtime")]
 /// Serve `tool` on the bus as `tool.<its name>`, running calls on a new
@@ -99,8 +105,11 @@ pub fn serve(host: &Host, tool: Arc<dyn Tool>, workers: usize) -> Result<ToolSer
     let runs: Arc<PullTable<Item>> = Arc::default();
     let runner = runtime.runner();
     let table = Arc::clone(&runs);
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = Arc::clone(&stopping);
     host.provide(&key(tool.name()), move |req: ToolRequest| {
         let (table, tool, runner) = (Arc::clone(&table), Arc::clone(&tool), runner.clone());
+        let stopping = Arc::clone(&stopped);
         async move {
             match req {
                 ToolRequest::Spec => to_json(&describe(tool.as_ref())),
@@ -125,7 +134,17 @@ pub fn serve(host: &Host, tool: Arc<dyn Tool>, workers: usize) -> Result<ToolSer
                     to_json(&Started { run_id })
                 }
                 ToolRequest::Next { run_id } => {
-                    let pulled = table.next(run_id, |i| matches!(i, Item::Result(_))).await?;
+                    let is_stopping = || stopping.load(std::sync::atomic::Ordering::SeqCst);
+                    let pulled = match table.next(run_id, |i| matches!(i, Item::Result(_))).await {
+                        Ok(p) => p,
+                        // Forgotten because the plugin is stopping: say so.
+                        Err(_) if is_stopping() => {
+                            let failed =
+                                RunResult::Failed { message: format!("{STOPPED}; the call did not finish") };
+                            return to_json(&RunBatch { result: Some(failed), ..RunBatch::default() });
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
                     let mut batch = RunBatch::default();
                     for item in pulled.items {
                         match item {
@@ -134,10 +153,22 @@ pub fn serve(host: &Host, tool: Arc<dyn Tool>, workers: usize) -> Result<ToolSer
                         }
                     }
                     if pulled.closed && batch.result.is_none() {
-                        // The run's future was dropped without a result
-                        // (the runtime shut down under it).
-                        batch.result =
-                            Some(RunResult::Failed { message: "the tool stopped without a result".into() });
+                        // The run's future was dropped without a result:
+                        // the runtime shut down under it.
+                        batch.result = Some(RunResult::Failed {
+                            message: format!("{STOPPED}; the call did not finish"),
+                        });
+                    } else if is_stopping() {
+                        // Ended by the stop (a shell's aborted command): say why.
+                        batch.result = batch.result.map(|r| match r {
+                            RunResult::Output { content, is_error: true } => {
+                                RunResult::Output { content: format!("{STOPPED}: {content}"), is_error: true }
+                            }
+                            RunResult::Failed { message } => {
+                                RunResult::Failed { message: format!("{STOPPED}: {message}") }
+                            }
+                            other => other,
+                        });
                     }
                     to_json(&batch)
                 }
@@ -149,7 +180,7 @@ pub fn serve(host: &Host, tool: Arc<dyn Tool>, workers: usize) -> Result<ToolSer
             }
         }
     })?;
-    Ok(ToolServer { runtime, runs })
+    Ok(ToolServer { runtime, runs, stopping })
 }
 
 #[cfg(feature = "runtime")]
@@ -180,6 +211,7 @@ impl ToolServer {
     /// Abort every call in progress (a shell's process group is killed)
     /// and stop the runtime, giving calls up to five seconds to clean up.
     pub fn stop(&mut self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         self.runs.cancel_all();
         self.runtime.shutdown(Duration::from_secs(5));
     }
