@@ -576,6 +576,7 @@ impl Supervisor {
                 other => other.to_string(),
             };
             let mut reports = self.reports();
+            tracing::error!(plugin = %reports[i].id, file = %reports[i].file, "plugin failed: {msg}");
             reports[i].state = State::Failed;
             reports[i].error = Some(msg);
             drop(reports);

@@ -122,3 +122,58 @@ fn sighup_reloads_without_stopping_anything_and_sigterm_then_stops_in_reverse_or
     assert!(!out.stderr.contains("stopped for a reload"), "{}", out.stderr);
     assert_reverse_shutdown(&out);
 }
+
+/// Removing a plugin others depend on: the dependents stop first, then it;
+/// a dependent that is still configured stays down (reported), the rest
+/// runs on.
+#[test]
+fn a_reload_that_removes_a_dependency_stops_its_dependents_first() {
+    let cfg = Config::new()
+        .plugin("libdispatch_plugin_surfaces.so", "")
+        .optional("libfx_alpha.so", "")
+        .optional("libfx_beta.so", "")
+        .write();
+    let mut child = Command::new(dispatch_bin())
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            if line.contains("dispatch is serving") || line.contains("plugins reloaded") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    rx.recv_timeout(Duration::from_secs(30)).expect("serving");
+    let text = std::fs::read_to_string(&*cfg).unwrap();
+    std::fs::write(&*cfg, text.replace("path = \"libfx_alpha.so\"", "path = \"libfx_alpha_gone.so\""))
+        .unwrap();
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    rx.recv_timeout(Duration::from_secs(30)).expect("reloaded");
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let out = wait(child, Duration::from_secs(20), "serve after a reload");
+    let log = reader.join().unwrap();
+    assert_eq!(out.code(), 0, "{log}");
+    let at = |needle: &str| log.find(needle).unwrap_or_else(|| panic!("{needle:?} not in:\n{log}"));
+    assert!(
+        at("plugin stopped for a reload plugin=fx-beta") < at("plugin stopped for a reload plugin=fx-alpha"),
+        "{log}"
+    );
+    // fx-alpha's entry now names a missing file: removed, and a failed row;
+    // fx-beta cannot come back without it.
+    assert!(log.contains("plugins reloaded added=0 removed=1"), "{log}");
+    assert!(log.contains("plugin `fx-beta` depends on `fx-alpha`"), "{log}");
+    assert!(log.contains("plugin stopped plugin=surfaces"), "{log}");
+}
