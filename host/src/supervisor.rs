@@ -577,6 +577,12 @@ impl Supervisor {
             };
             let mut reports = self.reports();
             tracing::error!(plugin = %reports[i].id, file = %reports[i].file, "plugin failed: {msg}");
+            out.failed.push(ReloadChange {
+                id: reports[i].id.clone(),
+                file: reports[i].file.clone(),
+                version: reports[i].version.clone(),
+                reason: Some(msg.clone()),
+            });
             reports[i].state = State::Failed;
             reports[i].error = Some(msg);
             drop(reports);

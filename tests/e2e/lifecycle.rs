@@ -173,7 +173,10 @@ fn a_reload_that_removes_a_dependency_stops_its_dependents_first() {
     );
     // fx-alpha's entry now names a missing file: removed, and a failed row;
     // fx-beta cannot come back without it.
-    assert!(log.contains("plugins reloaded added=0 removed=1"), "{log}");
+    assert!(
+        log.contains("plugins reloaded added=0 removed=1 upgraded=0 restarted=0 failed=2 unchanged=1"),
+        "{log}"
+    );
     assert!(log.contains("plugin `fx-beta` depends on `fx-alpha`"), "{log}");
     assert!(log.contains("plugin stopped plugin=surfaces"), "{log}");
 }
