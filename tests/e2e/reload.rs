@@ -161,3 +161,35 @@ fn removing_a_plugin_during_its_slow_call_ends_the_call_with_an_error_and_the_tu
     assert_eq!(a.status, 200);
     assert_eq!(events.last().unwrap()["type"], "turn-sealed");
 }
+
+/// A provider dropped into a running server: its models appear in
+/// `GET /models` and a turn can use them.
+#[test]
+fn a_provider_added_by_a_reload_serves_its_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let crate_dir = dir.path().join("reload-provider");
+    let made = run(
+        &["plugins", "new", "reload-provider", "--kind", "provider", "--dir", crate_dir.to_str().unwrap()],
+        &[],
+        Duration::from_secs(30),
+    );
+    assert_eq!(made.code(), 0, "{}", made.stderr);
+    let so = dir.path().join("libreload_provider.so");
+    build_external(&crate_dir.join("Cargo.toml"), "libreload_provider.so", &so);
+
+    let cfg = product_config(LOOPBACK);
+    let drop_dir = cfg.parent().unwrap().join("plugins.d");
+    std::fs::create_dir_all(&drop_dir).unwrap();
+    let s = Server::start(&cfg);
+    let models = |s: &Server| get(&format!("{}/models", s.base)).body["models"].clone();
+    assert!(!models(&s).as_array().unwrap().iter().any(|m| m == "reload_provider/echo"));
+    install(&so, &drop_dir.join("libreload_provider.so"));
+    let report = post(&format!("{}/admin/plugins/reload", s.base), "").body;
+    assert_eq!(report["added"][0]["id"], "reload-provider", "{report}");
+    assert!(models(&s).as_array().unwrap().iter().any(|m| m == "reload_provider/echo"), "{}", models(&s));
+    let (a, events) = chat(&s.base, json!({"message": "hello there", "model": "reload_provider/echo"}));
+    assert_eq!(a.status, 200, "{}", a.text);
+    let text: String =
+        events.iter().filter(|e| e["type"] == "text-delta").map(|e| e["delta"].as_str().unwrap()).collect();
+    assert_eq!(text, "You said: hello there");
+}
