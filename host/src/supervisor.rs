@@ -115,6 +115,27 @@ impl ServiceHandler for PluginsService {
     }
 }
 
+/// The row of a loaded library, from its manifest.
+fn manifest_report(path: &Path, m: dispatch_abi::ffi::Manifest, required: bool) -> PluginReport {
+    PluginReport {
+        id: m.id.into_string(),
+        version: Some(m.version.into_string()),
+        file: path.display().to_string(),
+        order: None,
+        state: State::Pending,
+        error: None,
+        required,
+        description: m.description.into_string(),
+        depends_on: m.depends_on.into_iter().map(RString::into_string).collect(),
+        provides: m
+            .provides
+            .into_iter()
+            .map(|c| Provided { kind: c.kind.into_string(), name: c.name.into_string() })
+            .collect(),
+        activate_ms: None,
+    }
+}
+
 /// The row of a file that could not be loaded.
 fn failed_report(path: &Path, required: bool, error: String) -> PluginReport {
     PluginReport {
@@ -180,46 +201,13 @@ impl Supervisor {
                 p.sha256 = file_sha256(&p.path).filter(|h| pins.contains(h));
             }
             pinned.push(p.sha256.clone().filter(|_| p.drop_in));
-            let file = p.path.display().to_string();
-            let mut report = PluginReport {
-                id: file_stem(&p.path),
-                version: None,
-                file,
-                order: None,
-                state: State::Pending,
-                error: None,
-                required: p.required,
-                description: String::new(),
-                depends_on: Vec::new(),
-                provides: Vec::new(),
-                activate_ms: None,
+            let loaded = match p.problem {
+                Some(problem) => Err(problem),
+                None => loader::load(&p.path, p.sha256.as_deref()).map_err(|e| e.to_string()),
             };
-            let module = match p.problem {
-                Some(problem) => {
-                    report.state = State::Failed;
-                    report.error = Some(problem);
-                    None
-                }
-                None => match loader::load(&p.path, p.sha256.as_deref()) {
-                    Ok(loaded) => {
-                        let m = loaded.manifest;
-                        report.id = m.id.into_string();
-                        report.version = Some(m.version.into_string());
-                        report.description = m.description.into_string();
-                        report.depends_on = m.depends_on.into_iter().map(RString::into_string).collect();
-                        report.provides = m
-                            .provides
-                            .into_iter()
-                            .map(|c| Provided { kind: c.kind.into_string(), name: c.name.into_string() })
-                            .collect();
-                        Some(loaded.module)
-                    }
-                    Err(e) => {
-                        report.state = State::Failed;
-                        report.error = Some(e.to_string());
-                        None
-                    }
-                },
+            let (report, module) = match loaded {
+                Ok(loaded) => (manifest_report(&p.path, loaded.manifest, p.required), Some(loaded.module)),
+                Err(error) => (failed_report(&p.path, p.required, error), None),
             };
             modules.push(module);
             configs.push(p.config_json);
@@ -311,16 +299,8 @@ impl Supervisor {
                 tracing::error!(plugin = %entry.id, "plugin failed: {error}");
                 reports.push(PluginReport {
                     id: entry.id,
-                    version: None,
                     file: String::new(),
-                    order: None,
-                    state: State::Failed,
-                    error: Some(error),
-                    required: entry.required,
-                    description: String::new(),
-                    depends_on: Vec::new(),
-                    provides: Vec::new(),
-                    activate_ms: None,
+                    ..failed_report(Path::new(""), entry.required, error)
                 });
                 modules.push(None);
                 configs.push(String::new());
@@ -663,7 +643,7 @@ impl Supervisor {
     ) -> Result<(PluginReport, PluginModRef), String> {
         let (loaded, sha256) = loader::load_private(path).map_err(|e| e.to_string())?;
         let m = loaded.manifest;
-        let id = m.id.into_string();
+        let id = m.id.as_str();
         if let Some(pin) = id_entries.clone().find(|e| e.id == id).and_then(|e| e.sha256.clone()) {
             if !pin.trim().eq_ignore_ascii_case(&sha256) {
                 return Err(format!(
@@ -672,44 +652,35 @@ impl Supervisor {
                 ));
             }
         }
-        let report = PluginReport {
-            id,
-            version: Some(m.version.into_string()),
-            file: path.display().to_string(),
-            order: None,
-            state: State::Pending,
-            error: None,
-            required: false,
-            description: m.description.into_string(),
-            depends_on: m.depends_on.into_iter().map(RString::into_string).collect(),
-            provides: m
-                .provides
-                .into_iter()
-                .map(|c| Provided { kind: c.kind.into_string(), name: c.name.into_string() })
-                .collect(),
-            activate_ms: None,
-        };
-        Ok((report, loaded.module))
+        Ok((manifest_report(path, m, false), loaded.module))
     }
 
     /// Deactivate the active plugin of row `i` (bounded) and take what it
     /// registered off the bus.
     async fn deactivate_row(&mut self, i: usize) {
         let Some(pos) = self.active.iter().position(|(row, _)| *row == i) else { return };
-        let (_, mut instance) = self.active.remove(pos);
+        let (_, instance) = self.active.remove(pos);
+        self.stop_instance(i, instance, " for a reload").await;
+        self.publish_state(i);
+    }
+
+    /// Deactivate one instance within the deadline (its thread is
+    /// abandoned past it), take what it registered off the bus, and mark
+    /// its row stopped. `why` ends the log line ("plugin stopped{why}").
+    async fn stop_instance(&self, i: usize, mut instance: PluginInstanceBox, why: &str) {
         let id = self.reports()[i].id.clone();
         let task = tokio::task::spawn_blocking(move || instance.deactivate());
-        match tokio::time::timeout(self.settings.deactivate_timeout, task).await {
-            Ok(Ok(RResult::ROk(()))) => tracing::info!(plugin = %id, "plugin stopped for a reload"),
+        let timeout = self.settings.deactivate_timeout;
+        match tokio::time::timeout(timeout, task).await {
+            Ok(Ok(RResult::ROk(()))) => tracing::info!(plugin = %id, "plugin stopped{why}"),
             Ok(Ok(RResult::RErr(e))) => tracing::warn!(plugin = %id, "deactivate failed: {}", e.message),
             Ok(Err(join)) => tracing::warn!(plugin = %id, "deactivate crashed: {join}"),
-            Err(_) => tracing::warn!(plugin = %id, "deactivate did not finish in time; moving on"),
+            Err(_) => {
+                tracing::warn!(plugin = %id, "deactivate did not finish within {} ms; moving on", timeout.as_millis())
+            }
         }
         self.shared.bus.remove_plugin(&id);
-        let mut reports = self.reports();
-        reports[i].state = State::Stopped;
-        drop(reports);
-        self.publish_state(i);
+        self.reports()[i].state = State::Stopped;
     }
 
     /// Give the start-up events (plugin states) time to reach their
@@ -840,20 +811,8 @@ impl Supervisor {
     /// activation order, each within the deadline.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown_tx.send(true);
-        while let Some((i, mut instance)) = self.active.pop() {
-            let id = self.reports()[i].id.clone();
-            let task = tokio::task::spawn_blocking(move || instance.deactivate());
-            let timeout = self.settings.deactivate_timeout;
-            match tokio::time::timeout(timeout, task).await {
-                Ok(Ok(RResult::ROk(()))) => tracing::info!(plugin = %id, "plugin stopped"),
-                Ok(Ok(RResult::RErr(e))) => tracing::warn!(plugin = %id, "deactivate failed: {}", e.message),
-                Ok(Err(join)) => tracing::warn!(plugin = %id, "deactivate crashed: {join}"),
-                Err(_) => {
-                    tracing::warn!(plugin = %id, "deactivate did not finish within {} ms; moving on", timeout.as_millis())
-                }
-            }
-            self.shared.bus.remove_plugin(&id);
-            self.reports()[i].state = State::Stopped;
+        while let Some((i, instance)) = self.active.pop() {
+            self.stop_instance(i, instance, "").await;
         }
     }
 }

@@ -20,6 +20,26 @@ fn serve_with_signals(signals: &[&str]) -> Output {
         .plugin("libdispatch_plugin_surfaces.so", "")
         .plugin("libfx_alpha.so", "")
         .write();
+    let (child, rx, reader) = spawn_serve(&cfg);
+    rx.recv_timeout(Duration::from_secs(30)).expect("the host never said it was serving");
+    let (last, before) = signals.split_last().unwrap();
+    for signal in before {
+        let status = Command::new("kill").args([*signal, &child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        rx.recv_timeout(Duration::from_secs(30)).expect("the host never said it reloaded");
+    }
+    let status = Command::new("kill").args([*last, &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let mut out = wait(child, Duration::from_secs(20), "dispatch serve after a signal");
+    out.stderr = reader.join().unwrap();
+    out
+}
+
+/// `dispatch serve` on `cfg`; the receiver hears "serving" and each
+/// "plugins reloaded", the thread answers the whole log once it exits.
+fn spawn_serve(
+    cfg: &std::path::Path,
+) -> (std::process::Child, mpsc::Receiver<()>, std::thread::JoinHandle<String>) {
     let mut child = Command::new(dispatch_bin())
         .args(["serve", "--config", cfg.to_str().unwrap()])
         .env("RUST_LOG", "info")
@@ -28,7 +48,6 @@ fn serve_with_signals(signals: &[&str]) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Read stderr until the host says it is serving, then signal it.
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
     let reader = std::thread::spawn(move || {
@@ -43,18 +62,7 @@ fn serve_with_signals(signals: &[&str]) -> Output {
         }
         all
     });
-    rx.recv_timeout(Duration::from_secs(30)).expect("the host never said it was serving");
-    let (last, before) = signals.split_last().unwrap();
-    for signal in before {
-        let status = Command::new("kill").args([*signal, &child.id().to_string()]).status().unwrap();
-        assert!(status.success());
-        rx.recv_timeout(Duration::from_secs(30)).expect("the host never said it reloaded");
-    }
-    let status = Command::new("kill").args([*last, &child.id().to_string()]).status().unwrap();
-    assert!(status.success());
-    let mut out = wait(child, Duration::from_secs(20), "dispatch serve after a signal");
-    out.stderr = reader.join().unwrap();
-    out
+    (child, rx, reader)
 }
 
 fn assert_reverse_shutdown(out: &Output) {
@@ -133,39 +141,31 @@ fn a_reload_that_removes_a_dependency_stops_its_dependents_first() {
         .optional("libfx_alpha.so", "")
         .optional("libfx_beta.so", "")
         .write();
-    let mut child = Command::new(dispatch_bin())
-        .args(["serve", "--config", cfg.to_str().unwrap()])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in BufReader::new(stderr).lines() {
-            let line = line.unwrap();
-            if line.contains("dispatch is serving") || line.contains("plugins reloaded") {
-                let _ = tx.send(());
-            }
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
+    let (child, rx, reader) = spawn_serve(&cfg);
     rx.recv_timeout(Duration::from_secs(30)).expect("serving");
+    let pid = child.id().to_string();
+    // A changed [plugin.config] restarts just that plugin.
+    let text = std::fs::read_to_string(&*cfg).unwrap();
+    let beta = "path = \"libfx_beta.so\"\nrequired = false\n";
+    assert!(text.contains(beta), "{text}");
+    std::fs::write(&*cfg, text.replace(beta, &format!("{beta}[plugin.config]\nfilter_append = \"!\"\n")))
+        .unwrap();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    rx.recv_timeout(Duration::from_secs(30)).expect("reloaded");
+    // Then fx-alpha's entry names a file that is not there.
     let text = std::fs::read_to_string(&*cfg).unwrap();
     std::fs::write(&*cfg, text.replace("path = \"libfx_alpha.so\"", "path = \"libfx_alpha_gone.so\""))
         .unwrap();
-    let pid = child.id().to_string();
     assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
     rx.recv_timeout(Duration::from_secs(30)).expect("reloaded");
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let out = wait(child, Duration::from_secs(20), "serve after a reload");
     let log = reader.join().unwrap();
     assert_eq!(out.code(), 0, "{log}");
+    assert!(
+        log.contains("plugins reloaded added=0 removed=0 upgraded=0 restarted=1 failed=0 unchanged=2"),
+        "{log}"
+    );
     let at = |needle: &str| log.find(needle).unwrap_or_else(|| panic!("{needle:?} not in:\n{log}"));
     assert!(
         at("plugin stopped for a reload plugin=fx-beta") < at("plugin stopped for a reload plugin=fx-alpha"),
