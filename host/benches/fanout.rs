@@ -23,31 +23,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use dispatch_test_support::bench::{
+    free_port, median, percentile as pct, release_dir, spawn_release_serve as spawn,
+};
 use dispatch_test_support::{bundled_config, http_client};
 use futures::StreamExt as _;
 use tokio_tungstenite::tungstenite::Message;
-
-fn release_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("target/release")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 /// Arrival times of a turn's events at one receiver, in order.
 type Arrivals = Vec<Instant>;
@@ -127,17 +110,6 @@ async fn round(port: u16, ws: &str, watchers: usize, id: &str, message: &str) ->
         turn_ms: turn * 1e3,
         ndjson_events_per_s: events as f64 / turn.max(1e-9),
     }
-}
-
-fn spawn(config: &Path) -> Child {
-    Command::new(release_dir().join("dispatch"))
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap()
 }
 
 fn main() {

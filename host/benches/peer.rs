@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use dispatch_test_support::bench::median;
 use dispatch_test_support::http_client;
 use dispatch_test_support::mock_openai::{finish_chunk, text_chunk, MockServer, Reply};
 use serde_json::json;
@@ -83,11 +84,6 @@ fn switches(pid: u32) -> u64 {
         }
     }
     total
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn config(dir: &Path, port: u16) -> PathBuf {

@@ -20,6 +20,7 @@ use dispatch_host::turn::{resolve, BusCaller};
 use dispatch_kernel::provider::{Provider, ProviderEvent, ProviderOptions, StepRequest};
 use dispatch_kernel::remote::RemoteProvider;
 use dispatch_kernel::wire::ChatMessage;
+use dispatch_test_support::bench::median;
 use dispatch_test_support::mock_openai::{finish_chunk, text_chunk, MockServer, Reply};
 use futures::StreamExt as _;
 use serde_json::Value;
@@ -64,11 +65,6 @@ async fn plain(http: &reqwest::Client, url: &str) -> usize {
         }
     }
     tokens
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn main() {

@@ -16,14 +16,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use common::*;
+use dispatch_test_support::bench::median;
 
 const ROUNDS: usize = 31;
 const CALLS: usize = 20_000;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 fn time_block(mut f: impl FnMut()) -> f64 {
     let started = Instant::now();

@@ -11,71 +11,31 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use dispatch_test_support::bench::{
+    free_port, install, median, proc_kib, release_dir, repo_root, spawn_release_serve, word_count_variant,
+};
 use dispatch_test_support::http_client;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-fn release_dir() -> PathBuf {
-    repo().join("target/release")
-}
-
-/// Build a copy of the word-count example as `version`, under its own
-/// library name; answers the `.so`.
+/// Build a copy of the word-count example as `version` in release, into
+/// `target/bench-external`; answers the `.so`.
 fn build(tag: &str, version: &str) -> PathBuf {
-    let dir = repo().join(format!("target/bench-external/src-{tag}"));
-    std::fs::create_dir_all(dir.join("src")).unwrap();
-    let root = repo().display().to_string();
-    let cargo = std::fs::read_to_string(repo().join("examples/word-count/Cargo.toml"))
-        .unwrap()
-        .replace("version = \"0.1.0\"", &format!("version = {version:?}"))
-        .replace("name = \"word-count\"", &format!("name = \"word-count-{tag}\""))
-        .replace("[lib]\n", &format!("[lib]\nname = \"word_count_{tag}\"\n"))
-        .replace("../../", &format!("{root}/"));
-    std::fs::write(dir.join("Cargo.toml"), cargo).unwrap();
-    std::fs::copy(repo().join("examples/word-count/src/lib.rs"), dir.join("src/lib.rs")).unwrap();
-    std::fs::copy(repo().join("examples/word-count/Cargo.lock"), dir.join("Cargo.lock")).unwrap();
-    let target = repo().join("target/bench-external/target");
+    let dir = repo_root().join("target/bench-external");
+    let manifest = word_count_variant(&dir, tag, version, "{words} words,");
+    let target = dir.join("target");
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["build", "--release", "--quiet", "--manifest-path"])
-        .arg(dir.join("Cargo.toml"))
+        .arg(&manifest)
         .env("CARGO_TARGET_DIR", &target)
         .status()
         .unwrap();
     assert!(status.success());
-    let so = repo().join(format!("target/bench-external/{tag}.so"));
+    let so = dir.join(format!("{tag}.so"));
     std::fs::copy(target.join("release").join(format!("libword_count_{tag}.so")), &so).unwrap();
     so
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// Install `from` as `to` the way an installer does (a new file).
-fn install(from: &Path, to: &Path) {
-    let tmp = to.with_extension("tmp");
-    std::fs::copy(from, &tmp).unwrap();
-    std::fs::rename(&tmp, to).unwrap();
 }
 
 async fn reload(port: u16) -> (Duration, String) {
@@ -127,14 +87,7 @@ fn main() {
     }
     let cfg = dir.path().join("plugins.toml");
     std::fs::write(&cfg, toml).unwrap();
-    let mut child: Child = Command::new(release_dir().join("dispatch"))
-        .args(["serve", "--config", cfg.to_str().unwrap()])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_release_serve(&cfg);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(http_client::wait_ok(&format!("http://127.0.0.1:{port}/health"), Duration::from_secs(30)));
     let target = drop.join("libword_count.so");
@@ -164,14 +117,14 @@ fn main() {
     install(&v1, &target);
     rt.block_on(reload(port));
     std::thread::sleep(Duration::from_millis(300));
-    let before = rss_kib(child.id());
+    let before = proc_kib(child.id(), "VmRSS:");
     for i in 0..cycles {
         install(if i % 2 == 0 { &v2 } else { &v1 }, &target);
         let (_, report) = rt.block_on(reload(port));
         assert!(report.contains("\"upgraded\""), "{report}");
     }
     std::thread::sleep(Duration::from_millis(300));
-    let after = rss_kib(child.id());
+    let after = proc_kib(child.id(), "VmRSS:");
     let so_kib = std::fs::metadata(&v1).unwrap().len() / 1024;
     println!(
         "{cycles} upgrade cycles: RSS {:.1} -> {:.1} MiB, {:.0} KiB per upgrade (the library file is {so_kib} KiB)",

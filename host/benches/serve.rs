@@ -13,14 +13,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use dispatch_test_support::bench::{
+    free_port, median, percentile as pct, proc_kib as mem_kib, release_dir, spawn_release_serve as spawn,
+};
 use dispatch_test_support::{bundled_config, http_client};
-
-fn release_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("target/release")
-}
 
 fn write_config(dir: &Path, port: u16, deltas: usize) -> PathBuf {
     let script = dir.join("script.json");
@@ -47,43 +45,8 @@ fn write_config(dir: &Path, port: u16, deltas: usize) -> PathBuf {
     path
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn spawn(config: &Path) -> Child {
-    Command::new(release_dir().join("dispatch"))
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap()
-}
-
-/// `VmRSS` / `VmHWM` of a process, in KiB.
-fn mem_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 async fn health(port: u16) -> Duration {
     http_client::wait_ok(&format!("http://127.0.0.1:{port}/health"), Duration::from_secs(30)).await
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 struct Round {

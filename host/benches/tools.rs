@@ -18,14 +18,10 @@ use dispatch_host::turn::BusCaller;
 use dispatch_kernel::runtime::AbortSignal;
 use dispatch_kernel::tool::{Tool, ToolContext};
 use dispatch_kernel::toolbus::RemoteTool;
+use dispatch_test_support::bench::median;
 use serde_json::{json, Value};
 
 const ROUNDS: usize = 15;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 fn ctx(cwd: &std::path::Path) -> ToolContext {
     ToolContext {

@@ -11,10 +11,7 @@ use serde_json::{json, Value};
 use crate::external::build_external;
 use crate::http::{chat, get, post, product_config, Server, LOOPBACK};
 use crate::support::*;
-
-fn repo() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
+use dispatch_test_support::bench::{install, word_count_variant};
 
 /// Two builds of the word-count example: 0.1.0 as it is, and 0.2.0 whose
 /// answers say so. Each from a copy with its own library name: they share
@@ -22,23 +19,9 @@ fn repo() -> std::path::PathBuf {
 /// fresh is not copied out again.
 fn two_builds(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let build = |tag: &str, version: &str, words: &str| {
-        let src = dir.join(format!("word-count-{tag}"));
-        std::fs::create_dir_all(src.join("src")).unwrap();
-        let root = repo().display().to_string();
-        let cargo = std::fs::read_to_string(repo().join("examples/word-count/Cargo.toml"))
-            .unwrap()
-            .replace("version = \"0.1.0\"", &format!("version = {version:?}"))
-            .replace("name = \"word-count\"", &format!("name = \"word-count-{tag}\""))
-            .replace("[lib]\n", &format!("[lib]\nname = \"word_count_{tag}\"\n"))
-            .replace("../../", &format!("{root}/"));
-        std::fs::write(src.join("Cargo.toml"), cargo).unwrap();
-        let lib = std::fs::read_to_string(repo().join("examples/word-count/src/lib.rs"))
-            .unwrap()
-            .replace("{words} words,", words);
-        std::fs::write(src.join("src/lib.rs"), lib).unwrap();
-        std::fs::copy(repo().join("examples/word-count/Cargo.lock"), src.join("Cargo.lock")).unwrap();
+        let manifest = word_count_variant(dir, tag, version, words);
         let so = dir.join(format!("{tag}.so"));
-        build_external(&src.join("Cargo.toml"), &format!("libword_count_{tag}.so"), &so);
+        build_external(&manifest, &format!("libword_count_{tag}.so"), &so);
         so
     };
     (build("v1", "0.1.0", "{words} words,"), build("v2", "0.2.0", "{words} words (v2),"))
@@ -55,13 +38,6 @@ fn count_turn(s: &Server, conversation: &str) -> Value {
 fn word_count_row(s: &Server) -> Option<Value> {
     let list = get(&format!("{}/extensions", s.base)).body;
     list["plugins"].as_array().unwrap().iter().find(|p| p["id"] == "word-count").cloned()
-}
-
-/// Copy `from` to `to` as a new file (a new inode, as an installer does).
-fn install(from: &Path, to: &Path) {
-    let tmp = to.with_extension("tmp");
-    std::fs::copy(from, &tmp).unwrap();
-    std::fs::rename(&tmp, to).unwrap();
 }
 
 #[test]
