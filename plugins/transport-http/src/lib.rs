@@ -29,7 +29,7 @@ pub mod http;
 pub mod routes;
 pub mod ws;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -116,42 +116,6 @@ fn config_error(message: String) -> Error {
     Error::new("invalid_config", message)
 }
 
-/// The addresses to bind, and whether the defaults are in use.
-fn addresses(config: &Config) -> Result<(Vec<SocketAddr>, bool), Error> {
-    let listed: Option<Vec<String>> = config.addr.clone().or_else(|| {
-        std::env::var("DISPATCH_HTTP_ADDR")
-            .ok()
-            .filter(|v| !v.trim().is_empty())
-            .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect())
-    });
-    match listed {
-        None => Ok((
-            vec![
-                SocketAddr::new(IpAddr::from([127, 0, 0, 1]), DEFAULT_PORT),
-                SocketAddr::new(IpAddr::from(std::net::Ipv6Addr::LOCALHOST), DEFAULT_PORT),
-            ],
-            true,
-        )),
-        Some(list) => {
-            let mut out = Vec::new();
-            let mut bad = Vec::new();
-            for a in list.iter().filter(|a| !a.is_empty()) {
-                match a.parse::<SocketAddr>() {
-                    Ok(s) => out.push(s),
-                    Err(_) => bad.push(a.clone()),
-                }
-            }
-            if !bad.is_empty() || out.is_empty() {
-                return Err(config_error(format!(
-                    "transport-http: not a listen address (want IP:PORT, e.g. 127.0.0.1:24203 or [::1]:24203): {}",
-                    if bad.is_empty() { "none given".to_owned() } else { bad.join(", ") }
-                )));
-            }
-            Ok((out, false))
-        }
-    }
-}
-
 /// The plugin.
 #[derive(Debug)]
 pub struct TransportHttp {
@@ -234,7 +198,7 @@ impl Server {
         let given =
             header.or_else(|| (req.uri().path() == "/ws").then(|| query_token(req.uri().query())).flatten());
         match given {
-            Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => None,
+            Some(g) if dispatch_listen::constant_time_eq(g.as_bytes(), token.as_bytes()) => None,
             Some(_) => {
                 Some(Failure::new(StatusCode::UNAUTHORIZED, "unauthorized", "the access token is wrong"))
             }
@@ -252,11 +216,6 @@ fn query_token(query: Option<&str>) -> Option<String> {
     http::query_pairs(query).ok()?.into_iter().find(|(k, _)| k == "token").map(|(_, v)| v)
 }
 
-/// Compare without an early exit, so timing does not reveal a prefix.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 impl Plugin for TransportHttp {
     fn manifest() -> PluginManifest {
         PluginManifest::new("transport-http", env!("CARGO_PKG_VERSION"))
@@ -269,29 +228,16 @@ impl Plugin for TransportHttp {
         let config: Config = ctx.config()?;
         let host: Host = ctx.host().clone();
         host.require(&SESSION)?;
-        let (addrs, defaults) = addresses(&config)?;
-        let token = config
-            .token
-            .clone()
-            .or_else(|| std::env::var("DISPATCH_TOKEN").ok())
-            .map(|t| t.trim().to_owned())
-            .filter(|t| !t.is_empty());
-        let exposed: Vec<String> =
-            addrs.iter().filter(|a| !a.ip().is_loopback()).map(ToString::to_string).collect();
-        if !exposed.is_empty() && token.is_none() {
-            if !config.allow_unauthenticated {
-                return Err(config_error(format!(
-                    "transport-http: {} is not a loopback address; set an access token (`token` or \
-                     $DISPATCH_TOKEN), or `allow_unauthenticated = true` to serve it open on purpose",
-                    exposed.join(", ")
-                )));
-            }
-            tracing::warn!(
-                addresses = %exposed.join(", "),
-                "serving HTTP WITHOUT authentication on a non-loopback address (allow_unauthenticated = true): \
-                 anyone who can reach it can run tools on this machine"
-            );
-        }
+        let access = dispatch_listen::access(&dispatch_listen::Spec {
+            plugin: "transport-http",
+            serves: "HTTP",
+            addr: config.addr.clone(),
+            env_var: "DISPATCH_HTTP_ADDR",
+            default_port: DEFAULT_PORT,
+            allow_none: false,
+            token: config.token.clone(),
+            allow_unauthenticated: config.allow_unauthenticated,
+        })?;
         let default_wire = match config.default_wire.as_deref() {
             None => WireVersion::Latest,
             Some(w) => WireVersion::parse(w)
@@ -315,19 +261,7 @@ impl Plugin for TransportHttp {
 
         // Bind now, so a taken port fails activation with a clear message.
         let runtime = PluginRuntime::new("transport-http", config.workers)?;
-        let mut listeners = Vec::new();
-        for addr in &addrs {
-            match listen(&runtime, *addr) {
-                Ok(l) => listeners.push(l),
-                // IPv6 may be off on this machine: the default v6 address is best effort.
-                Err(e) if defaults && addr.is_ipv6() => {
-                    tracing::info!(%addr, error = %e, "IPv6 loopback unavailable; serving IPv4 only");
-                }
-                Err(e) => {
-                    return Err(Error::new("io", format!("transport-http: cannot listen on {addr}: {e}")))
-                }
-            }
-        }
+        let listeners = dispatch_listen::bind(&runtime, "transport-http", &access)?;
         let bound: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
         let app = Arc::new(App {
             host,
@@ -337,7 +271,7 @@ impl Plugin for TransportHttp {
             web_dir,
             runner: runtime.runner(),
         });
-        let server = Arc::new(Server { app, token, cors });
+        let server = Arc::new(Server { app, token: access.token, cors });
         let (stop, stopped) = watch::channel(false);
         let open = Arc::new(AtomicUsize::new(0));
         let closed = Arc::new(Notify::new());
@@ -400,21 +334,6 @@ impl Plugin for TransportHttp {
         self.runtime.shutdown(Duration::from_millis(500));
         Ok(())
     }
-}
-
-/// Most connections waiting to be accepted. The usual default (128)
-/// overflows when a couple of hundred clients connect at once, and each
-/// overflowed SYN costs its client a one-second retransmit.
-const BACKLOG: u32 = 4096;
-
-fn listen(runtime: &PluginRuntime, addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    // Registering with the reactor needs the runtime's context.
-    let _entered = runtime.handle().enter();
-    let socket =
-        if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(BACKLOG)
 }
 
 async fn accept_loop(

@@ -38,7 +38,7 @@ pub mod conn;
 pub mod hub;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::{FromRawFd as _, IntoRawFd as _};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -139,40 +139,6 @@ fn default_grace() -> u64 {
 
 fn config_error(message: String) -> Error {
     Error::new(codes::INVALID_CONFIG, message)
-}
-
-/// The addresses to bind, and whether they are the defaults.
-fn addresses(config: &Config) -> Result<(Vec<SocketAddr>, bool), Error> {
-    let listed: Option<Vec<String>> = config.addr.clone().or_else(|| {
-        std::env::var("DISPATCH_WS_ADDR")
-            .ok()
-            .filter(|v| !v.trim().is_empty())
-            .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect())
-    });
-    let Some(list) = listed else {
-        return Ok((
-            vec![
-                SocketAddr::new(IpAddr::from([127, 0, 0, 1]), DEFAULT_PORT),
-                SocketAddr::new(IpAddr::from(std::net::Ipv6Addr::LOCALHOST), DEFAULT_PORT),
-            ],
-            true,
-        ));
-    };
-    let mut out = Vec::new();
-    let mut bad = Vec::new();
-    for a in list.iter().filter(|a| !a.is_empty()) {
-        match a.parse::<SocketAddr>() {
-            Ok(s) => out.push(s),
-            Err(_) => bad.push(a.clone()),
-        }
-    }
-    if !bad.is_empty() {
-        return Err(config_error(format!(
-            "transport-ws: not a listen address (want IP:PORT, e.g. 127.0.0.1:24205 or [::1]:24205): {}",
-            bad.join(", ")
-        )));
-    }
-    Ok((out, false))
 }
 
 /// Why an upgrade request is refused.
@@ -301,7 +267,7 @@ fn check_token(token: Option<&str>, req: &Request<Incoming>) -> Result<(), Refus
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|v| v.trim().to_owned());
     match header.or_else(|| query_token(req.uri().query())) {
-        Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => Ok(()),
+        Some(given) if dispatch_listen::constant_time_eq(given.as_bytes(), token.as_bytes()) => Ok(()),
         Some(_) => Err(Refusal::new(StatusCode::UNAUTHORIZED, "unauthorized", "the access token is wrong")),
         None => Err(Refusal::new(
             StatusCode::UNAUTHORIZED,
@@ -309,11 +275,6 @@ fn check_token(token: Option<&str>, req: &Request<Incoming>) -> Result<(), Refus
             "this server needs an access token: send `Authorization: Bearer <token>` or `?token=<token>`",
         )),
     }
-}
-
-/// Compare without an early exit, so timing does not reveal a prefix.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// How long a handshake ticket stays valid.
@@ -465,29 +426,17 @@ impl Plugin for TransportWs {
         let host: Host = ctx.host().clone();
         host.require(&SESSION)?;
         host.require(&REGISTRY)?;
-        let (addrs, defaults) = addresses(&config)?;
-        let token = config
-            .token
-            .clone()
-            .or_else(|| std::env::var("DISPATCH_TOKEN").ok())
-            .map(|t| t.trim().to_owned())
-            .filter(|t| !t.is_empty());
-        let exposed: Vec<String> =
-            addrs.iter().filter(|a| !a.ip().is_loopback()).map(ToString::to_string).collect();
-        if !exposed.is_empty() && token.is_none() {
-            if !config.allow_unauthenticated {
-                return Err(config_error(format!(
-                    "transport-ws: {} is not a loopback address; set an access token (`token` or \
-                     $DISPATCH_TOKEN), or `allow_unauthenticated = true` to serve it open on purpose",
-                    exposed.join(", ")
-                )));
-            }
-            tracing::warn!(
-                addresses = %exposed.join(", "),
-                "serving the WebSocket WITHOUT authentication on a non-loopback address \
-                 (allow_unauthenticated = true): anyone who can reach it can run tools on this machine"
-            );
-        }
+        let access = dispatch_listen::access(&dispatch_listen::Spec {
+            plugin: "transport-ws",
+            serves: "the WebSocket",
+            addr: config.addr.clone(),
+            env_var: "DISPATCH_WS_ADDR",
+            default_port: DEFAULT_PORT,
+            allow_none: true,
+            token: config.token.clone(),
+            allow_unauthenticated: config.allow_unauthenticated,
+        })?;
+        let token = access.token.clone();
         let default_wire = match config.default_wire.as_deref() {
             None => WireVersion::Latest,
             Some(w) => WireVersion::parse(w)
@@ -501,18 +450,7 @@ impl Plugin for TransportWs {
         }
 
         let runtime = PluginRuntime::new("transport-ws", config.workers)?;
-        let mut listeners = Vec::new();
-        for addr in &addrs {
-            match listen(&runtime, *addr) {
-                Ok(l) => listeners.push(l),
-                Err(e) if defaults && addr.is_ipv6() => {
-                    tracing::info!(%addr, error = %e, "IPv6 loopback unavailable; serving IPv4 only");
-                }
-                Err(e) => {
-                    return Err(Error::new("io", format!("transport-ws: cannot listen on {addr}: {e}")))
-                }
-            }
-        }
+        let listeners = dispatch_listen::bind(&runtime, "transport-ws", &access)?;
         let bound: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
 
         let ping_interval = Duration::from_millis(config.ping_interval_ms);
@@ -665,18 +603,6 @@ async fn surface_changed(hub: &Arc<Hub>, changed: SurfaceChanged) {
             }
         }
     }
-}
-
-/// Most connections waiting to be accepted (see transport-http).
-const BACKLOG: u32 = 4096;
-
-fn listen(runtime: &PluginRuntime, addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let _entered = runtime.handle().enter();
-    let socket =
-        if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(BACKLOG)
 }
 
 async fn accept_loop(
