@@ -243,3 +243,18 @@ fn service_drift_names_both_sides_of_a_manifest_mismatch() {
          declares `z` in its manifest but does not provide it"
     );
 }
+
+#[test]
+fn service_drift_accepts_a_declared_family_of_services() {
+    let bus = Bus::<u8>::new(Arc::new(|_| {}));
+    bus.provide("p", "tool.fs__read", 1, 0).unwrap();
+    bus.provide("p", "tool.fs__write", 1, 0).unwrap();
+    bus.provide("p", "mcp.servers", 1, 0).unwrap();
+    assert_eq!(bus.service_drift("p", &["tool.*", "mcp.servers"]), None);
+    // A family with no member yet is not missing (no server started).
+    assert_eq!(bus.service_drift("q", &["tool.*"]), None);
+    // The prefix is a prefix: `tools.x` is not under `tool.*`.
+    bus.provide("p", "tools.x", 1, 0).unwrap();
+    let drift = bus.service_drift("p", &["tool.*", "mcp.servers"]).unwrap();
+    assert_eq!(drift, "plugin `p` provides `tools.x` without declaring it in its manifest");
+}

@@ -411,7 +411,8 @@ impl<S: Send + Sync + 'static> Bus<S> {
     }
 
     /// How the services `plugin` provides differ from the ones its manifest
-    /// `declared`: a sentence naming both sides, or `None` when they agree.
+    /// `declared` (where `prefix*` covers a family): a sentence naming both
+    /// sides, or `None` when they agree.
     /// Hosts warn with it after activation, so a manifest cannot silently
     /// drift from what the plugin registers.
     pub fn service_drift(&self, plugin: &str, declared: &[&str]) -> Option<String> {
@@ -424,10 +425,20 @@ impl<S: Send + Sync + 'static> Bus<S> {
             .map(|(name, _)| name.clone())
             .collect();
         provided.sort();
+        // A declaration ending in `*` (`tool.*`) covers every service under
+        // that prefix: a plugin whose services are only known at run time
+        // (an MCP bridge) declares the family, and is never missing one.
+        let covers = |d: &str, name: &str| match d.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => d == name,
+        };
         let undeclared: Vec<&str> =
-            provided.iter().map(String::as_str).filter(|n| !declared.contains(n)).collect();
-        let missing: Vec<&str> =
-            declared.iter().copied().filter(|d| !provided.iter().any(|p| p == d)).collect();
+            provided.iter().map(String::as_str).filter(|n| !declared.iter().any(|d| covers(d, n))).collect();
+        let missing: Vec<&str> = declared
+            .iter()
+            .copied()
+            .filter(|d| !d.ends_with('*') && !provided.iter().any(|p| p == d))
+            .collect();
         if undeclared.is_empty() && missing.is_empty() {
             return None;
         }

@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | [`catalog`] | `models` | the `models` plugin |
 //! | [`provider`] | `provider.<name>` ([`provider::key`]), [`provider::serve`] | each provider plugin |
-//! | [`tool`] | `tool.<name>` ([`tool::key`]), [`tool::serve`] | each tool plugin |
+//! | [`tool`] | `tool.<name>` ([`tool::key`]), [`tool::serve`], [`tool::ToolServer`]; `tools.changed` | each tool plugin |
 //! | [`store`] | `store` | `store-sqlite` |
 //! | [`surface`] | `surfaces`, `surfaces.changed`, `surfaces.action` | `surfaces` |
 //! | [`plugins`] | `dispatch.plugins`, `dispatch.plugin-state` | the host |
@@ -18,6 +18,7 @@
 //! | [`queue`] | `message-queue`, `message-queue.changed` | `message-queue` |
 //! | [`prompt`] | `system-prompt` | `system-prompt` |
 //! | [`websocket`] | `websocket` | `transport-ws` |
+//! | [`mcp`] | `mcp.servers` (and `tool.<server>__<tool>` for each bridged tool) | `mcp` |
 //!
 //! The payload types themselves live in `dispatch-protocol` (re-exported
 //! here as [`protocol`] and per module), which has no `abi_stable` in it, so
@@ -39,6 +40,7 @@
 pub use dispatch_protocol as protocol;
 
 pub mod catalog;
+pub mod mcp;
 pub mod plugins;
 pub mod prompt;
 pub mod provider;

@@ -51,7 +51,7 @@ use std::{panic::AssertUnwindSafe, path::PathBuf, sync::Arc, time::Duration};
 use dispatch_abi::runtime::PluginRuntime;
 #[cfg(feature = "runtime")]
 use dispatch_abi::{codes, to_json, Error, Host};
-use dispatch_abi::{PluginManifest, Service};
+use dispatch_abi::{Event, PluginManifest, Service};
 pub use dispatch_protocol::tool::*;
 pub use dispatch_protocol::wire::OutputStream;
 pub use dispatch_protocol::BoxFuture;
@@ -68,6 +68,12 @@ pub fn key(tool_name: &str) -> Service<ToolRequest, Value> {
     Service::named(service_name(tool_name), VERSION)
 }
 
+/// A plugin changed the tools it offers while running (a [`ToolServer`]
+/// added, replaced or withdrew some): whoever keeps tool descriptions
+/// forgets those named. Published by [`ToolServer::add`] and
+/// [`ToolServer::remove`].
+pub const CHANGED: Event<ToolsChanged> = Event::new("tools.changed", 1);
+
 /// A manifest for a plugin serving the tool `tool_name`, declaring its
 /// service — so the declaration cannot drift from what [`serve`] provides.
 pub fn manifest(id: &str, version: &str, tool_name: &str) -> PluginManifest {
@@ -83,12 +89,34 @@ enum Item {
 }
 
 #[cfg(feature = "runtime")]
-/// A tool being served. Call [`ToolServer::stop`] from `deactivate`.
-#[derive(Debug)]
+/// The tools a server offers, by name; shared with every service handler,
+/// so a tool can be replaced or withdrawn while its service stays
+/// registered (the bus has no "unprovide").
+type Served = Arc<std::sync::RwLock<std::collections::HashMap<String, Arc<dyn Tool>>>>;
+
+#[cfg(feature = "runtime")]
+/// Tools being served, all on one runtime. [`serve`] makes one for a
+/// single tool; a plugin whose tools are only known at run time (MCP
+/// servers) makes one with [`ToolServer::new`] and [`ToolServer::add`]s,
+/// replaces and [`ToolServer::remove`]s tools as they come and go. Call
+/// [`ToolServer::stop`] from `deactivate`.
 pub struct ToolServer {
-    runtime: PluginRuntime,
+    host: Host,
+    /// Taken by [`ToolServer::stop`].
+    runtime: std::sync::Mutex<Option<PluginRuntime>>,
+    handle: tokio::runtime::Handle,
     runs: Arc<PullTable<Item>>,
     stopping: Arc<std::sync::atomic::AtomicBool>,
+    served: Served,
+    /// Names registered on the bus: a registration outlives a removal.
+    provided: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+#[cfg(feature = "runtime")]
+impl std::fmt::Debug for ToolServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToolServer").field("running", &self.runs.len()).finish_non_exhaustive()
+    }
 }
 
 #[cfg(feature = "runtime")]
@@ -101,86 +129,178 @@ const STOPPED: &str =
 /// runtime of `workers` threads (named after the tool). Fails if another
 /// plugin already serves a tool of that name.
 pub fn serve(host: &Host, tool: Arc<dyn Tool>, workers: usize) -> Result<ToolServer, Error> {
-    let runtime = PluginRuntime::new(&format!("tool-{}", tool.name()), workers)?;
-    let runs: Arc<PullTable<Item>> = Arc::default();
-    let runner = runtime.runner();
-    let table = Arc::clone(&runs);
-    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stopped = Arc::clone(&stopping);
-    host.provide(&key(tool.name()), move |req: ToolRequest| {
-        let (table, tool, runner) = (Arc::clone(&table), Arc::clone(&tool), runner.clone());
-        let stopping = Arc::clone(&stopped);
-        async move {
-            match req {
-                ToolRequest::Spec => to_json(&describe(tool.as_ref())),
-                ToolRequest::Start { call_id, conversation_id, cwd, input } => {
-                    let (run_id, tx, abort) = table.open();
-                    let out = tx.clone();
-                    let output: OutputSink = Arc::new(move |text: &str, stream| {
-                        let _ =
-                            out.unbounded_send(Item::Output(OutputPiece { stream, text: text.to_owned() }));
-                    });
-                    let ctx = ToolContext {
-                        tool_call_id: call_id,
-                        conversation_id,
-                        cwd: cwd.map(PathBuf::from),
-                        abort,
-                        output,
-                    };
-                    runner.spawn(async move {
-                        let result = run_contained(tool.as_ref(), input, ctx).await;
-                        let _ = tx.unbounded_send(Item::Result(result));
-                    });
-                    to_json(&Started { run_id })
-                }
-                ToolRequest::Next { run_id } => {
-                    let is_stopping = || stopping.load(std::sync::atomic::Ordering::SeqCst);
-                    let pulled = match table.next(run_id, |i| matches!(i, Item::Result(_))).await {
-                        Ok(p) => p,
-                        // Forgotten because the plugin is stopping: say so.
-                        Err(_) if is_stopping() => {
-                            let failed =
-                                RunResult::Failed { message: format!("{STOPPED}; the call did not finish") };
-                            return to_json(&RunBatch { result: Some(failed), ..RunBatch::default() });
-                        }
-                        Err(e) => return Err(e.into()),
-                    };
-                    let mut batch = RunBatch::default();
-                    for item in pulled.items {
-                        match item {
-                            Item::Output(piece) => batch.output.push(piece),
-                            Item::Result(r) => batch.result = Some(r),
-                        }
-                    }
-                    if pulled.closed && batch.result.is_none() {
-                        // The run's future was dropped without a result:
-                        // the runtime shut down under it.
-                        batch.result = Some(RunResult::Failed {
-                            message: format!("{STOPPED}; the call did not finish"),
-                        });
-                    } else if is_stopping() {
-                        // Ended by the stop (a shell's aborted command): say why.
-                        batch.result = batch.result.map(|r| match r {
-                            RunResult::Output { content, is_error: true } => {
-                                RunResult::Output { content: format!("{STOPPED}: {content}"), is_error: true }
-                            }
-                            RunResult::Failed { message } => {
-                                RunResult::Failed { message: format!("{STOPPED}: {message}") }
-                            }
-                            other => other,
-                        });
-                    }
-                    to_json(&batch)
-                }
-                ToolRequest::Cancel { run_id } => {
-                    table.cancel(run_id);
-                    to_json(&serde_json::Map::new())
-                }
-                other => Err(Error::new(codes::UNSUPPORTED, format!("unsupported tool request: {other:?}"))),
-            }
+    let server = ToolServer::new(host, &format!("tool-{}", tool.name()), workers)?;
+    server.add(tool)?;
+    Ok(server)
+}
+
+#[cfg(feature = "runtime")]
+impl ToolServer {
+    /// A server with no tools yet, whose calls run on a new runtime of
+    /// `workers` threads named `name`.
+    pub fn new(host: &Host, name: &str, workers: usize) -> Result<Self, Error> {
+        let runtime = PluginRuntime::new(name, workers)?;
+        Ok(ToolServer {
+            host: host.clone(),
+            handle: runtime.handle().clone(),
+            runtime: std::sync::Mutex::new(Some(runtime)),
+            runs: Arc::default(),
+            stopping: Arc::default(),
+            served: Arc::default(),
+            provided: std::sync::Mutex::default(),
+        })
+    }
+
+    /// The runtime calls run on: a plugin may run its own tasks there too
+    /// (they stop with [`ToolServer::stop`]).
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+
+    /// Offer `tool` as `tool.<its name>`, or — when this server already
+    /// offered a tool of that name — replace it: later `spec`s describe the
+    /// new one and later calls run it (calls in progress finish on the old).
+    /// Fails if another plugin serves a tool of that name.
+    pub fn add(&self, tool: Arc<dyn Tool>) -> Result<(), Error> {
+        let name = tool.name().to_owned();
+        // Held across the registration, so two adds of one new name cannot
+        // both register it.
+        let mut provided = self.provided.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !provided.contains(&name) {
+            // Register before the tool becomes visible, so a failure leaves
+            // nothing behind.
+            self.provide(&name)?;
+            provided.insert(name.clone());
         }
-    })?;
-    Ok(ToolServer { runtime, runs, stopping })
+        let replaced =
+            self.served.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.clone(), tool);
+        drop(provided);
+        if replaced.is_some() {
+            self.changed(name);
+        }
+        Ok(())
+    }
+
+    /// Tell the bus which tool changed; a failure to publish only costs a
+    /// stale description until the next plugin change, so it is logged.
+    fn changed(&self, name: String) {
+        if let Err(e) = self.host.publish(&CHANGED, &ToolsChanged { tools: vec![name] }) {
+            tracing::warn!(error = %e, "cannot announce a changed tool");
+        }
+    }
+
+    /// Stop offering the tool `name`. Its service stays registered (the bus
+    /// keeps a service until its plugin stops) and answers that the tool is
+    /// gone; a later [`ToolServer::add`] of the same name offers it again.
+    /// Calls in progress finish. Answers whether it was offered.
+    pub fn remove(&self, name: &str) -> bool {
+        let removed =
+            self.served.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name).is_some();
+        if removed {
+            self.changed(name.to_owned());
+        }
+        removed
+    }
+
+    /// The names of the tools offered now, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> =
+            self.served.read().unwrap_or_else(std::sync::PoisonError::into_inner).keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    fn provide(&self, name: &str) -> Result<(), Error> {
+        let table = Arc::clone(&self.runs);
+        let runner = self.handle.clone();
+        let stopped = Arc::clone(&self.stopping);
+        let served = Arc::clone(&self.served);
+        let name = name.to_owned();
+        self.host.provide(&key(&name), move |req: ToolRequest| {
+            let (table, runner) = (Arc::clone(&table), runner.clone());
+            let stopping = Arc::clone(&stopped);
+            let current =
+                served.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&name).cloned();
+            let name = name.clone();
+            async move {
+                let gone = || Error::new(codes::NOT_FOUND, format!("the tool `{name}` is no longer offered"));
+                match req {
+                    ToolRequest::Spec => to_json(&describe(current.ok_or_else(gone)?.as_ref())),
+                    ToolRequest::Start { call_id, conversation_id, cwd, input } => {
+                        let tool = current.ok_or_else(gone)?;
+                        let (run_id, tx, abort) = table.open();
+                        let out = tx.clone();
+                        let output: OutputSink = Arc::new(move |text: &str, stream| {
+                            let _ = out
+                                .unbounded_send(Item::Output(OutputPiece { stream, text: text.to_owned() }));
+                        });
+                        let ctx = ToolContext {
+                            tool_call_id: call_id,
+                            conversation_id,
+                            cwd: cwd.map(PathBuf::from),
+                            abort,
+                            output,
+                        };
+                        drop(runner.spawn(async move {
+                            let result = run_contained(tool.as_ref(), input, ctx).await;
+                            let _ = tx.unbounded_send(Item::Result(result));
+                        }));
+                        to_json(&Started { run_id })
+                    }
+                    ToolRequest::Next { run_id } => next(&table, &stopping, run_id).await,
+                    ToolRequest::Cancel { run_id } => {
+                        table.cancel(run_id);
+                        to_json(&serde_json::Map::new())
+                    }
+                    other => {
+                        Err(Error::new(codes::UNSUPPORTED, format!("unsupported tool request: {other:?}")))
+                    }
+                }
+            }
+        })
+    }
+}
+
+#[cfg(feature = "runtime")]
+/// Answer a `next`: the output since the last one, and the result once the
+/// call is over — saying so when the call was cut short by a stop.
+async fn next(
+    table: &PullTable<Item>,
+    stopping: &std::sync::atomic::AtomicBool,
+    run_id: u64,
+) -> Result<Value, Error> {
+    let is_stopping = || stopping.load(std::sync::atomic::Ordering::SeqCst);
+    let pulled = match table.next(run_id, |i| matches!(i, Item::Result(_))).await {
+        Ok(p) => p,
+        // Forgotten because the plugin is stopping: say so.
+        Err(_) if is_stopping() => {
+            let failed = RunResult::Failed { message: format!("{STOPPED}; the call did not finish") };
+            return to_json(&RunBatch { result: Some(failed), ..RunBatch::default() });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut batch = RunBatch::default();
+    for item in pulled.items {
+        match item {
+            Item::Output(piece) => batch.output.push(piece),
+            Item::Result(r) => batch.result = Some(r),
+        }
+    }
+    if pulled.closed && batch.result.is_none() {
+        // The run's future was dropped without a result: the runtime shut
+        // down under it.
+        batch.result = Some(RunResult::Failed { message: format!("{STOPPED}; the call did not finish") });
+    } else if is_stopping() {
+        // Ended by the stop (a shell's aborted command): say why.
+        batch.result = batch.result.map(|r| match r {
+            RunResult::Output { content, is_error: true } => {
+                RunResult::Output { content: format!("{STOPPED}: {content}"), is_error: true }
+            }
+            RunResult::Failed { message } => RunResult::Failed { message: format!("{STOPPED}: {message}") },
+            other => other,
+        });
+    }
+    to_json(&batch)
 }
 
 #[cfg(feature = "runtime")]
@@ -210,9 +330,12 @@ impl ToolServer {
 
     /// Abort every call in progress (a shell's process group is killed)
     /// and stop the runtime, giving calls up to five seconds to clean up.
-    pub fn stop(&mut self) {
+    pub fn stop(&self) {
         self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         self.runs.cancel_all();
-        self.runtime.shutdown(Duration::from_secs(5));
+        let runtime = self.runtime.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(mut runtime) = runtime {
+            runtime.shutdown(Duration::from_secs(5));
+        }
     }
 }

@@ -331,14 +331,23 @@ fn run(cli: Cli, log_filter: String) -> anyhow::Result<ExitCode> {
             (Command::Serve { config, .. }, Some(terminate)) => serve(&mut sup, &config, terminate).await,
             (Command::Plugins { json, .. }, _) => {
                 let reports = sup.reports_snapshot();
+                let mcp = mcp_servers(&sup).await;
                 if json {
-                    let body = serde_json::json!({
+                    let mut body = serde_json::json!({
                         "plugins": reports,
                         "registrations": sup.bus().registrations(),
                     });
+                    if let Some(servers) = &mcp {
+                        body["mcpServers"] = serde_json::json!(servers);
+                    }
                     emit(&serde_json::to_string_pretty(&body).unwrap_or_default());
                 } else {
-                    emit(report::table(&reports).trim_end());
+                    let mut text = report::table(&reports);
+                    if let Some(servers) = &mcp {
+                        text.push('\n');
+                        text.push_str(&report::mcp_table(servers));
+                    }
+                    emit(text.trim_end());
                 }
                 Ok(if sup.required_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
             }
@@ -569,6 +578,14 @@ fn emit(line: &str) -> bool {
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
+}
+
+/// The MCP servers of an active `mcp` plugin, as it reports them; `None`
+/// when none is loaded (or it cannot say).
+async fn mcp_servers(sup: &Supervisor) -> Option<Vec<dispatch_contracts::mcp::ServerStatus>> {
+    let key = dispatch_contracts::mcp::SERVERS;
+    let answer = BusCaller(sup.shared()).call(key.name(), key.version(), b"{}".to_vec()).await.ok()?;
+    serde_json::from_slice::<dispatch_contracts::mcp::Servers>(&answer).ok().map(|s| s.servers)
 }
 
 async fn call(sup: &Supervisor, args: &[String]) -> anyhow::Result<ExitCode> {

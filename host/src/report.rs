@@ -54,3 +54,32 @@ pub fn table(reports: &[PluginReport]) -> String {
     }
     out
 }
+
+/// The `mcp` plugin's servers: one row each, then the error of each that
+/// is not connected.
+pub fn mcp_table(servers: &[dispatch_contracts::mcp::ServerStatus]) -> String {
+    let mut out = String::from("MCP servers:\n");
+    if servers.is_empty() {
+        out.push_str("  (none configured)\n");
+        return out;
+    }
+    let width = servers.iter().map(|s| s.id.len()).max().unwrap_or(0).max("SERVER".len());
+    out.push_str(&format!(
+        "  {:<width$}  {:<9}  {:<10}  {:>5}  RESTARTS\n",
+        "SERVER", "TRANSPORT", "STATE", "TOOLS"
+    ));
+    for s in servers {
+        out.push_str(&format!(
+            "  {:<width$}  {:<9}  {:<10}  {:>5}  {}\n",
+            s.id,
+            s.transport,
+            s.state.as_str(),
+            s.tool_count,
+            s.restarts
+        ));
+    }
+    for s in servers.iter().filter(|s| s.error.is_some()) {
+        out.push_str(&format!("  {} {}: {}\n", s.state.as_str(), s.id, s.error.as_deref().unwrap_or("")));
+    }
+    out
+}

@@ -168,6 +168,13 @@ pub struct ToolDescription {
     pub concurrency_safe: bool,
 }
 
+/// The `tools.changed` event: these tools were replaced or withdrawn.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolsChanged {
+    /// Their names.
+    pub tools: Vec<String>,
+}
+
 /// What `start` answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

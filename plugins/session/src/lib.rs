@@ -152,6 +152,12 @@ impl Plugin for SessionPlugin {
             s.forget_tools();
             Ok(())
         })?;
+        // ... and a plugin whose tools change while it runs (MCP) says so.
+        let s = Arc::clone(&session);
+        host.subscribe_sync(&dispatch_contracts::tool::CHANGED, move |_| {
+            s.forget_tools();
+            Ok(())
+        })?;
         // On shutdown, stop the turns first so they seal while the store
         // and the tools are still there.
         let s = Arc::clone(&session);

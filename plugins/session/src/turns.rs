@@ -173,7 +173,8 @@ impl Session {
         Arc::new(move |f| runner.spawn(f))
     }
 
-    /// Forget the tools known so far (a plugin changed state).
+    /// Forget the tools known so far (a plugin changed state, or changed
+    /// its tools).
     pub fn forget_tools(&self) {
         self.tools.lock().unwrap_or_else(PoisonError::into_inner).clear();
     }
@@ -413,6 +414,9 @@ impl Session {
                 .flat_map(|p| p.provides)
                 .filter(|p| p.kind == "service")
                 .filter_map(|p| p.name.strip_prefix(TOOL_PREFIX).map(str::to_owned))
+                // A declared family (`tool.*`) names no tool: its plugin
+                // adds its tools through the `session.tools` filter.
+                .filter(|name| !name.ends_with('*'))
                 .collect(),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list the plugins; the turn offers no tools");

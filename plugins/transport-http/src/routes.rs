@@ -7,6 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use dispatch_abi::Host;
 use dispatch_contracts::catalog::{CatalogRequest, CATALOG};
+use dispatch_contracts::mcp::SERVERS as MCP_SERVERS;
 use dispatch_contracts::plugins::PLUGINS;
 use dispatch_contracts::prompt::{PromptRequest, PROMPT};
 use dispatch_contracts::protocol::wire::{
@@ -98,7 +99,7 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Reply {
         }
         ["chat"] => &[Method::POST],
         ["ws"] if method == Method::GET => return crate::ws::upgrade(app, req).await,
-        ["conversations", _] | ["conversations", _, "metrics" | "status" | "last"] => &[Method::GET],
+        ["conversations", _] | ["conversations", _, "metrics" | "status" | "last" | "mcp"] => &[Method::GET],
         ["conversations", _, "stop" | "close" | "open" | "queue"] => &[Method::POST],
         ["conversations", _, "queue", _] => &[Method::DELETE],
         ["conversations", _, "title"] => &[Method::PUT],
@@ -176,6 +177,7 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Reply {
             ok(&call_session::<Raw>(&app, SessionRequest::Last { conversation_id: id, wait_ms: None })
                 .await?)
         }
+        (_, ["conversations", id, "mcp"]) => mcp(&app, &conversation_id(id)?).await,
         (_, ["conversations", id, "stop"]) => {
             let id = conversation_id(id)?;
             ok(&call_session::<Raw>(&app, SessionRequest::Stop { conversation_id: id }).await?)
@@ -244,6 +246,20 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Reply {
         // Every path with an `allowed` list is matched above.
         (m, _) => Err(Failure::new(StatusCode::NOT_FOUND, "not_found", format!("no route for {m} {path}"))),
     }
+}
+
+/// The MCP servers a conversation's turns can use: `{conversationId, cwd,
+/// servers}`. Servers are the server's, not the conversation's (they are
+/// configured for the whole server), so every conversation lists the same;
+/// without the `mcp` plugin the list is empty.
+async fn mcp(app: &App, id: &str) -> Reply {
+    let cwd = details(app, id).await?.and_then(|d| d.cwd);
+    let servers = match app.host.call(&MCP_SERVERS, &json!({})).await {
+        Ok(list) => list.servers,
+        Err(e) if e.code() == "not_found" => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    ok(&json!({"conversationId": id, "cwd": cwd, "servers": servers}))
 }
 
 async fn call_prompt(app: &App, request: PromptRequest) -> Result<Value, Failure> {

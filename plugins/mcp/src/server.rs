@@ -1,0 +1,662 @@
+//! One MCP server: its supervisor (start, initialise, list tools, restart
+//! with backoff, give up), its calls, and the notifications it sends.
+//!
+//! A server is driven by one task on the plugin's runtime, [`supervise`].
+//! While connected, [`Server::live`] holds the peer that calls go through
+//! and a `closed` flag that flips when the connection ends, so a call in
+//! flight ends with an error naming the server instead of waiting for its
+//! timeout.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use dispatch_contracts::mcp::{ServerState, ServerStatus};
+use dispatch_contracts::tool::{OutputSink, OutputStream, ToolContext, ToolError, ToolOutput};
+use rmcp::model::{
+    CallToolRequest, CallToolRequestParams, ClientCapabilities, ClientConfig, ClientRequest, Implementation,
+    PingRequest, ProgressNotificationParam, ProgressToken, ServerResult,
+};
+use rmcp::service::{NotificationContext, Peer, PeerRequestOptions, RequestHandle, RunningService};
+use rmcp::{ClientHandler, RoleClient, ServiceExt as _};
+use serde_json::Value;
+use tokio::sync::{watch, Notify};
+
+use crate::config::{Launch, Transport};
+
+/// Results longer than this are cut (with a note): a tool result goes into
+/// every later model request of the conversation.
+const MAX_RESULT_BYTES: usize = 1 << 20;
+/// A connection that stayed up this long resets the failure count.
+const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+/// How long a server gets to answer a ping after a call timed out.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many lines of a stdio server's stderr are kept for error messages.
+const STDERR_LINES: usize = 8;
+
+/// The tools a server offers, as MCP describes them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteTool {
+    /// The MCP name.
+    pub name: String,
+    /// Its description (empty when it has none).
+    pub description: String,
+    /// Its input schema.
+    pub input_schema: Value,
+    /// The server says it only reads (`annotations.readOnlyHint`).
+    pub read_only: bool,
+}
+
+/// What the supervisor tells the bridge.
+pub trait Tools: Send + Sync + 'static {
+    /// The server's tools are now `tools` (empty: withdraw them all).
+    fn publish(&self, server: &Arc<Server>, tools: Vec<RemoteTool>);
+}
+
+/// The live connection.
+#[derive(Clone)]
+struct Live {
+    peer: Peer<RoleClient>,
+    /// Flips to `true` when the connection ends.
+    closed: watch::Receiver<bool>,
+}
+
+#[derive(Debug)]
+struct Status {
+    state: ServerState,
+    error: Option<String>,
+    restarts: u32,
+    tool_count: usize,
+}
+
+/// One configured server.
+pub struct Server {
+    launch: Launch,
+    start_timeout: Duration,
+    max_restarts: u32,
+    status: Mutex<Status>,
+    live: Mutex<Option<Live>>,
+    /// Progress token → the call's output.
+    progress: Mutex<HashMap<String, OutputSink>>,
+    /// `notifications/tools/list_changed` arrived.
+    list_changed: Notify,
+    /// A call found the server unresponsive: restart it.
+    unresponsive: Notify,
+    /// The last lines a stdio server wrote to stderr.
+    stderr: Mutex<VecDeque<String>>,
+    /// The process group of the running stdio server.
+    pgid: Mutex<Option<i32>>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("launch", &self.launch).finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// A server not started yet.
+    pub fn new(launch: Launch, start_timeout: Duration, max_restarts: u32) -> Arc<Self> {
+        Arc::new(Server {
+            launch,
+            start_timeout,
+            max_restarts,
+            status: Mutex::new(Status {
+                state: ServerState::Starting,
+                error: None,
+                restarts: 0,
+                tool_count: 0,
+            }),
+            live: Mutex::new(None),
+            progress: Mutex::new(HashMap::new()),
+            list_changed: Notify::new(),
+            unresponsive: Notify::new(),
+            stderr: Mutex::new(VecDeque::new()),
+            pgid: Mutex::new(None),
+        })
+    }
+
+    /// Its configured name.
+    pub fn name(&self) -> &str {
+        &self.launch.name
+    }
+
+    /// How it is doing.
+    pub fn status(&self) -> ServerStatus {
+        let s = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        ServerStatus {
+            id: self.launch.name.clone(),
+            state: s.state,
+            tool_count: s.tool_count,
+            error: s.error.clone(),
+            transport: self.launch.transport.kind().to_owned(),
+            restarts: s.restarts,
+        }
+    }
+
+    fn set_state(&self, state: ServerState, error: Option<String>) {
+        let mut s = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        s.state = state;
+        if error.is_some() || state == ServerState::Connected {
+            s.error = error;
+        }
+    }
+
+    /// Kill the running stdio server's whole process group (it may have
+    /// started children of its own).
+    pub fn kill_group(&self) {
+        if let Some(pgid) = *self.pgid.lock().unwrap_or_else(PoisonError::into_inner) {
+            // SAFETY: killpg takes plain integers; a group that is gone
+            // makes it fail with ESRCH, which is fine.
+            unsafe {
+                libc::killpg(pgid, libc::SIGKILL);
+            }
+        }
+    }
+
+    /// Call the MCP tool `name` with `input`; every way it can end becomes
+    /// a result for the model.
+    pub async fn call(&self, name: &str, input: Value, ctx: ToolContext) -> Result<ToolOutput, ToolError> {
+        let server = self.name();
+        let live = self.live.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let Some(mut live) = live else {
+            let status = self.status();
+            let why = status.error.map(|e| format!(": {e}")).unwrap_or_default();
+            return Err(ToolError::Failed(format!(
+                "the MCP server `{server}` is not connected ({}{why})",
+                status.state.as_str()
+            )));
+        };
+        let arguments = match input {
+            Value::Object(map) => Some(map),
+            Value::Null => None,
+            other => {
+                return Err(ToolError::InvalidInput(format!(
+                    "the arguments must be a JSON object, not {}",
+                    kind_of(&other)
+                )))
+            }
+        };
+        let mut params = CallToolRequestParams::new(name.to_owned());
+        if let Some(arguments) = arguments {
+            params = params.with_arguments(arguments);
+        }
+        let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
+        let mut handle = live
+            .peer
+            .send_request_with_option(request, PeerRequestOptions::no_options())
+            .await
+            .map_err(|e| ToolError::Failed(format!("cannot reach the MCP server `{server}`: {e}")))?;
+        let token = token_key(&handle.progress_token);
+        self.progress
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(token.clone(), ctx.output.clone());
+        let timeout = self.launch.call_timeout;
+        let outcome = tokio::select! {
+            answer = &mut handle.rx => match answer {
+                Ok(Ok(ServerResult::CallToolResult(result))) => Ok(convert(&result)),
+                Ok(Ok(other)) => Err(ToolError::Failed(format!(
+                    "the MCP server `{server}` answered the call with something other than a tool result ({})",
+                    serde_json::to_value(&other).ok().and_then(|v| v.get("resultType").cloned()).unwrap_or_default()
+                ))),
+                Ok(Err(e)) => Err(ToolError::Failed(format!("the MCP server `{server}` refused the call: {e}"))),
+                Err(_) => Err(ToolError::Failed(format!(
+                    "the MCP server `{server}` went away during the call; it is being restarted"
+                ))),
+            },
+            () = flipped(&mut live.closed) => Err(ToolError::Failed(format!(
+                "the MCP server `{server}` exited during the call; it is being restarted"
+            ))),
+            () = ctx.abort.aborted() => {
+                cancel(handle, "the turn was aborted").await;
+                Err(ToolError::Failed("the call was cancelled: the turn was aborted".to_owned()))
+            }
+            () = tokio::time::sleep(timeout) => {
+                cancel(handle, "timed out").await;
+                self.check_responsive(&live.peer).await;
+                Err(ToolError::Failed(format!(
+                    "the MCP server `{server}` did not answer within {} s; the call was cancelled",
+                    timeout.as_secs_f64()
+                )))
+            }
+        };
+        self.progress.lock().unwrap_or_else(PoisonError::into_inner).remove(&token);
+        outcome
+    }
+
+    /// After a timeout: a server that does not answer a ping either is
+    /// hung, and is restarted.
+    async fn check_responsive(&self, peer: &Peer<RoleClient>) {
+        let ping = peer.send_request(ClientRequest::PingRequest(PingRequest::default()));
+        if !matches!(tokio::time::timeout(PING_TIMEOUT, ping).await, Ok(Ok(_))) {
+            tracing::warn!(server = %self.name(), "the MCP server does not answer a ping; restarting it");
+            self.unresponsive.notify_one();
+        }
+    }
+
+    fn on_progress(&self, params: &ProgressNotificationParam) {
+        let sink = self
+            .progress
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&token_key(&params.progress_token))
+            .cloned();
+        let Some(sink) = sink else { return };
+        let mut line = match params.total {
+            Some(total) => format!("progress {}/{}", number(params.progress), number(total)),
+            None => format!("progress {}", number(params.progress)),
+        };
+        if let Some(message) = &params.message {
+            line.push_str(": ");
+            line.push_str(message);
+        }
+        line.push('\n');
+        sink(&line, OutputStream::Stdout);
+    }
+
+    /// Start the server and initialise it; answers the running service.
+    async fn connect(self: &Arc<Self>) -> Result<RunningService<RoleClient, Handler>, String> {
+        let handler = Handler(Arc::clone(self));
+        match &self.launch.transport {
+            Transport::Stdio { command, args, env, cwd } => {
+                let mut cmd = tokio::process::Command::new(command);
+                cmd.args(args).kill_on_drop(true);
+                for (k, v) in env {
+                    cmd.env(k, v);
+                }
+                if let Some(cwd) = cwd {
+                    cmd.current_dir(cwd);
+                }
+                let mut wrapped = process_wrap::tokio::CommandWrap::from(cmd);
+                wrapped.wrap(process_wrap::tokio::ProcessGroup::leader());
+                let (transport, stderr) = rmcp::transport::TokioChildProcess::builder(wrapped)
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .map_err(|e| format!("cannot start `{command}`: {e}"))?;
+                let pid = transport.id().and_then(|p| i32::try_from(p).ok());
+                *self.pgid.lock().unwrap_or_else(PoisonError::into_inner) = pid;
+                self.stderr.lock().unwrap_or_else(PoisonError::into_inner).clear();
+                let (read_all, stderr_done) = tokio::sync::oneshot::channel();
+                if let Some(stderr) = stderr {
+                    tokio::spawn(read_stderr(Arc::clone(self), stderr, read_all));
+                }
+                match handler.serve(transport).await {
+                    Ok(running) => Ok(running),
+                    Err(e) => {
+                        // A server that dies at start says why on stderr:
+                        // give the reader a moment to reach its end.
+                        let _ = tokio::time::timeout(Duration::from_millis(500), stderr_done).await;
+                        Err(format!("initialisation failed: {e}{}", self.stderr_tail()))
+                    }
+                }
+            }
+            Transport::Http { url, headers } => {
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                let client = reqwest::Client::builder()
+                    .build()
+                    .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+                let mut config =
+                    rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
+                        url.as_str(),
+                    );
+                for (k, v) in headers {
+                    // Checked when the configuration was compiled.
+                    if let (Ok(k), Ok(v)) =
+                        (http::HeaderName::from_bytes(k.as_bytes()), http::HeaderValue::from_str(v))
+                    {
+                        config.custom_headers.insert(k, v);
+                    }
+                }
+                let transport = rmcp::transport::StreamableHttpClientTransport::with_client(client, config);
+                handler.serve(transport).await.map_err(|e| format!("initialisation failed: {e}"))
+            }
+        }
+    }
+
+    fn stderr_tail(&self) -> String {
+        let lines = self.stderr.lock().unwrap_or_else(PoisonError::into_inner);
+        if lines.is_empty() {
+            String::new()
+        } else {
+            format!(" (its stderr: {})", lines.iter().cloned().collect::<Vec<_>>().join(" | "))
+        }
+    }
+}
+
+/// Log a stdio server's stderr, keeping the last lines for error messages.
+async fn read_stderr(
+    server: Arc<Server>,
+    stderr: tokio::process::ChildStderr,
+    done: tokio::sync::oneshot::Sender<()>,
+) {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        tracing::debug!(server = %server.name(), "{line}");
+        let mut kept = server.stderr.lock().unwrap_or_else(PoisonError::into_inner);
+        if kept.len() == STDERR_LINES {
+            kept.pop_front();
+        }
+        kept.push_back(line.chars().take(300).collect());
+    }
+    let _ = done.send(());
+}
+
+/// Ask the server to stop working on a request.
+async fn cancel(handle: RequestHandle<RoleClient>, reason: &str) {
+    if let Err(e) = handle.cancel(Some(reason.to_owned())).await {
+        tracing::debug!(error = %e, "cannot send notifications/cancelled");
+    }
+}
+
+/// The client side's handler: what the server may tell us.
+struct Handler(Arc<Server>);
+
+impl ClientHandler for Handler {
+    async fn on_progress(&self, params: ProgressNotificationParam, _: NotificationContext<RoleClient>) {
+        self.0.on_progress(&params);
+    }
+
+    async fn on_tool_list_changed(&self, _: NotificationContext<RoleClient>) {
+        self.0.list_changed.notify_one();
+    }
+
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::new(
+            ClientCapabilities::default(),
+            Implementation::new("dispatch", env!("CARGO_PKG_VERSION")),
+        )
+    }
+}
+
+/// What ends a connection.
+enum Ended {
+    /// The server went away (exited, closed the stream).
+    Closed(String),
+    /// It stopped answering.
+    Unresponsive,
+    /// The plugin is stopping.
+    Shutdown,
+}
+
+/// Run `server` until `shutdown` fires: start it, offer its tools, restart
+/// it when it exits or hangs (backoff 0.5 s doubling to 30 s), and give up
+/// after `max_restarts` failures in a row. `first` is signalled once the
+/// first start attempt is over, either way.
+pub async fn supervise(
+    server: Arc<Server>,
+    tools: Arc<dyn Tools>,
+    mut shutdown: watch::Receiver<bool>,
+    first: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut first = Some(first);
+    let mut failures: u32 = 0;
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let attempt = tokio::select! {
+            r = tokio::time::timeout(server.start_timeout, start(&server)) => r,
+            () = flipped(&mut shutdown) => break,
+        };
+        let ended = match attempt {
+            Ok(Ok((running, listed))) => {
+                let connected_at = Instant::now();
+                {
+                    let mut s = server.status.lock().unwrap_or_else(PoisonError::into_inner);
+                    s.tool_count = listed.len();
+                }
+                tools.publish(&server, listed);
+                server.set_state(ServerState::Connected, None);
+                tracing::info!(server = %server.name(), tools = server.status().tool_count, "MCP server connected");
+                if let Some(f) = first.take() {
+                    let _ = f.send(());
+                }
+                let ended = serve(&server, &tools, running, &mut shutdown).await;
+                if connected_at.elapsed() >= HEALTHY_AFTER {
+                    failures = 0;
+                }
+                ended
+            }
+            Ok(Err(e)) => Ended::Closed(e),
+            Err(_) => {
+                server.kill_group();
+                Ended::Closed(format!(
+                    "did not start and initialise within {} s{}",
+                    server.start_timeout.as_secs_f64(),
+                    server.stderr_tail()
+                ))
+            }
+        };
+        let error = match ended {
+            Ended::Shutdown => break,
+            Ended::Closed(e) => e,
+            Ended::Unresponsive => {
+                "stopped answering (no answer to a ping after a call timed out)".to_owned()
+            }
+        };
+        failures += 1;
+        if failures > server.max_restarts {
+            let error = format!("{error}; gave up after {} failures in a row", failures);
+            tracing::error!(server = %server.name(), "MCP server failed: {error}");
+            tools.publish(&server, Vec::new());
+            server.status.lock().unwrap_or_else(PoisonError::into_inner).tool_count = 0;
+            server.set_state(ServerState::Failed, Some(error));
+            if let Some(f) = first.take() {
+                let _ = f.send(());
+            }
+            return;
+        }
+        tracing::warn!(server = %server.name(), "MCP server {error}; restarting");
+        server.set_state(ServerState::Restarting, Some(error));
+        if let Some(f) = first.take() {
+            let _ = f.send(());
+        }
+        let delay = Duration::from_millis(500u64.saturating_mul(1 << (failures - 1).min(6)))
+            .min(Duration::from_secs(30));
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = flipped(&mut shutdown) => break,
+        }
+        server.status.lock().unwrap_or_else(PoisonError::into_inner).restarts += 1;
+    }
+    server.set_state(ServerState::Stopped, None);
+}
+
+/// Start and list the tools.
+async fn start(
+    server: &Arc<Server>,
+) -> Result<(RunningService<RoleClient, Handler>, Vec<RemoteTool>), String> {
+    let running = server.connect().await?;
+    let tools = list_tools(running.peer()).await?;
+    Ok((running, tools))
+}
+
+async fn list_tools(peer: &Peer<RoleClient>) -> Result<Vec<RemoteTool>, String> {
+    let listed = peer.list_all_tools().await.map_err(|e| format!("tools/list failed: {e}"))?;
+    Ok(listed
+        .iter()
+        .filter_map(|t| serde_json::to_value(t).ok())
+        .filter_map(|t| {
+            let name = t.get("name")?.as_str()?.to_owned();
+            let description = t
+                .get("description")
+                .or_else(|| t.get("title"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let input_schema =
+                t.get("inputSchema").cloned().unwrap_or_else(|| serde_json::json!({"type": "object"}));
+            let read_only = t.pointer("/annotations/readOnlyHint").and_then(Value::as_bool).unwrap_or(false);
+            Some(RemoteTool { name, description, input_schema, read_only })
+        })
+        .collect())
+}
+
+/// Serve one connection until it ends.
+async fn serve(
+    server: &Arc<Server>,
+    tools: &Arc<dyn Tools>,
+    running: RunningService<RoleClient, Handler>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Ended {
+    let (closed_tx, closed_rx) = watch::channel(false);
+    let peer = running.peer().clone();
+    let stop = running.cancellation_token();
+    *server.live.lock().unwrap_or_else(PoisonError::into_inner) =
+        Some(Live { peer: peer.clone(), closed: closed_rx });
+    let waiting = running.waiting();
+    tokio::pin!(waiting);
+    let ended = loop {
+        tokio::select! {
+            quit = &mut waiting => {
+                let why = match quit {
+                    Ok(reason) => format!("closed the connection ({reason:?}){}", server.stderr_tail()),
+                    Err(e) => format!("connection task failed: {e}"),
+                };
+                break Ended::Closed(why);
+            }
+            () = server.list_changed.notified() => match list_tools(&peer).await {
+                Ok(listed) => {
+                    server.status.lock().unwrap_or_else(PoisonError::into_inner).tool_count = listed.len();
+                    tracing::info!(server = %server.name(), tools = listed.len(), "MCP server's tools changed");
+                    tools.publish(server, listed);
+                }
+                Err(e) => tracing::warn!(server = %server.name(), "cannot list the changed tools: {e}"),
+            },
+            () = server.unresponsive.notified() => break Ended::Unresponsive,
+            () = flipped(shutdown) => break Ended::Shutdown,
+        }
+    };
+    *server.live.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    let _ = closed_tx.send(true);
+    if !matches!(ended, Ended::Closed(_)) {
+        // Close the session (stdio: stdin closed, then SIGTERM, then
+        // SIGKILL), but do not wait on a hung server for long.
+        stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), waiting).await;
+    }
+    server.kill_group();
+    ended
+}
+
+/// Resolves once the flag is `true` (or its sender is gone). The guard
+/// `wait_for` answers is not `Send`, so it is dropped in here.
+async fn flipped(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|on| *on).await;
+}
+
+fn token_key(token: &ProgressToken) -> String {
+    serde_json::to_string(token).unwrap_or_default()
+}
+
+fn number(n: f64) -> String {
+    if n.fract() == 0.0 && n.abs() < 1e15 {
+        format!("{}", n as i64)
+    } else {
+        format!("{n}")
+    }
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A `tools/call` result as the model reads it: text as it is, other
+/// content described in a line (tool results carry text only), the
+/// structured result when there is no content, `isError` kept.
+fn convert<T: serde::Serialize>(result: &T) -> ToolOutput {
+    let value = serde_json::to_value(result).unwrap_or_default();
+    let is_error = value.get("isError").and_then(Value::as_bool).unwrap_or(false);
+    let mut parts: Vec<String> = Vec::new();
+    for block in value.get("content").and_then(Value::as_array).into_iter().flatten() {
+        let field = |name: &str| block.get(name).and_then(Value::as_str).unwrap_or_default();
+        let part = match field("type") {
+            "text" => field("text").to_owned(),
+            kind @ ("image" | "audio") => format!(
+                "[{kind} ({}, {} bytes base64) not shown: tool results reach the model as text]",
+                field("mimeType"),
+                field("data").len()
+            ),
+            "resource" => {
+                let r = block.get("resource").cloned().unwrap_or_default();
+                let uri = r.get("uri").and_then(Value::as_str).unwrap_or_default();
+                match r.get("text").and_then(Value::as_str) {
+                    Some(text) => format!("[resource {uri}]\n{text}"),
+                    None => format!(
+                        "[resource {uri} ({}) not shown: binary]",
+                        r.get("mimeType").and_then(Value::as_str).unwrap_or("unknown type")
+                    ),
+                }
+            }
+            "resource_link" => format!("[resource link {}: {}]", field("name"), field("uri")),
+            other => format!("[{other} content not shown]"),
+        };
+        parts.push(part);
+    }
+    if parts.is_empty() {
+        if let Some(structured) = value.get("structuredContent") {
+            parts.push(structured.to_string());
+        }
+    }
+    let mut content = parts.join("\n");
+    if content.len() > MAX_RESULT_BYTES {
+        let mut cut = MAX_RESULT_BYTES;
+        while !content.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let total = content.len();
+        content.truncate(cut);
+        content.push_str(&format!("\n[result cut at {MAX_RESULT_BYTES} of {total} bytes]"));
+    }
+    ToolOutput { content, is_error }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn results_become_text_for_the_model() {
+        let r = json!({"content": [
+            {"type": "text", "text": "hello"},
+            {"type": "image", "data": "aGk=", "mimeType": "image/png"},
+            {"type": "resource", "resource": {"uri": "file:///a", "text": "body"}},
+            {"type": "resource_link", "uri": "file:///b", "name": "b"}
+        ], "isError": true});
+        let out = convert(&r);
+        assert!(out.is_error);
+        assert_eq!(
+            out.content,
+            "hello\n[image (image/png, 4 bytes base64) not shown: tool results reach the model as text]\n\
+             [resource file:///a]\nbody\n[resource link b: file:///b]"
+        );
+        let structured = convert(&json!({"content": [], "structuredContent": {"sum": 3}}));
+        assert_eq!(structured, ToolOutput { content: r#"{"sum":3}"#.into(), is_error: false });
+    }
+
+    #[test]
+    fn a_huge_result_is_cut_on_a_character_boundary() {
+        let text = "é".repeat(MAX_RESULT_BYTES);
+        let out = convert(&json!({"content": [{"type": "text", "text": text}]}));
+        assert!(out.content.len() < MAX_RESULT_BYTES + 100);
+        assert!(out
+            .content
+            .ends_with(&format!("[result cut at {MAX_RESULT_BYTES} of {} bytes]", 2 * MAX_RESULT_BYTES)));
+    }
+
+    #[test]
+    fn progress_numbers_print_plainly() {
+        assert_eq!(number(3.0), "3");
+        assert_eq!(number(0.5), "0.5");
+    }
+}
