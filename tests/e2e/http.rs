@@ -34,6 +34,31 @@ pub const SCRIPT: &str = r#"{"replies": [
   {"match": "^count", "steps": [
     {"toolCalls": [{"name": "word_count", "input": {"text": "one two three"}}]},
     {"text": "Counted."}]},
+  {"match": "^mcp echo", "steps": [
+    {"toolCalls": [{"name": "everything__echo", "input": {"message": "hi from dispatch"}}]}, {"text": "Echoed."}]},
+  {"match": "^mcp sum", "steps": [
+    {"toolCalls": [{"name": "everything__get-sum", "input": {"a": 2, "b": 3}}]}, {"text": "Summed."}]},
+  {"match": "^mcp env", "steps": [
+    {"toolCalls": [{"name": "everything__get-env", "input": {}}]}, {"text": "Listed."}]},
+  {"match": "^mcp progress", "steps": [
+    {"toolCalls": [{"name": "everything__trigger-long-running-operation", "input": {"duration": 0.6, "steps": 3}}]},
+    {"text": "Waited."}]},
+  {"match": "^mcp read", "steps": [
+    {"toolCalls": [{"name": "filesystem__read_text_file", "input": {"path": "notes.txt"}}]}, {"text": "Read."}]},
+  {"match": "^mcp denied", "steps": [
+    {"toolCalls": [{"name": "filesystem__read_text_file", "input": {"path": "/etc/hostname"}}]}, {"text": "Refused."}]},
+  {"match": "^fx pid", "steps": [{"toolCalls": [{"name": "fx__pid", "input": {}}]}, {"text": "Pid."}]},
+  {"match": "^fx fail", "steps": [
+    {"toolCalls": [{"name": "fx__fail", "input": {"message": "no such widget"}}]}, {"text": "Failed."}]},
+  {"match": "^fx progress", "steps": [
+    {"toolCalls": [{"name": "fx__slow", "input": {"ms": 50, "steps": 3}}]}, {"text": "Progressed."}]},
+  {"match": "^fx slow", "steps": [
+    {"toolCalls": [{"name": "fx__slow", "input": {"ms": 30000, "steps": 1}}]}, {"text": "Slow."}]},
+  {"match": "^fx crash", "steps": [{"toolCalls": [{"name": "fx__crash", "input": {}}]}, {"text": "Crashed."}]},
+  {"match": "^fx freeze", "steps": [{"toolCalls": [{"name": "fx__freeze", "input": {}}]}, {"text": "Froze."}]},
+  {"match": "^fx child", "steps": [{"toolCalls": [{"name": "fx__spawn_child", "input": {}}]}, {"text": "Spawned."}]},
+  {"match": "^fx add", "steps": [{"toolCalls": [{"name": "fx__add_tool", "input": {}}]}, {"text": "Added."}]},
+  {"match": "^fx extra", "steps": [{"toolCalls": [{"name": "fx__extra", "input": {}}]}, {"text": "Extra."}]},
   {"match": "^flaky", "steps": [
     {"error": {"status": 429, "message": "slow down"}},
     {"text": "Recovered."}]},
@@ -47,6 +72,12 @@ pub fn product_config(http: &str) -> Written {
 
 /// The same, with the WebSocket transport's configuration too.
 pub fn product_config_ws(http: &str, ws: &str) -> Written {
+    product_config_with(http, ws, &[])
+}
+
+/// The same, with `overrides`' `[plugin.config]` bodies for some plugins
+/// (by library file name).
+pub fn product_config_with(http: &str, ws: &str, overrides: &[(&str, String)]) -> Written {
     let mut c = Config::new();
     let script = c.dir.path().join("script.json");
     // A long turn for the slow-client tests: 2000 deltas of 3000 bytes, about
@@ -61,6 +92,10 @@ pub fn product_config_ws(http: &str, ws: &str) -> Written {
     std::fs::create_dir_all(&work).unwrap();
     std::fs::write(work.join("notes.txt"), "hello from the notes").unwrap();
     for p in dispatch_test_support::BUNDLED_PLUGINS {
+        if let Some((_, config)) = overrides.iter().find(|(name, _)| name == p) {
+            c = c.plugin(p, config);
+            continue;
+        }
         let config = match *p {
             "libdispatch_plugin_provider_scripted.so" => {
                 format!("script = {:?}", script.display().to_string())

@@ -13,6 +13,7 @@ mod external;
 mod http;
 mod lifecycle;
 mod loading;
+mod mcp;
 mod providers;
 mod reload;
 mod service;

@@ -1,0 +1,352 @@
+//! The `mcp` plugin end to end: the real binary bridging MCP servers
+//! nobody here wrote (the reference `server-everything` and
+//! `server-filesystem` from npm, under Node.js, installed by
+//! `scripts/test`) and our own rmcp fixture (`tests/fixtures/mcp-fixture`)
+//! for the failures the reference servers cannot produce. The scripted
+//! model calls the tools (`SCRIPT`'s `mcp …` and `fx …` replies).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::http::*;
+use crate::support::*;
+
+const MCP: &str = "libdispatch_plugin_mcp.so";
+
+/// A reference server's launcher, installed from npm.
+fn peer(name: &str) -> String {
+    let bin = repo_root().join("tests/mcp-peers/node_modules/.bin").join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: install the MCP reference servers with `npm ci --prefix tests/mcp-peers` (scripts/test does)",
+        bin.display()
+    );
+    bin.display().to_string()
+}
+
+/// Our rmcp stdio server.
+fn fixture() -> String {
+    let bin = profile_dir().join("mcp-fixture");
+    assert!(bin.exists(), "{} is missing: `cargo build --workspace` builds it", bin.display());
+    bin.display().to_string()
+}
+
+/// The only tool result of a turn.
+fn result_of(events: &[Value]) -> &Value {
+    let results: Vec<&Value> = events.iter().filter(|e| e["type"] == "tool-result").collect();
+    assert_eq!(results.len(), 1, "{events:?}");
+    results[0]
+}
+
+fn say(s: &Server, conversation: &str, message: &str) -> Vec<Value> {
+    let (a, events) = chat(&s.base, json!({"conversationId": conversation, "message": message}));
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(events.last().unwrap()["type"], "turn-sealed");
+    events
+}
+
+/// The MCP servers as `GET /conversations/:id/mcp` reports them, by name.
+fn servers(s: &Server) -> Vec<Value> {
+    let a = get(&format!("{}/conversations/c1/mcp", s.base));
+    assert_eq!(a.status, 200, "{}", a.text);
+    a.body["servers"].as_array().unwrap().clone()
+}
+
+fn server<'a>(list: &'a [Value], id: &str) -> &'a Value {
+    list.iter().find(|s| s["id"] == id).unwrap_or_else(|| panic!("no server `{id}` in {list:?}"))
+}
+
+/// Poll until `id` is in `state` with at least `restarts`.
+fn wait_for(s: &Server, id: &str, state: &str, restarts: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = servers(s);
+        let row = server(&list, id).clone();
+        if row["state"] == state && row["restarts"].as_u64().unwrap_or(0) >= restarts {
+            return row;
+        }
+        assert!(Instant::now() < deadline, "`{id}` never reached {state} (restarts ≥ {restarts}): {row}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    // `kill -0` answers whether the process exists (zombies aside: none of
+    // ours is reaped by us).
+    Path::new(&format!("/proc/{pid}")).exists()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.split(") ").nth(1).unwrap_or("").starts_with('Z'))
+            .unwrap_or(false)
+}
+
+fn wait_dead(pid: i32, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "{what} (pid {pid}) is still running");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn reference_servers_tools_are_called_through_chat_and_a_broken_server_is_reported() {
+    // The filesystem server comes from a Claude Desktop file, unchanged
+    // (its extra keys included); the others from the plugin's table.
+    let files = tempfile::tempdir().unwrap();
+    std::fs::write(files.path().join("notes.txt"), "notes for the filesystem server").unwrap();
+    let root = files.path().canonicalize().unwrap().display().to_string();
+    let desktop = files.path().join("claude_desktop_config.json");
+    std::fs::write(
+        &desktop,
+        json!({"globalShortcut": "Ctrl+Space", "mcpServers": {
+            "filesystem": {"command": peer("mcp-server-filesystem"), "args": [root], "cwd": root, "autoApprove": []}
+        }})
+        .to_string(),
+    )
+    .unwrap();
+    let mcp = format!(
+        "max_restarts = 1\n\
+         [plugin.config.servers.everything]\ncommand = {:?}\nenv = {{ SECRET_TOKEN = \"${{MCP_TEST_SECRET}}\" }}\n\
+         [plugin.config.servers.broken]\ncommand = {:?}\nargs = [\"--fail-start\"]\n",
+        peer("mcp-server-everything"),
+        fixture()
+    );
+    let cfg = product_config_with(LOOPBACK, LOOPBACK, &[(MCP, mcp)]);
+    let secret = "sekrit-7f3a91";
+    let env = [("MCP_TEST_SECRET", secret), ("DISPATCH_MCP_CONFIG", desktop.to_str().unwrap())];
+    let s = Server::start_with(&cfg, &env);
+
+    let list = servers(&s);
+    let everything = server(&list, "everything");
+    assert_eq!(everything["state"], "connected", "{everything}");
+    assert_eq!(everything["transport"], "stdio");
+    assert!(everything["toolCount"].as_u64().unwrap() >= 10, "{everything}");
+    let fs = server(&list, "filesystem");
+    assert_eq!(fs["state"], "connected", "{fs}");
+    assert!(fs["toolCount"].as_u64().unwrap() >= 10, "{fs}");
+    let a = get(&format!("{}/conversations/c1/mcp", s.base));
+    assert_eq!(a.body["conversationId"], "c1");
+    assert!(a.body.get("cwd").is_some(), "{}", a.body);
+
+    // A call with a result, through the model.
+    let events = say(&s, "c1", "mcp echo");
+    let r = result_of(&events);
+    assert_eq!(r["isError"], false, "{r}");
+    assert_eq!(r["content"], "Echo: hi from dispatch");
+    let r = result_of(&say(&s, "c1", "mcp sum")).clone();
+    assert!(r["content"].as_str().unwrap().contains('5'), "{r}");
+    // The secret reached the server through `${MCP_TEST_SECRET}` …
+    let r = result_of(&say(&s, "c1", "mcp env")).clone();
+    assert!(r["content"].as_str().unwrap().contains(secret), "{r}");
+    // … and a call that streams progress: `tool-output` before the result.
+    let events = say(&s, "c1", "mcp progress");
+    let outputs: Vec<&str> =
+        events.iter().filter(|e| e["type"] == "tool-output").map(|e| e["data"].as_str().unwrap()).collect();
+    assert_eq!(outputs, ["progress 1/3\n", "progress 2/3\n", "progress 3/3\n"], "{events:?}");
+    assert!(result_of(&events)["content"].as_str().unwrap().contains("completed"));
+
+    // The filesystem server, from the Claude Desktop file: a read, and an
+    // error result (outside its directory) the model reads as an error.
+    let r = result_of(&say(&s, "c1", "mcp read")).clone();
+    assert_eq!(r["content"], "notes for the filesystem server", "{r}");
+    assert_eq!(r["isError"], false);
+    let r = result_of(&say(&s, "c1", "mcp denied")).clone();
+    assert_eq!(r["isError"], true, "{r}");
+    assert!(r["content"].as_str().unwrap().to_lowercase().contains("access denied"), "{r}");
+
+    // The broken server: retried, then given up, with what it said.
+    let broken = wait_for(&s, "broken", "failed", 0);
+    let error = broken["error"].as_str().unwrap();
+    assert!(error.contains("refusing to start") && error.contains("gave up"), "{broken}");
+    assert_eq!(broken["toolCount"], 0);
+    // Still fine for everyone else.
+    assert_eq!(result_of(&say(&s, "c2", "mcp echo"))["content"], "Echo: hi from dispatch");
+    assert!(!s.log().contains(secret), "the secret was logged:\n{}", s.log());
+
+    // `dispatch plugins` lists the servers with their states.
+    let out = run(&["plugins", "--config", cfg.to_str().unwrap()], &env, Duration::from_secs(60));
+    assert!(out.stdout.contains("MCP servers:"), "{}", out.stdout);
+    let row = |id: &str| out.stdout.lines().find(|l| l.trim_start().starts_with(id)).unwrap_or("").to_owned();
+    assert!(row("everything").contains("connected"), "{}", out.stdout);
+    assert!(row("filesystem").contains("connected"), "{}", out.stdout);
+    assert!(out.stdout.contains("broken: ") && out.stdout.contains("refusing to start"), "{}", out.stdout);
+    assert!(!out.stderr.contains(secret) && !out.stdout.contains(secret));
+}
+
+#[test]
+fn a_fixture_server_that_times_out_crashes_or_hangs_ends_calls_with_errors_and_is_restarted() {
+    let scratch = tempfile::tempdir().unwrap();
+    let log = scratch.path().join("fixture.log");
+    let mcp = format!(
+        "[plugin.config.servers.fx]\ncommand = {:?}\ncall_timeout_ms = 1500\nenv = {{ FIXTURE_LOG = {:?} }}\n",
+        fixture(),
+        log.display().to_string()
+    );
+    let cfg = product_config_with(LOOPBACK, LOOPBACK, &[(MCP, mcp)]);
+    let mut s = Server::start(&cfg);
+    let fx = server(&servers(&s), "fx").clone();
+    assert_eq!(fx["state"], "connected", "{fx}");
+    assert_eq!(fx["toolCount"], 8);
+    let pid = |s: &Server| -> i32 {
+        let r = result_of(&say(s, "fx", "fx pid")).clone();
+        r["content"].as_str().unwrap().parse().unwrap_or_else(|_| panic!("not a pid: {r}"))
+    };
+    let first = pid(&s);
+
+    // An error result is the model's to read.
+    let r = result_of(&say(&s, "fx", "fx fail")).clone();
+    assert_eq!((r["isError"].as_bool(), r["content"].as_str()), (Some(true), Some("no such widget")));
+    // Progress with its messages.
+    let events = say(&s, "fx", "fx progress");
+    let outputs: Vec<&str> =
+        events.iter().filter(|e| e["type"] == "tool-output").map(|e| e["data"].as_str().unwrap()).collect();
+    assert_eq!(outputs, ["progress 1/3: step 1\n", "progress 2/3: step 2\n", "progress 3/3: step 3\n"]);
+
+    // A timeout: an error result, the server told to cancel, and — since it
+    // still answers pings — kept.
+    let started = Instant::now();
+    let r = result_of(&say(&s, "fx", "fx slow")).clone();
+    assert_eq!(r["isError"], true);
+    assert!(r["content"].as_str().unwrap().contains("did not answer within 1.5 s"), "{r}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    wait_file(&log, "cancelled");
+    assert_eq!(pid(&s), first, "a server that answers pings is not restarted after a timeout");
+
+    // Killed mid-call: the call ends at once with an error naming the
+    // server; it is restarted and the next call works, in a new process.
+    let r = result_of(&say(&s, "fx", "fx crash")).clone();
+    assert_eq!(r["isError"], true);
+    assert!(r["content"].as_str().unwrap().contains("the MCP server `fx`"), "{r}");
+    wait_for(&s, "fx", "connected", 1);
+    let second = pid(&s);
+    assert_ne!(second, first);
+
+    // Hung (not even pings answered): the call times out, the server is
+    // killed (its process group) and restarted.
+    let r = result_of(&say(&s, "fx", "fx freeze")).clone();
+    assert!(r["content"].as_str().unwrap().contains("did not answer"), "{r}");
+    wait_for(&s, "fx", "connected", 2);
+    wait_dead(second, "the hung server");
+    let third = pid(&s);
+    assert_ne!(third, second);
+
+    // A tool added at run time (tools/list_changed) is offered to the next
+    // turn; before, the model is told it does not exist.
+    let r = result_of(&say(&s, "fx", "fx extra")).clone();
+    assert!(r["content"].as_str().unwrap().contains("Unknown tool `fx__extra`"), "{r}");
+    say(&s, "fx", "fx add");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = result_of(&say(&s, "fx", "fx extra")).clone();
+        if r["content"] == "extra ran" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "fx__extra never offered: {r}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(server(&servers(&s), "fx")["toolCount"], 9);
+
+    // An aborted turn cancels the call on the server.
+    std::fs::remove_file(&log).unwrap();
+    let mut stream = Stream::open(&s.base, &json!({"conversationId": "fx-stop", "message": "fx slow"}));
+    stream.until("tool-call");
+    std::thread::sleep(Duration::from_millis(200));
+    post(&format!("{}/conversations/fx-stop/stop", s.base), "");
+    let rest = stream.rest();
+    assert_eq!(rest[rest.len() - 2]["reason"], "aborted", "{rest:?}");
+    wait_file(&log, "cancelled");
+
+    // Shutdown kills the server's whole process group, children included.
+    let child: i32 = result_of(&say(&s, "fx", "fx child"))["content"].as_str().unwrap().parse().unwrap();
+    assert!(alive(child));
+    let status = s.stop_with(15);
+    assert!(status.success(), "{status:?}\n{}", s.log());
+    wait_dead(child, "the server's child");
+    wait_dead(third, "the server");
+}
+
+#[test]
+fn a_streamable_http_server_is_bridged_too() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut node = std::process::Command::new(peer("mcp-server-everything"))
+        .arg("streamableHttp")
+        .env("PORT", port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _kill = KillOnDrop(&mut node);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the HTTP MCP server did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mcp = format!(
+        "[plugin.config.servers.everything]\nurl = \"http://127.0.0.1:{port}/mcp\"\n\
+         headers = {{ X-Test = \"${{MCP_TEST_HEADER}}\" }}\n"
+    );
+    let cfg = product_config_with(LOOPBACK, LOOPBACK, &[(MCP, mcp)]);
+    let s = Server::start_with(&cfg, &[("MCP_TEST_HEADER", "from-env")]);
+    let row = server(&servers(&s), "everything").clone();
+    assert_eq!(
+        (row["state"].as_str(), row["transport"].as_str()),
+        (Some("connected"), Some("http")),
+        "{row}"
+    );
+    let r = result_of(&say(&s, "h", "mcp echo")).clone();
+    assert_eq!(r["content"], "Echo: hi from dispatch");
+    let events = say(&s, "h", "mcp progress");
+    assert_eq!(events.iter().filter(|e| e["type"] == "tool-output").count(), 3, "{events:?}");
+}
+
+#[test]
+fn a_bad_mcp_configuration_names_every_problem() {
+    let mcp = "[plugin.config.servers.a]\ncommand = \"x\"\nurl = \"http://h\"\n\
+               [plugin.config.servers.b]\nenv = { K = \"${DISPATCH_TEST_UNSET_VAR}\" }\ncommand = \"y\"\n"
+        .to_owned();
+    let cfg = Config::new().plugin(MCP, &mcp).write();
+    let (out, rows) = plugins_json(&cfg, &[]);
+    assert_ne!(out.code(), 0, "a required plugin failed: {}", out.stdout);
+    let row = row(&rows, "mcp");
+    assert_eq!(row["state"], "failed", "{row}");
+    let error = row["error"].as_str().unwrap();
+    assert!(error.contains("server `a`") && error.contains("not both"), "{error}");
+    assert!(error.contains("`DISPATCH_TEST_UNSET_VAR`, which is not set"), "{error}");
+}
+
+#[test]
+fn with_no_servers_the_plugin_offers_nothing_and_reports_an_empty_list() {
+    let cfg = product_config(LOOPBACK);
+    let s = Server::start(&cfg);
+    let a = get(&format!("{}/conversations/nobody/mcp", s.base));
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.body, json!({"conversationId": "nobody", "cwd": null, "servers": []}));
+    // A turn still works, with the standard tools.
+    let events = say(&s, "nobody", "read the notes");
+    assert_eq!(result_of(&events)["toolName"], "read_file");
+}
+
+/// Wait until `path` holds `text`.
+fn wait_file(path: &PathBuf, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if std::fs::read_to_string(path).is_ok_and(|t| t.contains(text)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{} never said {text:?}", path.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct KillOnDrop<'a>(&'a mut std::process::Child);
+
+impl Drop for KillOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
