@@ -363,3 +363,73 @@ fn a_provider_that_ends_a_step_without_finishing_it_reports_an_error() {
     assert!(!err.retryable);
     assert!(host.settle(Duration::from_secs(1)));
 }
+
+/// The tool server of the running `ToolSetPlugin`, for the test to change.
+static TOOL_SET: std::sync::Mutex<Option<Arc<ToolServer>>> = std::sync::Mutex::new(None);
+
+/// A plugin whose tools come and go while it runs (as an MCP bridge's).
+struct ToolSetPlugin(Arc<ToolServer>);
+impl Plugin for ToolSetPlugin {
+    fn manifest() -> PluginManifest {
+        PluginManifest::new("tool-set", "0.0.0").provides("service", "tool.*")
+    }
+    fn activate(ctx: Context) -> Result<Self, Error> {
+        let server = Arc::new(ToolServer::new(ctx.host(), "tool-set", 1)?);
+        server.add(Arc::new(Fixture("echo")))?;
+        *TOOL_SET.lock().unwrap() = Some(Arc::clone(&server));
+        Ok(ToolSetPlugin(server))
+    }
+    fn deactivate(&mut self) -> Result<(), Error> {
+        self.0.stop();
+        Ok(())
+    }
+}
+
+#[test]
+fn a_tool_server_adds_replaces_and_withdraws_tools_while_it_runs() {
+    let mut host = TestHost::new();
+    let changed = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = Arc::clone(&changed);
+    host.host()
+        .subscribe_sync(&tool::CHANGED, move |c: tool::ToolsChanged| {
+            seen.lock().unwrap().extend(c.tools);
+            Ok(())
+        })
+        .unwrap();
+    host.activate::<ToolSetPlugin>(Value::Null).unwrap();
+    let set = TOOL_SET.lock().unwrap().clone().unwrap();
+    assert_eq!(set.names(), ["echo"]);
+
+    // A new tool gets its own service.
+    set.add(Arc::new(Fixture("wait"))).unwrap();
+    assert_eq!(set.names(), ["echo", "wait"]);
+    assert_eq!(host.call(&tool::key("wait"), &ToolRequest::Spec).unwrap()["name"], "wait");
+    assert!(changed.lock().unwrap().is_empty(), "a new tool is not a change");
+
+    // Replacing one is announced; calls run the new one.
+    set.add(Arc::new(Fixture("echo"))).unwrap();
+    let id = start(&host, "echo", json!({"text": "again"}));
+    let result = loop {
+        if let Some(r) = next(&host, "echo", id).unwrap().result {
+            break r;
+        }
+    };
+    assert_eq!(result, RunResult::Output { content: "again".into(), is_error: false });
+
+    // A withdrawn tool's service answers that it is gone, and it can come back.
+    assert!(set.remove("wait"));
+    assert!(!set.remove("wait"));
+    let e = host.call(&tool::key("wait"), &ToolRequest::Spec).unwrap_err();
+    assert_eq!(e.code(), codes::NOT_FOUND);
+    assert!(e.message().contains("the tool `wait` is no longer offered"), "{e}");
+    let req =
+        ToolRequest::Start { call_id: "c".into(), conversation_id: "v".into(), cwd: None, input: json!({}) };
+    assert_eq!(host.call(&tool::key("wait"), &req).unwrap_err().code(), codes::NOT_FOUND);
+    assert_eq!(set.names(), ["echo"]);
+    set.add(Arc::new(Fixture("wait"))).unwrap();
+    assert_eq!(host.call(&tool::key("wait"), &ToolRequest::Spec).unwrap()["name"], "wait");
+
+    assert!(host.settle(Duration::from_secs(5)));
+    assert_eq!(*changed.lock().unwrap(), ["echo", "wait"]);
+    host.deactivate_all();
+}

@@ -109,7 +109,7 @@ pub struct Launch {
     pub call_timeout: Duration,
 }
 
-/// The two transports.
+/// The two transports. `Debug` shows variable names, never values.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Transport {
     /// A child process speaking JSON-RPC on stdin/stdout.
@@ -142,22 +142,32 @@ impl Transport {
     }
 }
 
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transport::Stdio { command, args, env, cwd } => f
+                .debug_struct("Stdio")
+                .field("command", command)
+                .field("args", args)
+                .field("env", &env.iter().map(|(k, _)| k).collect::<Vec<_>>())
+                .field("cwd", cwd)
+                .finish(),
+            Transport::Http { url, headers } => f
+                .debug_struct("Http")
+                .field("url", url)
+                .field("headers", &headers.iter().map(|(k, _)| k).collect::<Vec<_>>())
+                .finish(),
+        }
+    }
+}
+
 impl std::fmt::Debug for Launch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Keys only: values may be secrets.
-        let mut d = f.debug_struct("Launch");
-        d.field("name", &self.name);
-        match &self.transport {
-            Transport::Stdio { command, args, env, cwd } => {
-                d.field("command", command).field("args", args).field("cwd", cwd);
-                d.field("env", &env.iter().map(|(k, _)| k).collect::<Vec<_>>());
-            }
-            Transport::Http { url, headers } => {
-                d.field("url", url);
-                d.field("headers", &headers.iter().map(|(k, _)| k).collect::<Vec<_>>());
-            }
-        }
-        d.field("call_timeout", &self.call_timeout).finish()
+        f.debug_struct("Launch")
+            .field("name", &self.name)
+            .field("transport", &self.transport)
+            .field("call_timeout", &self.call_timeout)
+            .finish()
     }
 }
 
