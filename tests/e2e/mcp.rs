@@ -114,7 +114,13 @@ fn reference_servers_tools_are_called_through_chat_and_a_broken_server_is_report
     );
     let cfg = product_config_with(LOOPBACK, LOOPBACK, &[(MCP, mcp)]);
     let secret = "sekrit-7f3a91";
-    let env = [("MCP_TEST_SECRET", secret), ("DISPATCH_MCP_CONFIG", desktop.to_str().unwrap())];
+    let provider_key = "sk-provider-4d2c0e";
+    let env = [
+        ("MCP_TEST_SECRET", secret),
+        ("DISPATCH_MCP_CONFIG", desktop.to_str().unwrap()),
+        // Not for MCP servers: their environment is a clean one plus `env`.
+        ("DISPATCH_TEST_PROVIDER_KEY", provider_key),
+    ];
     let s = Server::start_with(&cfg, &env);
 
     let list = servers(&s);
@@ -139,6 +145,8 @@ fn reference_servers_tools_are_called_through_chat_and_a_broken_server_is_report
     // The secret reached the server through `${MCP_TEST_SECRET}` …
     let r = result_of(&say(&s, "c1", "mcp env")).clone();
     assert!(r["content"].as_str().unwrap().contains(secret), "{r}");
+    assert!(!r["content"].as_str().unwrap().contains(provider_key), "dispatch's environment leaked: {r}");
+    assert!(r["content"].as_str().unwrap().contains("\"PATH\""), "{r}");
     // … and a call that streams progress: `tool-output` before the result.
     let events = say(&s, "c1", "mcp progress");
     let outputs: Vec<&str> =

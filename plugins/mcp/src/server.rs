@@ -31,6 +31,13 @@ const MAX_RESULT_BYTES: usize = 1 << 20;
 const HEALTHY_AFTER: Duration = Duration::from_secs(60);
 /// How long a server gets to answer a ping after a call timed out.
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// What a stdio server inherits of dispatch's environment (then its own
+/// `env` is added): what programs need to run, nothing that could be a
+/// credential.
+const INHERITED_ENV: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TMPDIR",
+    "TZ",
+];
 /// How many lines of a stdio server's stderr are kept for error messages.
 const STDERR_LINES: usize = 8;
 
@@ -261,7 +268,15 @@ impl Server {
         match &self.launch.transport {
             Transport::Stdio { command, args, env, cwd } => {
                 let mut cmd = tokio::process::Command::new(command);
-                cmd.args(args).kill_on_drop(true);
+                cmd.args(args).kill_on_drop(true).env_clear();
+                // A clean environment, as the official SDKs give stdio
+                // servers: a server's tools may show the model its
+                // environment, and dispatch's holds provider keys.
+                for name in INHERITED_ENV {
+                    if let Some(value) = std::env::var_os(name) {
+                        cmd.env(name, value);
+                    }
+                }
                 for (k, v) in env {
                     cmd.env(k, v);
                 }
