@@ -195,7 +195,7 @@ fn a_fixture_server_that_times_out_crashes_or_hangs_ends_calls_with_errors_and_i
     let mut s = Server::start(&cfg);
     let fx = server(&servers(&s), "fx").clone();
     assert_eq!(fx["state"], "connected", "{fx}");
-    assert_eq!(fx["toolCount"], 8);
+    assert_eq!(fx["toolCount"], 9);
     let pid = |s: &Server| -> i32 {
         let r = result_of(&say(s, "fx", "fx pid")).clone();
         r["content"].as_str().unwrap().parse().unwrap_or_else(|_| panic!("not a pid: {r}"))
@@ -253,7 +253,7 @@ fn a_fixture_server_that_times_out_crashes_or_hangs_ends_calls_with_errors_and_i
         assert!(Instant::now() < deadline, "fx__extra never offered: {r}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(server(&servers(&s), "fx")["toolCount"], 9);
+    assert_eq!(server(&servers(&s), "fx")["toolCount"], 10);
 
     // An aborted turn cancels the call on the server.
     std::fs::remove_file(&log).unwrap();
