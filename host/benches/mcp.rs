@@ -77,16 +77,14 @@ fn main() {
         &rt,
         dir.path(),
         &release,
-        &[
-            (native_lib.display().to_string(), ""),
-            ("libdispatch_plugin_mcp.so".into(), mcp_config.as_str()),
-        ],
+        &[(native_lib.display().to_string(), ""), ("libdispatch_plugin_mcp.so".into(), mcp_config.as_str())],
     );
     let caller = Arc::new(BusCaller(sup.shared()));
     let native = rt.block_on(RemoteTool::connect(Arc::clone(&caller), "tool.word_count", None)).unwrap();
     let bridged = rt.block_on(RemoteTool::connect(Arc::clone(&caller), "tool.fx__word_count", None)).unwrap();
     let bare = rt.block_on(async {
-        let transport = rmcp::transport::TokioChildProcess::new(tokio::process::Command::new(&fixture)).unwrap();
+        let transport =
+            rmcp::transport::TokioChildProcess::new(tokio::process::Command::new(&fixture)).unwrap();
         ().serve(transport).await.unwrap()
     });
 

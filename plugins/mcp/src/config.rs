@@ -55,7 +55,7 @@ impl Default for Config {
 }
 
 fn default_start_timeout_ms() -> u64 {
-    30_000
+    20_000
 }
 fn default_call_timeout_ms() -> u64 {
     120_000

@@ -33,6 +33,10 @@ use crate::server::{RemoteTool, Server, Tools};
 /// Providers accept tool names of at most this many characters
 /// (`^[a-zA-Z0-9_-]{1,64}$`).
 const MAX_NAME: usize = 64;
+/// The longest activation waits for the servers' first start: below the
+/// host's default activation deadline (30 s). A server still starting
+/// then goes on starting in the background.
+const ACTIVATION_WAIT: Duration = Duration::from_secs(20);
 /// How long deactivation waits for servers to close before killing them.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
@@ -104,9 +108,9 @@ impl Plugin for Mcp {
         if !firsts.is_empty() {
             // Every first attempt, in parallel, under one deadline (a hair
             // over the per-server one, which ends each attempt itself).
+            let deadline = (start_timeout + Duration::from_millis(500)).min(ACTIVATION_WAIT);
             let waited = tools.handle().spawn(async move {
-                let all = futures::future::join_all(firsts);
-                let _ = tokio::time::timeout(start_timeout + Duration::from_millis(500), all).await;
+                let _ = tokio::time::timeout(deadline, futures::future::join_all(firsts)).await;
             });
             let _ = futures::executor::block_on(waited);
             for s in &servers {
