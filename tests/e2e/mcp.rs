@@ -172,7 +172,15 @@ fn reference_servers_tools_are_called_through_chat_and_a_broken_server_is_report
     assert_eq!(result_of(&say(&s, "c2", "mcp echo"))["content"], "Echo: hi from dispatch");
     assert!(!s.log().contains(secret), "the secret was logged:\n{}", s.log());
 
-    // `dispatch plugins` lists the servers with their states.
+    // `dispatch plugins --server` shows a running server's MCP servers …
+    let out = run(&["plugins", "--server", &s.base], &[], Duration::from_secs(60));
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert!(out.stdout.contains("MCP servers:"), "{}", out.stdout);
+    let row = |id: &str| out.stdout.lines().find(|l| l.trim_start().starts_with(id)).unwrap_or("").to_owned();
+    assert!(row("everything").contains("connected"), "{}", out.stdout);
+    assert!(row("broken").contains("failed"), "{}", out.stdout);
+
+    // … and `dispatch plugins` lists them with their states.
     let out = run(&["plugins", "--config", cfg.to_str().unwrap()], &env, Duration::from_secs(60));
     assert!(out.stdout.contains("MCP servers:"), "{}", out.stdout);
     let row = |id: &str| out.stdout.lines().find(|l| l.trim_start().starts_with(id)).unwrap_or("").to_owned();

@@ -483,7 +483,22 @@ pub async fn plugins(server: &Server, as_json: bool) -> Outcome {
             code: exit::TURN_FAILED,
             message: format!("the server's plugin list is not understood: {e}"),
         })?;
-    say(crate::report::table(&list.plugins).trim_end());
+    let mut text = crate::report::table(&list.plugins);
+    // An active `mcp` plugin: its servers too (the endpoint is per
+    // conversation, but servers are the whole server's; any id answers).
+    let key = dispatch_contracts::mcp::SERVERS;
+    let mcp = key.name();
+    let has_mcp = list.plugins.iter().any(|p| {
+        p.state == dispatch_contracts::plugins::State::Active && p.provides.iter().any(|s| s.name == mcp)
+    });
+    if has_mcp {
+        let answer = server.json("GET", "/conversations/dispatch-cli/mcp", None).await?;
+        if let Ok(servers) = serde_json::from_value::<dispatch_contracts::mcp::Servers>(answer) {
+            text.push('\n');
+            text.push_str(&crate::report::mcp_table(&servers.servers));
+        }
+    }
+    say(text.trim_end());
     Ok(exit::OK)
 }
 
