@@ -127,8 +127,8 @@ pub enum Transport {
     Http {
         /// The endpoint.
         url: String,
-        /// Sent with every request.
-        headers: Vec<(String, String)>,
+        /// Sent with every request (checked, values marked sensitive).
+        headers: Vec<(http::HeaderName, http::HeaderValue)>,
     },
 }
 
@@ -155,7 +155,7 @@ impl std::fmt::Debug for Transport {
             Transport::Http { url, headers } => f
                 .debug_struct("Http")
                 .field("url", url)
-                .field("headers", &headers.iter().map(|(k, _)| k).collect::<Vec<_>>())
+                .field("headers", &headers.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>())
                 .finish(),
         }
     }
@@ -304,14 +304,20 @@ pub fn compile(
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
                     problem(format!("`url` must be http:// or https://, not `{url}`"));
                 }
+                let mut valid = Vec::with_capacity(headers.len());
                 for (k, v) in &headers {
-                    if http::HeaderName::from_bytes(k.as_bytes()).is_err() {
-                        problem(format!("`{k}` is not a valid header name"));
-                    } else if http::HeaderValue::from_str(v).is_err() {
-                        problem(format!("the value of header `{k}` is not a valid header value"));
+                    match (http::HeaderName::from_bytes(k.as_bytes()), http::HeaderValue::from_str(v)) {
+                        (Err(_), _) => problem(format!("`{k}` is not a valid header name")),
+                        (_, Err(_)) => {
+                            problem(format!("the value of header `{k}` is not a valid header value"))
+                        }
+                        (Ok(name), Ok(mut value)) => {
+                            value.set_sensitive(true);
+                            valid.push((name, value));
+                        }
                     }
                 }
-                Transport::Http { url: url.clone(), headers }
+                Transport::Http { url: url.clone(), headers: valid }
             }
             (Some(_), Some(_)) => {
                 problem("set `command` (a stdio server) or `url` (an HTTP server), not both".to_owned());
@@ -436,7 +442,9 @@ mod tests {
             }
         );
         let Transport::Http { headers, .. } = &launches[2].transport else { panic!("not http") };
-        assert_eq!(headers, &[("Authorization".to_owned(), "Bearer s3cret".to_owned())]);
+        let headers: Vec<(&str, &str)> =
+            headers.iter().map(|(k, v)| (k.as_str(), v.to_str().unwrap())).collect();
+        assert_eq!(headers, [("authorization", "Bearer s3cret")]);
         assert!(!format!("{launches:?}").contains("s3cret"), "Debug shows a secret");
 
         // A name in both places is an error, as is an unreadable file.

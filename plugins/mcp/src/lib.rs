@@ -112,18 +112,8 @@ impl Plugin for Mcp {
             let waited = tools.handle().spawn(async move {
                 let _ = tokio::time::timeout(deadline, futures::future::join_all(firsts)).await;
             });
+            // Each supervisor has logged how its server's start went.
             let _ = futures::executor::block_on(waited);
-            for s in &servers {
-                let status = s.status();
-                match &status.error {
-                    None => {
-                        tracing::info!(server = %status.id, state = status.state.as_str(), tools = status.tool_count, "MCP server")
-                    }
-                    Some(e) => {
-                        tracing::warn!(server = %status.id, state = status.state.as_str(), "MCP server: {e}")
-                    }
-                }
-            }
         }
         Ok(Mcp { tools, servers, shutdown, supervisors })
     }

@@ -15,9 +15,11 @@ use dispatch_contracts::mcp::{ServerState, ServerStatus};
 use dispatch_contracts::tool::{OutputSink, OutputStream, ToolContext, ToolError, ToolOutput};
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, ClientCapabilities, ClientConfig, ClientRequest, Implementation,
-    PingRequest, ProgressNotificationParam, ProgressToken, ServerResult,
+    JsonRpcMessage, PingRequest, ProgressNotificationParam, ProgressToken, ServerNotification, ServerResult,
 };
 use rmcp::service::{NotificationContext, Peer, PeerRequestOptions, RequestHandle, RunningService};
+use rmcp::service::{RxJsonRpcMessage, TxJsonRpcMessage};
+use rmcp::transport::Transport as RmcpTransport;
 use rmcp::{ClientHandler, RoleClient, ServiceExt as _};
 use serde_json::Value;
 use tokio::sync::{watch, Notify};
@@ -31,13 +33,6 @@ const MAX_RESULT_BYTES: usize = 1 << 20;
 const HEALTHY_AFTER: Duration = Duration::from_secs(60);
 /// How long a server gets to answer a ping after a call timed out.
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
-/// What a stdio server inherits of dispatch's environment (then its own
-/// `env` is added): what programs need to run, nothing that could be a
-/// credential.
-const INHERITED_ENV: &[&str] = &[
-    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TMPDIR",
-    "TZ",
-];
 /// How many lines of a stdio server's stderr are kept for error messages.
 const STDERR_LINES: usize = 8;
 
@@ -163,7 +158,12 @@ impl Server {
 
     /// Call the MCP tool `name` with `input`; every way it can end becomes
     /// a result for the model.
-    pub async fn call(&self, name: &str, input: Value, ctx: ToolContext) -> Result<ToolOutput, ToolError> {
+    pub async fn call(
+        self: Arc<Self>,
+        name: &str,
+        input: Value,
+        ctx: ToolContext,
+    ) -> Result<ToolOutput, ToolError> {
         let server = self.name();
         let live = self.live.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let Some(mut live) = live else {
@@ -221,7 +221,8 @@ impl Server {
             }
             () = tokio::time::sleep(timeout) => {
                 cancel(handle, "timed out").await;
-                self.check_responsive(&live.peer).await;
+                // Without holding the call's result back.
+                tokio::spawn(Arc::clone(&self).check_responsive(live.peer.clone()));
                 Err(ToolError::Failed(format!(
                     "the MCP server `{server}` did not answer within {} s; the call was cancelled",
                     timeout.as_secs_f64()
@@ -234,7 +235,7 @@ impl Server {
 
     /// After a timeout: a server that does not answer a ping either is
     /// hung, and is restarted.
-    async fn check_responsive(&self, peer: &Peer<RoleClient>) {
+    async fn check_responsive(self: Arc<Self>, peer: Peer<RoleClient>) {
         let ping = peer.send_request(ClientRequest::PingRequest(PingRequest::default()));
         if !matches!(tokio::time::timeout(PING_TIMEOUT, ping).await, Ok(Ok(_))) {
             tracing::warn!(server = %self.name(), "the MCP server does not answer a ping; restarting it");
@@ -270,9 +271,10 @@ impl Server {
                 let mut cmd = tokio::process::Command::new(command);
                 cmd.args(args).kill_on_drop(true).env_clear();
                 // A clean environment, as the official SDKs give stdio
-                // servers: a server's tools may show the model its
-                // environment, and dispatch's holds provider keys.
-                for name in INHERITED_ENV {
+                // servers and as `run_shell` gets: a server's tools may show
+                // the model its environment, and dispatch's holds provider
+                // keys.
+                for name in dispatch_tools::shell::BASE_ENV {
                     if let Some(value) = std::env::var_os(name) {
                         cmd.env(name, value);
                     }
@@ -296,7 +298,7 @@ impl Server {
                 if let Some(stderr) = stderr {
                     tokio::spawn(read_stderr(Arc::clone(self), stderr, read_all));
                 }
-                match handler.serve(transport).await {
+                match handler.serve(Tap { inner: transport, server: Arc::clone(self) }).await {
                     Ok(running) => Ok(running),
                     Err(e) => {
                         // A server that dies at start says why on stderr:
@@ -315,16 +317,10 @@ impl Server {
                     rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
                         url.as_str(),
                     );
-                for (k, v) in headers {
-                    // Checked when the configuration was compiled.
-                    if let (Ok(k), Ok(v)) =
-                        (http::HeaderName::from_bytes(k.as_bytes()), http::HeaderValue::from_str(v))
-                    {
-                        config.custom_headers.insert(k, v);
-                    }
-                }
+                config.custom_headers.extend(headers.iter().cloned());
                 let transport = rmcp::transport::StreamableHttpClientTransport::with_client(client, config);
-                handler.serve(transport).await.map_err(|e| format!("initialisation failed: {e}"))
+                let tapped = Tap { inner: transport, server: Arc::clone(self) };
+                handler.serve(tapped).await.map_err(|e| format!("initialisation failed: {e}"))
             }
         }
     }
@@ -365,14 +361,44 @@ async fn cancel(handle: RequestHandle<RoleClient>, reason: &str) {
     }
 }
 
+/// A transport that hands progress notifications to their calls as they
+/// are read. rmcp runs notification handlers as tasks of their own, so a
+/// call's last progress could lose the race with its result (read after
+/// it); here it is delivered before the next message is even read.
+struct Tap<T> {
+    inner: T,
+    server: Arc<Server>,
+}
+
+impl<T: RmcpTransport<RoleClient>> RmcpTransport<RoleClient> for Tap<T> {
+    type Error = T::Error;
+
+    fn send(
+        &mut self,
+        item: TxJsonRpcMessage<RoleClient>,
+    ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send + 'static {
+        self.inner.send(item)
+    }
+
+    async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleClient>> {
+        let message = self.inner.receive().await;
+        if let Some(JsonRpcMessage::Notification(n)) = &message {
+            if let ServerNotification::ProgressNotification(p) = &n.notification {
+                self.server.on_progress(&p.params);
+            }
+        }
+        message
+    }
+
+    fn close(&mut self) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send {
+        self.inner.close()
+    }
+}
+
 /// The client side's handler: what the server may tell us.
 struct Handler(Arc<Server>);
 
 impl ClientHandler for Handler {
-    async fn on_progress(&self, params: ProgressNotificationParam, _: NotificationContext<RoleClient>) {
-        self.0.on_progress(&params);
-    }
-
     async fn on_tool_list_changed(&self, _: NotificationContext<RoleClient>) {
         self.0.list_changed.notify_one();
     }
@@ -418,16 +444,10 @@ pub async fn supervise(
         let ended = match attempt {
             Ok(Ok((running, listed))) => {
                 let connected_at = Instant::now();
-                {
-                    let mut s = server.status.lock().unwrap_or_else(PoisonError::into_inner);
-                    s.tool_count = listed.len();
-                }
-                tools.publish(&server, listed);
+                tracing::info!(server = %server.name(), tools = listed.len(), "MCP server connected");
+                offer(&server, &tools, listed);
                 server.set_state(ServerState::Connected, None);
-                tracing::info!(server = %server.name(), tools = server.status().tool_count, "MCP server connected");
-                if let Some(f) = first.take() {
-                    let _ = f.send(());
-                }
+                first_over(&mut first);
                 let ended = serve(&server, &tools, running, &mut shutdown).await;
                 if connected_at.elapsed() >= HEALTHY_AFTER {
                     failures = 0;
@@ -455,19 +475,14 @@ pub async fn supervise(
         if failures > server.max_restarts {
             let error = format!("{error}; gave up after {} failures in a row", failures);
             tracing::error!(server = %server.name(), "MCP server failed: {error}");
-            tools.publish(&server, Vec::new());
-            server.status.lock().unwrap_or_else(PoisonError::into_inner).tool_count = 0;
+            offer(&server, &tools, Vec::new());
             server.set_state(ServerState::Failed, Some(error));
-            if let Some(f) = first.take() {
-                let _ = f.send(());
-            }
+            first_over(&mut first);
             return;
         }
         tracing::warn!(server = %server.name(), "MCP server {error}; restarting");
         server.set_state(ServerState::Restarting, Some(error));
-        if let Some(f) = first.take() {
-            let _ = f.send(());
-        }
+        first_over(&mut first);
         let delay = Duration::from_millis(500u64.saturating_mul(1 << (failures - 1).min(6)))
             .min(Duration::from_secs(30));
         tokio::select! {
@@ -477,6 +492,20 @@ pub async fn supervise(
         server.status.lock().unwrap_or_else(PoisonError::into_inner).restarts += 1;
     }
     server.set_state(ServerState::Stopped, None);
+}
+
+/// Offer `listed` as the server's tools (empty: withdraw them) and count
+/// them in its status.
+fn offer(server: &Arc<Server>, tools: &Arc<dyn Tools>, listed: Vec<RemoteTool>) {
+    server.status.lock().unwrap_or_else(PoisonError::into_inner).tool_count = listed.len();
+    tools.publish(server, listed);
+}
+
+/// The first start attempt is over (either way): activation stops waiting.
+fn first_over(first: &mut Option<tokio::sync::oneshot::Sender<()>>) {
+    if let Some(f) = first.take() {
+        let _ = f.send(());
+    }
 }
 
 /// Start and list the tools.
@@ -534,9 +563,8 @@ async fn serve(
             }
             () = server.list_changed.notified() => match list_tools(&peer).await {
                 Ok(listed) => {
-                    server.status.lock().unwrap_or_else(PoisonError::into_inner).tool_count = listed.len();
                     tracing::info!(server = %server.name(), tools = listed.len(), "MCP server's tools changed");
-                    tools.publish(server, listed);
+                    offer(server, tools, listed);
                 }
                 Err(e) => tracing::warn!(server = %server.name(), "cannot list the changed tools: {e}"),
             },
