@@ -281,7 +281,7 @@ mod tests {
         );
         let batch = RunBatch {
             output: vec![],
-            result: Some(RunResult::Output { content: "x".into(), is_error: true }),
+            result: Some(RunResult::Output { content: "x".into(), is_error: true, images: vec![] }),
         };
         assert_eq!(
             serde_json::to_value(&batch).unwrap(),

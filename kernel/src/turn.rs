@@ -443,10 +443,7 @@ impl Turn<'_> {
             StepEnd::Aborted => calls.iter().map(|_| aborted()).collect(),
             StepEnd::Failed => calls
                 .iter()
-                .map(|_| ToolOutput {
-                    content: "Not run: the model's response failed before the step completed.".into(),
-                    is_error: true,
-                })
+                .map(|_| ToolOutput::error("Not run: the model's response failed before the step completed."))
                 .collect(),
         };
         let end = match end {
@@ -474,16 +471,19 @@ impl Turn<'_> {
                 is_error: out.is_error,
                 duration_ms,
             });
-            messages.push(ChatMessage {
-                role: Role::Tool,
-                chunks: vec![Chunk::ToolResult {
-                    tool_call_id: call.id.clone(),
-                    tool_name: call.name.clone(),
-                    content: out.content,
-                    is_error: out.is_error,
-                    step_id: Some(step_id.clone()),
-                }],
+            // A result's images follow it in its message: the provider
+            // shows them to the model after the results, as its API allows.
+            let mut chunks = Vec::with_capacity(1 + out.images.len());
+            chunks.push(Chunk::ToolResult {
+                tool_call_id: call.id.clone(),
+                tool_name: call.name.clone(),
+                content: out.content,
+                is_error: out.is_error,
+                step_id: Some(step_id.clone()),
             });
+            chunks
+                .extend(out.images.into_iter().map(|i| Chunk::Image { url: i.url, mime_type: i.mime_type }));
+            messages.push(ChatMessage { role: Role::Tool, chunks });
         }
         StepResult { end, calls, messages }
     }
@@ -573,7 +573,7 @@ impl Turn<'_> {
 }
 
 fn error_output(content: String) -> ToolOutput {
-    ToolOutput { content, is_error: true }
+    ToolOutput::error(content)
 }
 
 fn aborted() -> ToolOutput {

@@ -190,6 +190,32 @@ fn a_batch_with_an_unsafe_tool_runs_in_order() {
 }
 
 #[test]
+fn a_results_images_follow_it_in_the_tool_message_and_reach_the_next_step() {
+    use dispatch_kernel::tool::ImageRef;
+    let png =
+        ImageRef { url: "data:image/png;base64,iVBORw0KGgo=".into(), mime_type: Some("image/png".into()) };
+    let shot = {
+        let png = png.clone();
+        tool("shot", false, move |_, _| {
+            let png = png.clone();
+            Box::pin(async move { Ok(ToolOutput::ok("a screenshot").with_images(vec![png.clone(), png])) })
+        })
+    };
+    let h = Harness::new(vec![vec![call("1", "shot", json!({}))], vec![text("seen")]]).tools(vec![shot]);
+    h.run();
+    // The event is the text alone (the wire's `tool-result` has no images).
+    assert_eq!(tool_results(&h), vec![("1".to_owned(), "a screenshot".to_owned(), false)]);
+    let second = &h.provider.requests.lock().unwrap()[1];
+    let tool_message = second.last().unwrap();
+    assert_eq!(tool_message.role, Role::Tool);
+    let image = Chunk::Image { url: png.url.clone(), mime_type: png.mime_type.clone() };
+    assert!(
+        matches!(&tool_message.chunks[0], Chunk::ToolResult { content, .. } if content == "a screenshot")
+    );
+    assert_eq!(tool_message.chunks[1..], [image.clone(), image]);
+}
+
+#[test]
 fn unknown_tool_invalid_input_failure_and_panic_are_results_the_model_reads() {
     let failing = tool("fail", false, |_, _| Box::pin(async { Err(ToolError::Failed("disk full".into())) }));
     let picky = tool("picky", false, |_, _| {

@@ -34,6 +34,7 @@ use serde_json::Value;
 use serde::{Deserialize, Serialize};
 
 use crate::abort::AbortSignal;
+pub use crate::session::ImageRef;
 use crate::wire::OutputStream;
 use crate::BoxFuture;
 
@@ -78,18 +79,47 @@ impl std::fmt::Debug for ToolContext {
 }
 
 /// A tool's answer for the model.
+///
+/// `#[non_exhaustive]` so results can grow without breaking tool authors:
+/// build one with [`ToolOutput::ok`], [`ToolOutput::error`] or
+/// [`ToolOutput::new`], then [`ToolOutput::with_images`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ToolOutput {
     /// What the model reads.
     pub content: String,
     /// Whether the model should read it as an error (a non-zero exit, say).
     pub is_error: bool,
+    /// Images for the model to look at beside the text (a screenshot, a
+    /// chart), as `data:` URLs. They are stored after the result in the
+    /// conversation and shown to models that accept images; a provider
+    /// configured for text only leaves them out, so say in `content` what
+    /// they are.
+    pub images: Vec<ImageRef>,
 }
 
 impl ToolOutput {
+    /// A result the model should read as `is_error` says.
+    pub fn new(content: impl Into<String>, is_error: bool) -> Self {
+        ToolOutput { content: content.into(), is_error, images: Vec::new() }
+    }
+
     /// A successful result.
     pub fn ok(content: impl Into<String>) -> Self {
-        ToolOutput { content: content.into(), is_error: false }
+        Self::new(content, false)
+    }
+
+    /// An error result: the tool ran and the model should read why it
+    /// failed (the turn continues).
+    pub fn error(content: impl Into<String>) -> Self {
+        Self::new(content, true)
+    }
+
+    /// The same result with these images attached.
+    #[must_use]
+    pub fn with_images(mut self, images: Vec<ImageRef>) -> Self {
+        self.images = images;
+        self
     }
 }
 
@@ -203,6 +233,10 @@ pub enum RunResult {
         content: String,
         /// Whether it is an error.
         is_error: bool,
+        /// [`ToolOutput::images`]; absent when there are none, so plugins
+        /// built before images existed read and write the same JSON.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        images: Vec<ImageRef>,
     },
     /// [`ToolError::InvalidInput`].
     InvalidInput {
@@ -219,7 +253,7 @@ pub enum RunResult {
 impl From<Result<ToolOutput, ToolError>> for RunResult {
     fn from(r: Result<ToolOutput, ToolError>) -> Self {
         match r {
-            Ok(o) => RunResult::Output { content: o.content, is_error: o.is_error },
+            Ok(o) => RunResult::Output { content: o.content, is_error: o.is_error, images: o.images },
             Err(ToolError::InvalidInput(message)) => RunResult::InvalidInput { message },
             Err(ToolError::Failed(message)) => RunResult::Failed { message },
         }
@@ -229,7 +263,7 @@ impl From<Result<ToolOutput, ToolError>> for RunResult {
 impl From<RunResult> for Result<ToolOutput, ToolError> {
     fn from(r: RunResult) -> Self {
         match r {
-            RunResult::Output { content, is_error } => Ok(ToolOutput { content, is_error }),
+            RunResult::Output { content, is_error, images } => Ok(ToolOutput { content, is_error, images }),
             RunResult::InvalidInput { message } => Err(ToolError::InvalidInput(message)),
             RunResult::Failed { message } => Err(ToolError::Failed(message)),
         }
@@ -254,5 +288,31 @@ pub fn describe(tool: &dyn Tool) -> ToolDescription {
         description: tool.description().to_owned(),
         input_schema: tool.input_schema(),
         concurrency_safe: tool.concurrency_safe(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Regression guard: a result without images is the JSON plugins built
+    /// before images existed write and read.
+    #[test]
+    fn results_carry_images_only_when_there_are_some() {
+        let plain = RunResult::from(Ok(ToolOutput::ok("hi")));
+        assert_eq!(
+            serde_json::to_value(&plain).unwrap(),
+            json!({"kind": "output", "content": "hi", "isError": false})
+        );
+        let old: RunResult =
+            serde_json::from_value(json!({"kind": "output", "content": "hi", "isError": false})).unwrap();
+        assert_eq!(old, plain);
+        let png = ImageRef { url: "data:image/png;base64,AA==".into(), mime_type: Some("image/png".into()) };
+        let with = ToolOutput::error("look").with_images(vec![png.clone()]);
+        let wire = serde_json::to_value(RunResult::from(Ok(with.clone()))).unwrap();
+        assert_eq!(wire["images"], json!([{"url": png.url, "mimeType": "image/png"}]));
+        let back: RunResult = serde_json::from_value(wire).unwrap();
+        assert_eq!(Result::<ToolOutput, ToolError>::from(back), Ok(with));
     }
 }

@@ -359,7 +359,7 @@ pub fn kinds(events: &[Value]) -> Vec<&str> {
     events.iter().map(|e| e["type"].as_str().unwrap()).collect()
 }
 
-fn text_of(events: &[Value]) -> String {
+pub fn text_of(events: &[Value]) -> String {
     events.iter().filter(|e| e["type"] == "text-delta").map(|e| e["delta"].as_str().unwrap()).collect()
 }
 

@@ -190,6 +190,65 @@ fn reference_servers_tools_are_called_through_chat_and_a_broken_server_is_report
     assert!(!out.stderr.contains(secret) && !out.stdout.contains(secret));
 }
 
+/// Images in a tool result reach a model that takes images, after the
+/// step's results (chat completions' tool messages carry text only), and
+/// are kept in the conversation: the reference server's `get-tiny-image`
+/// against the local OpenAI-compatible test server.
+#[test]
+fn an_image_from_an_mcp_tool_is_shown_to_the_model_and_kept_in_the_history() {
+    use dispatch_test_support::mock_openai::*;
+    let call = Reply::sse(&[
+        json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "call_img",
+            "type": "function", "function": {"name": "everything__get-tiny-image", "arguments": "{}"}}]},
+            "finish_reason": null}]}),
+        finish_chunk("tool_calls"),
+    ]);
+    let mock =
+        MockServer::start(vec![call, Reply::sse(&[text_chunk("The MCP logo."), finish_chunk("stop")])]);
+    let mcp = format!("[plugin.config.servers.everything]\ncommand = {:?}\n", peer("mcp-server-everything"));
+    let cfg = product_config_with(LOOPBACK, LOOPBACK, &[(MCP, mcp)]);
+    let url = mock.base_url();
+    let s = Server::start_with(
+        &cfg,
+        &[("DISPATCH_BASE_URL", &url), ("DISPATCH_API_KEY", "sk-test"), ("DISPATCH_MODEL", "mock-model")],
+    );
+    let (a, events) =
+        chat(&s.base, json!({"conversationId": "img", "message": "show me", "model": "openai/mock-model"}));
+    assert_eq!(a.status, 200, "{}", a.text);
+    let r = result_of(&events).clone();
+    assert_eq!(r["isError"], false, "{r}");
+    let content = r["content"].as_str().unwrap();
+    assert!(content.starts_with("Here's the image you requested:\n[image (image/png, "), "{content}");
+    assert!(content.ends_with(" attached]\nThe image above is the MCP logo."), "{content}");
+    assert_eq!(text_of(&events), "The MCP logo.");
+
+    // The second request: the result, then the image in a user message.
+    let reqs = mock.requests();
+    assert_eq!(reqs.len(), 2);
+    let messages = reqs[1].body["messages"].as_array().unwrap().clone();
+    let n = messages.len();
+    assert_eq!(messages[n - 2]["role"], "tool", "{messages:?}");
+    assert_eq!(messages[n - 2]["tool_call_id"], "call_img");
+    assert_eq!(messages[n - 2]["content"], content);
+    let image = &messages[n - 1];
+    assert_eq!(image["role"], "user", "{image}");
+    assert!(image["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .contains("`everything__get-tiny-image` call call_img"));
+    let data = image["content"][1]["image_url"]["url"].as_str().unwrap();
+    assert!(data.starts_with("data:image/png;base64,iVBORw0KGgo"), "{image}");
+
+    // Stored after the result, in the tool's message.
+    let history = get(&format!("{}/conversations/img", s.base)).body;
+    let chunks = history["chunks"].as_array().unwrap();
+    let at = chunks.iter().position(|c| c["chunk"]["type"] == "tool-result").unwrap();
+    let stored = &chunks[at + 1];
+    assert_eq!((stored["role"].as_str(), stored["chunk"]["type"].as_str()), (Some("tool"), Some("image")));
+    assert_eq!(stored["chunk"]["url"], data);
+    assert_eq!(stored["chunk"]["mimeType"], "image/png");
+}
+
 #[test]
 fn a_fixture_server_that_times_out_crashes_or_hangs_ends_calls_with_errors_and_is_restarted() {
     let scratch = tempfile::tempdir().unwrap();

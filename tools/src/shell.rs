@@ -406,7 +406,7 @@ impl Shell {
             End::Aborted => ("[aborted; the command's process group was killed]".to_owned(), true),
         };
         content.push_str(&note);
-        Ok(ToolOutput { content, is_error })
+        Ok(ToolOutput::new(content, is_error))
     }
 }
 

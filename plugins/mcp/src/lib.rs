@@ -14,6 +14,7 @@
 //! ([`server`]). With no servers configured the plugin does nothing.
 
 pub mod config;
+pub mod content;
 pub mod server;
 
 use std::collections::HashMap;

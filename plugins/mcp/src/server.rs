@@ -25,10 +25,8 @@ use serde_json::Value;
 use tokio::sync::{watch, Notify};
 
 use crate::config::{Launch, Transport};
+use crate::content;
 
-/// Results longer than this are cut (with a note): a tool result goes into
-/// every later model request of the conversation.
-const MAX_RESULT_BYTES: usize = 1 << 20;
 /// A connection that stayed up this long resets the failure count.
 const HEALTHY_AFTER: Duration = Duration::from_secs(60);
 /// How long a server gets to answer a ping after a call timed out.
@@ -202,7 +200,7 @@ impl Server {
         let timeout = self.launch.call_timeout;
         let outcome = tokio::select! {
             answer = &mut handle.rx => match answer {
-                Ok(Ok(ServerResult::CallToolResult(result))) => Ok(convert(&result)),
+                Ok(Ok(ServerResult::CallToolResult(result))) => Ok(content::convert(&result)),
                 Ok(Ok(other)) => Err(ToolError::Failed(format!(
                     "the MCP server `{server}` answered the call with something other than a tool result ({})",
                     serde_json::to_value(&other).ok().and_then(|v| v.get("resultType").cloned()).unwrap_or_default()
@@ -613,89 +611,9 @@ fn kind_of(v: &Value) -> &'static str {
     }
 }
 
-/// A `tools/call` result as the model reads it: text as it is, other
-/// content described in a line (tool results carry text only), the
-/// structured result when there is no content, `isError` kept.
-fn convert<T: serde::Serialize>(result: &T) -> ToolOutput {
-    let value = serde_json::to_value(result).unwrap_or_default();
-    let is_error = value.get("isError").and_then(Value::as_bool).unwrap_or(false);
-    let mut parts: Vec<String> = Vec::new();
-    for block in value.get("content").and_then(Value::as_array).into_iter().flatten() {
-        let field = |name: &str| block.get(name).and_then(Value::as_str).unwrap_or_default();
-        let part = match field("type") {
-            "text" => field("text").to_owned(),
-            kind @ ("image" | "audio") => format!(
-                "[{kind} ({}, {} bytes base64) not shown: tool results reach the model as text]",
-                field("mimeType"),
-                field("data").len()
-            ),
-            "resource" => {
-                let r = block.get("resource").cloned().unwrap_or_default();
-                let uri = r.get("uri").and_then(Value::as_str).unwrap_or_default();
-                match r.get("text").and_then(Value::as_str) {
-                    Some(text) => format!("[resource {uri}]\n{text}"),
-                    None => format!(
-                        "[resource {uri} ({}) not shown: binary]",
-                        r.get("mimeType").and_then(Value::as_str).unwrap_or("unknown type")
-                    ),
-                }
-            }
-            "resource_link" => format!("[resource link {}: {}]", field("name"), field("uri")),
-            other => format!("[{other} content not shown]"),
-        };
-        parts.push(part);
-    }
-    if parts.is_empty() {
-        if let Some(structured) = value.get("structuredContent") {
-            parts.push(structured.to_string());
-        }
-    }
-    let mut content = parts.join("\n");
-    if content.len() > MAX_RESULT_BYTES {
-        let mut cut = MAX_RESULT_BYTES;
-        while !content.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        let total = content.len();
-        content.truncate(cut);
-        content.push_str(&format!("\n[result cut at {MAX_RESULT_BYTES} of {total} bytes]"));
-    }
-    ToolOutput { content, is_error }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn results_become_text_for_the_model() {
-        let r = json!({"content": [
-            {"type": "text", "text": "hello"},
-            {"type": "image", "data": "aGk=", "mimeType": "image/png"},
-            {"type": "resource", "resource": {"uri": "file:///a", "text": "body"}},
-            {"type": "resource_link", "uri": "file:///b", "name": "b"}
-        ], "isError": true});
-        let out = convert(&r);
-        assert!(out.is_error);
-        assert_eq!(
-            out.content,
-            "hello\n[image (image/png, 4 bytes base64) not shown: tool results reach the model as text]\n\
-             [resource file:///a]\nbody\n[resource link b: file:///b]"
-        );
-        let structured = convert(&json!({"content": [], "structuredContent": {"sum": 3}}));
-        assert_eq!(structured, ToolOutput { content: r#"{"sum":3}"#.into(), is_error: false });
-    }
-
-    #[test]
-    fn a_huge_result_is_cut_on_a_character_boundary() {
-        let text = "é".repeat(MAX_RESULT_BYTES);
-        let out = convert(&json!({"content": [{"type": "text", "text": text}]}));
-        assert!(out.content.len() < MAX_RESULT_BYTES + 100);
-        assert!(out
-            .content
-            .ends_with(&format!("[result cut at {MAX_RESULT_BYTES} of {} bytes]", 2 * MAX_RESULT_BYTES)));
-    }
 
     #[test]
     fn progress_numbers_print_plainly() {

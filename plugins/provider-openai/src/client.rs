@@ -31,6 +31,9 @@ pub struct Credential {
     pub models: Option<Vec<String>>,
     /// Per-model context windows.
     pub context_windows: BTreeMap<String, u64>,
+    /// Whether its models are shown images (users' attachments, tools'
+    /// images); `false` for text-only endpoints, which refuse them.
+    pub images: bool,
 }
 
 impl Credential {

@@ -57,6 +57,7 @@ impl Converted {
         tools: &[ToolSpec],
         system_prompt: Option<&str>,
         effort: Option<ReasoningEffort>,
+        images: Images,
     ) -> RequestBody {
         if !self.started || messages.len() < self.from {
             // First use (or a caller that broke the memo's contract):
@@ -77,9 +78,7 @@ impl Converted {
             }
         }
         let mut out = Vec::new();
-        for m in &messages[self.from..] {
-            convert_message(m, &mut out);
-        }
+        convert_messages(&messages[self.from..], images, &mut out);
         self.messages.extend(out.iter().map(raw));
         self.from = messages.len();
         RequestBody {
@@ -115,8 +114,44 @@ pub fn request_body(
     tools: &[ToolSpec],
     system_prompt: Option<&str>,
     effort: Option<ReasoningEffort>,
+    images: Images,
 ) -> RequestBody {
-    Converted::default().body(model, messages, tools, system_prompt, effort)
+    Converted::default().body(model, messages, tools, system_prompt, effort, images)
+}
+
+/// Whether a credential's models are sent images (its `images` setting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Images {
+    /// As `image_url` parts: a user's attachments in their message, tool
+    /// results' images in a user message after the results (chat
+    /// completions' tool messages carry text only).
+    Send,
+    /// Left out: a user's attachments are replaced by a note, tool results'
+    /// images dropped (a tool says in its text what they were).
+    Omit,
+}
+
+/// Said in place of a user's image to a model configured for text only.
+pub const IMAGE_OMITTED: &str = "[an image was attached here; this model is configured for text only]";
+
+/// Convert a run of messages. Images of tool results wait until the run of
+/// tool messages ends: the API wants every result right after the calling
+/// message, so the images follow them all in one user message.
+fn convert_messages(messages: &[ChatMessage], images: Images, out: &mut Vec<Value>) {
+    let mut pending: Vec<Value> = Vec::new();
+    for m in messages {
+        if m.role != Role::Tool {
+            flush_images(&mut pending, out);
+        }
+        convert_message(m, images, &mut pending, out);
+    }
+    flush_images(&mut pending, out);
+}
+
+fn flush_images(pending: &mut Vec<Value>, out: &mut Vec<Value>) {
+    if !pending.is_empty() {
+        out.push(json!({"role": "user", "content": std::mem::take(pending)}));
+    }
 }
 
 fn text_of(chunks: &[Chunk]) -> String {
@@ -130,22 +165,31 @@ fn text_of(chunks: &[Chunk]) -> String {
         .join("")
 }
 
-fn convert_message(m: &ChatMessage, out: &mut Vec<Value>) {
+fn convert_message(m: &ChatMessage, images: Images, pending: &mut Vec<Value>, out: &mut Vec<Value>) {
     match m.role {
         Role::System => out.push(json!({"role": "system", "content": text_of(&m.chunks)})),
         Role::User => {
-            let images: Vec<&Chunk> = m.chunks.iter().filter(|c| matches!(c, Chunk::Image { .. })).collect();
-            if images.is_empty() {
+            let has_images = m.chunks.iter().any(|c| matches!(c, Chunk::Image { .. }));
+            if !has_images {
                 out.push(json!({"role": "user", "content": text_of(&m.chunks)}));
+            } else if images == Images::Omit {
+                let text: Vec<&str> = m
+                    .chunks
+                    .iter()
+                    .filter_map(|c| match c {
+                        Chunk::Text { text } | Chunk::System { text } => Some(text.as_str()),
+                        Chunk::Image { .. } => Some(IMAGE_OMITTED),
+                        _ => None,
+                    })
+                    .collect();
+                out.push(json!({"role": "user", "content": text.join("\n")}));
             } else {
                 let parts: Vec<Value> = m
                     .chunks
                     .iter()
                     .filter_map(|c| match c {
                         Chunk::Text { text } => Some(json!({"type": "text", "text": text})),
-                        Chunk::Image { url, .. } => {
-                            Some(json!({"type": "image_url", "image_url": {"url": url}}))
-                        }
+                        Chunk::Image { url, .. } => Some(image_part(url)),
                         _ => None,
                     })
                     .collect();
@@ -176,13 +220,34 @@ fn convert_message(m: &ChatMessage, out: &mut Vec<Value>) {
             out.push(Value::Object(msg));
         }
         Role::Tool => {
+            // Images belong to the result before them.
+            let mut result: Option<(&str, &str)> = None;
+            let mut introduced = false;
             for c in &m.chunks {
-                if let Chunk::ToolResult { tool_call_id, content, .. } = c {
-                    out.push(json!({"role": "tool", "tool_call_id": tool_call_id, "content": content}));
+                match c {
+                    Chunk::ToolResult { tool_call_id, tool_name, content, .. } => {
+                        out.push(json!({"role": "tool", "tool_call_id": tool_call_id, "content": content}));
+                        result = Some((tool_call_id, tool_name));
+                        introduced = false;
+                    }
+                    Chunk::Image { url, .. } if images == Images::Send => {
+                        if !introduced {
+                            let (id, name) = result.unwrap_or(("", "a tool"));
+                            pending.push(json!({"type": "text",
+                                "text": format!("The image(s) returned by the `{name}` call {id}:")}));
+                            introduced = true;
+                        }
+                        pending.push(image_part(url));
+                    }
+                    _ => {}
                 }
             }
         }
     }
+}
+
+fn image_part(url: &str) -> Value {
+    json!({"type": "image_url", "image_url": {"url": url}})
 }
 
 /// Tool arguments are a JSON *string* on the wire; a string input (the
@@ -352,7 +417,8 @@ mod tests {
             description: "list".into(),
             input_schema: json!({"type": "object"}),
         }];
-        let body = request_body("gpt-x", &msgs, &tools, Some("be brief"), Some(ReasoningEffort::Max));
+        let body =
+            request_body("gpt-x", &msgs, &tools, Some("be brief"), Some(ReasoningEffort::Max), Images::Send);
         let body = serde_json::to_value(&body).unwrap();
         assert_eq!(
             body["messages"],
@@ -399,15 +465,81 @@ mod tests {
         let tools = vec![ToolSpec { name: "ls".into(), description: "l".into(), input_schema: json!({}) }];
         let mut memo = Converted::default();
         for n in [1, 3, 5, 5, 9] {
-            let kept = memo.body("m", &history[..n], &tools, Some("sp"), None);
-            let fresh = request_body("m", &history[..n], &tools, Some("sp"), None);
+            let kept = memo.body("m", &history[..n], &tools, Some("sp"), None, Images::Send);
+            let fresh = request_body("m", &history[..n], &tools, Some("sp"), None, Images::Send);
             assert_eq!(serde_json::to_value(&kept).unwrap(), serde_json::to_value(&fresh).unwrap());
             assert_eq!((memo.from, memo.messages.len()), (n, n + 1));
         }
         // A shorter history breaks the memo's contract: it starts over
         // rather than answering a wrong body.
-        let kept = memo.body("m", &history[..2], &tools, Some("sp"), None);
+        let kept = memo.body("m", &history[..2], &tools, Some("sp"), None, Images::Send);
         assert_eq!(serde_json::to_value(&kept).unwrap()["messages"].as_array().unwrap().len(), 3);
+    }
+
+    /// Regression guard: chat completions takes text only in tool messages
+    /// and wants every result right after its call, so tool images travel
+    /// in one user message after all the step's results.
+    #[test]
+    fn tool_images_follow_the_results_in_a_user_message() {
+        let png = "data:image/png;base64,iVBORw0KGgo=";
+        let calls = ChatMessage {
+            role: Role::Assistant,
+            chunks: ["a", "b"]
+                .iter()
+                .map(|id| Chunk::ToolCall {
+                    tool_call_id: (*id).into(),
+                    tool_name: "shot".into(),
+                    input: json!({}),
+                    step_id: None,
+                })
+                .collect(),
+        };
+        let result = |id: &str, images: usize| ChatMessage {
+            role: Role::Tool,
+            chunks: std::iter::once(Chunk::ToolResult {
+                tool_call_id: id.into(),
+                tool_name: "shot".into(),
+                content: format!("took {id}"),
+                is_error: false,
+                step_id: None,
+            })
+            .chain((0..images).map(|_| Chunk::Image { url: png.into(), mime_type: Some("image/png".into()) }))
+            .collect(),
+        };
+        let history =
+            vec![ChatMessage::user("look"), calls, result("a", 2), result("b", 1), ChatMessage::user("so?")];
+        let body = serde_json::to_value(request_body("m", &history, &[], None, None, Images::Send)).unwrap();
+        let part = json!({"type": "image_url", "image_url": {"url": png}});
+        assert_eq!(
+            body["messages"].as_array().unwrap()[2..],
+            [
+                json!({"role": "tool", "tool_call_id": "a", "content": "took a"}),
+                json!({"role": "tool", "tool_call_id": "b", "content": "took b"}),
+                json!({"role": "user", "content": [
+                    {"type": "text", "text": "The image(s) returned by the `shot` call a:"}, part, part,
+                    {"type": "text", "text": "The image(s) returned by the `shot` call b:"}, part]}),
+                json!({"role": "user", "content": "so?"}),
+            ]
+        );
+        // Step by step through the memo, the same body.
+        let mut memo = Converted::default();
+        for n in [1, 4, 5] {
+            let kept = memo.body("m", &history[..n], &[], None, None, Images::Send);
+            let fresh = request_body("m", &history[..n], &[], None, None, Images::Send);
+            assert_eq!(serde_json::to_value(&kept).unwrap(), serde_json::to_value(&fresh).unwrap());
+        }
+        // A text-only model gets the results alone, and a note for a
+        // user's attachment.
+        let mut attached = ChatMessage::user("what is this?");
+        attached.chunks.push(Chunk::Image { url: png.into(), mime_type: None });
+        let mut text_only = history.clone();
+        text_only.push(attached);
+        let body =
+            serde_json::to_value(request_body("m", &text_only, &[], None, None, Images::Omit)).unwrap();
+        let messages = body["messages"].as_array().unwrap();
+        assert_eq!(messages.len(), 6, "{messages:?}");
+        assert!(!body.to_string().contains("image_url"), "{body}");
+        assert_eq!(messages[5]["content"], format!("what is this?\n{IMAGE_OMITTED}"));
     }
 
     #[test]

@@ -101,6 +101,15 @@ pub struct CredentialConfig {
     /// Context windows by model.
     #[serde(default)]
     pub context_windows: BTreeMap<String, u64>,
+    /// Whether its models accept images (default `true`). Set `false` for a
+    /// text-only endpoint: images are then left out of requests (a user's
+    /// attachment becomes a note), where they would be refused.
+    #[serde(default = "yes")]
+    pub images: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Build the credentials from the config, or from the `DISPATCH_*`
@@ -126,6 +135,7 @@ pub fn credentials(cfg: &Config, env: &dyn Fn(&str) -> Option<String>) -> Result
             api_key,
             models: c.models.clone(),
             context_windows: c.context_windows.clone(),
+            images: c.images,
         });
     }
     if out.is_empty() {
@@ -139,6 +149,7 @@ pub fn credentials(cfg: &Config, env: &dyn Fn(&str) -> Option<String>) -> Result
                 api_key: key.unwrap_or_default(),
                 models: model.map(|m| vec![m.strip_prefix("openai/").unwrap_or(&m).to_owned()]),
                 context_windows: BTreeMap::new(),
+                images: true,
             });
         }
     }
@@ -197,12 +208,14 @@ impl ModelProvider for Shared {
             .get(cred)
             .cloned()
             .ok_or_else(|| Error::new(codes::NOT_FOUND, format!("unknown credential `{cred}`")))?;
+        let images = if client.credential().images { convert::Images::Send } else { convert::Images::Omit };
         let body = step.memo.get::<convert::Converted>().body(
             name,
             step.messages,
             step.tools,
             step.system_prompt,
             step.reasoning_effort,
+            images,
         );
         Ok(Box::pin(client.produce(body, events)))
     }

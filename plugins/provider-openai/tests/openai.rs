@@ -10,7 +10,7 @@ use std::time::Duration;
 use dispatch_contracts::protocol::provider::{ProviderError, ProviderEvent, ToolSpec};
 use dispatch_contracts::protocol::wire::{ChatMessage, Chunk, FinishReason, Role, Usage};
 use dispatch_plugin_provider_openai::client::{Credential, OpenAiClient, Timeouts};
-use dispatch_plugin_provider_openai::convert::{request_body, RequestBody};
+use dispatch_plugin_provider_openai::convert::{request_body, Images, RequestBody};
 use dispatch_test_support::mock_openai::*;
 use futures::StreamExt as _;
 use serde_json::{json, Value};
@@ -23,6 +23,7 @@ fn client(server: &MockServer, first_byte_ms: u64) -> OpenAiClient {
             api_key: "sk-test-key".into(),
             models: None,
             context_windows: BTreeMap::from([("m1".to_owned(), 32_000)]),
+            images: true,
         },
         Timeouts {
             connect: Duration::from_secs(2),
@@ -41,7 +42,7 @@ async fn step(c: &OpenAiClient, body: RequestBody) -> Vec<Result<ProviderEvent, 
 }
 
 fn simple_body() -> RequestBody {
-    request_body("m1", &[ChatMessage::user("hi")], &[], None, None)
+    request_body("m1", &[ChatMessage::user("hi")], &[], None, None, Images::Send)
 }
 
 fn last_error(items: &[Result<ProviderEvent, ProviderError>]) -> ProviderError {
@@ -83,7 +84,9 @@ async fn plain_text_streams_and_the_request_is_what_the_api_expects() {
         description: "Read a file".into(),
         input_schema: json!({"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}),
     }];
-    let items = step(&client(&server, 5000), request_body("m1", &history, &tools, Some("sys"), None)).await;
+    let items =
+        step(&client(&server, 5000), request_body("m1", &history, &tools, Some("sys"), None, Images::Send))
+            .await;
     let events: Vec<ProviderEvent> = items.into_iter().map(Result::unwrap).collect();
     assert_eq!(
         events,
@@ -355,6 +358,7 @@ async fn secrets_never_reach_an_error_message() {
         api_key: String::new(),
         models: None,
         context_windows: BTreeMap::new(),
+        images: true,
     };
     assert!(!format!("{credential:?}").contains("hunter22"));
     let timeouts = Timeouts {
