@@ -110,7 +110,7 @@ mod tests {
         let host = started();
         assert_eq!(
             run(&host, json!({"text": "one two\nthree"})),
-            RunResult::Output { content: "3 words, 2 lines, 13 characters".into(), is_error: false, images: vec![] }
+            RunResult::from(Ok(ToolOutput::ok("3 words, 2 lines, 13 characters")))
         );
     }
 
