@@ -61,6 +61,8 @@ use serde_json::Value;
 
 #[cfg(feature = "runtime")]
 use crate::pull::PullTable;
+#[cfg(feature = "runtime")]
+use std::future::Future as _;
 
 /// The key of the tool named `tool_name`: `tool.<name>` at [`VERSION`].
 /// Answers differ by op (see [`ToolRequest`]), hence `Value`.
@@ -89,6 +91,67 @@ enum Item {
 }
 
 #[cfg(feature = "runtime")]
+/// A call's future: runs the tool and sends its result into the run's
+/// stream.
+type RunTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+#[cfg(feature = "runtime")]
+/// Calls not yet finished, by run id, each polled by whoever waits in its
+/// `next` — on the caller's thread, inside the server's runtime context —
+/// rather than spawned onto the runtime: a call then costs no hop onto
+/// the runtime's thread and back (for a quick tool most of its cost). A
+/// call nobody reads any more (cancelled, or the server stopping) is handed
+/// to the runtime to finish — it has been told to abort, and cleans up.
+#[derive(Default)]
+struct Calls(std::sync::Mutex<std::collections::HashMap<u64, Arc<std::sync::Mutex<Option<RunTask>>>>>);
+
+#[cfg(feature = "runtime")]
+impl Calls {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Arc<std::sync::Mutex<Option<RunTask>>>>>
+    {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn slot(&self, run_id: u64) -> Option<Arc<std::sync::Mutex<Option<RunTask>>>> {
+        self.lock().get(&run_id).cloned()
+    }
+
+    /// Poll the call once, inside `handle`'s context (its tokio resources —
+    /// timers, sockets, the blocking pool — belong to that runtime; their
+    /// wake-ups go to the caller's waker).
+    fn poll(&self, run_id: u64, handle: &tokio::runtime::Handle, cx: &mut std::task::Context<'_>) {
+        let Some(slot) = self.slot(run_id) else { return };
+        let mut task = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(fut) = task.as_mut() else { return };
+        let _context = handle.enter();
+        if fut.as_mut().poll(cx).is_ready() {
+            *task = None;
+            drop(task);
+            self.lock().remove(&run_id);
+        }
+    }
+
+    /// Hand a call nobody will read to the runtime, to finish there.
+    fn abandon(&self, run_id: u64, handle: &tokio::runtime::Handle) {
+        let slot = self.lock().remove(&run_id);
+        if let Some(task) =
+            slot.and_then(|s| s.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take())
+        {
+            drop(handle.spawn(task));
+        }
+    }
+
+    fn abandon_all(&self, handle: &tokio::runtime::Handle) {
+        let ids: Vec<u64> = self.lock().keys().copied().collect();
+        for id in ids {
+            self.abandon(id, handle);
+        }
+    }
+}
+
+#[cfg(feature = "runtime")]
 /// The tools a server offers, by name; shared with every service handler,
 /// so a tool can be replaced or withdrawn while its service stays
 /// registered (the bus has no "unprovide").
@@ -100,12 +163,19 @@ type Served = Arc<std::sync::RwLock<std::collections::HashMap<String, Arc<dyn To
 /// servers) makes one with [`ToolServer::new`] and [`ToolServer::add`]s,
 /// replaces and [`ToolServer::remove`]s tools as they come and go. Call
 /// [`ToolServer::stop`] from `deactivate`.
+///
+/// A call is not spawned: its future is polled by whoever waits in its
+/// `next`, on that thread, inside the server runtime's context (timers,
+/// sockets and `spawn_blocking` work as on the runtime). A quick tool then
+/// answers with no thread hand-off at all; a call cancelled or left unread
+/// by a stop is handed to the runtime, its abort signal fired, to clean up.
 pub struct ToolServer {
     host: Host,
     /// Taken by [`ToolServer::stop`].
     runtime: std::sync::Mutex<Option<PluginRuntime>>,
     handle: tokio::runtime::Handle,
     runs: Arc<PullTable<Item>>,
+    calls: Arc<Calls>,
     stopping: Arc<std::sync::atomic::AtomicBool>,
     served: Served,
     /// Names registered on the bus: a registration outlives a removal.
@@ -125,9 +195,10 @@ const STOPPED: &str =
     "the tool's plugin was stopped during this call (a plugin reload, or the server shutting down)";
 
 #[cfg(feature = "runtime")]
-/// Serve `tool` on the bus as `tool.<its name>`, running calls on a new
-/// runtime of `workers` threads (named after the tool). Fails if another
-/// plugin already serves a tool of that name.
+/// Serve `tool` on the bus as `tool.<its name>`, with a new runtime of
+/// `workers` threads (named after the tool) whose context calls are polled
+/// in (see [`ToolServer`]). Fails if another plugin already serves a tool
+/// of that name.
 pub fn serve(host: &Host, tool: Arc<dyn Tool>, workers: usize) -> Result<ToolServer, Error> {
     let server = ToolServer::new(host, &format!("tool-{}", tool.name()), workers)?;
     server.add(tool)?;
@@ -145,6 +216,7 @@ impl ToolServer {
             handle: runtime.handle().clone(),
             runtime: std::sync::Mutex::new(Some(runtime)),
             runs: Arc::default(),
+            calls: Arc::default(),
             stopping: Arc::default(),
             served: Arc::default(),
             provided: std::sync::Mutex::default(),
@@ -212,12 +284,13 @@ impl ToolServer {
 
     fn provide(&self, name: &str) -> Result<(), Error> {
         let table = Arc::clone(&self.runs);
+        let calls = Arc::clone(&self.calls);
         let runner = self.handle.clone();
         let stopped = Arc::clone(&self.stopping);
         let served = Arc::clone(&self.served);
         let name = name.to_owned();
         self.host.provide(&key(&name), move |req: ToolRequest| {
-            let (table, runner) = (Arc::clone(&table), runner.clone());
+            let (table, calls, runner) = (Arc::clone(&table), Arc::clone(&calls), runner.clone());
             let stopping = Arc::clone(&stopped);
             let current =
                 served.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&name).cloned();
@@ -241,15 +314,25 @@ impl ToolServer {
                             abort,
                             output,
                         };
-                        drop(runner.spawn(async move {
+                        let task: RunTask = Box::pin(async move {
                             let result = run_contained(tool.as_ref(), input, ctx).await;
                             let _ = tx.unbounded_send(Item::Result(result));
-                        }));
+                        });
+                        calls.lock().insert(run_id, Arc::new(std::sync::Mutex::new(Some(task))));
                         to_json(&Started { run_id })
                     }
-                    ToolRequest::Next { run_id } => next(&table, &stopping, run_id).await,
+                    ToolRequest::Next { run_id } => {
+                        // Drive the call, then take what it produced.
+                        let mut answer = std::pin::pin!(next(&table, &stopping, run_id));
+                        std::future::poll_fn(|cx| {
+                            calls.poll(run_id, &runner, cx);
+                            answer.as_mut().poll(cx)
+                        })
+                        .await
+                    }
                     ToolRequest::Cancel { run_id } => {
                         table.cancel(run_id);
+                        calls.abandon(run_id, &runner);
                         to_json(&serde_json::Map::new())
                     }
                     other => {
@@ -333,6 +416,7 @@ impl ToolServer {
     pub fn stop(&self) {
         self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         self.runs.cancel_all();
+        self.calls.abandon_all(&self.handle);
         let runtime = self.runtime.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
         if let Some(mut runtime) = runtime {
             runtime.shutdown(Duration::from_secs(5));

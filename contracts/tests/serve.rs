@@ -20,8 +20,11 @@ use dispatch_testkit::TestHost;
 use serde_json::{json, Value};
 
 /// `echo` prints its text then answers it; `boom` panics; `wait` waits
-/// for its abort signal.
+/// for its abort signal; `where` answers the name of the thread it ran on;
+/// `tidy` waits for its abort signal, then cleans up (sets [`TIDIED`]).
 struct Fixture(&'static str);
+
+static TIDIED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 impl Tool for Fixture {
     fn name(&self) -> &str {
@@ -41,6 +44,18 @@ impl Tool for Fixture {
                 "wait" => {
                     ctx.abort.aborted().await;
                     Ok(ToolOutput::ok("stopped"))
+                }
+                "where" => {
+                    // A tokio timer: only works inside the plugin's runtime.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    let thread = std::thread::current().name().unwrap_or_default().to_owned();
+                    Ok(ToolOutput::ok(thread))
+                }
+                "tidy" => {
+                    ctx.abort.aborted().await;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    TIDIED.store(true, std::sync::atomic::Ordering::SeqCst);
+                    Ok(ToolOutput::ok("tidied"))
                 }
                 _ => {
                     let text = input["text"].as_str().unwrap_or_default().to_owned();
@@ -73,6 +88,42 @@ tool_plugin!(EchoPlugin, "echo-plugin", "echo");
 tool_plugin!(OtherEchoPlugin, "other-echo-plugin", "echo");
 tool_plugin!(BoomPlugin, "boom-plugin", "boom");
 tool_plugin!(WaitPlugin, "wait-plugin", "wait");
+tool_plugin!(WherePlugin, "where-plugin", "where");
+tool_plugin!(TidyPlugin, "tidy-plugin", "tidy");
+
+/// Regression guard for calls driven by their reader: a call runs on the
+/// thread that waits in `next` (no hop onto the plugin's runtime and back),
+/// inside the plugin runtime's context (its timers work).
+#[test]
+fn a_call_runs_on_the_readers_thread_inside_the_plugins_runtime() {
+    let mut host = TestHost::new();
+    host.activate::<WherePlugin>(Value::Null).unwrap();
+    let id = start(&host, "where", json!({}));
+    let result = loop {
+        if let Some(r) = next(&host, "where", id).unwrap().result {
+            break r;
+        }
+    };
+    let here = std::thread::current().name().unwrap().to_owned();
+    assert_eq!(result, RunResult::from(Ok(ToolOutput::ok(here))));
+}
+
+/// A call nobody reads any more still gets to clean up: cancelled before
+/// its first `next`, it is handed to the plugin's runtime and runs there,
+/// its abort signal fired.
+#[test]
+fn a_cancelled_call_finishes_on_the_runtime_and_cleans_up() {
+    let mut host = TestHost::new();
+    host.activate::<TidyPlugin>(Value::Null).unwrap();
+    let id = start(&host, "tidy", json!({}));
+    host.call(&tool::key("tidy"), &ToolRequest::Cancel { run_id: id }).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !TIDIED.load(std::sync::atomic::Ordering::SeqCst) {
+        assert!(std::time::Instant::now() < deadline, "the cancelled call never cleaned up");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(next(&host, "tidy", id).unwrap_err().code(), codes::NOT_FOUND);
+}
 
 fn start(host: &TestHost, name: &str, input: Value) -> u64 {
     let req = ToolRequest::Start { call_id: "c".into(), conversation_id: "v".into(), cwd: None, input };

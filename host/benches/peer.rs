@@ -5,13 +5,14 @@
 //! Python, interleaved round by round. Also: the server's own CPU time per
 //! step (user + sys from /proc) over a turn with a long history.
 //!
-//! `cargo build --release && cargo bench -p dispatch-host --bench peer [-- STEPS ROUNDS CPU_STEPS]`
+//! `cargo build --release && cargo bench -p dispatch-host --bench peer [-- STEPS ROUNDS CPU_STEPS TURNS]`
 //! (defaults 35 7 100). The SDK is installed from PyPI into
 //! `target/bench-venv` on first use (`$DISPATCH_BENCH_PYTHON` overrides the
 //! interpreter).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -69,21 +70,39 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
-/// Context switches (voluntary + not) of every thread of a process: each
-/// is a thread handing work to another, the cost a step pays per hop.
-fn switches(pid: u32) -> u64 {
-    let mut total = 0;
+/// On-CPU time of every thread of a process, in seconds, from
+/// `/proc/<pid>/task/*/schedstat` (nanoseconds, where `stat` counts 10 ms
+/// ticks — too coarse for a turn that uses ~70 ms).
+fn cpu_precise(pid: u32) -> f64 {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else { continue };
+        ns += stat.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    }
+    ns as f64 / 1e9
+}
+
+/// Context switches (voluntary + not) of every thread of a process, by
+/// thread name: each is a thread handing work to another, the cost a step
+/// pays per hop.
+fn switches(pid: u32) -> BTreeMap<String, u64> {
+    let mut by_name = BTreeMap::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
         let Ok(status) = std::fs::read_to_string(task.path().join("status")) else { continue };
+        let mut name = String::new();
+        let mut n = 0;
         for line in status.lines() {
-            if let Some(n) = line.strip_prefix("voluntary_ctxt_switches:") {
-                total += n.trim().parse::<u64>().unwrap();
-            } else if let Some(n) = line.strip_prefix("nonvoluntary_ctxt_switches:") {
-                total += n.trim().parse::<u64>().unwrap();
+            if let Some(v) = line.strip_prefix("Name:") {
+                name = v.trim().to_owned();
+            } else if let Some(v) = line.strip_prefix("voluntary_ctxt_switches:") {
+                n += v.trim().parse::<u64>().unwrap();
+            } else if let Some(v) = line.strip_prefix("nonvoluntary_ctxt_switches:") {
+                n += v.trim().parse::<u64>().unwrap();
             }
         }
+        *by_name.entry(name).or_default() += n;
     }
-    total
+    by_name
 }
 
 fn config(dir: &Path, port: u16) -> PathBuf {
@@ -151,68 +170,98 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(http_client::wait_ok(&format!("http://127.0.0.1:{port}/health"), Duration::from_secs(30)));
 
-    let mut ours = Vec::new();
-    let mut peer = Vec::new();
-    let (mut ours_mock, mut peer_mock) = (Vec::new(), Vec::new());
-    let per_step = |d: Duration| d.as_secs_f64() * 1e3 / (steps + 1) as f64;
-    for round in 0..=rounds {
-        push_task(&mock, steps);
-        let busy = mock.busy();
-        let d = rt.block_on(dispatch_run(port, &format!("peer-{round}")));
-        let d_mock = mock.busy() - busy;
-        push_task(&mock, steps);
-        let busy = mock.busy();
-        let out = Command::new(&py)
-            .arg(&script)
-            .arg(steps.to_string())
-            .env("BASE_URL", mock.base_url())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "the peer failed: {}", String::from_utf8_lossy(&out.stderr));
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(v["final"], "done", "{v}");
-        let p_mock = mock.busy() - busy;
-        let p = v["seconds"].as_f64().unwrap();
-        // Round 0 warms both up.
-        if round > 0 {
-            ours.push(per_step(d));
-            peer.push(p * 1e3 / (steps + 1) as f64);
-            ours_mock.push(per_step(d_mock));
-            peer_mock.push(per_step(p_mock));
+    // ROUNDS = 0: the server's CPU figures only (no Python peer).
+    if rounds > 0 {
+        let mut ours = Vec::new();
+        let mut peer = Vec::new();
+        let (mut ours_mock, mut peer_mock) = (Vec::new(), Vec::new());
+        let per_step = |d: Duration| d.as_secs_f64() * 1e3 / (steps + 1) as f64;
+        for round in 0..=rounds {
+            push_task(&mock, steps);
+            let busy = mock.busy();
+            let d = rt.block_on(dispatch_run(port, &format!("peer-{round}")));
+            let d_mock = mock.busy() - busy;
+            push_task(&mock, steps);
+            let busy = mock.busy();
+            let out = Command::new(&py)
+                .arg(&script)
+                .arg(steps.to_string())
+                .env("BASE_URL", mock.base_url())
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "the peer failed: {}", String::from_utf8_lossy(&out.stderr));
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(v["final"], "done", "{v}");
+            let p_mock = mock.busy() - busy;
+            let p = v["seconds"].as_f64().unwrap();
+            // Round 0 warms both up.
+            if round > 0 {
+                ours.push(per_step(d));
+                peer.push(p * 1e3 / (steps + 1) as f64);
+                ours_mock.push(per_step(d_mock));
+                peer_mock.push(per_step(p_mock));
+            }
         }
+        let (o, p) = (median(ours), median(peer));
+        let (om, pm) = (median(ours_mock), median(peer_mock));
+        println!("{steps} tool steps + 1 answer per run, median of {rounds} interleaved rounds:");
+        println!("                                mock included   mock's own time   without the mock");
+        println!(
+            "  dispatch serve (POST /chat)   {o:>8.3} ms      {om:>8.3} ms      {:>8.3} ms per step",
+            o - om
+        );
+        println!(
+            "  openai-agents (Python)        {p:>8.3} ms      {pm:>8.3} ms      {:>8.3} ms per step",
+            p - pm
+        );
+        println!(
+            "  ratio                         {:>8.1}x                         {:>8.1}x",
+            p / o,
+            (p - pm) / (o - om)
+        );
     }
-    let (o, p) = (median(ours), median(peer));
-    let (om, pm) = (median(ours_mock), median(peer_mock));
-    println!("{steps} tool steps + 1 answer per run, median of {rounds} interleaved rounds:");
-    println!("                                mock included   mock's own time   without the mock");
-    println!(
-        "  dispatch serve (POST /chat)   {o:>8.3} ms      {om:>8.3} ms      {:>8.3} ms per step",
-        o - om
-    );
-    println!(
-        "  openai-agents (Python)        {p:>8.3} ms      {pm:>8.3} ms      {:>8.3} ms per step",
-        p - pm
-    );
-    println!(
-        "  ratio                         {:>8.1}x                         {:>8.1}x",
-        p / o,
-        (p - pm) / (o - om)
-    );
 
-    // CPU of the server per step over a long history.
-    push_task(&mock, cpu_steps);
-    let before = cpu_seconds(server.id());
-    let switched = switches(server.id());
-    let wall = rt.block_on(dispatch_run(port, "cpu"));
-    let used = cpu_seconds(server.id()) - before;
-    let switched = switches(server.id()) - switched;
+    // CPU of the server per step over a long history: TURNS turns of
+    // CPU_STEPS steps (the median turn reported), and where its context
+    // switches happen.
+    let turns = args.get(3).copied().unwrap_or(10);
     let n = (cpu_steps + 1) as f64;
+    let mut cpu = Vec::new();
+    let mut ticks = Vec::new();
+    let mut walls = Vec::new();
+    let mut hops = Vec::new();
+    let mut by_thread: BTreeMap<String, u64> = BTreeMap::new();
+    for turn in 0..turns {
+        push_task(&mock, cpu_steps);
+        let before = (cpu_precise(server.id()), cpu_seconds(server.id()));
+        let switched = switches(server.id());
+        let wall = rt.block_on(dispatch_run(port, &format!("cpu-{turn}")));
+        cpu.push((cpu_precise(server.id()) - before.0) * 1e3 / n);
+        ticks.push((cpu_seconds(server.id()) - before.1) * 1e3 / n);
+        walls.push(wall.as_secs_f64() * 1e3 / n);
+        let after = switches(server.id());
+        let mut total = 0;
+        for (name, count) in &after {
+            let d = count - switched.get(name).copied().unwrap_or(0);
+            total += d;
+            *by_thread.entry(name.clone()).or_default() += d;
+        }
+        hops.push(total as f64 / n);
+    }
     println!(
-        "server CPU (user+sys) over one turn of {cpu_steps} tool steps: {:.3} ms per step (wall {:.2} ms per step, {:.1} context switches per step)",
-        used * 1e3 / n,
-        wall.as_secs_f64() * 1e3 / n,
-        switched as f64 / n
+        "server CPU over one turn of {cpu_steps} tool steps, median of {turns} turns: {:.3} ms per step on CPU \
+         (user+sys ticks: {:.3} ms; wall {:.2} ms per step; {:.1} context switches per step)",
+        median(cpu),
+        median(ticks),
+        median(walls),
+        median(hops)
     );
+    println!("context switches per step by thread (mean of the {turns} turns):");
+    let mut rows: Vec<(String, u64)> = by_thread.into_iter().filter(|(_, c)| *c > 0).collect();
+    rows.sort_by_key(|r| std::cmp::Reverse(r.1));
+    for (name, count) in rows {
+        println!("  {name:<20} {:>6.2}", count as f64 / turns as f64 / n);
+    }
     let _ = server.kill();
     let _ = server.wait();
 }

@@ -3,11 +3,13 @@
 //!
 //! # The trait
 //!
-//! [`Tool::execute`] returns a future. It is polled on the runtime of
-//! whoever serves the tool — for a tool plugin, the plugin's own runtime
-//! (`dispatch_contracts::tool::serve`), so the future may use tokio (timers,
-//! processes, sockets) freely. It must not block the thread for long: do
-//! blocking file or CPU work in `spawn_blocking` or keep it short. It must
+//! [`Tool::execute`] returns a future. For a tool plugin
+//! (`dispatch_contracts::tool::serve`) it is polled inside the plugin's own
+//! runtime context, so it may use tokio (timers, processes, sockets,
+//! `spawn_blocking`) freely — but on the thread of whoever reads the call
+//! (for a turn, the session's, shared by every conversation), which saves
+//! the call two thread hand-offs. So it must not block the thread: do
+//! blocking file or CPU work in `spawn_blocking`, or keep it very short. It must
 //! honour [`ToolContext::abort`]: when the turn is aborted, stop, clean up
 //! (kill what you started) and return. A tool is *not* concurrency-safe
 //! unless it says so ([`Tool::concurrency_safe`]): only read-only tools

@@ -145,7 +145,6 @@ impl Tool for EditFile {
     }
 
     fn execute(&self, input: Value, ctx: ToolContext) -> BoxFuture<Result<ToolOutput, ToolError>> {
-        let result = self.edit(input, ctx.cwd.as_deref());
-        Box::pin(async move { result })
+        crate::blocking::off_thread("edit_file", move || EditFile.edit(input, ctx.cwd.as_deref()))
     }
 }

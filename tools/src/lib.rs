@@ -17,6 +17,7 @@
 //! ([`contain::Workdir`]); bad input is an error result that says what was
 //! wrong ([`input::parse`]).
 
+pub mod blocking;
 pub mod contain;
 pub mod edit_file;
 pub mod input;

@@ -305,19 +305,8 @@ impl Tool for ReadFile {
     }
 
     fn execute(&self, input: Value, ctx: ToolContext) -> BoxFuture<Result<ToolOutput, ToolError>> {
-        // File I/O blocks: on a tokio runtime (a plugin's), run it on the
-        // blocking pool, off the workers; an abort is noticed between lines.
-        // Without one (a plain executor in tests), on the caller's thread.
+        // An abort is noticed between lines.
         let tool = ReadFile::new(self.config.clone());
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            let result = tool.read(input, ctx.cwd.as_deref(), &ctx.abort);
-            return Box::pin(std::future::ready(result));
-        };
-        Box::pin(async move {
-            runtime
-                .spawn_blocking(move || tool.read(input, ctx.cwd.as_deref(), &ctx.abort))
-                .await
-                .unwrap_or_else(|e| Err(ToolError::Failed(format!("read_file stopped: {e}"))))
-        })
+        crate::blocking::off_thread("read_file", move || tool.read(input, ctx.cwd.as_deref(), &ctx.abort))
     }
 }

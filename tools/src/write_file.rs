@@ -254,7 +254,6 @@ impl Tool for WriteFile {
     }
 
     fn execute(&self, input: Value, ctx: ToolContext) -> BoxFuture<Result<ToolOutput, ToolError>> {
-        let result = self.write(input, ctx.cwd.as_deref());
-        Box::pin(async move { result })
+        crate::blocking::off_thread("write_file", move || WriteFile.write(input, ctx.cwd.as_deref()))
     }
 }
