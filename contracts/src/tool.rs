@@ -100,21 +100,24 @@ type RunTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 /// `next` — on the caller's thread, inside the server's runtime context —
 /// rather than spawned onto the runtime: a call then costs no hop onto
 /// the runtime's thread and back (for a quick tool most of its cost). A
-/// call nobody reads any more (cancelled, or the server stopping) is handed
-/// to the runtime to finish — it has been told to abort, and cleans up.
+/// cancelled call is handed to the runtime to finish — it has been told to
+/// abort, and cleans up. At a stop the runtime shuts down at once, so an
+/// unfinished call is dropped with it, as a spawned one always was.
 #[derive(Default)]
-struct Calls(std::sync::Mutex<std::collections::HashMap<u64, Arc<std::sync::Mutex<Option<RunTask>>>>>);
+struct Calls(std::sync::Mutex<std::collections::HashMap<u64, Slot>>);
+
+#[cfg(feature = "runtime")]
+/// One call's future; `None` once it finished or was handed to the
+/// runtime, so a second reader holding the slot never polls it again.
+type Slot = Arc<std::sync::Mutex<Option<RunTask>>>;
 
 #[cfg(feature = "runtime")]
 impl Calls {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Arc<std::sync::Mutex<Option<RunTask>>>>>
-    {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Slot>> {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn slot(&self, run_id: u64) -> Option<Arc<std::sync::Mutex<Option<RunTask>>>> {
+    fn slot(&self, run_id: u64) -> Option<Slot> {
         self.lock().get(&run_id).cloned()
     }
 
@@ -167,8 +170,8 @@ type Served = Arc<std::sync::RwLock<std::collections::HashMap<String, Arc<dyn To
 /// A call is not spawned: its future is polled by whoever waits in its
 /// `next`, on that thread, inside the server runtime's context (timers,
 /// sockets and `spawn_blocking` work as on the runtime). A quick tool then
-/// answers with no thread hand-off at all; a call cancelled or left unread
-/// by a stop is handed to the runtime, its abort signal fired, to clean up.
+/// answers with no thread hand-off at all; a cancelled call is handed to
+/// the runtime, its abort signal fired, to clean up.
 pub struct ToolServer {
     host: Host,
     /// Taken by [`ToolServer::stop`].
@@ -318,7 +321,8 @@ impl ToolServer {
                             let result = run_contained(tool.as_ref(), input, ctx).await;
                             let _ = tx.unbounded_send(Item::Result(result));
                         });
-                        calls.lock().insert(run_id, Arc::new(std::sync::Mutex::new(Some(task))));
+                        let slot: Slot = Arc::new(std::sync::Mutex::new(Some(task)));
+                        calls.lock().insert(run_id, slot);
                         to_json(&Started { run_id })
                     }
                     ToolRequest::Next { run_id } => {

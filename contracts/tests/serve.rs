@@ -21,10 +21,11 @@ use serde_json::{json, Value};
 
 /// `echo` prints its text then answers it; `boom` panics; `wait` waits
 /// for its abort signal; `where` answers the name of the thread it ran on;
-/// `tidy` waits for its abort signal, then cleans up (sets [`TIDIED`]).
+/// `tidy` waits for its abort signal, then cleans up (adds its input's
+/// `tag` to [`TIDIED`]: tests run in parallel, each looks for its own tag).
 struct Fixture(&'static str);
 
-static TIDIED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static TIDIED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
 impl Tool for Fixture {
     fn name(&self) -> &str {
@@ -54,7 +55,7 @@ impl Tool for Fixture {
                 "tidy" => {
                     ctx.abort.aborted().await;
                     tokio::time::sleep(Duration::from_millis(5)).await;
-                    TIDIED.store(true, std::sync::atomic::Ordering::SeqCst);
+                    TIDIED.lock().unwrap().push(input["tag"].as_str().unwrap_or_default().to_owned());
                     Ok(ToolOutput::ok("tidied"))
                 }
                 _ => {
@@ -115,10 +116,10 @@ fn a_call_runs_on_the_readers_thread_inside_the_plugins_runtime() {
 fn a_cancelled_call_finishes_on_the_runtime_and_cleans_up() {
     let mut host = TestHost::new();
     host.activate::<TidyPlugin>(Value::Null).unwrap();
-    let id = start(&host, "tidy", json!({}));
+    let id = start(&host, "tidy", json!({"tag": "cancelled unread"}));
     host.call(&tool::key("tidy"), &ToolRequest::Cancel { run_id: id }).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !TIDIED.load(std::sync::atomic::Ordering::SeqCst) {
+    while !TIDIED.lock().unwrap().iter().any(|t| t == "cancelled unread") {
         assert!(std::time::Instant::now() < deadline, "the cancelled call never cleaned up");
         std::thread::sleep(Duration::from_millis(5));
     }

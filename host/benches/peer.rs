@@ -6,7 +6,7 @@
 //! step (user + sys from /proc) over a turn with a long history.
 //!
 //! `cargo build --release && cargo bench -p dispatch-host --bench peer [-- STEPS ROUNDS CPU_STEPS TURNS]`
-//! (defaults 35 7 100). The SDK is installed from PyPI into
+//! (defaults 35 7 100 10). The SDK is installed from PyPI into
 //! `target/bench-venv` on first use (`$DISPATCH_BENCH_PYTHON` overrides the
 //! interpreter).
 
@@ -151,8 +151,6 @@ fn main() {
     let steps = args.first().copied().unwrap_or(35);
     let rounds = args.get(1).copied().unwrap_or(7);
     let cpu_steps = args.get(2).copied().unwrap_or(100);
-    let py = python();
-    let script = root().join("host/benches/peer_agents.py");
     let mock = MockServer::start(Vec::new());
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -172,53 +170,7 @@ fn main() {
 
     // ROUNDS = 0: the server's CPU figures only (no Python peer).
     if rounds > 0 {
-        let mut ours = Vec::new();
-        let mut peer = Vec::new();
-        let (mut ours_mock, mut peer_mock) = (Vec::new(), Vec::new());
-        let per_step = |d: Duration| d.as_secs_f64() * 1e3 / (steps + 1) as f64;
-        for round in 0..=rounds {
-            push_task(&mock, steps);
-            let busy = mock.busy();
-            let d = rt.block_on(dispatch_run(port, &format!("peer-{round}")));
-            let d_mock = mock.busy() - busy;
-            push_task(&mock, steps);
-            let busy = mock.busy();
-            let out = Command::new(&py)
-                .arg(&script)
-                .arg(steps.to_string())
-                .env("BASE_URL", mock.base_url())
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "the peer failed: {}", String::from_utf8_lossy(&out.stderr));
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            assert_eq!(v["final"], "done", "{v}");
-            let p_mock = mock.busy() - busy;
-            let p = v["seconds"].as_f64().unwrap();
-            // Round 0 warms both up.
-            if round > 0 {
-                ours.push(per_step(d));
-                peer.push(p * 1e3 / (steps + 1) as f64);
-                ours_mock.push(per_step(d_mock));
-                peer_mock.push(per_step(p_mock));
-            }
-        }
-        let (o, p) = (median(ours), median(peer));
-        let (om, pm) = (median(ours_mock), median(peer_mock));
-        println!("{steps} tool steps + 1 answer per run, median of {rounds} interleaved rounds:");
-        println!("                                mock included   mock's own time   without the mock");
-        println!(
-            "  dispatch serve (POST /chat)   {o:>8.3} ms      {om:>8.3} ms      {:>8.3} ms per step",
-            o - om
-        );
-        println!(
-            "  openai-agents (Python)        {p:>8.3} ms      {pm:>8.3} ms      {:>8.3} ms per step",
-            p - pm
-        );
-        println!(
-            "  ratio                         {:>8.1}x                         {:>8.1}x",
-            p / o,
-            (p - pm) / (o - om)
-        );
+        compare_with_peer(&rt, &mock, port, steps, rounds);
     }
 
     // CPU of the server per step over a long history: TURNS turns of
@@ -264,4 +216,64 @@ fn main() {
     }
     let _ = server.kill();
     let _ = server.wait();
+}
+
+/// The same task through `POST /chat` and through the OpenAI Agents SDK,
+/// interleaved round by round (round 0 warms both up); prints the medians.
+fn compare_with_peer(
+    rt: &tokio::runtime::Runtime,
+    mock: &MockServer,
+    port: u16,
+    steps: usize,
+    rounds: usize,
+) {
+    let py = python();
+    let script = root().join("host/benches/peer_agents.py");
+    let mut ours = Vec::new();
+    let mut peer = Vec::new();
+    let (mut ours_mock, mut peer_mock) = (Vec::new(), Vec::new());
+    let per_step = |d: Duration| d.as_secs_f64() * 1e3 / (steps + 1) as f64;
+    for round in 0..=rounds {
+        push_task(mock, steps);
+        let busy = mock.busy();
+        let d = rt.block_on(dispatch_run(port, &format!("peer-{round}")));
+        let d_mock = mock.busy() - busy;
+        push_task(mock, steps);
+        let busy = mock.busy();
+        let out = Command::new(&py)
+            .arg(&script)
+            .arg(steps.to_string())
+            .env("BASE_URL", mock.base_url())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "the peer failed: {}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["final"], "done", "{v}");
+        let p_mock = mock.busy() - busy;
+        let p = v["seconds"].as_f64().unwrap();
+        // Round 0 warms both up.
+        if round > 0 {
+            ours.push(per_step(d));
+            peer.push(p * 1e3 / (steps + 1) as f64);
+            ours_mock.push(per_step(d_mock));
+            peer_mock.push(per_step(p_mock));
+        }
+    }
+    let (o, p) = (median(ours), median(peer));
+    let (om, pm) = (median(ours_mock), median(peer_mock));
+    println!("{steps} tool steps + 1 answer per run, median of {rounds} interleaved rounds:");
+    println!("                                mock included   mock's own time   without the mock");
+    println!(
+        "  dispatch serve (POST /chat)   {o:>8.3} ms      {om:>8.3} ms      {:>8.3} ms per step",
+        o - om
+    );
+    println!(
+        "  openai-agents (Python)        {p:>8.3} ms      {pm:>8.3} ms      {:>8.3} ms per step",
+        p - pm
+    );
+    println!(
+        "  ratio                         {:>8.1}x                         {:>8.1}x",
+        p / o,
+        (p - pm) / (o - om)
+    );
 }
