@@ -6,6 +6,13 @@
 //! cost nothing) and forwards each record through [`HostApi::log`], where the
 //! host re-emits it tagged with the plugin's id. A panic hook forwards panic
 //! messages the same way, so a contained panic still shows up in the log.
+//!
+//! The filter is a [`Targets`], not an `EnvFilter`: `EnvFilter` brings a
+//! regex engine, and every plugin library would carry (and touch at start-up)
+//! its own copy — about 60 KiB of resident code per library, for span and
+//! field directives nobody sets on a plugin. `target=level` directives and
+//! the default level work as in the host; span/field directives are applied
+//! by the host only.
 
 use std::fmt::Write as _;
 use std::sync::OnceLock;
@@ -13,8 +20,9 @@ use std::sync::OnceLock;
 use abi_stable::std_types::RStr;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::{Context, SubscriberExt as _};
-use tracing_subscriber::{EnvFilter, Layer};
+use tracing_subscriber::Layer;
 
 use crate::ffi::{HostApiBox, LogLevel};
 
@@ -26,7 +34,7 @@ pub(crate) fn install(host: &HostApiBox) {
     if INSTALLED.set(host.clone()).is_err() {
         return;
     }
-    let filter = EnvFilter::try_new(host.log_filter().as_str()).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = plugin_filter(host.log_filter().as_str());
     let subscriber = tracing_subscriber::registry().with(filter).with(ForwardLayer { host: host.clone() });
     // Fails only when a dispatcher is already set — e.g. a test that links
     // the plugin's rlib into a binary with its own subscriber; keep theirs.
@@ -43,6 +51,17 @@ pub(crate) fn install(host: &HostApiBox) {
             previous(info);
         }
     }));
+}
+
+/// The part of an `EnvFilter` specification a [`Targets`] understands:
+/// directives with a span or field selector (`[span{field=1}]=debug`) are
+/// left out, the rest (`info`, `dispatch=debug`, `h2=off`) kept. A
+/// specification that still does not parse falls back to `info`, as the host
+/// does for an invalid `RUST_LOG`.
+fn plugin_filter(spec: &str) -> Targets {
+    let kept: Vec<&str> =
+        spec.split(',').map(str::trim).filter(|d| !d.is_empty() && !d.contains(['[', '{'])).collect();
+    kept.join(",").parse().unwrap_or_else(|_| Targets::new().with_default(LevelFilter::INFO))
 }
 
 struct ForwardLayer {
@@ -90,5 +109,43 @@ impl<S: Subscriber> Layer<S> for ForwardLayer {
         render.message.push_str(&render.fields);
         let meta = event.metadata();
         self.host.log(level_of(meta.level()), RStr::from(meta.target()), RStr::from(render.message.as_str()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+
+    use super::plugin_filter;
+
+    #[test]
+    fn target_directives_and_the_default_level_are_kept() {
+        let f = plugin_filter("warn,dispatch_plugin_mcp=debug, h2=off");
+        assert!(f.would_enable("dispatch_plugin_mcp::server", &Level::DEBUG));
+        assert!(!f.would_enable("dispatch_plugin_mcp::server", &Level::TRACE));
+        assert!(f.would_enable("anything", &Level::WARN));
+        assert!(!f.would_enable("anything", &Level::INFO));
+        assert!(!f.would_enable("h2::proto", &Level::ERROR));
+    }
+
+    #[test]
+    fn span_and_field_directives_are_left_to_the_host() {
+        let f = plugin_filter("info,[request{id=7}]=trace,my_crate[span]=debug");
+        assert!(f.would_enable("x", &Level::INFO));
+        assert!(!f.would_enable("my_crate", &Level::DEBUG));
+    }
+
+    #[test]
+    fn a_filter_that_does_not_parse_falls_back_to_info() {
+        let f = plugin_filter("dispatch=loud");
+        assert!(f.would_enable("dispatch", &Level::INFO));
+        assert!(!f.would_enable("dispatch", &Level::DEBUG));
+    }
+
+    #[test]
+    fn without_a_default_only_named_targets_are_enabled() {
+        let f = plugin_filter("dispatch=debug");
+        assert!(f.would_enable("dispatch", &Level::DEBUG));
+        assert!(!f.would_enable("other", &Level::ERROR));
     }
 }

@@ -69,7 +69,7 @@ pub struct Script {
 pub struct Reply {
     /// Applies when the latest user message matches (absent = always).
     #[serde(default, rename = "match", deserialize_with = "regex_opt")]
-    pub pattern: Option<regex::Regex>,
+    pub pattern: Option<regex_lite::Regex>,
     /// The round-trips.
     pub steps: Vec<Step>,
 }
@@ -122,9 +122,9 @@ pub struct ScriptedError {
     pub message: String,
 }
 
-fn regex_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<regex::Regex>, D::Error> {
+fn regex_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<regex_lite::Regex>, D::Error> {
     let Some(s) = Option::<String>::deserialize(d)? else { return Ok(None) };
-    regex::Regex::new(&s)
+    regex_lite::Regex::new(&s)
         .map(Some)
         .map_err(|e| serde::de::Error::custom(format!("invalid `match` regex: {e}")))
 }
