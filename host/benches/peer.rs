@@ -8,7 +8,8 @@
 //! `cargo build --release && cargo bench -p dispatch-host --bench peer [-- STEPS ROUNDS CPU_STEPS TURNS]`
 //! (defaults 35 7 100 10). The SDK is installed from PyPI into
 //! `target/bench-venv` on first use (`$DISPATCH_BENCH_PYTHON` overrides the
-//! interpreter).
+//! interpreter). `$DISPATCH_BENCH_RELEASE` measures another build directory
+//! (e.g. one built with a different profile) instead of `target/release`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -17,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dispatch_test_support::bench::median;
+use dispatch_test_support::bench::{median, release_dir};
 use dispatch_test_support::http_client;
 use dispatch_test_support::mock_openai::{finish_chunk, text_chunk, MockServer, Reply};
 use serde_json::json;
@@ -115,10 +116,8 @@ fn config(dir: &Path, port: u16) -> PathBuf {
         ("libdispatch_plugin_session.so", format!("default_cwd = {:?}", dir.display().to_string())),
         ("libdispatch_plugin_transport_http.so", format!("addr = [\"127.0.0.1:{port}\"]")),
     ];
-    let mut toml = format!(
-        "[host]\nplugin_dir = {:?}\ndata_dir = \"data\"\n",
-        root().join("target/release").display().to_string()
-    );
+    let mut toml =
+        format!("[host]\nplugin_dir = {:?}\ndata_dir = \"data\"\n", release_dir().display().to_string());
     for (p, c) in plugins {
         toml.push_str(&format!("\n[[plugin]]\npath = {p:?}\n"));
         if !c.is_empty() {
@@ -155,7 +154,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let cfg = config(dir.path(), port);
-    let mut server = Command::new(root().join("target/release/dispatch"))
+    let mut server = Command::new(release_dir().join("dispatch"))
         .args(["serve", "--config", cfg.to_str().unwrap()])
         .env("DISPATCH_BASE_URL", mock.base_url())
         .env("DISPATCH_API_KEY", "bench")

@@ -11,9 +11,13 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// `target/release`, where `cargo build --release` leaves the binary and
-/// the plugins.
+/// the plugins — or `$DISPATCH_BENCH_RELEASE`, another build directory (a
+/// different profile, an older commit), so two builds can be measured side
+/// by side on the same machine.
 pub fn release_dir() -> PathBuf {
-    repo_root().join("target/release")
+    std::env::var_os("DISPATCH_BENCH_RELEASE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/release"))
 }
 
 /// A port nothing listens on right now.
