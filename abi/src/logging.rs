@@ -59,9 +59,14 @@ pub(crate) fn install(host: &HostApiBox) {
 /// specification that still does not parse falls back to `info`, as the host
 /// does for an invalid `RUST_LOG`.
 fn plugin_filter(spec: &str) -> Targets {
+    let info = || Targets::new().with_default(LevelFilter::INFO);
     let kept: Vec<&str> =
         spec.split(',').map(str::trim).filter(|d| !d.is_empty() && !d.contains(['[', '{'])).collect();
-    kept.join(",").parse().unwrap_or_else(|_| Targets::new().with_default(LevelFilter::INFO))
+    if kept.is_empty() {
+        // `Targets` reads "" as the empty target at TRACE, i.e. everything.
+        return info();
+    }
+    kept.join(",").parse().unwrap_or_else(|_| info())
 }
 
 struct ForwardLayer {
@@ -130,9 +135,20 @@ mod tests {
 
     #[test]
     fn span_and_field_directives_are_left_to_the_host() {
-        let f = plugin_filter("info,[request{id=7}]=trace,my_crate[span]=debug");
-        assert!(f.would_enable("x", &Level::INFO));
+        // Kept whole, this would not parse (and fall back to `info`).
+        let f = plugin_filter("warn,dispatch=debug,[request{id=7}]=trace,my_crate[span]=debug");
+        assert!(f.would_enable("dispatch", &Level::DEBUG));
+        assert!(!f.would_enable("x", &Level::INFO));
         assert!(!f.would_enable("my_crate", &Level::DEBUG));
+    }
+
+    #[test]
+    fn a_filter_of_span_directives_only_is_info_not_everything() {
+        let f = plugin_filter("[request]=debug");
+        assert!(f.would_enable("x", &Level::INFO));
+        assert!(!f.would_enable("x", &Level::TRACE));
+        assert!(plugin_filter("").would_enable("x", &Level::INFO));
+        assert!(!plugin_filter(" , ").would_enable("x", &Level::DEBUG));
     }
 
     #[test]
@@ -140,12 +156,5 @@ mod tests {
         let f = plugin_filter("dispatch=loud");
         assert!(f.would_enable("dispatch", &Level::INFO));
         assert!(!f.would_enable("dispatch", &Level::DEBUG));
-    }
-
-    #[test]
-    fn without_a_default_only_named_targets_are_enabled() {
-        let f = plugin_filter("dispatch=debug");
-        assert!(f.would_enable("dispatch", &Level::DEBUG));
-        assert!(!f.would_enable("other", &Level::ERROR));
     }
 }
