@@ -302,6 +302,15 @@ impl ToolServer {
                 let gone = || Error::new(codes::NOT_FOUND, format!("the tool `{name}` is no longer offered"));
                 match req {
                     ToolRequest::Spec => to_json(&describe(current.ok_or_else(gone)?.as_ref())),
+                    ToolRequest::Start { .. } if stopping.load(std::sync::atomic::Ordering::SeqCst) => {
+                        // The bus drops a plugin's services only after its
+                        // `deactivate` returned: a call started in between
+                        // would run in a runtime already shut down.
+                        Err(Error::new(
+                            codes::UNAVAILABLE,
+                            "the tool's plugin is stopping (a plugin reload, or the server shutting down); the call was not started",
+                        ))
+                    }
                     ToolRequest::Start { call_id, conversation_id, cwd, input } => {
                         let tool = current.ok_or_else(gone)?;
                         let (run_id, tx, abort) = table.open();
@@ -326,9 +335,16 @@ impl ToolServer {
                         to_json(&Started { run_id })
                     }
                     ToolRequest::Next { run_id } => {
-                        // Drive the call, then take what it produced.
+                        // Take what the call produced; while there is
+                        // nothing, drive it and look again. The answer comes
+                        // first so that a reader refused (another one holds
+                        // the run) never polls the call: that would move its
+                        // wake-ups away from the real reader.
                         let mut answer = std::pin::pin!(next(&table, &stopping, run_id));
                         std::future::poll_fn(|cx| {
+                            if let std::task::Poll::Ready(done) = answer.as_mut().poll(cx) {
+                                return std::task::Poll::Ready(done);
+                            }
                             calls.poll(run_id, &runner, cx);
                             answer.as_mut().poll(cx)
                         })

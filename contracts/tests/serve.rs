@@ -20,7 +20,7 @@ use dispatch_testkit::TestHost;
 use serde_json::{json, Value};
 
 /// `echo` prints its text then answers it; `boom` panics; `wait` waits
-/// for its abort signal; `where` answers the name of the thread it ran on;
+/// for its abort signal; `slow` answers after a one-second timer; `where` answers the name of the thread it ran on;
 /// `tidy` waits for its abort signal, then cleans up (adds its input's
 /// `tag` to [`TIDIED`]: tests run in parallel, each looks for its own tag).
 struct Fixture(&'static str);
@@ -51,6 +51,10 @@ impl Tool for Fixture {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     let thread = std::thread::current().name().unwrap_or_default().to_owned();
                     Ok(ToolOutput::ok(thread))
+                }
+                "slow" => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    Ok(ToolOutput::ok("slept"))
                 }
                 "tidy" => {
                     ctx.abort.aborted().await;
@@ -91,6 +95,7 @@ tool_plugin!(BoomPlugin, "boom-plugin", "boom");
 tool_plugin!(WaitPlugin, "wait-plugin", "wait");
 tool_plugin!(WherePlugin, "where-plugin", "where");
 tool_plugin!(TidyPlugin, "tidy-plugin", "tidy");
+tool_plugin!(SlowPlugin, "slow-plugin", "slow");
 
 /// Regression guard for calls driven by their reader: a call runs on the
 /// thread that waits in `next` (no hop onto the plugin's runtime and back),
@@ -124,6 +129,66 @@ fn a_cancelled_call_finishes_on_the_runtime_and_cleans_up() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert_eq!(next(&host, "tidy", id).unwrap_err().code(), codes::NOT_FOUND);
+}
+
+/// Stops its server, then — still inside `deactivate`, where the bus keeps
+/// its services — tries to start a call, and records what it was told.
+struct StartsAfterStop(ToolServer, dispatch_abi::Host);
+
+static AFTER_STOP: std::sync::Mutex<Option<Result<Value, Error>>> = std::sync::Mutex::new(None);
+
+impl Plugin for StartsAfterStop {
+    fn manifest() -> PluginManifest {
+        tool::manifest("late-plugin", "0.0.0", "late")
+    }
+    fn activate(ctx: Context) -> Result<Self, Error> {
+        Ok(StartsAfterStop(tool::serve(ctx.host(), Arc::new(Fixture("late")), 1)?, ctx.host().clone()))
+    }
+    fn deactivate(&mut self) -> Result<(), Error> {
+        self.0.stop();
+        let req = ToolRequest::Start {
+            call_id: "c".into(),
+            conversation_id: "v".into(),
+            cwd: None,
+            input: json!({}),
+        };
+        *AFTER_STOP.lock().unwrap() = Some(self.1.call_blocking(&tool::key("late"), &req));
+        Ok(())
+    }
+}
+
+/// Regression guard: a call started between a tool server's stop and the
+/// removal of its services is refused, not run in a shut-down runtime.
+#[test]
+fn a_call_started_after_the_server_stopped_is_refused() {
+    let mut host = TestHost::new();
+    host.activate::<StartsAfterStop>(Value::Null).unwrap();
+    assert!(host.deactivate_all().iter().all(|(_, r)| r.is_ok()));
+    let answer = AFTER_STOP.lock().unwrap().take().expect("deactivate ran");
+    let e = answer.unwrap_err();
+    assert_eq!(e.code(), codes::UNAVAILABLE, "{e}");
+    assert!(e.message().contains("stopping"), "{e}");
+}
+
+/// Regression guard: a second reader of a run is refused without polling
+/// the call — polling it would take its wake-ups (here: its timer's) from
+/// the real reader, which would then wait forever.
+#[test]
+fn a_second_reader_is_refused_and_the_first_still_gets_the_result() {
+    let mut host = TestHost::new();
+    host.activate::<SlowPlugin>(Value::Null).unwrap();
+    let id = start(&host, "slow", json!({}));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = host.host().clone();
+    std::thread::spawn(move || {
+        let batch = reader.call_blocking(&tool::key("slow"), &ToolRequest::Next { run_id: id });
+        let _ = tx.send(batch.map(|v| serde_json::from_value::<RunBatch>(v).unwrap()));
+    });
+    // The first reader now waits on the call's one-second timer.
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(next(&host, "slow", id).unwrap_err().code(), codes::CONFLICT);
+    let batch = rx.recv_timeout(Duration::from_secs(10)).expect("the first reader was never woken").unwrap();
+    assert_eq!(batch.result, Some(RunResult::from(Ok(ToolOutput::ok("slept")))));
 }
 
 fn start(host: &TestHost, name: &str, input: Value) -> u64 {
