@@ -28,7 +28,7 @@ use dispatch_host::turn::BusCaller;
 use dispatch_kernel::runtime::AbortSignal;
 use dispatch_kernel::tool::{Tool, ToolContext};
 use dispatch_kernel::toolbus::RemoteTool;
-use dispatch_test_support::bench::{median, release_dir};
+use dispatch_test_support::bench::{median, release_dir, repo_root};
 use rmcp::model::CallToolRequestParams;
 use rmcp::ServiceExt as _;
 use serde_json::json;
@@ -68,8 +68,7 @@ fn main() {
         fixture.exists() && release.join("libdispatch_plugin_mcp.so").exists(),
         "build the release workspace first: cargo build --release --workspace"
     );
-    let root = release.parent().unwrap().parent().unwrap().to_owned();
-    let native_lib = word_count(&root);
+    let native_lib = word_count(&repo_root());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mcp_config = format!("[plugin.config.servers.fx]\ncommand = {:?}\n", fixture.display().to_string());

@@ -13,8 +13,12 @@ use dispatch_contracts::tool::{ImageRef, ToolOutput};
 use serde_json::Value;
 
 /// Text longer than this is cut (with a note): a tool result goes into
-/// every later model request of the conversation.
-pub const MAX_RESULT_BYTES: usize = 1 << 20;
+/// every later model request of the conversation, and it must fit in one
+/// stored chunk — the store refuses chunks over 1 MiB by default, and JSON
+/// escaping can make text up to six times longer (`\u0001`), so 128 KiB
+/// always fits. (At 1 MiB a large result failed to save and aborted the
+/// turn.) Near `read_file`'s 100 KiB.
+pub const MAX_RESULT_BYTES: usize = 128 * 1024;
 /// The largest image passed on, as base64 text: its `data:` URL must fit in
 /// one stored chunk (the store refuses chunks over 1 MiB by default).
 pub const MAX_IMAGE_BASE64: usize = 768 * 1024;
@@ -215,11 +219,20 @@ mod tests {
 
     #[test]
     fn a_huge_result_is_cut_on_a_character_boundary() {
-        let text = "é".repeat(MAX_RESULT_BYTES);
+        // "a" first: every `é` then starts at an odd offset, so the limit
+        // (even) falls inside one and the cut has to step back a byte.
+        let text = format!("a{}", "é".repeat(MAX_RESULT_BYTES));
         let out = convert(&json!({"content": [{"type": "text", "text": text}]}));
-        assert!(out.content.len() < MAX_RESULT_BYTES + 100);
-        assert!(out
-            .content
-            .ends_with(&format!("[result cut at {MAX_RESULT_BYTES} of {} bytes]", 2 * MAX_RESULT_BYTES)));
+        let note = format!("\n[result cut at {MAX_RESULT_BYTES} of {} bytes]", 2 * MAX_RESULT_BYTES + 1);
+        assert!(out.content.ends_with(&note), "{}", &out.content[out.content.len() - 60..]);
+        assert_eq!(out.content.len(), MAX_RESULT_BYTES - 1 + note.len());
+    }
+
+    #[test]
+    fn a_cut_result_fits_in_one_stored_chunk_however_it_escapes() {
+        // Control characters escape to six bytes each in the stored JSON.
+        let text = "\u{1}".repeat(2 * MAX_RESULT_BYTES);
+        let out = convert(&json!({"content": [{"type": "text", "text": text}]}));
+        assert!(serde_json::to_string(&out.content).unwrap().len() < 1 << 20);
     }
 }

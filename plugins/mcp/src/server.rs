@@ -59,6 +59,10 @@ struct Live {
     peer: Peer<RoleClient>,
     /// Flips to `true` when the connection ends.
     closed: watch::Receiver<bool>,
+    /// A call found this connection unresponsive: restart it. Per
+    /// connection, so a late signal (a ping that failed as its connection
+    /// closed, or a second timeout) cannot restart the next, healthy one.
+    unresponsive: Arc<Notify>,
 }
 
 #[derive(Debug)]
@@ -77,11 +81,9 @@ pub struct Server {
     status: Mutex<Status>,
     live: Mutex<Option<Live>>,
     /// Progress token → the call's output.
-    progress: Mutex<HashMap<String, OutputSink>>,
+    progress: Mutex<Progress>,
     /// `notifications/tools/list_changed` arrived.
     list_changed: Notify,
-    /// A call found the server unresponsive: restart it.
-    unresponsive: Notify,
     /// The last lines a stdio server wrote to stderr.
     stderr: Mutex<VecDeque<String>>,
     /// The process group of the running stdio server.
@@ -108,9 +110,8 @@ impl Server {
                 tool_count: 0,
             }),
             live: Mutex::new(None),
-            progress: Mutex::new(HashMap::new()),
+            progress: Mutex::new(Progress::default()),
             list_changed: Notify::new(),
-            unresponsive: Notify::new(),
             stderr: Mutex::new(VecDeque::new()),
             pgid: Mutex::new(None),
         })
@@ -143,9 +144,11 @@ impl Server {
     }
 
     /// Kill the running stdio server's whole process group (it may have
-    /// started children of its own).
+    /// started children of its own). The id is taken, not read: once the
+    /// group is gone the number can be reused by an unrelated process group,
+    /// and this runs again after every connection and at deactivation.
     pub fn kill_group(&self) {
-        if let Some(pgid) = *self.pgid.lock().unwrap_or_else(PoisonError::into_inner) {
+        if let Some(pgid) = self.pgid.lock().unwrap_or_else(PoisonError::into_inner).take() {
             // SAFETY: killpg takes plain integers; a group that is gone
             // makes it fail with ESRCH, which is fine.
             unsafe {
@@ -192,11 +195,8 @@ impl Server {
             .send_request_with_option(request, PeerRequestOptions::no_options())
             .await
             .map_err(|e| ToolError::Failed(format!("cannot reach the MCP server `{server}`: {e}")))?;
-        let token = token_key(&handle.progress_token);
-        self.progress
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(token.clone(), ctx.output.clone());
+        let token = handle.progress_token.clone();
+        self.progress.lock().unwrap_or_else(PoisonError::into_inner).register(&token, ctx.output.clone());
         let timeout = self.launch.call_timeout;
         let outcome = tokio::select! {
             answer = &mut handle.rx => match answer {
@@ -220,35 +220,28 @@ impl Server {
             () = tokio::time::sleep(timeout) => {
                 cancel(handle, "timed out").await;
                 // Without holding the call's result back.
-                tokio::spawn(Arc::clone(&self).check_responsive(live.peer.clone()));
+                tokio::spawn(Arc::clone(&self).check_responsive(live.clone()));
                 Err(ToolError::Failed(format!(
                     "the MCP server `{server}` did not answer within {} s; the call was cancelled",
                     timeout.as_secs_f64()
                 )))
             }
         };
-        self.progress.lock().unwrap_or_else(PoisonError::into_inner).remove(&token);
+        self.progress.lock().unwrap_or_else(PoisonError::into_inner).sinks.remove(&token);
         outcome
     }
 
     /// After a timeout: a server that does not answer a ping either is
     /// hung, and is restarted.
-    async fn check_responsive(self: Arc<Self>, peer: Peer<RoleClient>) {
-        let ping = peer.send_request(ClientRequest::PingRequest(PingRequest::default()));
-        if !matches!(tokio::time::timeout(PING_TIMEOUT, ping).await, Ok(Ok(_))) {
+    async fn check_responsive(self: Arc<Self>, live: Live) {
+        let ping = live.peer.send_request(ClientRequest::PingRequest(PingRequest::default()));
+        if !matches!(tokio::time::timeout(PING_TIMEOUT, ping).await, Ok(Ok(_))) && !*live.closed.borrow() {
             tracing::warn!(server = %self.name(), "the MCP server does not answer a ping; restarting it");
-            self.unresponsive.notify_one();
+            live.unresponsive.notify_one();
         }
     }
 
     fn on_progress(&self, params: &ProgressNotificationParam) {
-        let sink = self
-            .progress
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&token_key(&params.progress_token))
-            .cloned();
-        let Some(sink) = sink else { return };
         let mut line = match params.total {
             Some(total) => format!("progress {}/{}", number(params.progress), number(total)),
             None => format!("progress {}", number(params.progress)),
@@ -258,7 +251,7 @@ impl Server {
             line.push_str(message);
         }
         line.push('\n');
-        sink(&line, OutputStream::Stdout);
+        self.progress.lock().unwrap_or_else(PoisonError::into_inner).deliver(&params.progress_token, line);
     }
 
     /// Start the server and initialise it; answers the running service.
@@ -546,8 +539,9 @@ async fn serve(
     let (closed_tx, closed_rx) = watch::channel(false);
     let peer = running.peer().clone();
     let stop = running.cancellation_token();
+    let unresponsive = Arc::new(Notify::new());
     *server.live.lock().unwrap_or_else(PoisonError::into_inner) =
-        Some(Live { peer: peer.clone(), closed: closed_rx });
+        Some(Live { peer: peer.clone(), closed: closed_rx, unresponsive: Arc::clone(&unresponsive) });
     let waiting = running.waiting();
     tokio::pin!(waiting);
     let ended = loop {
@@ -566,7 +560,7 @@ async fn serve(
                 }
                 Err(e) => tracing::warn!(server = %server.name(), "cannot list the changed tools: {e}"),
             },
-            () = server.unresponsive.notified() => break Ended::Unresponsive,
+            () = unresponsive.notified() => break Ended::Unresponsive,
             () = flipped(shutdown) => break Ended::Shutdown,
         }
     };
@@ -588,8 +582,46 @@ async fn flipped(flag: &mut watch::Receiver<bool>) {
     let _ = flag.wait_for(|on| *on).await;
 }
 
-fn token_key(token: &ProgressToken) -> String {
-    serde_json::to_string(token).unwrap_or_default()
+/// Where each call's `notifications/progress` go, by progress token. The
+/// request is on its way before its call can register here (rmcp assigns
+/// the token as it sends), and notifications are read on another thread,
+/// so the first ones can arrive first: those wait in `early` (bounded) and
+/// are delivered, in order, when the call registers. Lines are delivered
+/// under the lock, which keeps them in order.
+#[derive(Default)]
+struct Progress {
+    sinks: HashMap<ProgressToken, OutputSink>,
+    early: VecDeque<(ProgressToken, String)>,
+}
+
+/// Progress lines kept for calls not registered yet; beyond it the oldest
+/// go (late notifications of finished calls end up here too).
+const EARLY_PROGRESS: usize = 64;
+
+impl Progress {
+    fn register(&mut self, token: &ProgressToken, sink: OutputSink) {
+        let early = std::mem::take(&mut self.early);
+        for (t, line) in early {
+            if t == *token {
+                sink(&line, OutputStream::Stdout);
+            } else {
+                self.early.push_back((t, line));
+            }
+        }
+        self.sinks.insert(token.clone(), sink);
+    }
+
+    fn deliver(&mut self, token: &ProgressToken, line: String) {
+        match self.sinks.get(token) {
+            Some(sink) => sink(&line, OutputStream::Stdout),
+            None => {
+                if self.early.len() == EARLY_PROGRESS {
+                    self.early.pop_front();
+                }
+                self.early.push_back((token.clone(), line));
+            }
+        }
+    }
 }
 
 fn number(n: f64) -> String {
@@ -619,5 +651,41 @@ mod tests {
     fn progress_numbers_print_plainly() {
         assert_eq!(number(3.0), "3");
         assert_eq!(number(0.5), "0.5");
+    }
+
+    fn token(n: i64) -> ProgressToken {
+        ProgressToken(rmcp::model::NumberOrString::Number(n))
+    }
+
+    fn collecting() -> (OutputSink, Arc<Mutex<Vec<String>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let into = Arc::clone(&seen);
+        let sink: OutputSink = Arc::new(move |text: &str, _| into.lock().unwrap().push(text.to_owned()));
+        (sink, seen)
+    }
+
+    /// Regression guard: progress that arrives before its call registered
+    /// (the request was already sent) is delivered, in order, not dropped.
+    #[test]
+    fn progress_before_the_call_registers_is_delivered_in_order() {
+        let mut p = Progress::default();
+        p.deliver(&token(1), "1/3".into());
+        p.deliver(&token(2), "other".into());
+        p.deliver(&token(1), "2/3".into());
+        let (sink, seen) = collecting();
+        p.register(&token(1), sink);
+        p.deliver(&token(1), "3/3".into());
+        assert_eq!(*seen.lock().unwrap(), ["1/3", "2/3", "3/3"]);
+        assert_eq!(p.early.len(), 1, "the other call's line waits for it");
+    }
+
+    #[test]
+    fn unclaimed_progress_is_bounded() {
+        let mut p = Progress::default();
+        for i in 0..(EARLY_PROGRESS as i64 + 10) {
+            p.deliver(&token(i), format!("{i}"));
+        }
+        assert_eq!(p.early.len(), EARLY_PROGRESS);
+        assert_eq!(p.early.front().map(|(_, l)| l.as_str()), Some("10"));
     }
 }
