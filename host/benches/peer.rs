@@ -84,11 +84,14 @@ fn cpu_precise(pid: u32) -> f64 {
 }
 
 /// Context switches (voluntary + not) of every thread of a process, by
-/// thread name: each is a thread handing work to another, the cost a step
-/// pays per hop.
-fn switches(pid: u32) -> BTreeMap<String, u64> {
-    let mut by_name = BTreeMap::new();
+/// thread id, with its name: each is a thread handing work to another, the
+/// cost a step pays per hop. By id, so a delta is taken per thread (a
+/// thread that exits between two readings — an idle blocking-pool thread —
+/// drops out instead of making a name's total go down).
+fn switches(pid: u32) -> BTreeMap<String, (String, u64)> {
+    let mut by_tid = BTreeMap::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let tid = task.file_name().to_string_lossy().into_owned();
         let Ok(status) = std::fs::read_to_string(task.path().join("status")) else { continue };
         let mut name = String::new();
         let mut n = 0;
@@ -101,9 +104,9 @@ fn switches(pid: u32) -> BTreeMap<String, u64> {
                 n += v.trim().parse::<u64>().unwrap();
             }
         }
-        *by_name.entry(name).or_default() += n;
+        by_tid.insert(tid, (name, n));
     }
-    by_name
+    by_tid
 }
 
 fn config(dir: &Path, port: u16) -> PathBuf {
@@ -192,8 +195,8 @@ fn main() {
         walls.push(wall.as_secs_f64() * 1e3 / n);
         let after = switches(server.id());
         let mut total = 0;
-        for (name, count) in &after {
-            let d = count - switched.get(name).copied().unwrap_or(0);
+        for (tid, (name, count)) in &after {
+            let d = count.saturating_sub(switched.get(tid).map_or(0, |b| b.1));
             total += d;
             *by_thread.entry(name.clone()).or_default() += d;
         }

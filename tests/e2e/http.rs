@@ -22,6 +22,9 @@ pub const SCRIPT: &str = r#"{"replies": [
     {"text": "The notes say hello.", "usage": {"inputTokens": 60, "outputTokens": 6}}]},
   {"match": "^slow", "steps": [
     {"text": "one two three four five six seven eight nine ten eleven twelve", "chunkChars": 4, "delayMs": 150}]},
+  {"match": "^shell started", "steps": [
+    {"toolCalls": [{"name": "run_shell", "input": {"command": "echo started; sleep 1.5; echo slept"}}]},
+    {"text": "Slept."}]},
   {"match": "^shell", "steps": [
     {"toolCalls": [{"name": "run_shell", "input": {"command": "sleep 1.5; echo slept"}}]},
     {"text": "Slept."}]},
@@ -136,13 +139,12 @@ impl Server {
     /// … with extra environment.
     pub fn start_with(cfg: &Path, env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(dispatch_bin());
-        cmd.args(["serve", "--config", cfg.to_str().unwrap()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for var in ["RUST_LOG", "DISPATCH_BASE_URL", "DISPATCH_API_KEY", "DISPATCH_MODEL", "DISPATCH_TOKEN"] {
-            cmd.env_remove(var);
-        }
+        hermetic(
+            cmd.args(["serve", "--config", cfg.to_str().unwrap()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped()),
+        );
         for (k, v) in env {
             cmd.env(k, v);
         }

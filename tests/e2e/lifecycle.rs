@@ -40,7 +40,7 @@ fn serve_with_signals(signals: &[&str]) -> Output {
 fn spawn_serve(
     cfg: &std::path::Path,
 ) -> (std::process::Child, mpsc::Receiver<()>, std::thread::JoinHandle<String>) {
-    let mut child = Command::new(dispatch_bin())
+    let mut child = hermetic(&mut Command::new(dispatch_bin()))
         .args(["serve", "--config", cfg.to_str().unwrap()])
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
@@ -167,7 +167,9 @@ fn a_reload_that_removes_a_dependency_stops_its_dependents_first() {
         "{log}"
     );
     let at = |needle: &str| log.find(needle).unwrap_or_else(|| panic!("{needle:?} not in:\n{log}"));
-    // (fx-beta also stopped for its restart, earlier: its last stop counts.)
+    // (fx-beta also stopped for its restart, earlier: its last stop counts,
+    // and there must be two.)
+    assert_eq!(log.matches("plugin stopped for a reload plugin=fx-beta").count(), 2, "{log}");
     let beta_last = log.rfind("plugin stopped for a reload plugin=fx-beta").unwrap();
     assert!(beta_last < at("plugin stopped for a reload plugin=fx-alpha"), "{log}");
     // fx-alpha's entry now names a missing file: removed, and a failed row;

@@ -119,25 +119,37 @@ impl Output {
     }
 }
 
+/// Keep the developer's environment from reaching a `dispatch` the tests
+/// start: every variable the host or a bundled plugin reads (a test sets
+/// what it needs after this).
+pub fn hermetic(cmd: &mut Command) -> &mut Command {
+    for var in [
+        "RUST_LOG",
+        "NO_COLOR",
+        "DISPATCH_API_KEY",
+        "DISPATCH_BASE_URL",
+        "DISPATCH_CWD",
+        "DISPATCH_DATA_DIR",
+        "DISPATCH_HTTP_ADDR",
+        "DISPATCH_LOG_FORMAT",
+        "DISPATCH_MCP_CONFIG",
+        "DISPATCH_MODEL",
+        "DISPATCH_SCRIPT",
+        "DISPATCH_SERVER",
+        "DISPATCH_TOKEN",
+        "DISPATCH_WEB_DIR",
+        "DISPATCH_WS_ADDR",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
 /// Run `dispatch ARGS` with the given environment, failing the test if it
 /// does not finish within `limit`.
 pub fn run(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Output {
     let mut cmd = Command::new(dispatch_bin());
-    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    // Hermetic: nothing from the developer's environment reaches the host.
-    for var in [
-        "RUST_LOG",
-        "DISPATCH_BASE_URL",
-        "DISPATCH_API_KEY",
-        "DISPATCH_MODEL",
-        "DISPATCH_SCRIPT",
-        "DISPATCH_DATA_DIR",
-        "DISPATCH_SERVER",
-        "DISPATCH_TOKEN",
-        "NO_COLOR",
-    ] {
-        cmd.env_remove(var);
-    }
+    hermetic(cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()));
     for (k, v) in env {
         cmd.env(k, v);
     }
