@@ -93,7 +93,7 @@ where
     T: 'static,
 {
     async move {
-        match AssertUnwindSafe(fut).catch_unwind().await {
+        match AssertUnwindSafe(crate::scope::Scoped::inside(fut)).catch_unwind().await {
             Ok(Ok(v)) => RResult::ROk(v),
             Ok(Err(e)) => RResult::RErr(e.into()),
             Err(panic) => RResult::RErr(Error::from_panic(panic).into()),
@@ -110,7 +110,11 @@ where
     Fut: Future<Output = Result<T, Error>> + Send + 'static,
     T: Send + 'static,
 {
-    match catch_unwind(AssertUnwindSafe(make)) {
+    let made = {
+        let _scope = crate::scope::enter();
+        catch_unwind(AssertUnwindSafe(make))
+    };
+    match made {
         Ok(fut) => contain(fut),
         Err(panic) => {
             let err: AbiError = Error::from_panic(panic).into();
@@ -239,12 +243,15 @@ impl Host {
         Resp: DeserializeOwned + 'static,
     {
         let name = key.name();
-        let fut = encode(What::Request(name), request)
-            .map(|bytes| self.api.call_service(RStr::from(name), key.version(), bytes));
+        let fut = encode(What::Request(name), request).map(|bytes| {
+            // The host may run the provider's handler right here.
+            let _scope = crate::scope::leave();
+            self.api.call_service(RStr::from(name), key.version(), bytes)
+        });
         // Only an error message needs the name past this point.
         let name = key.name_cow();
         async move {
-            let bytes = fut?.await.into_result()?;
+            let bytes = crate::scope::Scoped::outside(fut?).await.into_result()?;
             decode(What::Response(&name), &bytes)
         }
     }
@@ -293,6 +300,7 @@ impl Host {
     /// Publish an event. Returns once it is queued for every subscriber.
     pub fn publish<T: Serialize>(&self, key: &Event<T>, value: &T) -> Result<(), Error> {
         let bytes = encode(What::Event(key.name()), value)?;
+        let _scope = crate::scope::leave();
         self.api.publish(RStr::from(key.name()), key.version(), bytes).into_result().map_err(Error::from)
     }
 
@@ -364,11 +372,13 @@ impl Host {
         T: Serialize + DeserializeOwned + 'static,
     {
         let name = key.name();
-        let fut = encode(What::Hook(name), value)
-            .map(|bytes| self.api.run_hook(RStr::from(name), key.version(), key.policy(), bytes));
+        let fut = encode(What::Hook(name), value).map(|bytes| {
+            let _scope = crate::scope::leave();
+            self.api.run_hook(RStr::from(name), key.version(), key.policy(), bytes)
+        });
         let name = key.name_cow();
         async move {
-            match fut?.await.into_result()? {
+            match fut.map(crate::scope::Scoped::outside)?.await.into_result()? {
                 HookOutcome::Continue(bytes) => decode(What::Hook(&name), &bytes).map(HookResult::Continue),
                 HookOutcome::Vetoed { plugin, reason } => {
                     Ok(HookResult::Vetoed { plugin: plugin.into_string(), reason: reason.into_string() })

@@ -73,6 +73,7 @@ mod logging;
 pub mod plugin;
 #[cfg(feature = "runtime")]
 pub mod runtime;
+mod scope;
 
 pub use error::{codes, to_json, Error};
 pub use ffi::{FailurePolicy, ABI_VERSION};

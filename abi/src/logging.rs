@@ -42,6 +42,16 @@ pub(crate) fn install(host: &HostApiBox) {
 
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
+        // With std shared (`-C prefer-dynamic`: the bundled plugins), this
+        // hook is one link of a process-wide chain and sees every panic;
+        // it claims those raised while this plugin's code runs on the
+        // thread (`scope`) and passes the rest down the chain, which ends
+        // at the host's (std's default) hook. With std private to this
+        // library, every panic it sees is this plugin's.
+        if cfg!(dispatch_shared_std) && !crate::scope::inside() {
+            previous(info);
+            return;
+        }
         if let Some(host) = INSTALLED.get() {
             let location =
                 info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();

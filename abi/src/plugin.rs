@@ -146,6 +146,7 @@ struct Instance<P>(P);
 
 impl<P: Plugin> PluginInstance for Instance<P> {
     fn deactivate(&mut self) -> RResult<(), AbiError> {
+        let _scope = crate::scope::enter();
         match catch_unwind(AssertUnwindSafe(|| self.0.deactivate())) {
             Ok(r) => r.map_err(AbiError::from).into(),
             Err(panic) => RResult::RErr(Error::from_panic(panic).into()),
@@ -156,6 +157,7 @@ impl<P: Plugin> PluginInstance for Instance<P> {
 /// Glue behind [`crate::export_plugin!`]: the manifest entry point.
 #[doc(hidden)]
 pub fn manifest_entry<P: Plugin>() -> RResult<Manifest, AbiError> {
+    let _scope = crate::scope::enter();
     match catch_unwind(P::manifest) {
         Ok(m) => RResult::ROk(m.to_abi()),
         Err(panic) => RResult::RErr(Error::from_panic(panic).into()),
@@ -165,6 +167,7 @@ pub fn manifest_entry<P: Plugin>() -> RResult<Manifest, AbiError> {
 /// Glue behind [`crate::export_plugin!`]: the activate entry point.
 #[doc(hidden)]
 pub fn activate_entry<P: Plugin>(host: HostApiBox, config: RString) -> RResult<PluginInstanceBox, AbiError> {
+    let _scope = crate::scope::enter();
     let outcome = catch_unwind(AssertUnwindSafe(move || {
         crate::logging::install(&host);
         let config: serde_json::Value = if config.is_empty() {

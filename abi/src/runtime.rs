@@ -47,6 +47,8 @@ impl PluginRuntime {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers.max(1))
             .thread_name(format!("{name}-rt"))
+            // Its workers and blocking threads run only this plugin's code.
+            .on_thread_start(crate::scope::mark_thread)
             .enable_all()
             .build()
             .map_err(|e| Error::msg(format!("cannot start the `{name}` runtime: {e}")))?;

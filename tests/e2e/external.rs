@@ -30,6 +30,10 @@ pub fn build_external(manifest: &Path, file: &str, dest: &Path) {
         .args(["build", "--quiet", "--manifest-path"])
         .arg(manifest)
         .env("CARGO_TARGET_DIR", &target)
+        // As an author outside this repository builds it: without the
+        // workspace's flags, so std, tokio and serde are linked into the
+        // plugin, not shared with the host (rt/src/lib.rs).
+        .env("CARGO_ENCODED_RUSTFLAGS", "")
         .status()
         .unwrap();
     assert!(status.success(), "building {} failed", manifest.display());

@@ -23,6 +23,31 @@ fn bundled_plugins_activate_in_dependency_order() {
     assert!(row(&rows, "surfaces")["file"].as_str().unwrap().ends_with(SURFACES));
 }
 
+/// Guards the shared runtime library (`rt/src/lib.rs`): every bundled plugin
+/// links std, tokio and serde from `libdispatch_rt.so` and the toolchain's
+/// libstd instead of carrying its own copies, and the binary finds both
+/// through its run path alone — no library path, as an operator starts it.
+#[test]
+fn bundled_plugins_link_the_shared_runtime_and_the_binary_needs_no_library_path() {
+    for file in dispatch_test_support::BUNDLED_PLUGINS {
+        let bytes = std::fs::read(lib(file)).unwrap();
+        let needed = b"libdispatch_rt.so\0";
+        assert!(bytes.windows(needed.len()).any(|w| w == needed), "{file} does not link libdispatch_rt.so");
+    }
+    let cfg = Config::new().plugin(SURFACES, "").plugin(EXTENSIONS, "").write();
+    let mut cmd = std::process::Command::new(dispatch_bin());
+    hermetic(&mut cmd)
+        .env_remove("LD_LIBRARY_PATH")
+        .args(["plugins", "--json", "--config", cfg.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let out = wait(cmd.spawn().unwrap(), Duration::from_secs(60), "dispatch plugins without LD_LIBRARY_PATH");
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let rows: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_row(rows["plugins"].as_array().unwrap(), "standard-surfaces", "active", &[]);
+}
+
 #[test]
 fn the_table_names_every_plugin_and_every_problem() {
     let cfg = Config::new().plugin(SURFACES, "").optional("libmissing.so", "").write();
