@@ -6,24 +6,12 @@ fn main() {
     println!("cargo:rustc-check-cfg=cfg(dispatch_shared_std)");
     println!("cargo:rerun-if-env-changed=CARGO_ENCODED_RUSTFLAGS");
     let flags = std::env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
-    // Flags are separated by 0x1f; `-C prefer-dynamic` arrives as two flags
-    // or as `-Cprefer-dynamic`, optionally with `=yes`.
-    let parts: Vec<&str> = flags.split('\x1f').collect();
-    let shared = parts.iter().enumerate().any(|(i, f)| {
-        let value = f
-            .strip_prefix("-C")
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .or_else(|| (*f == "-C" || *f == "--codegen").then(|| parts.get(i + 1).copied()).flatten());
+    // Flags are separated by 0x1f; the option arrives as `-C` `prefer-dynamic`
+    // (two flags) or as `-Cprefer-dynamic`.
+    let shared = flags.split('\x1f').any(|f| {
         matches!(
-            value,
-            Some(
-                "prefer-dynamic"
-                    | "prefer-dynamic=yes"
-                    | "prefer-dynamic=y"
-                    | "prefer-dynamic=on"
-                    | "prefer-dynamic=true"
-            )
+            f.strip_prefix("-C").unwrap_or(f).trim(),
+            "prefer-dynamic" | "prefer-dynamic=yes" | "prefer-dynamic=y"
         )
     });
     if shared {

@@ -42,6 +42,7 @@ pub use dispatch_protocol as protocol;
 // Names the shared library so rustc links from it (see the `shared-rt` feature).
 #[cfg(feature = "shared-rt")]
 use dispatch_rt as _;
+
 pub mod catalog;
 pub mod mcp;
 pub mod plugins;
