@@ -1,25 +1,42 @@
-//! A small tokio runtime owned by a plugin.
+//! Where a plugin's async work runs: the host's tokio runtime when the
+//! plugin shares the host's tokio, a small runtime of its own otherwise.
 //!
-//! Every plugin library has its own copy of tokio, and tokio's reactor and
-//! timers are found through thread-locals of *that* copy. A plugin future
-//! that touches tokio while the host polls it would panic with "no reactor
-//! running". So a plugin that does async I/O owns a runtime, spawns its work
-//! there, and hands the host a future that only waits on a runtime-agnostic
-//! channel: [`PluginRuntime::run`] does exactly that.
+//! A plugin built on its own (the usual third-party build) links its own
+//! copy of tokio, and tokio finds its reactor and timers through
+//! thread-locals of *that* copy. A plugin future that touches tokio while the
+//! host polls it would panic with "no reactor running". Such a plugin owns a
+//! runtime, spawns its work there, and hands the host a future that only
+//! waits on a runtime-agnostic channel: [`PluginRuntime::run`] does exactly
+//! that.
+//!
+//! The bundled plugins link tokio from the same shared library as the host
+//! (the `dispatch-rt` crate). For them the host's runtime is visible from
+//! plugin code, and a runtime per plugin would only add threads, memory and a
+//! thread hop on every call. [`PluginRuntime::new`] sees this —
+//! `Handle::try_current()` succeeds on the host thread that activates the
+//! plugin only when both use one tokio — and then runs the plugin's tasks on
+//! the host's runtime instead, tracking them so that
+//! [`PluginRuntime::shutdown`] still stops them all: deactivation means the
+//! same in both modes. The plugin's code does not change.
 
 use std::future::Future;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
+use tokio::sync::Notify;
 
 use crate::error::{codes, Error};
 
 /// The most worker threads a [`PluginRuntime`] may have.
 pub const MAX_WORKERS: usize = 256;
 
-/// A multi-thread tokio runtime with named worker threads.
+/// Where a plugin's tasks run; see the [module docs](self).
 #[derive(Debug)]
 pub struct PluginRuntime {
+    /// The plugin's own runtime; `None` when it shares the host's (or after
+    /// [`PluginRuntime::shutdown`]).
     runtime: Option<tokio::runtime::Runtime>,
     runner: Runner,
 }
@@ -29,21 +46,37 @@ pub struct PluginRuntime {
 #[derive(Clone, Debug)]
 pub struct Runner {
     handle: tokio::runtime::Handle,
-    name: String,
+    name: Arc<str>,
+    /// The plugin's live tasks, when they run on the host's runtime.
+    tasks: Option<Arc<Tasks>>,
 }
 
 impl PluginRuntime {
-    /// Start a runtime with `workers` threads (at least one, at most
-    /// [`MAX_WORKERS`]) named after the plugin. A count from configuration
-    /// above the limit is an `invalid_config` error, not an attempt to
-    /// start 20 000 threads that aborts the host.
+    /// Where the plugin named `name` runs its tasks: the host's runtime when
+    /// the plugin shares the host's tokio (see the [module docs](self)),
+    /// otherwise a new runtime with `workers` threads (at least one, at
+    /// most [`MAX_WORKERS`]) named after the plugin. A count from
+    /// configuration above the limit is an `invalid_config` error in both
+    /// cases, not an attempt to start 20 000 threads that aborts the host.
+    ///
+    /// Call it from [`crate::Plugin::activate`] (a host thread), where the
+    /// host's runtime is visible.
     pub fn new(name: &str, workers: usize) -> Result<Self, Error> {
-        if workers > MAX_WORKERS {
-            return Err(Error::new(
-                codes::INVALID_CONFIG,
-                format!("the `{name}` runtime cannot have {workers} worker threads (at most {MAX_WORKERS})"),
-            ));
+        check_workers(name, workers)?;
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => Ok(Self {
+                runtime: None,
+                runner: Runner { handle, name: name.into(), tasks: Some(Arc::default()) },
+            }),
+            Err(_) => Self::dedicated(name, workers),
         }
+    }
+
+    /// A runtime of the plugin's own with `workers` threads, even when the
+    /// host's could be shared: for a plugin whose work must not compete
+    /// with everyone else's for the host's workers (or that blocks them).
+    pub fn dedicated(name: &str, workers: usize) -> Result<Self, Error> {
+        check_workers(name, workers)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers.max(1))
             .thread_name(format!("{name}-rt"))
@@ -52,11 +85,19 @@ impl PluginRuntime {
             .enable_all()
             .build()
             .map_err(|e| Error::msg(format!("cannot start the `{name}` runtime: {e}")))?;
-        let runner = Runner { handle: runtime.handle().clone(), name: name.to_owned() };
+        let runner = Runner { handle: runtime.handle().clone(), name: name.into(), tasks: None };
         Ok(Self { runtime: Some(runtime), runner })
     }
 
+    /// Whether the plugin's tasks run on the host's runtime.
+    pub fn is_shared(&self) -> bool {
+        self.runner.tasks.is_some()
+    }
+
     /// The tokio handle, for building clients inside the runtime's context.
+    /// A task spawned on it directly is not stopped by
+    /// [`PluginRuntime::shutdown`] when the runtime is the host's: spawn
+    /// through [`Runner::spawn`].
     pub fn handle(&self) -> &tokio::runtime::Handle {
         &self.runner.handle
     }
@@ -75,50 +116,93 @@ impl PluginRuntime {
         self.runner.run(fut)
     }
 
-    /// Stop the runtime, giving running tasks up to `timeout` to finish.
-    /// Later [`Runner::run`] calls answer an `unavailable` error.
+    /// Stop every task, giving them up to `timeout` to be dropped (an own
+    /// runtime also waits that long for its blocking threads). Later
+    /// [`Runner::run`] calls answer an `unavailable` error.
+    ///
+    /// Blocks the calling thread: call it from
+    /// [`crate::Plugin::deactivate`], which the host runs on a thread of
+    /// its own.
     pub fn shutdown(&mut self, timeout: Duration) {
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_timeout(timeout);
         }
+        if let Some(tasks) = &self.runner.tasks {
+            tasks.close();
+            tasks.wait_idle(timeout);
+        }
     }
 }
 
+fn check_workers(name: &str, workers: usize) -> Result<(), Error> {
+    if workers > MAX_WORKERS {
+        return Err(Error::new(
+            codes::INVALID_CONFIG,
+            format!("the `{name}` runtime cannot have {workers} worker threads (at most {MAX_WORKERS})"),
+        ));
+    }
+    Ok(())
+}
+
 impl Runner {
+    /// The tokio handle of the runtime this runner spawns on; see
+    /// [`PluginRuntime::handle`].
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+
     /// Start `fut` on the plugin's runtime and let it run to its end,
     /// detached: fire-and-forget work (a model stream's producer, a tool
-    /// call, a refresh). A panic is logged by the plugin's panic hook; after
-    /// [`PluginRuntime::shutdown`] the future is dropped unstarted.
+    /// call, a refresh, a connection). A panic is logged by the plugin's
+    /// panic hook; after [`PluginRuntime::shutdown`] the future is dropped
+    /// unstarted, and shutdown drops it wherever it waits.
     pub fn spawn<F>(&self, fut: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        drop(self.handle.spawn(fut));
+        match &self.tasks {
+            None => drop(self.handle.spawn(fut)),
+            Some(tasks) => {
+                if let Some(live) = Live::start(tasks) {
+                    drop(self.handle.spawn(crate::scope::Scoped::inside(live.watch(fut))));
+                }
+            }
+        }
     }
 
     /// Spawn `fut` on the plugin's runtime and return a future, safe to poll
     /// from any runtime (or none), that resolves to its output. A panic in
-    /// `fut` becomes an error with code `panic`.
+    /// `fut` becomes an error with code `panic`; a runtime shut down before
+    /// or during `fut`, one with code `unavailable`.
     pub fn run<T, F>(&self, fut: F) -> impl Future<Output = Result<T, Error>> + Send + 'static
     where
         T: Send + 'static,
         F: Future<Output = Result<T, Error>> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let task = self.handle.spawn(async move {
+        let send = async move {
             let _ = tx.send(fut.await);
-        });
-        let name = self.name.clone();
+        };
+        let task = match &self.tasks {
+            None => Some(self.handle.spawn(send)),
+            Some(tasks) => Live::start(tasks)
+                .map(|live| self.handle.spawn(crate::scope::Scoped::inside(live.watch(send)))),
+        };
+        let name = Arc::clone(&self.name);
+        let tasks = self.tasks.clone();
         async move {
+            let shut = || Error::new(codes::UNAVAILABLE, format!("the `{name}` runtime is shut down"));
+            let Some(task) = task else { return Err(shut()) };
             match rx.await {
                 Ok(out) => out,
-                // The sender was dropped without sending: the task panicked
-                // (the panic hook logged it), or the runtime is shut down.
+                // The sender was dropped without sending: the runtime was
+                // shut down, or the task panicked (the hook logged it).
+                Err(_) if tasks.as_ref().is_some_and(|t| t.is_closed()) => Err(shut()),
                 Err(_) if task.is_finished() => Err(Error::new(
                     codes::PANIC,
                     format!("a task on the `{name}` runtime panicked or was cancelled"),
                 )),
-                Err(_) => Err(Error::new(codes::UNAVAILABLE, format!("the `{name}` runtime is shut down"))),
+                Err(_) => Err(shut()),
             }
         }
     }
@@ -131,5 +215,161 @@ impl Drop for PluginRuntime {
             // background shutdown never blocks.
             rt.shutdown_background();
         }
+        if let Some(tasks) = &self.runner.tasks {
+            // Drop may run anywhere, a runtime worker included: stop the
+            // tasks but do not wait for them here.
+            tasks.close();
+        }
+    }
+}
+
+/// A plugin's tasks on the host's runtime: how many are alive, and the
+/// signal that stops them.
+#[derive(Debug, Default)]
+struct Tasks {
+    closed: AtomicBool,
+    /// Fired once, by [`Tasks::close`]; every live task waits on it.
+    stop: Notify,
+    live: Mutex<usize>,
+    idle: Condvar,
+}
+
+impl Tasks {
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn close(&self) {
+        {
+            // Under the lock: a spawn either sees `closed`, or counted its
+            // task before this and will see the stop signal.
+            let _live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+            self.closed.store(true, Ordering::Release);
+        }
+        self.stop.notify_waiters();
+    }
+
+    /// Wait until every task has been dropped, or `timeout` has passed.
+    fn wait_idle(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        while *live > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(tasks = *live, "tasks still running after the shutdown timeout; leaving them");
+                return;
+            }
+            live = self.idle.wait_timeout(live, left).unwrap_or_else(PoisonError::into_inner).0;
+        }
+    }
+}
+
+/// One counted task; uncounts it when dropped (finished, stopped or
+/// panicked alike).
+struct Live(Arc<Tasks>);
+
+impl Live {
+    /// Count a new task, unless the runtime is shut down.
+    fn start(tasks: &Arc<Tasks>) -> Option<Live> {
+        let mut live = tasks.live.lock().unwrap_or_else(PoisonError::into_inner);
+        if tasks.is_closed() {
+            return None;
+        }
+        *live += 1;
+        Some(Live(Arc::clone(tasks)))
+    }
+
+    /// `fut`, ended early when the runtime shuts down.
+    async fn watch<F: Future<Output = ()>>(self, fut: F) {
+        let stop = self.0.stop.notified();
+        let mut stop = std::pin::pin!(stop);
+        // Registered before the check: a `close` after it wakes us.
+        stop.as_mut().enable();
+        if self.0.is_closed() {
+            return;
+        }
+        tokio::select! {
+            biased;
+            () = fut => {}
+            () = stop => {}
+        }
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        let mut live = self.0.live.lock().unwrap_or_else(PoisonError::into_inner);
+        *live -= 1;
+        if *live == 0 {
+            self.0.idle.notify_all();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plugin_activated_on_a_host_thread_shares_the_hosts_runtime() {
+        let host =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let shared = host
+            .block_on(async { tokio::task::spawn_blocking(|| PluginRuntime::new("p", 1)).await })
+            .unwrap()
+            .unwrap();
+        assert!(shared.is_shared());
+        let own = PluginRuntime::new("p", 1).unwrap();
+        assert!(!own.is_shared(), "no runtime is current here");
+    }
+
+    #[test]
+    fn shutdown_stops_the_tasks_of_a_shared_runtime_and_refuses_new_ones() {
+        let host =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let mut rt = host
+            .block_on(async { tokio::task::spawn_blocking(|| PluginRuntime::new("p", 1)).await })
+            .unwrap()
+            .unwrap();
+        let runner = rt.runner();
+        // A task that never ends on its own, holding a value whose drop we observe.
+        let (dropped_tx, dropped_rx) = std::sync::mpsc::channel::<()>();
+        struct OnDrop(std::sync::mpsc::Sender<()>);
+        impl Drop for OnDrop {
+            fn drop(&mut self) {
+                let _ = self.0.send(());
+            }
+        }
+        let guard = OnDrop(dropped_tx);
+        runner.spawn(async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+        });
+        let pending = runner.run(async { std::future::pending::<Result<(), Error>>().await });
+        let answered = runner.run(async { Ok(7) });
+        assert_eq!(host.block_on(answered).unwrap(), 7);
+
+        rt.shutdown(Duration::from_secs(5));
+        dropped_rx.recv_timeout(Duration::from_secs(1)).expect("the endless task was dropped by shutdown");
+        assert_eq!(host.block_on(pending).unwrap_err().code(), codes::UNAVAILABLE);
+        assert_eq!(host.block_on(runner.run(async { Ok(1) })).unwrap_err().code(), codes::UNAVAILABLE);
+        // The host's runtime itself is untouched.
+        assert_eq!(host.block_on(async { tokio::spawn(async { 3 }).await }).unwrap(), 3);
+    }
+
+    #[test]
+    fn a_panicking_task_on_a_shared_runtime_is_a_panic_error_and_uncounted() {
+        let host =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let mut rt = host
+            .block_on(async { tokio::task::spawn_blocking(|| PluginRuntime::new("p", 1)).await })
+            .unwrap()
+            .unwrap();
+        let failed = rt.run(async { panic!("boom") as Result<(), Error> });
+        assert_eq!(host.block_on(failed).unwrap_err().code(), codes::PANIC);
+        let tasks = Arc::clone(rt.runner.tasks.as_ref().unwrap());
+        tasks.wait_idle(Duration::from_secs(30));
+        assert_eq!(*tasks.live.lock().unwrap(), 0, "the panicked task is no longer counted");
+        rt.shutdown(Duration::from_secs(5));
     }
 }

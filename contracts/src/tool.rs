@@ -48,7 +48,7 @@
 use std::{panic::AssertUnwindSafe, path::PathBuf, sync::Arc, time::Duration};
 
 #[cfg(feature = "runtime")]
-use dispatch_abi::runtime::PluginRuntime;
+use dispatch_abi::runtime::{PluginRuntime, Runner};
 #[cfg(feature = "runtime")]
 use dispatch_abi::{codes, to_json, Error, Host};
 use dispatch_abi::{Event, PluginManifest, Service};
@@ -124,11 +124,11 @@ impl Calls {
     /// Poll the call once, inside `handle`'s context (its tokio resources —
     /// timers, sockets, the blocking pool — belong to that runtime; their
     /// wake-ups go to the caller's waker).
-    fn poll(&self, run_id: u64, handle: &tokio::runtime::Handle, cx: &mut std::task::Context<'_>) {
+    fn poll(&self, run_id: u64, runner: &Runner, cx: &mut std::task::Context<'_>) {
         let Some(slot) = self.slot(run_id) else { return };
         let mut task = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(fut) = task.as_mut() else { return };
-        let _context = handle.enter();
+        let _context = runner.handle().enter();
         if fut.as_mut().poll(cx).is_ready() {
             *task = None;
             drop(task);
@@ -136,20 +136,21 @@ impl Calls {
         }
     }
 
-    /// Hand a call nobody will read to the runtime, to finish there.
-    fn abandon(&self, run_id: u64, handle: &tokio::runtime::Handle) {
+    /// Hand a call nobody will read to the runtime, to finish there (or
+    /// be dropped when the server stops).
+    fn abandon(&self, run_id: u64, runner: &Runner) {
         let slot = self.lock().remove(&run_id);
         if let Some(task) =
             slot.and_then(|s| s.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take())
         {
-            drop(handle.spawn(task));
+            runner.spawn(task);
         }
     }
 
-    fn abandon_all(&self, handle: &tokio::runtime::Handle) {
+    fn abandon_all(&self, runner: &Runner) {
         let ids: Vec<u64> = self.lock().keys().copied().collect();
         for id in ids {
-            self.abandon(id, handle);
+            self.abandon(id, runner);
         }
     }
 }
@@ -176,7 +177,7 @@ pub struct ToolServer {
     host: Host,
     /// Taken by [`ToolServer::stop`].
     runtime: std::sync::Mutex<Option<PluginRuntime>>,
-    handle: tokio::runtime::Handle,
+    runner: Runner,
     runs: Arc<PullTable<Item>>,
     calls: Arc<Calls>,
     stopping: Arc<std::sync::atomic::AtomicBool>,
@@ -216,7 +217,7 @@ impl ToolServer {
         let runtime = PluginRuntime::new(name, workers)?;
         Ok(ToolServer {
             host: host.clone(),
-            handle: runtime.handle().clone(),
+            runner: runtime.runner(),
             runtime: std::sync::Mutex::new(Some(runtime)),
             runs: Arc::default(),
             calls: Arc::default(),
@@ -226,10 +227,17 @@ impl ToolServer {
         })
     }
 
-    /// The runtime calls run on: a plugin may run its own tasks there too
-    /// (they stop with [`ToolServer::stop`]).
+    /// The runtime calls run on, for entering its context. Tasks spawned
+    /// on it directly outlive [`ToolServer::stop`] when the runtime is the
+    /// host's: spawn through [`ToolServer::runner`].
     pub fn handle(&self) -> &tokio::runtime::Handle {
-        &self.handle
+        self.runner.handle()
+    }
+
+    /// Runs the plugin's own tasks where calls run; they stop with
+    /// [`ToolServer::stop`].
+    pub fn runner(&self) -> &Runner {
+        &self.runner
     }
 
     /// Offer `tool` as `tool.<its name>`, or — when this server already
@@ -288,7 +296,7 @@ impl ToolServer {
     fn provide(&self, name: &str) -> Result<(), Error> {
         let table = Arc::clone(&self.runs);
         let calls = Arc::clone(&self.calls);
-        let runner = self.handle.clone();
+        let runner = self.runner.clone();
         let stopped = Arc::clone(&self.stopping);
         let served = Arc::clone(&self.served);
         let name = name.to_owned();
@@ -436,7 +444,7 @@ impl ToolServer {
     pub fn stop(&self) {
         self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
         self.runs.cancel_all();
-        self.calls.abandon_all(&self.handle);
+        self.calls.abandon_all(&self.runner);
         let runtime = self.runtime.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
         if let Some(mut runtime) = runtime {
             runtime.shutdown(Duration::from_secs(5));

@@ -46,7 +46,9 @@ pub struct Mcp {
     tools: Arc<ToolServer>,
     servers: Vec<Arc<Server>>,
     shutdown: watch::Sender<bool>,
-    supervisors: Vec<tokio::task::JoinHandle<()>>,
+    /// Each server's supervisor, running on the tools' runner (which stops
+    /// whatever outlives the grace period).
+    supervisors: Vec<futures::future::BoxFuture<'static, Result<(), Error>>>,
 }
 
 impl std::fmt::Debug for Mcp {
@@ -93,25 +95,25 @@ impl Plugin for Mcp {
         })?;
 
         let (shutdown, stop_rx) = watch::channel(false);
-        let mut supervisors = Vec::new();
+        let mut supervisors: Vec<futures::future::BoxFuture<'static, Result<(), Error>>> = Vec::new();
         let mut firsts = Vec::new();
         for s in &servers {
             let (first, started) = tokio::sync::oneshot::channel();
             let publish: Arc<dyn Tools> = Arc::clone(&bridge) as Arc<dyn Tools>;
-            supervisors.push(tools.handle().spawn(server::supervise(
-                Arc::clone(s),
-                publish,
-                stop_rx.clone(),
-                first,
-            )));
+            let supervise = server::supervise(Arc::clone(s), publish, stop_rx.clone(), first);
+            supervisors.push(Box::pin(tools.runner().run(async move {
+                supervise.await;
+                Ok(())
+            })));
             firsts.push(started);
         }
         if !firsts.is_empty() {
             // Every first attempt, in parallel, under one deadline (a hair
             // over the per-server one, which ends each attempt itself).
             let deadline = (start_timeout + Duration::from_millis(500)).min(ACTIVATION_WAIT);
-            let waited = tools.handle().spawn(async move {
+            let waited = tools.runner().run(async move {
                 let _ = tokio::time::timeout(deadline, futures::future::join_all(firsts)).await;
+                Ok(())
             });
             // Each supervisor has logged how its server's start went.
             let _ = futures::executor::block_on(waited);
@@ -123,8 +125,9 @@ impl Plugin for Mcp {
         let _ = self.shutdown.send(true);
         let supervisors = std::mem::take(&mut self.supervisors);
         if !supervisors.is_empty() {
-            let waited = self.tools.handle().spawn(async move {
+            let waited = self.tools.runner().run(async move {
                 let _ = tokio::time::timeout(STOP_GRACE, futures::future::join_all(supervisors)).await;
+                Ok(())
             });
             let _ = futures::executor::block_on(waited);
         }

@@ -364,7 +364,8 @@ async fn accept_loop(
         let open = Arc::clone(&open);
         let closed = Arc::clone(&closed);
         open.fetch_add(1, Ordering::SeqCst);
-        tokio::spawn(async move {
+        let runner = server.app.runner.clone();
+        runner.spawn(async move {
             let service = service_fn(move |req| Arc::clone(&server).handle(req, peer));
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())

@@ -47,7 +47,10 @@ where
     }
     let (sink, mut stream) = ws.split();
     let (close_tx, close_rx) = mpsc::unbounded_channel::<CloseFrame>();
-    let mut writer = tokio::spawn(write(sink, rx, close_rx, kick, options));
+    // Polled beside the reader in this task, not spawned: when the
+    // connection's task is stopped (deactivation), the writer goes with it.
+    let writer = write(sink, rx, close_rx, kick, options);
+    let mut writer = std::pin::pin!(writer);
     let client = Client { hub: Arc::clone(&hub), id };
 
     let reader = async {
@@ -96,9 +99,8 @@ where
         () = reader => {
             drop(close_tx);
             // Let the writer send what is queued and the close frame.
-            if tokio::time::timeout(CLOSE_DEADLINE, &mut writer).await.is_err() {
-                writer.abort();
-            }
+            // (Past the deadline it is dropped, socket and all.)
+            let _ = tokio::time::timeout(CLOSE_DEADLINE, &mut writer).await;
         }
         // Kicked, or the socket broke while writing: stop reading too.
         _ = &mut writer => {}

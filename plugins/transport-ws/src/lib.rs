@@ -626,7 +626,8 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let shared = Arc::clone(&shared);
-        tokio::spawn(async move {
+        let runner = shared.runner.clone();
+        runner.spawn(async move {
             let s = Arc::clone(&shared);
             let service = service_fn(move |req| {
                 let s = Arc::clone(&s);
