@@ -79,6 +79,8 @@ pub use error::{codes, to_json, Error};
 pub use ffi::{FailurePolicy, ABI_VERSION};
 pub use host::{HookResult, Host, Verdict};
 pub use keys::{Event, Hook, Service};
+#[doc(hidden)]
+pub use logging::log_targets;
 pub use plugin::{Context, Plugin, PluginManifest};
 
 /// Re-exports the export macro needs; not part of the public API.

@@ -69,14 +69,22 @@ pub(crate) fn install(host: &HostApiBox) {
 /// specification that still does not parse falls back to `info`, as the host
 /// does for an invalid `RUST_LOG`.
 fn plugin_filter(spec: &str) -> Targets {
-    let info = || Targets::new().with_default(LevelFilter::INFO);
+    log_targets(spec).unwrap_or_else(|_| Targets::new().with_default(LevelFilter::INFO))
+}
+
+/// `RUST_LOG` read the way plugins read it (see `plugin_filter`), or why
+/// it does not parse. The host filters its own records with it too, so one
+/// specification means the same on both sides (and the host needs no
+/// regex engine either).
+#[doc(hidden)]
+pub fn log_targets(spec: &str) -> Result<Targets, String> {
     let kept: Vec<&str> =
         spec.split(',').map(str::trim).filter(|d| !d.is_empty() && !d.contains(['[', '{'])).collect();
     if kept.is_empty() {
         // `Targets` reads "" as the empty target at TRACE, i.e. everything.
-        return info();
+        return Ok(Targets::new().with_default(LevelFilter::INFO));
     }
-    kept.join(",").parse().unwrap_or_else(|_| info())
+    kept.join(",").parse().map_err(|e| format!("{e}"))
 }
 
 struct ForwardLayer {

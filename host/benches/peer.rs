@@ -9,7 +9,9 @@
 //! (defaults 35 7 100 10). The SDK is installed from PyPI into
 //! `target/bench-venv` on first use (`$DISPATCH_BENCH_PYTHON` overrides the
 //! interpreter). `$DISPATCH_BENCH_RELEASE` measures another build directory
-//! (e.g. one built with a different profile) instead of `target/release`.
+//! (e.g. one built with a different profile) instead of `target/release`;
+//! `$DISPATCH_BENCH_HOST` adds `[host]` keys (`;`-separated), e.g.
+//! `worker_threads = 1`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -121,6 +123,11 @@ fn config(dir: &Path, port: u16) -> PathBuf {
     ];
     let mut toml =
         format!("[host]\nplugin_dir = {:?}\ndata_dir = \"data\"\n", release_dir().display().to_string());
+    // Extra `[host]` keys to compare settings, e.g. "worker_threads = 1".
+    if let Ok(extra) = std::env::var("DISPATCH_BENCH_HOST") {
+        toml.push_str(&extra.replace(';', "\n"));
+        toml.push('\n');
+    }
     for (p, c) in plugins {
         toml.push_str(&format!("\n[[plugin]]\npath = {p:?}\n"));
         if !c.is_empty() {

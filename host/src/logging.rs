@@ -1,6 +1,8 @@
 //! The host's log output.
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// The filter the host logs with and hands to plugins: `RUST_LOG`, or
 /// `info` when unset.
@@ -22,19 +24,25 @@ pub enum Format {
 /// Install the stderr subscriber. Records forwarded from plugins (target
 /// `plugin`) are always let through here: each plugin already applied the
 /// same filter to its own targets, and our filter cannot see them.
+///
+/// The filter is a [`Targets`], read exactly as plugins read it
+/// ([`dispatch_abi::log_targets`]: span and field directives are ignored),
+/// not an `EnvFilter`, whose regex engine was the largest thing the host
+/// touched at start-up.
 pub fn init(filter: &str, format: Format) {
-    let env = EnvFilter::try_new(filter).unwrap_or_else(|e| {
+    let targets = dispatch_abi::log_targets(filter).unwrap_or_else(|e| {
         eprintln!("dispatch: ignoring invalid RUST_LOG `{filter}`: {e}");
-        EnvFilter::new("info")
+        Targets::new().with_default(LevelFilter::INFO)
     });
-    let env = match "plugin=trace".parse() {
-        Ok(directive) => env.add_directive(directive),
-        Err(_) => env,
-    };
-    let builder = tracing_subscriber::fmt().with_env_filter(env).with_writer(std::io::stderr);
+    let targets = targets.with_target("plugin", LevelFilter::TRACE);
+    let builder = tracing_subscriber::fmt().with_max_level(LevelFilter::TRACE).with_writer(std::io::stderr);
     let _ = match format {
-        Format::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init(),
-        Format::Json => builder.json().with_current_span(false).try_init(),
+        Format::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .finish()
+            .with(targets)
+            .try_init(),
+        Format::Json => builder.json().with_current_span(false).finish().with(targets).try_init(),
     };
 }
 

@@ -76,3 +76,20 @@ fn plugin_logs_carry_the_plugin_id_and_obey_rust_log() {
     let (out, _) = plugins_json(&cfg, &[("RUST_LOG", "warn")]);
     assert!(!out.stderr.contains("fixture fx-alpha activating"), "{}", out.stderr);
 }
+
+/// The host reads `RUST_LOG` as plugins do (no regex engine): span and
+/// field directives are skipped, not refused; a specification that does
+/// not parse is named once and `info` used instead.
+#[test]
+fn the_host_reads_rust_log_as_plugins_do_and_names_an_invalid_one() {
+    let cfg = Config::new().plugin("libfx_alpha.so", "").write();
+
+    let (out, _) = plugins_json(&cfg, &[("RUST_LOG", "info,[request{id=7}]=trace,fx_common=debug")]);
+    assert!(!out.stderr.contains("ignoring invalid RUST_LOG"), "{}", out.stderr);
+    assert!(out.stderr.contains("fixture fx-alpha debug detail"), "{}", out.stderr);
+
+    let (out, _) = plugins_json(&cfg, &[("RUST_LOG", "fx_common=loud")]);
+    assert!(out.stderr.contains("dispatch: ignoring invalid RUST_LOG `fx_common=loud`"), "{}", out.stderr);
+    assert!(out.stderr.contains("fixture fx-alpha activating"), "falls back to info: {}", out.stderr);
+    assert!(!out.stderr.contains("debug detail"), "{}", out.stderr);
+}
