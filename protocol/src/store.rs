@@ -28,6 +28,21 @@ pub enum StoreRequest {
         /// Its chunks, in order.
         chunks: Vec<Chunk>,
     },
+    /// Append several messages of one turn — a model step's assistant
+    /// message and its tool results — in one transaction; answers
+    /// [`Appended`] with every chunk's seq, in order. Atomic: the whole step
+    /// lands or none of it, so a crash never leaves a tool call without its
+    /// result. A store without this op answers `unsupported` or
+    /// `invalid_payload`; callers then append the messages one by one.
+    AppendMessages {
+        /// The conversation (created on first append).
+        conversation_id: String,
+        /// The turn they belong to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        turn_id: Option<String>,
+        /// The messages, in order; none may be empty.
+        messages: Vec<NewMessage>,
+    },
     /// Raw history window; answers [`History`].
     History {
         /// The conversation.
@@ -123,6 +138,16 @@ pub struct MetaUpdate {
 pub struct Appended {
     /// One per chunk, consecutive.
     pub seqs: Vec<u64>,
+}
+
+/// One message of an [`StoreRequest::AppendMessages`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NewMessage {
+    /// Its role.
+    pub role: Role,
+    /// Its chunks, in order.
+    pub chunks: Vec<Chunk>,
 }
 
 /// A history window — exactly the `GET /conversations/:id` body.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use abi_stable::std_types::{RStr, RVec};
 use dispatch_abi::runtime::Runner;
-use dispatch_abi::{Error, HookResult, Host};
+use dispatch_abi::{codes, Error, HookResult, Host};
 use dispatch_contracts::catalog::{CatalogRequest, Resolved, CATALOG};
 use dispatch_contracts::plugins::{PluginList, State, PLUGINS};
 use dispatch_contracts::queue::{Cancelled, QueueRequest, QueueState, QUEUE};
@@ -17,7 +17,7 @@ use dispatch_contracts::session::{
     Started, StatusChanged, StatusInfo, ToolSummary, TurnTools, Unqueued, WireVersion, EVENT, OPEN, STATUS,
     SYSTEM_PROMPT, TOOLS,
 };
-use dispatch_contracts::store::{Details, Messages, MetaUpdate, StoreRequest, STORE};
+use dispatch_contracts::store::{Details, Messages, MetaUpdate, NewMessage, StoreRequest, STORE};
 use dispatch_kernel::protocol::{BoxFuture, CallError, Spawner};
 use dispatch_kernel::provider::ProviderOptions;
 use dispatch_kernel::remote::{RemoteProvider, ServiceCaller};
@@ -572,26 +572,17 @@ impl Session {
                 let emit = Arc::clone(&emit);
                 let abort = abort.clone();
                 Box::pin(async move {
-                    for m in messages {
-                        let append = StoreRequest::Append {
+                    if let Err(e) = save_step(&host, &conversation_id, &turn_id, messages).await {
+                        // Going on would show the client a turn the
+                        // history does not have: end it instead.
+                        tracing::error!(error = %e, conversation = %conversation_id, "cannot save a step");
+                        emit(AgentEvent::Error {
                             conversation_id: conversation_id.clone(),
-                            role: m.role,
-                            turn_id: Some(turn_id.clone()),
-                            chunks: m.chunks,
-                        };
-                        if let Err(e) = host.call(&STORE, &append).await {
-                            // Going on would show the client a turn the
-                            // history does not have: end it instead.
-                            tracing::error!(error = %e, conversation = %conversation_id, "cannot save a step");
-                            emit(AgentEvent::Error {
-                                conversation_id: conversation_id.clone(),
-                                turn_id: turn_id.clone(),
-                                message: format!("the step could not be saved: {}", e.message()),
-                                code: Some("store".into()),
-                            });
-                            abort.abort();
-                            return;
-                        }
+                            turn_id: turn_id.clone(),
+                            message: format!("the step could not be saved: {}", e.message()),
+                            code: Some("store".into()),
+                        });
+                        abort.abort();
                     }
                 })
             })
@@ -908,5 +899,108 @@ impl Session {
             let _: Value = self.store(&StoreRequest::Update(update)).await?;
         }
         Ok(n)
+    }
+}
+
+/// Persist a step's messages: in one `appendMessages` call (one
+/// transaction, one hop to the store), or one `append` each for a store
+/// that does not know that op.
+async fn save_step(
+    host: &Host,
+    conversation_id: &str,
+    turn_id: &str,
+    messages: Vec<ChatMessage>,
+) -> Result<(), dispatch_abi::Error> {
+    let mut messages: Vec<NewMessage> =
+        messages.into_iter().map(|m| NewMessage { role: m.role, chunks: m.chunks }).collect();
+    if messages.len() > 1 {
+        let request = StoreRequest::AppendMessages {
+            conversation_id: conversation_id.to_owned(),
+            turn_id: Some(turn_id.to_owned()),
+            messages: std::mem::take(&mut messages),
+        };
+        match host.call(&STORE, &request).await {
+            Err(e) if [codes::UNSUPPORTED, codes::INVALID_PAYLOAD].contains(&e.code()) => {
+                tracing::debug!(error = %e, "the store does not take appendMessages; appending one by one");
+            }
+            other => return other.map(drop),
+        }
+        if let StoreRequest::AppendMessages { messages: back, .. } = request {
+            messages = back;
+        }
+    }
+    for m in messages {
+        let append = StoreRequest::Append {
+            conversation_id: conversation_id.to_owned(),
+            role: m.role,
+            turn_id: Some(turn_id.to_owned()),
+            chunks: m.chunks,
+        };
+        host.call(&STORE, &append).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::{Arc, Mutex};
+
+    use dispatch_contracts::store::{Appended, StoreRequest, STORE};
+    use dispatch_kernel::wire::{ChatMessage, Chunk, Role};
+    use dispatch_testkit::TestHost;
+    use serde_json::Value;
+
+    use super::save_step;
+
+    /// A store that records the ops it is asked for; `legacy` ones refuse
+    /// `appendMessages` as a store written before that op would.
+    fn store(t: &TestHost, legacy: bool) -> Arc<Mutex<Vec<String>>> {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        t.host()
+            .provide(&STORE, move |req: StoreRequest| {
+                let answer = match &req {
+                    StoreRequest::AppendMessages { messages, .. } if !legacy => {
+                        log.lock().unwrap().push(format!("appendMessages x{}", messages.len()));
+                        Ok(serde_json::to_value(Appended { seqs: vec![1] }).unwrap())
+                    }
+                    StoreRequest::AppendMessages { .. } => {
+                        Err(dispatch_abi::Error::new(dispatch_abi::codes::UNSUPPORTED, "unknown op"))
+                    }
+                    StoreRequest::Append { role, .. } => {
+                        log.lock().unwrap().push(format!("append {role:?}"));
+                        Ok(serde_json::to_value(Appended { seqs: vec![1] }).unwrap())
+                    }
+                    _ => Ok(Value::Null),
+                };
+                std::future::ready(answer)
+            })
+            .unwrap();
+        seen
+    }
+
+    fn step() -> Vec<ChatMessage> {
+        vec![
+            ChatMessage { role: Role::Assistant, chunks: vec![Chunk::text("calling")] },
+            ChatMessage { role: Role::Tool, chunks: vec![Chunk::text("result")] },
+        ]
+    }
+
+    #[test]
+    fn a_step_is_saved_in_one_call() {
+        let t = TestHost::new();
+        let seen = store(&t, false);
+        t.block_on(save_step(t.host(), "c", "t", step())).unwrap();
+        assert_eq!(*seen.lock().unwrap(), ["appendMessages x2"]);
+    }
+
+    #[test]
+    fn a_store_without_append_messages_gets_the_step_one_message_at_a_time() {
+        let t = TestHost::new();
+        let seen = store(&t, true);
+        t.block_on(save_step(t.host(), "c", "t", step())).unwrap();
+        assert_eq!(*seen.lock().unwrap(), ["append Assistant", "append Tool"]);
     }
 }

@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use dispatch_abi::runtime::{PluginRuntime, Runner};
 use dispatch_abi::{codes, to_json, Context, Error, Plugin, PluginManifest};
+use dispatch_contracts::protocol::wire::{Chunk, Role};
 use dispatch_contracts::protocol::BoxFuture;
 use dispatch_contracts::store::{Appended, History, Listing, Messages, MetricsList, StoreRequest, STORE};
 use serde::Deserialize;
@@ -67,6 +68,13 @@ async fn handle(store: Store, req: StoreRequest) -> Result<Value, Error> {
         StoreRequest::Append { conversation_id, role, turn_id, chunks } => {
             let seqs =
                 store.append(&conversation_id, role, turn_id.as_deref(), &chunks).await.map_err(err)?;
+            to_json(&Appended { seqs })
+        }
+        StoreRequest::AppendMessages { conversation_id, turn_id, messages } => {
+            let messages: Vec<(Role, &[Chunk])> =
+                messages.iter().map(|m| (m.role, m.chunks.as_slice())).collect();
+            let seqs =
+                store.append_messages(&conversation_id, turn_id.as_deref(), &messages).await.map_err(err)?;
             to_json(&Appended { seqs })
         }
         StoreRequest::History { conversation_id, since_seq, before_seq, limit } => {
@@ -131,10 +139,10 @@ impl Plugin for StoreSqlite {
                 // Appends only queue for the writer thread and wait for its
                 // answer (tokio channels, which need no runtime): served in
                 // the caller's own poll, they skip two thread hand-offs per
-                // call — a turn appends twice per step.
-                StoreRequest::Append { .. } | StoreRequest::AppendMetrics { .. } => {
-                    Box::pin(handle(s.clone(), req))
-                }
+                // call.
+                StoreRequest::Append { .. }
+                | StoreRequest::AppendMessages { .. }
+                | StoreRequest::AppendMetrics { .. } => Box::pin(handle(s.clone(), req)),
                 // Reads use the pool and blocking threads of our runtime.
                 _ => Box::pin(runner.run(handle(s.clone(), req))),
             }

@@ -134,13 +134,20 @@ impl Options {
     }
 }
 
+/// One message of an append, its chunks already encoded.
+struct Encoded {
+    role: Role,
+    chunks: Vec<String>,
+    /// The conversation's title, from a user message.
+    title: Option<String>,
+}
+
 enum Write {
+    /// One or more messages of one conversation, in one transaction.
     Append {
         conversation_id: String,
-        role: Role,
         turn_id: Option<String>,
-        chunks: Vec<String>,
-        title: Option<String>,
+        messages: Vec<Encoded>,
         reply: oneshot::Sender<Result<Vec<u64>, StoreError>>,
     },
     Update {
@@ -353,7 +360,40 @@ impl Store {
         turn_id: Option<&str>,
         chunks: &[Chunk],
     ) -> Result<Vec<u64>, StoreError> {
+        self.append_messages(conversation_id, turn_id, &[(role, chunks)]).await
+    }
+
+    /// Append several messages in one transaction (all or none); answers
+    /// the seqs of all their chunks, in order.
+    pub async fn append_messages(
+        &self,
+        conversation_id: &str,
+        turn_id: Option<&str>,
+        messages: &[(Role, &[Chunk])],
+    ) -> Result<Vec<u64>, StoreError> {
         validate_id(conversation_id)?;
+        let mut encoded = Vec::with_capacity(messages.len());
+        for &(role, chunks) in messages {
+            encoded.push(self.encode(role, chunks)?);
+        }
+        if encoded.is_empty() {
+            return Err(StoreError::EmptyMessage);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.writes
+            .send(Write::Append {
+                conversation_id: conversation_id.to_owned(),
+                turn_id: turn_id.map(str::to_owned),
+                messages: encoded,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// A message's chunks as stored, each within the size limit.
+    fn encode(&self, role: Role, chunks: &[Chunk]) -> Result<Encoded, StoreError> {
         if chunks.is_empty() {
             return Err(StoreError::EmptyMessage);
         }
@@ -370,19 +410,7 @@ impl Store {
             encoded.push(json);
         }
         let title = if role == Role::User { title_from(chunks) } else { None };
-        let (reply, rx) = oneshot::channel();
-        self.writes
-            .send(Write::Append {
-                conversation_id: conversation_id.to_owned(),
-                role,
-                turn_id: turn_id.map(str::to_owned),
-                chunks: encoded,
-                title,
-                reply,
-            })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        Ok(Encoded { role, chunks: encoded, title })
     }
 
     /// A history window: `since < seq < before`, the newest `limit`,
@@ -699,9 +727,9 @@ impl Writer {
         let mut stored = String::new();
         for w in writes {
             match w {
-                Write::Append { conversation_id, role, turn_id, chunks, title, .. } => {
+                Write::Append { conversation_id, turn_id, messages, .. } => {
                     let id = conversation_id.as_str();
-                    let last = match next_seq.get(id).or_else(|| self.last_seq.get(id)) {
+                    let mut last = match next_seq.get(id).or_else(|| self.last_seq.get(id)) {
                         Some(&l) => l,
                         None => {
                             // Not seen yet: read its counter. Exact, since
@@ -715,32 +743,35 @@ impl Writer {
                             }
                         }
                     };
-                    let first = last + 1;
-                    let n = i64::try_from(chunks.len()).unwrap_or(i64::MAX);
-                    // The conversation row first: chunks reference it.
-                    tx.prepare_cached(
-                        "INSERT INTO conversations (id, created_at, last_activity_at, last_seq, title) \
-                         VALUES (?1, ?2, ?2, ?3, ?4) ON CONFLICT(id) DO UPDATE SET \
-                         last_seq = excluded.last_seq, last_activity_at = excluded.last_activity_at, \
-                         title = CASE WHEN conversations.title = '' THEN excluded.title ELSE conversations.title END",
-                    )?
-                    .execute(rusqlite::params![id, now, last + n, title.as_deref().unwrap_or("")])?;
-                    let role = role_str(*role);
-                    let mut insert = tx.prepare_cached(
-                        "INSERT INTO chunks (conversation_id, seq, message_seq, role, turn_id, stored) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                    )?;
-                    for (seq, chunk) in (first..).zip(chunks) {
-                        use std::fmt::Write as _;
-                        stored.clear();
-                        // Infallible: writing to a String.
-                        let _ = write!(stored, r#"{{"seq":{seq},"role":"{role}","chunk":{chunk}}}"#);
-                        insert.execute(rusqlite::params![id, seq, first, role, turn_id, stored])?;
+                    let mut seqs = Vec::new();
+                    for Encoded { role, chunks, title } in messages {
+                        let first = last + 1;
+                        let n = i64::try_from(chunks.len()).unwrap_or(i64::MAX);
+                        // The conversation row first: chunks reference it.
+                        tx.prepare_cached(
+                            "INSERT INTO conversations (id, created_at, last_activity_at, last_seq, title) \
+                             VALUES (?1, ?2, ?2, ?3, ?4) ON CONFLICT(id) DO UPDATE SET \
+                             last_seq = excluded.last_seq, last_activity_at = excluded.last_activity_at, \
+                             title = CASE WHEN conversations.title = '' THEN excluded.title ELSE conversations.title END",
+                        )?
+                        .execute(rusqlite::params![id, now, last + n, title.as_deref().unwrap_or("")])?;
+                        let role = role_str(*role);
+                        let mut insert = tx.prepare_cached(
+                            "INSERT INTO chunks (conversation_id, seq, message_seq, role, turn_id, stored) \
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        )?;
+                        for (seq, chunk) in (first..).zip(chunks) {
+                            use std::fmt::Write as _;
+                            stored.clear();
+                            // Infallible: writing to a String.
+                            let _ = write!(stored, r#"{{"seq":{seq},"role":"{role}","chunk":{chunk}}}"#);
+                            insert.execute(rusqlite::params![id, seq, first, role, turn_id, stored])?;
+                        }
+                        seqs.extend((first..=last + n).map(|s| u64::try_from(s).unwrap_or(0)));
+                        last += n;
                     }
-                    next_seq.insert(id, last + n);
-                    out.push(Outcome::Seqs(
-                        (first..=last + n).map(|s| u64::try_from(s).unwrap_or(0)).collect(),
-                    ));
+                    next_seq.insert(id, last);
+                    out.push(Outcome::Seqs(seqs));
                 }
                 other => {
                     meta(&tx, other, now)?;

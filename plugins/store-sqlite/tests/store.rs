@@ -228,6 +228,38 @@ async fn bad_input_is_refused_precisely_and_nothing_is_half_written() {
     assert_eq!(s.append("ok", Role::User, None, &[text("fine")]).await.unwrap(), vec![1]);
 }
 
+/// A model step (its assistant message and tool results) lands in one
+/// transaction: consecutive seqs across the messages, each message its own
+/// `message_seq`; one bad message refuses the whole step.
+#[tokio::test]
+async fn a_steps_messages_append_together_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = Options::new(dir.path().join("dispatch.db"));
+    o.max_chunk_bytes = 100;
+    let s = Store::open(o).await.unwrap();
+    assert_eq!(s.append("c", Role::User, Some("t"), &[text("hi")]).await.unwrap(), vec![1]);
+    let assistant = [text("a"), text("b")];
+    let tool = [text("result")];
+    let step: [(Role, &[Chunk]); 2] = [(Role::Assistant, &assistant), (Role::Tool, &tool)];
+    assert_eq!(s.append_messages("c", Some("t"), &step).await.unwrap(), vec![2, 3, 4]);
+    let messages = s.messages("c").await.unwrap();
+    assert_eq!(
+        messages.iter().map(|m| m.role).collect::<Vec<_>>(),
+        [Role::User, Role::Assistant, Role::Tool]
+    );
+
+    let big = [text(&"y".repeat(200))];
+    let bad: [(Role, &[Chunk]); 2] = [(Role::Assistant, &assistant), (Role::Tool, &big)];
+    let e = s.append_messages("c", Some("t"), &bad).await.unwrap_err();
+    assert!(matches!(e, StoreError::ChunkTooLarge { index: 0, .. }), "{e}");
+    let empty: [(Role, &[Chunk]); 2] = [(Role::Assistant, &assistant), (Role::Tool, &[])];
+    assert_eq!(s.append_messages("c", Some("t"), &empty).await.unwrap_err(), StoreError::EmptyMessage);
+    assert_eq!(s.append_messages("c", Some("t"), &[]).await.unwrap_err(), StoreError::EmptyMessage);
+    // Nothing of the refused steps landed.
+    assert_eq!(s.history("c", None, None, None).await.unwrap().latest_seq, 4);
+    assert_eq!(s.append("c", Role::User, Some("t2"), &[text("next")]).await.unwrap(), vec![5]);
+}
+
 #[tokio::test]
 async fn a_file_that_is_not_a_database_fails_to_open_with_the_path() {
     let dir = tempfile::tempdir().unwrap();
