@@ -55,8 +55,9 @@
 //!   so that a panic becomes an [`Error`] with code `panic`; write plain Rust
 //!   and let the crate do it.
 //! * Futures you return are polled by the **host's** runtime. If they need
-//!   tokio (timers, sockets), spawn them on your own
-//!   [`runtime::PluginRuntime`] with [`runtime::PluginRuntime::run`].
+//!   tokio (timers, sockets), spawn them on a [`runtime::PluginRuntime`]
+//!   with [`runtime::PluginRuntime::run`] (your own runtime, or the host's
+//!   when your plugin shares the host's tokio).
 //! * Log with `tracing`; records reach the host's log tagged with your id
 //!   and filtered by the host's `RUST_LOG`.
 //! * Do not set a `#[global_allocator]`, and never pass std or tokio types

@@ -472,6 +472,29 @@ fn a_tool_calling_turn_reads_a_file_in_the_cwd_and_pairs_every_call_with_its_res
     assert_eq!(unknown, json!({"chunks": [], "latestSeq": 7}));
 }
 
+/// The bundled plugins share the host's tokio, so they run their tasks on
+/// the host's runtime: after a turn that used the provider, a tool, the
+/// store and both transports' listeners, no thread of the server belongs to
+/// a runtime of a plugin's own (those are named `<plugin>-rt`).
+#[test]
+fn bundled_plugins_run_on_the_hosts_runtime_not_runtimes_of_their_own() {
+    let cfg = product_config(LOOPBACK);
+    let s = Server::start(&cfg);
+    let (a, events) = chat(&s.base, json!({"message": "read the notes"}));
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert!(kinds(&events).contains(&"tool-result"), "{events:?}");
+    let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", s.pid()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_owned())
+        .collect();
+    assert!(names.iter().any(|n| n == "dispatch"), "{names:?}");
+    // (A thread's name is cut to 15 bytes: `transport-http-rt` reads `transport-http-`.)
+    let own =
+        |n: &str| n.ends_with("-rt") || ["transport-", "provider-", "tool-"].iter().any(|p| n.starts_with(p));
+    assert!(!names.iter().any(|n| own(n)), "a plugin started its own runtime: {names:?}");
+}
+
 #[test]
 fn settings_are_sticky_per_conversation() {
     let cfg = product_config(LOOPBACK);
