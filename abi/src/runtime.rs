@@ -20,11 +20,13 @@
 //! same in both modes. The plugin's code does not change.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
+use futures::FutureExt as _;
 use tokio::sync::Notify;
 
 use crate::error::{codes, Error};
@@ -129,7 +131,14 @@ impl PluginRuntime {
         }
         if let Some(tasks) = &self.runner.tasks {
             tasks.close();
-            tasks.wait_idle(timeout);
+            if tokio::task::try_id().is_some() {
+                // Inside a task — perhaps one of those being stopped, or on
+                // the only worker that could drop them: waiting here would
+                // only run out the timeout. They go at their next poll.
+                tracing::warn!("runtime shut down from inside a task; not waiting for its tasks to end");
+            } else {
+                tasks.wait_idle(timeout);
+            }
         }
     }
 }
@@ -180,30 +189,34 @@ impl Runner {
         F: Future<Output = Result<T, Error>> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
+        let name = Arc::clone(&self.name);
         let send = async move {
-            let _ = tx.send(fut.await);
+            // A panic is answered here, so a sender dropped unanswered
+            // means one thing: the task was stopped. (The plugin's panic
+            // hook has logged the panic already.)
+            let out = match AssertUnwindSafe(fut).catch_unwind().await {
+                Ok(out) => out,
+                Err(_) => Err(Error::new(codes::PANIC, format!("a task on the `{name}` runtime panicked"))),
+            };
+            let _ = tx.send(out);
         };
-        let task = match &self.tasks {
-            None => Some(self.handle.spawn(send)),
+        let started = match &self.tasks {
+            None => {
+                drop(self.handle.spawn(send));
+                true
+            }
             Some(tasks) => Live::start(tasks)
-                .map(|live| self.handle.spawn(crate::scope::Scoped::inside(live.watch(send)))),
+                .map(|live| drop(self.handle.spawn(crate::scope::Scoped::inside(live.watch(send)))))
+                .is_some(),
         };
         let name = Arc::clone(&self.name);
-        let tasks = self.tasks.clone();
         async move {
             let shut = || Error::new(codes::UNAVAILABLE, format!("the `{name}` runtime is shut down"));
-            let Some(task) = task else { return Err(shut()) };
-            match rx.await {
-                Ok(out) => out,
-                // The sender was dropped without sending: the runtime was
-                // shut down, or the task panicked (the hook logged it).
-                Err(_) if tasks.as_ref().is_some_and(|t| t.is_closed()) => Err(shut()),
-                Err(_) if task.is_finished() => Err(Error::new(
-                    codes::PANIC,
-                    format!("a task on the `{name}` runtime panicked or was cancelled"),
-                )),
-                Err(_) => Err(shut()),
+            if !started {
+                return Err(shut());
             }
+            // Dropped unanswered: stopped by a shutdown (see above).
+            rx.await.unwrap_or_else(|_| Err(shut()))
         }
     }
 }
@@ -355,6 +368,20 @@ mod tests {
         assert_eq!(host.block_on(runner.run(async { Ok(1) })).unwrap_err().code(), codes::UNAVAILABLE);
         // The host's runtime itself is untouched.
         assert_eq!(host.block_on(async { tokio::spawn(async { 3 }).await }).unwrap(), 3);
+    }
+
+    /// A panic is `panic` and a stop is `unavailable`, on an own runtime
+    /// as on the host's, whichever thread notices first.
+    #[test]
+    fn run_tells_a_panic_from_a_shutdown_on_an_own_runtime() {
+        let mut own = PluginRuntime::new("p", 1).unwrap();
+        use futures::executor::block_on as poller;
+        let failed = own.run(async { panic!("boom") as Result<(), Error> });
+        assert_eq!(poller(failed).unwrap_err().code(), codes::PANIC);
+        let pending = own.run(async { std::future::pending::<Result<(), Error>>().await });
+        own.shutdown(Duration::from_secs(5));
+        assert_eq!(poller(pending).unwrap_err().code(), codes::UNAVAILABLE);
+        assert_eq!(poller(own.run(async { Ok(1) })).unwrap_err().code(), codes::UNAVAILABLE);
     }
 
     #[test]

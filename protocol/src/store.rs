@@ -32,8 +32,9 @@ pub enum StoreRequest {
     /// message and its tool results — in one transaction; answers
     /// [`Appended`] with every chunk's seq, in order. Atomic: the whole step
     /// lands or none of it, so a crash never leaves a tool call without its
-    /// result. A store without this op answers `unsupported` or
-    /// `invalid_payload`; callers then append the messages one by one.
+    /// result. A store without this op answers `unsupported`, or
+    /// `invalid_payload` naming the op it cannot decode; callers then
+    /// append the messages one by one.
     AppendMessages {
         /// The conversation (created on first append).
         conversation_id: String,

@@ -135,6 +135,9 @@ impl TestHost {
         }
         let config = if config.is_null() { String::new() } else { config.to_string() };
         let api = PluginHost::for_plugin(&id, &self.shared);
+        // As the host does: activation runs where the host's runtime is
+        // current, so a plugin sharing this tokio runs its tasks here.
+        let _context = self.runtime.enter();
         match dispatch_abi::plugin::activate_entry::<P>(api, RString::from(config)) {
             RResult::ROk(instance) => {
                 self.active.push((id.clone(), instance));

@@ -76,8 +76,10 @@ impl Plugin for Mcp {
         let tools = Arc::new(ToolServer::new(host, "mcp", config.workers)?);
         let bridge = Arc::new(Bridge { tools: Arc::clone(&tools), names: Mutex::default() });
         let start_timeout = Duration::from_millis(config.start_timeout_ms);
-        let servers: Vec<Arc<Server>> =
-            launches.into_iter().map(|l| Server::new(l, start_timeout, config.max_restarts)).collect();
+        let servers: Vec<Arc<Server>> = launches
+            .into_iter()
+            .map(|l| Server::new(l, start_timeout, config.max_restarts, tools.runner().clone()))
+            .collect();
 
         let listed = servers.clone();
         host.provide_sync(&SERVERS, move |_: Value| {

@@ -7,6 +7,7 @@
 //! flight ends with an error naming the server instead of waiting for its
 //! timeout.
 
+use dispatch_abi::runtime::Runner;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -88,6 +89,8 @@ pub struct Server {
     stderr: Mutex<VecDeque<String>>,
     /// The process group of the running stdio server.
     pgid: Mutex<Option<i32>>,
+    /// Where its background tasks run (they stop with the plugin).
+    runner: Runner,
 }
 
 impl std::fmt::Debug for Server {
@@ -98,7 +101,7 @@ impl std::fmt::Debug for Server {
 
 impl Server {
     /// A server not started yet.
-    pub fn new(launch: Launch, start_timeout: Duration, max_restarts: u32) -> Arc<Self> {
+    pub fn new(launch: Launch, start_timeout: Duration, max_restarts: u32, runner: Runner) -> Arc<Self> {
         Arc::new(Server {
             launch,
             start_timeout,
@@ -114,6 +117,7 @@ impl Server {
             list_changed: Notify::new(),
             stderr: Mutex::new(VecDeque::new()),
             pgid: Mutex::new(None),
+            runner,
         })
     }
 
@@ -220,7 +224,7 @@ impl Server {
             () = tokio::time::sleep(timeout) => {
                 cancel(handle, "timed out").await;
                 // Without holding the call's result back.
-                tokio::spawn(Arc::clone(&self).check_responsive(live.clone()));
+                self.runner.spawn(Arc::clone(&self).check_responsive(live.clone()));
                 Err(ToolError::Failed(format!(
                     "the MCP server `{server}` did not answer within {} s; the call was cancelled",
                     timeout.as_secs_f64()
@@ -287,7 +291,7 @@ impl Server {
                 self.stderr.lock().unwrap_or_else(PoisonError::into_inner).clear();
                 let (read_all, stderr_done) = tokio::sync::oneshot::channel();
                 if let Some(stderr) = stderr {
-                    tokio::spawn(read_stderr(Arc::clone(self), stderr, read_all));
+                    self.runner.spawn(read_stderr(Arc::clone(self), stderr, read_all));
                 }
                 match handler.serve(Tap { inner: transport, server: Arc::clone(self) }).await {
                     Ok(running) => Ok(running),

@@ -920,7 +920,14 @@ async fn save_step(
             messages: std::mem::take(&mut messages),
         };
         match host.call(&STORE, &request).await {
-            Err(e) if [codes::UNSUPPORTED, codes::INVALID_PAYLOAD].contains(&e.code()) => {
+            // An older store: `unsupported`, or a request it cannot decode
+            // (the op's name in the message). Not a refused *content*
+            // (an over-long chunk is `invalid_payload` too): retrying that
+            // message by message would save half the step.
+            Err(e)
+                if e.code() == codes::UNSUPPORTED
+                    || (e.code() == codes::INVALID_PAYLOAD && e.message().contains("appendMessages")) =>
+            {
                 tracing::debug!(error = %e, "the store does not take appendMessages; appending one by one");
             }
             other => return other.map(drop),
@@ -954,22 +961,37 @@ mod tests {
 
     use super::save_step;
 
-    /// A store that records the ops it is asked for; `legacy` ones refuse
-    /// `appendMessages` as a store written before that op would.
-    fn store(t: &TestHost, legacy: bool) -> Arc<Mutex<Vec<String>>> {
+    /// How the test store answers `appendMessages`.
+    #[derive(Clone, Copy)]
+    enum Takes {
+        /// It appends them.
+        Steps,
+        /// An older store: it cannot decode the op.
+        Unknown,
+        /// It refuses the content (a chunk over its limit).
+        Refuses,
+    }
+
+    /// A store that records the appends it makes.
+    fn store(t: &TestHost, takes: Takes) -> Arc<Mutex<Vec<String>>> {
+        use dispatch_abi::{codes, Error};
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::clone(&seen);
         t.host()
             .provide(&STORE, move |req: StoreRequest| {
-                let answer = match &req {
-                    StoreRequest::AppendMessages { messages, .. } if !legacy => {
+                let answer = match (&req, takes) {
+                    (StoreRequest::AppendMessages { messages, .. }, Takes::Steps) => {
                         log.lock().unwrap().push(format!("appendMessages x{}", messages.len()));
                         Ok(serde_json::to_value(Appended { seqs: vec![1] }).unwrap())
                     }
-                    StoreRequest::AppendMessages { .. } => {
-                        Err(dispatch_abi::Error::new(dispatch_abi::codes::UNSUPPORTED, "unknown op"))
+                    (StoreRequest::AppendMessages { .. }, Takes::Unknown) => Err(Error::new(
+                        codes::INVALID_PAYLOAD,
+                        "cannot decode request for service `store`: unknown variant `appendMessages`",
+                    )),
+                    (StoreRequest::AppendMessages { .. }, Takes::Refuses) => {
+                        Err(Error::new(codes::INVALID_PAYLOAD, "chunk #0 is 2000000 bytes, over the limit"))
                     }
-                    StoreRequest::Append { role, .. } => {
+                    (StoreRequest::Append { role, .. }, _) => {
                         log.lock().unwrap().push(format!("append {role:?}"));
                         Ok(serde_json::to_value(Appended { seqs: vec![1] }).unwrap())
                     }
@@ -991,15 +1013,26 @@ mod tests {
     #[test]
     fn a_step_is_saved_in_one_call() {
         let t = TestHost::new();
-        let seen = store(&t, false);
+        let seen = store(&t, Takes::Steps);
         t.block_on(save_step(t.host(), "c", "t", step())).unwrap();
         assert_eq!(*seen.lock().unwrap(), ["appendMessages x2"]);
+    }
+
+    /// Retrying a refused step message by message would save the tool
+    /// call without its result.
+    #[test]
+    fn a_step_the_store_refuses_is_not_saved_in_part() {
+        let t = TestHost::new();
+        let seen = store(&t, Takes::Refuses);
+        let e = t.block_on(save_step(t.host(), "c", "t", step())).unwrap_err();
+        assert!(e.message().contains("over the limit"), "{e}");
+        assert!(seen.lock().unwrap().is_empty(), "{:?}", seen.lock().unwrap());
     }
 
     #[test]
     fn a_store_without_append_messages_gets_the_step_one_message_at_a_time() {
         let t = TestHost::new();
-        let seen = store(&t, true);
+        let seen = store(&t, Takes::Unknown);
         t.block_on(save_step(t.host(), "c", "t", step())).unwrap();
         assert_eq!(*seen.lock().unwrap(), ["append Assistant", "append Tool"]);
     }
