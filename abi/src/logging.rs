@@ -19,10 +19,9 @@ use std::sync::OnceLock;
 
 use abi_stable::std_types::RStr;
 use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Subscriber};
+use tracing::subscriber::Interest;
+use tracing::{span, Event, Level, Metadata, Subscriber};
 use tracing_subscriber::filter::{LevelFilter, Targets};
-use tracing_subscriber::layer::{Context, SubscriberExt as _};
-use tracing_subscriber::Layer;
 
 use crate::ffi::{HostApiBox, LogLevel};
 
@@ -34,8 +33,7 @@ pub(crate) fn install(host: &HostApiBox) {
     if INSTALLED.set(host.clone()).is_err() {
         return;
     }
-    let filter = plugin_filter(host.log_filter().as_str());
-    let subscriber = tracing_subscriber::registry().with(filter).with(ForwardLayer { host: host.clone() });
+    let subscriber = Forward { host: host.clone(), filter: plugin_filter(host.log_filter().as_str()) };
     // Fails only when a dispatcher is already set — e.g. a test that links
     // the plugin's rlib into a binary with its own subscriber; keep theirs.
     let _ = tracing::subscriber::set_global_default(subscriber);
@@ -87,8 +85,56 @@ pub fn log_targets(spec: &str) -> Result<Targets, String> {
     kept.join(",").parse().map_err(|e| format!("{e}"))
 }
 
-struct ForwardLayer {
+/// The plugin's subscriber: filters, then forwards each event to the host.
+///
+/// Not a `tracing_subscriber::Registry` with a layer: the registry keeps
+/// span data in a slab whose shard table (4096 pointers, 32 KiB) is written
+/// on creation — in every plugin library, for spans nobody reads here. Span
+/// fields are not forwarded, so spans need no storage: every span gets the
+/// same id and entering one does nothing.
+struct Forward {
     host: HostApiBox,
+    filter: Targets,
+}
+
+impl Subscriber for Forward {
+    fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
+        // Decided once per callsite: a disabled record costs one branch.
+        if self.enabled(meta) {
+            Interest::always()
+        } else {
+            Interest::never()
+        }
+    }
+
+    fn enabled(&self, meta: &Metadata<'_>) -> bool {
+        self.filter.would_enable(meta.target(), meta.level())
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        let levels = self.filter.iter().map(|(_, level)| level);
+        Some(levels.chain(self.filter.default_level()).max().unwrap_or(LevelFilter::OFF))
+    }
+
+    fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
+        span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
+
+    fn event(&self, event: &Event<'_>) {
+        let mut render = Render::default();
+        event.record(&mut render);
+        render.message.push_str(&render.fields);
+        let meta = event.metadata();
+        self.host.log(level_of(meta.level()), RStr::from(meta.target()), RStr::from(render.message.as_str()));
+    }
+
+    fn enter(&self, _: &span::Id) {}
+
+    fn exit(&self, _: &span::Id) {}
 }
 
 fn level_of(level: &Level) -> LogLevel {
@@ -122,16 +168,6 @@ impl Visit for Render {
         } else {
             let _ = write!(self.fields, " {}={:?}", field.name(), value);
         }
-    }
-}
-
-impl<S: Subscriber> Layer<S> for ForwardLayer {
-    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        let mut render = Render::default();
-        event.record(&mut render);
-        render.message.push_str(&render.fields);
-        let meta = event.metadata();
-        self.host.log(level_of(meta.level()), RStr::from(meta.target()), RStr::from(render.message.as_str()));
     }
 }
 
