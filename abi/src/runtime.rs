@@ -123,22 +123,19 @@ impl PluginRuntime {
     /// [`Runner::run`] calls answer an `unavailable` error.
     ///
     /// Blocks the calling thread: call it from
-    /// [`crate::Plugin::deactivate`], which the host runs on a thread of
-    /// its own.
+    /// [`crate::Plugin::deactivate`], which the host runs on a blocking
+    /// thread of its own — not from a task on the runtime, where it could
+    /// only wait out `timeout`.
     pub fn shutdown(&mut self, timeout: Duration) {
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_timeout(timeout);
         }
         if let Some(tasks) = &self.runner.tasks {
             tasks.close();
-            if tokio::task::try_id().is_some() {
-                // Inside a task — perhaps one of those being stopped, or on
-                // the only worker that could drop them: waiting here would
-                // only run out the timeout. They go at their next poll.
-                tracing::warn!("runtime shut down from inside a task; not waiting for its tasks to end");
-            } else {
-                tasks.wait_idle(timeout);
-            }
+            // Bounded: called from one of the tasks being stopped, or from
+            // the only worker that could drop them, this waits out the
+            // timeout and returns (they go at their next poll).
+            tasks.wait_idle(timeout);
         }
     }
 }
@@ -350,6 +347,8 @@ mod tests {
         struct OnDrop(std::sync::mpsc::Sender<()>);
         impl Drop for OnDrop {
             fn drop(&mut self) {
+                // A slow clean-up: shutdown must wait for it.
+                std::thread::sleep(Duration::from_millis(200));
                 let _ = self.0.send(());
             }
         }
@@ -362,8 +361,17 @@ mod tests {
         let answered = runner.run(async { Ok(7) });
         assert_eq!(host.block_on(answered).unwrap(), 7);
 
-        rt.shutdown(Duration::from_secs(5));
-        dropped_rx.recv_timeout(Duration::from_secs(1)).expect("the endless task was dropped by shutdown");
+        // From a blocking thread, as the host deactivates: shutdown returns
+        // only once the task is gone.
+        let rt = host.block_on(async move {
+            tokio::task::spawn_blocking(move || {
+                rt.shutdown(Duration::from_secs(30));
+                rt
+            })
+            .await
+        });
+        let _rt = rt.unwrap();
+        dropped_rx.try_recv().expect("shutdown returned before the endless task was dropped");
         assert_eq!(host.block_on(pending).unwrap_err().code(), codes::UNAVAILABLE);
         assert_eq!(host.block_on(runner.run(async { Ok(1) })).unwrap_err().code(), codes::UNAVAILABLE);
         // The host's runtime itself is untouched.

@@ -493,6 +493,14 @@ fn bundled_plugins_run_on_the_hosts_runtime_not_runtimes_of_their_own() {
     let own =
         |n: &str| n.ends_with("-rt") || ["transport-", "provider-", "tool-"].iter().any(|p| n.starts_with(p));
     assert!(!names.iter().any(|n| own(n)), "a plugin started its own runtime: {names:?}");
+
+    // Stopping waits for each plugin's tasks (deactivation runs on a
+    // blocking thread, where the wait is allowed): a clean exit, no warning.
+    let mut s = s;
+    assert!(s.stop_with(15).success(), "SIGTERM is a clean stop: {}", s.log());
+    let log = s.log();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ")).collect();
+    assert!(warnings.is_empty(), "{warnings:#?}");
 }
 
 #[test]
