@@ -166,13 +166,23 @@ impl Runner {
     where
         F: Future<Output = ()> + Send + 'static,
     {
+        self.start(fut);
+    }
+
+    /// Spawn `fut` — on the host's runtime, counted and stoppable, in the
+    /// plugin's panic scope; answers false (dropping it) once shut down.
+    fn start<F>(&self, fut: F) -> bool
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
         match &self.tasks {
-            None => drop(self.handle.spawn(fut)),
-            Some(tasks) => {
-                if let Some(live) = Live::start(tasks) {
-                    drop(self.handle.spawn(crate::scope::Scoped::inside(live.watch(fut))));
-                }
+            None => {
+                drop(self.handle.spawn(fut));
+                true
             }
+            Some(tasks) => Live::start(tasks)
+                .map(|live| drop(self.handle.spawn(crate::scope::Scoped::inside(live.watch(fut)))))
+                .is_some(),
         }
     }
 
@@ -197,15 +207,7 @@ impl Runner {
             };
             let _ = tx.send(out);
         };
-        let started = match &self.tasks {
-            None => {
-                drop(self.handle.spawn(send));
-                true
-            }
-            Some(tasks) => Live::start(tasks)
-                .map(|live| drop(self.handle.spawn(crate::scope::Scoped::inside(live.watch(send)))))
-                .is_some(),
-        };
+        let started = self.start(send);
         let name = Arc::clone(&self.name);
         async move {
             let shut = || Error::new(codes::UNAVAILABLE, format!("the `{name}` runtime is shut down"));
@@ -320,14 +322,21 @@ impl Drop for Live {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_plugin_activated_on_a_host_thread_shares_the_hosts_runtime() {
+    /// A host runtime of `workers` threads, and a plugin runtime made on
+    /// one of its blocking threads, as the host activates plugins.
+    fn activated(workers: usize) -> (tokio::runtime::Runtime, PluginRuntime) {
         let host =
-            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let shared = host
+            tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build().unwrap();
+        let rt = host
             .block_on(async { tokio::task::spawn_blocking(|| PluginRuntime::new("p", 1)).await })
             .unwrap()
             .unwrap();
+        (host, rt)
+    }
+
+    #[test]
+    fn a_plugin_activated_on_a_host_thread_shares_the_hosts_runtime() {
+        let (_host, shared) = activated(1);
         assert!(shared.is_shared());
         let own = PluginRuntime::new("p", 1).unwrap();
         assert!(!own.is_shared(), "no runtime is current here");
@@ -335,12 +344,7 @@ mod tests {
 
     #[test]
     fn shutdown_stops_the_tasks_of_a_shared_runtime_and_refuses_new_ones() {
-        let host =
-            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let mut rt = host
-            .block_on(async { tokio::task::spawn_blocking(|| PluginRuntime::new("p", 1)).await })
-            .unwrap()
-            .unwrap();
+        let (host, mut rt) = activated(2);
         let runner = rt.runner();
         // A task that never ends on its own, holding a value whose drop we observe.
         let (dropped_tx, dropped_rx) = std::sync::mpsc::channel::<()>();
@@ -394,12 +398,7 @@ mod tests {
 
     #[test]
     fn a_panicking_task_on_a_shared_runtime_is_a_panic_error_and_uncounted() {
-        let host =
-            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let mut rt = host
-            .block_on(async { tokio::task::spawn_blocking(|| PluginRuntime::new("p", 1)).await })
-            .unwrap()
-            .unwrap();
+        let (host, mut rt) = activated(1);
         let failed = rt.run(async { panic!("boom") as Result<(), Error> });
         assert_eq!(host.block_on(failed).unwrap_err().code(), codes::PANIC);
         let tasks = Arc::clone(rt.runner.tasks.as_ref().unwrap());

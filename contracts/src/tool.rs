@@ -121,7 +121,7 @@ impl Calls {
         self.lock().get(&run_id).cloned()
     }
 
-    /// Poll the call once, inside `handle`'s context (its tokio resources —
+    /// Poll the call once, inside the runner's runtime context (its tokio resources —
     /// timers, sockets, the blocking pool — belong to that runtime; their
     /// wake-ups go to the caller's waker).
     fn poll(&self, run_id: u64, runner: &Runner, cx: &mut std::task::Context<'_>) {

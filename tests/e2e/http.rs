@@ -479,7 +479,7 @@ fn a_tool_calling_turn_reads_a_file_in_the_cwd_and_pairs_every_call_with_its_res
 #[test]
 fn bundled_plugins_run_on_the_hosts_runtime_not_runtimes_of_their_own() {
     let cfg = product_config(LOOPBACK);
-    let s = Server::start(&cfg);
+    let mut s = Server::start(&cfg);
     let (a, events) = chat(&s.base, json!({"message": "read the notes"}));
     assert_eq!(a.status, 200, "{}", a.text);
     assert!(kinds(&events).contains(&"tool-result"), "{events:?}");
@@ -496,7 +496,6 @@ fn bundled_plugins_run_on_the_hosts_runtime_not_runtimes_of_their_own() {
 
     // Stopping waits for each plugin's tasks (deactivation runs on a
     // blocking thread, where the wait is allowed): a clean exit, no warning.
-    let mut s = s;
     assert!(s.stop_with(15).success(), "SIGTERM is a clean stop: {}", s.log());
     let log = s.log();
     let warnings: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ")).collect();

@@ -743,23 +743,26 @@ impl Writer {
                             }
                         }
                     };
-                    let mut seqs = Vec::new();
-                    for Encoded { role, chunks, title } in messages {
+                    let total: usize = messages.iter().map(|m| m.chunks.len()).sum();
+                    let title = messages.iter().find_map(|m| m.title.as_deref()).unwrap_or("");
+                    // The conversation row first, once for all the messages:
+                    // chunks reference it.
+                    tx.prepare_cached(
+                        "INSERT INTO conversations (id, created_at, last_activity_at, last_seq, title) \
+                         VALUES (?1, ?2, ?2, ?3, ?4) ON CONFLICT(id) DO UPDATE SET \
+                         last_seq = excluded.last_seq, last_activity_at = excluded.last_activity_at, \
+                         title = CASE WHEN conversations.title = '' THEN excluded.title ELSE conversations.title END",
+                    )?
+                    .execute(rusqlite::params![id, now, last + i64::try_from(total).unwrap_or(i64::MAX), title])?;
+                    let mut insert = tx.prepare_cached(
+                        "INSERT INTO chunks (conversation_id, seq, message_seq, role, turn_id, stored) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )?;
+                    let mut seqs = Vec::with_capacity(total);
+                    for Encoded { role, chunks, .. } in messages {
                         let first = last + 1;
                         let n = i64::try_from(chunks.len()).unwrap_or(i64::MAX);
-                        // The conversation row first: chunks reference it.
-                        tx.prepare_cached(
-                            "INSERT INTO conversations (id, created_at, last_activity_at, last_seq, title) \
-                             VALUES (?1, ?2, ?2, ?3, ?4) ON CONFLICT(id) DO UPDATE SET \
-                             last_seq = excluded.last_seq, last_activity_at = excluded.last_activity_at, \
-                             title = CASE WHEN conversations.title = '' THEN excluded.title ELSE conversations.title END",
-                        )?
-                        .execute(rusqlite::params![id, now, last + n, title.as_deref().unwrap_or("")])?;
                         let role = role_str(*role);
-                        let mut insert = tx.prepare_cached(
-                            "INSERT INTO chunks (conversation_id, seq, message_seq, role, turn_id, stored) \
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                        )?;
                         for (seq, chunk) in (first..).zip(chunks) {
                             use std::fmt::Write as _;
                             stored.clear();

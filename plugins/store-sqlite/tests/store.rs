@@ -17,6 +17,12 @@ async fn open(dir: &tempfile::TempDir) -> Store {
     Store::open(Options::new(dir.path().join("dispatch.db"))).await.unwrap()
 }
 
+async fn open_with_chunk_limit(dir: &tempfile::TempDir, max_chunk_bytes: usize) -> Store {
+    let mut o = Options::new(dir.path().join("dispatch.db"));
+    o.max_chunk_bytes = max_chunk_bytes;
+    Store::open(o).await.unwrap()
+}
+
 fn text(s: &str) -> Chunk {
     Chunk::text(s)
 }
@@ -210,9 +216,7 @@ async fn turn_metrics_round_trip_in_append_order() {
 #[tokio::test]
 async fn bad_input_is_refused_precisely_and_nothing_is_half_written() {
     let dir = tempfile::tempdir().unwrap();
-    let mut o = Options::new(dir.path().join("dispatch.db"));
-    o.max_chunk_bytes = 100;
-    let s = Store::open(o).await.unwrap();
+    let s = open_with_chunk_limit(&dir, 100).await;
     for bad in ["", "has space", "../etc", &"x".repeat(129)] {
         assert!(
             matches!(s.append(bad, Role::User, None, &[text("x")]).await, Err(StoreError::InvalidId(_))),
@@ -234,9 +238,7 @@ async fn bad_input_is_refused_precisely_and_nothing_is_half_written() {
 #[tokio::test]
 async fn a_steps_messages_append_together_or_not_at_all() {
     let dir = tempfile::tempdir().unwrap();
-    let mut o = Options::new(dir.path().join("dispatch.db"));
-    o.max_chunk_bytes = 100;
-    let s = Store::open(o).await.unwrap();
+    let s = open_with_chunk_limit(&dir, 100).await;
     assert_eq!(s.append("c", Role::User, Some("t"), &[text("hi")]).await.unwrap(), vec![1]);
     let assistant = [text("a"), text("b")];
     let tool = [text("result")];
