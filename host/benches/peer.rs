@@ -3,7 +3,10 @@
 //! same local OpenAI-compatible mock server, run through `POST /chat` on
 //! `dispatch serve` (release build) and through the OpenAI Agents SDK for
 //! Python, interleaved round by round. Also: the server's own CPU time per
-//! step (user + sys from /proc) over a turn with a long history.
+//! step (user + sys from /proc) over a turn with a long history, beside the
+//! same figure for a *floor* server (`mod floor`: the task's unavoidable
+//! I/O and JSON on one thread, nothing else), turn by turn — what no
+//! implementation can go below on the machine at hand.
 //!
 //! `cargo build --release && cargo bench -p dispatch-host --bench peer [-- STEPS ROUNDS CPU_STEPS TURNS]`
 //! (defaults 35 7 100 10). The SDK is installed from PyPI into
@@ -90,11 +93,15 @@ fn cpu_precise(pid: u32) -> f64 {
 /// cost a step pays per hop. By id, so a delta is taken per thread (a
 /// thread that exits between two readings — an idle blocking-pool thread —
 /// drops out instead of making a name's total go down).
-fn switches(pid: u32) -> BTreeMap<String, (String, u64)> {
+fn switches(pid: u32) -> BTreeMap<String, (String, u64, u64)> {
     let mut by_tid = BTreeMap::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
         let tid = task.file_name().to_string_lossy().into_owned();
         let Ok(status) = std::fs::read_to_string(task.path().join("status")) else { continue };
+        let on_cpu = std::fs::read_to_string(task.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
+            .unwrap_or(0);
         let mut name = String::new();
         let mut n = 0;
         for line in status.lines() {
@@ -106,7 +113,7 @@ fn switches(pid: u32) -> BTreeMap<String, (String, u64)> {
                 n += v.trim().parse::<u64>().unwrap();
             }
         }
-        by_tid.insert(tid, (name, n));
+        by_tid.insert(tid, (name, n, on_cpu));
     }
     by_tid
 }
@@ -123,11 +130,6 @@ fn config(dir: &Path, port: u16) -> PathBuf {
     ];
     let mut toml =
         format!("[host]\nplugin_dir = {:?}\ndata_dir = \"data\"\n", release_dir().display().to_string());
-    // Extra `[host]` keys to compare settings, e.g. "worker_threads = 1".
-    if let Ok(extra) = std::env::var("DISPATCH_BENCH_HOST") {
-        toml.push_str(&extra.replace(';', "\n"));
-        toml.push('\n');
-    }
     for (p, c) in plugins {
         toml.push_str(&format!("\n[[plugin]]\npath = {p:?}\n"));
         if !c.is_empty() {
@@ -135,7 +137,7 @@ fn config(dir: &Path, port: u16) -> PathBuf {
         }
     }
     let path = dir.join("plugins.toml");
-    std::fs::write(&path, toml).unwrap();
+    std::fs::write(&path, dispatch_test_support::with_bench_host_keys(toml)).unwrap();
     path
 }
 
@@ -156,6 +158,10 @@ async fn dispatch_run(port: u16, conversation: &str) -> Duration {
 }
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("floor-server") {
+        floor::serve();
+        return;
+    }
     let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let steps = args.first().copied().unwrap_or(35);
     let rounds = args.get(1).copied().unwrap_or(7);
@@ -184,47 +190,254 @@ fn main() {
 
     // CPU of the server per step over a long history: TURNS turns of
     // CPU_STEPS steps (the median turn reported), and where its context
-    // switches happen.
+    // switches happen — beside the floor server doing the same turn.
     let turns = args.get(3).copied().unwrap_or(10);
-    let n = (cpu_steps + 1) as f64;
-    let mut cpu = Vec::new();
-    let mut ticks = Vec::new();
-    let mut walls = Vec::new();
-    let mut hops = Vec::new();
-    let mut by_thread: BTreeMap<String, u64> = BTreeMap::new();
+    let floor_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut floor = Command::new(std::env::current_exe().unwrap())
+        .args(["floor-server", &floor_port.to_string(), dir.path().to_str().unwrap()])
+        .env("BASE_URL", mock.base_url())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    rt.block_on(http_client::wait_ok(
+        &format!("http://127.0.0.1:{floor_port}/health"),
+        Duration::from_secs(30),
+    ));
+    let mut ours = Cpu::default();
+    let mut base = Cpu::default();
     for turn in 0..turns {
-        push_task(&mock, cpu_steps);
-        let before = (cpu_precise(server.id()), cpu_seconds(server.id()));
-        let switched = switches(server.id());
-        let wall = rt.block_on(dispatch_run(port, &format!("cpu-{turn}")));
-        cpu.push((cpu_precise(server.id()) - before.0) * 1e3 / n);
-        ticks.push((cpu_seconds(server.id()) - before.1) * 1e3 / n);
-        walls.push(wall.as_secs_f64() * 1e3 / n);
-        let after = switches(server.id());
-        let mut total = 0;
-        for (tid, (name, count)) in &after {
-            let d = count.saturating_sub(switched.get(tid).map_or(0, |b| b.1));
-            total += d;
-            *by_thread.entry(name.clone()).or_default() += d;
-        }
-        hops.push(total as f64 / n);
+        ours.turn(&rt, &mock, server.id(), port, cpu_steps, &format!("cpu-{turn}"));
+        base.turn(&rt, &mock, floor.id(), floor_port, cpu_steps, &format!("floor-{turn}"));
     }
-    println!(
-        "server CPU over one turn of {cpu_steps} tool steps, median of {turns} turns: {:.3} ms per step on CPU \
-         (user+sys ticks: {:.3} ms; wall {:.2} ms per step; {:.1} context switches per step)",
-        median(cpu),
-        median(ticks),
-        median(walls),
-        median(hops)
-    );
-    println!("context switches per step by thread (mean of the {turns} turns):");
-    let mut rows: Vec<(String, u64)> = by_thread.into_iter().filter(|(_, c)| *c > 0).collect();
-    rows.sort_by_key(|r| std::cmp::Reverse(r.1));
-    for (name, count) in rows {
-        println!("  {name:<20} {:>6.2}", count as f64 / turns as f64 / n);
+    println!("server CPU over one turn of {cpu_steps} tool steps, median of {turns} interleaved turns:");
+    println!("                                on CPU      user+sys ticks   wall        context switches");
+    ours.print("dispatch serve (POST /chat)");
+    base.print("floor (the same I/O only)");
+    println!("  ratio                         {:>6.2}x", median(ours.cpu.clone()) / median(base.cpu.clone()));
+    println!("dispatch serve, context switches and CPU per step by thread name (mean of the {turns} turns):");
+    let mut rows: Vec<(String, (u64, u64))> = ours.by_thread.into_iter().filter(|(_, c)| c.0 > 0).collect();
+    rows.sort_by_key(|r| std::cmp::Reverse(r.1 .1));
+    for (name, (count, on_cpu)) in rows {
+        let per = |v: u64| v as f64 / turns as f64 / (cpu_steps + 1) as f64;
+        println!("  {name:<20} {:>6.2} switches {:>7.3} ms", per(count), per(on_cpu) / 1e6);
     }
+    let _ = floor.kill();
+    let _ = floor.wait();
     let _ = server.kill();
     let _ = server.wait();
+}
+
+/// Per-step figures of one server over the turns it ran.
+#[derive(Default)]
+struct Cpu {
+    cpu: Vec<f64>,
+    ticks: Vec<f64>,
+    walls: Vec<f64>,
+    hops: Vec<f64>,
+    by_thread: BTreeMap<String, (u64, u64)>,
+}
+
+impl Cpu {
+    /// One turn of `steps` tool steps through `POST /chat` on `port`,
+    /// served by process `pid`.
+    fn turn(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        mock: &MockServer,
+        pid: u32,
+        port: u16,
+        steps: usize,
+        id: &str,
+    ) {
+        let n = (steps + 1) as f64;
+        push_task(mock, steps);
+        let before = (cpu_precise(pid), cpu_seconds(pid));
+        let switched = switches(pid);
+        let wall = rt.block_on(dispatch_run(port, id));
+        self.cpu.push((cpu_precise(pid) - before.0) * 1e3 / n);
+        self.ticks.push((cpu_seconds(pid) - before.1) * 1e3 / n);
+        self.walls.push(wall.as_secs_f64() * 1e3 / n);
+        let mut total = 0;
+        for (tid, (name, count, on_cpu)) in &switches(pid) {
+            let before = switched.get(tid);
+            let d = count.saturating_sub(before.map_or(0, |b| b.1));
+            total += d;
+            let e = self.by_thread.entry(name.clone()).or_default();
+            e.0 += d;
+            e.1 += on_cpu.saturating_sub(before.map_or(0, |b| b.2));
+        }
+        self.hops.push(total as f64 / n);
+    }
+
+    fn print(&self, name: &str) {
+        println!(
+            "  {name:<28} {:>6.3} ms   {:>6.3} ms        {:>6.2} ms   {:>5.1}   per step",
+            median(self.cpu.clone()),
+            median(self.ticks.clone()),
+            median(self.walls.clone()),
+            median(self.hops.clone())
+        );
+    }
+}
+
+/// The floor: the least any agent server must do for this task, in a
+/// process of its own — per step, POST the whole history as JSON to the
+/// model (reqwest, as the OpenAI provider), parse the streamed reply, read
+/// the file inline, write the events as NDJSON to the client over a
+/// hand-written HTTP/1.1 response, on one thread. No store, no bus, no
+/// plugins, no checks. Dispatch's CPU over this floor's is what its
+/// structure costs on this machine; the floor itself is mostly the kernel's
+/// (loopback TCP and waking the other processes).
+mod floor {
+    use std::path::PathBuf;
+
+    use serde_json::{json, Value};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    pub fn serve() {
+        let mut args = std::env::args().skip(2);
+        let port: u16 = args.next().unwrap().parse().unwrap();
+        let dir = PathBuf::from(args.next().unwrap());
+        let base = std::env::var("BASE_URL").unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+            let client = reqwest::Client::new();
+            loop {
+                let (sock, _) = listener.accept().await.unwrap();
+                sock.set_nodelay(true).unwrap();
+                let (client, base, dir) = (client.clone(), base.clone(), dir.clone());
+                tokio::spawn(async move {
+                    let _ = connection(sock, &client, &base, &dir).await;
+                });
+            }
+        });
+    }
+
+    async fn connection(
+        mut sock: TcpStream,
+        client: &reqwest::Client,
+        base: &str,
+        dir: &std::path::Path,
+    ) -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let head_end = loop {
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+                let n = sock.read(&mut chunk).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            };
+            let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            while buf.len() < head_end + len {
+                let n = sock.read(&mut chunk).await?;
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            let body: Value = serde_json::from_slice(&buf[head_end..head_end + len]).unwrap_or(Value::Null);
+            buf.drain(..head_end + len);
+            if head.starts_with("get /health") {
+                sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await?;
+                continue;
+            }
+            sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await?;
+            turn(&mut sock, client, base, dir, body["message"].as_str().unwrap_or("")).await?;
+            sock.write_all(b"0\r\n\r\n").await?;
+        }
+    }
+
+    async fn send_event(sock: &mut TcpStream, events: &[Value]) -> std::io::Result<()> {
+        let mut lines = String::new();
+        for e in events {
+            lines.push_str(&e.to_string());
+            lines.push('\n');
+        }
+        sock.write_all(format!("{:X}\r\n{lines}\r\n", lines.len()).as_bytes()).await
+    }
+
+    async fn turn(
+        sock: &mut TcpStream,
+        client: &reqwest::Client,
+        base: &str,
+        dir: &std::path::Path,
+        message: &str,
+    ) -> std::io::Result<()> {
+        let tools = json!([{"type": "function", "function": {"name": "read_file", "description": "Read a file.",
+            "parameters": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}}}]);
+        let mut history = vec![
+            json!({"role": "system", "content": "You are an agent."}),
+            json!({"role": "user", "content": message}),
+        ];
+        for step in 0.. {
+            let body = json!({"model": "mock-model", "messages": history, "tools": tools, "stream": true});
+            let mut reply = client
+                .post(format!("{base}/chat/completions"))
+                .bearer_auth("bench")
+                .header("content-type", "application/json")
+                .body(serde_json::to_vec(&body).unwrap())
+                .send()
+                .await
+                .map_err(std::io::Error::other)?;
+            let (mut text, mut call, mut pending) =
+                (String::new(), None::<(String, String, String)>, Vec::new());
+            while let Some(bytes) = reply.chunk().await.map_err(std::io::Error::other)? {
+                pending.extend_from_slice(&bytes);
+                while let Some(i) = pending.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=i).collect();
+                    let Some(data) = line.strip_prefix(b"data: ") else { continue };
+                    let Ok(v) = serde_json::from_slice::<Value>(data) else { continue };
+                    let delta = &v["choices"][0]["delta"];
+                    if let Some(t) = delta["content"].as_str() {
+                        text.push_str(t);
+                    }
+                    if let Some(c) = delta["tool_calls"].get(0) {
+                        let f = &c["function"];
+                        call = Some((
+                            c["id"].as_str().unwrap_or("").to_owned(),
+                            f["name"].as_str().unwrap_or("").to_owned(),
+                            f["arguments"].as_str().unwrap_or("").to_owned(),
+                        ));
+                    }
+                }
+            }
+            let Some((id, name, arguments)) = call else {
+                send_event(
+                    sock,
+                    &[json!({"type": "text", "text": text}), json!({"type": "turn-sealed", "step": step})],
+                )
+                .await?;
+                return Ok(());
+            };
+            send_event(
+                sock,
+                &[
+                    json!({"type": "tool-call", "id": id, "name": name, "input": arguments}),
+                    json!({"type": "step-complete", "step": step}),
+                ],
+            )
+            .await?;
+            let path: Value = serde_json::from_str(&arguments).unwrap_or(Value::Null);
+            let output =
+                std::fs::read_to_string(dir.join(path["path"].as_str().unwrap_or(""))).unwrap_or_default();
+            send_event(sock, &[json!({"type": "tool-result", "id": id, "output": output})]).await?;
+            history.push(
+                json!({"role": "assistant", "content": null, "tool_calls": [{"id": id, "type": "function",
+                "function": {"name": name, "arguments": arguments}}]}),
+            );
+            history.push(json!({"role": "tool", "tool_call_id": id, "content": output}));
+        }
+        Ok(())
+    }
 }
 
 /// The same task through `POST /chat` and through the OpenAI Agents SDK,

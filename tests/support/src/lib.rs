@@ -39,6 +39,19 @@ pub mod ws_client;
 /// A `plugins.toml` with every bundled plugin from `plugin_dir`, in
 /// [`BUNDLED_PLUGINS`]' order, each with the `[plugin.config]` body
 /// `configs` gives it (TOML lines), for the benchmarks.
+/// `toml` (a config starting with its `[host]` table) with the extra
+/// `[host]` keys of `DISPATCH_BENCH_HOST` (`;`-separated, e.g.
+/// `runtime = "current-thread"`), so a benchmark can compare host settings
+/// without a code change.
+pub fn with_bench_host_keys(toml: String) -> String {
+    match std::env::var("DISPATCH_BENCH_HOST") {
+        Ok(extra) if !extra.trim().is_empty() => {
+            toml.replacen("[host]\n", &format!("[host]\n{}\n", extra.replace(';', "\n")), 1)
+        }
+        _ => toml,
+    }
+}
+
 pub fn bundled_config(plugin_dir: &std::path::Path, configs: &[(&str, String)]) -> String {
     let mut toml =
         format!("[host]\nplugin_dir = {:?}\ndata_dir = \"data\"\n", plugin_dir.display().to_string());
