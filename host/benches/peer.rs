@@ -374,17 +374,21 @@ mod floor {
     ) -> std::io::Result<()> {
         let tools = json!([{"type": "function", "function": {"name": "read_file", "description": "Read a file.",
             "parameters": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}}}]);
-        let mut history = vec![
+        // The history as JSON, each message encoded once: every step sends
+        // all of it again, but need not encode it again.
+        let mut history = format!(
+            "{},{}",
             json!({"role": "system", "content": "You are an agent."}),
-            json!({"role": "user", "content": message}),
-        ];
+            json!({"role": "user", "content": message})
+        );
         for step in 0.. {
-            let body = json!({"model": "mock-model", "messages": history, "tools": tools, "stream": true});
+            let body =
+                format!(r#"{{"model":"mock-model","stream":true,"tools":{tools},"messages":[{history}]}}"#);
             let mut reply = client
                 .post(format!("{base}/chat/completions"))
                 .bearer_auth("bench")
                 .header("content-type", "application/json")
-                .body(serde_json::to_vec(&body).unwrap())
+                .body(body)
                 .send()
                 .await
                 .map_err(std::io::Error::other)?;
@@ -430,11 +434,10 @@ mod floor {
             let output =
                 std::fs::read_to_string(dir.join(path["path"].as_str().unwrap_or(""))).unwrap_or_default();
             send_event(sock, &[json!({"type": "tool-result", "id": id, "output": output})]).await?;
-            history.push(
-                json!({"role": "assistant", "content": null, "tool_calls": [{"id": id, "type": "function",
-                "function": {"name": name, "arguments": arguments}}]}),
-            );
-            history.push(json!({"role": "tool", "tool_call_id": id, "content": output}));
+            let call = json!({"role": "assistant", "content": null, "tool_calls": [{"id": id, "type": "function",
+                "function": {"name": name, "arguments": arguments}}]});
+            let result = json!({"role": "tool", "tool_call_id": id, "content": output});
+            history.push_str(&format!(",{call},{result}"));
         }
         Ok(())
     }

@@ -75,10 +75,13 @@ impl ReadFile {
         }
         let wd = Workdir::new(cwd)?;
         let path = wd.existing(&input.path)?;
-        if path.is_dir() {
+        let kind = std::fs::metadata(&path)
+            .map_err(|e| ToolError::Failed(format!("cannot read {}: {e}", wd.show(&path))))?
+            .file_type();
+        if kind.is_dir() {
             return self.list(&wd, &path);
         }
-        if !path.is_file() {
+        if !kind.is_file() {
             // A FIFO or a device would block or never end.
             return Err(ToolError::Failed(format!("{} is not a regular file", wd.show(&path))));
         }
@@ -134,8 +137,11 @@ impl ReadFile {
         let fail = |e: std::io::Error| ToolError::Failed(format!("cannot read {shown}: {e}"));
         let mut file = File::open(path).map_err(fail)?;
         let size = file.metadata().map_err(fail)?.len();
+        // Read no further than the size says: a small file is then read
+        // in one call, with no extra read to find its end.
+        let sniff = size.min(SNIFF_BYTES as u64);
         let mut head = Vec::with_capacity(SNIFF_BYTES);
-        (&mut file).take(SNIFF_BYTES as u64).read_to_end(&mut head).map_err(fail)?;
+        (&mut file).take(sniff).read_to_end(&mut head).map_err(fail)?;
         if let Some(at) = head.iter().position(|&b| b == 0) {
             return Err(ToolError::Failed(format!(
                 "{shown} looks like a binary file ({size} bytes, a NUL byte at offset {at}); read_file shows text files only"
@@ -144,7 +150,11 @@ impl ReadFile {
         if size == 0 {
             return Ok(ToolOutput::ok(format!("{shown} is empty")));
         }
-        let mut reader = BufReader::new(std::io::Cursor::new(head).chain(file));
+        // All of it is in `head` when it was smaller than a sniff (growth
+        // since the size was taken is not shown).
+        let rest: Box<dyn Read> =
+            if sniff < SNIFF_BYTES as u64 { Box::new(std::io::empty()) } else { Box::new(file) };
+        let mut reader = BufReader::new(std::io::Cursor::new(head).chain(rest));
         let aborted = || ToolError::Failed("aborted".into());
         // A line is kept up to what can be shown (a character is at most 4
         // bytes); the rest of it is skipped, never stored.

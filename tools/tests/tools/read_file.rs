@@ -155,3 +155,24 @@ fn an_abort_stops_a_long_read() {
     let r = ReadFile::default().read(json!({"path": "a.txt", "offset": 900}), Some(d.path()), &abort);
     assert_eq!(err(r), "aborted");
 }
+
+/// A file read in one call when it fits the binary sniff, and in two parts
+/// otherwise: around that boundary every line, and the last, comes out
+/// whole and counted.
+#[test]
+fn files_either_side_of_the_sniff_size_read_whole() {
+    let d = tempfile::tempdir().unwrap();
+    for size in [8190, 8191, 8192, 8193, 8194, 20_000] {
+        // Lines of 10 bytes ("xxxxxxxxx\n"), the last one cut to fit `size`.
+        let text: String = "xxxxxxxxx\n".repeat(size / 10 + 1)[..size].to_owned();
+        let lines = text.lines().count();
+        std::fs::write(d.path().join("f.txt"), &text).unwrap();
+        let out =
+            content(call(&ReadFile::default(), d.path(), json!({"path": "f.txt", "offset": lines - 1})));
+        let tail = text.lines().last().unwrap();
+        assert!(
+            out.ends_with(&format!("{lines:>6}\t{tail}\n[lines {}-{lines} of {lines}]\n", lines - 1)),
+            "{size}: {out}"
+        );
+    }
+}
