@@ -302,7 +302,11 @@ fn run(cli: Cli, log_filter: String) -> anyhow::Result<ExitCode> {
     };
     let plan = Plan::load(&config)?;
     let runtime = match plan.host.runtime {
-        RuntimeFlavor::CurrentThread => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        // Its blocking pool's threads carry the name too (the main thread
+        // keeps the process's).
+        RuntimeFlavor::CurrentThread => {
+            tokio::runtime::Builder::new_current_thread().thread_name("dispatch").enable_all().build()
+        }
         RuntimeFlavor::MultiThread => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
             if let Some(n) = plan.host.worker_threads {
