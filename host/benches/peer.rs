@@ -341,6 +341,9 @@ mod floor {
                 .map_or(0, |v| v.trim().parse().unwrap());
             while buf.len() < head_end + len {
                 let n = sock.read(&mut chunk).await?;
+                if n == 0 {
+                    return Ok(());
+                }
                 buf.extend_from_slice(&chunk[..n]);
             }
             let body: Value = serde_json::from_slice(&buf[head_end..head_end + len]).unwrap_or(Value::Null);
