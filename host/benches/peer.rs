@@ -128,8 +128,7 @@ fn config(dir: &Path, port: u16) -> PathBuf {
         ("libdispatch_plugin_session.so", format!("default_cwd = {:?}", dir.display().to_string())),
         ("libdispatch_plugin_transport_http.so", format!("addr = [\"127.0.0.1:{port}\"]")),
     ];
-    let mut toml =
-        format!("[host]\nplugin_dir = {:?}\ndata_dir = \"data\"\n", release_dir().display().to_string());
+    let mut toml = dispatch_test_support::host_table(&release_dir());
     for (p, c) in plugins {
         toml.push_str(&format!("\n[[plugin]]\npath = {p:?}\n"));
         if !c.is_empty() {
@@ -137,7 +136,7 @@ fn config(dir: &Path, port: u16) -> PathBuf {
         }
     }
     let path = dir.join("plugins.toml");
-    std::fs::write(&path, dispatch_test_support::with_bench_host_keys(toml)).unwrap();
+    std::fs::write(&path, toml).unwrap();
     path
 }
 

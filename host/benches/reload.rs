@@ -60,8 +60,7 @@ fn main() {
     std::fs::create_dir_all(&drop).unwrap();
     let port = free_port();
     // 11 plugins: the bundled set without the optional extras.
-    let mut toml =
-        format!("[host]\nplugin_dir = {:?}\ndata_dir = \"data\"\n", release_dir().display().to_string());
+    let mut toml = dispatch_test_support::host_table(&release_dir());
     for p in [
         "surfaces",
         "standard_surfaces",

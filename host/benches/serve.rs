@@ -41,7 +41,7 @@ fn write_config(dir: &Path, port: u16, deltas: usize) -> PathBuf {
         ],
     );
     let path = dir.join("plugins.toml");
-    std::fs::write(&path, dispatch_test_support::with_bench_host_keys(toml)).unwrap();
+    std::fs::write(&path, toml).unwrap();
     path
 }
 

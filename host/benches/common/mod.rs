@@ -95,8 +95,7 @@ pub fn start_with(
     plugin_dir: &Path,
     plugins: &[(String, &str)],
 ) -> Supervisor {
-    let mut toml =
-        format!("[host]\nplugin_dir = {:?}\ndata_dir = \"data\"\n", plugin_dir.display().to_string());
+    let mut toml = dispatch_test_support::host_table(plugin_dir);
     for (file, config) in plugins {
         toml.push_str(&format!("[[plugin]]\npath = {file:?}\n{config}\n"));
     }

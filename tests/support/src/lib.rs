@@ -36,25 +36,27 @@ pub mod mock_openai;
 pub mod process_table;
 pub mod ws_client;
 
+/// The `[host]` table of a benchmark's `plugins.toml`: libraries from
+/// `plugin_dir`, data in `./data`, and the extra keys of
+/// `DISPATCH_BENCH_HOST` (`;`-separated, e.g. `runtime = "current-thread"`),
+/// so a benchmark can compare host settings without a code change.
+pub fn host_table(plugin_dir: &std::path::Path) -> String {
+    let mut table =
+        format!("[host]\nplugin_dir = {:?}\ndata_dir = \"data\"\n", plugin_dir.display().to_string());
+    if let Ok(extra) = std::env::var("DISPATCH_BENCH_HOST") {
+        for key in extra.split(';').map(str::trim).filter(|k| !k.is_empty()) {
+            table.push_str(key);
+            table.push('\n');
+        }
+    }
+    table
+}
+
 /// A `plugins.toml` with every bundled plugin from `plugin_dir`, in
 /// [`BUNDLED_PLUGINS`]' order, each with the `[plugin.config]` body
 /// `configs` gives it (TOML lines), for the benchmarks.
-/// `toml` (a config starting with its `[host]` table) with the extra
-/// `[host]` keys of `DISPATCH_BENCH_HOST` (`;`-separated, e.g.
-/// `runtime = "current-thread"`), so a benchmark can compare host settings
-/// without a code change.
-pub fn with_bench_host_keys(toml: String) -> String {
-    match std::env::var("DISPATCH_BENCH_HOST") {
-        Ok(extra) if !extra.trim().is_empty() => {
-            toml.replacen("[host]\n", &format!("[host]\n{}\n", extra.replace(';', "\n")), 1)
-        }
-        _ => toml,
-    }
-}
-
 pub fn bundled_config(plugin_dir: &std::path::Path, configs: &[(&str, String)]) -> String {
-    let mut toml =
-        format!("[host]\nplugin_dir = {:?}\ndata_dir = \"data\"\n", plugin_dir.display().to_string());
+    let mut toml = host_table(plugin_dir);
     for p in BUNDLED_PLUGINS {
         toml.push_str(&format!("\n[[plugin]]\npath = {p:?}\n"));
         if let Some((_, config)) = configs.iter().find(|(name, _)| name == p) {
