@@ -5,6 +5,8 @@
 //! a turn, the session's thread, which every conversation shares. File
 //! tools therefore do their blocking work on the plugin runtime's blocking
 //! pool, so a large file or a slow disk holds up one call, not every turn.
+//! The exception is `read_file`'s first step ([`crate::read_file::ReadFile::begin`]),
+//! made only of calls the kernel answers from its caches or refuses at once.
 
 use dispatch_protocol::tool::{ToolError, ToolOutput};
 use dispatch_protocol::BoxFuture;

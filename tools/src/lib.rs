@@ -17,6 +17,7 @@
 //! ([`contain::Workdir`]); bad input is an error result that says what was
 //! wrong ([`input::parse`]).
 
+mod at;
 pub mod blocking;
 pub mod contain;
 pub mod edit_file;

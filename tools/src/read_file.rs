@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 
 use dispatch_protocol::abort::AbortSignal;
 use dispatch_protocol::tool::{Tool, ToolContext, ToolError, ToolOutput};
@@ -11,7 +11,8 @@ use dispatch_protocol::BoxFuture;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::contain::Workdir;
+use crate::at;
+use crate::contain::{Workdir, MAX_PATH_BYTES};
 use crate::input::parse;
 
 /// Limits, from `[plugin.config]`.
@@ -53,6 +54,49 @@ pub struct ReadFile {
 /// How much of a file's head is searched for a NUL byte.
 const SNIFF_BYTES: usize = 8192;
 
+/// Largest file read on the caller's thread when all of it is cached.
+const INLINE_BYTES: u64 = 64 * 1024;
+
+/// The part of a call that may block, given the call's abort signal.
+pub type Rest = Box<dyn FnOnce(&AbortSignal) -> Result<ToolOutput, ToolError> + Send>;
+
+/// How far [`ReadFile::begin`] got.
+pub enum Begun {
+    /// The answer.
+    Done(Result<ToolOutput, ToolError>),
+    /// The rest of the call, which may block on the file system: run it
+    /// where blocking is allowed.
+    Blocking(Rest),
+}
+
+impl std::fmt::Debug for Begun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Begun::Done(r) => f.debug_tuple("Done").field(r).finish(),
+            Begun::Blocking(_) => f.write_str("Blocking(..)"),
+        }
+    }
+}
+
+/// `path` when it is relative and made of plain names only (`.` dropped):
+/// inside the working directory by construction, and shown as it is
+/// written. `None` for anything the checked path must judge — empty,
+/// absolute, `..`, too long, a NUL.
+fn plain_relative(path: &str) -> Option<PathBuf> {
+    if path.is_empty() || path.len() > MAX_PATH_BYTES || path.contains('\0') {
+        return None;
+    }
+    let mut out = PathBuf::new();
+    for c in Path::new(path).components() {
+        match c {
+            Component::Normal(name) => out.push(name),
+            Component::CurDir => {}
+            _ => return None,
+        }
+    }
+    (!out.as_os_str().is_empty()).then_some(out)
+}
+
 impl ReadFile {
     /// With these limits.
     pub fn new(config: Config) -> Self {
@@ -66,15 +110,83 @@ impl ReadFile {
         cwd: Option<&Path>,
         abort: &AbortSignal,
     ) -> Result<ToolOutput, ToolError> {
-        let input: Input = parse(input)?;
+        match self.begin(input, cwd, abort) {
+            Begun::Done(result) => result,
+            Begun::Blocking(rest) => rest(abort),
+        }
+    }
+
+    /// As much of the call as can be done without waiting for a disk:
+    /// a small text file whose path and pages are in the kernel's caches
+    /// is answered here, on the caller's thread (see [`at::read_cached`]);
+    /// anything else — a cold or large file, a directory, a symlink, an
+    /// absolute or `..` path, an error to explain — is left to
+    /// [`Begun::Blocking`], the checked path of [`Workdir`]. A turn's tool
+    /// calls thus skip the hop to the blocking pool in the common case
+    /// without ever stalling the shared workers on I/O.
+    pub fn begin(&self, input: Value, cwd: Option<&Path>, abort: &AbortSignal) -> Begun {
+        let input: Input = match parse(input) {
+            Ok(i) => i,
+            Err(e) => return Begun::Done(Err(e)),
+        };
         if input.offset == Some(0) {
-            return Err(ToolError::InvalidInput("`offset` is 1-based: the first line is 1".into()));
+            return Begun::Done(Err(ToolError::InvalidInput(
+                "`offset` is 1-based: the first line is 1".into(),
+            )));
         }
         if input.limit == Some(0) {
-            return Err(ToolError::InvalidInput("`limit` must be at least 1".into()));
+            return Begun::Done(Err(ToolError::InvalidInput("`limit` must be at least 1".into())));
         }
+        let offset = input.offset.unwrap_or(1);
+        let limit = input.limit.unwrap_or(self.config.default_limit);
+        let tool = ReadFile::new(self.config.clone());
+        let path = input.path;
+        let plain = plain_relative(&path);
+        let checked = move |tool: ReadFile, cwd: Option<PathBuf>| -> Begun {
+            Begun::Blocking(Box::new(move |abort| tool.checked(&path, cwd.as_deref(), offset, limit, abort)))
+        };
+        let (Some(root), Some(rel)) = (cwd.filter(|c| c.is_absolute()), plain) else {
+            return checked(tool, cwd.map(Path::to_path_buf));
+        };
+        if abort.is_aborted() {
+            return Begun::Done(Err(ToolError::Failed("aborted".into())));
+        }
+        let shown = rel.display().to_string();
+        match at::read_cached(root, &rel, INLINE_BYTES) {
+            Ok(at::Cached::Whole { bytes }) => {
+                let size = bytes.len() as u64;
+                Begun::Done(tool.render(
+                    &shown,
+                    size,
+                    bytes,
+                    Box::new(std::io::empty()),
+                    offset,
+                    limit,
+                    abort,
+                ))
+            }
+            Ok(at::Cached::Open { file, size }) => Begun::Blocking(Box::new(move |abort| {
+                tool.open_file(&shown, file, size, offset, limit, abort)
+            })),
+            // Not a regular file, or the fast path cannot tell (not
+            // cached, not there, a symlink, an old kernel): the checked
+            // path decides, and words any refusal.
+            Ok(at::Cached::Other) | Err(_) => checked(tool, Some(root.to_path_buf())),
+        }
+    }
+
+    /// The call through [`Workdir`]'s checks: canonical paths, every
+    /// refusal explained.
+    fn checked(
+        &self,
+        path: &str,
+        cwd: Option<&Path>,
+        offset: u64,
+        limit: u64,
+        abort: &AbortSignal,
+    ) -> Result<ToolOutput, ToolError> {
         let wd = Workdir::new(cwd)?;
-        let path = wd.existing(&input.path)?;
+        let path = wd.existing(path)?;
         let kind = std::fs::metadata(&path)
             .map_err(|e| ToolError::Failed(format!("cannot read {}: {e}", wd.show(&path))))?
             .file_type();
@@ -85,13 +197,11 @@ impl ReadFile {
             // A FIFO or a device would block or never end.
             return Err(ToolError::Failed(format!("{} is not a regular file", wd.show(&path))));
         }
-        self.file(
-            &wd,
-            &path,
-            input.offset.unwrap_or(1),
-            input.limit.unwrap_or(self.config.default_limit),
-            abort,
-        )
+        let shown = wd.show(&path);
+        let fail = |e: std::io::Error| ToolError::Failed(format!("cannot read {shown}: {e}"));
+        let file = File::open(&path).map_err(fail)?;
+        let size = file.metadata().map_err(fail)?.len();
+        self.open_file(&shown, file, size, offset, limit, abort)
     }
 
     fn list(&self, wd: &Workdir, dir: &Path) -> Result<ToolOutput, ToolError> {
@@ -125,24 +235,44 @@ impl ReadFile {
         Ok(ToolOutput::ok(out))
     }
 
-    fn file(
+    /// A regular file, open: its head is read and sniffed, then rendered.
+    fn open_file(
         &self,
-        wd: &Workdir,
-        path: &Path,
+        shown: &str,
+        mut file: File,
+        size: u64,
         offset: u64,
         limit: u64,
         abort: &AbortSignal,
     ) -> Result<ToolOutput, ToolError> {
-        let shown = wd.show(path);
         let fail = |e: std::io::Error| ToolError::Failed(format!("cannot read {shown}: {e}"));
-        let mut file = File::open(path).map_err(fail)?;
-        let size = file.metadata().map_err(fail)?.len();
         // Read no further than the size says: a small file is then read
         // in one call, with no extra read to find its end.
         let sniff = size.min(SNIFF_BYTES as u64);
         let mut head = Vec::with_capacity(SNIFF_BYTES);
         (&mut file).take(sniff).read_to_end(&mut head).map_err(fail)?;
-        if let Some(at) = head.iter().position(|&b| b == 0) {
+        // All of it is in `head` when it was smaller than a sniff (growth
+        // since the size was taken is not shown).
+        let rest: Box<dyn Read> =
+            if sniff < SNIFF_BYTES as u64 { Box::new(std::io::empty()) } else { Box::new(file) };
+        self.render(shown, size, head, rest, offset, limit, abort)
+    }
+
+    /// The page of a file whose first bytes are `head` (at least the sniff,
+    /// or all of it) and whose remainder `rest` yields.
+    #[allow(clippy::too_many_arguments)]
+    fn render(
+        &self,
+        shown: &str,
+        size: u64,
+        head: Vec<u8>,
+        rest: Box<dyn Read>,
+        offset: u64,
+        limit: u64,
+        abort: &AbortSignal,
+    ) -> Result<ToolOutput, ToolError> {
+        let fail = |e: std::io::Error| ToolError::Failed(format!("cannot read {shown}: {e}"));
+        if let Some(at) = head[..head.len().min(SNIFF_BYTES)].iter().position(|&b| b == 0) {
             return Err(ToolError::Failed(format!(
                 "{shown} looks like a binary file ({size} bytes, a NUL byte at offset {at}); read_file shows text files only"
             )));
@@ -150,10 +280,6 @@ impl ReadFile {
         if size == 0 {
             return Ok(ToolOutput::ok(format!("{shown} is empty")));
         }
-        // All of it is in `head` when it was smaller than a sniff (growth
-        // since the size was taken is not shown).
-        let rest: Box<dyn Read> =
-            if sniff < SNIFF_BYTES as u64 { Box::new(std::io::empty()) } else { Box::new(file) };
         let mut reader = BufReader::new(std::io::Cursor::new(head).chain(rest));
         let aborted = || ToolError::Failed("aborted".into());
         // A line is kept up to what can be shown (a character is at most 4
@@ -316,7 +442,9 @@ impl Tool for ReadFile {
 
     fn execute(&self, input: Value, ctx: ToolContext) -> BoxFuture<Result<ToolOutput, ToolError>> {
         // An abort is noticed between lines.
-        let tool = ReadFile::new(self.config.clone());
-        crate::blocking::off_thread("read_file", move || tool.read(input, ctx.cwd.as_deref(), &ctx.abort))
+        match self.begin(input, ctx.cwd.as_deref(), &ctx.abort) {
+            Begun::Done(result) => Box::pin(std::future::ready(result)),
+            Begun::Blocking(rest) => crate::blocking::off_thread("read_file", move || rest(&ctx.abort)),
+        }
     }
 }

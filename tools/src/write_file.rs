@@ -81,17 +81,14 @@ mod beneath {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::path::Path;
 
-    fn cstr(p: &Path) -> io::Result<CString> {
-        CString::new(p.as_os_str().as_encoded_bytes())
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-    }
+    use crate::at::{check, cstr, openat2};
 
-    fn check(ret: i64) -> io::Result<i64> {
-        if ret < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(ret)
-        }
+    fn open(path: &Path, flags: i32) -> io::Result<OwnedFd> {
+        let c = cstr(path)?;
+        // SAFETY: a valid NUL-terminated path and flags.
+        let fd = check(unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC) }.into())?;
+        // SAFETY: just opened, owned by nothing else.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
     }
 
     /// Open directory `dir` (inside `root`) so that resolving it can never
@@ -99,40 +96,14 @@ mod beneath {
     /// A kernel without `openat2` (before Linux 5.6) gets a plain open of
     /// the checked path — the race is then closed only from here on.
     pub(super) fn open_dir(root: &Path, dir: &Path) -> io::Result<OwnedFd> {
-        let flags = (libc::O_DIRECTORY | libc::O_PATH | libc::O_CLOEXEC) as u64;
-        let root_c = cstr(root)?;
-        // SAFETY: a valid NUL-terminated path and flags; the fd is owned below.
-        let root_fd = check(unsafe { libc::open(root_c.as_ptr(), flags as i32) }.into())?;
-        // SAFETY: just opened, owned by nothing else.
-        let root_fd = unsafe { OwnedFd::from_raw_fd(root_fd as i32) };
+        let flags = libc::O_DIRECTORY | libc::O_PATH;
+        let root_fd = open(root, flags)?;
         let rel = dir.strip_prefix(root).map_err(|_| io::Error::from_raw_os_error(libc::EXDEV))?;
         let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
-        let rel_c = cstr(rel)?;
-        // SAFETY: all-zero is a valid open_how (no flags, no mode).
-        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-        how.flags = flags;
-        how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
-        // SAFETY: `how` is a valid open_how of the size passed; the path
-        // is NUL-terminated; the fd returned is owned below.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                root_fd.as_raw_fd(),
-                rel_c.as_ptr(),
-                &how as *const libc::open_how,
-                std::mem::size_of::<libc::open_how>(),
-            )
-        };
-        let fd = match check(fd) {
-            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
-                let dir_c = cstr(dir)?;
-                // SAFETY: as for the root above.
-                check(unsafe { libc::open(dir_c.as_ptr(), flags as i32) }.into())?
-            }
-            other => other?,
-        };
-        // SAFETY: just opened, owned by nothing else.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+        match openat2(Some(&root_fd), rel, flags, libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => open(dir, flags),
+            other => other,
+        }
     }
 
     /// Create a new temporary file in `dir` (mode 0666 less the umask).

@@ -176,3 +176,100 @@ fn files_either_side_of_the_sniff_size_read_whole() {
         );
     }
 }
+
+fn begun(path: &str, cwd: &std::path::Path) -> dispatch_tools::read_file::Begun {
+    let abort = dispatch_protocol::abort::AbortSignal::new();
+    ReadFile::default().begin(json!({ "path": path }), Some(cwd), &abort)
+}
+
+/// A small file whose path and pages are cached is answered on the
+/// caller's thread, with no hop to the blocking pool; the answer is the
+/// one the checked path gives (reached here with an absolute path).
+#[test]
+fn a_small_cached_file_is_answered_at_once_as_the_checked_path_would() {
+    use dispatch_tools::read_file::Begun;
+    let d = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(d.path()).unwrap();
+    std::fs::create_dir(root.join("sub")).unwrap();
+    let mut nul_past_sniff = "y".repeat(20_000).into_bytes();
+    nul_past_sniff[15_000] = 0;
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("empty.txt", Vec::new()),
+        ("no-newline.txt", b"one\ntwo".to_vec()),
+        ("sniff.txt", "xxxxxxxxx\n".repeat(820).as_bytes()[..8192].to_vec()),
+        ("past-sniff.txt", "xxxxxxxxx\n".repeat(3000).into_bytes()),
+        ("nul-past-sniff.txt", nul_past_sniff),
+        ("binary.bin", vec![1, 2, 0, 3]),
+        ("sub/inner.txt", numbered(50).into_bytes()),
+    ];
+    for (name, bytes) in &files {
+        std::fs::write(root.join(name), bytes).unwrap();
+        // Once through the page cache.
+        let _ = std::fs::read(root.join(name)).unwrap();
+        for input in [json!({}), json!({"offset": 2, "limit": 3}), json!({"offset": 40})] {
+            let mut fast = input.clone();
+            fast["path"] = json!(format!("./{name}"));
+            let mut slow = input.clone();
+            slow["path"] = json!(root.join(name).display().to_string());
+            let abort = dispatch_protocol::abort::AbortSignal::new();
+            let tool = ReadFile::default();
+            let Begun::Done(answer) = tool.begin(fast.clone(), Some(&root), &abort) else {
+                panic!("{name} {input}: not answered at once");
+            };
+            let Begun::Blocking(_) = tool.begin(slow.clone(), Some(&root), &abort) else {
+                panic!("{name}: an absolute path took the fast path");
+            };
+            let checked = tool.read(slow, Some(&root), &abort);
+            assert_eq!(format!("{answer:?}"), format!("{checked:?}"), "{name} {input}");
+        }
+    }
+}
+
+/// Whatever the fast path cannot judge without the checks — a symlink, a
+/// directory, a FIFO, a missing or a large file, a path with `..` — goes to
+/// the blocking, checked path, which words the answer as before.
+#[test]
+fn what_the_fast_path_cannot_judge_goes_to_the_checked_path() {
+    use dispatch_tools::read_file::Begun;
+    let d = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(d.path()).unwrap();
+    std::fs::create_dir(root.join("dir")).unwrap();
+    std::fs::write(root.join("dir/target.txt"), "inside\n").unwrap();
+    std::os::unix::fs::symlink("dir/target.txt", root.join("link.txt")).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", root.join("out.txt")).unwrap();
+    std::fs::write(root.join("big.txt"), numbered(20_000)).unwrap();
+    assert!(std::process::Command::new("mkfifo").arg(root.join("pipe")).status().unwrap().success());
+    let abort = dispatch_protocol::abort::AbortSignal::new();
+    for (path, expect) in [
+        ("link.txt", Ok("     1\tinside\n".to_owned())),
+        ("out.txt", Err("leads outside the working directory")),
+        ("dir", Ok("dir/ (1 entries)\ntarget.txt\n".to_owned())),
+        ("pipe", Err("pipe is not a regular file")),
+        ("nope.txt", Err("`nope.txt` does not exist")),
+        ("dir/../dir/target.txt", Ok("     1\tinside\n".to_owned())),
+        (
+            "big.txt",
+            Ok("     1\tline 1\n     2\tline 2\n[lines 1-2 of 20000; continue with offset=3]\n".to_owned()),
+        ),
+    ] {
+        let input = json!({"path": path, "limit": 2});
+        let Begun::Blocking(rest) = ReadFile::default().begin(input, Some(&root), &abort) else {
+            panic!("{path}: answered without the checked path");
+        };
+        match (rest(&abort), expect) {
+            (Ok(out), Ok(want)) => assert_eq!(out.content, want, "{path}"),
+            (Err(e), Err(want)) => assert!(e.to_string().contains(want), "{path}: {e}"),
+            (got, want) => panic!("{path}: {got:?}, expected {want:?}"),
+        }
+    }
+    // An empty path is the checked path's to refuse; a bad offset is
+    // refused at once, whatever the file system holds.
+    let Begun::Blocking(rest) = begun("", &root) else { panic!("an empty path took the fast path") };
+    assert!(err(rest(&abort)).contains("`path` is empty"));
+    let Begun::Done(Err(e)) =
+        ReadFile::default().begin(json!({"path": "big.txt", "offset": 0}), Some(&root), &abort)
+    else {
+        panic!("a bad offset was not refused at once");
+    };
+    assert!(e.to_string().contains("1-based"), "{e}");
+}
