@@ -68,30 +68,34 @@ pub(crate) enum Cached {
 /// (`ELOOP`), so that the caller's checked path (which resolves and names
 /// them) handles them.
 ///
-/// The file is opened before its type is known (`O_NONBLOCK | O_NOCTTY`, so
-/// a FIFO or a terminal neither blocks nor becomes the controlling
-/// terminal) and then inspected with `fstat` on the handle, which cannot
-/// race with a rename.
+/// The type is judged before anything is opened for reading: a probe
+/// opened with `O_PATH` (which never runs a device's or a FIFO's open) is
+/// inspected with `fstat`, and only a regular file is then opened for
+/// reading — as the checked path stats before it opens. That open is
+/// `O_NONBLOCK`, so a file under a lease refuses instead of waiting for the
+/// lease to break.
 #[cfg(target_os = "linux")]
 pub(crate) fn read_cached(root: &Path, rel: &Path, max: u64) -> io::Result<Cached> {
+    const RESOLVE: u64 = libc::RESOLVE_BENEATH
+        | libc::RESOLVE_NO_SYMLINKS
+        | libc::RESOLVE_NO_MAGICLINKS
+        | libc::RESOLVE_CACHED;
     let dir = openat2(None, root, libc::O_PATH | libc::O_DIRECTORY, libc::RESOLVE_CACHED)?;
-    let fd = openat2(
-        Some(&dir),
-        rel,
-        libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
-        libc::RESOLVE_BENEATH
-            | libc::RESOLVE_NO_SYMLINKS
-            | libc::RESOLVE_NO_MAGICLINKS
-            | libc::RESOLVE_CACHED,
-    )?;
-    let file = File::from(fd);
-    let meta = file.metadata()?;
+    let meta = File::from(openat2(Some(&dir), rel, libc::O_PATH, RESOLVE)?).metadata()?;
     if !meta.file_type().is_file() {
         return Ok(Cached::Other);
     }
+    let file =
+        File::from(openat2(Some(&dir), rel, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY, RESOLVE)?);
+    // The size the probe saw; the handle's own is taken wherever the file
+    // is handed on (`open`), in case it was replaced between the opens.
     let size = meta.len();
+    let open = |file: File| -> io::Result<Cached> {
+        let meta = file.metadata()?;
+        Ok(if meta.file_type().is_file() { Cached::Open { file, size: meta.len() } } else { Cached::Other })
+    };
     if size > max {
-        return Ok(Cached::Open { file, size });
+        return open(file);
     }
     // One byte more than the size: a file that grew is not read here.
     let want = usize::try_from(size).map_err(io::Error::other)? + 1;
@@ -107,11 +111,9 @@ pub(crate) fn read_cached(root: &Path, rel: &Path, max: u64) -> io::Result<Cache
         }
         // Partly cached, or changed since the fstat: the blocking path
         // reads it from the start.
-        Ok(_) => Ok(Cached::Open { file, size }),
+        Ok(_) => open(file),
         // Not cached, or a file system without non-blocking reads.
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EOPNOTSUPP)) => {
-            Ok(Cached::Open { file, size })
-        }
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EOPNOTSUPP)) => open(file),
         Err(e) => Err(e),
     }
 }

@@ -273,3 +273,52 @@ fn what_the_fast_path_cannot_judge_goes_to_the_checked_path() {
     };
     assert!(e.to_string().contains("1-based"), "{e}");
 }
+
+/// The fast path judges a file's type before it opens it for reading, as
+/// the checked path does: opening a device or a FIFO can have effects of
+/// its own (here: it releases a writer waiting for a reader). A writer
+/// blocked on opening a FIFO in the working directory is still waiting
+/// after `read_file` has refused the FIFO.
+#[test]
+fn the_fast_path_never_opens_what_is_not_a_regular_file() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let d = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(d.path()).unwrap();
+    let fifo = root.join("pipe");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let opened = Arc::new(AtomicBool::new(false));
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let writer = {
+        let (fifo, opened) = (fifo.clone(), opened.clone());
+        // Blocks until some reader opens the FIFO.
+        std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tid_tx.send(unsafe { libc::gettid() }).unwrap();
+            let f = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+            opened.store(true, Ordering::SeqCst);
+            drop(f);
+        })
+    };
+    // Wait until the writer is inside its open (`/proc/…/syscall` names
+    // the call a blocked thread is in; openat is 257 on x86-64, 56 on
+    // aarch64), so that a reader's open would release it.
+    let tid = tid_rx.recv().unwrap();
+    let openat = if cfg!(target_arch = "aarch64") { "56 " } else { "257 " };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).unwrap().starts_with(openat) {
+        assert!(std::time::Instant::now() < deadline, "the writer never blocked in open");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let abort = dispatch_protocol::abort::AbortSignal::new();
+    let answer = ReadFile::default().read(json!({"path": "pipe"}), Some(&root), &abort);
+    assert!(err(answer).contains("pipe is not a regular file"));
+    // Had anything opened the FIFO for reading, the writer would have been
+    // released by now (its open returns as the reader's does).
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(!opened.load(Ordering::SeqCst), "read_file opened the FIFO");
+    // Release the writer.
+    drop(std::fs::File::open(&fifo).unwrap());
+    writer.join().unwrap();
+    assert!(opened.load(Ordering::SeqCst));
+}
