@@ -300,13 +300,13 @@ fn the_fast_path_never_opens_what_is_not_a_regular_file() {
             drop(f);
         })
     };
-    // Wait until the writer is inside its open (`/proc/…/syscall` names
-    // the call a blocked thread is in; openat is 257 on x86-64, 56 on
-    // aarch64), so that a reader's open would release it.
+    // Wait until the writer is inside its open (`/proc/…/syscall` starts
+    // with the number of the call a blocked thread is in), so that a
+    // reader's open would release it.
     let tid = tid_rx.recv().unwrap();
-    let openat = if cfg!(target_arch = "aarch64") { "56 " } else { "257 " };
+    let openat = format!("{} ", libc::SYS_openat);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).unwrap().starts_with(openat) {
+    while !std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).unwrap().starts_with(&openat) {
         assert!(std::time::Instant::now() < deadline, "the writer never blocked in open");
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
