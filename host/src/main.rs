@@ -330,9 +330,15 @@ fn run(cli: Cli, log_filter: String) -> anyhow::Result<ExitCode> {
             Command::Plugins { .. } => None,
             _ => Some(Terminate::listen().context("cannot listen for signals")?),
         };
-        let mut sup = Supervisor::start(plan, settings).await;
+        // `serve` answers reloads; the service is on the bus before any
+        // transport can take a request for it.
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
+        let reload = matches!(cli.command, Command::Serve { .. }).then_some(reload_tx);
+        let mut sup = Supervisor::start_with_reload(plan, settings, reload).await;
         let code = match (cli.command, terminate) {
-            (Command::Serve { config, .. }, Some(terminate)) => serve(&mut sup, &config, terminate).await,
+            (Command::Serve { config, .. }, Some(terminate)) => {
+                serve(&mut sup, &config, terminate, reload_rx).await
+            }
             (Command::Plugins { json, .. }, _) => {
                 let reports = sup.reports_snapshot();
                 let mcp = mcp_servers(&sup).await;
@@ -396,6 +402,9 @@ async fn serve(
     sup: &mut Supervisor,
     config: &std::path::Path,
     mut terminate: Terminate,
+    mut reload_rx: tokio::sync::mpsc::Receiver<
+        tokio::sync::oneshot::Sender<dispatch_host::supervisor::ReloadReport>,
+    >,
 ) -> anyhow::Result<ExitCode> {
     if !sup.required_ok() {
         let failed: Vec<String> = sup
@@ -414,8 +423,6 @@ async fn serve(
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status(&format!("serving, {active} plugins active")),
     ]);
-    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(4);
-    sup.provide_reload(reload_tx);
     let n = loop {
         tokio::select! {
             signal = terminate.stop_or_reload() => match signal {

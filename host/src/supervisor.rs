@@ -162,6 +162,20 @@ impl Supervisor {
     /// Load, order and activate everything in `plan`. Never fails as a whole:
     /// every problem is recorded in the reports and logged.
     pub async fn start(plan: Plan, settings: Settings) -> Supervisor {
+        Supervisor::start_with_reload(plan, settings, None).await
+    }
+
+    /// [`Supervisor::start`], offering `dispatch.reload` (see
+    /// [`Supervisor::provide_reload`]) before the first plugin activates:
+    /// a transport answers as soon as it is active, and a client that
+    /// asks for a reload then must find the service, not a `not_found`
+    /// (requests made during start-up wait in `reload` until its owner
+    /// reads them).
+    pub async fn start_with_reload(
+        plan: Plan,
+        settings: Settings,
+        reload: Option<tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<ReloadReport>>>,
+    ) -> Supervisor {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let handle = tokio::runtime::Handle::current();
         let bus: HostBus = HostBus::new(Arc::new(move |fut| {
@@ -181,6 +195,9 @@ impl Supervisor {
 
         let mut sup =
             Supervisor { shared, shutdown_tx, reports, active: Vec::new(), settings, slots: Vec::new() };
+        if let Some(requests) = reload {
+            sup.provide_reload(requests);
+        }
         sup.run(plan).await;
         sup
     }

@@ -123,9 +123,14 @@ fn removing_a_plugin_during_its_slow_call_ends_the_call_with_an_error_and_the_tu
         text.replace("\n[[plugin]]\npath = \"libdispatch_plugin_tool_shell.so\"\nrequired = true\n", "\n");
     assert_ne!(without, text, "the shell tool's entry was not found in:\n{text}");
     std::fs::write(&*cfg, without).unwrap();
-    let report = post(&format!("{}/admin/plugins/reload", s.base), "").body;
-    let removed: Vec<&str> =
-        report["removed"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
+    let answer = post(&format!("{}/admin/plugins/reload", s.base), "");
+    let report = answer.body;
+    let removed: Vec<&str> = report["removed"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}: {}", answer.status, answer.text))
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
     assert_eq!(removed, ["tool-shell"], "{report}");
     let rest = stream.rest();
     let result = rest.iter().find(|e| e["type"] == "tool-result").unwrap_or_else(|| panic!("{rest:?}"));
@@ -171,4 +176,18 @@ fn a_provider_added_by_a_reload_serves_its_models() {
     let text: String =
         events.iter().filter(|e| e["type"] == "text-delta").map(|e| e["delta"].as_str().unwrap()).collect();
     assert_eq!(text, "You said: hello there");
+}
+
+/// Regression: `dispatch.reload` used to join the bus only after every
+/// plugin had activated and the serve loop began, while the HTTP
+/// transport answered as soon as it was active — a reload asked for in
+/// that window was a `404 not_found` (seen in CI as a flaky test).
+#[test]
+fn a_reload_asked_for_as_soon_as_the_server_listens_is_answered() {
+    let cfg = product_config(LOOPBACK);
+    let s = Server::start(&cfg);
+    let answer = post(&format!("{}/admin/plugins/reload", s.base), "");
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert!(answer.body["unchanged"].as_u64().unwrap() > 0, "{}", answer.text);
+    assert_eq!(answer.body["removed"], json!([]), "{}", answer.text);
 }
