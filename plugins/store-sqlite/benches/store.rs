@@ -100,11 +100,6 @@ fn rusqlite_append(
         let tx = conn.transaction().unwrap();
         {
             let mut conv = tx.prepare_cached("INSERT INTO conversations (id, created_at, last_activity_at) VALUES (?1, 1, 1) ON CONFLICT(id) DO NOTHING").unwrap();
-            let mut bump = tx
-                .prepare_cached(
-                    "UPDATE conversations SET last_seq = last_seq + ?1, last_activity_at = 2 WHERE id = ?2",
-                )
-                .unwrap();
             let mut ins = tx
                 .prepare_cached("INSERT INTO chunks (conversation_id, seq, message_seq, role, turn_id, stored) VALUES (?1, ?2, ?3, 'assistant', 't', ?4)")
                 .unwrap();
@@ -112,7 +107,6 @@ fn rusqlite_append(
                 let w = done % convs;
                 let id = format!("conv-{w}");
                 conv.execute([&id]).unwrap();
-                bump.execute(rusqlite::params![per_message as i64, id]).unwrap();
                 let first = seq[w] + 1;
                 for (k, c) in encoded.iter().enumerate() {
                     let seq = first + k as i64;

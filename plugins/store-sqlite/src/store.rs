@@ -3,10 +3,10 @@
 //! One writer thread does every write, in transactions; concurrent appends
 //! queue up and are committed together (group commit), which is what makes
 //! many turns writing at once cheap. Readers use a pool of read-only
-//! connections; WAL lets them run while the writer writes. Seqs come from a
-//! per-conversation counter bumped in the same transaction as the insert,
-//! so they are 1-based, gap-free and monotonic, and a message's chunks land
-//! together or not at all.
+//! connections; WAL lets them run while the writer writes. Seqs continue
+//! from the conversation's last stored chunk, read in the same transaction
+//! as the insert by the only writer, so they are 1-based, gap-free and
+//! monotonic, and a message's chunks land together or not at all.
 //!
 //! sqlx opens, configures and migrates every connection and serves the
 //! small metadata queries. The hot paths — the writer's transactions and
@@ -37,6 +37,14 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 256;
+
+/// How stale a conversation's `last_activity_at` may get while its turn
+/// appends step after step. Rewriting the row (and its entry in the
+/// activity index) on every append was two of a step commit's pages; an
+/// append within this long of the last recorded activity leaves the row
+/// alone. The first append the writer sees for a conversation, a message
+/// with a title, and a turn's metrics always record it.
+const ACTIVITY_GRAIN_MS: i64 = 1000;
 
 /// Why a store operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -483,7 +491,7 @@ impl Store {
         validate_id(conversation_id)?;
         let row = sqlx::query(
             "SELECT id, created_at, last_activity_at, title, status, workspace_id, cwd, model, reasoning_effort, \
-             system_prompt, last_seq FROM conversations WHERE id = ?1",
+             system_prompt, (SELECT COALESCE(MAX(seq), 0) FROM chunks WHERE conversation_id = conversations.id) FROM conversations WHERE id = ?1",
         )
         .bind(conversation_id)
         .fetch_optional(&self.readers)
@@ -509,7 +517,7 @@ impl Store {
     ) -> Result<Vec<ConversationMeta>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, created_at, last_activity_at, title, status, workspace_id, cwd, model, reasoning_effort, \
-             system_prompt, last_seq FROM conversations \
+             system_prompt, (SELECT COALESCE(MAX(seq), 0) FROM chunks WHERE conversation_id = conversations.id) FROM conversations \
              WHERE (?1 IS NULL OR substr(id, 1, length(?1)) = ?1) AND (?2 IS NULL OR status = ?2) \
              ORDER BY last_activity_at DESC, id",
         )
@@ -613,7 +621,8 @@ fn writer_thread(
                 }
                 Ok(db) => {
                     let _ = ready.send(Ok(()));
-                    let mut writer = Writer { db, last_seq: HashMap::new() };
+                    let mut writer =
+                        Writer { db, seen: HashMap::new(), activity_grain_ms: ACTIVITY_GRAIN_MS };
                     closed = writer.run(&mut rx);
                 }
             }
@@ -628,12 +637,23 @@ fn writer_thread(
     }
 }
 
-/// The single writer: the write connection and the last seq of every
-/// conversation it has touched (it is the only writer, so the cache is
+/// The single writer: the write connection and what it knows of every
+/// conversation it has appended to (it is the only writer, so the cache is
 /// exact, and it is only updated once a transaction committed).
 struct Writer {
     db: rusqlite::Connection,
-    last_seq: HashMap<String, i64>,
+    seen: HashMap<String, Seen>,
+    /// [`ACTIVITY_GRAIN_MS`]; a field so tests can make it 0 or large.
+    activity_grain_ms: i64,
+}
+
+/// A conversation as the writer last committed it.
+#[derive(Clone, Copy)]
+struct Seen {
+    /// Its last seq.
+    last_seq: i64,
+    /// The `last_activity_at` its row holds.
+    activity_at: i64,
 }
 
 /// What each write of a committed transaction answers.
@@ -723,41 +743,48 @@ impl Writer {
         let now = now_ms();
         let tx = self.db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut out = Vec::with_capacity(writes.len());
-        let mut next_seq: HashMap<&str, i64> = HashMap::new();
+        // What this transaction will have made of each conversation.
+        let mut next: HashMap<&str, Seen> = HashMap::new();
         let mut stored = String::new();
         for w in writes {
             match w {
                 Write::Append { conversation_id, turn_id, messages, .. } => {
                     let id = conversation_id.as_str();
-                    let mut last = match next_seq.get(id).or_else(|| self.last_seq.get(id)) {
-                        Some(&l) => l,
-                        None => {
-                            // Not seen yet: read its counter. Exact, since
-                            // nobody else writes.
-                            let mut q =
-                                tx.prepare_cached("SELECT last_seq FROM conversations WHERE id = ?1")?;
-                            let mut rows = q.query([id])?;
-                            match rows.next()? {
-                                Some(r) => r.get(0)?,
-                                None => 0,
-                            }
+                    let known = next.get(id).or_else(|| self.seen.get(id)).copied();
+                    let mut last = match known {
+                        Some(k) => k.last_seq,
+                        // Not seen yet: its last stored chunk. Exact, since
+                        // nobody else writes.
+                        None => tx
+                            .prepare_cached(
+                                "SELECT COALESCE(MAX(seq), 0) FROM chunks WHERE conversation_id = ?1",
+                            )?
+                            .query_row([id], |r| r.get(0))?,
+                    };
+                    let title = messages.iter().find_map(|m| m.title.as_deref()).unwrap_or("");
+                    // The conversation row first, once for all the messages
+                    // (chunks reference it) — unless the writer knows it
+                    // exists and its activity is recent enough.
+                    let activity_at = match known {
+                        Some(k) if title.is_empty() && now - k.activity_at < self.activity_grain_ms => {
+                            k.activity_at
+                        }
+                        _ => {
+                            tx.prepare_cached(
+                                "INSERT INTO conversations (id, created_at, last_activity_at, title) \
+                                 VALUES (?1, ?2, ?2, ?3) ON CONFLICT(id) DO UPDATE SET \
+                                 last_activity_at = excluded.last_activity_at, \
+                                 title = CASE WHEN conversations.title = '' THEN excluded.title ELSE conversations.title END",
+                            )?
+                            .execute(rusqlite::params![id, now, title])?;
+                            now
                         }
                     };
-                    let total: usize = messages.iter().map(|m| m.chunks.len()).sum();
-                    let title = messages.iter().find_map(|m| m.title.as_deref()).unwrap_or("");
-                    // The conversation row first, once for all the messages:
-                    // chunks reference it.
-                    tx.prepare_cached(
-                        "INSERT INTO conversations (id, created_at, last_activity_at, last_seq, title) \
-                         VALUES (?1, ?2, ?2, ?3, ?4) ON CONFLICT(id) DO UPDATE SET \
-                         last_seq = excluded.last_seq, last_activity_at = excluded.last_activity_at, \
-                         title = CASE WHEN conversations.title = '' THEN excluded.title ELSE conversations.title END",
-                    )?
-                    .execute(rusqlite::params![id, now, last + i64::try_from(total).unwrap_or(i64::MAX), title])?;
                     let mut insert = tx.prepare_cached(
                         "INSERT INTO chunks (conversation_id, seq, message_seq, role, turn_id, stored) \
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                     )?;
+                    let total: usize = messages.iter().map(|m| m.chunks.len()).sum();
                     let mut seqs = Vec::with_capacity(total);
                     for Encoded { role, chunks, .. } in messages {
                         let first = last + 1;
@@ -773,7 +800,7 @@ impl Writer {
                         seqs.extend((first..=last + n).map(|s| u64::try_from(s).unwrap_or(0)));
                         last += n;
                     }
-                    next_seq.insert(id, last);
+                    next.insert(id, Seen { last_seq: last, activity_at });
                     out.push(Outcome::Seqs(seqs));
                 }
                 other => {
@@ -783,8 +810,8 @@ impl Writer {
             }
         }
         tx.commit()?;
-        for (id, last) in next_seq {
-            self.last_seq.insert(id.to_owned(), last);
+        for (id, seen) in next {
+            self.seen.insert(id.to_owned(), seen);
         }
         Ok(out)
     }
@@ -838,7 +865,13 @@ fn meta(tx: &rusqlite::Transaction<'_>, w: &Write, now: i64) -> Result<(), Store
             Ok(())
         }
         Write::Metrics { conversation_id, metrics, turn_id, .. } => {
-            ensure_conversation(tx, conversation_id, now)?;
+            // A sealed turn is activity: its steps may have left
+            // `last_activity_at` up to ACTIVITY_GRAIN_MS behind.
+            tx.prepare_cached(
+                "INSERT INTO conversations (id, created_at, last_activity_at) VALUES (?1, ?2, ?2) \
+                 ON CONFLICT(id) DO UPDATE SET last_activity_at = excluded.last_activity_at",
+            )?
+            .execute(rusqlite::params![conversation_id, now])?;
             tx.prepare_cached(
                 "INSERT INTO turn_metrics (conversation_id, position, turn_id, metrics) VALUES (?1, \
                  (SELECT COALESCE(MAX(position), 0) + 1 FROM turn_metrics WHERE conversation_id = ?1), ?2, ?3)",
@@ -864,4 +897,83 @@ impl FromStr for Durability {
 /// The database file a store in `data_dir` uses.
 pub fn default_path(data_dir: &Path) -> PathBuf {
     data_dir.join("dispatch.db")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A writer on a fresh database migrated with the store's own SQL.
+    fn writer(grain: i64) -> (tempfile::TempDir, Writer) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = rusqlite::Connection::open(dir.path().join("w.db")).unwrap();
+        for m in MIGRATOR.iter() {
+            db.execute_batch(&m.sql).unwrap();
+        }
+        (dir, Writer { db, seen: HashMap::new(), activity_grain_ms: grain })
+    }
+
+    fn append(w: &mut Writer, id: &str, title: Option<&str>) -> Vec<u64> {
+        let (reply, _rx) = oneshot::channel();
+        let messages = vec![Encoded {
+            role: if title.is_some() { Role::User } else { Role::Assistant },
+            chunks: vec![r#"{"type":"text","text":"x"}"#.to_owned()],
+            title: title.map(str::to_owned),
+        }];
+        let write = Write::Append { conversation_id: id.into(), turn_id: None, messages, reply };
+        match w.transaction(std::slice::from_ref(&write)).unwrap().remove(0) {
+            Outcome::Seqs(s) => s,
+            Outcome::Unit => panic!("an append answered no seqs"),
+        }
+    }
+
+    fn activity(w: &Writer, id: &str) -> i64 {
+        w.db.query_row("SELECT last_activity_at FROM conversations WHERE id = ?1", [id], |r| r.get(0))
+            .unwrap()
+    }
+
+    fn mark(w: &Writer, id: &str) {
+        w.db.execute("UPDATE conversations SET last_activity_at = 5 WHERE id = ?1", [id]).unwrap();
+    }
+
+    #[test]
+    fn appends_within_the_activity_grain_leave_the_conversation_row_alone() {
+        let (_dir, mut w) = writer(i64::MAX / 2);
+        assert_eq!(append(&mut w, "c", None), [1], "the first append creates the row");
+        assert!(activity(&w, "c") > 5);
+        mark(&w, "c");
+        assert_eq!(append(&mut w, "c", None), [2]);
+        assert_eq!(activity(&w, "c"), 5, "a step's append did not rewrite the row");
+        assert_eq!(append(&mut w, "c", Some("a title")), [3]);
+        assert!(activity(&w, "c") > 5, "a message with a title records the activity");
+        // Another writer (a restart) knows nothing: its first append
+        // records the activity and continues the seqs from the chunks.
+        mark(&w, "c");
+        let Writer { db, .. } = w;
+        let mut again = Writer { db, seen: HashMap::new(), activity_grain_ms: i64::MAX / 2 };
+        assert_eq!(append(&mut again, "c", None), [4]);
+        assert!(activity(&again, "c") > 5);
+    }
+
+    #[test]
+    fn past_the_activity_grain_an_append_records_the_activity() {
+        let (_dir, mut w) = writer(0);
+        append(&mut w, "c", None);
+        mark(&w, "c");
+        assert_eq!(append(&mut w, "c", None), [2]);
+        assert!(activity(&w, "c") > 5);
+    }
+
+    #[test]
+    fn a_turns_metrics_record_the_activity() {
+        let (_dir, mut w) = writer(i64::MAX / 2);
+        append(&mut w, "c", None);
+        mark(&w, "c");
+        let (reply, _rx) = oneshot::channel();
+        let write =
+            Write::Metrics { conversation_id: "c".into(), metrics: "{}".into(), turn_id: "t".into(), reply };
+        w.transaction(std::slice::from_ref(&write)).unwrap();
+        assert!(activity(&w, "c") > 5);
+    }
 }

@@ -437,3 +437,27 @@ async fn a_second_writer_is_refused_naming_the_holder() {
     // Free again once the first is closed.
     open(&dir).await.close().await;
 }
+
+#[tokio::test]
+async fn a_database_from_a_newer_schema_is_refused_naming_the_migration() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dispatch.db");
+    let s = Store::open(Options::new(&path)).await.unwrap();
+    s.append("c", Role::User, None, &[text("hi")]).await.unwrap();
+    s.close().await;
+    // What a later version would have left: one migration more.
+    let db = rusqlite::Connection::open(&path).unwrap();
+    db.execute(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (999, 'from the future', 1, x'00', 0)",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    let err = Store::open(Options::new(&path)).await.err().expect("a newer database must be refused");
+    assert!(err.to_string().contains("999"), "{err}");
+    // Refusing changed nothing.
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let n: i64 = db.query_row("SELECT COUNT(*) FROM chunks", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 1);
+}
