@@ -621,6 +621,9 @@ fn writer_thread(
                 }
                 Ok(db) => {
                     let _ = ready.send(Ok(()));
+                    // Room for every statement the writer prepares (about
+                    // fifteen; rusqlite keeps sixteen by default).
+                    db.set_prepared_statement_cache_capacity(64);
                     let mut writer =
                         Writer { db, seen: HashMap::new(), activity_grain_ms: ACTIVITY_GRAIN_MS };
                     closed = writer.run(&mut rx);
@@ -741,7 +744,7 @@ impl Writer {
     /// error, and then the seq cache is left as it was.
     fn transaction(&mut self, writes: &[Write]) -> Result<Vec<Outcome>, StoreError> {
         let now = now_ms();
-        let tx = self.db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tx = Tx::begin(&self.db)?;
         let mut out = Vec::with_capacity(writes.len());
         // What this transaction will have made of each conversation.
         let mut next: HashMap<&str, Seen> = HashMap::new();
@@ -817,8 +820,49 @@ impl Writer {
     }
 }
 
+/// An `IMMEDIATE` transaction begun and committed through cached
+/// statements. rusqlite's `Transaction` runs `BEGIN` and `COMMIT` through
+/// `execute_batch`, which parses them anew for every transaction: ~9 % of
+/// the writer thread's time at one commit per model step (`perf`, peer
+/// bench). Rolled back when dropped uncommitted — on any error, including
+/// a failed `COMMIT`.
+struct Tx<'a> {
+    db: &'a rusqlite::Connection,
+    committed: bool,
+}
+
+impl<'a> Tx<'a> {
+    fn begin(db: &'a rusqlite::Connection) -> Result<Tx<'a>, rusqlite::Error> {
+        db.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        Ok(Tx { db, committed: false })
+    }
+
+    fn commit(mut self) -> Result<(), rusqlite::Error> {
+        self.db.prepare_cached("COMMIT")?.execute([])?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for Tx<'_> {
+    type Target = rusqlite::Connection;
+    fn deref(&self) -> &rusqlite::Connection {
+        self.db
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if !self.committed && !self.db.is_autocommit() {
+            // Nothing to report to: the caller already has the error that
+            // brought us here, and a failed rollback leaves SQLite's own.
+            let _ = self.db.execute_batch("ROLLBACK");
+        }
+    }
+}
+
 /// Make sure a conversation row exists (metadata and metrics need one).
-fn ensure_conversation(tx: &rusqlite::Transaction<'_>, id: &str, now: i64) -> Result<(), StoreError> {
+fn ensure_conversation(tx: &rusqlite::Connection, id: &str, now: i64) -> Result<(), StoreError> {
     tx.prepare_cached(
         "INSERT INTO conversations (id, created_at, last_activity_at) VALUES (?1, ?2, ?2) \
          ON CONFLICT(id) DO NOTHING",
@@ -828,7 +872,7 @@ fn ensure_conversation(tx: &rusqlite::Transaction<'_>, id: &str, now: i64) -> Re
 }
 
 /// A metadata update or a metrics append.
-fn meta(tx: &rusqlite::Transaction<'_>, w: &Write, now: i64) -> Result<(), StoreError> {
+fn meta(tx: &rusqlite::Connection, w: &Write, now: i64) -> Result<(), StoreError> {
     match w {
         Write::Append { .. } | Write::Close { .. } => Ok(()),
         Write::Update { update: u, .. } => {
