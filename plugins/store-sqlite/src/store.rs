@@ -515,9 +515,11 @@ impl Store {
         prefix: Option<&str>,
         status: Option<ConversationStatus>,
     ) -> Result<Vec<ConversationMeta>, StoreError> {
+        // Only the `ConversationMeta` columns: a list carries no seq, and
+        // looking up each conversation's last chunk would triple the time
+        // of a 10 000-conversation list.
         let rows = sqlx::query(
-            "SELECT id, created_at, last_activity_at, title, status, workspace_id, cwd, model, reasoning_effort, \
-             system_prompt, (SELECT COALESCE(MAX(seq), 0) FROM chunks WHERE conversation_id = conversations.id) FROM conversations \
+            "SELECT id, created_at, last_activity_at, title, status, workspace_id FROM conversations \
              WHERE (?1 IS NULL OR substr(id, 1, length(?1)) = ?1) AND (?2 IS NULL OR status = ?2) \
              ORDER BY last_activity_at DESC, id",
         )
@@ -525,7 +527,7 @@ impl Store {
         .bind(status.map(status_str))
         .fetch_all(&self.readers)
         .await?;
-        rows.iter().map(|r| details(r).map(|d| d.meta)).collect()
+        Ok(rows.iter().map(meta_of).collect())
     }
 
     /// Record a sealed turn's metrics.
@@ -567,20 +569,26 @@ impl Store {
     }
 }
 
-fn details(r: &SqliteRow) -> Result<Details, StoreError> {
+/// A row's first six columns: id, created_at, last_activity_at, title,
+/// status, workspace_id.
+fn meta_of(r: &SqliteRow) -> ConversationMeta {
     let status: &str = r.get(4);
+    ConversationMeta {
+        id: r.get(0),
+        created_at: u64::try_from(r.get::<i64, _>(1)).unwrap_or(0),
+        last_activity_at: u64::try_from(r.get::<i64, _>(2)).unwrap_or(0),
+        title: r.get(3),
+        status: serde_json::from_value(serde_json::Value::String(status.to_owned()))
+            .unwrap_or(ConversationStatus::Idle),
+        workspace_id: r.get(5),
+        compacted_from: None,
+    }
+}
+
+fn details(r: &SqliteRow) -> Result<Details, StoreError> {
     let effort: Option<&str> = r.get(8);
     Ok(Details {
-        meta: ConversationMeta {
-            id: r.get(0),
-            created_at: u64::try_from(r.get::<i64, _>(1)).unwrap_or(0),
-            last_activity_at: u64::try_from(r.get::<i64, _>(2)).unwrap_or(0),
-            title: r.get(3),
-            status: serde_json::from_value(serde_json::Value::String(status.to_owned()))
-                .unwrap_or(ConversationStatus::Idle),
-            workspace_id: r.get(5),
-            compacted_from: None,
-        },
+        meta: meta_of(r),
         cwd: r.get(6),
         model: r.get(7),
         reasoning_effort: effort.and_then(|e| {
