@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod config;
+pub mod environ;
 pub mod loader;
 pub mod logging;
 pub mod report;

@@ -254,6 +254,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: the first thing the process does — one thread, and nothing
+    // has read the environment yet.
+    let hidden = unsafe { dispatch_host::environ::hide_credentials() };
     let cli = Cli::parse();
     if let Command::Plugins { action: Some(PluginsAction::New { name, kind, dir, dispatch_src }), .. } =
         &cli.command
@@ -283,6 +286,9 @@ fn main() -> ExitCode {
         _ => logging::Format::Text,
     };
     logging::init(&filter, format);
+    if !hidden.is_empty() {
+        tracing::debug!(variables = ?hidden, "credentials blanked in /proc/self/environ (kept for the plugins)");
+    }
     match run(cli, filter) {
         Ok(code) => code,
         Err(e) => {

@@ -52,6 +52,7 @@ pub mod prompt;
 pub mod provider;
 pub mod queue;
 pub mod reconcile;
+pub mod secrets;
 pub mod session;
 pub mod store;
 pub mod surface;

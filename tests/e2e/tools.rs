@@ -248,6 +248,37 @@ fn the_model_cannot_read_the_provider_api_keys_through_run_shell() {
     assert!(!out.stdout.contains("sk-e2e-"), "a credential reached the transcript: {}", r[0].1);
 }
 
+/// `/proc/<pid>/environ` shows a process's environment as it was at exec,
+/// whatever the process later does with it, to any process of the same
+/// user — and to a command the model runs. The host blanks credential
+/// values there at start (keeping them for its plugins), so neither its
+/// own block nor any other process's on the machine gives a key away
+/// (root could still read the host's memory; don't run agents as root).
+#[test]
+fn the_model_cannot_read_the_provider_api_keys_through_proc_environ() {
+    let cfg = config_with_tools();
+    let command = "tr '\\0' '\\n' < /proc/$PPID/environ | grep -c '^DISPATCH_API_KEY=' ; \
+                   cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n' | grep -c sk-e2e-";
+    let s = script(cfg.dir.path(), &[json!({"name": "run_shell", "input": {"command": command}})]);
+    let work = cfg.dir.path().to_str().unwrap().to_owned();
+    let cfg = cfg.write();
+    let env = [
+        ("DISPATCH_SCRIPT", s.as_str()),
+        ("DISPATCH_API_KEY", "sk-e2e-dispatch-secret"),
+        ("OPENROUTER_API_KEY", "sk-e2e-openrouter-secret"),
+    ];
+    let (out, events) = turn(&cfg, &["--cwd", &work, "go"], &env);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let r = results(&events);
+    assert_eq!(r[0].0, "run_shell");
+    let counts: Vec<&str> = r[0].1.lines().filter(|l| l.trim().parse::<u32>().is_ok()).collect();
+    // The command's parent is the host, and its block still names the
+    // variable (so the check reads the right process)...
+    assert_eq!(counts.first().map(|c| c.trim()), Some("1"), "{}", r[0].1);
+    // ... but no process's block holds a key.
+    assert_eq!(counts.get(1).map(|c| c.trim()), Some("0"), "a credential is readable: {}", r[0].1);
+}
+
 /// A host killed outright (SIGKILL: no cleanup code runs) used to leave
 /// the running command behind; the command's process now dies with it.
 #[test]

@@ -56,13 +56,10 @@ pub const BASE_ENV: &[&str] = &[
     "TZ",
 ];
 
-/// Whether a variable name looks like a credential (`DISPATCH_API_KEY`,
-/// `*_API_KEY`, `*TOKEN*`, `*SECRET*`, `*PASSWORD*`): such names are refused
-/// in [`Config::env_passthrough`] and [`Config::env`].
-pub fn looks_like_a_secret(name: &str) -> bool {
-    let n = name.to_ascii_uppercase();
-    ["API_KEY", "APIKEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL"].iter().any(|w| n.contains(w))
-}
+/// Whether a variable name looks like a credential: such names are refused
+/// in [`Config::env_passthrough`] and [`Config::env`]. (The one definition,
+/// shared with the host, which hides these from `/proc/<pid>/environ`.)
+pub use dispatch_protocol::secrets::looks_like_a_secret;
 
 impl Config {
     /// Refuse an environment that would hand the model a credential.
