@@ -22,15 +22,14 @@ use dispatch_contracts::protocol::secrets::looks_like_a_secret;
 
 extern "C" {
     /// libc's environment: a null-terminated array of `NAME=value` strings.
-    static environ: *const *const libc::c_char;
+    /// `mut`: libc replaces the array when a variable is added.
+    static mut environ: *const *const libc::c_char;
 }
 
-/// One credential as found in the original block.
+/// One credential's value in the original block.
 struct Found {
-    name: String,
+    name: OsString,
     value: OsString,
-    /// The `NAME=value` string in the block.
-    entry: *const libc::c_char,
     /// Where its value starts, and how long it is.
     value_at: *mut u8,
     value_len: usize,
@@ -57,33 +56,48 @@ pub unsafe fn hide_credentials() -> Vec<String> {
         // SAFETY: a non-null entry of `environ` is a NUL-terminated string.
         let bytes = unsafe { CStr::from_ptr(entry) }.to_bytes();
         let Some(eq) = bytes.iter().position(|&b| b == b'=') else { continue };
-        let Ok(name) = std::str::from_utf8(&bytes[..eq]) else { continue };
-        if !looks_like_a_secret(name) || eq + 1 == bytes.len() {
+        // Judged on the bytes: a name need not be UTF-8.
+        if !looks_like_a_secret(&String::from_utf8_lossy(&bytes[..eq])) || eq + 1 == bytes.len() {
             continue;
         }
         found.push(Found {
-            name: name.to_owned(),
+            name: OsStr::from_bytes(&bytes[..eq]).to_owned(),
             value: OsStr::from_bytes(&bytes[eq + 1..]).to_owned(),
-            entry,
             // SAFETY: `eq + 1 < bytes.len()`: within the string.
             value_at: unsafe { entry.add(eq + 1) }.cast_mut().cast::<u8>(),
             value_len: bytes.len() - eq - 1,
         });
     }
+    // Each name once, with the value `getenv` answers: its first entry's.
+    let mut names: Vec<(&OsString, &OsString)> = Vec::new();
+    for f in &found {
+        if !names.iter().any(|(n, _)| *n == &f.name) {
+            names.push((&f.name, &f.value));
+        }
+    }
+    for (name, value) in &names {
+        // `unsetenv` drops every entry of the name (a name given twice has
+        // two), then `setenv` adds one fresh heap copy.
+        std::env::remove_var(name);
+        std::env::set_var(name, value);
+    }
+    // Blank only what no `environ` entry points into any more.
+    let live: Vec<usize> = entries().map(|e| e as usize).collect();
     let mut hidden = Vec::new();
-    for f in found {
-        // `setenv` with overwrite: a fresh heap string replaces the pointer.
-        std::env::set_var(&f.name, &f.value);
-        // Only once nothing in `environ` points at the original (a name
-        // given twice keeps its second entry, which is then left alone).
-        if entries().any(|e| e == f.entry) {
+    for f in &found {
+        // Its original `NAME=` starts that far before the value.
+        let entry = f.value_at as usize - f.name.len() - 1;
+        if live.contains(&entry) {
             continue;
         }
         // SAFETY: the bytes are the value part of an environment string
         // in the process's own writable start-up block, which no
-        // `environ` entry points at any more; single-threaded (above).
+        // `environ` entry points into any more; single-threaded (above).
         unsafe { std::ptr::write_bytes(f.value_at, 0, f.value_len) };
-        hidden.push(f.name);
+        let name = f.name.to_string_lossy().into_owned();
+        if !hidden.contains(&name) {
+            hidden.push(name);
+        }
     }
     hidden
 }
@@ -92,7 +106,7 @@ pub unsafe fn hide_credentials() -> Vec<String> {
 fn entries() -> impl Iterator<Item = *const libc::c_char> {
     // SAFETY: `environ` is null or a null-terminated array; the callers are
     // single-threaded, so nothing changes it while it is walked.
-    let mut p = unsafe { environ };
+    let mut p = unsafe { std::ptr::addr_of!(environ).read() };
     std::iter::from_fn(move || {
         if p.is_null() {
             return None;

@@ -439,6 +439,11 @@ async fn serve(
                 }
             },
             Some(reply) = reload_rx.recv() => {
+                // Its asker gave up (a request queued during start-up
+                // whose client left): nothing to answer.
+                if reply.is_closed() {
+                    continue;
+                }
                 let report = reload(sup, config).await;
                 let _ = reply.send(report);
             }

@@ -257,15 +257,22 @@ fn the_model_cannot_read_the_provider_api_keys_through_run_shell() {
 #[test]
 fn the_model_cannot_read_the_provider_api_keys_through_proc_environ() {
     let cfg = config_with_tools();
-    let command = "tr '\\0' '\\n' < /proc/$PPID/environ | grep -c '^DISPATCH_API_KEY=' ; \
-                   cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n' | grep -c sk-e2e-";
+    // Keys of this test alone: hosts other tests start at the same time
+    // show theirs in the moment between exec and `main`.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let nonce = format!("{}x{nanos}", std::process::id());
+    let (key, other) = (format!("sk-proc-{nonce}-a"), format!("sk-proc-{nonce}-b"));
+    let command = format!(
+        "tr '\\0' '\\n' < /proc/$PPID/environ | grep -c '^DISPATCH_API_KEY=' ; \
+         cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n' | grep -c sk-proc-{nonce}-"
+    );
     let s = script(cfg.dir.path(), &[json!({"name": "run_shell", "input": {"command": command}})]);
     let work = cfg.dir.path().to_str().unwrap().to_owned();
     let cfg = cfg.write();
     let env = [
         ("DISPATCH_SCRIPT", s.as_str()),
-        ("DISPATCH_API_KEY", "sk-e2e-dispatch-secret"),
-        ("OPENROUTER_API_KEY", "sk-e2e-openrouter-secret"),
+        ("DISPATCH_API_KEY", key.as_str()),
+        ("OPENROUTER_API_KEY", other.as_str()),
     ];
     let (out, events) = turn(&cfg, &["--cwd", &work, "go"], &env);
     assert_eq!(out.code(), 0, "{}", out.stderr);

@@ -777,7 +777,11 @@ impl Writer {
                     // (chunks reference it) — unless the writer knows it
                     // exists and its activity is recent enough.
                     let activity_at = match known {
-                        Some(k) if title.is_empty() && now - k.activity_at < self.activity_grain_ms => {
+                        // (A clock stepped back records at once.)
+                        Some(k)
+                            if title.is_empty()
+                                && (0..self.activity_grain_ms).contains(&(now - k.activity_at)) =>
+                        {
                             k.activity_at
                         }
                         _ => {

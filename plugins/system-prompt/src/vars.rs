@@ -126,10 +126,26 @@ fn os_name() -> String {
     }
 }
 
+/// What git's environment keeps of the host's. Nothing else: the host's
+/// credentials must not reach a process whose environment any process of
+/// the same user can read — and a working directory the model can write
+/// holds the repository configuration git obeys.
+const GIT_ENV: &[&str] = &["PATH", "HOME", "USER", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"];
+
 /// Run git in `dir`; its trimmed output, or nothing when it fails or hangs.
+/// With a clean environment and no `core.fsmonitor` (a command the
+/// repository's own configuration would have `git status` run).
 fn git(dir: &Path, args: &[&str]) -> Option<String> {
-    let mut child = Command::new("git")
-        .arg("-C")
+    let mut cmd = Command::new("git");
+    cmd.env_clear();
+    for name in GIT_ENV {
+        if let Some(v) = std::env::var_os(name) {
+            cmd.env(name, v);
+        }
+    }
+    let mut child = cmd
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .args(["-c", "core.fsmonitor=false", "-C"])
         .arg(dir)
         .args(args)
         .stdin(Stdio::null())
@@ -181,6 +197,34 @@ mod tests {
         assert_eq!(iso_time(UNIX_EPOCH), "1970-01-01T00:00:00Z");
         assert_eq!(iso_time(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00Z");
         assert_eq!(iso_time(UNIX_EPOCH + Duration::from_secs(1_795_000_000)), "2026-11-18T11:06:40Z");
+    }
+
+    /// A repository the model can write decides what git runs: its
+    /// `core.fsmonitor` must not run, and whatever does run (an alias
+    /// here) must not get the host's credentials.
+    #[test]
+    fn git_runs_without_the_repositorys_fsmonitor_or_the_hosts_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = |args: &[&str]| {
+            let ok = Command::new("git").arg("-C").arg(dir.path()).args(args).status().unwrap().success();
+            assert!(ok, "git {args:?}");
+        };
+        run(&["init", "-q"]);
+        let marker = dir.path().join("fsmonitor-ran");
+        let hook = dir.path().join("hook.sh");
+        std::fs::write(&hook, format!("#!/bin/sh\ntouch {}\n", marker.display())).unwrap();
+        std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        run(&["config", "core.fsmonitor", hook.to_str().unwrap()]);
+        run(&["config", "alias.envdump", "!env"]);
+        std::fs::write(dir.path().join("new.txt"), "x").unwrap();
+        // (The only test here touching the environment.)
+        std::env::set_var("DISPATCH_VARS_TEST_API_KEY", "sk-vars-test");
+        let status = git(dir.path(), &["status", "--short"]).unwrap();
+        assert!(status.contains("new.txt"), "{status}");
+        assert!(!marker.exists(), "the repository's core.fsmonitor ran");
+        let env = git(dir.path(), &["envdump"]).unwrap();
+        assert!(env.contains("PATH="), "{env}");
+        assert!(!env.contains("sk-vars-test"), "a credential reached git: {env}");
     }
 
     #[test]
