@@ -165,8 +165,8 @@ impl Supervisor {
         Supervisor::start_with_reload(plan, settings, None).await
     }
 
-    /// [`Supervisor::start`], offering `dispatch.reload` (see
-    /// [`Supervisor::provide_reload`]) before the first plugin activates:
+    /// [`Supervisor::start`], offering `dispatch.reload` (each call sends
+    /// its answer slot down `reload`) before the first plugin activates:
     /// a transport answers as soon as it is active, and a client that
     /// asks for a reload then must find the service, not a `not_found`
     /// (requests made during start-up wait in `reload` until its owner
@@ -342,7 +342,7 @@ impl Supervisor {
     /// Offer `dispatch.reload` on the bus: each call sends its answer slot
     /// down `requests`, for the owner of this supervisor (the serve loop)
     /// to run [`Supervisor::reload`] and answer.
-    pub fn provide_reload(
+    fn provide_reload(
         &self,
         requests: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<ReloadReport>>,
     ) {

@@ -5,6 +5,15 @@
 //! any process of the same user. Everything that hands an environment on
 //! — the shell tool, the host itself at start — asks the same question.
 
+/// What a process started on the model's behalf (a shell command, an MCP
+/// server, git) keeps of the host's environment: the host's values of
+/// these, where set. Everything else — provider credentials above all —
+/// is left out.
+pub const BASE_ENV: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TMPDIR",
+    "TZ",
+];
+
 /// Whether a variable name looks like a credential (`DISPATCH_API_KEY`,
 /// `*_API_KEY`, `*TOKEN*`, `*SECRET*`, `*PASSWORD*`, `*CREDENTIAL*`),
 /// case-insensitively.

@@ -49,12 +49,8 @@ pub struct Config {
 }
 
 /// What a command's environment starts from: the host's values of these,
-/// where set. Everything else — provider credentials above all — is left
-/// out, because a command's output goes to the model.
-pub const BASE_ENV: &[&str] = &[
-    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TMPDIR",
-    "TZ",
-];
+/// where set (the list every process the plugins start shares).
+pub use dispatch_protocol::secrets::BASE_ENV;
 
 /// Whether a variable name looks like a credential: such names are refused
 /// in [`Config::env_passthrough`] and [`Config::env`]. (The one definition,

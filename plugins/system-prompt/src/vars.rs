@@ -6,6 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dispatch_contracts::prompt::Variable;
+use dispatch_contracts::protocol::secrets::BASE_ENV;
 use dispatch_contracts::session::PromptContext;
 
 use crate::template::Lookup;
@@ -126,19 +127,16 @@ fn os_name() -> String {
     }
 }
 
-/// What git's environment keeps of the host's. Nothing else: the host's
-/// credentials must not reach a process whose environment any process of
-/// the same user can read — and a working directory the model can write
-/// holds the repository configuration git obeys.
-const GIT_ENV: &[&str] = &["PATH", "HOME", "USER", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"];
-
 /// Run git in `dir`; its trimmed output, or nothing when it fails or hangs.
-/// With a clean environment and no `core.fsmonitor` (a command the
-/// repository's own configuration would have `git status` run).
+/// With only [`BASE_ENV`] of the host's environment (the host's
+/// credentials must not reach a process whose environment any process of
+/// the same user can read) and no `core.fsmonitor` (a command the
+/// repository's own configuration, which the model can write, would have
+/// `git status` run).
 fn git(dir: &Path, args: &[&str]) -> Option<String> {
     let mut cmd = Command::new("git");
     cmd.env_clear();
-    for name in GIT_ENV {
+    for name in BASE_ENV {
         if let Some(v) = std::env::var_os(name) {
             cmd.env(name, v);
         }
