@@ -286,6 +286,112 @@ fn the_model_cannot_read_the_provider_api_keys_through_proc_environ() {
     assert_eq!(counts.get(1).map(|c| c.trim()), Some("0"), "a credential is readable: {}", r[0].1);
 }
 
+/// A credential given twice in the environment — a launcher that appends
+/// `NAME=value` instead of replacing it — is blanked in both entries of the
+/// start-up block. glibc's `setenv` replaces only a name's first entry, so
+/// the second stayed readable in `/proc/<pid>/environ` until the host unset
+/// the name (every entry) before setting it once. `std::process::Command`
+/// cannot pass a name twice, so the host is started with `posix_spawn` and
+/// an environment array written out by hand.
+#[test]
+fn a_credential_given_twice_is_blanked_in_both_entries() {
+    let cfg = config_with_tools();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let nonce = format!("{}x{nanos}", std::process::id());
+    let command = format!(
+        "tr '\\0' '\\n' < /proc/$PPID/environ | grep -c '^DISPATCH_API_KEY=' ; \
+         tr '\\0' '\\n' < /proc/$PPID/environ | grep -c sk-twice-{nonce}-"
+    );
+    let s = script(cfg.dir.path(), &[json!({"name": "run_shell", "input": {"command": command}})]);
+    let work = cfg.dir.path().to_str().unwrap().to_owned();
+    let (out, err) = (cfg.dir.path().join("stdout"), cfg.dir.path().join("stderr"));
+    let cfg = cfg.write();
+    let mut env: Vec<String> = std::env::vars()
+        .filter(|(k, _)| !k.starts_with("DISPATCH_") && k != "RUST_LOG")
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    env.push(format!("DISPATCH_SCRIPT={s}"));
+    env.push(format!("DISPATCH_API_KEY=sk-twice-{nonce}-first"));
+    env.push(format!("DISPATCH_API_KEY=sk-twice-{nonce}-second"));
+    let args = ["turn", "--config", cfg.to_str().unwrap(), "--cwd", &work, "go"];
+    let code = spawn_with_environment(&args, &env, &out, &err, Duration::from_secs(60));
+    let stderr = std::fs::read_to_string(&err).unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    let events: Vec<Value> =
+        std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let r = results(&events);
+    assert_eq!(r[0].0, "run_shell", "{stderr}");
+    let counts: Vec<&str> = r[0].1.lines().map(str::trim).filter(|l| l.parse::<u32>().is_ok()).collect();
+    // Both entries are still in the block (the check reads the right
+    // process, and the host was given the name twice)...
+    assert_eq!(counts.first(), Some(&"2"), "{}", r[0].1);
+    // ... and neither value.
+    assert_eq!(counts.get(1), Some(&"0"), "a credential is readable: {}", r[0].1);
+}
+
+/// Run `dispatch ARGS` with exactly the environment entries `env` (a name
+/// may repeat), its output in the files `out` and `err`; its exit code.
+fn spawn_with_environment(
+    args: &[&str],
+    env: &[String],
+    out: &std::path::Path,
+    err: &std::path::Path,
+    limit: Duration,
+) -> i32 {
+    use std::ffi::CString;
+    let c = |s: &str| CString::new(s).unwrap();
+    let bin = c(dispatch_bin().to_str().unwrap());
+    let argv: Vec<CString> = std::iter::once(bin.clone()).chain(args.iter().map(|a| c(a))).collect();
+    let envp: Vec<CString> = env.iter().map(|e| c(e)).collect();
+    let ptrs = |v: &[CString]| -> Vec<*mut libc::c_char> {
+        v.iter().map(|s| s.as_ptr().cast_mut()).chain(std::iter::once(std::ptr::null_mut())).collect()
+    };
+    let (argv_p, envp_p) = (ptrs(&argv), ptrs(&envp));
+    let (out, err, null) = (c(out.to_str().unwrap()), c(err.to_str().unwrap()), c("/dev/null"));
+    let mut pid: libc::pid_t = 0;
+    // SAFETY: every pointer handed to posix_spawn points into the CStrings
+    // above, which outlive the call; the file actions are initialised
+    // before use and destroyed after.
+    let rc = unsafe {
+        let mut actions: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+        assert_eq!(libc::posix_spawn_file_actions_init(&mut actions), 0);
+        let w = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC;
+        libc::posix_spawn_file_actions_addopen(&mut actions, 0, null.as_ptr(), libc::O_RDONLY, 0);
+        libc::posix_spawn_file_actions_addopen(&mut actions, 1, out.as_ptr(), w, 0o600);
+        libc::posix_spawn_file_actions_addopen(&mut actions, 2, err.as_ptr(), w, 0o600);
+        let rc = libc::posix_spawn(
+            &mut pid,
+            bin.as_ptr(),
+            &actions,
+            std::ptr::null(),
+            argv_p.as_ptr(),
+            envp_p.as_ptr(),
+        );
+        libc::posix_spawn_file_actions_destroy(&mut actions);
+        rc
+    };
+    assert_eq!(rc, 0, "posix_spawn: {}", std::io::Error::from_raw_os_error(rc));
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut status = 0;
+        // SAFETY: `pid` is this process's child; `status` is a valid out-pointer.
+        let got = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if got == pid {
+            assert!(libc::WIFEXITED(status), "dispatch did not exit normally: status {status}");
+            return libc::WEXITSTATUS(status);
+        }
+        if Instant::now() > deadline {
+            // SAFETY: signalling and reaping our own child.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            panic!("`dispatch {}` hung: still running after {limit:?}", args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A host killed outright (SIGKILL: no cleanup code runs) used to leave
 /// the running command behind; the command's process now dies with it.
 #[test]
