@@ -817,6 +817,8 @@ fn malformed_requests_get_a_json_4xx_and_the_server_carries_on() {
         ("PUT", format!("{b}/conversations/x/title"), Some(r#"{"title": 3}"#.into()), 400),
         ("PUT", format!("{b}/conversations/x/cwd"), Some(r#"{"cwd": ""}"#.into()), 400),
         ("PUT", format!("{b}/conversations/x/model"), Some(r#"{"model": 7}"#.into()), 400),
+        // A body without the field is not a request to clear it.
+        ("PUT", format!("{b}/conversations/x/model"), Some("{}".into()), 400),
     ];
     for (method, url, body, status) in cases {
         let a = send(method, &url, body.as_deref(), &[]);
@@ -827,6 +829,19 @@ fn malformed_requests_get_a_json_4xx_and_the_server_carries_on() {
             a.text
         );
     }
+    // An empty number is the parameter left out, as the original reads it.
+    let empty = get(&format!("{b}/conversations/x?sinceSeq=&limit=&beforeSeq="));
+    assert_eq!((empty.status, &empty.body["latestSeq"]), (200, &json!(0)), "{}", empty.text);
+    // A declared length over the limit is refused before the body is
+    // sent: `Expect: 100-continue` gets the 413, not a go-ahead.
+    let head = format!(
+        "POST /chat HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n\
+         content-length: 99999999\r\nexpect: 100-continue\r\n\r\n",
+        b.trim_start_matches("http://")
+    );
+    let answer = raw_exchange(b, head.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("payload_too_large"), "{answer}");
     // Still serving, with CORS on errors and a preflight on any route.
     assert_eq!(get(&format!("{b}/health")).status, 200);
     let pre =
@@ -836,6 +851,24 @@ fn malformed_requests_get_a_json_4xx_and_the_server_carries_on() {
     assert!(pre.headers["access-control-allow-methods"].to_str().unwrap().contains("DELETE"));
     let (a, _) = chat(b, json!({"message": "hi"}));
     assert_eq!(a.headers["access-control-expose-headers"], "X-Conversation-Id");
+}
+
+/// Send `bytes` on a fresh connection to `base` and read what comes back
+/// until the server closes or goes quiet for a second.
+fn raw_exchange(base: &str, bytes: &[u8]) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut sock = std::net::TcpStream::connect(base.trim_start_matches("http://")).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    sock.write_all(bytes).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match sock.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
 }
 
 #[test]

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use dispatch_abi::Error;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Full, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::header::{HeaderValue, ACCESS_CONTROL_ALLOW_ORIGIN, CONTENT_TYPE, VARY};
 use hyper::{HeaderMap, Response, StatusCode};
 use serde::Serialize;
@@ -129,6 +129,12 @@ pub async fn read_body(
     limit: usize,
     deadline: std::time::Duration,
 ) -> Result<Bytes, Failure> {
+    // A declared length over the limit is refused before a byte is read:
+    // a client that sent `Expect: 100-continue` gets the 413 instead of a
+    // go-ahead, and no client waits out the read deadline for it.
+    if body.size_hint().lower() > limit as u64 {
+        return Err(too_large(limit));
+    }
     let read = tokio::time::timeout(deadline, Limited::new(body, limit).collect()).await.map_err(|_| {
         Failure::new(
             StatusCode::REQUEST_TIMEOUT,
@@ -138,13 +144,17 @@ pub async fn read_body(
     })?;
     match read {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Failure::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the request body is over the limit of {limit} bytes"),
-        )),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(limit)),
         Err(e) => Err(Failure::bad_request(format!("cannot read the request body: {e}"))),
     }
+}
+
+fn too_large(limit: usize) -> Failure {
+    Failure::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("the request body is over the limit of {limit} bytes"),
+    )
 }
 
 /// Parse a JSON body into `T`; every problem is a `400` naming it.
@@ -201,7 +211,10 @@ pub fn query_get<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a st
 /// A query number: absent → `None`; present → an integer ≥ `min`, else `400`.
 pub fn query_number(pairs: &[(String, String)], name: &str, min: u64) -> Result<Option<u64>, Failure> {
     match query_get(pairs, name) {
+        // `?limit=` is the parameter left out, as the original server and
+        // the frontend's URL building read it.
         None => Ok(None),
+        Some(v) if v.trim().is_empty() => Ok(None),
         Some(v) => match v.trim().parse::<u64>() {
             Ok(n) if n >= min => Ok(Some(n)),
             _ => {
@@ -223,6 +236,9 @@ mod tests {
         assert_eq!(query_number(&pairs, "limit", 1).unwrap(), Some(5));
         assert_eq!(query_number(&pairs, "beforeSeq", 1).unwrap_err().status, StatusCode::BAD_REQUEST);
         assert_eq!(query_number(&pairs, "sinceSeq", 0).unwrap(), None);
+        let empty = query_pairs(Some("limit=&sinceSeq=%20")).unwrap();
+        assert_eq!(query_number(&empty, "limit", 1).unwrap(), None);
+        assert_eq!(query_number(&empty, "sinceSeq", 0).unwrap(), None);
         assert!(percent_decode("%zz").is_err());
     }
 }

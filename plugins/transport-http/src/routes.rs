@@ -338,8 +338,11 @@ async fn setting_route(app: &App, method: Method, id: &str, setting: &str, body:
             Value::Null
         }
         (_, "model") => {
+            // `null` clears, as `""` does, but the field must be there: a
+            // body without it is a mistake, not a request to clear.
             #[derive(Deserialize)]
             struct ModelBody {
+                #[serde(deserialize_with = "present")]
                 model: Option<String>,
             }
             let b: ModelBody = parse(&read_body(body, app.max_body, app.body_timeout).await?)?;
@@ -373,6 +376,12 @@ async fn setting_route(app: &App, method: Method, id: &str, setting: &str, body:
     };
     call_store(app, StoreRequest::Update(update)).await?;
     ok(&setting_answer(id, setting, answer))
+}
+
+/// An `Option` field that must be present (`null` allowed): without a
+/// `#[serde(default)]`, serde reports it missing instead of taking `None`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Option::<String>::deserialize(d)
 }
 
 fn setting_answer(id: &str, setting: &str, value: Value) -> Value {
