@@ -326,6 +326,8 @@ fn run(cli: Cli, log_filter: String) -> anyhow::Result<ExitCode> {
         activate_timeout: Duration::from_millis(plan.host.activate_timeout_ms),
         deactivate_timeout: Duration::from_millis(plan.host.deactivate_timeout_ms),
         log_filter,
+        leave_out: matches!(cli.command, Command::Turn { .. })
+            .then_some(dispatch_host::supervisor::beside_the_session as _),
     };
     let code = runtime.block_on(async move {
         // Listen before anything starts: a terminating signal during

@@ -34,6 +34,34 @@ pub struct Settings {
     pub deactivate_timeout: Duration,
     /// Handed to plugins as their log filter.
     pub log_filter: String,
+    /// Plugins this run does without: asked of each plugin's declared
+    /// capabilities before it activates; a reason means it is skipped with
+    /// that reason (its dependents then too), logged at debug — a command's
+    /// choice, not a problem.
+    pub leave_out: Option<LeaveOut>,
+}
+
+/// A rule of [`Settings::leave_out`]: a plugin's declared capabilities in,
+/// the reason to skip it out (`None`: start it).
+pub type LeaveOut = fn(&[Provided]) -> Option<String>;
+
+/// `dispatch turn`'s choice: a one-shot turn runs beside the session, so
+/// nothing that listens (a `transport`) or keeps conversations (the
+/// session and the store services) is started — a turn next to a running
+/// server neither fights it for its ports nor for its database.
+pub fn beside_the_session(provides: &[Provided]) -> Option<String> {
+    use dispatch_contracts::{session::SESSION, store::STORE};
+    let reason =
+        |what: &str| Some(format!("not started by `dispatch turn`, which runs beside the session ({what})"));
+    for p in provides {
+        if p.kind == "transport" {
+            return reason("a transport");
+        }
+        if p.kind == "service" && (p.name == SESSION.name() || p.name == STORE.name()) {
+            return reason(&format!("the `{}` service", p.name));
+        }
+    }
+    None
 }
 
 /// The running set of plugins.
@@ -738,6 +766,17 @@ impl Supervisor {
     }
 
     async fn activate(&mut self, i: usize, module: PluginModRef, config: String) {
+        let left_out = self.settings.leave_out.and_then(|rule| rule(&self.reports()[i].provides));
+        if let Some(reason) = left_out {
+            let mut reports = self.reports();
+            let r = &mut reports[i];
+            tracing::debug!(plugin = %r.id, file = %r.file, "plugin left out: {reason}");
+            r.state = State::Skipped;
+            r.error = Some(reason);
+            drop(reports);
+            self.publish_state(i);
+            return;
+        }
         if let Some(reason) = self.blocked(i) {
             let mut reports = self.reports();
             let r = &mut reports[i];

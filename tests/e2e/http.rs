@@ -871,6 +871,29 @@ fn raw_exchange(base: &str, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&got).into_owned()
 }
 
+/// `dispatch turn` runs beside the session: pointed at the running
+/// server's own configuration, it starts neither transport nor the store,
+/// so it takes none of the server's ports or its database. It used to
+/// start them all: with the server up, its HTTP transport could not
+/// listen and its store found the database locked — both logged as errors
+/// around a turn that still worked.
+#[test]
+fn a_one_shot_turn_beside_a_running_server_takes_neither_its_port_nor_its_store() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cfg = product_config(&format!("addr = [\"127.0.0.1:{port}\"]"));
+    let s = Server::start(&cfg);
+    let (out, events) = crate::providers::turn(&cfg, &["hello"], &[("RUST_LOG", "info")]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(kinds(&events).last(), Some(&"turn-sealed"), "{}", out.stderr);
+    assert_eq!(text_of(&events), "Hello from the script.");
+    for bad in ["ERROR", "WARN", "listening", "store open", "already in use"] {
+        assert!(!out.stderr.contains(bad), "`dispatch turn` logged {bad:?}:\n{}", out.stderr);
+    }
+    // The server never saw it.
+    let list = get(&format!("{}/conversations", s.base));
+    assert_eq!(list.body["conversations"], json!([]), "{}", list.text);
+}
+
 #[test]
 fn a_non_loopback_bind_needs_a_token() {
     // Without a token (or the explicit opt-out) the transport refuses to start.

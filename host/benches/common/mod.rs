@@ -106,6 +106,7 @@ pub fn start_with(
         activate_timeout: Duration::from_secs(30),
         deactivate_timeout: Duration::from_secs(5),
         log_filter: "warn".into(),
+        leave_out: None,
     };
     let sup = rt.block_on(Supervisor::start(plan, settings));
     for r in sup.reports_snapshot() {
