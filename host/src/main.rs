@@ -507,6 +507,11 @@ fn client_command(runtime: &tokio::runtime::Runtime, command: Command) -> client
             json,
         } => {
             let server = client::server(&remote.server)?;
+            // `-c` takes an id or a unique prefix of one, like every command.
+            let conversation = match conversation {
+                Some(c) => Some(runtime.block_on(client::resolve(&server, &c))?),
+                None => None,
+            };
             let cwd = match (cwd, &conversation) {
                 (Some(dir), _) => Some(client::check_dir(&dir)?),
                 (None, None) => client::default_cwd(&server),

@@ -72,6 +72,17 @@ fn each_command_against_a_real_server() {
     assert_eq!(ambiguous.code(), 2, "{}", ambiguous.stderr);
     assert!(ambiguous.stderr.contains("several conversations start with \"c\""), "{}", ambiguous.stderr);
 
+    // `chat -c` takes a unique prefix too: it continues that conversation
+    // (it used to start a new one named by the prefix).
+    assert_eq!(client(&s, &["chat", "--text", "hi", "-c", "prefixed-conversation"]).code(), 0);
+    let more = client(&s, &["chat", "--text", "hi again", "-c", "prefixed-c"]);
+    assert_eq!(more.code(), 0, "{}", more.stderr);
+    assert!(more.stderr.ends_with("conversation prefixed-conversation\n"), "{}", more.stderr);
+    let ids = client(&s, &["list", "prefixed"]).stdout;
+    assert_eq!(ids.lines().count(), 1, "{ids}");
+    let turns = client(&s, &["history", "prefixed-conversation"]).stdout;
+    assert!(turns.contains("user: hi again"), "{turns}");
+
     assert_eq!(client(&s, &["stop", "c1"]).stdout, "no turn was running in c1\n");
     assert_eq!(client(&s, &["open", "c1"]).stdout, "asked the open clients to show c1\n");
 
@@ -119,7 +130,13 @@ fn failures_are_one_line_with_exit_codes_scripts_can_rely_on() {
     let empty = client(&s, &["chat", "--text", "  "]);
     assert_eq!(empty.code(), 2);
     assert!(empty.stderr.contains("nothing to send"), "{}", empty.stderr);
-    assert_eq!(client(&s, &["history", "never-written"]).code(), 4);
+    // A command on a conversation that must exist names the id instead of
+    // starting an empty one (`send` used to create it).
+    let unknown = client(&s, &["history", "never-written"]);
+    assert_eq!(unknown.code(), 2, "{}", unknown.stderr);
+    assert!(unknown.stderr.contains(r#"no conversation is "never-written""#), "{}", unknown.stderr);
+    assert_eq!(client(&s, &["send", "never-written", "--text", "hi"]).code(), 2);
+    assert!(!client(&s, &["list"]).stdout.contains("never-written"), "send created the conversation");
 
     // A turn stopped from elsewhere: exit 5.
     let mut slow = Command::new(dispatch_bin())

@@ -105,21 +105,34 @@ pub fn compose(text: Option<&str>, files: &[PathBuf]) -> Result<String, Failure>
     Ok(parts.join("\n\n"))
 }
 
-/// Find a conversation by id or unique id prefix (as the original's CLI
-/// does): an exact id wins; one match is taken; several are listed.
+/// Find a conversation by id or unique id prefix: an exact id wins; one
+/// match is taken; several are listed. No match is `id` itself — `chat -c`
+/// starts a conversation of that id (as the original's CLI did).
 pub async fn resolve(server: &Server, id: &str) -> Result<String, Failure> {
+    Ok(matching(server, id).await?.unwrap_or_else(|| id.to_owned()))
+}
+
+/// [`resolve`] for the commands that act on a conversation that must
+/// exist (`send`, `read`, `stop`, `open`, `history`): no match is a usage
+/// error rather than a new, empty conversation.
+pub async fn resolve_existing(server: &Server, id: &str) -> Result<String, Failure> {
+    matching(server, id)
+        .await?
+        .ok_or_else(|| usage(format!("no conversation is {id:?} or starts with it (see `dispatch list`)")))
+}
+
+async fn matching(server: &Server, id: &str) -> Result<Option<String>, Failure> {
     let answer = server.json("GET", &format!("/conversations?q={}", encode(id)), None).await?;
     let ids: Vec<&str> = answer["conversations"]
         .as_array()
         .map(|a| a.iter().filter_map(|c| c["id"].as_str()).collect())
         .unwrap_or_default();
-    if ids.contains(&id) || ids.is_empty() {
-        return Ok(id.to_owned());
+    match ids.as_slice() {
+        _ if ids.contains(&id) => Ok(Some(id.to_owned())),
+        [] => Ok(None),
+        [one] => Ok(Some((*one).to_owned())),
+        _ => Err(usage(format!("several conversations start with {id:?}: {}", ids.join(", ")))),
     }
-    if let [one] = ids.as_slice() {
-        return Ok((*one).to_owned());
-    }
-    Err(usage(format!("several conversations start with {id:?}: {}", ids.join(", "))))
 }
 
 /// Percent-encode a query value.
@@ -364,7 +377,7 @@ pub fn ago(ms: u64) -> String {
 
 /// `dispatch read`: the last answer, after the running turn settles.
 pub async fn read(server: &Server, id: &str) -> Outcome {
-    let id = resolve(server, id).await?;
+    let id = resolve_existing(server, id).await?;
     let answer = server.json("GET", &format!("/conversations/{id}/last"), None).await?;
     let content = answer["content"].as_str().unwrap_or_default();
     if !content.is_empty() {
@@ -375,7 +388,7 @@ pub async fn read(server: &Server, id: &str) -> Outcome {
 
 /// `dispatch stop`.
 pub async fn stop(server: &Server, id: &str) -> Outcome {
-    let id = resolve(server, id).await?;
+    let id = resolve_existing(server, id).await?;
     let answer = server.json("POST", &format!("/conversations/{id}/stop"), None).await?;
     if answer["abortedTurn"].as_bool() == Some(true) {
         say(&format!("stopped the running turn of {id}"));
@@ -387,7 +400,7 @@ pub async fn stop(server: &Server, id: &str) -> Outcome {
 
 /// `dispatch open`.
 pub async fn open(server: &Server, id: &str) -> Outcome {
-    let id = resolve(server, id).await?;
+    let id = resolve_existing(server, id).await?;
     server.json("POST", &format!("/conversations/{id}/open"), None).await?;
     say(&format!("asked the open clients to show {id}"));
     Ok(exit::OK)
@@ -395,7 +408,7 @@ pub async fn open(server: &Server, id: &str) -> Outcome {
 
 /// `dispatch history`.
 pub async fn history(server: &Server, id: &str, since: u64, as_json: bool) -> Outcome {
-    let id = resolve(server, id).await?;
+    let id = resolve_existing(server, id).await?;
     let answer = server.json("GET", &format!("/conversations/{id}?sinceSeq={since}"), None).await?;
     let chunks = answer["chunks"].as_array().cloned().unwrap_or_default();
     if chunks.is_empty() && since == 0 {
@@ -450,7 +463,7 @@ pub async fn send(
     cwd: Option<String>,
     effort: Option<String>,
 ) -> Outcome {
-    let id = resolve(server, id).await?;
+    let id = resolve_existing(server, id).await?;
     if show.open {
         server.json("POST", &format!("/conversations/{id}/open"), None).await?;
     }
