@@ -170,12 +170,14 @@ pub struct PlannedPlugin {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    // The reason is in the message and not a `source`: the binary prints
+    // errors with their chain, which would say it twice.
+    #[error("cannot read {path}: {reason}")]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     /// The file is not valid TOML or has unknown keys or wrong types.
     #[error("{path} is not a valid plugins.toml: {message}")]
@@ -192,7 +194,7 @@ impl Plan {
     /// [`MAX_CONFIG_BYTES`] (`/dev/zero` or a FIFO is refused, not read
     /// until memory runs out or forever).
     pub fn load(path: &Path) -> Result<Plan, ConfigError> {
-        let read = |source| ConfigError::Read { path: path.to_owned(), source };
+        let read = |reason| ConfigError::Read { path: path.to_owned(), reason };
         let meta = std::fs::metadata(path).map_err(read)?;
         if !meta.is_file() {
             return Err(read(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file")));
