@@ -151,7 +151,7 @@ fn private_copy(path: &Path) -> Result<(std::path::PathBuf, String), LoadError> 
 /// into a running host, where `path` may name a file loaded before.
 pub fn load_private(path: &Path) -> Result<(Loaded, String), LoadError> {
     let (copy, sha256) = private_copy(path)?;
-    Ok((load(&copy, None)?, sha256))
+    Ok((load_named(&copy, path, None)?, sha256))
 }
 
 /// Load the library at `path`; with a `pin`, exactly the bytes that hash
@@ -161,13 +161,27 @@ pub fn load_private(path: &Path) -> Result<(Loaded, String), LoadError> {
 /// abi_stable never unloads, and a half-initialised library is not safe to
 /// `dlclose` anyway.
 pub fn load(path: &Path, pin: Option<&str>) -> Result<Loaded, LoadError> {
+    load_named(path, path, pin)
+}
+
+/// [`load`] of `path`, whose errors name `named` instead: the operator's
+/// file when `path` is its private copy, so that a dynamic loader's
+/// message does not point at a `/proc/self/fd/N` nobody can look at.
+fn load_named(path: &Path, named: &Path, pin: Option<&str>) -> Result<Loaded, LoadError> {
     let pinned = pin.map(|pin| pinned_copy(path, pin)).transpose()?;
     let path = pinned.as_deref().unwrap_or(path);
+    let open_error = |message: String| {
+        if path == named {
+            return LoadError::Open(message);
+        }
+        let shown = format!("{} (its private copy)", named.display());
+        LoadError::Open(message.replace(&*path.to_string_lossy(), &shown))
+    };
     // First, a plain `dlopen` to read the ABI version the plugin claims, so a
     // mismatch is reported in those terms before abi_stable's layout check.
     // SAFETY: loading runs the library's initialisers; loading operator-listed
     // plugins is the whole point of the host.
-    let lib = unsafe { libloading::Library::new(path) }.map_err(|e| LoadError::Open(e.to_string()))?;
+    let lib = unsafe { libloading::Library::new(path) }.map_err(|e| open_error(e.to_string()))?;
     // SAFETY: `export_plugin!` defines this symbol as a `u32` static.
     let claimed = match unsafe { lib.get::<*const u32>(ABI_VERSION_SYMBOL) } {
         // SAFETY: the symbol's address points at that `u32` static, which lives
@@ -190,7 +204,7 @@ pub fn load(path: &Path, pin: Option<&str>) -> Result<Loaded, LoadError> {
 
     let header = lib_header_from_path(path).map_err(|e| match e {
         LibraryError::GetSymbolError { .. } => LoadError::NoRootModule,
-        other => LoadError::Open(other.to_string()),
+        other => open_error(other.to_string()),
     })?;
     // Not `RootModule::load_from_file`: that caches one module per interface
     // type, and every plugin shares ours.
@@ -273,7 +287,9 @@ mod tests {
         // The right pin gets as far as dlopen of the private copy, which
         // refuses "abc" as a library: the copy is what is loaded.
         let err = load(&file, Some(ABC)).err().unwrap();
-        assert!(matches!(err, LoadError::Open(ref m) if m.contains("/proc/self/fd/")), "{err}");
+        let shown = format!("{} (its private copy)", file.display());
+        assert!(matches!(err, LoadError::Open(ref m) if m.contains(&shown)), "{err}");
+        assert!(!err.to_string().contains("/proc/self/fd/"), "{err}");
     }
 
     #[test]

@@ -632,6 +632,16 @@ impl Supervisor {
             if !again.contains(&i) && !added.contains(&i) && !upgraded.contains(&i) {
                 if r.state == State::Active {
                     out.unchanged += 1;
+                } else if self.slots[i].module.is_none() && !out.failed.iter().any(|f| f.file == r.file) {
+                    // A file that could not be loaded and has not changed
+                    // since: not tried again, but still broken — a reload
+                    // that answered "nothing failed" would hide it.
+                    out.failed.push(ReloadChange {
+                        id: r.id.clone(),
+                        file: r.file.clone(),
+                        version: r.version.clone(),
+                        reason: r.error.clone().map(|e| format!("{e} (unchanged since it failed)")),
+                    });
                 }
                 continue;
             }

@@ -89,6 +89,15 @@ fn a_tool_plugin_is_added_upgraded_and_removed_in_a_running_server() {
         report.body
     );
     assert!(report.body["unchanged"].as_u64().unwrap() >= 17, "{}", report.body);
+    // Named by its own path, not the private copy's `/proc/self/fd/N`.
+    let reason = failed[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("libgarbage.so (its private copy)"), "{reason}");
+    assert!(!reason.contains("/proc/self/fd"), "{reason}");
+    // Still there at the next reload: still reported (it used to vanish
+    // from the report, and the CLI said nothing failed).
+    let out = run(&["plugins", "reload", "--server", &s.base], &[], Duration::from_secs(60));
+    assert_eq!(out.code(), 1, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("unchanged since it failed"), "{}", out.stdout);
     assert_eq!(count_turn(&s, "r4")["content"], "3 words (v2), 1 lines, 13 characters");
 
     // Removed: gone from the bus and the list; turns still work.
