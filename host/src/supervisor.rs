@@ -674,6 +674,34 @@ impl Supervisor {
         out
     }
 
+    /// Put the running plugins back in the order a fresh start would
+    /// activate them — `depends_on` first, then the configuration's order —
+    /// so that shutdown, which stops them from the end, stops them in the
+    /// reverse. A reload activates what it restarts after everything else;
+    /// left as it was, a restarted tool would stop before the session that
+    /// is listed after the tools so as to seal its turns first.
+    fn in_configured_order(&mut self) {
+        let rows: Vec<usize> = {
+            let mut rows: Vec<usize> = self.active.iter().map(|(i, _)| *i).collect();
+            rows.sort_unstable();
+            rows
+        };
+        let nodes: Vec<Node> = {
+            let reports = self.reports();
+            rows.iter()
+                .map(|&i| Node { id: reports[i].id.clone(), depends_on: reports[i].depends_on.clone() })
+                .collect()
+        };
+        let ordering = graph::order(&nodes);
+        let mut rank: HashMap<usize, usize> = HashMap::new();
+        for (position, node) in ordering.order.iter().enumerate() {
+            rank.insert(rows[*node], position);
+        }
+        // Anything the graph would not order (it cannot be, as all of these
+        // activated) keeps its place after the rest.
+        self.active.sort_by_key(|(i, _)| rank.get(i).copied().unwrap_or(usize::MAX));
+    }
+
     /// The configuration a row should run with: its entry's, or for a
     /// drop-in, its `id` entry's.
     fn config_for(
@@ -877,6 +905,7 @@ impl Supervisor {
     /// activation order, each within the deadline.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown_tx.send(true);
+        self.in_configured_order();
         while let Some((i, instance)) = self.active.pop() {
             self.stop_instance(i, instance, "").await;
         }

@@ -155,6 +155,34 @@ fn removing_a_plugin_during_its_slow_call_ends_the_call_with_an_error_and_the_tu
     assert_eq!(events.last().unwrap()["type"], "turn-sealed");
 }
 
+/// After a reload restarts a tool, shutdown still stops the session
+/// before the tools, as the configuration lists them: the restarted tool
+/// used to be the last activated and so the first stopped.
+#[test]
+fn after_a_reload_shutdown_still_stops_the_session_before_a_restarted_tool() {
+    let cfg = product_config(LOOPBACK);
+    let mut s = Server::start(&cfg);
+    let text = std::fs::read_to_string(&*cfg).unwrap();
+    let entry = "\n[[plugin]]\npath = \"libdispatch_plugin_tool_shell.so\"\nrequired = true\n";
+    let reconfigured = text.replace(entry, &format!("{entry}[plugin.config]\ndefault_timeout_ms = 60000\n"));
+    assert_ne!(reconfigured, text, "the shell tool's entry was not found in:\n{text}");
+    std::fs::write(&*cfg, reconfigured).unwrap();
+    let report = post(&format!("{}/admin/plugins/reload", s.base), "").body;
+    let restarted: Vec<&str> =
+        report["restarted"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(restarted, ["tool-shell"], "{report}");
+    assert!(s.stop_with(15).success(), "{}", s.log());
+    let log = s.log();
+    let stopped = |id: &str| {
+        log.lines()
+            .position(|l| l.ends_with(&format!("supervisor: plugin stopped plugin={id}")))
+            .unwrap_or_else(|| panic!("no stop of {id} in:\n{log}"))
+    };
+    assert!(stopped("session") < stopped("tool-shell"), "{log}");
+    assert!(stopped("transport-http") < stopped("session"), "{log}");
+    assert!(stopped("session") < stopped("store-sqlite"), "{log}");
+}
+
 /// A provider dropped into a running server: its models appear in
 /// `GET /models` and a turn can use them.
 #[test]
