@@ -221,7 +221,10 @@ impl Plan {
     pub fn compile(path: &Path, text: &str) -> Result<Plan, ConfigError> {
         let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
+            // The parser stops at the first problem; when the file is at
+            // least valid TOML, each section is checked on its own so that
+            // one run names them all.
+            message: every_problem(text).unwrap_or_else(|| e.to_string().trim_end().to_owned()),
         })?;
         if let Some(n) = file.host.worker_threads.filter(|n| !(1..=MAX_WORKER_THREADS).contains(n)) {
             return Err(ConfigError::Parse {
@@ -347,9 +350,115 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Every problem of a file that is valid TOML but not a valid
+/// configuration — each unknown key of each section, else the section's
+/// first wrong value — each with its line; `None` when there are fewer than
+/// two (the parser's own message, with its excerpt, says it best) or the
+/// file is not TOML at all.
+fn every_problem(text: &str) -> Option<String> {
+    /// The file's sections as plain TOML, with where each starts.
+    #[derive(Deserialize)]
+    struct Sections {
+        host: Option<toml::Spanned<toml::Table>>,
+        #[serde(default)]
+        plugin: Vec<toml::Spanned<toml::Table>>,
+    }
+    let top: toml::Table = toml::from_str(text).ok()?;
+    let sections: Sections = toml::from_str(text).ok()?;
+    let line = |at: usize| text[..at.min(text.len())].matches('\n').count() + 1;
+    let mut problems = Vec::new();
+    let known = struct_fields::<ConfigFile>();
+    for key in top.keys().filter(|k| !known.contains(&k.as_str())) {
+        problems.push(format!("unknown key `{key}` at the top level, expected one of {}", quoted(known)));
+    }
+    let mut check =
+        |place: String, table: toml::Table, known: &[&str], typed: fn(toml::Table) -> Option<String>| {
+            let unknown: Vec<&String> = table.keys().filter(|k| !known.contains(&k.as_str())).collect();
+            if unknown.is_empty() {
+                problems.extend(typed(table).map(|e| format!("{place}: {e}")));
+            } else {
+                for key in unknown {
+                    problems.push(format!("{place}: unknown key `{key}`, expected one of {}", quoted(known)));
+                }
+            }
+        };
+    fn typed<T: serde::de::DeserializeOwned>(table: toml::Table) -> Option<String> {
+        toml::Value::Table(table).try_into::<T>().err().map(|e| e.to_string().trim_end().to_owned())
+    }
+    if let Some(host) = sections.host {
+        let place = format!("line {}, [host]", line(host.span().start));
+        check(place, host.into_inner(), struct_fields::<HostSection>(), typed::<HostSection>);
+    }
+    for (n, entry) in sections.plugin.into_iter().enumerate() {
+        let place = format!("line {}, [[plugin]] #{}", line(entry.span().start), n + 1);
+        check(place, entry.into_inner(), struct_fields::<PluginEntry>(), typed::<PluginEntry>);
+    }
+    (problems.len() > 1).then(|| format!("{} problems:\n  {}", problems.len(), problems.join("\n  ")))
+}
+
+fn quoted(keys: &[&str]) -> String {
+    keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+}
+
+/// The keys a derived `Deserialize` struct accepts, as serde names them
+/// (renames applied): asked of the derive itself, so the list cannot drift
+/// from the struct.
+fn struct_fields<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    struct Fields<'a>(&'a mut &'static [&'static str]);
+    impl<'de> serde::Deserializer<'de> for Fields<'_> {
+        type Error = serde::de::value::Error;
+        fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(serde::de::Error::custom("only the field names are asked for"))
+        }
+        fn deserialize_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(serde::de::Error::custom("only the field names are asked for"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option
+            unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+        }
+    }
+    let mut fields: &'static [&'static str] = &[];
+    // Always an error: the point is the names it saw on the way.
+    let _ = T::deserialize(Fields(&mut fields));
+    fields
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The parser stops at the first problem; the operator used to fix one
+    /// key per run.
+    #[test]
+    fn every_section_with_a_problem_is_named_in_one_run() {
+        let text = "[host]\nplugin_dirr = \"x\"\nfoo = 1\n\n[[plugin]]\npath = \"a.so\"\n\n\
+                    [[plugin]]\npath = \"b.so\"\nrequird = true\n\n[[plugin]]\npath = 7\n";
+        let msg = Plan::compile(Path::new("/x/plugins.toml"), text).unwrap_err().to_string();
+        assert!(msg.contains("4 problems"), "{msg}");
+        assert!(
+            msg.contains("line 1, [host]: unknown key `plugin_dirr`, expected one of `plugin_dir`"),
+            "{msg}"
+        );
+        assert!(msg.contains("line 1, [host]: unknown key `foo`"), "{msg}");
+        assert!(msg.contains("line 8, [[plugin]] #2: unknown key `requird`"), "{msg}");
+        assert!(msg.contains("[[plugin]] #3: invalid type"), "{msg}");
+        assert_eq!(struct_fields::<PluginEntry>(), ["path", "id", "required", "sha256", "config"]);
+        assert_eq!(struct_fields::<ConfigFile>(), ["host", "plugin"]);
+        assert!(!msg.contains("#1"), "a good entry is not a problem: {msg}");
+        // A single problem keeps the parser's own message and excerpt.
+        let one = Plan::compile(Path::new("/x/plugins.toml"), "[host]\nplugin_dirr = \"x\"\n").unwrap_err();
+        assert!(!one.to_string().contains("problems"), "{one}");
+        // So does text that is not TOML.
+        let bad = Plan::compile(Path::new("/x/plugins.toml"), "[host\n").unwrap_err();
+        assert!(bad.to_string().contains("line 1"), "{bad}");
+    }
 
     #[test]
     fn unknown_keys_are_refused_with_their_location() {
