@@ -11,6 +11,10 @@ use dispatch_host::signals::{self, Terminate};
 use dispatch_host::supervisor::{Settings, Supervisor};
 use dispatch_host::turn::BusCaller;
 use dispatch_host::{client, logging, report};
+
+/// `--effort` values, checked before anything is sent (a usage error, not
+/// the server's refusal).
+const EFFORTS: [&str; 5] = ["low", "medium", "high", "xhigh", "max"];
 use dispatch_kernel::remote::ServiceCaller as _;
 
 #[derive(Parser)]
@@ -153,8 +157,8 @@ enum Command {
         /// conversation's, else the server's).
         #[arg(long)]
         cwd: Option<PathBuf>,
-        /// Reasoning effort: low, medium, high, xhigh, max.
-        #[arg(long)]
+        /// Reasoning effort.
+        #[arg(long, value_parser = EFFORTS)]
         effort: Option<String>,
         /// Attach a text file (repeatable).
         #[arg(long, short)]
@@ -192,7 +196,7 @@ enum Command {
         #[arg(long)]
         cwd: Option<PathBuf>,
         /// Reasoning effort.
-        #[arg(long)]
+        #[arg(long, value_parser = EFFORTS)]
         effort: Option<String>,
         /// Show the model's reasoning (dimmed).
         #[arg(long)]

@@ -127,6 +127,11 @@ fn failures_are_one_line_with_exit_codes_scripts_can_rely_on() {
     );
 
     assert_eq!(run(&["read"], &[], LIMIT).code(), 2, "a missing argument is a usage error");
+    // An unknown effort is the command line's mistake (it used to be sent
+    // and refused by the server: exit 4).
+    let effort = run(&["chat", "--effort", "bogus", "--text", "hi", "--server", &s.base], &[], LIMIT);
+    assert_eq!(effort.code(), 2, "{}", effort.stderr);
+    assert!(effort.stderr.contains("possible values: low, medium, high, xhigh, max"), "{}", effort.stderr);
     let empty = client(&s, &["chat", "--text", "  "]);
     assert_eq!(empty.code(), 2);
     assert!(empty.stderr.contains("nothing to send"), "{}", empty.stderr);
