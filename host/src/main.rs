@@ -11,11 +11,11 @@ use dispatch_host::signals::{self, Terminate};
 use dispatch_host::supervisor::{Settings, Supervisor};
 use dispatch_host::turn::BusCaller;
 use dispatch_host::{client, logging, report};
+use dispatch_kernel::remote::ServiceCaller as _;
 
 /// `--effort` values, checked before anything is sent (a usage error, not
 /// the server's refusal).
-const EFFORTS: [&str; 5] = ["low", "medium", "high", "xhigh", "max"];
-use dispatch_kernel::remote::ServiceCaller as _;
+const EFFORTS: [&str; 5] = dispatch_kernel::wire::ReasoningEffort::NAMES;
 
 #[derive(Parser)]
 #[command(

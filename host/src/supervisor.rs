@@ -64,6 +64,11 @@ pub fn beside_the_session(provides: &[Provided]) -> Option<String> {
     None
 }
 
+/// A reload report's line for plugin `r`.
+fn change_of(r: &PluginReport, reason: Option<String>) -> ReloadChange {
+    ReloadChange { id: r.id.clone(), file: r.file.clone(), version: r.version.clone(), reason }
+}
+
 /// The running set of plugins.
 pub struct Supervisor {
     shared: Arc<Shared>,
@@ -464,7 +469,7 @@ impl Supervisor {
             self.deactivate_row(i).await;
             if leaving.contains(&i) {
                 let r = self.reports()[i].clone();
-                out.removed.push(ReloadChange { id: r.id, file: r.file, version: r.version, reason: None });
+                out.removed.push(change_of(&r, None));
             }
         }
         // Load new builds of changed files, and the new files.
@@ -602,12 +607,7 @@ impl Supervisor {
             };
             let mut reports = self.reports();
             tracing::error!(plugin = %reports[i].id, file = %reports[i].file, "plugin failed: {msg}");
-            out.failed.push(ReloadChange {
-                id: reports[i].id.clone(),
-                file: reports[i].file.clone(),
-                version: reports[i].version.clone(),
-                reason: Some(msg.clone()),
-            });
+            out.failed.push(change_of(&reports[i], Some(msg.clone())));
             reports[i].state = State::Failed;
             reports[i].error = Some(msg);
             drop(reports);
@@ -632,25 +632,18 @@ impl Supervisor {
             if !again.contains(&i) && !added.contains(&i) && !upgraded.contains(&i) {
                 if r.state == State::Active {
                     out.unchanged += 1;
-                } else if self.slots[i].module.is_none() && !out.failed.iter().any(|f| f.file == r.file) {
+                } else if self.slots[i].module.is_none()
+                    && !out.failed.iter().any(|f| f.id == r.id && f.file == r.file)
+                {
                     // A file that could not be loaded and has not changed
                     // since: not tried again, but still broken — a reload
                     // that answered "nothing failed" would hide it.
-                    out.failed.push(ReloadChange {
-                        id: r.id.clone(),
-                        file: r.file.clone(),
-                        version: r.version.clone(),
-                        reason: r.error.clone().map(|e| format!("{e} (unchanged since it failed)")),
-                    });
+                    let reason = r.error.clone().map(|e| format!("{e} (unchanged since it failed)"));
+                    out.failed.push(change_of(r, reason));
                 }
                 continue;
             }
-            let change = ReloadChange {
-                id: r.id.clone(),
-                file: r.file.clone(),
-                version: r.version.clone(),
-                reason: r.error.clone(),
-            };
+            let change = change_of(r, r.error.clone());
             if r.state != State::Active {
                 out.failed.push(change);
             } else if added.contains(&i) {
@@ -803,26 +796,31 @@ impl Supervisor {
         })
     }
 
+    /// Mark plugin `i` skipped for `reason` (logged as a warning when it is
+    /// a problem) and say so on the bus.
+    fn skip(&self, i: usize, reason: String, warn: bool) {
+        let mut reports = self.reports();
+        let r = &mut reports[i];
+        if warn {
+            tracing::warn!(plugin = %r.id, file = %r.file, "plugin skipped: {reason}");
+        } else {
+            tracing::debug!(plugin = %r.id, file = %r.file, "plugin left out: {reason}");
+        }
+        r.state = State::Skipped;
+        r.error = Some(reason);
+        drop(reports);
+        self.publish_state(i);
+    }
+
     async fn activate(&mut self, i: usize, module: PluginModRef, config: String) {
         let left_out = self.settings.leave_out.and_then(|rule| rule(&self.reports()[i].provides));
         if let Some(reason) = left_out {
-            let mut reports = self.reports();
-            let r = &mut reports[i];
-            tracing::debug!(plugin = %r.id, file = %r.file, "plugin left out: {reason}");
-            r.state = State::Skipped;
-            r.error = Some(reason);
-            drop(reports);
-            self.publish_state(i);
+            // The command's choice, not a problem: no warning.
+            self.skip(i, reason, false);
             return;
         }
         if let Some(reason) = self.blocked(i) {
-            let mut reports = self.reports();
-            let r = &mut reports[i];
-            tracing::warn!(plugin = %r.id, file = %r.file, "plugin skipped: {reason}");
-            r.state = State::Skipped;
-            r.error = Some(reason);
-            drop(reports);
-            self.publish_state(i);
+            self.skip(i, reason, true);
             return;
         }
         let (id, file) = {

@@ -14,6 +14,12 @@ pub const BASE_ENV: &[&str] = &[
     "TZ",
 ];
 
+/// The host's values of [`BASE_ENV`] that are set: what a process started
+/// on the model's behalf gets after `env_clear` (`cmd.envs(base_env())`).
+pub fn base_env() -> impl Iterator<Item = (&'static str, std::ffi::OsString)> {
+    BASE_ENV.iter().filter_map(|&name| std::env::var_os(name).map(|v| (name, v)))
+}
+
 /// Whether a variable name looks like a credential (`DISPATCH_API_KEY`,
 /// `*_API_KEY`, `*TOKEN*`, `*SECRET*`, `*PASSWORD*`, `*CREDENTIAL*`),
 /// case-insensitively.

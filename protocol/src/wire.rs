@@ -246,6 +246,12 @@ pub enum ReasoningEffort {
     Max,
 }
 
+impl ReasoningEffort {
+    /// The wire names, least to most (for command lines and messages that
+    /// list them).
+    pub const NAMES: [&'static str; 5] = ["low", "medium", "high", "xhigh", "max"];
+}
+
 /// Lifecycle status of a conversation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -634,6 +640,29 @@ pub struct ConversationMeta {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `NAMES` is the serde encoding, every variant once and in order.
+    #[test]
+    fn effort_names_are_the_wire_names() {
+        let all = [
+            ReasoningEffort::Low,
+            ReasoningEffort::Medium,
+            ReasoningEffort::High,
+            ReasoningEffort::Xhigh,
+            ReasoningEffort::Max,
+        ];
+        let names: Vec<String> =
+            all.iter().map(|e| serde_json::to_value(e).unwrap().as_str().unwrap().to_owned()).collect();
+        assert_eq!(names, ReasoningEffort::NAMES);
+        // A new variant stops this compiling until it is in `all` (and `NAMES`).
+        let _every = |e: ReasoningEffort| match e {
+            ReasoningEffort::Low
+            | ReasoningEffort::Medium
+            | ReasoningEffort::High
+            | ReasoningEffort::Xhigh
+            | ReasoningEffort::Max => (),
+        };
+    }
 
     /// A provider's absurd counters used to wrap a turn's total.
     #[test]

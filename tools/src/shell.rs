@@ -50,7 +50,7 @@ pub struct Config {
 
 /// What a command's environment starts from: the host's values of these,
 /// where set (the list every process the plugins start shares).
-pub use dispatch_protocol::secrets::BASE_ENV;
+pub use dispatch_protocol::secrets::{base_env, BASE_ENV};
 
 /// Whether a variable name looks like a credential: such names are refused
 /// in [`Config::env_passthrough`] and [`Config::env`]. (The one definition,

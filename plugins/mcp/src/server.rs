@@ -264,16 +264,11 @@ impl Server {
         match &self.launch.transport {
             Transport::Stdio { command, args, env, cwd } => {
                 let mut cmd = tokio::process::Command::new(command);
-                cmd.args(args).kill_on_drop(true).env_clear();
                 // A clean environment, as the official SDKs give stdio
                 // servers and as `run_shell` gets: a server's tools may show
                 // the model its environment, and dispatch's holds provider
                 // keys.
-                for name in dispatch_tools::shell::BASE_ENV {
-                    if let Some(value) = std::env::var_os(name) {
-                        cmd.env(name, value);
-                    }
-                }
+                cmd.args(args).kill_on_drop(true).env_clear().envs(dispatch_tools::shell::base_env());
                 for (k, v) in env {
                     cmd.env(k, v);
                 }

@@ -873,13 +873,23 @@ impl Drop for Tx<'_> {
     }
 }
 
-/// Make sure a conversation row exists (metadata and metrics need one).
-fn ensure_conversation(tx: &rusqlite::Connection, id: &str, now: i64) -> Result<(), StoreError> {
-    tx.prepare_cached(
+/// Make sure a conversation row exists (metadata and metrics need one);
+/// with `record_activity`, an existing row's `last_activity_at` becomes
+/// `now` too.
+fn ensure_conversation(
+    tx: &rusqlite::Connection,
+    id: &str,
+    now: i64,
+    record_activity: bool,
+) -> Result<(), StoreError> {
+    let sql = if record_activity {
         "INSERT INTO conversations (id, created_at, last_activity_at) VALUES (?1, ?2, ?2) \
-         ON CONFLICT(id) DO NOTHING",
-    )?
-    .execute(rusqlite::params![id, now])?;
+         ON CONFLICT(id) DO UPDATE SET last_activity_at = excluded.last_activity_at"
+    } else {
+        "INSERT INTO conversations (id, created_at, last_activity_at) VALUES (?1, ?2, ?2) \
+         ON CONFLICT(id) DO NOTHING"
+    };
+    tx.prepare_cached(sql)?.execute(rusqlite::params![id, now])?;
     Ok(())
 }
 
@@ -888,7 +898,7 @@ fn meta(tx: &rusqlite::Connection, w: &Write, now: i64) -> Result<(), StoreError
     match w {
         Write::Append { .. } | Write::Close { .. } => Ok(()),
         Write::Update { update: u, .. } => {
-            ensure_conversation(tx, &u.conversation_id, now)?;
+            ensure_conversation(tx, &u.conversation_id, now, false)?;
             let set = |col: &str, v: Option<&str>| -> Result<(), StoreError> {
                 // `col` is one of the fixed names below, never input.
                 tx.prepare_cached(&format!("UPDATE conversations SET {col} = ?1 WHERE id = ?2"))?
@@ -923,11 +933,7 @@ fn meta(tx: &rusqlite::Connection, w: &Write, now: i64) -> Result<(), StoreError
         Write::Metrics { conversation_id, metrics, turn_id, .. } => {
             // A sealed turn is activity: its steps may have left
             // `last_activity_at` up to ACTIVITY_GRAIN_MS behind.
-            tx.prepare_cached(
-                "INSERT INTO conversations (id, created_at, last_activity_at) VALUES (?1, ?2, ?2) \
-                 ON CONFLICT(id) DO UPDATE SET last_activity_at = excluded.last_activity_at",
-            )?
-            .execute(rusqlite::params![conversation_id, now])?;
+            ensure_conversation(tx, conversation_id, now, true)?;
             tx.prepare_cached(
                 "INSERT INTO turn_metrics (conversation_id, position, turn_id, metrics) VALUES (?1, \
                  (SELECT COALESCE(MAX(position), 0) + 1 FROM turn_metrics WHERE conversation_id = ?1), ?2, ?3)",

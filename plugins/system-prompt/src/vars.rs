@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dispatch_contracts::prompt::Variable;
-use dispatch_contracts::protocol::secrets::BASE_ENV;
+use dispatch_contracts::protocol::secrets::base_env;
 use dispatch_contracts::session::PromptContext;
 
 use crate::template::Lookup;
@@ -128,20 +128,15 @@ fn os_name() -> String {
 }
 
 /// Run git in `dir`; its trimmed output, or nothing when it fails or hangs.
-/// With only [`BASE_ENV`] of the host's environment (the host's
+/// With only [`base_env`] of the host's environment (the host's
 /// credentials must not reach a process whose environment any process of
 /// the same user can read) and no `core.fsmonitor` (a command the
 /// repository's own configuration, which the model can write, would have
 /// `git status` run).
 fn git(dir: &Path, args: &[&str]) -> Option<String> {
-    let mut cmd = Command::new("git");
-    cmd.env_clear();
-    for name in BASE_ENV {
-        if let Some(v) = std::env::var_os(name) {
-            cmd.env(name, v);
-        }
-    }
-    let mut child = cmd
+    let mut child = Command::new("git")
+        .env_clear()
+        .envs(base_env())
         .env("GIT_TERMINAL_PROMPT", "0")
         .args(["-c", "core.fsmonitor=false", "-C"])
         .arg(dir)
