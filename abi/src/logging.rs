@@ -27,6 +27,37 @@ use crate::ffi::{HostApiBox, LogLevel};
 
 static INSTALLED: OnceLock<HostApiBox> = OnceLock::new();
 
+/// Values blotted out of every record this library forwards (see
+/// [`redact_in_logs`]); longest first.
+static REDACTED: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
+
+/// Blot `values` out of every log record the plugin forwards from now on,
+/// its dependencies' records included — for secrets the plugin cannot
+/// keep out of messages it did not write (an SDK logging the error a
+/// server sent back, quoting the `Authorization` header it refused).
+/// Values shorter than 4 bytes are ignored.
+pub fn redact_in_logs(values: impl IntoIterator<Item = String>) {
+    let mut list = REDACTED.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+    for v in values {
+        let v = v.trim().to_owned();
+        if v.len() >= 4 && !list.contains(&v) {
+            list.push(v);
+        }
+    }
+    list.sort_by_key(|v| std::cmp::Reverse(v.len()));
+}
+
+/// `text` with every value of [`redact_in_logs`] replaced by `[redacted]`.
+fn redacted(mut text: String) -> String {
+    let list = REDACTED.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+    for v in list.iter() {
+        if text.contains(v.as_str()) {
+            text = text.replace(v.as_str(), "[redacted]");
+        }
+    }
+    text
+}
+
 /// Install the forwarding subscriber and panic hook for this library. Only
 /// the first call per library has an effect (one plugin per library).
 pub(crate) fn install(host: &HostApiBox) {
@@ -128,8 +159,9 @@ impl Subscriber for Forward {
         let mut render = Render::default();
         event.record(&mut render);
         render.message.push_str(&render.fields);
+        let message = redacted(render.message);
         let meta = event.metadata();
-        self.host.log(level_of(meta.level()), RStr::from(meta.target()), RStr::from(render.message.as_str()));
+        self.host.log(level_of(meta.level()), RStr::from(meta.target()), RStr::from(message.as_str()));
     }
 
     fn enter(&self, _: &span::Id) {}

@@ -119,7 +119,13 @@ impl HostApi for PluginHost {
 
     fn data_dir(&self) -> RString {
         let dir = self.shared.data_root.join(self.id.as_str());
-        if let Err(e) = std::fs::create_dir_all(&dir) {
+        // Readable by the host's user only: conversations, prompts and
+        // whatever else plugins keep are the user's.
+        let created = {
+            use std::os::unix::fs::DirBuilderExt as _;
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)
+        };
+        if let Err(e) = created {
             tracing::warn!(plugin = %self.id, dir = %dir.display(), error = %e, "cannot create the plugin's data directory");
         }
         RString::from(dir.to_string_lossy().into_owned())

@@ -36,8 +36,10 @@ struct Found {
 }
 
 /// Blank, in the block `/proc/self/environ` shows, the value of every
-/// variable whose name [looks like a credential](looks_like_a_secret),
-/// after moving the variable to the heap. Answers the names blanked.
+/// variable whose name [looks like a credential](looks_like_a_secret) or is
+/// one of `named` (the variables the configuration names as credentials:
+/// see [`configured_credentials`]), after moving the variable to the heap.
+/// Answers the names blanked.
 ///
 /// # Safety
 ///
@@ -45,7 +47,7 @@ struct Found {
 /// kept a pointer from `getenv`: it changes the environment (as
 /// `std::env::set_var` requires) and writes to the block libc's
 /// `environ` pointed into when the process started.
-pub unsafe fn hide_credentials() -> Vec<String> {
+pub unsafe fn hide_credentials(named: &[String]) -> Vec<String> {
     let Some((start, end)) = env_block() else { return Vec::new() };
     let mut found = Vec::new();
     for entry in entries() {
@@ -57,7 +59,8 @@ pub unsafe fn hide_credentials() -> Vec<String> {
         let bytes = unsafe { CStr::from_ptr(entry) }.to_bytes();
         let Some(eq) = bytes.iter().position(|&b| b == b'=') else { continue };
         // Judged on the bytes: a name need not be UTF-8.
-        if !looks_like_a_secret(&String::from_utf8_lossy(&bytes[..eq])) || eq + 1 == bytes.len() {
+        let name = String::from_utf8_lossy(&bytes[..eq]);
+        if !(looks_like_a_secret(&name) || named.iter().any(|n| *n == name)) || eq + 1 == bytes.len() {
             continue;
         }
         found.push(Found {
@@ -133,4 +136,133 @@ fn env_block() -> Option<(usize, usize)> {
     let start = fields.get(50 - 3)?.parse().ok()?;
     let end = fields.get(51 - 3)?.parse().ok()?;
     (start < end).then_some((start, end))
+}
+
+/// Largest configuration file read for names (as `plugins.toml` itself).
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// The environment variables a configuration names as credentials, read
+/// before the host starts: the value of every `*_env` key (`api_key_env =
+/// "DEEPSEEK_KEY"`) and every `${NAME}` in a string (MCP `env` and
+/// `headers`), in `plugins.toml` and in the JSON files its `config_file`
+/// keys name. A name that does not look like a secret (`DEEPSEEK_KEY`) is
+/// a credential all the same when the configuration uses it as one.
+///
+/// Best effort and silent: a file that cannot be read is the host's to
+/// report a moment later, with its full diagnostics.
+pub fn configured_credentials(config: &std::path::Path) -> Vec<String> {
+    let mut names = Vec::new();
+    let Some(text) = read_small(config) else { return names };
+    let Ok(doc) = text.parse::<toml::Table>() else { return names };
+    let base = config.parent().unwrap_or(std::path::Path::new("."));
+    let mut files = Vec::new();
+    walk_toml(&toml::Value::Table(doc), None, &mut names, &mut files);
+    if let Some(f) = std::env::var_os("DISPATCH_MCP_CONFIG") {
+        files.push(std::path::PathBuf::from(f));
+    }
+    for file in files {
+        let path = if file.is_absolute() { file } else { base.join(file) };
+        if let Some(json) = read_small(&path).and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        {
+            walk_json(&json, &mut names);
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn read_small(path: &std::path::Path) -> Option<String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    // Non-blocking: opening a FIFO for reading would wait for a writer.
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(MAX_CONFIG_BYTES).read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+fn walk_toml(
+    value: &toml::Value,
+    key: Option<&str>,
+    names: &mut Vec<String>,
+    files: &mut Vec<std::path::PathBuf>,
+) {
+    match value {
+        toml::Value::String(s) => {
+            if key.is_some_and(|k| k.ends_with("_env")) && is_name(s) {
+                names.push(s.clone());
+            }
+            if key == Some("config_file") {
+                files.push(std::path::PathBuf::from(s));
+            }
+            names.extend(placeholders(s));
+        }
+        toml::Value::Array(items) => items.iter().for_each(|v| walk_toml(v, key, names, files)),
+        toml::Value::Table(t) => t.iter().for_each(|(k, v)| walk_toml(v, Some(k), names, files)),
+        _ => {}
+    }
+}
+
+fn walk_json(value: &serde_json::Value, names: &mut Vec<String>) {
+    match value {
+        serde_json::Value::String(s) => names.extend(placeholders(s)),
+        serde_json::Value::Array(items) => items.iter().for_each(|v| walk_json(v, names)),
+        serde_json::Value::Object(map) => map.values().for_each(|v| walk_json(v, names)),
+        _ => {}
+    }
+}
+
+/// The `NAME`s of the `${NAME}`s in `s`.
+fn placeholders(s: &str) -> Vec<String> {
+    s.split("${")
+        .skip(1)
+        .filter_map(|part| part.split_once('}').map(|(name, _)| name))
+        .filter(|n| is_name(n))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_configuration_names_its_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("mcp.json"),
+            r#"{"mcpServers": {"gh": {"command": "x", "env": {"T": "${GH_PAT}"}}}}"#,
+        )
+        .unwrap();
+        let config = dir.path().join("plugins.toml");
+        std::fs::write(
+            &config,
+            r#"
+[[plugin]]
+path = "libdispatch_plugin_provider_openai.so"
+[[plugin.config.credentials]]
+name = "deepseek"
+api_key_env = "DEEPSEEK_KEY"
+[[plugin]]
+path = "libdispatch_plugin_mcp.so"
+[plugin.config]
+config_file = "mcp.json"
+[plugin.config.servers.remote]
+url = "https://example.com/mcp"
+headers = { Authorization = "Bearer ${REMOTE_AUTH}", X = "$notone ${bad name}" }
+"#,
+        )
+        .unwrap();
+        assert_eq!(configured_credentials(&config), ["DEEPSEEK_KEY", "GH_PAT", "REMOTE_AUTH"]);
+        assert!(configured_credentials(&dir.path().join("missing.toml")).is_empty());
+    }
 }

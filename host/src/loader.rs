@@ -63,35 +63,18 @@ pub enum LoadError {
     /// The library's root module refused to initialise or panicked.
     #[error("the library's root module failed to initialise: {0}")]
     Init(String),
-    /// A pinned library whose bytes do not hash to the pin, or that could
-    /// not be read to check it.
+    /// A pinned library whose bytes do not hash to the pin.
     #[error("{0}")]
     Pin(String),
+    /// The library could not be read into its private copy.
+    #[error("{0}")]
+    Copy(String),
     /// Reading the manifest failed (the plugin's `manifest()` errored or panicked).
     #[error("reading the manifest failed: {0}")]
     Manifest(String),
     /// The manifest is unusable.
     #[error("invalid manifest: {0}")]
     BadManifest(String),
-}
-
-/// Copy the file at `path` into a sealed in-memory file while hashing it,
-/// and answer that file's `/proc/self/fd/N` path if the hash is `pin`.
-///
-/// Hashing the path and then loading the path again would let the file be
-/// swapped in between (a symlink flipped, a file replaced). Here the bytes
-/// that were hashed are the bytes that get loaded: the copy is sealed
-/// against writes before the hash is compared, and nothing else can reach
-/// it. Memory is bounded by the copy buffer, not the file's size.
-fn pinned_copy(path: &Path, pin: &str) -> Result<std::path::PathBuf, LoadError> {
-    let (copy, actual) = private_copy(path)?;
-    if !actual.eq_ignore_ascii_case(pin.trim()) {
-        return Err(LoadError::Pin(format!(
-            "sha256 mismatch: the configuration pins {} but the file is {actual}; refusing a swapped binary",
-            pin.trim()
-        )));
-    }
-    Ok(copy)
 }
 
 /// Copy the file into a sealed in-memory file, hashing it on the way:
@@ -105,16 +88,16 @@ fn private_copy(path: &Path) -> Result<(std::path::PathBuf, String), LoadError> 
     use std::os::fd::{AsRawFd, FromRawFd};
 
     let unreadable =
-        |e: std::io::Error| LoadError::Pin(format!("cannot read the file to make its private copy: {e}"));
+        |e: std::io::Error| LoadError::Copy(format!("cannot read the file to make its private copy: {e}"));
     let mut src = std::fs::File::open(path).map_err(unreadable)?;
     if !src.metadata().map_err(unreadable)?.is_file() {
-        return Err(LoadError::Pin("not a regular file".into()));
+        return Err(LoadError::Copy("not a regular file".into()));
     }
     // SAFETY: a NUL-terminated name and valid flags; the fd returned is
     // owned by the `File` built from it just below.
-    let fd = unsafe { libc::memfd_create(c"dispatch-pinned-plugin".as_ptr(), libc::MFD_ALLOW_SEALING) };
+    let fd = unsafe { libc::memfd_create(c"dispatch-plugin".as_ptr(), libc::MFD_ALLOW_SEALING) };
     if fd < 0 {
-        return Err(LoadError::Pin(format!(
+        return Err(LoadError::Copy(format!(
             "cannot make a private copy of the library: {}",
             std::io::Error::last_os_error()
         )));
@@ -134,7 +117,7 @@ fn private_copy(path: &Path) -> Result<(std::path::PathBuf, String), LoadError> 
     let seals = libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
     // SAFETY: fcntl on a descriptor we own, with a valid command.
     if unsafe { libc::fcntl(copy.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
-        return Err(LoadError::Pin(format!(
+        return Err(LoadError::Copy(format!(
             "cannot seal the private copy: {}",
             std::io::Error::last_os_error()
         )));
@@ -147,29 +130,35 @@ fn private_copy(path: &Path) -> Result<(std::path::PathBuf, String), LoadError> 
 }
 
 /// Load a private copy of the library at `path` (see [`private_copy`]);
-/// answers it with the sha256 of the bytes loaded. For libraries loaded
-/// into a running host, where `path` may name a file loaded before.
-pub fn load_private(path: &Path) -> Result<(Loaded, String), LoadError> {
-    let (copy, sha256) = private_copy(path)?;
-    Ok((load_named(&copy, path, None)?, sha256))
-}
-
-/// Load the library at `path`; with a `pin`, exactly the bytes that hash
-/// to it (see [`pinned_copy`]).
+/// answers it with the sha256 of the bytes loaded. With a `pin`, the
+/// bytes must hash to it.
+///
+/// Every plugin is loaded from such a copy, never from its file: an
+/// operator who updates a plugin with `cp new.so plugin.so` writes into the
+/// very pages a running host has mapped, and the host then executes
+/// whatever the new bytes hold at those addresses (it died with SIGSEGV,
+/// cutting every live stream). The copy is a new file to the dynamic
+/// loader, too, so loading it never hands back an earlier mapping of the
+/// same path (what an upgrade in a running host needs).
 ///
 /// The library stays loaded for the life of the process whatever happens:
 /// abi_stable never unloads, and a half-initialised library is not safe to
 /// `dlclose` anyway.
-pub fn load(path: &Path, pin: Option<&str>) -> Result<Loaded, LoadError> {
-    load_named(path, path, pin)
+pub fn load(path: &Path, pin: Option<&str>) -> Result<(Loaded, String), LoadError> {
+    let (copy, sha256) = private_copy(path)?;
+    if let Some(pin) = pin.filter(|p| !p.trim().eq_ignore_ascii_case(&sha256)) {
+        return Err(LoadError::Pin(format!(
+            "sha256 mismatch: the configuration pins {} but the file is {sha256}; refusing a swapped binary",
+            pin.trim()
+        )));
+    }
+    Ok((load_named(&copy, path)?, sha256))
 }
 
-/// [`load`] of `path`, whose errors name `named` instead: the operator's
-/// file when `path` is its private copy, so that a dynamic loader's
-/// message does not point at a `/proc/self/fd/N` nobody can look at.
-fn load_named(path: &Path, named: &Path, pin: Option<&str>) -> Result<Loaded, LoadError> {
-    let pinned = pin.map(|pin| pinned_copy(path, pin)).transpose()?;
-    let path = pinned.as_deref().unwrap_or(path);
+/// Load the library at `path`, whose errors name `named` instead: the
+/// operator's file when `path` is its private copy, so that a dynamic
+/// loader's message does not point at a `/proc/self/fd/N` nobody can look at.
+fn load_named(path: &Path, named: &Path) -> Result<Loaded, LoadError> {
     let open_error = |message: String| {
         if path == named {
             return LoadError::Open(message);

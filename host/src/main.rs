@@ -258,10 +258,18 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // SAFETY: the first thing the process does — one thread, and nothing
-    // has read the environment yet.
-    let hidden = unsafe { dispatch_host::environ::hide_credentials() };
+    // Parsing the command line starts no thread and keeps no pointer into
+    // the environment (clap copies what it reads).
     let cli = Cli::parse();
+    let named = match &cli.command {
+        Command::Serve { config, .. }
+        | Command::Plugins { config, .. }
+        | Command::Call { config, .. }
+        | Command::Turn { config, .. } => dispatch_host::environ::configured_credentials(config),
+        _ => Vec::new(),
+    };
+    // SAFETY: still one thread, and nothing has kept a pointer from getenv.
+    let hidden = unsafe { dispatch_host::environ::hide_credentials(&named) };
     if let Command::Plugins { action: Some(PluginsAction::New { name, kind, dir, dispatch_src }), .. } =
         &cli.command
     {

@@ -253,7 +253,7 @@ impl Supervisor {
             pinned.push(p.sha256.clone().filter(|_| p.drop_in));
             let loaded = match p.problem {
                 Some(problem) => Err(problem),
-                None => loader::load(&p.path, p.sha256.as_deref()).map_err(|e| e.to_string()),
+                None => loader::load(&p.path, p.sha256.as_deref()).map(|(l, _)| l).map_err(|e| e.to_string()),
             };
             let (report, module) = match loaded {
                 Ok(loaded) => (manifest_report(&p.path, loaded.manifest, p.required), Some(loaded.module)),
@@ -717,7 +717,7 @@ impl Supervisor {
         path: &Path,
         id_entries: impl Iterator<Item = &'a crate::config::IdEntry> + Clone,
     ) -> Result<(PluginReport, PluginModRef), String> {
-        let (loaded, sha256) = loader::load_private(path).map_err(|e| e.to_string())?;
+        let (loaded, sha256) = loader::load(path, None).map_err(|e| e.to_string())?;
         let m = loaded.manifest;
         let id = m.id.as_str();
         if let Some(pin) = id_entries.clone().find(|e| e.id == id).and_then(|e| e.sha256.clone()) {

@@ -228,3 +228,66 @@ fn a_reload_asked_for_as_soon_as_the_server_listens_is_answered() {
     assert!(answer.body["unchanged"].as_u64().unwrap() > 0, "{}", answer.text);
     assert_eq!(answer.body["removed"], json!([]), "{}", answer.text);
 }
+
+/// Regression (issue 31): `cp other.so plugin.so` over a loaded plugin —
+/// what an operator does to "update" it — writes into the pages the host
+/// has mapped, and the host died with SIGSEGV, cutting every live stream.
+/// Every plugin now runs from a private copy: turns keep running on the
+/// old code, and the next reload loads the new file.
+#[test]
+fn a_plugin_file_overwritten_in_place_under_load_disturbs_nothing_until_the_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let (v1, v2) = two_builds(dir.path());
+    let cfg = product_config(LOOPBACK);
+    let drop_dir = cfg.parent().unwrap().join("plugins.d");
+    std::fs::create_dir_all(&drop_dir).unwrap();
+    let target = drop_dir.join("libword_count.so");
+    install(&v1, &target);
+    let s = Server::start(&cfg);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while word_count_row(&s).is_none_or(|r| r["state"] != "active") {
+        assert!(Instant::now() < deadline, "the dropped-in plugin never became active; log:\n{}", s.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Six conversations calling the plugin turn after turn while the file
+    // is overwritten in place (same inode: `std::fs::copy` truncates and
+    // writes, as `cp` does).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..6)
+        .map(|n| {
+            let base = s.base.clone();
+            let stop = std::sync::Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut turns = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let id = format!("inplace-{n}");
+                    let (a, events) = chat(&base, json!({"conversationId": id, "message": "count please"}));
+                    assert_eq!(a.status, 200, "{}", a.text);
+                    assert_eq!(events.last().unwrap()["type"], "turn-sealed", "{events:?}");
+                    let result = events.iter().find(|e| e["type"] == "tool-result").unwrap();
+                    assert_eq!(result["content"], "3 words, 1 lines, 13 characters", "{result}");
+                    turns += 1;
+                }
+                turns
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&target).unwrap());
+    std::fs::copy(&v2, &target).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&target).unwrap()), inode);
+    std::thread::sleep(Duration::from_millis(700));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for w in workers {
+        let turns = w.join().expect("a stream broke off: the host crashed?");
+        assert!(turns > 0);
+    }
+    assert_eq!(get(&format!("{}/health", s.base)).status, 200, "log:\n{}", s.log());
+
+    // The reload sees the changed file and loads it.
+    let report = post(&format!("{}/admin/plugins/reload", s.base), "");
+    assert_eq!(report.status, 200, "{}", report.text);
+    assert_eq!(word_count_row(&s).unwrap()["version"], "0.2.0", "{}", report.body);
+    assert_eq!(count_turn(&s, "inplace-after")["content"], "3 words (v2), 1 lines, 13 characters");
+}

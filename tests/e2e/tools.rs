@@ -286,6 +286,45 @@ fn the_model_cannot_read_the_provider_api_keys_through_proc_environ() {
     assert_eq!(counts.get(1).map(|c| c.trim()), Some("0"), "a credential is readable: {}", r[0].1);
 }
 
+/// Regression (issue 31): a provider key in a variable whose name does not
+/// look like a credential (`api_key_env = "DEEPSEEK_KEY"`), or one an MCP
+/// server's `${NAME}` takes, stayed readable in the host's start-up block.
+/// The host blanks every variable its configuration names as a credential.
+#[test]
+fn variables_the_configuration_names_as_credentials_are_blanked_whatever_their_names() {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let nonce = format!("{}x{nanos}", std::process::id());
+    let cfg = config_with_tools()
+        .plugin(
+            "libdispatch_plugin_provider_openai.so",
+            "[[plugin.config.credentials]]\nname = \"deepseek\"\nbase_url = \"http://127.0.0.1:9/v1\"\napi_key_env = \"DEEPSEEK_KEY\"",
+        )
+        .plugin(
+            "libdispatch_plugin_mcp.so",
+            "max_restarts = 0\n[plugin.config.servers.remote]\nurl = \"http://127.0.0.1:9/mcp\"\nheaders = { X-Auth = \"${REMOTE_AUTH}\" }",
+        );
+    let command = format!(
+        "tr '\\0' '\\n' < /proc/$PPID/environ | grep -c -E '^(DEEPSEEK_KEY|REMOTE_AUTH)=' ; \
+         tr '\\0' '\\n' < /proc/$PPID/environ | grep -c named-{nonce}-"
+    );
+    let s = script(cfg.dir.path(), &[json!({"name": "run_shell", "input": {"command": command}})]);
+    let work = cfg.dir.path().to_str().unwrap().to_owned();
+    let cfg = cfg.write();
+    let (deepseek, remote) = (format!("named-{nonce}-deepseek"), format!("named-{nonce}-remote"));
+    let env = [
+        ("DISPATCH_SCRIPT", s.as_str()),
+        ("DEEPSEEK_KEY", deepseek.as_str()),
+        ("REMOTE_AUTH", remote.as_str()),
+    ];
+    let (out, events) = turn(&cfg, &["--cwd", &work, "go"], &env);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let r = results(&events);
+    assert_eq!(r[0].0, "run_shell");
+    let counts: Vec<&str> = r[0].1.lines().map(str::trim).filter(|l| l.parse::<u32>().is_ok()).collect();
+    assert_eq!(counts.first(), Some(&"2"), "{}", r[0].1);
+    assert_eq!(counts.get(1), Some(&"0"), "a configured credential is readable: {}", r[0].1);
+}
+
 /// A credential given twice in the environment — a launcher that appends
 /// `NAME=value` instead of replacing it — is blanked in both entries of the
 /// start-up block. glibc's `setenv` replaces only a name's first entry, so
