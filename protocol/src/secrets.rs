@@ -34,3 +34,83 @@ pub fn looks_like_a_secret(name: &str) -> bool {
     let n = name.to_ascii_uppercase();
     ["API_KEY", "APIKEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL"].iter().any(|w| n.contains(w))
 }
+
+/// Configured secret values, blotted out of any text that could echo them
+/// (a server's stderr, an error a remote endpoint sent back, a log line).
+///
+/// Why by value and not by where they appear: a secret reaches the world
+/// through messages written by someone else — an MCP server printing its
+/// environment, an HTTP endpoint quoting the `Authorization` header it
+/// refused — so no formatting rule on our side can keep it out; replacing
+/// the bytes wherever they show up can.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Redactor {
+    /// Longest first, so a value containing another is blotted whole.
+    values: Vec<String>,
+}
+
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Redactor({} values)", self.values.len())
+    }
+}
+
+impl Redactor {
+    /// Values shorter than this are not secrets worth the name, and
+    /// blotting them would garble ordinary text.
+    pub const MIN_LEN: usize = 4;
+
+    /// What a secret is replaced with.
+    pub const MARK: &'static str = "[redacted]";
+
+    /// Add a value (trimmed; ignored when shorter than [`Self::MIN_LEN`]).
+    pub fn add(&mut self, value: &str) {
+        let value = value.trim();
+        if value.len() < Self::MIN_LEN || self.values.iter().any(|v| v == value) {
+            return;
+        }
+        self.values.push(value.to_owned());
+        self.values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    }
+
+    /// Add a header's value: the whole of it and, for `Scheme credentials`
+    /// (`Bearer …`, `Basic …`), the credentials alone.
+    pub fn add_header_value(&mut self, value: &str) {
+        self.add(value);
+        if let Some((_, credentials)) = value.trim().split_once(' ') {
+            self.add(credentials);
+        }
+    }
+
+    /// The values, longest first.
+    pub fn values(&self) -> impl Iterator<Item = &str> {
+        self.values.iter().map(String::as_str)
+    }
+
+    /// Whether nothing is to be redacted.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// `text` with every value replaced by [`Self::MARK`].
+    ///
+    /// ```
+    /// use dispatch_protocol::secrets::Redactor;
+    /// let mut r = Redactor::default();
+    /// r.add_header_value("Bearer sk-live-123");
+    /// assert_eq!(r.redact("401: bad header Bearer sk-live-123"), "401: bad header [redacted]");
+    /// assert_eq!(r.redact("key sk-live-123 echoed"), "key [redacted] echoed");
+    /// ```
+    pub fn redact<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        if !self.values.iter().any(|v| text.contains(v.as_str())) {
+            return std::borrow::Cow::Borrowed(text);
+        }
+        let mut out = text.to_owned();
+        for v in &self.values {
+            if out.contains(v.as_str()) {
+                out = out.replace(v.as_str(), Self::MARK);
+            }
+        }
+        std::borrow::Cow::Owned(out)
+    }
+}

@@ -425,3 +425,65 @@ impl Drop for KillOnDrop<'_> {
         let _ = self.0.wait();
     }
 }
+
+/// Regression (issue 31): an expanded `${NAME}` or a header's value came
+/// back through a server's stderr tail and a remote server's echoed error
+/// — into `GET /conversations/:id/mcp`, tool errors the model sees, and
+/// the log. Every configured secret value is blotted out everywhere.
+#[test]
+fn configured_secrets_never_come_back_through_a_servers_messages() {
+    // An HTTP "server" that refuses every request, quoting the header it got.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read as _, Write as _};
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = vec![0u8; 65536];
+            let n = stream.read(&mut buf).unwrap_or(0);
+            let request = String::from_utf8_lossy(&buf[..n]).to_string();
+            let auth = request
+                .lines()
+                .find(|l| l.to_ascii_lowercase().starts_with("authorization:"))
+                .unwrap_or("none")
+                .to_owned();
+            let body = format!("refused: your header was {auth}");
+            let _ = write!(
+                stream,
+                "HTTP/1.1 401 Unauthorized\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let (token, key) = (format!("tok-{nanos}-remote"), format!("key-{nanos}-stdio"));
+    let mcp = format!(
+        "max_restarts = 0\n\
+         [plugin.config.servers.remote]\nurl = \"http://127.0.0.1:{port}/mcp\"\n\
+         headers = {{ Authorization = \"Bearer ${{MCP_REMOTE_TOKEN}}\" }}\n\
+         [plugin.config.servers.chatty]\ncommand = \"sh\"\n\
+         args = [\"-c\", \"echo my key is $THE_KEY >&2; exit 3\"]\n\
+         env = {{ THE_KEY = \"${{MCP_STDIO_KEY}}\" }}\n"
+    );
+    let cfg = product_config_with(LOOPBACK, LOOPBACK, &[(MCP, mcp)]);
+    let s = Server::start_with(
+        &cfg,
+        &[("MCP_REMOTE_TOKEN", &token), ("MCP_STDIO_KEY", &key), ("RUST_LOG", "debug")],
+    );
+    let remote = wait_for(&s, "remote", "failed", 0);
+    let chatty = wait_for(&s, "chatty", "failed", 0);
+    let (remote_error, chatty_error) = (remote["error"].as_str().unwrap(), chatty["error"].as_str().unwrap());
+    // The messages are still there to read, with the secrets blotted out.
+    assert!(chatty_error.contains("my key is [redacted]"), "{chatty_error}");
+    assert!(!remote_error.contains(&token), "{remote_error}");
+    assert!(!chatty_error.contains(&key), "{chatty_error}");
+    let a = get(&format!("{}/conversations/c1/mcp", s.base));
+    assert!(!a.text.contains(&token) && !a.text.contains(&key), "{}", a.text);
+    // A call to a failed server: the error the model sees names why, without them.
+    let events = say(&s, "c1", "mcp echo");
+    let text = serde_json::to_string(&events).unwrap();
+    assert!(!text.contains(&token) && !text.contains(&key), "{text}");
+    let log = s.log();
+    assert!(log.contains("my key is [redacted]"), "the stderr line is logged, blotted: {log}");
+    assert!(!log.contains(&token) && !log.contains(&key), "a secret reached the log:\n{log}");
+}

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use dispatch_contracts::protocol::secrets::{looks_like_a_secret, Redactor};
 use serde::Deserialize;
 
 /// `[plugin.config]`.
@@ -107,6 +108,11 @@ pub struct Launch {
     pub transport: Transport,
     /// Its call timeout.
     pub call_timeout: Duration,
+    /// The configured secret values — each `${NAME}`'s value, every header
+    /// value, each `env` value whose name looks like a credential — blotted
+    /// out of everything the server's messages reach (status, tool
+    /// errors, logs).
+    pub secrets: Redactor,
 }
 
 /// The two transports. `Debug` shows variable names, never values.
@@ -263,6 +269,14 @@ pub fn compile(
             continue;
         }
         let mut problem = |what: String| errors.push(format!("server `{name}` ({origin}): {what}"));
+        let mut secrets = Redactor::default();
+        for v in server.env.values().chain(server.headers.values()) {
+            for var in variables(v) {
+                if let Some(value) = lookup(var) {
+                    secrets.add(&value);
+                }
+            }
+        }
         if name.is_empty() || name.chars().any(char::is_control) {
             problem("a server needs a printable name".to_owned());
             continue;
@@ -305,6 +319,9 @@ pub fn compile(
                     problem(format!("`url` must be http:// or https://, not `{url}`"));
                 }
                 let mut valid = Vec::with_capacity(headers.len());
+                for (_, v) in &headers {
+                    secrets.add_header_value(v);
+                }
                 for (k, v) in &headers {
                     match (http::HeaderName::from_bytes(k.as_bytes()), http::HeaderValue::from_str(v)) {
                         (Err(_), _) => problem(format!("`{k}` is not a valid header name")),
@@ -332,7 +349,17 @@ pub fn compile(
         if call_timeout_ms == 0 {
             problem("call_timeout_ms must be above 0".to_owned());
         }
-        launches.push(Launch { name, transport, call_timeout: Duration::from_millis(call_timeout_ms) });
+        if let Transport::Stdio { env, .. } = &transport {
+            for (_, v) in env.iter().filter(|(k, _)| looks_like_a_secret(k)) {
+                secrets.add(v);
+            }
+        }
+        launches.push(Launch {
+            name,
+            transport,
+            call_timeout: Duration::from_millis(call_timeout_ms),
+            secrets,
+        });
     }
     if errors.is_empty() {
         Ok(launches)
@@ -346,6 +373,11 @@ fn read_file(path: &Path) -> Result<File, String> {
         .map_err(|e| format!("cannot read the MCP configuration file {}: {e}", path.display()))?;
     serde_json::from_str(&text)
         .map_err(|e| format!("the MCP configuration file {} is not valid: {e}", path.display()))
+}
+
+/// The names of the `${NAME}`s in `value`.
+pub fn variables(value: &str) -> impl Iterator<Item = &str> {
+    value.split("${").skip(1).filter_map(|part| part.split_once('}').map(|(name, _)| name))
 }
 
 /// Replace each `${NAME}` in `value` with the variable's value; the name

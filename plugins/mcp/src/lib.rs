@@ -72,6 +72,11 @@ impl Plugin for Mcp {
         let env_file = std::env::var_os("DISPATCH_MCP_CONFIG").filter(|v| !v.is_empty()).map(Into::into);
         let launches = config::compile(&config, env_file, &|name| std::env::var(name).ok())
             .map_err(|e| Error::new(codes::INVALID_CONFIG, e))?;
+        // What the SDK logs (a refused request's echoed headers, say) is
+        // not ours to word: blot the secrets out of every record instead.
+        dispatch_abi::redact_in_logs(
+            launches.iter().flat_map(|l| l.secrets.values().map(str::to_owned).collect::<Vec<_>>()),
+        );
         let host = ctx.host();
         let tools = Arc::new(ToolServer::new(host, "mcp", config.workers)?);
         let bridge = Arc::new(Bridge { tools: Arc::clone(&tools), names: Mutex::default() });

@@ -34,6 +34,10 @@ const HEALTHY_AFTER: Duration = Duration::from_secs(60);
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// How many lines of a stdio server's stderr are kept for error messages.
 const STDERR_LINES: usize = 8;
+/// Longest stderr line read into memory; the rest of a longer line is
+/// skipped unread into memory (a server writing 300 MB without a newline
+/// took the host's memory with it).
+const STDERR_LINE_BYTES: usize = 16 * 1024;
 
 /// The tools a server offers, as MCP describes them.
 #[derive(Debug, Clone, PartialEq)]
@@ -139,7 +143,13 @@ impl Server {
         }
     }
 
+    /// `text` with the server's configured secrets blotted out.
+    pub fn redact(&self, text: &str) -> String {
+        self.launch.secrets.redact(text).into_owned()
+    }
+
     fn set_state(&self, state: ServerState, error: Option<String>) {
+        let error = error.map(|e| self.redact(&e));
         let mut s = self.status.lock().unwrap_or_else(PoisonError::into_inner);
         s.state = state;
         if error.is_some() || state == ServerState::Connected {
@@ -162,8 +172,22 @@ impl Server {
     }
 
     /// Call the MCP tool `name` with `input`; every way it can end becomes
-    /// a result for the model.
+    /// a result for the model — with the server's secrets blotted out of
+    /// any error (a remote server may quote the header it refused).
     pub async fn call(
+        self: Arc<Self>,
+        name: &str,
+        input: Value,
+        ctx: ToolContext,
+    ) -> Result<ToolOutput, ToolError> {
+        let server = Arc::clone(&self);
+        self.call_unredacted(name, input, ctx).await.map_err(|e| match e {
+            ToolError::Failed(m) => ToolError::Failed(server.redact(&m)),
+            ToolError::InvalidInput(m) => ToolError::InvalidInput(server.redact(&m)),
+        })
+    }
+
+    async fn call_unredacted(
         self: Arc<Self>,
         name: &str,
         input: Value,
@@ -331,9 +355,9 @@ async fn read_stderr(
     stderr: tokio::process::ChildStderr,
     done: tokio::sync::oneshot::Sender<()>,
 ) {
-    use tokio::io::AsyncBufReadExt as _;
-    let mut lines = tokio::io::BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
+    let mut reader = tokio::io::BufReader::new(stderr);
+    while let Some(line) = next_line_bounded(&mut reader, STDERR_LINE_BYTES).await {
+        let line = server.redact(&line);
         tracing::debug!(server = %server.name(), "{line}");
         let mut kept = server.stderr.lock().unwrap_or_else(PoisonError::into_inner);
         if kept.len() == STDERR_LINES {
@@ -342,6 +366,36 @@ async fn read_stderr(
         kept.push_back(line.chars().take(300).collect());
     }
     let _ = done.send(());
+}
+
+/// The next line of `reader` (without its newline), at most `max` bytes of
+/// it: the rest of a longer line is read and dropped in buffer-sized
+/// pieces, never held. `None` at the end of the stream or on an error.
+async fn next_line_bounded<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R, max: usize) -> Option<String> {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut line = Vec::new();
+    let mut any = false;
+    loop {
+        let buf = reader.fill_buf().await.ok()?;
+        if buf.is_empty() {
+            return any.then(|| String::from_utf8_lossy(&line).into_owned());
+        }
+        any = true;
+        let (piece, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (&buf[..i], Some(i + 1)),
+            None => (buf, None),
+        };
+        let room = max.saturating_sub(line.len());
+        line.extend_from_slice(&piece[..piece.len().min(room)]);
+        let used = done.unwrap_or(buf.len());
+        reader.consume(used);
+        if done.is_some() {
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            return Some(String::from_utf8_lossy(&line).into_owned());
+        }
+    }
 }
 
 /// Ask the server to stop working on a request.
@@ -456,7 +510,7 @@ pub async fn supervise(
         };
         let error = match ended {
             Ended::Shutdown => break,
-            Ended::Closed(e) => e,
+            Ended::Closed(e) => server.redact(&e),
             Ended::Unresponsive => {
                 "stopped answering (no answer to a ping after a call timed out)".to_owned()
             }
@@ -645,6 +699,16 @@ fn kind_of(v: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_stderr_line_is_kept_bounded_and_the_next_one_read_whole() {
+        let long = format!("{}\nnext\r\nlast", "x".repeat(100_000));
+        let mut reader = tokio::io::BufReader::with_capacity(64, long.as_bytes());
+        assert_eq!(next_line_bounded(&mut reader, 10).await.as_deref(), Some("xxxxxxxxxx"));
+        assert_eq!(next_line_bounded(&mut reader, 10).await.as_deref(), Some("next"));
+        assert_eq!(next_line_bounded(&mut reader, 10).await.as_deref(), Some("last"));
+        assert_eq!(next_line_bounded(&mut reader, 10).await, None);
+    }
 
     #[test]
     fn progress_numbers_print_plainly() {
