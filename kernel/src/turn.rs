@@ -47,8 +47,11 @@ pub type Emitter = Arc<dyn Fn(AgentEvent) + Send + Sync>;
 pub type SteeringDrain = Box<dyn FnMut() -> BoxFuture<Vec<String>> + Send + Sync>;
 
 /// Called with each step's finished messages, in order, before the next
-/// step starts — for incremental persistence.
-pub type StepSink = Box<dyn FnMut(Vec<ChatMessage>) -> BoxFuture<()> + Send + Sync>;
+/// step starts — for incremental persistence. An `Err` (the messages could
+/// not be saved) ends the turn with an `error` event carrying its message
+/// and `done { reason: "error" }`: going on would show a client a turn the
+/// history does not hold.
+pub type StepSink = Box<dyn FnMut(Vec<ChatMessage>) -> BoxFuture<Result<(), String>> + Send + Sync>;
 
 /// The content of the result of a call that was cut short by an abort.
 pub const ABORTED: &str = "Aborted: the turn was stopped before this tool call finished.";
@@ -200,6 +203,25 @@ impl Turn<'_> {
         });
     }
 
+    /// Hand finished messages to the step sink; `false` (after an `error`
+    /// event naming why) when they could not be saved.
+    async fn save(&mut self, messages: Vec<ChatMessage>) -> bool {
+        let Some(sink) = self.input.on_step.as_mut() else { return true };
+        match sink(messages).await {
+            Ok(()) => true,
+            Err(message) => {
+                let (conversation_id, turn_id) = self.ids();
+                self.emit(AgentEvent::Error {
+                    conversation_id,
+                    turn_id,
+                    message,
+                    code: Some("store".into()),
+                });
+                false
+            }
+        }
+    }
+
     fn ids(&self) -> (String, String) {
         (self.input.conversation_id.clone(), self.input.turn_id.clone())
     }
@@ -226,10 +248,8 @@ impl Turn<'_> {
                 self.messages.push(m.clone());
             }
             added.extend(step.messages.iter().cloned());
-            if !step.messages.is_empty() {
-                if let Some(sink) = self.input.on_step.as_mut() {
-                    sink(step.messages).await;
-                }
+            if !step.messages.is_empty() && !self.save(step.messages).await {
+                break FinishReason::Error;
             }
             match step.end {
                 StepEnd::Aborted => {
@@ -254,19 +274,25 @@ impl Turn<'_> {
                 Some(drain) => drain().await,
                 None => Vec::new(),
             };
-            let drained: Vec<String> = drained.into_iter().filter(|t| !t.trim().is_empty()).collect();
+            // Each queued message stays a user message of its own: joined,
+            // several could exceed what one stored chunk may hold.
+            let drained: Vec<ChatMessage> = drained
+                .into_iter()
+                .filter(|t| !t.trim().is_empty())
+                .map(|text| {
+                    self.emit(AgentEvent::Steering {
+                        conversation_id: conversation_id.clone(),
+                        turn_id: turn_id.clone(),
+                        text: text.clone(),
+                    });
+                    ChatMessage::user(text)
+                })
+                .collect();
             if !drained.is_empty() {
-                let text = drained.join("\n\n");
-                self.emit(AgentEvent::Steering {
-                    conversation_id: conversation_id.clone(),
-                    turn_id: turn_id.clone(),
-                    text: text.clone(),
-                });
-                let msg = ChatMessage::user(text);
-                self.messages.push(msg.clone());
-                added.push(msg.clone());
-                if let Some(sink) = self.input.on_step.as_mut() {
-                    sink(vec![msg]).await;
+                self.messages.extend(drained.iter().cloned());
+                added.extend(drained.iter().cloned());
+                if !self.save(drained).await {
+                    break FinishReason::Error;
                 }
             }
             index += 1;
@@ -277,8 +303,11 @@ impl Turn<'_> {
             _ => None,
         };
         let reported = total.is_reported();
-        let context_size =
-            self.steps.last().filter(|_| reported).map(|s| s.usage.input_tokens + s.usage.output_tokens);
+        let context_size = self
+            .steps
+            .last()
+            .filter(|_| reported)
+            .map(|s| s.usage.input_tokens.saturating_add(s.usage.output_tokens));
         self.emit(AgentEvent::Done {
             conversation_id,
             turn_id: turn_id.clone(),

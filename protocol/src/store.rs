@@ -93,6 +93,22 @@ pub enum StoreRequest {
         /// The conversation.
         conversation_id: String,
     },
+    /// The largest chunks the store accepts; answers [`StoreLimits`]. A
+    /// store without limits (or without this op: `unsupported`) takes
+    /// any size. Asked so a message can be refused when it is *accepted*
+    /// (a queued message, `413`) instead of failing later, when nobody
+    /// is there to be told.
+    Limits,
+}
+
+/// The `limits` answer: the largest chunk JSON a store accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreLimits {
+    /// Any chunk but an image, in bytes of its JSON.
+    pub max_chunk_bytes: u64,
+    /// An image chunk (its data URL inline), in bytes of its JSON.
+    pub max_image_chunk_bytes: u64,
 }
 
 /// `Some(None)` = clear, `None` = leave alone.

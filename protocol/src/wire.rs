@@ -613,6 +613,26 @@ pub fn is_valid_conversation_id(id: &str) -> bool {
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'@'))
 }
 
+/// Longest title a conversation keeps, in characters (a derived one is
+/// shorter still).
+pub const MAX_TITLE_CHARS: usize = 200;
+
+/// `title` trimmed and cut to [`MAX_TITLE_CHARS`] (with `…`): a title is
+/// listed with every conversation, so a 7 MiB one made every list 7 MiB.
+///
+/// ```
+/// use dispatch_protocol::wire::{bounded_title, MAX_TITLE_CHARS};
+/// assert_eq!(bounded_title("  hello "), "hello");
+/// assert_eq!(bounded_title(&"é".repeat(500)).chars().count(), MAX_TITLE_CHARS + 1);
+/// ```
+pub fn bounded_title(title: &str) -> String {
+    let t = title.trim();
+    match t.char_indices().nth(MAX_TITLE_CHARS) {
+        Some((i, _)) => format!("{}…", &t[..i]),
+        None => t.to_owned(),
+    }
+}
+
 /// What to tell someone whose conversation id breaks the rule.
 pub const CONVERSATION_ID_RULE: &str = "use 1-128 characters of A-Z a-z 0-9 . _ - : @";
 

@@ -215,6 +215,9 @@ pub struct Harness {
     pub max_parallel_tools: usize,
     pub steering: Arc<Mutex<VecDeque<Vec<String>>>>,
     pub persisted: Arc<Mutex<Vec<Vec<ChatMessage>>>>,
+    /// Saves after this many succeeded fail (a full disk, a chunk over the
+    /// store's limit).
+    pub fail_saves_after: Option<usize>,
 }
 
 impl Harness {
@@ -247,6 +250,7 @@ impl Harness {
             max_parallel_tools: 4,
             steering: Arc::default(),
             persisted: Arc::default(),
+            fail_saves_after: None,
         }
     }
 
@@ -259,6 +263,7 @@ impl Harness {
         let events = Arc::clone(&self.events);
         let steering = Arc::clone(&self.steering);
         let persisted = Arc::clone(&self.persisted);
+        let fail_after = self.fail_saves_after;
         let input = TurnInput {
             conversation_id: "c1".into(),
             turn_id: "t1".into(),
@@ -279,8 +284,14 @@ impl Harness {
                 Box::pin(std::future::ready(next))
             })),
             on_step: Some(Box::new(move |msgs| {
-                persisted.lock().unwrap().push(msgs);
-                Box::pin(async {})
+                let mut saved = persisted.lock().unwrap();
+                let result = if fail_after.is_some_and(|n| saved.len() >= n) {
+                    Err("the disk is full".to_owned())
+                } else {
+                    saved.push(msgs);
+                    Ok(())
+                };
+                Box::pin(std::future::ready(result))
             })),
         };
         futures::executor::block_on(run_turn(input))

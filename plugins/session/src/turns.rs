@@ -17,7 +17,9 @@ use dispatch_contracts::session::{
     Started, StatusChanged, StatusInfo, ToolSummary, TurnTools, Unqueued, WireVersion, EVENT, OPEN, STATUS,
     SYSTEM_PROMPT, TOOLS,
 };
-use dispatch_contracts::store::{Details, Messages, MetaUpdate, NewMessage, StoreRequest, STORE};
+use dispatch_contracts::store::{
+    Details, Messages, MetaUpdate, NewMessage, StoreLimits, StoreRequest, STORE,
+};
 use dispatch_kernel::protocol::{BoxFuture, CallError, Spawner};
 use dispatch_kernel::provider::ProviderOptions;
 use dispatch_kernel::remote::{RemoteProvider, ServiceCaller};
@@ -135,6 +137,18 @@ fn to_value<T: Serialize>(v: &T) -> Result<Box<RawValue>, Error> {
 fn decode<T: serde::de::DeserializeOwned>(what: &str, v: Value) -> Result<T, Error> {
     serde_json::from_value(v)
         .map_err(|e| Error::new("plugin", format!("the {what} answered an unexpected shape: {e}")))
+}
+
+/// Longest `stop` waits for the aborted turn to seal before it answers.
+const STOP_WAITS_FOR_SEAL: Duration = Duration::from_secs(5);
+
+/// Messages longer than this are checked against the store's chunk limit
+/// when they are accepted; shorter ones fit any store worth running.
+const CHECK_SIZE_ABOVE: usize = 16 * 1024;
+
+/// The size of `text` as the store keeps it (a text chunk's JSON).
+fn stored_size(text: &str) -> usize {
+    serde_json::to_string(&Chunk::text(text)).map_or(text.len(), |j| j.len())
 }
 
 /// The store's rule for conversation ids, checked before anything is
@@ -264,6 +278,7 @@ impl Session {
         if message.is_empty() {
             return Err(invalid("the message is empty"));
         }
+        self.check_fits(&message).await?;
         let conversation_id = match request.conversation_id.as_deref().map(str::trim) {
             Some(id) if !id.is_empty() => id.to_owned(),
             _ => uuid::Uuid::new_v4().to_string(),
@@ -274,7 +289,7 @@ impl Session {
         }
         let turn_id = uuid::Uuid::new_v4().to_string();
         let abort = AbortSignal::new();
-        let log = Arc::new(TurnLog::new(turn_id.clone()));
+        let log = Arc::new(TurnLog::new(conversation_id.clone(), turn_id.clone()));
         {
             let mut convs = self.convs();
             let conv = convs.entry(conversation_id.clone()).or_default();
@@ -479,6 +494,7 @@ impl Session {
             conversation_id: conversation_id.to_owned(),
             model: model.to_owned(),
             cwd: Some(cwd.to_string_lossy().into_owned()),
+            default_cwd: self.default_cwd.as_ref().map(|d| d.to_string_lossy().into_owned()),
             tools: tools
                 .iter()
                 .map(|t| ToolSummary { name: t.name().to_owned(), description: t.description().to_owned() })
@@ -563,26 +579,42 @@ impl Session {
             let host = self.host.clone();
             let conversation_id = conversation_id.clone();
             let turn_id = turn_id.clone();
-            let emit = Arc::clone(&emit);
-            let abort = abort.clone();
-            Box::new(move |messages: Vec<ChatMessage>| -> BoxFuture<()> {
+            Box::new(move |messages: Vec<ChatMessage>| -> BoxFuture<Result<(), String>> {
                 let host = host.clone();
                 let conversation_id = conversation_id.clone();
                 let turn_id = turn_id.clone();
-                let emit = Arc::clone(&emit);
-                let abort = abort.clone();
                 Box::pin(async move {
-                    if let Err(e) = save_step(&host, &conversation_id, &turn_id, messages).await {
-                        // Going on would show the client a turn the
-                        // history does not have: end it instead.
-                        tracing::error!(error = %e, conversation = %conversation_id, "cannot save a step");
-                        emit(AgentEvent::Error {
-                            conversation_id: conversation_id.clone(),
-                            turn_id: turn_id.clone(),
-                            message: format!("the step could not be saved: {}", e.message()),
-                            code: Some("store".into()),
-                        });
-                        abort.abort();
+                    // Steering alone: the user's queued messages. When they
+                    // cannot be saved they go back to the queue, so nothing
+                    // a client was told was accepted is lost.
+                    let steering: Vec<String> = messages
+                        .iter()
+                        .filter(|m| m.role == dispatch_contracts::protocol::wire::Role::User)
+                        .filter_map(|m| match m.chunks.as_slice() {
+                            [dispatch_contracts::protocol::wire::Chunk::Text { text }] => Some(text.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    let only_steering = steering.len() == messages.len();
+                    match save_step(&host, &conversation_id, &turn_id, messages).await {
+                        Ok(()) => Ok(()),
+                        Err(e) => {
+                            tracing::error!(error = %e, conversation = %conversation_id, "cannot save a step");
+                            let mut message = format!("the step could not be saved: {}", e.message());
+                            if only_steering {
+                                let mut kept = 0;
+                                for text in steering {
+                                    let push =
+                                        QueueRequest::Push { conversation_id: conversation_id.clone(), text };
+                                    if host.call(&QUEUE, &push).await.is_ok() {
+                                        kept += 1;
+                                    }
+                                }
+                                message
+                                    .push_str(&format!("; {kept} queued message(s) are back in the queue"));
+                            }
+                            Err(message)
+                        }
                     }
                 })
             })
@@ -683,7 +715,23 @@ impl Session {
         if state.messages.is_empty() {
             return;
         }
-        let texts: Vec<String> = state.messages.into_iter().map(|m| m.text).collect();
+        // One message of as many as the store keeps in one chunk (each fits
+        // alone: checked when queued); the rest go back to the queue, to
+        // steer that turn or start the next — never lost, never refused.
+        let limit = self.max_text_bytes().await.unwrap_or(usize::MAX);
+        let mut texts: Vec<String> = state.messages.into_iter().map(|m| m.text).collect();
+        let mut taken = 1;
+        while taken < texts.len() && stored_size(&texts[..=taken].join("\n\n")) <= limit {
+            taken += 1;
+        }
+        let rest = texts.split_off(taken);
+        for text in rest {
+            if let Err(e) =
+                self.queue_call(QueueRequest::Push { conversation_id: conversation_id.clone(), text }).await
+            {
+                tracing::warn!(error = %e, conversation = %conversation_id, "a queued message could not be put back");
+            }
+        }
         let request = ChatRequest {
             conversation_id: Some(conversation_id.clone()),
             message: texts.join("\n\n"),
@@ -693,7 +741,7 @@ impl Session {
         if let Err(e) = self.chat(request).await {
             // A client started a turn first (or the model is gone): put
             // the messages back, they are steered into that turn or wait.
-            tracing::info!(error = %e, conversation = %conversation_id, "queued messages wait for the next turn");
+            tracing::warn!(error = %e, conversation = %conversation_id, "queued messages wait for the next turn");
             for text in texts {
                 let _ = self
                     .queue_call(QueueRequest::Push { conversation_id: conversation_id.clone(), text })
@@ -777,17 +825,28 @@ impl Session {
     }
 
     async fn stop(&self, conversation_id: String, close: bool) -> Result<Aborted, Error> {
-        let aborted_turn = {
+        let aborting = {
             let mut convs = self.convs();
-            match convs.get_mut(&conversation_id).and_then(|c| c.running.as_mut()) {
+            let conv = convs.get_mut(&conversation_id);
+            let log = conv.as_ref().and_then(|c| c.logs.back().cloned());
+            match conv.and_then(|c| c.running.as_mut()) {
                 Some(r) => {
                     r.closing |= close;
                     r.abort.abort();
-                    true
+                    log.filter(|l| l.turn_id == r.turn_id)
                 }
-                None => false,
+                None => None,
             }
         };
+        let aborted_turn = aborting.is_some();
+        // Answer once the turn has sealed (bounded): a client that sends
+        // its next message as soon as `stop` answers must not meet the
+        // aborted turn still winding down (a `409` for a few milliseconds).
+        if let Some(log) = aborting {
+            if !log.sealed(tokio::time::sleep(STOP_WAITS_FOR_SEAL)).await {
+                tracing::warn!(conversation = %conversation_id, "the stopped turn has not sealed yet; answering anyway");
+            }
+        }
         if close && !aborted_turn {
             let details: Option<Details> =
                 self.store(&StoreRequest::Get { conversation_id: conversation_id.clone() }).await?;
@@ -813,6 +872,34 @@ impl Session {
         Ok(ConversationRef { conversation_id })
     }
 
+    /// The largest text the store keeps in one message, if it says.
+    async fn max_text_bytes(&self) -> Option<usize> {
+        let answer = self.host.call(&STORE, &StoreRequest::Limits).await.ok()?;
+        let limits: StoreLimits = serde_json::from_value(answer).ok()?;
+        usize::try_from(limits.max_chunk_bytes).ok()
+    }
+
+    /// Refuse, when it is accepted, a message the store would refuse when
+    /// it is saved (`payload_too_large`, HTTP `413`): a queued message is
+    /// saved later, when nobody is there to be told.
+    async fn check_fits(&self, text: &str) -> Result<(), Error> {
+        if text.len() <= CHECK_SIZE_ABOVE {
+            return Ok(());
+        }
+        let Some(limit) = self.max_text_bytes().await else { return Ok(()) };
+        let size = stored_size(text);
+        if size <= limit {
+            return Ok(());
+        }
+        Err(Error::new(
+            "payload_too_large",
+            format!(
+                "the message is {size} bytes as stored, over the store's limit of {limit} bytes per message \
+                 (store-sqlite `max_chunk_bytes`): send it in parts or as a file"
+            ),
+        ))
+    }
+
     async fn queue_call(&self, request: QueueRequest) -> Result<Value, Error> {
         self.host.call(&QUEUE, &request).await.map_err(|e| {
             if e.code() == "not_found" {
@@ -834,6 +921,7 @@ impl Session {
             return Err(invalid("the message is empty"));
         }
         check_id(&conversation_id)?;
+        self.check_fits(&text).await?;
         let running = self.convs().get(&conversation_id).is_some_and(|c| c.running.is_some());
         if !running {
             let request = ChatRequest {

@@ -12,6 +12,7 @@
 //! path = "/var/lib/dispatch/dispatch.db"  # default: <data_dir>/store-sqlite/dispatch.db
 //! durability = "normal"                  # or "full" (see below)
 //! max_chunk_bytes = 1048576              # a larger chunk is refused
+//! max_image_chunk_bytes = 16777216       # an image chunk's own limit (inline data URLs)
 //! readers = 4                            # read connections (default: cores, 2-8)
 //! ```
 //!
@@ -31,7 +32,9 @@ use dispatch_abi::runtime::{PluginRuntime, Runner};
 use dispatch_abi::{codes, to_json, Context, Error, Plugin, PluginManifest};
 use dispatch_contracts::protocol::wire::{Chunk, Role};
 use dispatch_contracts::protocol::BoxFuture;
-use dispatch_contracts::store::{Appended, History, Listing, Messages, MetricsList, StoreRequest, STORE};
+use dispatch_contracts::store::{
+    Appended, History, Listing, Messages, MetricsList, StoreLimits, StoreRequest, STORE,
+};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -43,6 +46,7 @@ struct Config {
     path: Option<PathBuf>,
     durability: Durability,
     max_chunk_bytes: Option<usize>,
+    max_image_chunk_bytes: Option<usize>,
     readers: Option<u32>,
 }
 
@@ -97,6 +101,10 @@ async fn handle(store: Store, req: StoreRequest) -> Result<Value, Error> {
         StoreRequest::Metrics { conversation_id } => {
             to_json(&MetricsList { turns: store.metrics(&conversation_id).await.map_err(err)? })
         }
+        StoreRequest::Limits => {
+            let (text, image) = store.limits();
+            to_json(&StoreLimits { max_chunk_bytes: text as u64, max_image_chunk_bytes: image as u64 })
+        }
         other => Err(Error::new(codes::UNSUPPORTED, format!("unsupported store request: {other:?}"))),
     }
 }
@@ -115,6 +123,9 @@ impl Plugin for StoreSqlite {
         options.durability = cfg.durability;
         if let Some(m) = cfg.max_chunk_bytes {
             options.max_chunk_bytes = m;
+        }
+        if let Some(m) = cfg.max_image_chunk_bytes {
+            options.max_image_chunk_bytes = m;
         }
         if let Some(r) = cfg.readers {
             if !(1..=64).contains(&r) {

@@ -124,6 +124,10 @@ pub struct Options {
     pub durability: Durability,
     /// Largest chunk (its JSON) accepted.
     pub max_chunk_bytes: usize,
+    /// Largest image chunk (its JSON, the data URL inside): images travel
+    /// inline in request bodies of up to 8 MiB, so they get a limit of
+    /// their own that a text chunk's does not stretch.
+    pub max_image_chunk_bytes: usize,
     /// Read connections.
     pub readers: u32,
 }
@@ -137,6 +141,7 @@ impl Options {
             path: path.into(),
             durability: Durability::Normal,
             max_chunk_bytes: 1 << 20,
+            max_image_chunk_bytes: 16 << 20,
             readers: u32::try_from(cores.clamp(2, 8)).unwrap_or(2),
         }
     }
@@ -180,6 +185,7 @@ pub struct Store {
     writes: mpsc::Sender<Write>,
     readers: SqlitePool,
     max_chunk_bytes: usize,
+    max_image_chunk_bytes: usize,
 }
 
 fn now_ms() -> i64 {
@@ -199,6 +205,7 @@ enum LockError {
 fn lock_writer(db: &std::path::Path) -> Result<std::fs::File, LockError> {
     use std::io::{Read, Seek, Write};
     use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let mut name = db.as_os_str().to_owned();
     name.push(".lock");
     let mut file = std::fs::OpenOptions::new()
@@ -206,6 +213,7 @@ fn lock_writer(db: &std::path::Path) -> Result<std::fs::File, LockError> {
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
         .open(&name)
         .map_err(LockError::Io)?;
     // SAFETY: flock on a descriptor this function owns.
@@ -284,8 +292,23 @@ impl Store {
         let path = options.path.clone();
         let open_err = |reason: String| StoreError::Open { path: path.display().to_string(), reason };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
+            use std::os::unix::fs::DirBuilderExt as _;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
                 .map_err(|e| open_err(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        // The conversations are the user's: a new database is readable by
+        // its owner only (SQLite gives its WAL and shared-memory files the
+        // database file's mode, so they follow).
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(open_err(format!("cannot create {}: {e}", path.display()))),
+            }
         }
         let lock = lock_writer(&path).map_err(|e| match e {
             LockError::Held(holder) => StoreError::InUse { path: path.display().to_string(), holder },
@@ -322,7 +345,12 @@ impl Store {
             .await
             .map_err(|_| open_err("the writer thread ended at start".into()))?
             .map_err(|e| open_err(e.to_string()))?;
-        Ok(Store { writes: tx, readers, max_chunk_bytes: options.max_chunk_bytes })
+        Ok(Store {
+            writes: tx,
+            readers,
+            max_chunk_bytes: options.max_chunk_bytes,
+            max_image_chunk_bytes: options.max_image_chunk_bytes.max(options.max_chunk_bytes),
+        })
     }
 
     /// Stop accepting writes, finish the queued ones, close the write
@@ -400,6 +428,12 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// The largest chunks this store accepts (their JSON): text and the
+    /// rest, and images.
+    pub fn limits(&self) -> (usize, usize) {
+        (self.max_chunk_bytes, self.max_image_chunk_bytes)
+    }
+
     /// A message's chunks as stored, each within the size limit.
     fn encode(&self, role: Role, chunks: &[Chunk]) -> Result<Encoded, StoreError> {
         if chunks.is_empty() {
@@ -408,12 +442,13 @@ impl Store {
         let mut encoded = Vec::with_capacity(chunks.len());
         for (index, c) in chunks.iter().enumerate() {
             let json = serde_json::to_string(c).map_err(|e| StoreError::Database(e.to_string()))?;
-            if json.len() > self.max_chunk_bytes {
-                return Err(StoreError::ChunkTooLarge {
-                    index,
-                    size: json.len(),
-                    limit: self.max_chunk_bytes,
-                });
+            let limit = if matches!(c, Chunk::Image { .. }) {
+                self.max_image_chunk_bytes
+            } else {
+                self.max_chunk_bytes
+            };
+            if json.len() > limit {
+                return Err(StoreError::ChunkTooLarge { index, size: json.len(), limit });
             }
             encoded.push(json);
         }
@@ -906,7 +941,8 @@ fn meta(tx: &rusqlite::Connection, w: &Write, now: i64) -> Result<(), StoreError
                 Ok(())
             };
             if let Some(t) = &u.title {
-                set("title", Some(t))?;
+                // Bounded whoever asks: every list carries every title.
+                set("title", Some(&dispatch_contracts::protocol::wire::bounded_title(t)))?;
             }
             if let Some(s) = u.status {
                 set("status", Some(status_str(s)))?;

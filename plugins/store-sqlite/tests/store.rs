@@ -461,3 +461,21 @@ async fn a_database_from_a_newer_schema_is_refused_naming_the_migration() {
     let n: i64 = db.query_row("SELECT COUNT(*) FROM chunks", [], |r| r.get(0)).unwrap();
     assert_eq!(n, 1);
 }
+
+/// Regression (issue 31): the database, its WAL and the directory were
+/// world-readable (0644 / 0755): the conversations are the user's.
+#[tokio::test]
+async fn a_new_database_and_its_files_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sub/dispatch.db");
+    let store = Store::open(Options::new(path.clone())).await.unwrap();
+    store.append("c1", Role::User, None, &[text("private")]).await.unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir.path().join("sub")), 0o700);
+    assert_eq!(mode(&path), 0o600);
+    let wal = dir.path().join("sub/dispatch.db-wal");
+    assert!(wal.exists(), "WAL mode writes a -wal file");
+    assert_eq!(mode(&wal), 0o600);
+    assert_eq!(mode(&dir.path().join("sub/dispatch.db.lock")), 0o600);
+}
