@@ -296,6 +296,12 @@ pub struct PromptContext {
     /// The tools' working directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
+    /// The session's own default working directory — the operator's
+    /// choice, unlike `cwd`, which a request may set to anything. A filter
+    /// that reads files for the prompt bounds itself by it (the
+    /// `system-prompt` plugin's `file_roots` default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_cwd: Option<String>,
     /// The tools on offer: name and one-line description.
     pub tools: Vec<ToolSummary>,
     /// The prompt so far (filters replace or extend it).

@@ -13,8 +13,20 @@
 //! hook.
 //!
 //! `file:<path>` reads a file **inside the working directory** (relative
-//! path, at most 64 KiB) — not anywhere on the machine as in the original:
-//! a template is editable over HTTP, and the prompt goes to the model.
+//! path, at most 64 KiB), and only when that directory lies beneath one of
+//! the `file_roots` (default: the session's own default directory) — not
+//! anywhere on the machine as in the original: a template is editable over
+//! HTTP, a request chooses its working directory (`/` included), and the
+//! prompt goes to the model.
+//!
+//! # Memory and disk
+//!
+//! Rendered prompts are kept by content: `<data_dir>/prompts/<sha256>.txt`
+//! holds each distinct prompt once (the stock template renders the same
+//! text for every conversation of a directory and a day), and
+//! `resolved/<conversation>.json` names the one a conversation was given.
+//! In memory at most `cache_entries` conversations are remembered (least
+//! recently used go first), and identical prompts share one allocation.
 
 pub mod template;
 pub mod vars;
@@ -22,6 +34,8 @@ pub mod vars;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
+
+use sha2::{Digest as _, Sha256};
 
 use dispatch_abi::{Context, Error, Host, Plugin, PluginManifest};
 use dispatch_contracts::prompt::{PromptRequest, Template, Variables, PROMPT};
@@ -39,10 +53,93 @@ Working directory: [prompt:cwd]\nToday: [system:date]. Operating system: [system
 /// Longest template accepted, in bytes.
 pub const MAX_TEMPLATE_BYTES: usize = 256 * 1024;
 
+/// `[plugin.config]` of `system-prompt`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Directories beneath which a conversation's working directory must
+    /// lie for `[file:…]` to read from it (default: the session's default
+    /// working directory). Requests choose their working directory; these
+    /// bound what a template can put in front of the model.
+    #[serde(default)]
+    pub file_roots: Option<Vec<PathBuf>>,
+    /// Conversations whose prompt is remembered in memory (default 1024;
+    /// the others are read back from disk when they next run a turn).
+    #[serde(default = "default_cache_entries")]
+    pub cache_entries: usize,
+}
+
+fn default_cache_entries() -> usize {
+    1024
+}
+
+/// What a conversation was given, as kept on disk: the working directory
+/// it was rendered for and the prompt's content hash (schema 1 files kept
+/// the prompt itself, and are still read).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+struct Pointer {
+    cwd: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    prompt: Option<String>,
+}
+
+/// A conversation's prompt in memory.
+#[derive(Debug, Clone)]
 struct Resolved {
     cwd: Option<String>,
-    prompt: String,
+    prompt: Arc<str>,
+    /// When it was last asked for (a counter, for eviction).
+    used: u64,
+}
+
+/// Remembered prompts, bounded: the least recently used conversation goes
+/// first, and one text serves every conversation given the same prompt.
+#[derive(Debug, Default)]
+struct Cache {
+    by_conversation: HashMap<String, Resolved>,
+    /// Distinct prompts still referenced, by hash (weak: freed with the
+    /// last conversation that uses them).
+    texts: HashMap<String, std::sync::Weak<str>>,
+    clock: u64,
+}
+
+impl Cache {
+    fn get(&mut self, conversation: &str, cwd: &Option<String>) -> Option<Arc<str>> {
+        self.clock += 1;
+        let now = self.clock;
+        let r = self.by_conversation.get_mut(conversation).filter(|r| r.cwd == *cwd)?;
+        r.used = now;
+        Some(Arc::clone(&r.prompt))
+    }
+
+    /// The shared text for `prompt` (hash `sha`).
+    fn intern(&mut self, sha: &str, prompt: String) -> Arc<str> {
+        if let Some(text) = self.texts.get(sha).and_then(std::sync::Weak::upgrade) {
+            return text;
+        }
+        let text: Arc<str> = Arc::from(prompt);
+        self.texts.insert(sha.to_owned(), Arc::downgrade(&text));
+        text
+    }
+
+    fn insert(&mut self, conversation: String, cwd: Option<String>, prompt: Arc<str>, capacity: usize) {
+        self.clock += 1;
+        self.by_conversation.insert(conversation, Resolved { cwd, prompt, used: self.clock });
+        while self.by_conversation.len() > capacity.max(1) {
+            let oldest = self.by_conversation.iter().min_by_key(|(_, r)| r.used).map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => {
+                    self.by_conversation.remove(&k);
+                }
+                None => break,
+            }
+        }
+        if self.texts.len() > 2 * capacity.max(1) {
+            self.texts.retain(|_, t| t.strong_count() > 0);
+        }
+    }
 }
 
 /// The plugin's state.
@@ -51,16 +148,34 @@ pub struct Prompts {
     dir: PathBuf,
     template: Mutex<Option<String>>,
     /// Prompts already rendered or read back, by conversation: every turn
-    /// asks, and after the first one the answer is here.
-    resolved: Mutex<HashMap<String, Resolved>>,
+    /// asks, and after the first one the answer is usually here.
+    cache: Mutex<Cache>,
+    capacity: usize,
+    /// `file_roots`, resolved; `None` = the session's default directory.
+    roots: Option<Vec<PathBuf>>,
 }
 
 /// Write `bytes` to `path` atomically (temp file + rename), so a crash
-/// leaves the old file or the new one.
+/// leaves the old file or the new one; readable by the owner only (a
+/// prompt can quote the project's files).
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    // Unique per write: two threads keeping the same prompt must not share one.
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("{n}.tmp"));
+    let mut file =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    file.write_all(bytes)?;
+    drop(file);
     std::fs::rename(&tmp, path)
+}
+
+/// Create `dir` (and its parents) readable by the owner only.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }
 
 /// File name for a conversation id: hex, so no id can name a path.
@@ -68,11 +183,37 @@ fn key(conversation_id: &str) -> String {
     conversation_id.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
+fn sha256_hex(text: &str) -> String {
+    Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 impl Prompts {
-    /// Open (or start) the state under `dir`.
+    /// Open (or start) the state under `dir`, with the default settings.
     pub fn open(dir: PathBuf) -> Result<Self, Error> {
-        std::fs::create_dir_all(dir.join("resolved"))
-            .map_err(|e| Error::new("io", format!("cannot create {}: {e}", dir.display())))?;
+        Prompts::open_with(dir, &Config { file_roots: None, cache_entries: default_cache_entries() })
+    }
+
+    /// Open (or start) the state under `dir`.
+    pub fn open_with(dir: PathBuf, config: &Config) -> Result<Self, Error> {
+        for sub in ["resolved", "prompts"] {
+            create_private_dir(&dir.join(sub))
+                .map_err(|e| Error::new("io", format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let roots = match &config.file_roots {
+            None => None,
+            Some(list) => Some(
+                list.iter()
+                    .map(|r| {
+                        std::fs::canonicalize(r).map_err(|e| {
+                            Error::new(
+                                "invalid_config",
+                                format!("system-prompt: file_roots entry {} is not usable: {e}", r.display()),
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
         let template = match std::fs::read(dir.join("template.json")) {
             Ok(bytes) => {
                 let t: Template = serde_json::from_slice(&bytes).map_err(|e| {
@@ -83,7 +224,13 @@ impl Prompts {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(Error::new("io", format!("cannot read the template: {e}"))),
         };
-        Ok(Prompts { dir, template: Mutex::new(template), resolved: Mutex::new(HashMap::new()) })
+        Ok(Prompts {
+            dir,
+            template: Mutex::new(template),
+            cache: Mutex::new(Cache::default()),
+            capacity: config.cache_entries,
+            roots,
+        })
     }
 
     /// The current template.
@@ -112,11 +259,42 @@ impl Prompts {
         Ok(template)
     }
 
-    /// The conversation's prompt for this working directory, if it has
-    /// been rendered already — from memory, without touching the disk.
+    /// The conversation's prompt for this working directory, if it is
+    /// remembered — from memory, without touching the disk.
     pub fn known(&self, ctx: &PromptContext) -> Option<String> {
-        let resolved = self.resolved.lock().unwrap_or_else(PoisonError::into_inner);
-        resolved.get(&ctx.conversation_id).filter(|r| r.cwd == ctx.cwd).map(|r| r.prompt.clone())
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.get(&ctx.conversation_id, &ctx.cwd).map(|p| p.to_string())
+    }
+
+    /// How many conversations' prompts are remembered in memory.
+    pub fn remembered(&self) -> usize {
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner).by_conversation.len()
+    }
+
+    /// The directories `[file:…]` may read beneath for `ctx`.
+    fn roots_for(&self, ctx: &PromptContext) -> Vec<PathBuf> {
+        match &self.roots {
+            Some(r) => r.clone(),
+            None => ctx.default_cwd.iter().filter_map(|d| std::fs::canonicalize(d).ok()).collect(),
+        }
+    }
+
+    /// The prompt kept on disk for the conversation, if it was rendered
+    /// for this working directory.
+    fn stored(&self, path: &Path, cwd: &Option<String>) -> Option<(String, String)> {
+        let pointer = std::fs::read(path).ok().and_then(|b| serde_json::from_slice::<Pointer>(&b).ok())?;
+        if pointer.cwd != *cwd {
+            return None;
+        }
+        match (pointer.sha256, pointer.prompt) {
+            (Some(sha), _) if sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                let text =
+                    std::fs::read_to_string(self.dir.join("prompts").join(format!("{sha}.txt"))).ok()?;
+                Some((sha, text))
+            }
+            (_, Some(prompt)) => Some((sha256_hex(&prompt), prompt)),
+            _ => None,
+        }
     }
 
     /// The prompt for this turn: the conversation's own when it has one for
@@ -127,27 +305,36 @@ impl Prompts {
             return p;
         }
         let path = self.dir.join("resolved").join(format!("{}.json", key(&ctx.conversation_id)));
-        let stored = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<Resolved>(&b).ok());
-        let keep = match stored.filter(|r| r.cwd == ctx.cwd) {
-            Some(r) => r,
+        let (sha, prompt) = match self.stored(&path, &ctx.cwd) {
+            Some(found) => found,
             None => {
-                let prompt = template::render(&self.template(), &mut vars::Vars::new(ctx));
-                let keep = Resolved { cwd: ctx.cwd.clone(), prompt };
-                let written = serde_json::to_vec(&keep)
-                    .map_err(std::io::Error::other)
-                    .and_then(|b| write_atomic(&path, &b));
-                if let Err(e) = written {
+                let roots = self.roots_for(ctx);
+                let prompt = template::render(&self.template(), &mut vars::Vars::new(ctx, &roots));
+                let sha = sha256_hex(&prompt);
+                if let Err(e) = self.keep(&path, &ctx.cwd, &sha, &prompt) {
                     tracing::warn!(error = %e, "cannot keep the conversation's prompt on disk");
                 }
-                keep
+                (sha, prompt)
             }
         };
-        let prompt = keep.prompt.clone();
-        self.resolved
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(ctx.conversation_id.clone(), keep);
-        prompt
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let text = cache.intern(&sha, prompt);
+        cache.insert(ctx.conversation_id.clone(), ctx.cwd.clone(), Arc::clone(&text), self.capacity);
+        text.to_string()
+    }
+
+    /// Write the prompt's text (once per distinct prompt), then the
+    /// conversation's pointer to it: a crash between leaves an unused text,
+    /// never a pointer to nothing.
+    fn keep(&self, pointer: &Path, cwd: &Option<String>, sha: &str, prompt: &str) -> std::io::Result<()> {
+        let text = self.dir.join("prompts").join(format!("{sha}.txt"));
+        if !text.is_file() {
+            write_atomic(&text, prompt.as_bytes())?;
+        }
+        let bytes =
+            serde_json::to_vec(&Pointer { cwd: cwd.clone(), sha256: Some(sha.to_owned()), prompt: None })
+                .map_err(std::io::Error::other)?;
+        write_atomic(pointer, &bytes)
     }
 }
 
@@ -168,8 +355,9 @@ impl Plugin for SystemPrompt {
     }
 
     fn activate(ctx: Context) -> Result<Self, Error> {
+        let config: Config = ctx.config()?;
         let host: Host = ctx.host().clone();
-        let prompts = Arc::new(Prompts::open(host.data_dir())?);
+        let prompts = Arc::new(Prompts::open_with(host.data_dir(), &config)?);
         let p = Arc::clone(&prompts);
         host.provide_sync(&PROMPT, move |request| match request {
             PromptRequest::Get => to_value(&Template { template: p.template() }),
@@ -203,3 +391,72 @@ impl Plugin for SystemPrompt {
 }
 
 dispatch_abi::export_plugin!(SystemPrompt);
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn ctx(id: &str, cwd: &Path) -> PromptContext {
+        PromptContext {
+            conversation_id: id.into(),
+            model: "m/m".into(),
+            cwd: Some(cwd.display().to_string()),
+            default_cwd: Some(cwd.display().to_string()),
+            tools: Vec::new(),
+            prompt: String::new(),
+        }
+    }
+
+    /// Regression (issue 31): every conversation's rendered prompt stayed in
+    /// memory and got a file of its own — with a 60 KB AGENTS.md, 3000
+    /// conversations took 200 MB of RSS and 188 MB of files, never given back.
+    #[test]
+    fn remembered_prompts_are_bounded_and_identical_ones_are_kept_once() {
+        let data = tempfile::tempdir().unwrap();
+        let work = tempfile::tempdir().unwrap();
+        std::fs::write(work.path().join("AGENTS.md"), "x".repeat(60_000)).unwrap();
+        let prompts =
+            Prompts::open_with(data.path().to_owned(), &Config { file_roots: None, cache_entries: 8 })
+                .unwrap();
+        let first = prompts.prompt_for(&ctx("c0", work.path()));
+        assert!(first.contains(&"x".repeat(60_000)), "AGENTS.md is in the prompt");
+        for i in 1..50 {
+            assert_eq!(prompts.prompt_for(&ctx(&format!("c{i}"), work.path())), first);
+        }
+        assert!(prompts.remembered() <= 8, "{} remembered", prompts.remembered());
+        let texts = std::fs::read_dir(data.path().join("prompts")).unwrap().count();
+        assert_eq!(texts, 1, "one file for one distinct prompt");
+        let disk: u64 = std::fs::read_dir(data.path().join("resolved"))
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
+        assert!(disk < 50 * 1024, "the pointers are small: {disk} bytes");
+
+        // A forgotten conversation keeps its prompt: read back from disk,
+        // even after the template (or AGENTS.md) changed.
+        std::fs::write(work.path().join("AGENTS.md"), "changed").unwrap();
+        prompts.set_template("new template".into()).unwrap();
+        assert_eq!(prompts.prompt_for(&ctx("c0", work.path())), first);
+        // And after a restart.
+        let again = Prompts::open(data.path().to_owned()).unwrap();
+        assert_eq!(again.prompt_for(&ctx("c3", work.path())), first);
+        assert_eq!(again.prompt_for(&ctx("new", work.path())), "new template");
+    }
+
+    #[test]
+    fn prompt_files_are_readable_by_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let data = tempfile::tempdir().unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let prompts = Prompts::open(data.path().join("system-prompt")).unwrap();
+        prompts.set_template("hello".into()).unwrap();
+        prompts.prompt_for(&ctx("c", work.path()));
+        let mode = |p: PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = data.path().join("system-prompt");
+        assert_eq!(mode(dir.join("prompts")), 0o700);
+        assert_eq!(mode(dir.join("template.json")), 0o600);
+        let pointer = std::fs::read_dir(dir.join("resolved")).unwrap().next().unwrap().unwrap().path();
+        assert_eq!(mode(pointer), 0o600);
+    }
+}

@@ -38,7 +38,8 @@ pub fn catalog() -> Vec<Variable> {
         Variable {
             kind: "file".into(),
             name: "<path>".into(),
-            description: "Contents of a file inside the working directory (relative path, at most 64 KiB)"
+            description: "Contents of a file inside the working directory (relative path, at most 64 KiB; \
+                          only when the directory lies beneath the plugin's file_roots)"
                 .into(),
             dynamic: true,
         },
@@ -50,12 +51,14 @@ pub fn catalog() -> Vec<Variable> {
 pub struct Vars<'a> {
     ctx: &'a PromptContext,
     now: SystemTime,
+    roots: &'a [PathBuf],
 }
 
 impl<'a> Vars<'a> {
-    /// Values for `ctx`, at the current time.
-    pub fn new(ctx: &'a PromptContext) -> Self {
-        Vars { ctx, now: SystemTime::now() }
+    /// Values for `ctx`, at the current time; `file:` reads only when the
+    /// working directory lies beneath one of `roots` (canonical paths).
+    pub fn new(ctx: &'a PromptContext, roots: &'a [PathBuf]) -> Self {
+        Vars { ctx, now: SystemTime::now(), roots }
     }
 
     fn cwd(&self) -> Option<PathBuf> {
@@ -86,7 +89,7 @@ impl Lookup for Vars<'_> {
             }),
             ("git", "branch") => git(&self.cwd()?, &["rev-parse", "--abbrev-ref", "HEAD"]),
             ("git", "status") => git(&self.cwd()?, &["status", "--short"]),
-            ("file", path) => read_inside(&self.cwd()?, path),
+            ("file", path) => read_inside(&self.cwd()?, path, self.roots),
             _ => None,
         }
     }
@@ -166,12 +169,18 @@ fn git(dir: &Path, args: &[&str]) -> Option<String> {
 }
 
 /// A file inside `cwd` (no absolute paths, no escaping through `..` or a
-/// symlink), at most [`MAX_FILE_BYTES`].
-fn read_inside(cwd: &Path, rel: &str) -> Option<String> {
+/// symlink), at most [`MAX_FILE_BYTES`] — and only when `cwd` itself lies
+/// beneath one of `roots`: a request may name any working directory (`/`
+/// included), so the directory alone bounds nothing.
+fn read_inside(cwd: &Path, rel: &str, roots: &[PathBuf]) -> Option<String> {
     if Path::new(rel).is_absolute() {
         return None;
     }
     let root = std::fs::canonicalize(cwd).ok()?;
+    if !roots.iter().any(|r| root.starts_with(r)) {
+        tracing::debug!(cwd = %root.display(), "file: variable skipped: the working directory is outside file_roots");
+        return None;
+    }
     let path = std::fs::canonicalize(root.join(rel)).ok()?;
     if !path.starts_with(&root) || !path.is_file() {
         return None;
@@ -223,14 +232,31 @@ mod tests {
     #[test]
     fn files_stay_inside_the_working_directory() {
         let dir = tempfile::tempdir().unwrap();
+        let roots = [std::fs::canonicalize(dir.path()).unwrap()];
         std::fs::write(dir.path().join("AGENTS.md"), "be brief").unwrap();
         let outside = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(outside.path(), "secret").unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
-        assert_eq!(read_inside(dir.path(), "AGENTS.md").as_deref(), Some("be brief"));
-        assert_eq!(read_inside(dir.path(), "link"), None);
-        assert_eq!(read_inside(dir.path(), outside.path().to_str().unwrap()), None);
-        assert_eq!(read_inside(dir.path(), "../x"), None);
-        assert_eq!(read_inside(dir.path(), "missing"), None);
+        assert_eq!(read_inside(dir.path(), "AGENTS.md", &roots).as_deref(), Some("be brief"));
+        assert_eq!(read_inside(dir.path(), "link", &roots), None);
+        assert_eq!(read_inside(dir.path(), outside.path().to_str().unwrap(), &roots), None);
+        assert_eq!(read_inside(dir.path(), "../x", &roots), None);
+        assert_eq!(read_inside(dir.path(), "missing", &roots), None);
+    }
+
+    /// A request chooses its working directory: `/` must not widen what a
+    /// template reads to the whole machine.
+    #[test]
+    fn a_working_directory_outside_the_roots_reads_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let roots = [std::fs::canonicalize(root.path()).unwrap()];
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::fs::write(elsewhere.path().join("key"), "private").unwrap();
+        assert_eq!(read_inside(elsewhere.path(), "key", &roots), None);
+        assert_eq!(read_inside(Path::new("/"), "etc/hostname", &roots), None);
+        assert_eq!(read_inside(Path::new("/"), "etc/hostname", &[]), None);
+        std::fs::create_dir(root.path().join("sub")).unwrap();
+        std::fs::write(root.path().join("sub/AGENTS.md"), "sub").unwrap();
+        assert_eq!(read_inside(&root.path().join("sub"), "AGENTS.md", &roots).as_deref(), Some("sub"));
     }
 }
