@@ -17,8 +17,10 @@
 //   WEB_CHECK_EXPECT      text the reply must contain
 //   WEB_CHECK_WS_URL      the WebSocket URL the page must open (empty: any)
 //   WEB_CHECK_MESSAGE     what to send (default: a greeting)
-//   WEB_CHECK_MODEL       the model to pick in the sidebar (default scripted/demo;
-//                         empty: none, the page sends what it has)
+//   WEB_CHECK_MODEL       the model to pick in the sidebar before sending (default
+//                         empty: none — a newcomer's first message, which the page
+//                         sends with its built-in default model; the bundled
+//                         plugins.toml aliases that name to the server's default)
 //   WEB_CHECK_SCREENSHOT  the PNG to write (also on failure)
 //   WEB_CHECK_LOG         the log to write: console, errors, requests >= 400,
 //                         WebSocket frames, the page's text at the end
@@ -43,7 +45,7 @@ const PAGE = env("WEB_CHECK_PAGE");
 const EXPECT = env("WEB_CHECK_EXPECT");
 const WS_URL = env("WEB_CHECK_WS_URL", "");
 const MESSAGE = env("WEB_CHECK_MESSAGE", "Hello from scripts/web-frontend check");
-const MODEL = env("WEB_CHECK_MODEL", "scripted/demo");
+const MODEL = env("WEB_CHECK_MODEL", "");
 const SCREENSHOT = env("WEB_CHECK_SCREENSHOT");
 const LOG = env("WEB_CHECK_LOG");
 const TIMEOUT = Number(env("WEB_CHECK_TIMEOUT_MS", "60000"));
@@ -116,7 +118,15 @@ function watch(page, cdp) {
 		const s = sockets.get(requestId);
 		if (s && response.status === 101) s.open = true;
 	});
-	cdp.on("Network.webSocketFrameSent", ({ response }) => log(`ws -> ${clip(response.payloadData)}`));
+	cdp.on("Network.webSocketFrameSent", ({ response }) => {
+		const data = response.payloadData;
+		log(`ws -> ${clip(data)}`);
+		if (data.includes('"chat.send"')) {
+			try {
+				say(`the page sent chat.send with model ${JSON.stringify(JSON.parse(data).model ?? null)}`);
+			} catch {}
+		}
+	});
 	cdp.on("Network.webSocketFrameReceived", ({ response }) => {
 		const data = response.payloadData;
 		log(`ws <- ${clip(data)}`);

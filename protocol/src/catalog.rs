@@ -51,6 +51,10 @@ pub struct ModelInfo {
     /// Context window in tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_window: Option<u64>,
+    /// **(ours)** The name is an alias the operator configured: the model
+    /// that answers it (so a client, and its user, can tell).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias_of: Option<String>,
 }
 
 /// The catalog's `resolve` answer.

@@ -265,7 +265,7 @@ pub struct Answer {
 pub fn send(method: &str, url: &str, body: Option<&str>, headers: &[(&str, &str)]) -> Answer {
     rt().block_on(async {
         let mut all = headers.to_vec();
-        if body.is_some() {
+        if body.is_some() && !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
             all.push(("content-type", "application/json"));
         }
         let fut = http_client::send(method, url, &all, body.map(str::as_bytes));
@@ -541,11 +541,23 @@ fn settings_are_sticky_per_conversation() {
     assert_eq!(send("PUT", &format!("{base}/title"), Some(r#"{"title":"   "}"#), &[]).status, 400);
     let list = get(&format!("{}/conversations?q=sticky", s.base)).body;
     assert_eq!(list["conversations"][0]["title"], "My chat");
-    // A sticky model the catalog does not serve is refused before the turn.
-    send("PUT", &format!("{base}/model"), Some(r#"{"model":"nowhere/x"}"#), &[]);
+    // A model the catalog does not serve is refused when it is set
+    // (regression, issue 31: it was stored, then refused every turn and
+    // stalled the conversation's queue), and nothing changes.
+    send("PUT", &format!("{base}/model"), Some(r#"{"model":"scripted/demo"}"#), &[]);
+    let refused = send("PUT", &format!("{base}/model"), Some(r#"{"model":"nowhere/x"}"#), &[]);
+    assert_eq!(
+        (refused.status, refused.body["code"].as_str()),
+        (400, Some("unknown_model")),
+        "{}",
+        refused.text
+    );
+    assert_eq!(get(&format!("{base}/model")).body["model"], "scripted/demo");
     let (a, _) = chat(&s.base, json!({"conversationId": "sticky-1", "message": "hi"}));
-    assert_eq!(a.status, 400);
-    assert_eq!(a.body["code"], "unknown_model");
+    assert_eq!(a.status, 200);
+    // A model asked for with a turn is refused before the turn, as ever.
+    let (a, _) = chat(&s.base, json!({"conversationId": "sticky-1", "message": "hi", "model": "nowhere/x"}));
+    assert_eq!((a.status, a.body["code"].as_str()), (400, Some("unknown_model")));
 }
 
 #[test]
@@ -845,9 +857,9 @@ fn malformed_requests_get_a_json_4xx_and_the_server_carries_on() {
     // Still serving, with CORS on errors and a preflight on any route.
     assert_eq!(get(&format!("{b}/health")).status, 200);
     let pre =
-        send("OPTIONS", &format!("{b}/conversations/x/title"), None, &[("origin", "http://example.com")]);
+        send("OPTIONS", &format!("{b}/conversations/x/title"), None, &[("origin", "http://localhost:5173")]);
     assert_eq!(pre.status, 204);
-    assert_eq!(pre.headers["access-control-allow-origin"], "*");
+    assert_eq!(pre.headers["access-control-allow-origin"], "http://localhost:5173");
     assert!(pre.headers["access-control-allow-methods"].to_str().unwrap().contains("DELETE"));
     let (a, _) = chat(b, json!({"message": "hi"}));
     assert_eq!(a.headers["access-control-expose-headers"], "X-Conversation-Id");
@@ -910,6 +922,21 @@ fn a_non_loopback_bind_needs_a_token() {
     assert_eq!(none.body["code"], "unauthorized");
     assert_eq!(send("GET", &health, None, &[("authorization", "Bearer wrong")]).status, 401);
     assert_eq!(send("GET", &health, None, &[("authorization", "Bearer s3cret-token")]).status, 200);
+    // The scheme is case-insensitive (RFC 9110): `bearer` was a 401.
+    assert_eq!(send("GET", &health, None, &[("authorization", "bearer s3cret-token")]).status, 200);
+    // With a token, the token is the gate: any page and any host name may
+    // send with it.
+    let from_anywhere = send(
+        "GET",
+        &health,
+        None,
+        &[
+            ("authorization", "Bearer s3cret-token"),
+            ("origin", "https://app.example"),
+            ("host", "dispatch.example"),
+        ],
+    );
+    assert_eq!(from_anywhere.status, 200, "{}", from_anywhere.text);
     // Preflights carry no credentials; they are answered.
     assert_eq!(send("OPTIONS", &health, None, &[]).status, 204);
 
@@ -975,6 +1002,12 @@ fn close_open_filters_extensions_and_the_static_web_directory() {
     let web = tempfile::tempdir().unwrap();
     std::fs::write(web.path().join("index.html"), "<html>app</html>").unwrap();
     std::fs::write(web.path().join("app.js"), "console.log(1)").unwrap();
+    // A symlink leading out of the directory is not followed (it was).
+    let outside = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(outside.path(), "SECRET OUTSIDE").unwrap();
+    std::os::unix::fs::symlink(outside.path(), web.path().join("leak.txt")).unwrap();
+    // A large file is streamed with its length (it was read whole).
+    std::fs::write(web.path().join("big.bin"), vec![7u8; 3 * 1024 * 1024 + 5]).unwrap();
     let http = format!(
         "addr = [\"127.0.0.1:0\"]\nweb_dir = {:?}\ncors_origins = [\"http://ui.example\"]",
         web.path().display().to_string()
@@ -1032,6 +1065,13 @@ fn close_open_filters_extensions_and_the_static_web_directory() {
     assert_eq!(js.headers["content-type"], "text/javascript; charset=utf-8");
     assert_eq!(get(&format!("{}/some/client/route", s.base)).text, "<html>app</html>");
     assert_eq!(get(&format!("{}/%2e%2e/plugins.toml", s.base)).text, "<html>app</html>");
+    let leak = get(&format!("{}/leak.txt", s.base));
+    assert_eq!(leak.text, "<html>app</html>", "a symlink out of web_dir was followed");
+    let big = get(&format!("{}/big.bin", s.base));
+    assert_eq!(big.headers["content-length"], (3 * 1024 * 1024 + 5).to_string());
+    assert_eq!(big.text.len(), 3 * 1024 * 1024 + 5);
+    let head = send("HEAD", &format!("{}/app.js", s.base), None, &[]);
+    assert_eq!((head.status, head.text.as_str()), (200, ""));
     // API routes still win, and a POST to an unknown path is still a JSON 404.
     assert_eq!(get(&format!("{}/health", s.base)).body, json!({"ok": true}));
     assert_eq!(post(&format!("{}/nowhere", s.base), "{}").status, 404);
@@ -1039,4 +1079,123 @@ fn close_open_filters_extensions_and_the_static_web_directory() {
     // `/conversations/:id/lsp`) is a JSON 404, not the app's index.html.
     let lsp = get(&format!("{}/conversations/c1/lsp", s.base));
     assert_eq!((lsp.status, lsp.body["code"].as_str()), (404, Some("not_found")), "{}", lsp.text);
+}
+
+/// Regression (issue 31, HIGH): with no token, a page the user's browser
+/// opens could drive the server — a "simple" `text/plain` POST needs no
+/// preflight — and read every conversation (`*` CORS), and any `Host` was
+/// served (DNS rebinding). Every request here is shaped as a browser sends it.
+#[test]
+fn a_web_page_of_another_site_can_neither_drive_nor_read_a_local_server() {
+    let cfg = product_config(LOOPBACK);
+    let s = Server::start(&cfg);
+    let b = &s.base;
+    let port = b.rsplit(':').next().unwrap().to_owned();
+    let evil = [("origin", "https://evil.example")];
+    let plain = ("content-type", "text/plain;charset=UTF-8");
+    let body = r#"{"conversationId": "x-evil", "message": "hello", "cwd": "/"}"#;
+
+    // A page's fetch POST without preflight: refused before anything runs.
+    let r = send("POST", &format!("{b}/chat"), Some(body), &[evil[0], plain]);
+    assert_eq!((r.status, r.body["code"].as_str()), (403, Some("origin_forbidden")), "{}", r.text);
+    assert!(r.headers.get("access-control-allow-origin").is_none());
+    // The same body as JSON from that page (after a preflight) is refused too.
+    assert_eq!(send("POST", &format!("{b}/chat"), Some(body), &evil).status, 403);
+    // The preflight itself does not let it through.
+    let pre =
+        send("OPTIONS", &format!("{b}/chat"), None, &[evil[0], ("access-control-request-method", "POST")]);
+    assert!(pre.headers.get("access-control-allow-origin").is_none(), "{pre:?}");
+    // Not JSON, from no page at all (curl -d): 415, nothing started.
+    let r = send("POST", &format!("{b}/chat"), Some(body), &[plain]);
+    assert_eq!((r.status, r.body["code"].as_str()), (415, Some("unsupported_media_type")), "{}", r.text);
+    assert_eq!(
+        get(&format!("{b}/conversations/x-evil/status")).status,
+        404,
+        "a refused request started a turn"
+    );
+
+    // Every other state-changing route is closed to it: the template, a reload.
+    let before = get(&format!("{b}/system-prompt")).body;
+    let put =
+        send("PUT", &format!("{b}/system-prompt"), Some(r#"{"template":"[file:x]"}"#), &[evil[0], plain]);
+    assert_eq!(put.status, 403);
+    assert_eq!(get(&format!("{b}/system-prompt")).body, before);
+    assert_eq!(send("POST", &format!("{b}/admin/plugins/reload"), None, &evil).status, 403);
+
+    // Reads: a foreign page gets neither the answer nor a CORS grant.
+    chat(b, json!({"conversationId": "mine", "message": "hi"}));
+    let read = send("GET", &format!("{b}/conversations"), None, &evil);
+    assert_eq!(read.status, 403);
+    assert!(!read.text.contains("mine") && read.headers.get("access-control-allow-origin").is_none());
+
+    // DNS rebinding: the page's own name resolving to 127.0.0.1 makes its
+    // requests same-origin; the Host it names is refused.
+    let rebound = format!("rebind.evil.example:{port}");
+    let r = send("GET", &format!("{b}/conversations"), None, &[("host", &rebound)]);
+    assert_eq!((r.status, r.body["code"].as_str()), (403, Some("host_forbidden")), "{}", r.text);
+    // A second Host does not slip past a check of the first.
+    let local_host = format!("localhost:{port}");
+    let r = send("GET", &format!("{b}/conversations"), None, &[("host", &local_host), ("host", &rebound)]);
+    assert_eq!(r.status, 403, "{}", r.text);
+    let origin = format!("http://{rebound}");
+    let r = send("POST", &format!("{b}/chat"), Some(body), &[("host", &rebound), ("origin", &origin)]);
+    assert_eq!(r.status, 403);
+
+    // This machine's pages and clients that are not browsers are served, and
+    // an allowed page is granted its own origin — never `*`.
+    let local = [("origin", "http://localhost:5173")];
+    let ok = send("GET", &format!("{b}/conversations"), None, &local);
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.headers["access-control-allow-origin"], "http://localhost:5173");
+    let host = format!("localhost:{port}");
+    assert_eq!(send("GET", &format!("{b}/health"), None, &[("host", &host)]).status, 200);
+    let (a, events) = chat(b, json!({"conversationId": "from-local", "message": "hi"}));
+    assert_eq!(a.status, 200);
+    assert_eq!(kinds(&events).last(), Some(&"turn-sealed"));
+    let r = send("POST", &format!("{b}/conversations/from-local/queue"), Some(r#"{"text":"more"}"#), &local);
+    assert_eq!(r.status, 200, "{}", r.text);
+    // A bodyless POST (the frontend's close) needs no content type.
+    let url = format!("{b}/conversations/from-local/close");
+    let close = rt().block_on(http_client::send("POST", &url, &local, None)).unwrap();
+    assert_eq!(close.status, 200);
+}
+
+/// Regression (issue 31, HIGH): `[file:…]` read beneath whatever working
+/// directory a request chose — `cwd: "/"` put any file of the machine in
+/// front of the model. It reads only beneath the session's own default
+/// directory (the plugin's `file_roots` by default).
+#[test]
+fn the_prompts_file_variable_reads_nothing_outside_its_roots_whatever_cwd_a_request_names() {
+    use dispatch_test_support::mock_openai::*;
+    let reply = || Reply::sse(&[text_chunk("ok"), finish_chunk("stop")]);
+    let mock = MockServer::start(vec![reply(), reply(), reply()]);
+    let cfg = product_config(LOOPBACK);
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::write(elsewhere.path().join("notes.txt"), "PRIVATE KEY MATERIAL").unwrap();
+    let url = mock.base_url();
+    let s = Server::start_with(
+        &cfg,
+        &[("DISPATCH_BASE_URL", &url), ("DISPATCH_API_KEY", "sk-test"), ("DISPATCH_MODEL", "mock-model")],
+    );
+    let template = r#"{"template":"Notes: [file:notes.txt] Host: [file:etc/hostname]"}"#;
+    assert_eq!(send("PUT", &format!("{}/system-prompt", s.base), Some(template), &[]).status, 200);
+    let turn = |id: &str, cwd: Option<&str>| {
+        let mut body = json!({"conversationId": id, "message": "hi", "model": "openai/mock-model"});
+        if let Some(c) = cwd {
+            body["cwd"] = json!(c);
+        }
+        let (a, _) = chat(&s.base, body);
+        assert_eq!(a.status, 200, "{}", a.text);
+    };
+    turn("in-root", None);
+    turn("outside", Some(elsewhere.path().to_str().unwrap()));
+    turn("slash", Some("/"));
+    let prompts: Vec<String> = mock
+        .requests()
+        .iter()
+        .map(|r| r.body["messages"][0]["content"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(prompts[0], "Notes: hello from the notes Host: ");
+    assert_eq!(prompts[1], "Notes:  Host: ", "a directory outside the roots was read");
+    assert_eq!(prompts[2], "Notes:  Host: ", "cwd / widened the template's reach");
 }

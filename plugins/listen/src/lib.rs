@@ -6,10 +6,14 @@
 //! non-loopback address refused without a token unless the operator opts
 //! out (with a warning); a large accept backlog; IPv6 loopback best effort.
 
+pub mod gate;
+
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use dispatch_abi::runtime::PluginRuntime;
 use dispatch_abi::{codes, Error};
+
+pub use gate::{Gate, Refused};
 
 /// What one transport asks for.
 #[derive(Debug, Clone)]

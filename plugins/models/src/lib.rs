@@ -14,7 +14,19 @@
 //!
 //! Without `default_model`, `DISPATCH_MODEL` is used (`name` means
 //! `openai/name`), else the first model listed.
+//!
+//! # Aliases
+//!
+//! `aliases = { "<name a client sends>" = "<credential>/<model>" | "default" }`
+//! answers a name no provider serves with a configured model, as model
+//! gateways do. Why: a client may send a model of its own choosing — the web
+//! frontend's first message carries its built-in default — and an operator
+//! can map it instead of failing the user's first message. An alias never
+//! shadows a model a provider serves, it is listed by `GET /models` after
+//! the real models with `modelInfo[alias].aliasOf` naming what answers it,
+//! and any other unknown name is still refused.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use dispatch_abi::{codes, to_json, Context, Error, Host, Plugin, PluginManifest, Service};
@@ -27,7 +39,11 @@ use serde_json::Value;
 #[serde(default, deny_unknown_fields)]
 struct Config {
     default_model: Option<String>,
+    aliases: BTreeMap<String, String>,
 }
+
+/// An alias's target meaning "the catalog's default model".
+const DEFAULT_TARGET: &str = "default";
 
 #[derive(Debug, Clone)]
 struct Registration {
@@ -41,6 +57,7 @@ struct Registration {
 struct Catalog {
     host: Host,
     default_model: Option<String>,
+    aliases: Arc<BTreeMap<String, String>>,
     registrations: Arc<Mutex<Vec<Registration>>>,
 }
 
@@ -50,13 +67,38 @@ impl Catalog {
     }
 
     async fn list(&self) -> ModelList {
+        let mut out = self.provided().await;
+        for (alias, target) in self.aliases.iter() {
+            if out.models.contains(alias) {
+                continue;
+            }
+            let target = match target.as_str() {
+                DEFAULT_TARGET => match self.default_model_from(&out) {
+                    Ok(m) => m,
+                    Err(_) => continue,
+                },
+                t => t.to_owned(),
+            };
+            let mut info = out.model_info.get(&target).cloned().unwrap_or_default();
+            info.alias_of = Some(target);
+            out.model_info.insert(alias.clone(), info);
+            out.models.push(alias.clone());
+        }
+        out
+    }
+
+    /// The providers' own models.
+    async fn provided(&self) -> ModelList {
         let mut out = ModelList::default();
         for reg in self.snapshot() {
             match self.host.call(&reg.service, &ProviderRequest::Models).await {
                 Ok(models) => {
                     for m in models.models {
                         if let Some(cw) = m.context_window {
-                            out.model_info.insert(m.name.clone(), ModelInfo { context_window: Some(cw) });
+                            out.model_info.insert(
+                                m.name.clone(),
+                                ModelInfo { context_window: Some(cw), ..ModelInfo::default() },
+                            );
                         }
                         out.models.push(m.name);
                     }
@@ -71,7 +113,16 @@ impl Catalog {
 
     async fn resolve(&self, model: Option<String>) -> Result<Resolved, Error> {
         let model = match model.filter(|m| !m.trim().is_empty()) {
-            Some(m) => m,
+            Some(m) => match self.aliases.get(&m) {
+                // A name some provider serves is that model, never an alias.
+                Some(target) if !self.served(&m).await => {
+                    let target =
+                        if target == DEFAULT_TARGET { self.default_model().await? } else { target.clone() };
+                    tracing::debug!(alias = %m, model = %target, "model alias");
+                    target
+                }
+                _ => m,
+            },
             None => self.default_model().await?,
         };
         let Some((credential, rest)) = model.split_once('/').filter(|(c, r)| !c.is_empty() && !r.is_empty())
@@ -110,14 +161,42 @@ impl Catalog {
         Ok(Resolved { model, provider: reg.provider.clone(), service: reg.service.name().to_owned() })
     }
 
+    /// Whether a registered provider lists `model` as its own.
+    async fn served(&self, model: &str) -> bool {
+        let Some((credential, _)) = model.split_once('/') else { return false };
+        for reg in self.snapshot().iter().filter(|r| r.credentials.iter().any(|c| c == credential)) {
+            if let Ok(list) = self.host.call(&reg.service, &ProviderRequest::Models).await {
+                if list.models.iter().any(|m| m.name == model) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
     async fn default_model(&self) -> Result<String, Error> {
+        let provided = if self.default_model.is_some() || Self::env_model().is_some() {
+            ModelList::default()
+        } else {
+            self.provided().await
+        };
+        self.default_model_from(&provided)
+    }
+
+    fn env_model() -> Option<String> {
+        std::env::var("DISPATCH_MODEL").ok().filter(|m| !m.trim().is_empty())
+    }
+
+    /// The default model, given the providers' list (read only when
+    /// neither the configuration nor the environment names one).
+    fn default_model_from(&self, provided: &ModelList) -> Result<String, Error> {
         if let Some(m) = &self.default_model {
             return Ok(m.clone());
         }
-        if let Some(m) = std::env::var("DISPATCH_MODEL").ok().filter(|m| !m.trim().is_empty()) {
+        if let Some(m) = Self::env_model() {
             return Ok(if m.contains('/') { m } else { format!("openai/{m}") });
         }
-        self.list().await.models.into_iter().next().ok_or_else(|| {
+        provided.models.first().cloned().ok_or_else(|| {
             Error::new(codes::NOT_FOUND, "no model is available: no provider has registered any")
         })
     }
@@ -138,9 +217,29 @@ impl Plugin for Models {
 
     fn activate(ctx: Context) -> Result<Self, Error> {
         let cfg: Config = ctx.config()?;
+        let bad: Vec<String> = cfg
+            .aliases
+            .iter()
+            .filter(|(alias, target)| {
+                alias.trim().is_empty()
+                    || (target.as_str() != DEFAULT_TARGET
+                        && !target.split_once('/').is_some_and(|(c, m)| !c.is_empty() && !m.is_empty()))
+            })
+            .map(|(alias, target)| format!("{alias:?} = {target:?}"))
+            .collect();
+        if !bad.is_empty() {
+            return Err(Error::new(
+                codes::INVALID_CONFIG,
+                format!(
+                    "models: an alias maps a non-empty name to `<credential>/<model>` or \"default\"; not: {}",
+                    bad.join(", ")
+                ),
+            ));
+        }
         let catalog = Catalog {
             host: ctx.host().clone(),
             default_model: cfg.default_model,
+            aliases: Arc::new(cfg.aliases),
             registrations: Arc::default(),
         };
         ctx.host().provide(&CATALOG, move |req: CatalogRequest| {

@@ -79,6 +79,7 @@ impl From<Error> for Failure {
             "not_found" => StatusCode::NOT_FOUND,
             "conflict" | "duplicate" => StatusCode::CONFLICT,
             "forbidden" => StatusCode::FORBIDDEN,
+            "payload_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
             "unsupported" | "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -89,38 +90,29 @@ impl From<Error> for Failure {
 /// Answer or failure.
 pub type Reply = Result<Response<Body>, Failure>;
 
-/// CORS: which origins may read answers.
-#[derive(Debug, Clone)]
-pub enum Cors {
-    /// Anyone (`*`).
-    Any,
-    /// These origins, echoed back when they ask.
-    List(Vec<String>),
+/// The CORS headers of every answer. `trusted` is the request's `Origin`
+/// when its page may read answers (see `dispatch_listen::Gate`): it is
+/// echoed, never `*`, so a page of another site cannot read a
+/// conversation even where its request got through.
+pub fn cors(trusted: Option<&HeaderValue>, headers: &mut HeaderMap) {
+    headers.insert(VARY, HeaderValue::from_static("Origin"));
+    if let Some(o) = trusted {
+        headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, o.clone());
+    }
+    headers
+        .insert("access-control-allow-methods", HeaderValue::from_static("GET, POST, PUT, DELETE, OPTIONS"));
+    headers.insert("access-control-allow-headers", HeaderValue::from_static("Content-Type, Authorization"));
+    headers.insert("access-control-expose-headers", HeaderValue::from_static("X-Conversation-Id"));
+    headers.insert("access-control-max-age", HeaderValue::from_static("600"));
 }
 
-impl Cors {
-    /// Add the CORS headers for a request from `origin`.
-    pub fn apply(&self, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
-        match self {
-            Cors::Any => {
-                headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
-            }
-            Cors::List(list) => {
-                headers.insert(VARY, HeaderValue::from_static("Origin"));
-                if let Some(o) = origin.filter(|o| list.iter().any(|l| l.as_bytes() == o.as_bytes())) {
-                    headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, o.clone());
-                }
-            }
-        }
-        headers.insert(
-            "access-control-allow-methods",
-            HeaderValue::from_static("GET, POST, PUT, DELETE, OPTIONS"),
-        );
-        headers
-            .insert("access-control-allow-headers", HeaderValue::from_static("Content-Type, Authorization"));
-        headers.insert("access-control-expose-headers", HeaderValue::from_static("X-Conversation-Id"));
-        headers.insert("access-control-max-age", HeaderValue::from_static("600"));
-    }
+/// Whether a `Content-Type` value is JSON's (`application/json`, any
+/// parameters).
+pub fn is_json_type(value: Option<&HeaderValue>) -> bool {
+    value
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
 }
 
 /// Read a whole body of at most `limit` bytes within `deadline`.

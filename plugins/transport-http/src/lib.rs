@@ -39,7 +39,7 @@ use dispatch_abi::runtime::PluginRuntime;
 use dispatch_abi::{Context, Error, Host, Plugin, PluginManifest};
 use dispatch_contracts::session::{WireVersion, SESSION};
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, ORIGIN};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, ORIGIN};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -47,7 +47,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
 use tokio::sync::{watch, Notify};
 
-use crate::http::{full, Body, Cors, Failure};
+use crate::http::{full, Body, Failure};
 use crate::routes::App;
 
 /// The default port.
@@ -67,9 +67,17 @@ pub struct Config {
     /// Serve a non-loopback address without a token (logs a warning).
     #[serde(default)]
     pub allow_unauthenticated: bool,
-    /// Origins allowed to read answers (default `["*"]`).
+    /// Web pages (`Origin`s, e.g. `https://app.example`) that may use the
+    /// API and read its answers besides this machine's own (`localhost`,
+    /// loopback addresses, the page served from `web_dir`); `["*"]` for
+    /// any. Without a token a page of any other origin is refused (`403`).
     #[serde(default)]
     pub cors_origins: Option<Vec<String>>,
+    /// Host names this server answers to besides `localhost`, IP addresses
+    /// and this machine's name, when no token is set (a request naming
+    /// another host is refused: DNS rebinding).
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
     /// A directory served for unmatched `GET`s, with `index.html` as the
     /// fallback (default `$DISPATCH_WEB_DIR`).
     #[serde(default)]
@@ -131,7 +139,10 @@ pub struct TransportHttp {
 struct Server {
     app: Arc<App>,
     token: Option<String>,
-    cors: Cors,
+    gate: dispatch_listen::Gate,
+    /// Flips when the transport stops (shutdown, or a reload removing or
+    /// replacing it).
+    stopping: watch::Receiver<bool>,
 }
 
 impl Server {
@@ -141,11 +152,24 @@ impl Server {
         peer: SocketAddr,
     ) -> Result<Response<Body>, std::convert::Infallible> {
         let origin = req.headers().get(ORIGIN).cloned();
-        let mut response = if req.method() == Method::OPTIONS {
+        // Two `Host`s (RFC 9112 says 400) must not let the second slip
+        // past a check of the first: anything but exactly one is no name
+        // this server is known by.
+        let mut hosts = req.headers().get_all(HOST).iter();
+        let host = match (hosts.next(), hosts.next()) {
+            (Some(h), None) => Some(h.to_str().unwrap_or("(not text)").to_owned()),
+            (None, _) => None,
+            (Some(_), Some(_)) => Some("(more than one Host header)".to_owned()),
+        };
+        // An `Origin` that is not text is nobody's page of this machine.
+        let origin_text = origin.as_ref().map(|o| o.to_str().unwrap_or("(not text)"));
+        let mut response = if let Some(f) = self.refuse_page(origin_text, host.as_deref()) {
+            f.response()
+        } else if req.method() == Method::OPTIONS {
             let mut r = Response::new(full(""));
             *r.status_mut() = StatusCode::NO_CONTENT;
             r
-        } else if let Some(f) = self.refuse(&req) {
+        } else if let Some(f) = self.refuse(&req).or_else(|| refuse_body_type(&req)) {
             f.response()
         } else if req.uri().path() == "/admin/plugins/reload" {
             self.reload(&req, peer).await.unwrap_or_else(|f| f.response())
@@ -162,8 +186,23 @@ impl Server {
                 }
             }
         };
-        self.cors.apply(origin.as_ref(), response.headers_mut());
+        let trusted = origin
+            .as_ref()
+            .zip(origin_text)
+            .filter(|(_, text)| self.gate.origin_trusted(text, host.as_deref()))
+            .map(|(o, _)| o);
+        http::cors(trusted, response.headers_mut());
         Ok(response)
+    }
+
+    /// `403` for a browser's request this server must not serve without a
+    /// token: one naming a host it is not known by (DNS rebinding), or one
+    /// from a page of another site — whatever its method: a foreign page
+    /// may neither start anything nor read anything. Checked before the
+    /// body is read.
+    fn refuse_page(&self, origin: Option<&str>, host: Option<&str>) -> Option<Failure> {
+        let checked = self.gate.check_host(host).and_then(|()| self.gate.check_origin(origin, host));
+        checked.err().map(|r| Failure::new(StatusCode::FORBIDDEN, r.code, r.message))
     }
 
     /// `POST /admin/plugins/reload`: the host re-reads its configuration
@@ -181,19 +220,35 @@ impl Server {
                 "reloading plugins from another machine needs an access token (`token` or $DISPATCH_TOKEN)",
             ));
         }
-        let report = self.app.host.call(&dispatch_contracts::plugins::RELOAD, &serde_json::json!({})).await?;
-        Ok(http::json(StatusCode::OK, &report))
+        // A reload that stops this very transport cannot answer with its
+        // report: the report is ready only once the transport has stopped,
+        // and stopping waits for this connection. Answer when the stop
+        // begins instead — before the transport goes — and say where the
+        // outcome is.
+        let mut stopping = self.stopping.clone();
+        let reload = self.app.host.call(&dispatch_contracts::plugins::RELOAD, &serde_json::json!({}));
+        tokio::select! {
+            report = reload => Ok(http::json(StatusCode::OK, &report?)),
+            _ = stopping.wait_for(|s| *s) => Ok(http::json(
+                StatusCode::ACCEPTED,
+                &serde_json::json!({
+                    "reloading": true,
+                    "message": "this reload stops or replaces the HTTP transport that was asked: the reload goes on \
+                                without it; its outcome is in the server's log, and `dispatch plugins --server` \
+                                (or GET /extensions) shows the plugins once an HTTP transport listens again",
+                }),
+            )),
+        }
     }
 
     /// `401` when a token is required and missing or wrong.
     fn refuse(&self, req: &Request<Incoming>) -> Option<Failure> {
         let token = self.token.as_deref()?;
-        let header = req
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|v| v.trim().to_owned());
+        let header = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
+            // The scheme is case-insensitive (RFC 9110 §11.1).
+            let (scheme, rest) = v.trim_start().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim().to_owned())
+        });
         // Browsers cannot set headers on a WebSocket: `/ws` also takes `?token=`.
         let given =
             header.or_else(|| (req.uri().path() == "/ws").then(|| query_token(req.uri().query())).flatten());
@@ -209,6 +264,29 @@ impl Server {
             )),
         }
     }
+}
+
+/// `415` for a request body that is not sent as JSON: a page can post
+/// `text/plain` or a form to another site without asking first, but not
+/// `application/json`. A request without a body (the frontend's `close`)
+/// needs no type.
+fn refuse_body_type(req: &Request<Incoming>) -> Option<Failure> {
+    use hyper::body::Body as _;
+    let has_body = !req.body().is_end_stream();
+    if !has_body
+        || matches!(*req.method(), Method::GET | Method::HEAD)
+        || http::is_json_type(req.headers().get(CONTENT_TYPE))
+    {
+        return None;
+    }
+    let given = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("none");
+    Some(Failure::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        format!(
+            "send the request body as JSON (`Content-Type: application/json`); this one's type is {given}"
+        ),
+    ))
 }
 
 /// The `token` query parameter, decoded.
@@ -243,11 +321,11 @@ impl Plugin for TransportHttp {
             Some(w) => WireVersion::parse(w)
                 .ok_or_else(|| config_error(format!("transport-http: unknown default_wire {w:?}")))?,
         };
-        let cors = match &config.cors_origins {
-            None => Cors::Any,
-            Some(list) if list.iter().any(|o| o == "*") => Cors::Any,
-            Some(list) => Cors::List(list.clone()),
-        };
+        let gate = dispatch_listen::Gate::new(
+            access.token.is_some(),
+            config.cors_origins.as_deref(),
+            &config.allowed_hosts,
+        );
         let web_dir =
             config.web_dir.clone().or_else(|| std::env::var_os("DISPATCH_WEB_DIR").map(PathBuf::from));
         if let Some(d) = &web_dir {
@@ -271,8 +349,8 @@ impl Plugin for TransportHttp {
             web_dir,
             runner: runtime.runner(),
         });
-        let server = Arc::new(Server { app, token: access.token, cors });
         let (stop, stopped) = watch::channel(false);
+        let server = Arc::new(Server { app, token: access.token, gate, stopping: stopped.clone() });
         let open = Arc::new(AtomicUsize::new(0));
         let closed = Arc::new(Notify::new());
         let header_timeout = Duration::from_millis(config.header_timeout_ms);

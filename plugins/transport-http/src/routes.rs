@@ -127,7 +127,7 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Reply {
             );
             if (method == Method::GET || method == Method::HEAD) && !api {
                 if let Some(dir) = &app.web_dir {
-                    return serve_static(dir, &path).await;
+                    return serve_static(dir, &path, method == Method::HEAD).await;
                 }
             }
             return Err(Failure::new(
@@ -218,7 +218,7 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Reply {
                 title: String,
             }
             let b: TitleBody = parse(&read_body(body, app.max_body, app.body_timeout).await?)?;
-            let title = b.title.trim().to_owned();
+            let title = dispatch_contracts::protocol::wire::bounded_title(&b.title);
             if title.is_empty() {
                 return Err(Failure::bad_request("the title is empty"));
             }
@@ -347,6 +347,19 @@ async fn setting_route(app: &App, method: Method, id: &str, setting: &str, body:
             }
             let b: ModelBody = parse(&read_body(body, app.max_body, app.body_timeout).await?)?;
             let model = b.model.map(|m| m.trim().to_owned()).filter(|m| !m.is_empty());
+            if let Some(m) = &model {
+                // A model no provider serves would be accepted here and then
+                // refuse every turn of the conversation (its queue stalled):
+                // refuse it now, as `POST /chat` does.
+                let resolve = CatalogRequest::Resolve { model: Some(m.clone()) };
+                match app.host.call(&CATALOG, &resolve).await {
+                    Ok(_) => {}
+                    Err(e) if e.code() == "not_found" => {
+                        return Err(Failure::new(StatusCode::BAD_REQUEST, "unknown_model", e.message()))
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
             update.model = Some(model.clone());
             json!(model)
         }
@@ -454,20 +467,59 @@ async fn chat(app: &Arc<App>, body: Incoming, pairs: &[(String, String)]) -> Rep
     Ok(response)
 }
 
-/// A file of the web directory, else its `index.html` (a single-page app).
-async fn serve_static(dir: &Path, path: &str) -> Reply {
+/// How much of a web file is read at a time: files are streamed, never
+/// read whole (four concurrent GETs of a 512 MB file held 2.1 GB).
+const STATIC_CHUNK: usize = 64 * 1024;
+
+/// A file of the web directory, else its `index.html` (a single-page app),
+/// streamed. A path that resolves outside the directory — through a
+/// symlink — is not served (the app's index is, as for any unknown path).
+async fn serve_static(dir: &Path, path: &str, head: bool) -> Reply {
     let decoded = percent_decode(path)?;
     let rel = Path::new(decoded.trim_start_matches('/'));
     let clean = rel.components().all(|c| matches!(c, Component::Normal(_)));
-    let mut file = if clean && !rel.as_os_str().is_empty() { dir.join(rel) } else { dir.join("index.html") };
-    if !clean || !tokio::fs::metadata(&file).await.is_ok_and(|m| m.is_file()) {
-        file = dir.join("index.html");
-    }
-    let bytes = tokio::fs::read(&file).await.map_err(|e| {
+    let root = tokio::fs::canonicalize(dir).await.map_err(|e| {
+        Failure::new(StatusCode::NOT_FOUND, "not_found", format!("the web directory is not usable ({e})"))
+    })?;
+    let inside = |candidate: PathBuf| {
+        let root = root.clone();
+        async move {
+            let real = tokio::fs::canonicalize(&candidate).await.ok()?;
+            let meta = tokio::fs::metadata(&real).await.ok()?;
+            (real.starts_with(&root) && meta.is_file()).then_some((real, meta.len()))
+        }
+    };
+    let wanted = if clean && !rel.as_os_str().is_empty() { inside(root.join(rel)).await } else { None };
+    let (file, len) = match wanted {
+        Some(found) => found,
+        None => inside(root.join("index.html")).await.ok_or_else(|| {
+            Failure::new(StatusCode::NOT_FOUND, "not_found", "the web directory has no index.html")
+        })?,
+    };
+    let opened = tokio::fs::File::open(&file).await.map_err(|e| {
         Failure::new(StatusCode::NOT_FOUND, "not_found", format!("no such file in the web directory ({e})"))
     })?;
-    let mut r = Response::new(full(bytes));
+    let body = if head {
+        full(Bytes::new())
+    } else {
+        use tokio::io::AsyncReadExt as _;
+        // No more than the length announced, should the file grow meanwhile.
+        let chunks = futures::stream::unfold(Some(opened.take(len)), |file| async move {
+            let mut file = file?;
+            let mut buf = vec![0u8; STATIC_CHUNK];
+            match file.read(&mut buf).await {
+                Ok(0) | Err(_) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok::<_, Infallible>(Frame::data(Bytes::from(buf))), Some(file)))
+                }
+            }
+        });
+        StreamBody::new(chunks).boxed()
+    };
+    let mut r = Response::new(body);
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(mime(&file)));
+    r.headers_mut().insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(len));
     Ok(r)
 }
 

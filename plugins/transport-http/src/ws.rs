@@ -55,6 +55,9 @@ pub async fn upgrade(app: Arc<App>, mut req: Request<Incoming>) -> Reply {
         Err(e) if e.code() == codes::FORBIDDEN => {
             return Err(Failure::new(StatusCode::FORBIDDEN, "origin_forbidden", e.message()))
         }
+        Err(e) if e.code() == codes::UNAVAILABLE => {
+            return Err(Failure::new(StatusCode::SERVICE_UNAVAILABLE, "too_many_connections", e.message()))
+        }
         Err(e) => return Err(Failure::new(StatusCode::BAD_REQUEST, "invalid_input", e.message())),
     };
     let accept = HeaderValue::from_str(&handshake.accept).map_err(|_| {

@@ -408,6 +408,11 @@ impl Client {
                 let Some(text) = text else {
                     return self.chat_error(Some(&conversation_id), "chat.queue: missing field `text`");
                 };
+                // It may start a turn its sender then watches: within the
+                // same cap on watched conversations as chat.send.
+                if !self.hub.may_watch(self.id, false) {
+                    return self.chat_error(Some(&conversation_id), &too_many("conversations"));
+                }
                 let request =
                     SessionRequest::Queue { conversation_id: conversation_id.clone(), text, workspace_id };
                 match host.call(&session::answering::<Queued>(), &request).await {

@@ -65,9 +65,10 @@ struct Watch {
     /// so a stale feed task stops instead of writing into it.
     generation: u64,
     clients: HashSet<u64>,
-    /// The running turn's messages so far (a late subscriber's replay),
-    /// each with whether wire 0.1 has its event type.
-    frames: Vec<(Frame, bool)>,
+    /// The running turn's replay for a late subscriber, each message with
+    /// whether wire 0.1 has its event type: the turn's first messages and
+    /// its newest [`REPLAY_TAIL`] (see [`Replay`]).
+    frames: Replay,
     /// Turns for the feed to read, in order.
     turns: mpsc::UnboundedSender<String>,
     /// Turns already handed to the feed (recent ones), to read each once.
@@ -117,6 +118,47 @@ pub const MAX_WATCHED: usize = 1024;
 
 /// Turns a feed remembers having read, so a late duplicate is skipped.
 const REMEMBERED_TURNS: usize = 8;
+
+/// How many of a running turn's newest messages a late subscriber is
+/// replayed. The session keeps the whole turn already (its old deltas
+/// merged); a second full copy here cost ~1 KB per delta with a turn of
+/// 300 000 deltas. A late subscriber gets the turn's start and this tail;
+/// what lies between is in the stored history (`GET /conversations/:id`,
+/// which the frontend reads when it opens a conversation) once its step
+/// completes.
+pub const REPLAY_TAIL: usize = 4096;
+
+/// How many of a turn's first messages a replay always keeps
+/// (`user-message`, `turn-start`).
+const REPLAY_HEAD: usize = 2;
+
+/// A running turn's replay: its first messages and its newest ones.
+#[derive(Debug, Default)]
+struct Replay {
+    head: Vec<(Frame, bool)>,
+    tail: VecDeque<(Frame, bool)>,
+}
+
+impl Replay {
+    fn push(&mut self, frame: (Frame, bool)) {
+        if self.head.len() < REPLAY_HEAD {
+            self.head.push(frame);
+            return;
+        }
+        if self.tail.len() == REPLAY_TAIL {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(frame);
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &(Frame, bool)> {
+        self.head.iter().chain(self.tail.iter())
+    }
+
+    fn clear(&mut self) {
+        *self = Replay::default();
+    }
+}
 
 impl Hub {
     /// A hub that reads turns through `host` and runs feeds on `runner`.
@@ -278,7 +320,7 @@ impl Hub {
             let watch = Watch {
                 generation,
                 clients: HashSet::new(),
-                frames: Vec::new(),
+                frames: Replay::default(),
                 turns,
                 queued: VecDeque::new(),
             };
@@ -381,7 +423,7 @@ impl Hub {
         }
         if sealed {
             // Nothing to replay once the turn is over: history is read over HTTP.
-            watch.frames = Vec::new();
+            watch.frames.clear();
         }
         true
     }

@@ -51,6 +51,7 @@ use dispatch_contracts::protocol::wire::ConversationStatus;
 use dispatch_contracts::session::{OpenRequested, StatusChanged, WireVersion, OPEN, SESSION, STATUS};
 use dispatch_contracts::surface::{RegistryRequest, SurfaceChanged, CHANGED, REGISTRY};
 use dispatch_contracts::websocket::{Handshake, UpgradeRequest, WEBSOCKET};
+use dispatch_listen::Gate;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_TYPE, UPGRADE};
@@ -85,13 +86,18 @@ pub struct Config {
     /// Serve a non-loopback address without a token (logs a warning).
     #[serde(default)]
     pub allow_unauthenticated: bool,
-    /// Web pages (`Origin`s, e.g. `http://localhost:5173`) that may open a
-    /// socket; `["*"]` for any. Default: any when a token is configured
-    /// (the token is the check), else pages served from this machine only
-    /// — so a web site open in the user's browser cannot drive a local
+    /// Web pages (`Origin`s, e.g. `https://app.example`) that may open a
+    /// socket besides this machine's own (`localhost`, loopback addresses,
+    /// a page of the host the request names); `["*"]` for any. With a
+    /// token configured any page may (the token is the check) — so without
+    /// one a web site open in the user's browser cannot drive a local
     /// server. Clients that are not browsers send no `Origin`: always let in.
     #[serde(default)]
     pub allowed_origins: Option<Vec<String>>,
+    /// Host names served besides `localhost`, IP addresses and this
+    /// machine's name when no token is set (DNS rebinding).
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
     /// The wire version of clients that do not ask (`0.1` or `latest`, the
     /// default).
     #[serde(default)]
@@ -116,7 +122,20 @@ pub struct Config {
     /// Worker threads (default 1).
     #[serde(default = "default_workers")]
     pub workers: usize,
+    /// Most WebSockets open at once, on both ports together (default
+    /// 1024); one more is refused with `503` until another closes.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
+
+fn default_max_connections() -> usize {
+    1024
+}
+
+/// Each connection's initial read buffer. tungstenite's default (128 KiB,
+/// allocated at the upgrade) made every idle socket cost ~130 KB; the
+/// buffer grows when a larger message arrives.
+const READ_BUFFER_BYTES: usize = 8 * 1024;
 
 fn default_max_message() -> usize {
     8 * 1024 * 1024
@@ -166,38 +185,6 @@ impl Refusal {
     }
 }
 
-/// Which web pages may open a socket (see [`Config::allowed_origins`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Origins {
-    /// Any.
-    Any,
-    /// Pages served from this machine (`localhost`, `127.x.x.x`, `[::1]`).
-    Loopback,
-    /// These, exactly.
-    List(Vec<String>),
-}
-
-impl Origins {
-    fn allows(&self, origin: Option<&str>) -> bool {
-        let Some(origin) = origin else { return true };
-        match self {
-            Origins::Any => true,
-            Origins::List(list) => list.iter().any(|o| o.eq_ignore_ascii_case(origin)),
-            Origins::Loopback => {
-                let host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-                let host = if host.starts_with('[') {
-                    host.split(']').next().map(|h| format!("{h}]")).unwrap_or_default()
-                } else {
-                    host.split(':').next().unwrap_or_default().to_owned()
-                };
-                host.eq_ignore_ascii_case("localhost")
-                    || host == "[::1]"
-                    || host.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
-            }
-        }
-    }
-}
-
 /// Check a WebSocket upgrade request (RFC 6455 §4.2.1), the page it comes
 /// from, and the `wire` query parameter; answers the
 /// `Sec-WebSocket-Accept` value and the wire version of the connection.
@@ -205,17 +192,12 @@ pub fn check_upgrade<'a>(
     header: impl Fn(&str) -> Option<&'a str>,
     query: Option<&str>,
     default_wire: WireVersion,
-    origins: &Origins,
+    gate: &Gate,
 ) -> Result<(String, WireVersion), Refusal> {
-    if let Some(origin) = header("origin").filter(|o| !origins.allows(Some(o))) {
-        return Err(Refusal::new(
-            StatusCode::FORBIDDEN,
-            "origin_forbidden",
-            format!(
-                "a page from {origin} may not open a WebSocket here: add it to transport-ws `allowed_origins` \
-                 (or configure an access token)"
-            ),
-        ));
+    let host = header("host");
+    let page = gate.check_host(host).and_then(|()| gate.check_origin(header("origin"), host));
+    if let Err(r) = page {
+        return Err(Refusal::new(StatusCode::FORBIDDEN, r.code, r.message));
     }
     let has_token = |name: &str, token: &str| {
         header(name).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
@@ -287,13 +269,14 @@ struct Shared {
     runner: Runner,
     token: Option<String>,
     default_wire: WireVersion,
-    origins: Origins,
+    gate: Gate,
     ws_config: WebSocketConfig,
     options: conn::Options,
     /// Handshakes answered for another listener, waiting for `adopt`.
     tickets: Mutex<HashMap<String, (WireVersion, Instant)>>,
-    /// Open connections, for shutdown.
+    /// Open connections, for shutdown and `max_connections`.
     open: AtomicUsize,
+    max_connections: usize,
     closed: Notify,
 }
 
@@ -312,25 +295,37 @@ impl Shared {
         });
     }
 
+    /// `503` when `max_connections` sockets are open already.
+    fn check_room(&self) -> Result<(), Refusal> {
+        let open = self.open.load(Ordering::SeqCst);
+        if open < self.max_connections {
+            return Ok(());
+        }
+        Err(Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_connections",
+            format!("{open} WebSockets are open, the most this server takes (transport-ws `max_connections`); try again later"),
+        ))
+    }
+
     /// The `websocket` service: handshakes and adoptions for other
     /// listeners.
     fn upgrade_service(self: &Arc<Self>, request: UpgradeRequest) -> Result<serde_json::Value, Error> {
         match request {
             UpgradeRequest::Handshake { headers, query } => {
+                self.check_room().map_err(|r| Error::new(codes::UNAVAILABLE, r.message))?;
                 let header = |name: &str| {
                     headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
                 };
-                let (accept, wire) =
-                    check_upgrade(header, query.as_deref(), self.default_wire, &self.origins).map_err(
-                        |r| {
-                            let code = if r.status == StatusCode::FORBIDDEN {
-                                codes::FORBIDDEN
-                            } else {
-                                codes::INVALID_PAYLOAD
-                            };
-                            Error::new(code, r.message)
-                        },
-                    )?;
+                let (accept, wire) = check_upgrade(header, query.as_deref(), self.default_wire, &self.gate)
+                    .map_err(|r| {
+                    let code = if r.status == StatusCode::FORBIDDEN {
+                        codes::FORBIDDEN
+                    } else {
+                        codes::INVALID_PAYLOAD
+                    };
+                    Error::new(code, r.message)
+                })?;
                 let ticket = uuid::Uuid::new_v4().to_string();
                 let mut tickets = self.tickets.lock().unwrap_or_else(PoisonError::into_inner);
                 tickets.retain(|_, (_, at)| at.elapsed() < TICKET_LIFETIME);
@@ -462,23 +457,21 @@ impl Plugin for TransportWs {
         };
         let ws_config = WebSocketConfig::default()
             .max_message_size(Some(config.max_message_bytes))
-            .max_frame_size(Some(config.max_message_bytes));
+            .max_frame_size(Some(config.max_message_bytes))
+            .read_buffer_size(READ_BUFFER_BYTES)
+            .write_buffer_size(0);
         let hub = Hub::new(host.clone(), runtime.runner(), config.max_queued_messages);
         let shared = Arc::new(Shared {
             hub: Arc::clone(&hub),
             runner: runtime.runner(),
-            origins: match &config.allowed_origins {
-                Some(list) if list.iter().any(|o| o == "*") => Origins::Any,
-                Some(list) => Origins::List(list.clone()),
-                None if token.is_some() => Origins::Any,
-                None => Origins::Loopback,
-            },
+            gate: Gate::new(token.is_some(), config.allowed_origins.as_deref(), &config.allowed_hosts),
             token,
             default_wire,
             ws_config,
             options,
             tickets: Mutex::new(HashMap::new()),
             open: AtomicUsize::new(0),
+            max_connections: config.max_connections.max(1),
             closed: Notify::new(),
         });
 
@@ -651,10 +644,12 @@ fn upgrade(shared: &Arc<Shared>, mut req: Request<Incoming>) -> Response<Full<By
     if let Err(r) = check_token(shared.token.as_deref(), &req) {
         return r.response();
     }
+    if let Err(r) = shared.check_room() {
+        return r.response();
+    }
     let headers = req.headers();
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let (accept, wire) = match check_upgrade(header, req.uri().query(), shared.default_wire, &shared.origins)
-    {
+    let (accept, wire) = match check_upgrade(header, req.uri().query(), shared.default_wire, &shared.gate) {
         Ok(a) => a,
         Err(r) => return r.response(),
     };
@@ -693,6 +688,10 @@ mod tests {
         move |name| list.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| *v)
     }
 
+    fn local() -> Gate {
+        Gate::new(false, None, &[])
+    }
+
     const UPGRADE_HEADERS: [(&str, &str); 4] = [
         ("Upgrade", "websocket"),
         ("Connection", "keep-alive, Upgrade"),
@@ -703,21 +702,16 @@ mod tests {
     #[test]
     fn the_accept_key_is_rfc_6455s_and_the_wire_comes_from_the_query() {
         let (accept, wire) =
-            check_upgrade(headers(&UPGRADE_HEADERS), None, WireVersion::Latest, &Origins::Loopback).unwrap();
+            check_upgrade(headers(&UPGRADE_HEADERS), None, WireVersion::Latest, &local()).unwrap();
         // The worked example of RFC 6455 §1.3.
         assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         assert_eq!(wire, WireVersion::Latest);
-        let (_, wire) = check_upgrade(
-            headers(&UPGRADE_HEADERS),
-            Some("token=x&wire=0.1"),
-            WireVersion::Latest,
-            &Origins::Loopback,
-        )
-        .unwrap();
+        let (_, wire) =
+            check_upgrade(headers(&UPGRADE_HEADERS), Some("token=x&wire=0.1"), WireVersion::Latest, &local())
+                .unwrap();
         assert_eq!(wire, WireVersion::V0_1);
-        let bad =
-            check_upgrade(headers(&UPGRADE_HEADERS), Some("wire=9"), WireVersion::Latest, &Origins::Loopback)
-                .unwrap_err();
+        let bad = check_upgrade(headers(&UPGRADE_HEADERS), Some("wire=9"), WireVersion::Latest, &local())
+            .unwrap_err();
         assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     }
 
@@ -732,33 +726,44 @@ mod tests {
             ["http://localhost:5173", "http://127.0.0.1:24203", "http://[::1]:24203", "https://LOCALHOST"]
         {
             let h = from(ok);
-            assert!(
-                check_upgrade(headers(&h), None, WireVersion::Latest, &Origins::Loopback).is_ok(),
-                "{ok}"
-            );
+            assert!(check_upgrade(headers(&h), None, WireVersion::Latest, &local()).is_ok(), "{ok}");
         }
         let h = from("https://evil.example");
-        let refused = check_upgrade(headers(&h), None, WireVersion::Latest, &Origins::Loopback).unwrap_err();
+        let refused = check_upgrade(headers(&h), None, WireVersion::Latest, &local()).unwrap_err();
         assert_eq!((refused.status, refused.code), (StatusCode::FORBIDDEN, "origin_forbidden"));
+        // DNS rebinding: a page whose own name resolves to 127.0.0.1.
+        let mut h = UPGRADE_HEADERS.to_vec();
+        h.push(("Host", "rebind.evil.example:24205"));
+        let refused = check_upgrade(headers(&h), None, WireVersion::Latest, &local()).unwrap_err();
+        assert_eq!((refused.status, refused.code), (StatusCode::FORBIDDEN, "host_forbidden"));
+        // The page served from the HTTP port, opened by this machine's address.
+        let mut h = from("http://192.168.7.7:24203");
+        h.push(("Host", "192.168.7.7:24205"));
+        assert!(check_upgrade(headers(&h), None, WireVersion::Latest, &local()).is_ok());
         let h = from("http://localhost.evil.example");
-        assert!(check_upgrade(headers(&h), None, WireVersion::Latest, &Origins::Loopback).is_err());
-        let listed = Origins::List(vec!["https://evil.example".into()]);
+        assert!(check_upgrade(headers(&h), None, WireVersion::Latest, &local()).is_err());
+        let listed = Gate::new(false, Some(&["https://evil.example".into()]), &[]);
         assert!(
             check_upgrade(headers(&from("https://evil.example")), None, WireVersion::Latest, &listed).is_ok()
         );
-        assert!(check_upgrade(headers(&from("https://x.example")), None, WireVersion::Latest, &Origins::Any)
-            .is_ok());
+        assert!(check_upgrade(
+            headers(&from("https://x.example")),
+            None,
+            WireVersion::Latest,
+            &Gate::new(false, Some(&["*".into()]), &[])
+        )
+        .is_ok());
     }
 
     #[test]
     fn a_plain_request_is_told_to_upgrade() {
-        let r = check_upgrade(headers(&[("Host", "x")]), None, WireVersion::Latest, &Origins::Loopback)
+        let r = check_upgrade(headers(&[("Host", "localhost")]), None, WireVersion::Latest, &local())
             .unwrap_err();
         assert_eq!(r.status, StatusCode::UPGRADE_REQUIRED);
         let old =
             [UPGRADE_HEADERS[0], UPGRADE_HEADERS[1], ("Sec-WebSocket-Version", "8"), UPGRADE_HEADERS[3]];
         assert_eq!(
-            check_upgrade(headers(&old), None, WireVersion::Latest, &Origins::Loopback).unwrap_err().code,
+            check_upgrade(headers(&old), None, WireVersion::Latest, &local()).unwrap_err().code,
             "upgrade_required"
         );
     }

@@ -65,7 +65,10 @@ pub async fn send(
         let _ = conn.await;
     });
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut req = Request::builder().method(method).uri(path).header("host", authority.as_str());
+    let mut req = Request::builder().method(method).uri(path);
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req = req.header("host", authority.as_str());
+    }
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
