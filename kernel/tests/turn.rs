@@ -589,3 +589,18 @@ fn history_is_reconciled_before_the_provider_sees_it() {
         matches!(&sent[2].chunks[0], Chunk::ToolResult { tool_call_id, content, is_error: true, .. } if tool_call_id == "old" && content == INTERRUPTED)
     );
 }
+
+/// Regression (issue 31): `done.contextSize` was the final step's input +
+/// output tokens added with `+`, which wraps (or panics in a debug build)
+/// on a provider's absurd usage; it saturates.
+#[test]
+fn the_context_size_saturates_instead_of_wrapping() {
+    let h = Harness::new(vec![vec![text("a"), usage(u64::MAX - 1, 10)]]);
+    let out = h.run();
+    assert_eq!(out.metrics.context_size, Some(u64::MAX));
+    let done = h.events().into_iter().find_map(|e| match e {
+        AgentEvent::Done { context_size, .. } => Some(context_size),
+        _ => None,
+    });
+    assert_eq!(done, Some(Some(u64::MAX)));
+}

@@ -1199,3 +1199,160 @@ fn the_prompts_file_variable_reads_nothing_outside_its_roots_whatever_cwd_a_requ
     assert_eq!(prompts[1], "Notes:  Host: ", "a directory outside the roots was read");
     assert_eq!(prompts[2], "Notes:  Host: ", "cwd / widened the template's reach");
 }
+
+/// Regression (issue 31): `stop` answered `abortedTurn: true` while the
+/// turn was still winding down, and a message sent at once got `409` for
+/// 6–13 ms (30 of 40 immediate retries). `stop` now answers once the turn
+/// has sealed.
+#[test]
+fn a_message_sent_as_soon_as_stop_answers_is_never_refused() {
+    let cfg = product_config(LOOPBACK);
+    let s = Server::start(&cfg);
+    for round in 0..10 {
+        let id = format!("stop-{round}");
+        let mut stream = Stream::open(&s.base, &json!({"conversationId": id, "message": "slow please"}));
+        stream.until("text-delta");
+        let stop = post(&format!("{}/conversations/{id}/stop", s.base), "");
+        assert_eq!(stop.body["abortedTurn"], true);
+        let again = send(
+            "POST",
+            &format!("{}/chat", s.base),
+            Some(&json!({"conversationId": id, "message": "hi"}).to_string()),
+            &[],
+        );
+        assert_eq!(again.status, 200, "round {round}: {}", again.text);
+        drop(stream);
+    }
+}
+
+/// Regression (issue 31): a queued text over the store's chunk limit was
+/// accepted with `200` and then sat in the queue forever; it is refused
+/// when sent (`413`), over HTTP and the WebSocket alike, and one within the
+/// limit is carried into the next turn.
+#[test]
+fn a_message_the_store_cannot_keep_is_refused_when_it_is_sent_not_lost_later() {
+    let cfg = product_config_with(
+        LOOPBACK,
+        LOOPBACK,
+        &[("libdispatch_plugin_store_sqlite.so", "max_chunk_bytes = 65536".to_owned())],
+    );
+    let s = Server::start(&cfg);
+    let big = "x".repeat(100_000);
+    // Sent as a turn: refused before the turn starts.
+    let (a, _) = chat(&s.base, json!({"conversationId": "q-big", "message": big}));
+    assert_eq!((a.status, a.body["code"].as_str()), (413, Some("payload_too_large")), "{}", a.text);
+    // Queued behind a running turn: refused too, and nothing waits.
+    let mut stream = Stream::open(&s.base, &json!({"conversationId": "q-big", "message": "slow please"}));
+    stream.until("text-delta");
+    let queued = send(
+        "POST",
+        &format!("{}/conversations/q-big/queue", s.base),
+        Some(&json!({"text": big}).to_string()),
+        &[],
+    );
+    assert_eq!(queued.status, 413, "{}", queued.text);
+    let ok = send(
+        "POST",
+        &format!("{}/conversations/q-big/queue", s.base),
+        Some(&json!({"text": "y".repeat(40_000)}).to_string()),
+        &[],
+    );
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    assert_eq!(ok.body["queue"].as_array().unwrap().len(), 1);
+    drop(stream);
+    // The one that fits reaches the history (steered or carried), whole.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let chunks = get(&format!("{}/conversations/q-big", s.base)).body["chunks"].clone();
+        let kept =
+            chunks.as_array().unwrap().iter().any(|c| {
+                c["role"] == "user" && c["chunk"]["text"].as_str().is_some_and(|t| t.len() == 40_000)
+            });
+        if kept {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the queued message never reached the history: {chunks}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut ws = rt().block_on(dispatch_test_support::ws_client::WsClient::connect(&s.ws())).unwrap();
+    rt().block_on(async {
+        ws.send(&json!({"type": "chat.queue", "conversationId": "q-big", "text": big})).await;
+        let errors = ws.until(|m| m["type"] == "chat.error").await;
+        let error = errors.last().unwrap();
+        assert!(error["message"].as_str().unwrap().contains("over the store's limit"), "{error}");
+    });
+}
+
+/// Regression (issue 31): a 1.5 MB image was refused ("chunk over the
+/// limit") though request bodies of 8 MiB carry images; an image close to
+/// the body limit is stored and read back whole.
+#[test]
+fn an_image_near_the_body_limit_is_kept_whole() {
+    let cfg = product_config(LOOPBACK);
+    let s = Server::start(&cfg);
+    let data = format!("data:image/png;base64,{}", "A".repeat(7 * 1024 * 1024));
+    let body = json!({"conversationId": "img", "message": "look", "images": [{"url": data, "mimeType": "image/png"}]});
+    let (a, events) = chat(&s.base, body);
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(kinds(&events).last(), Some(&"turn-sealed"));
+    assert!(!events.iter().any(|e| e["type"] == "error"), "{events:?}");
+    let chunks = get(&format!("{}/conversations/img", s.base)).body["chunks"].clone();
+    let image =
+        chunks.as_array().unwrap().iter().find(|c| c["chunk"]["type"] == "image").expect("an image chunk");
+    assert_eq!(image["chunk"]["url"].as_str().unwrap().len(), data.len());
+}
+
+/// Regression (issue 31): `PUT …/title` took any size (7 MiB titles made
+/// a 36.7 MB conversation list); a title is cut to 200 characters.
+#[test]
+fn a_title_is_bounded() {
+    let cfg = product_config(LOOPBACK);
+    let s = Server::start(&cfg);
+    chat(&s.base, json!({"conversationId": "t-long", "message": "hi"}));
+    let long = "t".repeat(1024 * 1024);
+    let r = send(
+        "PUT",
+        &format!("{}/conversations/t-long/title", s.base),
+        Some(&json!({"title": long}).to_string()),
+        &[],
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let title = r.body["title"].as_str().unwrap().to_owned();
+    assert_eq!(title.chars().count(), 201, "200 characters and an ellipsis");
+    let list = get(&format!("{}/conversations", s.base));
+    assert!(list.text.len() < 4096, "{} bytes", list.text.len());
+    assert_eq!(list.body["conversations"][0]["title"], title.as_str());
+}
+
+/// Regression (issue 31): a reload that removes `transport-http`, asked
+/// through its own endpoint, hung 5 s and answered nothing: it answers
+/// (`202`) as the transport stops, and the rest of the server goes on.
+#[test]
+fn a_reload_that_removes_the_http_transport_answers_before_it_goes() {
+    let cfg = product_config(LOOPBACK);
+    let s = Server::start(&cfg);
+    let ws = s.ws();
+    let text = std::fs::read_to_string(&*cfg).unwrap();
+    let without: String = {
+        let blocks: Vec<&str> = text.split("\n[[plugin]]").collect();
+        let mut out = blocks[0].to_owned();
+        for b in &blocks[1..] {
+            if !b.contains("libdispatch_plugin_transport_http.so") {
+                out.push_str("\n[[plugin]]");
+                out.push_str(b);
+            }
+        }
+        out
+    };
+    assert!(!without.contains("transport_http"));
+    std::fs::write(&*cfg, without).unwrap();
+    let started = Instant::now();
+    let r = post(&format!("{}/admin/plugins/reload", s.base), "");
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert!(started.elapsed() < Duration::from_secs(4), "answered after {:?}", started.elapsed());
+    assert_eq!(r.body["reloading"], true);
+    // The server is still up: its WebSocket answers.
+    let mut client = rt().block_on(dispatch_test_support::ws_client::WsClient::connect(&ws)).unwrap();
+    let first = rt().block_on(client.next());
+    assert_eq!(first["type"], "catalog", "{first}");
+}
