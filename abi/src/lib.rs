@@ -81,7 +81,7 @@ pub use ffi::{FailurePolicy, ABI_VERSION};
 pub use host::{HookResult, Host, Verdict};
 pub use keys::{Event, Hook, Service};
 #[doc(hidden)]
-pub use logging::{log_targets, redact_in_logs};
+pub use logging::{log_targets, redact_in_logs, std_shared_with_caller};
 pub use plugin::{Context, Plugin, PluginManifest};
 
 /// Re-exports the export macro needs; not part of the public API.

@@ -27,6 +27,19 @@ use crate::ffi::{HostApiBox, LogLevel};
 
 static INSTALLED: OnceLock<HostApiBox> = OnceLock::new();
 
+/// This library's std is shared with code that is not the plugin's: set by
+/// the test host, where the plugin's rlib is linked into the test binary.
+static STD_SHARED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Tell this library that its std (and so its panic hook) is shared with
+/// code that is not the plugin's — the test host's case: the plugin's
+/// panic hook then claims only panics raised while the plugin's code runs,
+/// and a test's own failed assertion is not reported as the plugin's panic.
+#[doc(hidden)]
+pub fn std_shared_with_caller() {
+    STD_SHARED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// Values blotted out of every record this library forwards (see
 /// [`redact_in_logs`]); longest first.
 static REDACTED: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
@@ -77,7 +90,8 @@ pub(crate) fn install(host: &HostApiBox) {
         // thread (`scope`) and passes the rest down the chain, which ends
         // at the host's (std's default) hook. With std private to this
         // library, every panic it sees is this plugin's.
-        if cfg!(dispatch_shared_std) && !crate::scope::inside() {
+        let shared = cfg!(dispatch_shared_std) || STD_SHARED.load(std::sync::atomic::Ordering::SeqCst);
+        if shared && !crate::scope::inside() {
             previous(info);
             return;
         }

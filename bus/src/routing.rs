@@ -147,17 +147,7 @@ pub enum ChainOutcome {
 }
 
 /// One registration, for introspection (`dispatch plugins --json`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Registration {
-    /// `service`, `event` (a subscription) or `hook`.
-    pub kind: String,
-    /// The bus name.
-    pub name: String,
-    /// Schema version.
-    pub version: u32,
-    /// The plugin that registered it.
-    pub plugin: String,
-}
+pub use dispatch_protocol::plugins::Registration;
 
 struct Provider<S> {
     plugin: String,
@@ -462,6 +452,7 @@ impl<S: Send + Sync + 'static> Bus<S> {
                 name: name.clone(),
                 version: p.version,
                 plugin: p.plugin.clone(),
+                priority: None,
             });
         }
         for (name, t) in self.topics.read().unwrap_or_else(PoisonError::into_inner).iter() {
@@ -471,6 +462,7 @@ impl<S: Send + Sync + 'static> Bus<S> {
                     name: name.clone(),
                     version: t.version,
                     plugin: s.plugin.clone(),
+                    priority: None,
                 });
             }
         }
@@ -481,6 +473,7 @@ impl<S: Send + Sync + 'static> Bus<S> {
                     name: name.clone(),
                     version: c.version,
                     plugin: e.plugin.clone(),
+                    priority: Some(e.priority),
                 });
             }
         }

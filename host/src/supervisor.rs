@@ -139,11 +139,15 @@ impl ServiceHandler for ReloadService {
     }
 }
 
-struct PluginsService(Arc<Mutex<Vec<PluginReport>>>);
+/// The host's `dispatch.plugins` service: the reports, and the bus's
+/// registrations (weakly: the service lives on that very bus).
+struct PluginsService(Arc<Mutex<Vec<PluginReport>>>, std::sync::Weak<Shared>);
 impl ServiceHandler for PluginsService {
     fn call(&self, _request: RVec<u8>) -> BytesFuture {
         let reports = self.0.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        let body = serde_json::to_vec(&PluginList { plugins: reports }).unwrap_or_default();
+        let registrations = self.1.upgrade().map(|s| s.bus.registrations()).unwrap_or_default();
+        let list = PluginList { plugins: reports, registrations };
+        let body = serde_json::to_vec(&list).unwrap_or_default();
         std::future::ready(RResult::ROk(RVec::from(body))).into_ffi()
     }
 }
@@ -222,7 +226,10 @@ impl Supervisor {
             shutdown: shutdown_rx,
         });
         let reports = Arc::new(Mutex::new(Vec::new()));
-        let host_service = ServiceHandler_TO::from_value(PluginsService(Arc::clone(&reports)), TD_Opaque);
+        let host_service = ServiceHandler_TO::from_value(
+            PluginsService(Arc::clone(&reports), Arc::downgrade(&shared)),
+            TD_Opaque,
+        );
         // The bus is empty: the host's own name cannot be taken yet.
         let _ = shared.bus.provide(HOST_ID, PLUGINS.name(), PLUGINS.version(), host_service);
 

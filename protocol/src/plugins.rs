@@ -77,11 +77,32 @@ pub struct PluginReport {
     pub activate_ms: Option<f64>,
 }
 
-/// The `dispatch.plugins` answer.
+/// The `dispatch.plugins` answer (and `GET /extensions`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PluginList {
     /// Every configured plugin, in configuration order.
     pub plugins: Vec<PluginReport>,
+    /// Every service, subscription and hook on the bus and the plugin that
+    /// registered it — what `dispatch plugins --json` shows, locally or
+    /// from a running server.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub registrations: Vec<Registration>,
+}
+
+/// One registration on the bus.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    /// `service`, `event` (a subscription) or `hook`.
+    pub kind: String,
+    /// The bus name.
+    pub name: String,
+    /// Schema version.
+    pub version: u32,
+    /// The plugin that registered it.
+    pub plugin: String,
+    /// A hook handler's priority (lower runs first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
 }
 
 /// One plugin a reload touched.

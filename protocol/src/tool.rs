@@ -61,7 +61,11 @@ pub struct ToolContext {
     pub tool_call_id: String,
     /// The conversation.
     pub conversation_id: String,
-    /// The turn's working directory.
+    /// The turn's working directory: `Some` for every call a turn makes
+    /// (the session's resolved directory, or `dispatch turn`'s, which
+    /// exists); `None` only for a call made outside a turn (a raw `start`
+    /// request without `cwd`, a test) — use the process's directory then,
+    /// or refuse.
     pub cwd: Option<PathBuf>,
     /// Fires when the turn is aborted: stop, clean up, return.
     pub abort: AbortSignal,

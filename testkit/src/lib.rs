@@ -49,10 +49,14 @@ use tokio::sync::watch;
 /// The plugin id the test's own handle ([`TestHost::host`]) acts as.
 pub const CLIENT_ID: &str = "test";
 
+/// One log record a plugin sent: `LEVEL plugin=<id> <target>: <message>`.
+type Records = Arc<std::sync::Mutex<Vec<String>>>;
+
 /// An in-process host. Dropping it deactivates every plugin, newest first.
 pub struct TestHost {
     runtime: tokio::runtime::Runtime,
     shared: Arc<Shared>,
+    records: Records,
     shutdown: watch::Sender<bool>,
     active: Vec<(String, PluginInstanceBox)>,
     client: Host,
@@ -66,7 +70,7 @@ impl std::fmt::Debug for TestHost {
     }
 }
 
-fn print_record(plugin: &str, level: LogLevel, module: &str, message: &str) {
+fn format_record(plugin: &str, level: LogLevel, module: &str, message: &str) -> String {
     let level = match level {
         LogLevel::Error => "ERROR",
         LogLevel::Warn => "WARN",
@@ -74,7 +78,7 @@ fn print_record(plugin: &str, level: LogLevel, module: &str, message: &str) {
         LogLevel::Debug => "DEBUG",
         LogLevel::Trace => "TRACE",
     };
-    eprintln!("{level} plugin={plugin} {module}: {message}");
+    format!("{level} plugin={plugin} {module}: {message}")
 }
 
 impl Default for TestHost {
@@ -105,15 +109,31 @@ impl TestHost {
             handle.spawn(fut);
         }));
         let (shutdown, shutdown_rx) = watch::channel(false);
+        // The plugin's rlib shares the test binary's std: its panic hook
+        // must not claim the test's own failed assertions.
+        dispatch_abi::std_shared_with_caller();
+        let records: Records = Arc::default();
+        let sink = Arc::clone(&records);
         let shared = Arc::new(Shared {
             bus,
-            log: Arc::new(print_record),
+            log: Arc::new(move |plugin: &str, level: LogLevel, module: &str, message: &str| {
+                let line = format_record(plugin, level, module, message);
+                eprintln!("{line}");
+                sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(line);
+            }),
             log_filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             data_root: data.path().to_path_buf(),
             shutdown: shutdown_rx,
         });
         let client = Host::from_abi(PluginHost::for_plugin(CLIENT_ID, &shared));
-        TestHost { runtime, shared, shutdown, active: Vec::new(), client, data }
+        TestHost { runtime, shared, records, shutdown, active: Vec::new(), client, data }
+    }
+
+    /// The log records plugins have sent so far, each as
+    /// `LEVEL plugin=<id> <target>: <message>` (also printed to stderr). A
+    /// plugin's panic is an `ERROR` record with target `panic`.
+    pub fn logged(&self) -> Vec<String> {
+        self.records.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Activate `P` with `config` as its `[plugin.config]` (`null` or `{}`
@@ -223,5 +243,51 @@ impl Drop for TestHost {
             },
         );
         rt.shutdown_background();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use dispatch_abi::{Context, Plugin, PluginManifest};
+
+    const BOOM: Service<String, String> = Service::new("testkit-boom", 1);
+
+    #[derive(Debug)]
+    struct Boom;
+
+    impl Plugin for Boom {
+        fn manifest() -> PluginManifest {
+            PluginManifest::new("boom", "0.1.0").provides("service", BOOM.name())
+        }
+        fn activate(ctx: Context) -> Result<Self, Error> {
+            ctx.host().provide_sync(
+                &BOOM,
+                |s: String| if s == "panic" { panic!("the plugin's own") } else { Ok(s) },
+            )?;
+            Ok(Boom)
+        }
+    }
+
+    /// Regression (issue 31): with the plugin's rlib linked into the test,
+    /// its panic hook took the test's own failed assertion for the
+    /// plugin's panic and logged it as one. Only the plugin's are its own.
+    #[test]
+    fn a_tests_own_failed_assertion_is_not_blamed_on_the_plugin() {
+        let mut host = TestHost::new();
+        host.activate::<Boom>(serde_json::Value::Null).unwrap();
+        let own = std::panic::catch_unwind(|| assert_eq!(1 + 1, 3, "the test's own assertion"));
+        assert!(own.is_err());
+        let blamed = host.logged().into_iter().filter(|r| r.contains("the test's own assertion")).count();
+        assert_eq!(blamed, 0, "{:?}", host.logged());
+        // The plugin's own panic is still its own.
+        let e = host.call(&BOOM, &"panic".to_owned()).unwrap_err();
+        assert_eq!(e.code(), codes::PANIC);
+        assert!(
+            host.logged().iter().any(|r| r.contains("plugin=boom") && r.contains("the plugin's own")),
+            "{:?}",
+            host.logged()
+        );
     }
 }

@@ -253,3 +253,29 @@ fn the_interactive_session_streams_replies_and_ctrl_c_stops_a_turn_not_the_progr
     let turns = crate::http::get(&format!("{}/conversations/{id}/metrics", s.base)).body;
     assert_eq!(turns["turns"].as_array().unwrap().len(), 2, "{turns}");
 }
+
+/// Regression (issue 31): `dispatch plugins --server URL --json` carried
+/// only the plugin list, while the local form also lists every
+/// registration on the bus; both carry them now, hooks with their
+/// priorities.
+#[test]
+fn plugins_json_from_a_running_server_lists_the_registrations_with_hook_priorities() {
+    let cfg = crate::http::product_config(crate::http::LOOPBACK);
+    let s = crate::http::Server::start(&cfg);
+    let out = run(&["plugins", "--server", &s.base, "--json"], &[], Duration::from_secs(60));
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let regs = v["registrations"].as_array().expect("registrations");
+    let hook = |name: &str, plugin: &str| {
+        regs.iter()
+            .find(|r| r["kind"] == "hook" && r["name"] == name && r["plugin"] == plugin)
+            .unwrap_or_else(|| panic!("no {name} hook of {plugin} in {regs:?}"))
+            .clone()
+    };
+    assert_eq!(hook("session.tools", "mcp")["priority"], -100);
+    assert_eq!(hook("session.system-prompt", "system-prompt")["priority"], 0);
+    assert!(regs
+        .iter()
+        .any(|r| r["kind"] == "service" && r["name"] == "store" && r["plugin"] == "store-sqlite"));
+    assert!(v["plugins"].as_array().unwrap().len() >= 17);
+}

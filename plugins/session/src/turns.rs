@@ -423,7 +423,7 @@ impl Session {
     /// through the `session.tools` filters.
     async fn tools_for(&self, conversation_id: &str, model: &str) -> Vec<Arc<dyn Tool>> {
         let mut names: Vec<String> = match self.host.call(&PLUGINS, &json!({})).await {
-            Ok(PluginList { plugins }) => plugins
+            Ok(PluginList { plugins, .. }) => plugins
                 .into_iter()
                 .filter(|p| p.state == State::Active)
                 .flat_map(|p| p.provides)
