@@ -127,7 +127,10 @@ fn main() {
     let idle = s.rss_mib();
     rt.block_on(async {
         let mut tasks = futures::stream::iter(0..conversations)
-            .map(|i| chat(s.port, &format!("c{i}"), "hello"))
+            .map(|i| {
+                let id = format!("c{i}");
+                async move { chat(s.port, &id, "hello").await }
+            })
             .buffer_unordered(4);
         while tasks.next().await.is_some() {}
     });

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -334,30 +335,61 @@ fn run(cli: Cli, log_filter: String) -> anyhow::Result<ExitCode> {
         }
     }
     .context("cannot start the async runtime")?;
+    // `serve`'s stop: set by the signal task below, read by start-up (an
+    // activation under way gives up, the rest are skipped) and the loop.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let serving = matches!(cli.command, Command::Serve { .. });
     let settings = Settings {
         activate_timeout: Duration::from_millis(plan.host.activate_timeout_ms),
         deactivate_timeout: Duration::from_millis(plan.host.deactivate_timeout_ms),
         log_filter,
         leave_out: matches!(cli.command, Command::Turn { .. })
             .then_some(dispatch_host::supervisor::beside_the_session as _),
+        stop: serving.then(|| stop_rx.clone()),
     };
     let code = runtime.block_on(async move {
         // Listen before anything starts: a terminating signal during
         // start-up must not kill the host with its plugins' processes
         // running. (`plugins` keeps the default action: it only loads and
         // reports, and must stay interruptible.)
-        let terminate = match cli.command {
+        let mut terminate = match cli.command {
             Command::Plugins { .. } => None,
             _ => Some(Terminate::listen().context("cannot listen for signals")?),
         };
+        // `serve` hears its signals from the start: SIGINT/SIGTERM set the
+        // stop (start-up included — an MCP server that takes its time to
+        // start must not hold a SIGTERM for its whole start timeout),
+        // SIGHUP asks for a reload.
+        let (hup_tx, hup_rx) = tokio::sync::mpsc::channel::<()>(4);
+        let stopped_by = Arc::new(std::sync::atomic::AtomicI32::new(0));
+        if serving {
+            if let Some(mut t) = terminate.take() {
+                let by = Arc::clone(&stopped_by);
+                tokio::spawn(async move {
+                    loop {
+                        match t.stop_or_reload().await {
+                            Some(n) => {
+                                by.store(n, std::sync::atomic::Ordering::SeqCst);
+                                let _ = stop_tx.send(true);
+                                break;
+                            }
+                            None => {
+                                let _ = hup_tx.try_send(());
+                            }
+                        }
+                    }
+                });
+            }
+        }
         // `serve` answers reloads; the service is on the bus before any
         // transport can take a request for it.
         let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
         let reload = matches!(cli.command, Command::Serve { .. }).then_some(reload_tx);
         let mut sup = Supervisor::start_with_reload(plan, settings, reload).await;
         let code = match (cli.command, terminate) {
-            (Command::Serve { config, .. }, Some(terminate)) => {
-                serve(&mut sup, &config, terminate, reload_rx).await
+            (Command::Serve { config, .. }, None) => {
+                let signals = Signals { stop: stop_rx, by: stopped_by, reload: hup_rx };
+                serve(&mut sup, &config, signals, reload_rx).await
             }
             (Command::Plugins { json, .. }, _) => {
                 let reports = sup.reports_snapshot();
@@ -418,14 +450,30 @@ fn run(cli: Cli, log_filter: String) -> anyhow::Result<ExitCode> {
     code
 }
 
+/// What `serve` hears of its signals (the task in `run` listens).
+struct Signals {
+    /// `true` once SIGINT or SIGTERM came.
+    stop: tokio::sync::watch::Receiver<bool>,
+    /// Which one.
+    by: Arc<std::sync::atomic::AtomicI32>,
+    /// One message per SIGHUP.
+    reload: tokio::sync::mpsc::Receiver<()>,
+}
+
 async fn serve(
     sup: &mut Supervisor,
     config: &std::path::Path,
-    mut terminate: Terminate,
+    mut signals: Signals,
     mut reload_rx: tokio::sync::mpsc::Receiver<
         tokio::sync::oneshot::Sender<dispatch_host::supervisor::ReloadReport>,
     >,
 ) -> anyhow::Result<ExitCode> {
+    if *signals.stop.borrow() {
+        // Stopped during start-up: a clean stop, whatever did not start.
+        let n = signals.by.load(std::sync::atomic::Ordering::SeqCst);
+        tracing::info!(signal = n, "stopped during start-up; shutting down");
+        return Ok(ExitCode::SUCCESS);
+    }
     if !sup.required_ok() {
         let failed: Vec<String> = sup
             .reports_snapshot()
@@ -445,13 +493,11 @@ async fn serve(
     ]);
     let n = loop {
         tokio::select! {
-            signal = terminate.stop_or_reload() => match signal {
-                Some(n) => break n,
-                None => {
-                    tracing::info!("SIGHUP: reloading the plugins");
-                    reload(sup, config).await;
-                }
-            },
+            _ = signals.stop.wait_for(|s| *s) => break signals.by.load(std::sync::atomic::Ordering::SeqCst),
+            Some(()) = signals.reload.recv() => {
+                tracing::info!("SIGHUP: reloading the plugins");
+                reload(sup, config).await;
+            }
             Some(reply) = reload_rx.recv() => {
                 // Its asker gave up (a request queued during start-up
                 // whose client left): nothing to answer.

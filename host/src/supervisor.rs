@@ -39,6 +39,11 @@ pub struct Settings {
     /// that reason (its dependents then too), logged at debug — a command's
     /// choice, not a problem.
     pub leave_out: Option<LeaveOut>,
+    /// Flips to `true` when the host is asked to stop (SIGTERM) — during
+    /// start-up too: an activation under way is told at once (the plugins'
+    /// shutdown signal fires, so one waiting for a slow server gives up)
+    /// and the plugins not started yet are skipped.
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// A rule of [`Settings::leave_out`]: a plugin's declared capabilities in,
@@ -830,6 +835,10 @@ impl Supervisor {
             self.skip(i, reason, true);
             return;
         }
+        if self.stop_requested() {
+            self.skip(i, "not started: the host is stopping".into(), false);
+            return;
+        }
         let (id, file) = {
             let r = &self.reports()[i];
             (r.id.clone(), r.file.clone())
@@ -840,9 +849,34 @@ impl Supervisor {
         // `activate` is synchronous plugin code that may block (open a
         // database, start a runtime, call a service): keep it off the
         // runtime's worker threads, and bounded.
-        let task = tokio::task::spawn_blocking(move || activate(api, RString::from(config)));
+        let mut task = tokio::task::spawn_blocking(move || activate(api, RString::from(config)));
         let timeout = self.settings.activate_timeout;
-        let outcome = match tokio::time::timeout(timeout, task).await {
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let stop = self.settings.stop.clone();
+        let stopping = async move {
+            match stop {
+                Some(mut rx) => {
+                    let _ = rx.wait_for(|s| *s).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let finished = tokio::select! {
+            r = &mut task => Ok(r),
+            () = &mut deadline => Err(()),
+            () = stopping => {
+                // Asked to stop mid-activation: tell the plugin (its
+                // shutdown signal), then give it the rest of its deadline.
+                tracing::info!(plugin = %id, "stopping: the plugin being activated is told to give up");
+                let _ = self.shutdown_tx.send(true);
+                tokio::select! {
+                    r = &mut task => Ok(r),
+                    () = &mut deadline => Err(()),
+                }
+            }
+        };
+        let outcome = match finished {
             Ok(Ok(RResult::ROk(instance))) => Ok(instance),
             Ok(Ok(RResult::RErr(e))) => Err(format!("activate failed: {}", e.message)),
             Ok(Err(join)) => Err(format!("activate crashed: {join}")),
@@ -877,6 +911,11 @@ impl Supervisor {
             }
         }
         self.publish_state(i);
+    }
+
+    /// Whether the host was asked to stop ([`Settings::stop`]).
+    fn stop_requested(&self) -> bool {
+        self.settings.stop.as_ref().is_some_and(|rx| *rx.borrow())
     }
 
     fn publish_state(&self, i: usize) {

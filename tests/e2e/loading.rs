@@ -295,6 +295,7 @@ fn a_file_swapped_after_the_configuration_was_read_is_refused_by_its_pin() {
             deactivate_timeout: Duration::from_secs(10),
             log_filter: "warn".into(),
             leave_out: None,
+            stop: None,
         };
         let sup = Supervisor::start(plan, settings).await;
         let reports = sup.reports_snapshot();

@@ -487,3 +487,57 @@ fn configured_secrets_never_come_back_through_a_servers_messages() {
     assert!(log.contains("my key is [redacted]"), "the stderr line is logged, blotted: {log}");
     assert!(!log.contains(&token) && !log.contains(&key), "a secret reached the log:\n{log}");
 }
+
+/// Regression (issue 31): SIGTERM while an MCP server was starting waited
+/// for its whole start timeout (20 s) before the host stopped. The host
+/// tells the plugin being activated to give up and skips the rest.
+#[test]
+fn sigterm_while_an_mcp_server_starts_stops_the_host_at_once() {
+    use std::io::{BufRead as _, BufReader};
+    let mcp = "[plugin.config.servers.sleepy]\ncommand = \"sleep\"\nargs = [\"60\"]\n".to_owned();
+    let cfg = product_config_with(LOOPBACK, LOOPBACK, &[(MCP, mcp)]);
+    let mut cmd = std::process::Command::new(dispatch_bin());
+    hermetic(
+        cmd.args(["serve", "--config", cfg.to_str().unwrap()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped()),
+    );
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // system-prompt is activated just before mcp in the product order.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let line =
+            rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("no start-up log");
+        if line.contains("plugin active") && line.contains("system-prompt") {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let signalled = Instant::now();
+    // SAFETY: kill with a valid pid of our own child and signal number.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(15),
+            "the host did not stop within 15 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = signalled.elapsed();
+    let log: Vec<String> = rx.try_iter().collect();
+    assert!(took < Duration::from_secs(5), "stopped {took:?} after SIGTERM; log:\n{}", log.join("\n"));
+    assert!(status.success(), "{status:?}; log:\n{}", log.join("\n"));
+}

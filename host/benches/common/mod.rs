@@ -107,6 +107,7 @@ pub fn start_with(
         deactivate_timeout: Duration::from_secs(5),
         log_filter: "warn".into(),
         leave_out: None,
+        stop: None,
     };
     let sup = rt.block_on(Supervisor::start(plan, settings));
     for r in sup.reports_snapshot() {

@@ -118,8 +118,14 @@ impl Plugin for Mcp {
             // Every first attempt, in parallel, under one deadline (a hair
             // over the per-server one, which ends each attempt itself).
             let deadline = (start_timeout + Duration::from_millis(500)).min(ACTIVATION_WAIT);
+            // The host stopping (SIGTERM during start-up) ends the wait at
+            // once: the supervisors go on trying until deactivation.
+            let stopping = host.shutdown_signal();
             let waited = tools.runner().run(async move {
-                let _ = tokio::time::timeout(deadline, futures::future::join_all(firsts)).await;
+                tokio::select! {
+                    _ = tokio::time::timeout(deadline, futures::future::join_all(firsts)) => {}
+                    () = stopping => {}
+                }
                 Ok(())
             });
             // Each supervisor has logged how its server's start went.
