@@ -18,7 +18,7 @@ use dispatch_contracts::session::{
     SYSTEM_PROMPT, TOOLS,
 };
 use dispatch_contracts::store::{
-    Details, Messages, MetaUpdate, NewMessage, StoreLimits, StoreRequest, STORE,
+    Appended, Details, Messages, MetaUpdate, NewMessage, StoreLimits, StoreRequest, STORE,
 };
 use dispatch_kernel::protocol::{BoxFuture, CallError, Spawner};
 use dispatch_kernel::provider::ProviderOptions;
@@ -87,6 +87,13 @@ struct Conv {
     running: Option<Running>,
     /// The running turn's log last, with up to [`KEEP_SEALED`] before it.
     logs: VecDeque<Arc<TurnLog>>,
+    /// The reconciled history as of the last sealed turn, and the store's
+    /// last seq then: the next turn appends its user message and, when
+    /// that lands right after (nobody else wrote), uses this instead of
+    /// reading the whole history back (a turn read it all: 12 → 83 ms per
+    /// turn over 2000 turns of one conversation). Forgotten with the
+    /// conversation's other state.
+    history: Option<(u64, Arc<Vec<ChatMessage>>)>,
 }
 
 /// Everything a turn needs, resolved before it starts.
@@ -95,6 +102,8 @@ struct Plan {
     turn_id: String,
     message: String,
     workspace_id: String,
+    /// The store's seq of the turn's user message (its last chunk).
+    user_seq: u64,
     resolved: Resolved,
     cwd: PathBuf,
     effort: Option<ReasoningEffort>,
@@ -380,14 +389,16 @@ impl Session {
         for image in request.images.unwrap_or_default() {
             chunks.push(Chunk::Image { url: image.url, mime_type: image.mime_type });
         }
-        let _: Value = self
+        let appended: Appended = self
             .store(&StoreRequest::Append {
                 conversation_id: conversation_id.to_owned(),
                 role: Role::User,
                 turn_id: Some(turn_id.to_owned()),
-                chunks,
+                chunks: chunks.clone(),
             })
             .await?;
+        let (first_seq, user_seq) =
+            (appended.seqs.first().copied().unwrap_or(0), appended.seqs.last().copied().unwrap_or(0));
         let update = MetaUpdate {
             conversation_id: conversation_id.to_owned(),
             status: Some(ConversationStatus::Active),
@@ -398,8 +409,22 @@ impl Session {
             ..MetaUpdate::default()
         };
         let _: Value = self.store(&StoreRequest::Update(update)).await?;
-        let Messages { messages: history } =
-            self.store(&StoreRequest::Messages { conversation_id: conversation_id.to_owned() }).await?;
+        let cached = self.convs().get_mut(conversation_id).and_then(|c| c.history.take());
+        let history = match cached {
+            // Nothing was written since the last turn sealed: its history,
+            // and this message.
+            Some((seq, h)) if seq + 1 == first_seq => {
+                let mut h = Arc::unwrap_or_clone(h);
+                h.push(ChatMessage { role: Role::User, chunks });
+                h
+            }
+            _ => {
+                let Messages { messages } = self
+                    .store(&StoreRequest::Messages { conversation_id: conversation_id.to_owned() })
+                    .await?;
+                messages
+            }
+        };
 
         let tools = self.tools_for(conversation_id, &resolved.model).await;
         let system_prompt = self.system_prompt(conversation_id, &resolved.model, &cwd, &tools).await;
@@ -408,6 +433,7 @@ impl Session {
             turn_id: turn_id.to_owned(),
             message,
             workspace_id,
+            user_seq,
             resolved,
             cwd,
             effort,
@@ -550,6 +576,7 @@ impl Session {
             turn_id,
             message,
             workspace_id,
+            user_seq,
             resolved,
             cwd,
             effort,
@@ -575,14 +602,20 @@ impl Session {
             },
             None => RetryPolicy::default(),
         };
+        // The store's last seq as the turn saves, and whether every save
+        // landed: together they decide whether the history can be kept
+        // for the next turn.
+        let saved = Arc::new(Mutex::new(Some(user_seq)));
         let on_step = {
             let host = self.host.clone();
             let conversation_id = conversation_id.clone();
             let turn_id = turn_id.clone();
+            let saved = Arc::clone(&saved);
             Box::new(move |messages: Vec<ChatMessage>| -> BoxFuture<Result<(), String>> {
                 let host = host.clone();
                 let conversation_id = conversation_id.clone();
                 let turn_id = turn_id.clone();
+                let saved = Arc::clone(&saved);
                 Box::pin(async move {
                     // Steering alone: the user's queued messages. When they
                     // cannot be saved they go back to the queue, so nothing
@@ -596,8 +629,17 @@ impl Session {
                         })
                         .collect();
                     let only_steering = steering.len() == messages.len();
-                    match save_step(&host, &conversation_id, &turn_id, messages).await {
-                        Ok(()) => Ok(()),
+                    let result = save_step(&host, &conversation_id, &turn_id, messages).await;
+                    {
+                        let mut last = saved.lock().unwrap_or_else(PoisonError::into_inner);
+                        *last = match (&result, *last) {
+                            (Ok(Some(seq)), Some(_)) => Some(*seq),
+                            (Ok(None), known) => known,
+                            _ => None,
+                        };
+                    }
+                    match result {
+                        Ok(_) => Ok(()),
                         Err(e) => {
                             tracing::error!(error = %e, conversation = %conversation_id, "cannot save a step");
                             let mut message = format!("the step could not be saved: {}", e.message());
@@ -638,6 +680,7 @@ impl Session {
                 })
             })
         };
+        let before = history.clone();
         let outcome = run_turn(TurnInput {
             conversation_id: conversation_id.clone(),
             turn_id: turn_id.clone(),
@@ -682,10 +725,17 @@ impl Session {
         if let Err(e) = self.host.call(&STORE, &StoreRequest::Update(update)).await {
             tracing::warn!(error = %e, conversation = %conversation_id, "cannot save the conversation's status");
         }
+        // Keep the history for the next turn when every save landed.
+        let kept = saved.lock().unwrap_or_else(PoisonError::into_inner).take().map(|seq| {
+            let mut h = before;
+            h.extend(outcome.messages.iter().cloned());
+            (seq, Arc::new(h))
+        });
         // Free the conversation before announcing the seal: a client that
         // reads `turn-sealed` and sends at once must not get a conflict.
         if let Some(conv) = self.convs().get_mut(&conversation_id) {
             conv.running = None;
+            conv.history = kept;
         }
         emit(AgentEvent::TurnSealed { conversation_id: conversation_id.clone(), turn_id: turn_id.clone() });
         self.publish_status(&conversation_id, &workspace_id, status);
@@ -998,7 +1048,7 @@ async fn save_step(
     conversation_id: &str,
     turn_id: &str,
     messages: Vec<ChatMessage>,
-) -> Result<(), dispatch_abi::Error> {
+) -> Result<Option<u64>, dispatch_abi::Error> {
     let mut messages: Vec<NewMessage> =
         messages.into_iter().map(|m| NewMessage { role: m.role, chunks: m.chunks }).collect();
     if messages.len() > 1 {
@@ -1018,12 +1068,15 @@ async fn save_step(
             {
                 tracing::debug!(error = %e, "the store does not take appendMessages; appending one by one");
             }
-            other => return other.map(drop),
+            other => {
+                return other.and_then(|v| decode::<Appended>("store", v)).map(|a| a.seqs.last().copied())
+            }
         }
         if let StoreRequest::AppendMessages { messages: back, .. } = request {
             messages = back;
         }
     }
+    let mut last = None;
     for m in messages {
         let append = StoreRequest::Append {
             conversation_id: conversation_id.to_owned(),
@@ -1031,9 +1084,10 @@ async fn save_step(
             turn_id: Some(turn_id.to_owned()),
             chunks: m.chunks,
         };
-        host.call(&STORE, &append).await?;
+        let appended: Appended = decode("store", host.call(&STORE, &append).await?)?;
+        last = appended.seqs.last().copied().or(last);
     }
-    Ok(())
+    Ok(last)
 }
 
 #[cfg(test)]
