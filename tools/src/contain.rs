@@ -110,6 +110,35 @@ impl Workdir {
         }
     }
 
+    /// When `dir` (inside the root, lexically) cannot be resolved: the
+    /// first symlink on its way, if it leads outside — an error saying so,
+    /// rather than "does not exist" (a directory swapped for a symlink to
+    /// somewhere that is not there).
+    fn symlink_on_the_way(&self, path: &str, dir: &Path) -> Result<(), ToolError> {
+        let Ok(rel) = dir.strip_prefix(&self.root) else { return Ok(()) };
+        let mut at = self.root.clone();
+        for c in rel.components() {
+            at.push(c);
+            let Ok(meta) = at.symlink_metadata() else { return Ok(()) };
+            if !meta.file_type().is_symlink() {
+                continue;
+            }
+            let Ok(target) = std::fs::read_link(&at) else { return Ok(()) };
+            let base = at.parent().unwrap_or(&self.root);
+            let lands = normalize(&base.join(&target));
+            if !lands.starts_with(&self.root) {
+                return Err(refuse(format!(
+                    "`{path}` leads outside the working directory {} through a symlink ({} -> {})",
+                    self.root.display(),
+                    self.show(&at),
+                    target.display()
+                )));
+            }
+            return Ok(());
+        }
+        Ok(())
+    }
+
     /// An existing file or directory inside the root, canonicalised.
     pub fn existing(&self, path: &str) -> Result<PathBuf, ToolError> {
         let joined = self.lexical(path)?;
@@ -139,10 +168,13 @@ impl Workdir {
         let real_parent = match std::fs::canonicalize(parent) {
             Ok(p) => self.inside(path, p)?,
             Err(e) if e.kind() == ErrorKind::NotFound => {
+                // A symlink on the way whose target is missing says "not
+                // found" too: one leading outside is refused as such.
+                self.symlink_on_the_way(path, parent)?;
                 return Err(refuse(format!(
                     "the directory {} does not exist; create it first (file tools do not create directories)",
                     self.show(parent)
-                )))
+                )));
             }
             Err(e) => return Err(refuse(format!("cannot resolve the directory of `{path}`: {e}"))),
         };
@@ -163,6 +195,28 @@ impl Workdir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (issue 31): a directory swapped for a symlink to a
+    /// place that does not exist made `write_file` say the directory does
+    /// not exist; it leads outside, and says so.
+    #[test]
+    fn a_dangling_symlink_leading_outside_is_named_as_such() {
+        let work = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/nonexistent-dispatch-target/dir", work.path().join("d")).unwrap();
+        std::os::unix::fs::symlink("../../nowhere-else", work.path().join("rel")).unwrap();
+        std::fs::create_dir(work.path().join("real")).unwrap();
+        std::os::unix::fs::symlink("missing-inside", work.path().join("real/inner")).unwrap();
+        let wd = Workdir::new(Some(work.path())).unwrap();
+        let message = |p: &str| match wd.writable(p) {
+            Err(ToolError::Failed(m)) => m,
+            other => panic!("{p}: {other:?}"),
+        };
+        assert!(message("d/f.txt").contains("leads outside"), "{}", message("d/f.txt"));
+        assert!(message("rel/f.txt").contains("leads outside"), "{}", message("rel/f.txt"));
+        // A dangling symlink that stays inside: the directory is missing.
+        assert!(message("real/inner/f.txt").contains("does not exist"), "{}", message("real/inner/f.txt"));
+        assert!(message("nope/f.txt").contains("does not exist"));
+    }
 
     #[test]
     fn normalize_resolves_dots_lexically() {
