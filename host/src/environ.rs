@@ -161,10 +161,15 @@ pub fn configured_credentials(config: &std::path::Path) -> Vec<String> {
         files.push(std::path::PathBuf::from(f));
     }
     for file in files {
-        let path = if file.is_absolute() { file } else { base.join(file) };
-        if let Some(json) = read_small(&path).and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        {
-            walk_json(&json, &mut names);
+        // The MCP plugin resolves a relative path against the host's
+        // working directory; read it there and beside plugins.toml.
+        let candidates = if file.is_absolute() { vec![file] } else { vec![file.clone(), base.join(file)] };
+        for path in candidates {
+            if let Some(json) =
+                read_small(&path).and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            {
+                walk_json(&json, &mut names);
+            }
         }
     }
     names.sort();

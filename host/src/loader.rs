@@ -82,7 +82,7 @@ pub enum LoadError {
 /// copy is a new file to the dynamic loader, so loading it never hands
 /// back an earlier mapping of the same path (what an upgrade in a running
 /// host needs), and nothing can change it after the hash.
-fn private_copy(path: &Path) -> Result<(std::path::PathBuf, String), LoadError> {
+fn private_copy(path: &Path) -> Result<(std::fs::File, std::path::PathBuf, String), LoadError> {
     use sha2::{Digest, Sha256};
     use std::io::{Read, Write};
     use std::os::fd::{AsRawFd, FromRawFd};
@@ -95,7 +95,11 @@ fn private_copy(path: &Path) -> Result<(std::path::PathBuf, String), LoadError> 
     }
     // SAFETY: a NUL-terminated name and valid flags; the fd returned is
     // owned by the `File` built from it just below.
-    let fd = unsafe { libc::memfd_create(c"dispatch-plugin".as_ptr(), libc::MFD_ALLOW_SEALING) };
+    // CLOEXEC: no process the host starts (a shell command, an MCP server)
+    // inherits a descriptor per plugin.
+    let fd = unsafe {
+        libc::memfd_create(c"dispatch-plugin".as_ptr(), libc::MFD_ALLOW_SEALING | libc::MFD_CLOEXEC)
+    };
     if fd < 0 {
         return Err(LoadError::Copy(format!(
             "cannot make a private copy of the library: {}",
@@ -124,9 +128,7 @@ fn private_copy(path: &Path) -> Result<(std::path::PathBuf, String), LoadError> 
     }
     let actual = crate::config::hex(&hasher.finalize());
     let proc_path = std::path::PathBuf::from(format!("/proc/self/fd/{}", copy.as_raw_fd()));
-    // The library is never unloaded, so its backing file is never closed.
-    std::mem::forget(copy);
-    Ok((proc_path, actual))
+    Ok((copy, proc_path, actual))
 }
 
 /// Load a private copy of the library at `path` (see [`private_copy`]);
@@ -145,20 +147,33 @@ fn private_copy(path: &Path) -> Result<(std::path::PathBuf, String), LoadError> 
 /// abi_stable never unloads, and a half-initialised library is not safe to
 /// `dlclose` anyway.
 pub fn load(path: &Path, pin: Option<&str>) -> Result<(Loaded, String), LoadError> {
-    let (copy, sha256) = private_copy(path)?;
+    let (file, copy, sha256) = private_copy(path)?;
     if let Some(pin) = pin.filter(|p| !p.trim().eq_ignore_ascii_case(&sha256)) {
         return Err(LoadError::Pin(format!(
             "sha256 mismatch: the configuration pins {} but the file is {sha256}; refusing a swapped binary",
             pin.trim()
         )));
     }
-    Ok((load_named(&copy, path)?, sha256))
+    let mut opened = false;
+    let loaded = load_named(&copy, path, &mut opened);
+    if opened {
+        // Once the dynamic loader has opened `/proc/self/fd/N`, it knows
+        // the library by that name and would hand it back for any later
+        // file opened by the same name: the descriptor's number must
+        // never be reused, so the descriptor is never closed (the library
+        // is never unloaded anyway).
+        std::mem::forget(file);
+    } else {
+        // Never opened (not a loadable file at all): free the copy.
+        drop(file);
+    }
+    Ok((loaded?, sha256))
 }
 
 /// Load the library at `path`, whose errors name `named` instead: the
 /// operator's file when `path` is its private copy, so that a dynamic
 /// loader's message does not point at a `/proc/self/fd/N` nobody can look at.
-fn load_named(path: &Path, named: &Path) -> Result<Loaded, LoadError> {
+fn load_named(path: &Path, named: &Path, opened: &mut bool) -> Result<Loaded, LoadError> {
     let open_error = |message: String| {
         if path == named {
             return LoadError::Open(message);
@@ -171,6 +186,7 @@ fn load_named(path: &Path, named: &Path) -> Result<Loaded, LoadError> {
     // SAFETY: loading runs the library's initialisers; loading operator-listed
     // plugins is the whole point of the host.
     let lib = unsafe { libloading::Library::new(path) }.map_err(|e| open_error(e.to_string()))?;
+    *opened = true;
     // SAFETY: `export_plugin!` defines this symbol as a `u32` static.
     let claimed = match unsafe { lib.get::<*const u32>(ABI_VERSION_SYMBOL) } {
         // SAFETY: the symbol's address points at that `u32` static, which lives

@@ -325,6 +325,24 @@ fn variables_the_configuration_names_as_credentials_are_blanked_whatever_their_n
     assert_eq!(counts.get(1), Some(&"0"), "a configured credential is readable: {}", r[0].1);
 }
 
+/// Every plugin is loaded from a private in-memory copy; a command the
+/// model runs must not inherit a descriptor per plugin (review of issue
+/// 31: the copies were made without close-on-exec).
+#[test]
+fn a_shell_command_inherits_no_plugin_copy() {
+    let cfg = config_with_tools();
+    let command = "ls -l /proc/self/fd/ | grep -c dispatch-plugin || true";
+    let s = script(cfg.dir.path(), &[json!({"name": "run_shell", "input": {"command": command}})]);
+    let work = cfg.dir.path().to_str().unwrap().to_owned();
+    let cfg = cfg.write();
+    let (out, events) = turn(&cfg, &["--cwd", &work, "go"], &[("DISPATCH_SCRIPT", s.as_str())]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let r = results(&events);
+    assert_eq!(r[0].0, "run_shell");
+    let counts: Vec<&str> = r[0].1.lines().map(str::trim).filter(|l| l.parse::<u32>().is_ok()).collect();
+    assert_eq!(counts.first(), Some(&"0"), "plugin copies leaked into the command: {}", r[0].1);
+}
+
 /// A credential given twice in the environment — a launcher that appends
 /// `NAME=value` instead of replacing it — is blanked in both entries of the
 /// start-up block. glibc's `setenv` replaces only a name's first entry, so

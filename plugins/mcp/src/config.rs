@@ -319,8 +319,14 @@ pub fn compile(
                     problem(format!("`url` must be http:// or https://, not `{url}`"));
                 }
                 let mut valid = Vec::with_capacity(headers.len());
-                for (_, v) in &headers {
-                    secrets.add_header_value(v);
+                // A credential-carrying header's whole value (besides each
+                // `${NAME}`'s value, added above); `Accept: application/json`
+                // is not a secret to blot out of every message.
+                for (k, v) in &headers {
+                    let name = k.to_ascii_lowercase();
+                    if looks_like_a_secret(&name) || name.contains("auth") || name.contains("key") {
+                        secrets.add_header_value(v);
+                    }
                 }
                 for (k, v) in &headers {
                     match (http::HeaderName::from_bytes(k.as_bytes()), http::HeaderValue::from_str(v)) {

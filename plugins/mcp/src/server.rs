@@ -181,10 +181,15 @@ impl Server {
         ctx: ToolContext,
     ) -> Result<ToolOutput, ToolError> {
         let server = Arc::clone(&self);
-        self.call_unredacted(name, input, ctx).await.map_err(|e| match e {
-            ToolError::Failed(m) => ToolError::Failed(server.redact(&m)),
-            ToolError::InvalidInput(m) => ToolError::InvalidInput(server.redact(&m)),
-        })
+        match self.call_unredacted(name, input, ctx).await {
+            // A tool's own error (`isError`) is a result too.
+            Ok(mut output) => {
+                output.content = server.redact(&output.content);
+                Ok(output)
+            }
+            Err(ToolError::Failed(m)) => Err(ToolError::Failed(server.redact(&m))),
+            Err(ToolError::InvalidInput(m)) => Err(ToolError::InvalidInput(server.redact(&m))),
+        }
     }
 
     async fn call_unredacted(
@@ -279,6 +284,7 @@ impl Server {
             line.push_str(message);
         }
         line.push('\n');
+        let line = self.redact(&line);
         self.progress.lock().unwrap_or_else(PoisonError::into_inner).deliver(&params.progress_token, line);
     }
 
@@ -356,8 +362,17 @@ async fn read_stderr(
     done: tokio::sync::oneshot::Sender<()>,
 ) {
     let mut reader = tokio::io::BufReader::new(stderr);
-    while let Some(line) = next_line_bounded(&mut reader, STDERR_LINE_BYTES).await {
-        let line = server.redact(&line);
+    // Read a little past the bound and redact before cutting, so a secret
+    // across the cut is not left half shown.
+    while let Some(line) = next_line_bounded(&mut reader, STDERR_LINE_BYTES + 4096).await {
+        let mut line = server.redact(&line);
+        if line.len() > STDERR_LINE_BYTES {
+            let mut cut = STDERR_LINE_BYTES;
+            while !line.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            line.truncate(cut);
+        }
         tracing::debug!(server = %server.name(), "{line}");
         let mut kept = server.stderr.lock().unwrap_or_else(PoisonError::into_inner);
         if kept.len() == STDERR_LINES {

@@ -182,7 +182,14 @@ impl TurnLog {
         self.news.notify_waiters();
     }
 
-    /// Whether `turn-sealed` is in.
+    /// The turn never ran (it failed before its first event): the log is
+    /// closed without a `turn-sealed`, and waiters wake.
+    pub fn abandon(&self) {
+        self.lock().sealed = true;
+        self.news.notify_waiters();
+    }
+
+    /// Whether `turn-sealed` is in (or the turn was abandoned).
     pub fn is_sealed(&self) -> bool {
         self.lock().sealed
     }

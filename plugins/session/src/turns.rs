@@ -325,6 +325,9 @@ impl Session {
                 Ok(Started { conversation_id, turn_id })
             }
             Err(e) => {
+                // Nothing will seal it: wake whoever waits for that (a
+                // `stop` sent while the turn was being prepared).
+                log.abandon();
                 let mut convs = self.convs();
                 if let Some(conv) = convs.get_mut(&conversation_id) {
                     conv.running = None;
@@ -520,7 +523,15 @@ impl Session {
             conversation_id: conversation_id.to_owned(),
             model: model.to_owned(),
             cwd: Some(cwd.to_string_lossy().into_owned()),
-            default_cwd: self.default_cwd.as_ref().map(|d| d.to_string_lossy().into_owned()),
+            // The operator's choice only (`default_cwd`, `$DISPATCH_CWD`),
+            // never the process's directory, which is `/` under systemd
+            // and often `$HOME` by hand: it bounds what a template reads.
+            default_cwd: self
+                .config
+                .default_cwd
+                .clone()
+                .or_else(|| std::env::var_os("DISPATCH_CWD").map(PathBuf::from))
+                .map(|d| d.to_string_lossy().into_owned()),
             tools: tools
                 .iter()
                 .map(|t| ToolSummary { name: t.name().to_owned(), description: t.description().to_owned() })
@@ -725,7 +736,10 @@ impl Session {
         if let Err(e) = self.host.call(&STORE, &StoreRequest::Update(update)).await {
             tracing::warn!(error = %e, conversation = %conversation_id, "cannot save the conversation's status");
         }
-        // Keep the history for the next turn when every save landed.
+        // Keep the history for the next turn when every save landed. It is
+        // what the store would answer because every saved step pairs each
+        // tool call with its result (the kernel's guarantee), so the
+        // store's `reconcile` on reading has nothing to add.
         let kept = saved.lock().unwrap_or_else(PoisonError::into_inner).take().map(|seq| {
             let mut h = before;
             h.extend(outcome.messages.iter().cloned());
@@ -775,27 +789,28 @@ impl Session {
             taken += 1;
         }
         let rest = texts.split_off(taken);
-        for text in rest {
-            if let Err(e) =
-                self.queue_call(QueueRequest::Push { conversation_id: conversation_id.clone(), text }).await
-            {
-                tracing::warn!(error = %e, conversation = %conversation_id, "a queued message could not be put back");
-            }
-        }
         let request = ChatRequest {
             conversation_id: Some(conversation_id.clone()),
             message: texts.join("\n\n"),
             workspace_id: Some(workspace_id),
             ..ChatRequest::default()
         };
-        if let Err(e) = self.chat(request).await {
-            // A client started a turn first (or the model is gone): put
-            // the messages back, they are steered into that turn or wait.
-            tracing::warn!(error = %e, conversation = %conversation_id, "queued messages wait for the next turn");
-            for text in texts {
-                let _ = self
-                    .queue_call(QueueRequest::Push { conversation_id: conversation_id.clone(), text })
-                    .await;
+        // What did not fit goes back after the turn started (it steers
+        // that turn or starts the next); when the turn cannot start, all
+        // of it goes back, in the order it was queued.
+        let back = match self.chat(request).await {
+            Ok(_) => rest,
+            Err(e) => {
+                // A client started a turn first (or the model is gone).
+                tracing::warn!(error = %e, conversation = %conversation_id, "queued messages wait for the next turn");
+                texts.into_iter().chain(rest).collect()
+            }
+        };
+        for text in back {
+            if let Err(e) =
+                self.queue_call(QueueRequest::Push { conversation_id: conversation_id.clone(), text }).await
+            {
+                tracing::warn!(error = %e, conversation = %conversation_id, "a queued message could not be put back");
             }
         }
     }

@@ -271,12 +271,16 @@ impl Prompts {
         self.cache.lock().unwrap_or_else(PoisonError::into_inner).by_conversation.len()
     }
 
-    /// The directories `[file:…]` may read beneath for `ctx`.
+    /// The directories `[file:…]` may read beneath for `ctx`: the
+    /// configured roots, else the session's configured default directory
+    /// (never the process's: `/` under systemd) — and never `/` itself,
+    /// which bounds nothing.
     fn roots_for(&self, ctx: &PromptContext) -> Vec<PathBuf> {
-        match &self.roots {
+        let roots: Vec<PathBuf> = match &self.roots {
             Some(r) => r.clone(),
             None => ctx.default_cwd.iter().filter_map(|d| std::fs::canonicalize(d).ok()).collect(),
-        }
+        };
+        roots.into_iter().filter(|r| r.parent().is_some()).collect()
     }
 
     /// The prompt kept on disk for the conversation, if it was rendered

@@ -52,13 +52,16 @@ pub async fn upgrade(app: Arc<App>, mut req: Request<Incoming>) -> Reply {
                 "the WebSocket transport (transport-ws) is not loaded",
             ))
         }
-        Err(e) if e.code() == codes::FORBIDDEN => {
-            return Err(Failure::new(StatusCode::FORBIDDEN, "origin_forbidden", e.message()))
+        Err(e) if matches!(e.code(), "origin_forbidden" | "host_forbidden" | codes::FORBIDDEN) => {
+            return Err(Failure::new(StatusCode::FORBIDDEN, e.code(), e.message()))
         }
-        Err(e) if e.code() == codes::UNAVAILABLE => {
-            return Err(Failure::new(StatusCode::SERVICE_UNAVAILABLE, "too_many_connections", e.message()))
+        Err(e) if matches!(e.code(), "too_many_connections" | codes::UNAVAILABLE) => {
+            return Err(Failure::new(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.message()))
         }
-        Err(e) => return Err(Failure::new(StatusCode::BAD_REQUEST, "invalid_input", e.message())),
+        Err(e) if e.code() == "upgrade_required" => {
+            return Err(Failure::new(StatusCode::UPGRADE_REQUIRED, e.code(), e.message()))
+        }
+        Err(e) => return Err(Failure::new(StatusCode::BAD_REQUEST, e.code(), e.message())),
     };
     let accept = HeaderValue::from_str(&handshake.accept).map_err(|_| {
         Failure::new(StatusCode::BAD_GATEWAY, "internal", "websocket handshake: bad accept key")

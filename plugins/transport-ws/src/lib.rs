@@ -313,19 +313,15 @@ impl Shared {
     fn upgrade_service(self: &Arc<Self>, request: UpgradeRequest) -> Result<serde_json::Value, Error> {
         match request {
             UpgradeRequest::Handshake { headers, query } => {
-                self.check_room().map_err(|r| Error::new(codes::UNAVAILABLE, r.message))?;
+                self.check_room().map_err(|r| Error::new(r.code, r.message))?;
                 let header = |name: &str| {
                     headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
                 };
+                // The refusal's own code (`origin_forbidden`,
+                // `host_forbidden`, `upgrade_required`, …): the HTTP
+                // transport answers it with the matching status.
                 let (accept, wire) = check_upgrade(header, query.as_deref(), self.default_wire, &self.gate)
-                    .map_err(|r| {
-                    let code = if r.status == StatusCode::FORBIDDEN {
-                        codes::FORBIDDEN
-                    } else {
-                        codes::INVALID_PAYLOAD
-                    };
-                    Error::new(code, r.message)
-                })?;
+                    .map_err(|r| Error::new(r.code, r.message))?;
                 let ticket = uuid::Uuid::new_v4().to_string();
                 let mut tickets = self.tickets.lock().unwrap_or_else(PoisonError::into_inner);
                 tickets.retain(|_, (_, at)| at.elapsed() < TICKET_LIFETIME);
@@ -643,6 +639,10 @@ async fn accept_loop(
 fn upgrade(shared: &Arc<Shared>, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
     if let Err(r) = check_token(shared.token.as_deref(), &req) {
         return r.response();
+    }
+    // Two `Host`s must not let the second slip past a check of the first.
+    if req.headers().get_all(hyper::header::HOST).iter().count() > 1 {
+        return Refusal::new(StatusCode::FORBIDDEN, "host_forbidden", "more than one Host header").response();
     }
     if let Err(r) = shared.check_room() {
         return r.response();
