@@ -119,24 +119,49 @@ pub const MAX_WATCHED: usize = 1024;
 /// Turns a feed remembers having read, so a late duplicate is skipped.
 const REMEMBERED_TURNS: usize = 8;
 
-/// How many of a running turn's newest messages a late subscriber is
-/// replayed. The session keeps the whole turn already (its old deltas
-/// merged); a second full copy here cost ~1 KB per delta with a turn of
-/// 300 000 deltas. A late subscriber gets the turn's start and this tail;
-/// what lies between is in the stored history (`GET /conversations/:id`,
-/// which the frontend reads when it opens a conversation) once its step
-/// completes.
+/// How many of a running turn's newest messages a late subscriber's
+/// replay keeps as they were sent; older ones are kept compact (see
+/// [`Replay`]).
 pub const REPLAY_TAIL: usize = 4096;
 
-/// How many of a turn's first messages a replay always keeps
+/// How many of a turn's first messages a replay keeps as sent
 /// (`user-message`, `turn-start`).
 const REPLAY_HEAD: usize = 2;
 
-/// A running turn's replay: its first messages and its newest ones.
+/// A running turn's replay for a late subscriber: its first messages and
+/// its newest [`REPLAY_TAIL`] as sent; everything between complete but
+/// compact — adjacent text and reasoning deltas merged into one (the
+/// session merges its own log the same way), other messages kept. A turn
+/// of 300 000 deltas held ~1 KB per delta here as a second full copy; it
+/// now holds its text.
 #[derive(Debug, Default)]
 struct Replay {
     head: Vec<(Frame, bool)>,
+    middle: Vec<(Frame, bool)>,
+    /// The delta run being merged, rendered when a replay is asked for.
+    run: Option<DeltaRun>,
     tail: VecDeque<(Frame, bool)>,
+}
+
+/// Adjacent deltas of one kind, merged.
+#[derive(Debug)]
+struct DeltaRun {
+    kind: String,
+    conversation_id: String,
+    turn_id: String,
+    text: String,
+}
+
+impl DeltaRun {
+    fn frame(&self) -> Frame {
+        let event = serde_json::json!({
+            "type": self.kind,
+            "conversationId": self.conversation_id,
+            "turnId": self.turn_id,
+            "delta": self.text,
+        });
+        Frame::from(format!(r#"{{"type":"chat.delta","event":{event}}}"#))
+    }
 }
 
 impl Replay {
@@ -146,13 +171,69 @@ impl Replay {
             return;
         }
         if self.tail.len() == REPLAY_TAIL {
-            self.tail.pop_front();
+            if let Some(old) = self.tail.pop_front() {
+                self.absorb(old);
+            }
         }
         self.tail.push_back(frame);
     }
 
-    fn iter(&self) -> impl Iterator<Item = &(Frame, bool)> {
-        self.head.iter().chain(self.tail.iter())
+    /// Keep an old message compactly: a delta joins the run, anything else
+    /// ends it.
+    fn absorb(&mut self, (frame, in_v0_1): (Frame, bool)) {
+        #[derive(serde::Deserialize)]
+        struct Message {
+            event: Event,
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Event {
+            #[serde(rename = "type")]
+            kind: String,
+            #[serde(default)]
+            conversation_id: String,
+            #[serde(default)]
+            turn_id: String,
+            delta: Option<String>,
+        }
+        let delta = serde_json::from_str::<Message>(frame.as_str())
+            .ok()
+            .filter(|m| m.event.kind == "text-delta" || m.event.kind == "reasoning-delta")
+            .and_then(|m| m.event.delta.clone().map(|d| (m.event, d)));
+        match (delta, &mut self.run) {
+            (Some((event, delta)), Some(run)) if run.kind == event.kind => run.text.push_str(&delta),
+            (Some((event, delta)), _) => {
+                self.flush();
+                self.run = Some(DeltaRun {
+                    kind: event.kind,
+                    conversation_id: event.conversation_id,
+                    turn_id: event.turn_id,
+                    text: delta,
+                });
+            }
+            (None, _) => {
+                self.flush();
+                self.middle.push((frame, in_v0_1));
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Some(run) = self.run.take() {
+            // Deltas are in every wire version.
+            self.middle.push((run.frame(), true));
+        }
+    }
+
+    /// The whole replay, in order.
+    fn frames(&self) -> Vec<(Frame, bool)> {
+        let mut out = self.head.clone();
+        out.extend(self.middle.iter().cloned());
+        if let Some(run) = &self.run {
+            out.push((run.frame(), true));
+        }
+        out.extend(self.tail.iter().cloned());
+        out
     }
 
     fn clear(&mut self) {
@@ -333,9 +414,10 @@ impl Hub {
             // The running turn so far, as one queue entry.
             let replay: Vec<Frame> = watch
                 .frames
-                .iter()
+                .frames()
+                .into_iter()
                 .filter(|(_, in_v0_1)| *in_v0_1 || client.wire == WireVersion::Latest)
-                .map(|(f, _)| f.clone())
+                .map(|(f, _)| f)
                 .collect();
             if !replay.is_empty() {
                 offer(client, Arc::from(replay));
@@ -568,6 +650,45 @@ async fn read_turn(hub: &Hub, conversation: &str, generation: u64, turn: &str) -
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    fn frame(event: &str) -> (Frame, bool) {
+        (Frame::from(format!(r#"{{"type":"chat.delta","event":{event}}}"#)), true)
+    }
+
+    /// Regression (issue 31): the replay kept every message of a running
+    /// turn (~1 KB a delta); older deltas are merged, and the replay still
+    /// carries the whole text and every other message, in order.
+    #[test]
+    fn a_long_turns_replay_is_complete_and_compact() {
+        let mut r = Replay::default();
+        r.push(frame(r#"{"type":"user-message","text":"hi"}"#));
+        r.push(frame(r#"{"type":"turn-start"}"#));
+        let delta = |t: &str| {
+            frame(&format!(r#"{{"type":"text-delta","conversationId":"c","turnId":"t","delta":"{t}"}}"#))
+        };
+        let mut whole = String::new();
+        for i in 0..3 * REPLAY_TAIL {
+            let piece = format!("{}", i % 10);
+            whole.push_str(&piece);
+            r.push(delta(&piece));
+            if i == REPLAY_TAIL {
+                r.push(frame(r#"{"type":"tool-call","toolCallId":"x"}"#));
+            }
+        }
+        let frames = r.frames();
+        assert!(frames.len() <= REPLAY_TAIL + 8, "{} frames", frames.len());
+        let events: Vec<serde_json::Value> = frames
+            .iter()
+            .map(|(f, _)| serde_json::from_str::<serde_json::Value>(f.as_str()).unwrap()["event"].clone())
+            .collect();
+        assert_eq!(events[0]["type"], "user-message");
+        assert_eq!(events[1]["type"], "turn-start");
+        let text: String = events.iter().filter_map(|e| e["delta"].as_str()).collect();
+        assert_eq!(text, whole);
+        assert_eq!(events.iter().filter(|e| e["type"] == "tool-call").count(), 1);
+        let merged = events.iter().find(|e| e["delta"].as_str().is_some_and(|d| d.len() > 1)).unwrap();
+        assert_eq!((merged["conversationId"].as_str(), merged["turnId"].as_str()), (Some("c"), Some("t")));
+    }
 
     #[test]
     fn event_types_are_read_from_the_prefix_or_parsed() {
