@@ -17,6 +17,9 @@ use dispatch_protocol::abort::AbortSignal;
 use futures::channel::mpsc;
 use futures::StreamExt as _;
 
+/// Most items one `next` answers.
+pub const MAX_BATCH: usize = 4096;
+
 /// Where a producer pushes a stream's items. Sending fails only once the
 /// stream was cancelled; a producer may ignore that (its abort signal has
 /// fired too).
@@ -98,8 +101,8 @@ impl<T: Send> PullTable<T> {
     }
 
     /// Wait for the next items of stream `id`, then take every item already
-    /// queued behind them without waiting — up to and including the first
-    /// one `ends` says closes the stream.
+    /// queued behind them without waiting, at most [`MAX_BATCH`] — up to and
+    /// including the first one `ends` says closes the stream.
     pub async fn next(&self, id: u64, ends: impl Fn(&T) -> bool) -> Result<Pulled<T>, PullError> {
         let mut rx = {
             let mut streams = self.lock();
@@ -118,6 +121,13 @@ impl<T: Send> PullTable<T> {
             pulled.items.push(it);
             if last {
                 pulled.ended = true;
+                break;
+            }
+            // A bounded batch: a producer far ahead of its reader (an
+            // offline model's 300 000 deltas, produced at once) would
+            // otherwise make one answer of them all — tens of MB encoded
+            // and decoded in one piece.
+            if pulled.items.len() >= MAX_BATCH {
                 break;
             }
             item = match rx.try_recv() {

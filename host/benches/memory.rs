@@ -5,9 +5,9 @@
 //! * **conversations** — N new conversations (default 3000), one short
 //!   turn each, with the stock system prompt and a 60 KB `AGENTS.md` in the
 //!   working directory: RSS after, and the system prompt's files on disk.
-//! * **long turn** — one turn of D text deltas (default 300 000), read
-//!   over NDJSON while a WebSocket client watches it: peak RSS (`VmHWM`)
-//!   and RSS 2 s after the seal.
+//! * **long turns** — T turns (default 5) of D text deltas each (default
+//!   300 000), one after another, each read over NDJSON while a WebSocket
+//!   client watches it: peak RSS (`VmHWM`) and RSS 2 s after each seal.
 //! * **sockets** — S WebSockets (default 3000) opened 1000 at a time (the
 //!   new build's `max_connections` default is 1024), each subscribed to a
 //!   conversation, then closed: RSS with 1000 open and 2 s after the last
@@ -17,7 +17,7 @@
 //! commit built with its own `CARGO_TARGET_DIR`) to measure it side by
 //! side with the same loads.
 //!
-//! `cargo bench -p dispatch-host --bench memory [-- CONVERSATIONS DELTAS SOCKETS]`
+//! `cargo bench -p dispatch-host --bench memory [-- CONVERSATIONS DELTAS SOCKETS TURNS]`
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -117,6 +117,7 @@ fn main() {
     let conversations = args.first().copied().unwrap_or(3000);
     let deltas = args.get(1).copied().unwrap_or(300_000);
     let sockets = args.get(2).copied().unwrap_or(3000);
+    let long_turns = args.get(3).copied().unwrap_or(5);
     assert!(release_dir().join("dispatch").exists(), "build first: cargo build --release");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     println!("build: {}", release_dir().display());
@@ -142,37 +143,41 @@ fn main() {
     );
     s.stop();
 
-    // One long turn, watched.
+    // Long turns, watched.
     let text = "y".repeat(deltas);
     let long = format!(r#"{{"replies": [{{"steps": [{{"text": "{text}", "chunkChars": 1}}]}}]}}"#);
     let s = Server::start(&rt, &long);
     let idle = s.rss_mib();
-    let events = rt.block_on(async {
-        let (mut ws, _) =
-            tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}", s.ws_port)).await.unwrap();
-        let sub = r#"{"type":"chat.subscribe","conversationId":"long"}"#;
-        ws.send(Message::Text(sub.into())).await.unwrap();
-        let watcher = tokio::spawn(async move {
-            while let Some(Ok(m)) = ws.next().await {
-                if let Message::Text(t) = m {
-                    if t.as_str().contains(r#""type":"turn-sealed""#) {
-                        break;
+    let mut after = Vec::new();
+    let mut events = 0;
+    for turn in 0..long_turns {
+        events = rt.block_on(async {
+            let (mut ws, _) =
+                tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}", s.ws_port)).await.unwrap();
+            let sub = format!(r#"{{"type":"chat.subscribe","conversationId":"long-{turn}"}}"#);
+            ws.send(Message::Text(sub.into())).await.unwrap();
+            let watcher = tokio::spawn(async move {
+                while let Some(Ok(m)) = ws.next().await {
+                    if let Message::Text(t) = m {
+                        if t.as_str().contains(r#""type":"turn-sealed""#) {
+                            break;
+                        }
                     }
                 }
-            }
-            ws
+                ws
+            });
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let events = chat(s.port, &format!("long-{turn}"), "go").await;
+            drop(watcher.await.unwrap());
+            events
         });
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let events = chat(s.port, "long", "go").await;
-        let ws = watcher.await.unwrap();
-        drop(ws);
-        events
-    });
-    let peak = s.hwm_mib();
-    settle();
+        settle();
+        after.push(format!("{:.1}", s.rss_mib()));
+    }
     println!(
-        "one turn of {deltas} deltas ({events} events), NDJSON + 1 WebSocket watcher: RSS {idle:.1} MiB, peak {peak:.1}, 2 s after the seal {:.1}",
-        s.rss_mib()
+        "{long_turns} turns of {deltas} deltas (the last read as {events} events), NDJSON + 1 WebSocket watcher: RSS {idle:.1} MiB, peak {:.1}, 2 s after each seal: {}",
+        s.hwm_mib(),
+        after.join(", ")
     );
     s.stop();
 
