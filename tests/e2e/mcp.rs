@@ -142,9 +142,12 @@ fn reference_servers_tools_are_called_through_chat_and_a_broken_server_is_report
     assert_eq!(r["content"], "Echo: hi from dispatch");
     let r = result_of(&say(&s, "c1", "mcp sum")).clone();
     assert!(r["content"].as_str().unwrap().contains('5'), "{r}");
-    // The secret reached the server through `${MCP_TEST_SECRET}` …
+    // The secret reached the server through `${MCP_TEST_SECRET}` — and a
+    // server that shows it to the model has it blotted out on the way
+    // (issue 31: a configured secret never comes back through a server).
     let r = result_of(&say(&s, "c1", "mcp env")).clone();
-    assert!(r["content"].as_str().unwrap().contains(secret), "{r}");
+    assert!(r["content"].as_str().unwrap().contains(r#""SECRET_TOKEN": "[redacted]""#), "{r}");
+    assert!(!r["content"].as_str().unwrap().contains(secret), "{r}");
     assert!(!r["content"].as_str().unwrap().contains(provider_key), "dispatch's environment leaked: {r}");
     assert!(r["content"].as_str().unwrap().contains("\"PATH\""), "{r}");
     // … and a call that streams progress: `tool-output` before the result.
