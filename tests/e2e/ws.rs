@@ -365,7 +365,16 @@ fn malformed_binary_huge_and_unknown_messages_are_answered_and_the_server_carrie
         let refused = e.until(|v| v["type"] == "chat.error").await;
         assert_eq!(refused.last().unwrap()["conversationId"], "one-too-many");
         assert!(refused.last().unwrap()["message"].as_str().unwrap().contains("1024"), "{refused:?}");
+        // Regression (issue 31): chat.queue started (and watched) a turn
+        // past the cap; it is refused the same way, and starts nothing.
+        e.send(&json!({"type": "chat.queue", "conversationId": "queued-too-many", "text": "hi"})).await;
+        let refused = e.until(|v| v["type"] == "chat.error").await;
+        assert_eq!(refused.last().unwrap()["conversationId"], "queued-too-many");
+        assert!(refused.last().unwrap()["message"].as_str().unwrap().contains("1024"), "{refused:?}");
         e.close().await;
+        let url = format!("{}/conversations/queued-too-many/status", s.base);
+        let status = dispatch_test_support::http_client::send("GET", &url, &[], None).await.unwrap();
+        assert_eq!(status.status, 404, "a refused chat.queue started a turn");
 
         c.send_raw(Message::Binary(vec![1u8, 2, 3].into())).await.unwrap();
         // The busy conversation's `idle` status may still be on its way:
