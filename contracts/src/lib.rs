@@ -44,6 +44,7 @@ pub use dispatch_protocol as protocol;
 use dispatch_rt as _;
 
 pub mod catalog;
+pub mod http;
 pub mod mcp;
 pub mod plugins;
 pub mod prompt;

@@ -272,3 +272,49 @@ fn a_scaffolded_plugin_of_each_kind_builds_passes_its_test_and_is_loaded_by_the_
         assert!(out.stdout.contains(answer), "{kind}: {}", out.stdout);
     }
 }
+
+/// Issue 39, first part: a plugin contributes an HTTP route. The example
+/// plugin, built on its own, is dropped into a running server: after the
+/// reload `GET /hello/{name}` answers — with the transport's rules applied
+/// (405 for another method, the cross-site gate) — and after it is removed
+/// the route is gone.
+#[test]
+fn a_plugins_http_route_appears_and_disappears_with_it() {
+    use crate::http::{get, post, product_config, send, Server, LOOPBACK};
+    let build = tempfile::tempdir().unwrap();
+    let so = build.path().join("libhello_plugin.so");
+    build_hello(&repo_root().join("examples/hello-plugin/Cargo.toml"), &so);
+    let cfg = product_config(LOOPBACK);
+    let drop_dir = cfg.parent().unwrap().join("plugins.d");
+    std::fs::create_dir_all(&drop_dir).unwrap();
+    let s = Server::start(&cfg);
+    let url = |p: &str| format!("{}{p}", s.base);
+
+    let before = get(&url("/hello/operator"));
+    assert_eq!((before.status, before.body["code"].as_str()), (404, Some("not_found")), "{}", before.text);
+
+    dispatch_test_support::bench::install(&so, &drop_dir.join("libhello_plugin.so"));
+    let reload = post(&url("/admin/plugins/reload"), "");
+    assert_eq!(reload.status, 200, "{}", reload.text);
+    let hello = get(&url("/hello/operator"));
+    assert_eq!(
+        (hello.status, hello.body["text"].as_str()),
+        (200, Some("Hello, operator!")),
+        "{}",
+        hello.text
+    );
+    let howdy = get(&url("/hello/J%C3%BCrgen?greeting=Howdy"));
+    assert_eq!(howdy.body["text"], "Howdy, Jürgen!", "{}", howdy.text);
+    let blank = get(&url("/hello/%20"));
+    assert_eq!((blank.status, blank.body["code"].as_str()), (400, Some("invalid_input")), "{}", blank.text);
+    let wrong = send("POST", &url("/hello/x"), Some("{}"), &[]);
+    assert_eq!(wrong.status, 405, "{}", wrong.text);
+    assert_eq!(wrong.headers["allow"], "GET, OPTIONS");
+    let foreign = send("GET", &url("/hello/x"), None, &[("origin", "https://evil.example")]);
+    assert_eq!(foreign.status, 403, "{}", foreign.text);
+
+    std::fs::remove_file(drop_dir.join("libhello_plugin.so")).unwrap();
+    assert_eq!(post(&url("/admin/plugins/reload"), "").status, 200);
+    let after = get(&url("/hello/operator"));
+    assert_eq!(after.status, 404, "{}", after.text);
+}

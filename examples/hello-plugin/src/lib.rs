@@ -11,7 +11,11 @@
 //!    reports each plugin that activates or fails after this one. Its key
 //!    and payload come from `dispatch-contracts`, where every bundled
 //!    contract is declared once;
-//! 4. **test itself** — the tests at the bottom run the plugin on
+//! 4. **contribute an HTTP route** — `GET /hello/{name}` on the server's
+//!    API (`dispatch_contracts::http`): `transport-http` routes it here,
+//!    with its token, cross-site and size rules already applied, and the
+//!    route leaves with the plugin;
+//! 5. **test itself** — the tests at the bottom run the plugin on
 //!    `dispatch-testkit`'s in-process host: no `.so`, no host binary.
 //!
 //! Try it:
@@ -24,6 +28,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use dispatch_abi::{Context, Error, Plugin, PluginManifest, Service};
+use dispatch_contracts::http::{self, HttpMethod, HttpResponse, RouteSpec};
 use dispatch_contracts::plugins::{PluginReport, PLUGIN_STATE};
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +54,9 @@ pub struct Greeting {
 /// callers built against the old one get a clear error instead of garbage.
 pub const GREET: Service<Greet, Greeting> = Service::new("hello.greet", 1);
 
+/// The HTTP route this plugin adds to the server's API.
+pub const ROUTE: &str = "/hello/{name}";
+
 /// Optional `[plugin.config]` of this plugin.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -63,9 +71,10 @@ pub struct HelloPlugin;
 
 impl Plugin for HelloPlugin {
     fn manifest() -> PluginManifest {
-        PluginManifest::new("hello", env!("CARGO_PKG_VERSION"))
+        let manifest = PluginManifest::new("hello", env!("CARGO_PKG_VERSION"))
             .description("Example plugin: greets, and remembers which plugins it saw activate")
-            .provides("service", GREET.name())
+            .provides("service", GREET.name());
+        http::declare(manifest, HttpMethod::Get, ROUTE)
     }
 
     fn activate(ctx: Context) -> Result<Self, Error> {
@@ -81,6 +90,26 @@ impl Plugin for HelloPlugin {
             tracing::debug!(plugin = %ev.id, state = ev.state.as_str(), "saw a plugin change state");
             sink.lock().unwrap_or_else(PoisonError::into_inner).push(ev.id);
             Ok(())
+        })?;
+
+        // An HTTP route: `GET /hello/{name}?greeting=Howdy`.
+        let default_word = word.clone();
+        let spec = RouteSpec {
+            method: HttpMethod::Get,
+            path: ROUTE.into(),
+            operation: serde_json::json!({
+                "summary": "Greet someone",
+                "parameters": [{"name": "greeting", "in": "query", "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "The greeting: {\"text\": \"Hello, name!\"}"}}
+            }),
+        };
+        http::serve_sync(ctx.host(), spec, move |req| {
+            let name = req.param("name").unwrap_or_default().trim().to_owned();
+            if name.is_empty() {
+                return Ok(HttpResponse::problem(400, "invalid_input", "the name must not be blank"));
+            }
+            let word = req.query("greeting").unwrap_or(&default_word);
+            Ok(HttpResponse::json(200, &serde_json::json!({"text": format!("{word}, {name}!")})))
         })?;
 
         // A synchronous service: the answer is ready as soon as it is asked.
@@ -153,6 +182,33 @@ mod tests {
         assert!(host.settle(Duration::from_secs(5)));
         let answer = host.call(&GREET, &Greet { name: "x".into() }).unwrap();
         assert_eq!(answer.plugins_seen, vec!["other".to_owned()]);
+    }
+
+    #[test]
+    fn answers_its_http_route() {
+        use dispatch_contracts::http::{HttpRequest, RouteRequest};
+        let host = started(json!({}));
+        let key = http::key(HttpMethod::Get, ROUTE).unwrap();
+        let request = |name: &str, query: Vec<(String, String)>| RouteRequest::Handle {
+            request: HttpRequest {
+                method: HttpMethod::Get,
+                path: format!("/hello/{name}"),
+                template: ROUTE.into(),
+                params: [("name".to_owned(), name.to_owned())].into(),
+                query,
+                body: None,
+            },
+        };
+        let answer: HttpResponse =
+            serde_json::from_value(host.call(&key, &request("operator", vec![])).unwrap()).unwrap();
+        assert_eq!((answer.status, answer.body["text"].as_str()), (200, Some("Hello, operator!")));
+        let howdy = vec![("greeting".to_owned(), "Howdy".to_owned())];
+        let answer: HttpResponse =
+            serde_json::from_value(host.call(&key, &request("x", howdy)).unwrap()).unwrap();
+        assert_eq!(answer.body["text"], "Howdy, x!");
+        let blank: HttpResponse =
+            serde_json::from_value(host.call(&key, &request(" ", vec![])).unwrap()).unwrap();
+        assert_eq!(blank.status, 400);
     }
 
     #[test]

@@ -25,6 +25,7 @@
 //! sending (streams end as the session seals the aborted turns) within a
 //! grace period, then the rest are dropped.
 
+pub mod contributed;
 pub mod http;
 pub mod routes;
 pub mod ws;
@@ -348,7 +349,17 @@ impl Plugin for TransportHttp {
             default_wire,
             web_dir,
             runner: runtime.runner(),
+            contributed: contributed::Routes::default(),
         });
+        // A plugin that comes or goes may bring or take routes.
+        let watching = Arc::clone(&app);
+        ctx.host().subscribe_sync(
+            &dispatch_contracts::plugins::PLUGIN_STATE,
+            move |_: dispatch_contracts::plugins::PluginReport| {
+                watching.contributed.invalidate();
+                Ok(())
+            },
+        )?;
         let (stop, stopped) = watch::channel(false);
         let server = Arc::new(Server { app, token: access.token, gate, stopping: stopped.clone() });
         let open = Arc::new(AtomicUsize::new(0));

@@ -44,6 +44,8 @@ pub struct App {
     pub web_dir: Option<PathBuf>,
     /// Starts the NDJSON pumps.
     pub runner: dispatch_abi::runtime::Runner,
+    /// Routes contributed by plugins.
+    pub contributed: crate::contributed::Routes,
 }
 
 fn ok(value: &impl serde::Serialize) -> Reply {
@@ -106,6 +108,11 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Reply {
         ["conversations", _, "model" | "reasoning-effort"] | ["system-prompt"] => &[Method::GET, Method::PUT],
         ["conversations", _, "cwd"] => &[Method::GET, Method::PUT, Method::DELETE],
         _ => {
+            // A route a plugin contributes.
+            let _unrouted = match crate::contributed::serve(&app, req).await {
+                Ok(reply) => return reply,
+                Err(req) => req,
+            };
             // The frontend's files, except under the API's own prefixes: an
             // API call this server lacks (a newer client's) gets a JSON 404,
             // not the single-page app's index.html.

@@ -1,0 +1,310 @@
+//! HTTP routes contributed by plugins: the contract between a plugin that
+//! answers an HTTP operation and the transport that serves it.
+//!
+//! Why a bus service per operation: the bus is then the registry. A second
+//! plugin claiming the same method and path is refused when it activates
+//! (the bus names both), and a plugin's routes leave with it — on a reload,
+//! a failure or a stop — with nothing for the transport to track. The
+//! service's name is the operation: `http:<METHOD> <template>` with the
+//! template's parameters written `{}` (`http:GET /hello/{}`), so two
+//! templates that differ only in parameter names are one operation.
+//!
+//! The transport applies the shared rules once (access token, cross-site
+//! gate, body limits and deadlines, JSON errors, CORS) and sends the
+//! answering plugin a parsed [`HttpRequest`]; the plugin answers an
+//! [`HttpResponse`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The prefix of every route service's name.
+pub const SERVICE_PREFIX: &str = "http:";
+
+/// The schema version of route services.
+pub const VERSION: u32 = 1;
+
+/// The methods a route may answer (the ones CORS allows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+#[non_exhaustive]
+pub enum HttpMethod {
+    /// `GET`.
+    Get,
+    /// `POST`.
+    Post,
+    /// `PUT`.
+    Put,
+    /// `DELETE`.
+    Delete,
+}
+
+impl HttpMethod {
+    /// The method's name as HTTP spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpMethod::Get => "GET",
+            HttpMethod::Post => "POST",
+            HttpMethod::Put => "PUT",
+            HttpMethod::Delete => "DELETE",
+        }
+    }
+
+    /// The method named `name` (upper case), if a route may answer it.
+    pub fn parse(name: &str) -> Option<HttpMethod> {
+        match name {
+            "GET" => Some(HttpMethod::Get),
+            "POST" => Some(HttpMethod::Post),
+            "PUT" => Some(HttpMethod::Put),
+            "DELETE" => Some(HttpMethod::Delete),
+            _ => None,
+        }
+    }
+}
+
+/// One segment of a path template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    /// Matches itself.
+    Literal(String),
+    /// Matches any one non-empty segment; named.
+    Param(String),
+}
+
+/// A path template: `/workspaces/{id}/heartbeat`.
+///
+/// Rules, checked by [`Template::parse`]: it starts with `/`; each segment
+/// is a literal of `A-Z a-z 0-9 . _ ~ -` or a whole-segment `{name}` of
+/// `a-z A-Z 0-9 _`; names are unique; the first segment is a literal and
+/// not one the transport keeps for itself (`ws`, `admin`, `openapi.json`);
+/// no empty segment and no trailing `/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    segments: Vec<Segment>,
+}
+
+/// First path segments a plugin may not claim.
+pub const RESERVED: &[&str] = &["ws", "admin", "openapi.json"];
+
+impl Template {
+    /// Parse and check a template.
+    pub fn parse(path: &str) -> Result<Template, String> {
+        let Some(rest) = path.strip_prefix('/') else {
+            return Err(format!("route path {path:?} must start with `/`"));
+        };
+        let mut segments = Vec::new();
+        for raw in rest.split('/') {
+            if raw.is_empty() {
+                return Err(format!("route path {path:?} has an empty segment (or a trailing `/`)"));
+            }
+            if let Some(name) = raw.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
+                let ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                if !ok {
+                    return Err(format!(
+                        "route path {path:?}: parameter `{raw}` must be `{{name}}` of a-z, 0-9, _"
+                    ));
+                }
+                if segments.iter().any(|s| matches!(s, Segment::Param(n) if n == name)) {
+                    return Err(format!("route path {path:?} names parameter `{name}` twice"));
+                }
+                segments.push(Segment::Param(name.to_owned()));
+            } else {
+                let ok = raw.bytes().all(|b| b.is_ascii_alphanumeric() || b"._~-".contains(&b));
+                if !ok {
+                    return Err(format!("route path {path:?}: segment `{raw}` must be a literal of A-Z a-z 0-9 . _ ~ - or a whole `{{name}}`"));
+                }
+                segments.push(Segment::Literal(raw.to_owned()));
+            }
+        }
+        match segments.first() {
+            Some(Segment::Literal(first)) if RESERVED.contains(&first.as_str()) => {
+                Err(format!("route path {path:?}: `/{first}` is the transport's own"))
+            }
+            Some(Segment::Literal(_)) => Ok(Template { segments }),
+            _ => Err(format!("route path {path:?} must start with a literal segment")),
+        }
+    }
+
+    /// The template with its parameters written `{}`: what identifies the
+    /// operation (`/hello/{}`).
+    pub fn normalized(&self) -> String {
+        self.segments
+            .iter()
+            .map(|s| match s {
+                Segment::Literal(l) => format!("/{l}"),
+                Segment::Param(_) => "/{}".to_owned(),
+            })
+            .collect()
+    }
+
+    /// The segments.
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments
+    }
+
+    /// Match already-split, percent-decoded path segments: the parameters
+    /// by name, or `None`.
+    pub fn matches(&self, path: &[String]) -> Option<BTreeMap<String, String>> {
+        if path.len() != self.segments.len() {
+            return None;
+        }
+        let mut params = BTreeMap::new();
+        for (seg, value) in self.segments.iter().zip(path) {
+            match seg {
+                Segment::Literal(l) if l == value => {}
+                Segment::Literal(_) => return None,
+                Segment::Param(_) if value.is_empty() => return None,
+                Segment::Param(name) => {
+                    params.insert(name.clone(), value.clone());
+                }
+            }
+        }
+        Some(params)
+    }
+
+    /// How specific the template is, for choosing among several that match
+    /// one path: literals count before parameters, left to right.
+    pub fn specificity(&self) -> Vec<bool> {
+        self.segments.iter().map(|s| matches!(s, Segment::Literal(_))).collect()
+    }
+}
+
+/// The bus service name of the operation `method` `path` (a template).
+pub fn service_name(method: HttpMethod, path: &str) -> Result<String, String> {
+    Ok(format!("{SERVICE_PREFIX}{} {}", method.as_str(), Template::parse(path)?.normalized()))
+}
+
+/// Requests to a route service, tagged by `op`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum RouteRequest {
+    /// What the route is; answers [`RouteSpec`].
+    Describe,
+    /// Answer one request; answers [`HttpResponse`].
+    Handle {
+        /// The request, parsed.
+        request: HttpRequest,
+    },
+}
+
+/// What a route says of itself (`describe`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteSpec {
+    /// Its method.
+    pub method: HttpMethod,
+    /// Its path template, with the parameters' names.
+    pub path: String,
+    /// Its OpenAPI 3.1 Operation Object (summary, parameters, request
+    /// body, responses), for the server's API description.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub operation: Value,
+}
+
+/// A request as the transport hands it to a route.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRequest {
+    /// The method.
+    pub method: HttpMethod,
+    /// The path as requested (not decoded).
+    pub path: String,
+    /// The template it matched.
+    pub template: String,
+    /// The template's parameters, percent-decoded.
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// The query's pairs, decoded, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query: Vec<(String, String)>,
+    /// The JSON body, when one was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+}
+
+impl HttpRequest {
+    /// A path parameter.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params.get(name).map(String::as_str)
+    }
+
+    /// A query parameter (the first of that name).
+    pub fn query(&self, name: &str) -> Option<&str> {
+        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A route's answer: a status and a JSON body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpResponse {
+    /// The status (200–599).
+    pub status: u16,
+    /// The JSON body (`null`: none).
+    #[serde(default)]
+    pub body: Value,
+}
+
+impl HttpResponse {
+    /// `status` with `body` as JSON.
+    pub fn json(status: u16, body: &impl Serialize) -> HttpResponse {
+        HttpResponse { status, body: serde_json::to_value(body).unwrap_or(Value::Null) }
+    }
+
+    /// An error answer in the wire's shape: `{"error": message, "code": code}`.
+    pub fn problem(status: u16, code: &str, message: &str) -> HttpResponse {
+        HttpResponse { status, body: serde_json::json!({"error": message, "code": code}) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segs(p: &str) -> Vec<String> {
+        p.split('/').filter(|s| !s.is_empty()).map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn templates_are_checked_and_matched() {
+        let t = Template::parse("/workspaces/{id}/heartbeat").unwrap();
+        assert_eq!(t.normalized(), "/workspaces/{}/heartbeat");
+        let p = t.matches(&segs("/workspaces/w1/heartbeat")).unwrap();
+        assert_eq!(p["id"], "w1");
+        assert!(t.matches(&segs("/workspaces/w1")).is_none());
+        assert!(t.matches(&segs("/workspaces/w1/other")).is_none());
+        for bad in
+            ["workspaces", "/", "/a//b", "/a/", "/{id}", "/a/{x}/{x}", "/a/b{c}", "/ws/x", "/admin", "/a b"]
+        {
+            assert!(Template::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(service_name(HttpMethod::Get, "/hello/{name}").unwrap(), "http:GET /hello/{}");
+        assert!(
+            Template::parse("/a/b").unwrap().specificity() > Template::parse("/a/{x}").unwrap().specificity()
+        );
+    }
+
+    #[test]
+    fn requests_and_answers_are_camel_case_json() {
+        let req = RouteRequest::Handle {
+            request: HttpRequest {
+                method: HttpMethod::Get,
+                path: "/hello/J%C3%BCrgen".into(),
+                template: "/hello/{name}".into(),
+                params: [("name".to_owned(), "Jürgen".to_owned())].into(),
+                query: vec![("greeting".into(), "Howdy".into())],
+                body: None,
+            },
+        };
+        let v = serde_json::to_value(&req).unwrap();
+        assert_eq!(v["op"], "handle");
+        assert_eq!(v["request"]["method"], "GET");
+        assert_eq!(serde_json::from_value::<RouteRequest>(v).unwrap(), req);
+        assert_eq!(
+            serde_json::to_value(HttpResponse::problem(404, "not_found", "no")).unwrap(),
+            serde_json::json!({"status": 404, "body": {"error": "no", "code": "not_found"}})
+        );
+    }
+}
