@@ -53,6 +53,24 @@ pub struct Runner {
     tasks: Option<Arc<Tasks>>,
 }
 
+/// Return the allocator's free memory to the system, after a burst that
+/// freed much (a turn of hundreds of thousands of events, a thousand
+/// sockets closing): glibc's malloc keeps freed chunks in its arenas, and
+/// `malloc_trim` releases every arena's free pages. Elsewhere a no-op.
+pub fn give_memory_back() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> std::os::raw::c_int;
+        }
+        // SAFETY: glibc's malloc_trim takes a size and touches only the
+        // allocator's own state, under its own locks.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
+}
+
 impl PluginRuntime {
     /// Where the plugin named `name` runs its tasks: the host's runtime when
     /// the plugin shares the host's tokio (see the [module docs](self)),

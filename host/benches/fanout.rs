@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use dispatch_test_support::bench::{
     free_port, median, percentile as pct, release_dir, spawn_release_serve as spawn,
 };
-use dispatch_test_support::{bundled_config, http_client};
+use dispatch_test_support::{http_client, scripted_config};
 use futures::StreamExt as _;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -132,23 +132,7 @@ fn main() {
     )
     .unwrap();
     let (port, ws_port) = (free_port(), free_port());
-    let toml = bundled_config(
-        &release_dir(),
-        &[
-            (
-                "libdispatch_plugin_provider_scripted.so",
-                format!("script = {:?}", script.display().to_string()),
-            ),
-            ("libdispatch_plugin_transport_http.so", format!("addr = [\"127.0.0.1:{port}\"]")),
-            ("libdispatch_plugin_transport_ws.so", format!("addr = [\"127.0.0.1:{ws_port}\"]")),
-            (
-                "libdispatch_plugin_session.so",
-                format!("default_cwd = {:?}", dir.path().display().to_string()),
-            ),
-        ],
-    );
-    let cfg = dir.path().join("plugins.toml");
-    std::fs::write(&cfg, toml).unwrap();
+    let cfg = scripted_config(&release_dir(), dir.path(), &script, (port, ws_port), &[]);
     let mut child = spawn(&cfg);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(http_client::wait_ok(&format!("http://127.0.0.1:{port}/health"), Duration::from_secs(30)));

@@ -16,7 +16,7 @@
 use std::time::{Duration, Instant};
 
 use dispatch_test_support::bench::{free_port, median, release_dir, spawn_release_serve};
-use dispatch_test_support::{bundled_config, http_client};
+use dispatch_test_support::{http_client, scripted_config};
 
 fn main() {
     let turns = std::env::args().skip(1).find_map(|a| a.parse::<usize>().ok()).unwrap_or(2000).max(200);
@@ -26,23 +26,7 @@ fn main() {
     std::fs::write(&script, r#"{"replies": [{"steps": [{"text": "A short answer of a few words."}]}]}"#)
         .unwrap();
     let port = free_port();
-    let toml = bundled_config(
-        &release_dir(),
-        &[
-            (
-                "libdispatch_plugin_provider_scripted.so",
-                format!("script = {:?}", script.display().to_string()),
-            ),
-            ("libdispatch_plugin_transport_http.so", format!("addr = [\"127.0.0.1:{port}\"]")),
-            ("libdispatch_plugin_transport_ws.so", "addr = [\"127.0.0.1:0\"]".to_owned()),
-            (
-                "libdispatch_plugin_session.so",
-                format!("default_cwd = {:?}", dir.path().display().to_string()),
-            ),
-        ],
-    );
-    let cfg = dir.path().join("plugins.toml");
-    std::fs::write(&cfg, toml).unwrap();
+    let cfg = scripted_config(&release_dir(), dir.path(), &script, (port, 0), &[]);
     let mut child = spawn_release_serve(&cfg);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(http_client::wait_ok(&format!("http://127.0.0.1:{port}/health"), Duration::from_secs(30)));

@@ -26,7 +26,7 @@ use std::process::Child;
 use std::time::Duration;
 
 use dispatch_test_support::bench::{free_port, proc_kib, release_dir, spawn_release_serve};
-use dispatch_test_support::{bundled_config, http_client};
+use dispatch_test_support::{http_client, scripted_config};
 use futures::{SinkExt as _, StreamExt as _};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -47,22 +47,9 @@ impl Server {
         let script_path = dir.path().join("script.json");
         std::fs::write(&script_path, script).unwrap();
         let (port, ws_port) = (free_port(), free_port());
-        let toml = bundled_config(
-            &release_dir(),
-            &[
-                (
-                    "libdispatch_plugin_provider_scripted.so",
-                    format!("script = {:?}", script_path.display().to_string()),
-                ),
-                ("libdispatch_plugin_transport_http.so", format!("addr = [\"127.0.0.1:{port}\"]")),
-                ("libdispatch_plugin_transport_ws.so", format!("addr = [\"127.0.0.1:{ws_port}\"]")),
-                ("libdispatch_plugin_session.so", format!("default_cwd = {:?}", work.display().to_string())),
-                // The long turn is one 300 000-character text chunk.
-                ("libdispatch_plugin_store_sqlite.so", "max_chunk_bytes = 16777216".to_owned()),
-            ],
-        );
-        let cfg = dir.path().join("plugins.toml");
-        std::fs::write(&cfg, toml).unwrap();
+        // The long turn is one 300 000-character text chunk.
+        let store = ("libdispatch_plugin_store_sqlite.so", "max_chunk_bytes = 16777216".to_owned());
+        let cfg = scripted_config(&release_dir(), &work, &script_path, (port, ws_port), &[store]);
         let child = spawn_release_serve(&cfg);
         rt.block_on(http_client::wait_ok(
             &format!("http://127.0.0.1:{port}/health"),
@@ -87,7 +74,7 @@ impl Server {
                 Err(_) => std::fs::metadata(p).map_or(0, |m| m.len()),
             }
         }
-        size(&self.dir.path().join("data/system-prompt")) as f64 / (1024.0 * 1024.0)
+        size(&self.dir.path().join("work/data/system-prompt")) as f64 / (1024.0 * 1024.0)
     }
 
     fn stop(mut self) {

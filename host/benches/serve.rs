@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use dispatch_test_support::bench::{
     free_port, median, percentile as pct, proc_kib as mem_kib, release_dir, spawn_release_serve as spawn,
 };
-use dispatch_test_support::{bundled_config, http_client};
+use dispatch_test_support::{http_client, scripted_config};
 
 fn write_config(dir: &Path, port: u16, deltas: usize) -> PathBuf {
     let script = dir.join("script.json");
@@ -28,21 +28,7 @@ fn write_config(dir: &Path, port: u16, deltas: usize) -> PathBuf {
         format!(r#"{{"replies": [{{"steps": [{{"text": "{text}", "chunkChars": 1, "usage": {{"inputTokens": 1, "outputTokens": 1}}}}]}}]}}"#),
     )
     .unwrap();
-    let toml = bundled_config(
-        &release_dir(),
-        &[
-            (
-                "libdispatch_plugin_provider_scripted.so",
-                format!("script = {:?}", script.display().to_string()),
-            ),
-            ("libdispatch_plugin_transport_http.so", format!("addr = [\"127.0.0.1:{port}\"]")),
-            ("libdispatch_plugin_transport_ws.so", "addr = [\"127.0.0.1:0\"]".to_owned()),
-            ("libdispatch_plugin_session.so", format!("default_cwd = {:?}", dir.display().to_string())),
-        ],
-    );
-    let path = dir.join("plugins.toml");
-    std::fs::write(&path, toml).unwrap();
-    path
+    scripted_config(&release_dir(), dir, &script, (port, 0), &[])
 }
 
 async fn health(port: u16) -> Duration {

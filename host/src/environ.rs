@@ -18,7 +18,7 @@
 use std::ffi::{CStr, OsStr, OsString};
 use std::os::unix::ffi::OsStrExt as _;
 
-use dispatch_contracts::protocol::secrets::looks_like_a_secret;
+use dispatch_contracts::protocol::secrets::{looks_like_a_secret, placeholders};
 
 extern "C" {
     /// libc's environment: a null-terminated array of `NAME=value` strings.
@@ -204,7 +204,7 @@ fn walk_toml(
             if key == Some("config_file") {
                 files.push(std::path::PathBuf::from(s));
             }
-            names.extend(placeholders(s));
+            names.extend(placeholders(s).map(str::to_owned));
         }
         toml::Value::Array(items) => items.iter().for_each(|v| walk_toml(v, key, names, files)),
         toml::Value::Table(t) => t.iter().for_each(|(k, v)| walk_toml(v, Some(k), names, files)),
@@ -214,21 +214,11 @@ fn walk_toml(
 
 fn walk_json(value: &serde_json::Value, names: &mut Vec<String>) {
     match value {
-        serde_json::Value::String(s) => names.extend(placeholders(s)),
+        serde_json::Value::String(s) => names.extend(placeholders(s).map(str::to_owned)),
         serde_json::Value::Array(items) => items.iter().for_each(|v| walk_json(v, names)),
         serde_json::Value::Object(map) => map.values().for_each(|v| walk_json(v, names)),
         _ => {}
     }
-}
-
-/// The `NAME`s of the `${NAME}`s in `s`.
-fn placeholders(s: &str) -> Vec<String> {
-    s.split("${")
-        .skip(1)
-        .filter_map(|part| part.split_once('}').map(|(name, _)| name))
-        .filter(|n| is_name(n))
-        .map(str::to_owned)
-        .collect()
 }
 
 fn is_name(s: &str) -> bool {

@@ -98,6 +98,10 @@ pub struct TurnOutcome {
     /// The messages the turn added (assistant, tool results, steering), in
     /// order, every tool call with its result: what to persist.
     pub messages: Vec<ChatMessage>,
+    /// The whole conversation after the turn: the input history,
+    /// reconciled, then `messages` — what the next turn starts from, so a
+    /// caller that keeps it need not read it back.
+    pub history: Vec<ChatMessage>,
     /// Why the turn ended.
     pub reason: FinishReason,
     /// Usage summed over the steps.
@@ -318,6 +322,7 @@ impl Turn<'_> {
         });
         TurnOutcome {
             messages: added,
+            history: std::mem::take(&mut self.messages),
             reason,
             usage: total,
             metrics: TurnMetrics {

@@ -522,6 +522,9 @@ fn each_steps_messages_reach_the_step_sink_in_order() {
     let out = h.run();
     let persisted: Vec<ChatMessage> = h.persisted.lock().unwrap().iter().flatten().cloned().collect();
     assert_eq!(persisted, out.messages);
+    // The whole conversation after the turn: its history, then what it added.
+    assert_eq!(out.history[..h.history.len()], h.history[..]);
+    assert_eq!(out.history[h.history.len()..], out.messages[..]);
     assert_eq!(h.persisted.lock().unwrap().len(), 2, "one batch per step");
 }
 

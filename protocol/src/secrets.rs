@@ -35,6 +35,24 @@ pub fn looks_like_a_secret(name: &str) -> bool {
     ["API_KEY", "APIKEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL"].iter().any(|w| n.contains(w))
 }
 
+/// The `NAME`s of the `${NAME}` references in a configuration value
+/// (names of ASCII letters, digits and `_`): how configuration takes a
+/// secret from the environment without writing it down. The MCP plugin
+/// expands them; the host blanks them in its start-up environment.
+///
+/// ```
+/// use dispatch_protocol::secrets::placeholders;
+/// let names: Vec<&str> = placeholders("Bearer ${TOKEN} $x ${bad name} ${A_1}").collect();
+/// assert_eq!(names, ["TOKEN", "A_1"]);
+/// ```
+pub fn placeholders(value: &str) -> impl Iterator<Item = &str> {
+    value
+        .split("${")
+        .skip(1)
+        .filter_map(|part| part.split_once('}').map(|(name, _)| name))
+        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+}
+
 /// Configured secret values, blotted out of any text that could echo them
 /// (a server's stderr, an error a remote endpoint sent back, a log line).
 ///

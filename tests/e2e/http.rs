@@ -1408,3 +1408,45 @@ fn the_history_kept_between_turns_is_exactly_the_stored_history() {
     assert_eq!(third[second.len()]["content"], "second");
     assert_eq!(third[second.len() + 1]["content"], "after a restart");
 }
+
+/// Model aliases (issue 31: a newcomer's first message, sent with the web
+/// frontend's built-in default model, was refused). An alias answers a
+/// name no provider serves with a configured model and is listed as one;
+/// it never shadows a model a provider serves; any other unknown name is
+/// still a 400.
+#[test]
+fn a_model_alias_answers_a_name_no_provider_serves_and_shadows_none() {
+    use dispatch_test_support::mock_openai::*;
+    let mock = MockServer::start(vec![Reply::sse(&[text_chunk("from the mock"), finish_chunk("stop")])]);
+    let models = "[plugin.config.aliases]\n\"opencode/deepseek-v4-flash\" = \"default\"\n\"fast/one\" = \"scripted/demo\"\n";
+    let openai = format!(
+        "[[plugin.config.credentials]]\nname = \"fast\"\nbase_url = \"{}\"\nmodels = [\"one\"]\n",
+        mock.base_url()
+    );
+    let cfg = product_config_with(
+        LOOPBACK,
+        LOOPBACK,
+        &[
+            ("libdispatch_plugin_models.so", models.to_owned()),
+            ("libdispatch_plugin_provider_openai.so", openai),
+        ],
+    );
+    let s = Server::start(&cfg);
+    let list = get(&format!("{}/models", s.base)).body;
+    let names: Vec<&str> = list["models"].as_array().unwrap().iter().map(|m| m.as_str().unwrap()).collect();
+    assert!(names.contains(&"opencode/deepseek-v4-flash") && names.contains(&"fast/one"), "{list}");
+    assert_eq!(list["modelInfo"]["opencode/deepseek-v4-flash"]["aliasOf"], "scripted/demo", "{list}");
+    assert!(
+        list["modelInfo"]["fast/one"].get("aliasOf").is_none(),
+        "a served model listed as an alias: {list}"
+    );
+
+    let (a, events) = chat(&s.base, json!({"message": "hi", "model": "opencode/deepseek-v4-flash"}));
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(text_of(&events), "Hello from the script.");
+    let (a, events) = chat(&s.base, json!({"message": "hi", "model": "fast/one"}));
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(text_of(&events), "from the mock", "the alias shadowed a served model");
+    let (a, _) = chat(&s.base, json!({"message": "hi", "model": "opencode/other"}));
+    assert_eq!((a.status, a.body["code"].as_str()), (400, Some("unknown_model")), "{}", a.text);
+}

@@ -498,3 +498,32 @@ fn sigterm_seals_the_watched_turn_for_websocket_clients_before_the_socket_closes
     let status = s.stop_with(0);
     assert!(status.success(), "{status:?}\n{}", s.log());
 }
+
+/// Regression (issue 31): every WebSocket cost ~130 KB and nothing
+/// bounded how many were open. `max_connections` does, on both doors: one
+/// more is refused with `503` until another closes.
+#[test]
+fn sockets_beyond_max_connections_are_refused_until_one_closes() {
+    let cfg = product_config_ws(LOOPBACK, "addr = [\"127.0.0.1:0\"]\nmax_connections = 2");
+    let s = Server::start(&cfg);
+    rt().block_on(async {
+        let (a, _) = connect(&s.ws()).await;
+        let (_b, _) = connect(&s.ws()).await;
+        let refused = WsClient::connect(&s.ws()).await.unwrap_err();
+        assert!(refused.contains("503"), "{refused}");
+        let door = format!("{}/ws", s.base.replace("http://", "ws://"));
+        let refused = WsClient::connect(&door).await.unwrap_err();
+        assert!(refused.contains("503"), "{refused}");
+        a.close().await;
+        // The count drops when the server sees the close.
+        let mut opened = None;
+        for _ in 0..100 {
+            if let Ok(c) = WsClient::connect(&s.ws()).await {
+                opened = Some(c);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(opened.is_some(), "a place freed by a close was never given again");
+    });
+}

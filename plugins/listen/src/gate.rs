@@ -113,6 +113,13 @@ impl Gate {
         })
     }
 
+    /// Both checks a browser's request passes first — its `Host`, then its
+    /// `Origin` — as the transports apply them.
+    pub fn check(&self, origin: Option<&str>, host: Option<&str>) -> Result<(), Refused> {
+        self.check_host(host)?;
+        self.check_origin(origin, host)
+    }
+
     /// Whether `origin` is one whose pages may read answers (CORS): this
     /// machine's, the request's own host, or a listed one — with or
     /// without a token.

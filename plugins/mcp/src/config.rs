@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use dispatch_contracts::protocol::secrets::{looks_like_a_secret, Redactor};
+use dispatch_contracts::protocol::secrets::{looks_like_a_secret, placeholders, Redactor};
 use serde::Deserialize;
 
 /// `[plugin.config]`.
@@ -271,7 +271,7 @@ pub fn compile(
         let mut problem = |what: String| errors.push(format!("server `{name}` ({origin}): {what}"));
         let mut secrets = Redactor::default();
         for v in server.env.values().chain(server.headers.values()) {
-            for var in variables(v) {
+            for var in placeholders(v) {
                 if let Some(value) = lookup(var) {
                     secrets.add(&value);
                 }
@@ -379,11 +379,6 @@ fn read_file(path: &Path) -> Result<File, String> {
         .map_err(|e| format!("cannot read the MCP configuration file {}: {e}", path.display()))?;
     serde_json::from_str(&text)
         .map_err(|e| format!("the MCP configuration file {} is not valid: {e}", path.display()))
-}
-
-/// The names of the `${NAME}`s in `value`.
-pub fn variables(value: &str) -> impl Iterator<Item = &str> {
-    value.split("${").skip(1).filter_map(|part| part.split_once('}').map(|(name, _)| name))
 }
 
 /// Replace each `${NAME}` in `value` with the variable's value; the name

@@ -120,6 +120,11 @@ pub struct Session {
     runner: Runner,
     config: Config,
     default_cwd: Option<PathBuf>,
+    /// The operator's own default directory (`default_cwd`, else
+    /// `$DISPATCH_CWD`) — never the process's, which is `/` under systemd
+    /// and often `$HOME` by hand — handed to the system prompt's filters:
+    /// it bounds what a template may read.
+    prompt_root: Option<String>,
     caller: Arc<HostCaller>,
     convs: Mutex<HashMap<String, Conv>>,
     tools: Mutex<HashMap<String, Arc<dyn Tool>>>,
@@ -149,21 +154,8 @@ fn decode<T: serde::de::DeserializeOwned>(what: &str, v: Value) -> Result<T, Err
 }
 
 /// A sealed turn of more events than this returns freed memory to the
-/// system (see [`give_memory_back`]).
+/// system (see `dispatch_abi::runtime::give_memory_back`).
 const TRIM_AFTER_EVENTS: u64 = 20_000;
-
-/// Return the allocator's free memory to the system. glibc keeps freed
-/// chunks in its arenas (a 300 000-delta turn left 150 MB resident after
-/// it ended); `malloc_trim` releases every arena's free pages. Elsewhere a
-/// no-op.
-fn give_memory_back() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim takes a size and touches only the allocator's
-    // own state, under its own locks.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
 
 /// Longest `stop` waits for the aborted turn to seal before it answers.
 const STOP_WAITS_FOR_SEAL: Duration = Duration::from_secs(5);
@@ -194,6 +186,11 @@ impl Session {
             caller: Arc::new(HostCaller(host.clone())),
             host,
             runner,
+            prompt_root: config
+                .default_cwd
+                .clone()
+                .or_else(|| std::env::var_os("DISPATCH_CWD").map(PathBuf::from))
+                .map(|d| d.to_string_lossy().into_owned()),
             config,
             default_cwd,
             convs: Mutex::new(HashMap::new()),
@@ -543,12 +540,7 @@ impl Session {
             // The operator's choice only (`default_cwd`, `$DISPATCH_CWD`),
             // never the process's directory, which is `/` under systemd
             // and often `$HOME` by hand: it bounds what a template reads.
-            default_cwd: self
-                .config
-                .default_cwd
-                .clone()
-                .or_else(|| std::env::var_os("DISPATCH_CWD").map(PathBuf::from))
-                .map(|d| d.to_string_lossy().into_owned()),
+            default_cwd: self.prompt_root.clone(),
             tools: tools
                 .iter()
                 .map(|t| ToolSummary { name: t.name().to_owned(), description: t.description().to_owned() })
@@ -650,9 +642,9 @@ impl Session {
                     // a client was told was accepted is lost.
                     let steering: Vec<String> = messages
                         .iter()
-                        .filter(|m| m.role == dispatch_contracts::protocol::wire::Role::User)
+                        .filter(|m| m.role == Role::User)
                         .filter_map(|m| match m.chunks.as_slice() {
-                            [dispatch_contracts::protocol::wire::Chunk::Text { text }] => Some(text.clone()),
+                            [Chunk::Text { text }] => Some(text.clone()),
                             _ => None,
                         })
                         .collect();
@@ -708,8 +700,7 @@ impl Session {
                 })
             })
         };
-        let before = history.clone();
-        let outcome = run_turn(TurnInput {
+        let mut outcome = run_turn(TurnInput {
             conversation_id: conversation_id.clone(),
             turn_id: turn_id.clone(),
             history,
@@ -757,11 +748,11 @@ impl Session {
         // what the store would answer because every saved step pairs each
         // tool call with its result (the kernel's guarantee), so the
         // store's `reconcile` on reading has nothing to add.
-        let kept = saved.lock().unwrap_or_else(PoisonError::into_inner).take().map(|seq| {
-            let mut h = before;
-            h.extend(outcome.messages.iter().cloned());
-            (seq, Arc::new(h))
-        });
+        let kept = saved
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .map(|seq| (seq, Arc::new(std::mem::take(&mut outcome.history))));
         // Free the conversation before announcing the seal: a client that
         // reads `turn-sealed` and sends at once must not get a conflict.
         if let Some(conv) = self.convs().get_mut(&conversation_id) {
@@ -772,7 +763,7 @@ impl Session {
         // A turn of many events freed as many small allocations, which
         // glibc's malloc keeps for the process: hand them back.
         if log.size().0 > TRIM_AFTER_EVENTS {
-            give_memory_back();
+            dispatch_abi::runtime::give_memory_back();
         }
         self.publish_status(&conversation_id, &workspace_id, status);
         self.turn_ended.notify_waiters();
@@ -961,8 +952,7 @@ impl Session {
 
     /// The largest text the store keeps in one message, if it says.
     async fn max_text_bytes(&self) -> Option<usize> {
-        let answer = self.host.call(&STORE, &StoreRequest::Limits).await.ok()?;
-        let limits: StoreLimits = serde_json::from_value(answer).ok()?;
+        let limits: StoreLimits = self.store(&StoreRequest::Limits).await.ok()?;
         usize::try_from(limits.max_chunk_bytes).ok()
     }
 

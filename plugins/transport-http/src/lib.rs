@@ -202,8 +202,7 @@ impl Server {
     /// may neither start anything nor read anything. Checked before the
     /// body is read.
     fn refuse_page(&self, origin: Option<&str>, host: Option<&str>) -> Option<Failure> {
-        let checked = self.gate.check_host(host).and_then(|()| self.gate.check_origin(origin, host));
-        checked.err().map(|r| Failure::new(StatusCode::FORBIDDEN, r.code, r.message))
+        self.gate.check(origin, host).err().map(|r| Failure::new(StatusCode::FORBIDDEN, r.code, r.message))
     }
 
     /// `POST /admin/plugins/reload`: the host re-reads its configuration

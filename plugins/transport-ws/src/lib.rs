@@ -136,18 +136,6 @@ fn default_max_connections() -> usize {
 /// memory is returned to the system.
 const TRIM_AFTER_SOCKETS: usize = 64;
 
-/// Return the allocator's free memory to the system (glibc keeps it in
-/// its arenas: 1000 closed sockets left tens of MB resident). Elsewhere a
-/// no-op.
-fn give_memory_back() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim takes a size and touches only the allocator's
-    // own state, under its own locks.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// Each connection's initial read buffer. tungstenite's default (128 KiB,
 /// allocated at the upgrade) made every idle socket cost ~130 KB; the
 /// buffer grows when a larger message arrives.
@@ -210,9 +198,7 @@ pub fn check_upgrade<'a>(
     default_wire: WireVersion,
     gate: &Gate,
 ) -> Result<(String, WireVersion), Refusal> {
-    let host = header("host");
-    let page = gate.check_host(host).and_then(|()| gate.check_origin(header("origin"), host));
-    if let Err(r) = page {
+    if let Err(r) = gate.check(header("origin"), header("host")) {
         return Err(Refusal::new(StatusCode::FORBIDDEN, r.code, r.message));
     }
     let has_token = |name: &str, token: &str| {
@@ -313,7 +299,7 @@ impl Shared {
             // The last of many sockets closed: what they held (buffers,
             // queues) is free but kept by glibc's malloc; hand it back.
             if left == 0 && shared.peak.swap(0, Ordering::SeqCst) >= TRIM_AFTER_SOCKETS {
-                give_memory_back();
+                dispatch_abi::runtime::give_memory_back();
             }
             shared.closed.notify_waiters();
         });

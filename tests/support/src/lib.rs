@@ -65,3 +65,30 @@ pub fn bundled_config(plugin_dir: &std::path::Path, configs: &[(&str, String)]) 
     }
     toml
 }
+
+/// Write `<dir>/plugins.toml` for a benchmark: every bundled plugin from
+/// `plugin_dir`, the scripted model reading `script`, HTTP on `port` and the
+/// WebSocket on `ws_port` (0: any) of 127.0.0.1, the session's working
+/// directory `dir`, and `extra` `[plugin.config]` bodies for other plugins.
+/// Answers the file's path.
+pub fn scripted_config(
+    plugin_dir: &std::path::Path,
+    dir: &std::path::Path,
+    script: &std::path::Path,
+    (port, ws_port): (u16, u16),
+    extra: &[(&str, String)],
+) -> std::path::PathBuf {
+    let mut configs = vec![
+        ("libdispatch_plugin_provider_scripted.so", format!("script = {:?}", script.display().to_string())),
+        ("libdispatch_plugin_transport_http.so", format!("addr = [\"127.0.0.1:{port}\"]")),
+        ("libdispatch_plugin_transport_ws.so", format!("addr = [\"127.0.0.1:{ws_port}\"]")),
+        ("libdispatch_plugin_session.so", format!("default_cwd = {:?}", dir.display().to_string())),
+    ];
+    for (plugin, config) in extra {
+        configs.retain(|(p, _)| p != plugin);
+        configs.push((plugin, config.clone()));
+    }
+    let path = dir.join("plugins.toml");
+    std::fs::write(&path, bundled_config(plugin_dir, &configs)).unwrap();
+    path
+}
