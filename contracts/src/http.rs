@@ -17,8 +17,11 @@
 //! reload, a failure, a stop). Two plugins claiming one method and path:
 //! the second fails to activate, naming both.
 
+use std::sync::Arc;
+
 use dispatch_abi::{codes, Error, Host, PluginManifest, Service};
 pub use dispatch_protocol::http::*;
+use dispatch_protocol::BoxFuture;
 use serde_json::Value;
 
 /// The bus key of the operation `method` `path` (a template), or why the
@@ -38,36 +41,162 @@ pub fn declare(manifest: PluginManifest, method: HttpMethod, path: &str) -> Plug
     }
 }
 
-/// Answer the route `spec` with `handler`, on the host's runtime (keep it
-/// quick: hand blocking work to a thread). An error from the handler is
-/// answered as JSON with the status its code means (`invalid_input` 400,
-/// `not_found` 404, …). Refused when the template is not one, or another
-/// plugin answers the same method and path already (naming it).
+/// Declare in a manifest that the plugin answers HTTP routes, whichever
+/// they are (`http:*`): for a plugin with many routes.
+pub fn declare_routes(manifest: PluginManifest) -> PluginManifest {
+    manifest.provides("service", format!("{SERVICE_PREFIX}*"))
+}
+
+/// What a route handler answers.
+pub type RouteResult = Result<HttpResponse, Problem>;
+
+type HandleFn = dyn Fn(HttpRequest) -> BoxFuture<RouteResult> + Send + Sync;
+type PullFn = dyn Fn(Value, u64) -> BoxFuture<Result<StreamBatch, Error>> + Send + Sync;
+
+/// One HTTP operation a plugin answers: its spec, its handler and, for an
+/// NDJSON answer, how the transport pulls the lines.
+///
+/// ```ignore
+/// Route::new(HttpMethod::Get, "/things/{id}", move |req| async move {
+///     Ok(HttpResponse::ok(&json!({"id": req.param("id")})))
+/// })
+/// .operation(Operation::new("Read a thing").path_param("id", "The thing's id").returns::<Thing>(200, "The thing"))
+/// .serve(ctx.host())?;
+/// ```
+pub struct Route {
+    spec: RouteSpec,
+    handle: Arc<HandleFn>,
+    pull: Option<Arc<PullFn>>,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route").field("spec", &self.spec).finish_non_exhaustive()
+    }
+}
+
+impl Route {
+    /// The operation `method` `path` (a template), answered by `handler`.
+    /// The future is polled by the host's runtime: work that needs tokio
+    /// runs on the plugin's own (`PluginRuntime::run`).
+    pub fn new<F, Fut>(method: HttpMethod, path: &str, handler: F) -> Route
+    where
+        F: Fn(HttpRequest) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = RouteResult> + Send + 'static,
+    {
+        Route {
+            spec: RouteSpec {
+                method,
+                path: path.to_owned(),
+                operation: Value::Null,
+                schemas: Default::default(),
+            },
+            handle: Arc::new(move |req| Box::pin(handler(req))),
+            pull: None,
+        }
+    }
+
+    /// Describe it for the server's OpenAPI document.
+    pub fn operation(mut self, operation: crate::openapi::Operation) -> Route {
+        let (operation, schemas) = operation.into_parts();
+        self.spec.operation = operation;
+        self.spec.schemas = schemas;
+        self
+    }
+
+    /// Its NDJSON lines: `pull(stream, from)` answers the lines after
+    /// `from` of the stream a handler began with [`HttpResponse::ndjson`]
+    /// (waiting a while for at least one).
+    pub fn streaming<P, Fut>(mut self, pull: P) -> Route
+    where
+        P: Fn(Value, u64) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<StreamBatch, Error>> + Send + 'static,
+    {
+        self.pull = Some(Arc::new(move |stream, from| Box::pin(pull(stream, from))));
+        self
+    }
+
+    /// The spec it describes itself with.
+    pub fn spec(&self) -> &RouteSpec {
+        &self.spec
+    }
+
+    /// Answer it on the bus. Refused when the template is not one, or
+    /// another plugin answers the same method and path already (naming it).
+    pub fn serve(self, host: &Host) -> Result<(), Error> {
+        let key = key(self.spec.method, &self.spec.path)?;
+        if let Ok(owner) = host.require(&key) {
+            return Err(Error::new(
+                codes::DUPLICATE,
+                format!(
+                    "the HTTP route {} {} is already served by plugin `{owner}`",
+                    self.spec.method.as_str(),
+                    self.spec.path
+                ),
+            ));
+        }
+        let Route { spec, handle, pull } = self;
+        let described = serde_json::to_value(&spec).map_err(|e| Error::new(codes::PLUGIN, e.to_string()))?;
+        host.provide(&key, move |request: RouteRequest| -> BoxFuture<Result<Value, Error>> {
+            match request {
+                RouteRequest::Describe => {
+                    let d = described.clone();
+                    Box::pin(async move { Ok(d) })
+                }
+                RouteRequest::Handle { request } => {
+                    let fut = handle(request);
+                    Box::pin(async move {
+                        let answer = fut.await.unwrap_or_else(|p| p.response());
+                        serde_json::to_value(answer).map_err(|e| Error::new(codes::PLUGIN, e.to_string()))
+                    })
+                }
+                RouteRequest::Pull { stream, from } => match &pull {
+                    Some(pull) => {
+                        let fut = pull(stream, from);
+                        Box::pin(async move {
+                            let batch = fut.await?;
+                            serde_json::to_value(batch).map_err(|e| Error::new(codes::PLUGIN, e.to_string()))
+                        })
+                    }
+                    None => {
+                        Box::pin(async { Err(Error::new(codes::UNSUPPORTED, "this route does not stream")) })
+                    }
+                },
+                other => {
+                    let e = Error::new(codes::UNSUPPORTED, format!("this route does not know {other:?}"));
+                    Box::pin(async move { Err(e) })
+                }
+            }
+        })
+    }
+}
+
+/// Answer every route of `routes` (see [`Route::serve`]); stops at the
+/// first refused.
+pub fn serve_all(host: &Host, routes: impl IntoIterator<Item = Route>) -> Result<(), Error> {
+    routes.into_iter().try_for_each(|r| r.serve(host))
+}
+
+/// Answer the route `spec` with a synchronous `handler`, on the host's
+/// runtime (keep it quick: hand blocking work to a thread). An error from
+/// the handler is answered as JSON with the status its code means
+/// ([`status_of_code`]). Refused as [`Route::serve`] is.
 pub fn serve_sync<F>(host: &Host, spec: RouteSpec, handler: F) -> Result<(), Error>
 where
     F: Fn(HttpRequest) -> Result<HttpResponse, Error> + Send + Sync + 'static,
 {
-    let key = key(spec.method, &spec.path)?;
-    if let Ok(owner) = host.require(&key) {
-        return Err(Error::new(
-            codes::DUPLICATE,
-            format!(
-                "the HTTP route {} {} is already served by plugin `{owner}`",
-                spec.method.as_str(),
-                spec.path
-            ),
-        ));
-    }
-    host.provide_sync(&key, move |request: RouteRequest| match request {
-        RouteRequest::Describe => {
-            serde_json::to_value(&spec).map_err(|e| Error::new(codes::PLUGIN, e.to_string()))
-        }
-        RouteRequest::Handle { request } => {
-            let answer = handler(request)?;
-            serde_json::to_value(answer).map_err(|e| Error::new(codes::PLUGIN, e.to_string()))
-        }
-        other => Err(Error::new(codes::UNSUPPORTED, format!("this route does not know {other:?}"))),
-    })
+    let handler = Arc::new(handler);
+    let route = Route::new(spec.method, &spec.path, move |req| {
+        let answer = handler(req).map_err(|e| Problem::from_code(e.code(), e.message()));
+        std::future::ready(answer)
+    });
+    Route { spec, ..route }.serve(host)
+}
+
+/// A bus error as an HTTP problem: the status its code means
+/// ([`status_of_code`]), code and message kept. For `map_err`.
+pub fn problem(e: Error) -> Problem {
+    Problem::from_code(e.code(), e.message())
 }
 
 #[cfg(test)]
@@ -78,7 +207,12 @@ mod tests {
     use dispatch_testkit::TestHost;
 
     fn spec() -> RouteSpec {
-        RouteSpec { method: HttpMethod::Get, path: "/things/{id}".into(), operation: Value::Null }
+        RouteSpec {
+            method: HttpMethod::Get,
+            path: "/things/{id}".into(),
+            operation: Value::Null,
+            schemas: Default::default(),
+        }
     }
 
     macro_rules! route_plugin {

@@ -46,6 +46,7 @@ use dispatch_rt as _;
 pub mod catalog;
 pub mod http;
 pub mod mcp;
+pub mod openapi;
 pub mod plugins;
 pub mod prompt;
 pub mod provider;

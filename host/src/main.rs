@@ -98,6 +98,16 @@ enum Command {
         #[command(subcommand)]
         action: Option<PluginsAction>,
     },
+    /// Print the server's OpenAPI 3.1 document for a configuration — what
+    /// `GET /openapi.json` would answer — without starting a server: the
+    /// plugins start as for `plugins`, but no transport listens and their
+    /// data directory is a scratch one (a store configured with its own
+    /// `path` still opens it).
+    Openapi {
+        /// The plugin configuration.
+        #[arg(long, short, default_value = "plugins.toml")]
+        config: PathBuf,
+    },
     /// Start the plugins, call services on the bus, print each answer as one
     /// JSON line, and stop. Arguments come in pairs: `NAME[@VERSION] JSON`.
     Call {
@@ -266,6 +276,7 @@ fn main() -> ExitCode {
         Command::Serve { config, .. }
         | Command::Plugins { config, .. }
         | Command::Call { config, .. }
+        | Command::Openapi { config }
         | Command::Turn { config, .. } => dispatch_host::environ::configured_credentials(config),
         _ => Vec::new(),
     };
@@ -316,10 +327,22 @@ fn run(cli: Cli, log_filter: String) -> anyhow::Result<ExitCode> {
         Command::Serve { config, .. }
         | Command::Plugins { config, .. }
         | Command::Call { config, .. }
+        | Command::Openapi { config }
         | Command::Turn { config, .. } => config.clone(),
         _ => unreachable!("client commands return early"),
     };
-    let plan = Plan::load(&config)?;
+    let mut plan = Plan::load(&config)?;
+    // `dispatch openapi` only asks routes to describe themselves: its
+    // plugins keep their files in a throwaway directory, so it runs beside
+    // a live server without touching (or locking) its data.
+    let _scratch = match &cli.command {
+        Command::Openapi { .. } => {
+            let dir = tempfile::tempdir().context("cannot make a scratch data directory")?;
+            plan.data_dir = dir.path().to_owned();
+            Some(dir)
+        }
+        _ => None,
+    };
     let runtime = match plan.host.runtime {
         // Its blocking pool's threads carry the name too (the main thread
         // keeps the process's).
@@ -343,8 +366,11 @@ fn run(cli: Cli, log_filter: String) -> anyhow::Result<ExitCode> {
         activate_timeout: Duration::from_millis(plan.host.activate_timeout_ms),
         deactivate_timeout: Duration::from_millis(plan.host.deactivate_timeout_ms),
         log_filter,
-        leave_out: matches!(cli.command, Command::Turn { .. })
-            .then_some(dispatch_host::supervisor::beside_the_session as _),
+        leave_out: match cli.command {
+            Command::Turn { .. } => Some(dispatch_host::supervisor::beside_the_session as _),
+            Command::Openapi { .. } => Some(dispatch_host::supervisor::no_transports as _),
+            _ => None,
+        },
         stop: serving.then(|| stop_rx.clone()),
     };
     let code = runtime.block_on(async move {
@@ -412,6 +438,12 @@ fn run(cli: Cli, log_filter: String) -> anyhow::Result<ExitCode> {
                     emit(text.trim_end());
                 }
                 Ok(if sup.required_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            }
+            (Command::Openapi { .. }, Some(mut terminate)) => {
+                tokio::select! {
+                    code = openapi(&sup) => code,
+                    n = terminate.first() => Ok(signals::exit_code(n)),
+                }
             }
             (Command::Call { calls, .. }, Some(mut terminate)) => {
                 tokio::select! {
@@ -523,7 +555,9 @@ fn is_client(command: &Command) -> bool {
         Command::Plugins { server, action, .. } => {
             server.is_some() || matches!(action, Some(PluginsAction::Reload { .. }))
         }
-        Command::Serve { .. } | Command::Call { .. } | Command::Turn { .. } => false,
+        Command::Serve { .. } | Command::Call { .. } | Command::Turn { .. } | Command::Openapi { .. } => {
+            false
+        }
         _ => true,
     }
 }
@@ -673,6 +707,52 @@ async fn mcp_servers(sup: &Supervisor) -> Option<Vec<dispatch_contracts::mcp::Se
     let key = dispatch_contracts::mcp::SERVERS;
     let answer = BusCaller(sup.shared()).call(key.name(), key.version(), b"{}".to_vec()).await.ok()?;
     serde_json::from_slice::<dispatch_contracts::mcp::Servers>(&answer).ok().map(|s| s.servers)
+}
+
+/// `dispatch openapi`: every route service on the bus describes itself;
+/// the document is assembled as `transport-http` assembles it.
+async fn openapi(sup: &Supervisor) -> anyhow::Result<ExitCode> {
+    use dispatch_contracts::http::{RouteSpec, SERVICE_PREFIX, VERSION};
+    use dispatch_contracts::openapi::{assemble, transport_operations, Described};
+    let caller = BusCaller(sup.shared());
+    let mut routes = Vec::new();
+    let describe = serde_json::to_vec(&dispatch_contracts::http::RouteRequest::Describe)?;
+    for reg in sup.bus().registrations() {
+        if reg.kind != "service" || reg.version != VERSION || !reg.name.starts_with(SERVICE_PREFIX) {
+            continue;
+        }
+        let answer = caller.call(&reg.name, VERSION, describe.clone()).await.map_err(|e| {
+            anyhow::anyhow!(
+                "the route `{}` of plugin `{}` does not describe itself: {}",
+                reg.name,
+                reg.plugin,
+                e.message
+            )
+        })?;
+        let spec: RouteSpec = serde_json::from_slice(&answer).with_context(|| {
+            format!("the route `{}` of plugin `{}` describes itself wrongly", reg.name, reg.plugin)
+        })?;
+        routes.push(Described { spec, plugin: reg.plugin });
+    }
+    routes.extend(transport_operations());
+    let doc = assemble(env!("CARGO_PKG_VERSION"), &routes);
+    if !emit(&serde_json::to_string_pretty(&doc)?) {
+        return Ok(ExitCode::from(141));
+    }
+    // The transports were left out on purpose; a required plugin that
+    // failed means routes are missing from the document.
+    let failed: Vec<String> = sup
+        .reports_snapshot()
+        .into_iter()
+        .filter(|r| r.required && r.state == dispatch_contracts::plugins::State::Failed)
+        .map(|r| format!("{}: {}", r.id, r.error.unwrap_or_default()))
+        .collect();
+    if failed.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("dispatch: the document lacks the routes of plugins that failed: {}", failed.join("; "));
+        Ok(ExitCode::FAILURE)
+    }
 }
 
 async fn call(sup: &Supervisor, args: &[String]) -> anyhow::Result<ExitCode> {

@@ -50,6 +50,15 @@ pub struct Settings {
 /// the reason to skip it out (`None`: start it).
 pub type LeaveOut = fn(&[Provided]) -> Option<String>;
 
+/// `dispatch openapi`'s choice: every plugin but the transports, so the
+/// routes describe themselves and nothing listens.
+pub fn no_transports(provides: &[Provided]) -> Option<String> {
+    provides
+        .iter()
+        .any(|p| p.kind == "transport")
+        .then(|| "not started by `dispatch openapi`, which starts no server (a transport)".to_owned())
+}
+
 /// `dispatch turn`'s choice: a one-shot turn runs beside the session, so
 /// nothing that listens (a `transport`) or keeps conversations (the
 /// session and the store services) is started — a turn next to a running

@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -26,7 +27,7 @@ pub const SERVICE_PREFIX: &str = "http:";
 pub const VERSION: u32 = 1;
 
 /// The methods a route may answer (the ones CORS allows).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "UPPERCASE")]
 #[non_exhaustive]
 pub enum HttpMethod {
@@ -176,7 +177,7 @@ pub fn service_name(method: HttpMethod, path: &str) -> Result<String, String> {
 }
 
 /// Requests to a route service, tagged by `op`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase", deny_unknown_fields)]
 #[non_exhaustive]
 pub enum RouteRequest {
@@ -187,10 +188,18 @@ pub enum RouteRequest {
         /// The request, parsed.
         request: HttpRequest,
     },
+    /// The next lines of an NDJSON answer the route began with
+    /// [`HttpResponse::stream`]; answers [`StreamBatch`].
+    Pull {
+        /// What the route put in [`HttpResponse::stream`], as it was.
+        stream: Value,
+        /// Where to go on from: 0, then each batch's `next`.
+        from: u64,
+    },
 }
 
 /// What a route says of itself (`describe`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteSpec {
     /// Its method.
@@ -201,10 +210,13 @@ pub struct RouteSpec {
     /// body, responses), for the server's API description.
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub operation: Value,
+    /// The schemas `operation` refers to (`#/components/schemas/<name>`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub schemas: BTreeMap<String, Value>,
 }
 
 /// A request as the transport hands it to a route.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpRequest {
     /// The method.
@@ -236,26 +248,153 @@ impl HttpRequest {
     }
 }
 
-/// A route's answer: a status and a JSON body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A route's answer: a status and a JSON body — or, with `stream`, an
+/// NDJSON body the transport pulls line by line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpResponse {
     /// The status (200–599).
     pub status: u16,
-    /// The JSON body (`null`: none).
+    /// The JSON body (`null`: none). Ignored with `stream`.
     #[serde(default)]
     pub body: Value,
+    /// Extra headers (`X-Conversation-Id`); the transport sets the content
+    /// type, CORS and caching ones itself.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Answer `application/x-ndjson`: the transport sends the route
+    /// [`RouteRequest::Pull`] with this value until a batch is `ended`, and
+    /// writes each line as it arrives. The client leaving stops the pulls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<Value>,
+}
+
+/// Lines of an NDJSON answer (`pull`).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamBatch {
+    /// The lines, each one JSON value, in order (none while waiting timed
+    /// out: pull again).
+    pub lines: Vec<Box<serde_json::value::RawValue>>,
+    /// The `from` of the next pull.
+    pub next: u64,
+    /// Nothing more will come.
+    pub ended: bool,
 }
 
 impl HttpResponse {
     /// `status` with `body` as JSON.
     pub fn json(status: u16, body: &impl Serialize) -> HttpResponse {
-        HttpResponse { status, body: serde_json::to_value(body).unwrap_or(Value::Null) }
+        HttpResponse {
+            status,
+            body: serde_json::to_value(body).unwrap_or(Value::Null),
+            headers: BTreeMap::new(),
+            stream: None,
+        }
+    }
+
+    /// `200` with `body` as JSON.
+    pub fn ok(body: &impl Serialize) -> HttpResponse {
+        HttpResponse::json(200, body)
     }
 
     /// An error answer in the wire's shape: `{"error": message, "code": code}`.
     pub fn problem(status: u16, code: &str, message: &str) -> HttpResponse {
-        HttpResponse { status, body: serde_json::json!({"error": message, "code": code}) }
+        HttpResponse::json(status, &serde_json::json!({"error": message, "code": code}))
+    }
+
+    /// A `200` NDJSON answer pulled with `stream` (see [`HttpResponse::stream`]).
+    pub fn ndjson(stream: Value) -> HttpResponse {
+        HttpResponse { status: 200, body: Value::Null, headers: BTreeMap::new(), stream: Some(stream) }
+    }
+
+    /// The answer with one more header.
+    pub fn header(mut self, name: &str, value: &str) -> HttpResponse {
+        self.headers.insert(name.to_owned(), value.to_owned());
+        self
+    }
+}
+
+/// A request that failed, as HTTP: a status, a stable code and a message
+/// for people — answered as `{"error": message, "code": code}`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{status} {code}: {message}")]
+pub struct Problem {
+    /// The status (400–599).
+    pub status: u16,
+    /// The stable code (`bad_request`, `not_found`, …).
+    pub code: String,
+    /// For people.
+    pub message: String,
+}
+
+impl Problem {
+    /// A problem with everything spelled out.
+    pub fn new(status: u16, code: &str, message: impl Into<String>) -> Problem {
+        Problem { status, code: code.to_owned(), message: message.into() }
+    }
+
+    /// `400 bad_request`.
+    pub fn bad_request(message: impl Into<String>) -> Problem {
+        Problem::new(400, "bad_request", message)
+    }
+
+    /// A bus error's code as HTTP: the status its code means
+    /// ([`status_of_code`]), the code and message kept.
+    pub fn from_code(code: &str, message: &str) -> Problem {
+        Problem::new(status_of_code(code), code, message)
+    }
+
+    /// The answer.
+    pub fn response(&self) -> HttpResponse {
+        HttpResponse::problem(self.status, &self.code, &self.message)
+    }
+}
+
+/// The HTTP status a bus error code means: `invalid_input`,
+/// `invalid_payload`, `unknown_model` 400; `not_found` 404; `conflict`,
+/// `duplicate` 409; `forbidden` 403; `payload_too_large` 413;
+/// `unsupported`, `unavailable` 503; anything else 500.
+pub fn status_of_code(code: &str) -> u16 {
+    match code {
+        "invalid_input" | "invalid_payload" | "unknown_model" | "bad_request" => 400,
+        "not_found" => 404,
+        "conflict" | "duplicate" => 409,
+        "forbidden" => 403,
+        "payload_too_large" => 413,
+        "unsupported" | "unavailable" => 503,
+        _ => 500,
+    }
+}
+
+impl HttpRequest {
+    /// The body as `T`: absent or blank, not an object, or not a `T` are
+    /// each a `400` saying which.
+    pub fn body_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, Problem> {
+        let Some(value) = &self.body else {
+            return Err(Problem::bad_request("the request body is empty; send a JSON object"));
+        };
+        if !value.is_object() {
+            return Err(Problem::bad_request("the body must be a JSON object"));
+        }
+        T::deserialize(value).map_err(|e| Problem::bad_request(format!("invalid request: {e}")))
+    }
+
+    /// A query number: absent or blank → `None`; else an integer ≥ `min`,
+    /// or a `400` naming the parameter.
+    pub fn query_number(&self, name: &str, min: u64) -> Result<Option<u64>, Problem> {
+        match self.query(name) {
+            // `?limit=` is the parameter left out, as the original server and
+            // the frontend's URL building read it.
+            None => Ok(None),
+            Some(v) if v.trim().is_empty() => Ok(None),
+            Some(v) => match v.trim().parse::<u64>() {
+                Ok(n) if n >= min => Ok(Some(n)),
+                _ => Err(Problem::bad_request(format!(
+                    "`{name}` must be an integer of at least {min}; got {v:?}"
+                ))),
+            },
+        }
     }
 }
 
@@ -284,6 +423,39 @@ mod tests {
         assert!(
             Template::parse("/a/b").unwrap().specificity() > Template::parse("/a/{x}").unwrap().specificity()
         );
+    }
+
+    #[test]
+    fn query_numbers_and_bodies_are_checked_with_a_400_naming_the_problem() {
+        let req = |query: &[(&str, &str)], body: Option<Value>| HttpRequest {
+            method: HttpMethod::Get,
+            path: "/x".into(),
+            template: "/x".into(),
+            params: BTreeMap::new(),
+            query: query.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            body,
+        };
+        let r = req(&[("limit", "5"), ("beforeSeq", "0"), ("sinceSeq", " ")], None);
+        assert_eq!(r.query_number("limit", 1).unwrap(), Some(5));
+        let e = r.query_number("beforeSeq", 1).unwrap_err();
+        assert_eq!((e.status, e.code.as_str()), (400, "bad_request"));
+        assert!(e.message.contains("`beforeSeq` must be an integer of at least 1"), "{e}");
+        assert_eq!(r.query_number("sinceSeq", 0).unwrap(), None, "blank is left out");
+        assert_eq!(r.query_number("absent", 0).unwrap(), None);
+
+        #[derive(Debug, Deserialize)]
+        struct Body {
+            #[allow(dead_code)]
+            n: u32,
+        }
+        assert!(r.body_as::<Body>().unwrap_err().message.contains("empty"));
+        let e = req(&[], Some(serde_json::json!([1]))).body_as::<Body>().unwrap_err();
+        assert!(e.message.contains("must be a JSON object"), "{e}");
+        let e = req(&[], Some(serde_json::json!({"n": "x"}))).body_as::<Body>().unwrap_err();
+        assert!(e.message.starts_with("invalid request: "), "{e}");
+        assert!(req(&[], Some(serde_json::json!({"n": 3}))).body_as::<Body>().is_ok());
+        assert_eq!(status_of_code("not_found"), 404);
+        assert_eq!(status_of_code("whatever"), 500);
     }
 
     #[test]

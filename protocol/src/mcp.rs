@@ -2,10 +2,11 @@
 //! servers it bridges, and how each is doing — what
 //! `GET /conversations/:id/mcp` and `dispatch plugins` show.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Where a server is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum ServerState {
@@ -35,7 +36,7 @@ impl ServerState {
 }
 
 /// One server.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServerStatus {
     /// Its name in the configuration (the prefix of its tools' names).
@@ -57,7 +58,7 @@ pub struct ServerStatus {
 
 /// What the `mcp.servers` service answers: every configured server, by
 /// name.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Servers {
     /// In name order.
     pub servers: Vec<ServerStatus>,

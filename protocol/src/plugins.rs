@@ -3,10 +3,11 @@
 //! (one plugin changed state, a [`PluginReport`]). The host provides them
 //! under the plugin id `dispatch`.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Where a plugin stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum State {
@@ -36,7 +37,7 @@ impl State {
 }
 
 /// One declared contribution.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Provided {
     /// `service`, `tool`, …
     pub kind: String,
@@ -45,7 +46,7 @@ pub struct Provided {
 }
 
 /// What happened to one configured plugin.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PluginReport {
     /// The manifest id, or the file stem when the manifest could not be read.
@@ -78,7 +79,7 @@ pub struct PluginReport {
 }
 
 /// The `dispatch.plugins` answer (and `GET /extensions`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PluginList {
     /// Every configured plugin, in configuration order.
     pub plugins: Vec<PluginReport>,
@@ -90,7 +91,7 @@ pub struct PluginList {
 }
 
 /// One registration on the bus.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Registration {
     /// `service`, `event` (a subscription) or `hook`.
     pub kind: String,
@@ -106,7 +107,7 @@ pub struct Registration {
 }
 
 /// One plugin a reload touched.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReloadChange {
     /// The plugin id (the file stem when it has no readable manifest).
@@ -122,7 +123,7 @@ pub struct ReloadChange {
 }
 
 /// What one reload of the plugin set did (`dispatch.reload`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReloadReport {
     /// New plugins now active.

@@ -1,10 +1,11 @@
 //! The `system-prompt` contract: the global template a new conversation's
 //! system prompt is rendered from, and the variables it may use.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Requests to the `system-prompt` service, tagged by `op`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase", deny_unknown_fields)]
 #[non_exhaustive]
 pub enum PromptRequest {
@@ -21,14 +22,14 @@ pub enum PromptRequest {
 }
 
 /// The template — the `GET`/`PUT /system-prompt` body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Template {
     /// `[type:name]` placeholders and `[if type:name]…[else]…[endif]`.
     pub template: String,
 }
 
 /// One variable a template may use.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Variable {
     /// `system`, `prompt`, `git`, `file`.
     #[serde(rename = "type")]
@@ -43,7 +44,7 @@ pub struct Variable {
 }
 
 /// The `GET /system-prompt/variables` body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Variables {
     /// Every variable.
     pub variables: Vec<Variable>,

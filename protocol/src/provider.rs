@@ -27,6 +27,7 @@
 
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -36,7 +37,7 @@ use crate::wire::{ChatMessage, FinishReason, ReasoningEffort, Usage};
 pub const VERSION: u32 = 1;
 
 /// A tool as the model sees it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ToolSpec {
     /// Name the model calls it by.
@@ -52,7 +53,7 @@ pub struct ToolSpec {
 /// On the bus it travels as `{"type": "text-delta", "delta": …}`,
 /// `{"type": "tool-call", "id", "name", "input"}`, `{"type": "usage",
 /// "usage"}`, `{"type": "finish", "reason"}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(into = "EventRepr", from = "EventRepr")]
 pub enum ProviderEvent {
     /// Answer text.
@@ -77,7 +78,7 @@ pub enum ProviderEvent {
 }
 
 /// The JSON shape of [`ProviderEvent`] (serde cannot tag tuple variants).
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "kebab-case", rename_all_fields = "camelCase")]
 enum EventRepr {
     TextDelta { delta: String },
@@ -114,7 +115,7 @@ impl From<ProviderEvent> for EventRepr {
 /// A provider failure.
 ///
 /// On the bus: `{"message", "code"?, "retryable", "retryAfterMs"?}`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize, JsonSchema)]
 #[serde(into = "ErrorRepr", from = "ErrorRepr")]
 #[error("{message}")]
 pub struct ProviderError {
@@ -128,7 +129,7 @@ pub struct ProviderError {
     pub retry_after: Option<Duration>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct ErrorRepr {
     message: String,
@@ -173,7 +174,7 @@ impl ProviderError {
 }
 
 /// A model as a provider lists it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ModelEntry {
     /// `<credential>/<model>`.
@@ -188,7 +189,7 @@ pub struct ModelEntry {
 pub const CONTEXT_LOST: &str = "context_lost";
 
 /// Continue a context (see the module documentation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ContextRef {
     /// Chosen by the caller, unique among its contexts (a random number).
@@ -199,7 +200,7 @@ pub struct ContextRef {
 }
 
 /// Requests to a provider service.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase", deny_unknown_fields)]
 #[non_exhaustive]
 pub enum ProviderRequest {
@@ -245,7 +246,7 @@ pub enum ProviderRequest {
 }
 
 /// A provider's `models` answer.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProviderModels {
     /// Its models.
@@ -253,7 +254,7 @@ pub struct ProviderModels {
 }
 
 /// A provider's `open` answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Opened {
     /// Names the stream in `next` and `cancel`.
@@ -261,7 +262,7 @@ pub struct Opened {
 }
 
 /// A provider's `next` answer.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Batch {
     /// Events, in order.

@@ -3,12 +3,13 @@
 //! tool-result boundary (a `steering` event), or into a new turn when the
 //! running one ends. The queue holds; the session decides when to use it.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use crate::session::QueuedMessage;
 
 /// Requests to the `message-queue` service, tagged by `op`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase", deny_unknown_fields)]
 #[non_exhaustive]
 pub enum QueueRequest {
@@ -40,7 +41,7 @@ pub enum QueueRequest {
 }
 
 /// A conversation's queue — also the `message-queue.changed` event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct QueueState {
     /// The conversation.
@@ -50,7 +51,7 @@ pub struct QueueState {
 }
 
 /// The answer to [`QueueRequest::Cancel`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Cancelled {
     /// The message was waiting and is gone.

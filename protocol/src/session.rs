@@ -14,13 +14,14 @@
 //! (nothing is pushed at it). Every event is also published on
 //! `session.event` for whoever just wants to listen.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::wire::{AgentEvent, ConversationStatus, ReasoningEffort};
 
 /// An image attached to a message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ImageRef {
     /// `data:` or `http(s):` URL.
@@ -36,7 +37,7 @@ pub struct ImageRef {
 /// Unlike bus requests this is a *client* shape: fields it does not know
 /// are ignored (frontends send extra bookkeeping), but every field it knows
 /// is checked — a wrong type or an unknown effort is refused.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ChatRequest {
     /// The conversation; minted when absent or empty.
@@ -63,7 +64,7 @@ pub struct ChatRequest {
 }
 
 /// Requests to the `session` service, tagged by `op`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase", deny_unknown_fields)]
 #[non_exhaustive]
 pub enum SessionRequest {
@@ -145,7 +146,7 @@ pub enum SessionRequest {
 }
 
 /// A turn was started.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Started {
     /// The conversation (minted when the request had none).
@@ -167,7 +168,7 @@ pub struct EventBatch {
 }
 
 /// Where a conversation stands — the `GET /conversations/:id/status` body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusInfo {
     /// The conversation.
@@ -182,7 +183,7 @@ pub struct StatusInfo {
 }
 
 /// The answer to stop and close.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Aborted {
     /// The conversation.
@@ -192,7 +193,7 @@ pub struct Aborted {
 }
 
 /// Just the conversation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConversationRef {
     /// The conversation.
@@ -200,7 +201,7 @@ pub struct ConversationRef {
 }
 
 /// A message waiting for the running turn.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct QueuedMessage {
     /// Its id (to cancel it).
@@ -212,7 +213,7 @@ pub struct QueuedMessage {
 }
 
 /// The answer to [`SessionRequest::Queue`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Queued {
     /// The conversation.
@@ -224,7 +225,7 @@ pub struct Queued {
 }
 
 /// The answer to [`SessionRequest::Unqueue`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Unqueued {
     /// The conversation.
@@ -236,7 +237,7 @@ pub struct Unqueued {
 }
 
 /// The answer to [`SessionRequest::Last`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LastAnswer {
     /// The conversation.
@@ -249,7 +250,7 @@ pub struct LastAnswer {
 }
 
 /// `session.status`: a conversation's status changed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusChanged {
     /// The conversation.
@@ -261,7 +262,7 @@ pub struct StatusChanged {
 }
 
 /// `session.open`: a client asked the others to open a conversation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OpenRequested {
     /// The conversation.
@@ -273,7 +274,7 @@ pub struct OpenRequested {
 /// The value of the `session.tools` hook: the tools a turn offers, by tool
 /// name. Filters may remove names or add any tool served on the bus as
 /// `tool.<name>`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TurnTools {
     /// The conversation.
@@ -286,7 +287,7 @@ pub struct TurnTools {
 
 /// The value of the `session.system-prompt` hook: what a new
 /// conversation's system prompt is built from, and the prompt so far.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PromptContext {
     /// The conversation.
@@ -309,7 +310,7 @@ pub struct PromptContext {
 }
 
 /// A tool as the system prompt may describe it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ToolSummary {
     /// Its name.

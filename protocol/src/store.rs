@@ -4,6 +4,7 @@
 //! for more than one machine) speaks it, so the plugins that use it never
 //! change when the store does.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::wire::{
@@ -11,7 +12,7 @@ use crate::wire::{
 };
 
 /// Requests to the store, tagged by `op`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase", deny_unknown_fields)]
 #[non_exhaustive]
 pub enum StoreRequest {
@@ -102,7 +103,7 @@ pub enum StoreRequest {
 }
 
 /// The `limits` answer: the largest chunk JSON a store accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StoreLimits {
     /// Any chunk but an image, in bytes of its JSON.
@@ -121,7 +122,7 @@ where
 }
 
 /// A metadata change.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MetaUpdate {
     /// The conversation.
@@ -150,7 +151,7 @@ pub struct MetaUpdate {
 }
 
 /// The seqs an append was given.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Appended {
     /// One per chunk, consecutive.
@@ -158,7 +159,7 @@ pub struct Appended {
 }
 
 /// One message of an [`StoreRequest::AppendMessages`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewMessage {
     /// Its role.
@@ -168,7 +169,7 @@ pub struct NewMessage {
 }
 
 /// A history window — exactly the `GET /conversations/:id` body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct History {
     /// Ascending.
@@ -178,7 +179,7 @@ pub struct History {
 }
 
 /// History as messages.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Messages {
     /// In order, reconciled.
@@ -186,7 +187,7 @@ pub struct Messages {
 }
 
 /// Everything stored about a conversation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Details {
     /// The list fields.
@@ -209,7 +210,7 @@ pub struct Details {
 }
 
 /// The list answer — exactly the `GET /conversations` body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Listing {
     /// Most recently active first.
@@ -217,7 +218,7 @@ pub struct Listing {
 }
 
 /// The metrics answer — exactly the `GET /conversations/:id/metrics` body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MetricsList {
     /// In append order.

@@ -3,10 +3,11 @@
 //! `surfaces` registry plugin. Shared here so first-party plugins agree on
 //! the JSON without linking each other.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A reference to an action a field can invoke.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ActionRef {
     /// The action's id within its surface.
@@ -14,7 +15,7 @@ pub struct ActionRef {
 }
 
 /// One option of a selector field.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SurfaceOption {
     /// The value sent back when chosen.
@@ -24,7 +25,7 @@ pub struct SurfaceOption {
 }
 
 /// A field: a semantic value, not a widget.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "camelCase", rename_all_fields = "camelCase")]
 pub enum SurfaceField {
     /// A boolean plus the action that flips it.
@@ -100,7 +101,7 @@ pub enum SurfaceField {
 }
 
 /// A surface: ordered fields mounted in a region.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SurfaceSpec {
     /// Unique id.
@@ -114,7 +115,7 @@ pub struct SurfaceSpec {
 }
 
 /// Whether a surface is global or per conversation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum Scope {
     /// One for the whole server.
@@ -124,7 +125,7 @@ pub enum Scope {
 }
 
 /// A catalog entry: discovery metadata, no field data.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CatalogEntry {
     /// Surface id.
@@ -139,7 +140,7 @@ pub struct CatalogEntry {
 }
 
 /// A request to the registry service.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase", deny_unknown_fields)]
 #[non_exhaustive]
 pub enum RegistryRequest {
@@ -207,7 +208,7 @@ pub enum RegistryRequest {
 }
 
 /// The registry's answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RegistryResponse {
     /// For `get`, `register`, `update`: the surface's spec.
@@ -224,7 +225,7 @@ pub struct RegistryResponse {
 }
 
 /// Published on every change.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SurfaceChanged {
     /// Which surface.
@@ -241,7 +242,7 @@ pub struct SurfaceChanged {
 }
 
 /// Published when a client invokes an action.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SurfaceAction {
     /// Which surface.

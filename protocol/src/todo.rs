@@ -2,10 +2,11 @@
 //! tool keeps it, read through the `todo` service and announced on the
 //! `todo.changed` event.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A task's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Not started.
@@ -17,7 +18,7 @@ pub enum Status {
 }
 
 /// One task.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Todo {
     /// What to do.
@@ -28,7 +29,7 @@ pub struct Todo {
 
 /// A conversation's list, as the `todo` service answers it and the
 /// `todo.changed` event carries it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TodoList {
     /// The conversation.
@@ -38,7 +39,7 @@ pub struct TodoList {
 }
 
 /// Requests to the `todo` service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase", deny_unknown_fields)]
 #[non_exhaustive]
 pub enum TodoRequest {

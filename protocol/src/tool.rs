@@ -31,6 +31,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use schemars::JsonSchema;
 use serde_json::Value;
 
 use serde::{Deserialize, Serialize};
@@ -158,7 +159,7 @@ pub trait Tool: Send + Sync {
 }
 
 /// Requests to a tool service.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase", deny_unknown_fields)]
 #[non_exhaustive]
 pub enum ToolRequest {
@@ -190,7 +191,7 @@ pub enum ToolRequest {
 }
 
 /// What `spec` answers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ToolDescription {
     /// The name the model calls it by.
@@ -205,14 +206,14 @@ pub struct ToolDescription {
 }
 
 /// The `tools.changed` event: these tools were replaced or withdrawn.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ToolsChanged {
     /// Their names.
     pub tools: Vec<String>,
 }
 
 /// What `start` answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Started {
     /// Names the run in `next` and `cancel`.
@@ -220,7 +221,7 @@ pub struct Started {
 }
 
 /// One piece of streamed output.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OutputPiece {
     /// Which stream.
     pub stream: OutputStream,
@@ -229,7 +230,7 @@ pub struct OutputPiece {
 }
 
 /// How a call ended, as it travels.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "camelCase", rename_all_fields = "camelCase")]
 #[non_exhaustive]
 pub enum RunResult {
@@ -277,7 +278,7 @@ impl From<RunResult> for Result<ToolOutput, ToolError> {
 }
 
 /// What `next` answers.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct RunBatch {
     /// Output since the previous `next`, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -11,10 +11,11 @@
 //! read past the request. Access control stays with the listener: it
 //! checks its own token before the handshake.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Requests to the `websocket` service, tagged by `op`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase", deny_unknown_fields)]
 #[non_exhaustive]
 pub enum UpgradeRequest {
@@ -42,7 +43,7 @@ pub enum UpgradeRequest {
 }
 
 /// The answer to [`UpgradeRequest::Handshake`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Handshake {
     /// The `Sec-WebSocket-Accept` header value.

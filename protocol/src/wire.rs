@@ -7,11 +7,12 @@
 
 use std::fmt;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 /// Who produced a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// System prompt or injected context.
@@ -29,7 +30,7 @@ pub enum Role {
 /// Deserialized through a flat intermediate struct ([`ChunkRepr`]) rather
 /// than serde's internally-tagged path, which buffers every object before
 /// looking at its tag: history reads parse thousands of chunks at a time.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "kebab-case", rename_all_fields = "camelCase", try_from = "ChunkRepr")]
 pub enum Chunk {
     /// Plain text.
@@ -92,7 +93,7 @@ pub enum Chunk {
 }
 
 /// The flat shape every chunk variant fits in (deserialization only).
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[doc(hidden)]
 pub struct ChunkRepr {
@@ -103,6 +104,7 @@ pub struct ChunkRepr {
     tool_name: Option<String>,
     /// Present-but-null is a valid tool input, so keep "present" apart.
     #[serde(default, deserialize_with = "present")]
+    #[schemars(with = "Option<Value>")]
     input: Option<Value>,
     step_id: Option<String>,
     content: Option<String>,
@@ -156,7 +158,7 @@ impl Chunk {
 }
 
 /// A role plus ordered chunks: the unit passed to and from the provider.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ChatMessage {
     /// Who.
@@ -173,7 +175,7 @@ impl ChatMessage {
 }
 
 /// A persisted chunk: `seq` is per conversation, 1-based, gap-free.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StoredChunk {
     /// Position in the conversation's log.
@@ -185,7 +187,7 @@ pub struct StoredChunk {
 }
 
 /// Token counters of a step or a turn.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Usage {
     /// Prompt tokens.
@@ -231,7 +233,7 @@ impl std::ops::Add for Usage {
 }
 
 /// How much reasoning the model should spend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ReasoningEffort {
     /// Least.
@@ -253,7 +255,7 @@ impl ReasoningEffort {
 }
 
 /// Lifecycle status of a conversation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ConversationStatus {
     /// A turn is running.
@@ -267,7 +269,7 @@ pub enum ConversationStatus {
 }
 
 /// `stdout` or `stderr` of a tool's streamed output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OutputStream {
     /// Standard output.
@@ -340,6 +342,21 @@ impl Serialize for FinishReason {
     }
 }
 
+/// A string: one of the known names, or any other a provider reports.
+impl JsonSchema for FinishReason {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "FinishReason".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "stop, tool-calls, length, content-filter, max-steps, error, aborted, or a provider's own reason",
+            "examples": ["stop", "tool-calls", "length", "content-filter", "max-steps", "error", "aborted"]
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for FinishReason {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -353,7 +370,7 @@ impl<'de> Deserialize<'de> for FinishReason {
 ///
 /// An event type this version does not know (from a newer server) parses as
 /// [`AgentEvent::Unknown`] with its JSON kept, instead of failing the client.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "kebab-case", rename_all_fields = "camelCase")]
 #[non_exhaustive]
 pub enum AgentEvent {
@@ -539,7 +556,9 @@ pub enum AgentEvent {
         status: String,
     },
     /// An event type this version does not know; its JSON as received.
+    /// (Not in the schema: this server sends only the types above.)
     #[serde(untagged)]
+    #[schemars(skip)]
     Unknown(Value),
 }
 
@@ -568,7 +587,7 @@ impl AgentEvent {
 }
 
 /// Per-step metrics, persisted.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StepMetrics {
     /// The step.
@@ -587,7 +606,7 @@ pub struct StepMetrics {
 }
 
 /// Per-turn metrics, persisted.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TurnMetrics {
     /// The turn.
@@ -637,7 +656,7 @@ pub fn bounded_title(title: &str) -> String {
 pub const CONVERSATION_ID_RULE: &str = "use 1-128 characters of A-Z a-z 0-9 . _ - : @";
 
 /// A conversation as the list endpoint shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConversationMeta {
     /// Id.

@@ -312,9 +312,18 @@ fn a_plugins_http_route_appears_and_disappears_with_it() {
     assert_eq!(wrong.headers["allow"], "GET, OPTIONS");
     let foreign = send("GET", &url("/hello/x"), None, &[("origin", "https://evil.example")]);
     assert_eq!(foreign.status, 403, "{}", foreign.text);
+    // The server's API description has it, named after its plugin, with the
+    // schema of what it answers.
+    let doc = get(&url("/openapi.json")).body;
+    let op = &doc["paths"]["/hello/{name}"]["get"];
+    assert_eq!(op["x-dispatch-plugin"], "hello", "{op}");
+    let answer = &op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"];
+    assert_eq!(answer, "#/components/schemas/HelloAnswer");
+    assert_eq!(doc["components"]["schemas"]["HelloAnswer"]["required"], serde_json::json!(["text"]));
 
     std::fs::remove_file(drop_dir.join("libhello_plugin.so")).unwrap();
     assert_eq!(post(&url("/admin/plugins/reload"), "").status, 200);
     let after = get(&url("/hello/operator"));
     assert_eq!(after.status, 404, "{}", after.text);
+    assert!(get(&url("/openapi.json")).body["paths"]["/hello/{name}"].is_null());
 }

@@ -14,6 +14,7 @@ mod http;
 mod lifecycle;
 mod loading;
 mod mcp;
+mod openapi;
 mod providers;
 mod reload;
 mod service;

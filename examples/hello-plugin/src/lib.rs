@@ -28,7 +28,8 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use dispatch_abi::{Context, Error, Plugin, PluginManifest, Service};
-use dispatch_contracts::http::{self, HttpMethod, HttpResponse, RouteSpec};
+use dispatch_contracts::http::{self, HttpMethod, HttpResponse, Problem, Route};
+use dispatch_contracts::openapi::Operation;
 use dispatch_contracts::plugins::{PluginReport, PLUGIN_STATE};
 use serde::{Deserialize, Serialize};
 
@@ -53,6 +54,14 @@ pub struct Greeting {
 /// version: bump the version when `Greet` or `Greeting` change shape, and
 /// callers built against the old one get a clear error instead of garbage.
 pub const GREET: Service<Greet, Greeting> = Service::new("hello.greet", 1);
+
+/// What `GET /hello/{name}` answers. Its JSON Schema (derived) goes into
+/// the server's OpenAPI document, so it cannot drift from this type.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct HelloAnswer {
+    /// The greeting.
+    pub text: String,
+}
 
 /// The HTTP route this plugin adds to the server's API.
 pub const ROUTE: &str = "/hello/{name}";
@@ -92,25 +101,28 @@ impl Plugin for HelloPlugin {
             Ok(())
         })?;
 
-        // An HTTP route: `GET /hello/{name}?greeting=Howdy`.
+        // An HTTP route: `GET /hello/{name}?greeting=Howdy`, described for
+        // the server's `/openapi.json` from the types it answers.
         let default_word = word.clone();
-        let spec = RouteSpec {
-            method: HttpMethod::Get,
-            path: ROUTE.into(),
-            operation: serde_json::json!({
-                "summary": "Greet someone",
-                "parameters": [{"name": "greeting", "in": "query", "schema": {"type": "string"}}],
-                "responses": {"200": {"description": "The greeting: {\"text\": \"Hello, name!\"}"}}
-            }),
-        };
-        http::serve_sync(ctx.host(), spec, move |req| {
+        Route::new(HttpMethod::Get, ROUTE, move |req| {
             let name = req.param("name").unwrap_or_default().trim().to_owned();
-            if name.is_empty() {
-                return Ok(HttpResponse::problem(400, "invalid_input", "the name must not be blank"));
-            }
-            let word = req.query("greeting").unwrap_or(&default_word);
-            Ok(HttpResponse::json(200, &serde_json::json!({"text": format!("{word}, {name}!")})))
-        })?;
+            let answer = if name.is_empty() {
+                Err(Problem::new(400, "invalid_input", "the name must not be blank"))
+            } else {
+                let word = req.query("greeting").unwrap_or(&default_word);
+                Ok(HttpResponse::ok(&HelloAnswer { text: format!("{word}, {name}!") }))
+            };
+            std::future::ready(answer)
+        })
+        .operation(
+            Operation::new("Greet someone")
+                .id("hello")
+                .path_param("name", "Who to greet")
+                .query::<String>("greeting", "The greeting word (default: the plugin's)")
+                .returns::<HelloAnswer>(200, "The greeting")
+                .error(400, &["invalid_input"]),
+        )
+        .serve(ctx.host())?;
 
         // A synchronous service: the answer is ready as soon as it is asked.
         ctx.host().provide_sync(&GREET, move |req: Greet| {

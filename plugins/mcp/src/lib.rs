@@ -57,6 +57,58 @@ impl std::fmt::Debug for Mcp {
     }
 }
 
+/// The answer of `GET /conversations/:id/mcp`.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+struct ConversationServers {
+    conversation_id: String,
+    /// The conversation's own working directory, if it has one.
+    cwd: Option<String>,
+    servers: Vec<dispatch_contracts::mcp::ServerStatus>,
+}
+
+/// `GET /conversations/:id/mcp`: the servers a conversation's turns can
+/// use. They are configured for the whole server, so every conversation
+/// lists the same.
+fn status_route(host: &dispatch_abi::Host, servers: Vec<Arc<Server>>) -> Result<(), Error> {
+    use dispatch_contracts::http::{problem, HttpMethod, HttpResponse, Problem, Route};
+    use dispatch_contracts::protocol::store::{Details, StoreRequest};
+    use dispatch_contracts::protocol::wire::{is_valid_conversation_id, CONVERSATION_ID_RULE};
+    let h = host.clone();
+    Route::new(HttpMethod::Get, "/conversations/{id}/mcp", move |req| {
+        let (host, servers) = (h.clone(), servers.clone());
+        async move {
+            let id = req.param("id").unwrap_or_default().to_owned();
+            if !is_valid_conversation_id(&id) {
+                return Err(Problem::bad_request(format!(
+                    "invalid conversation id {id:?}: {CONVERSATION_ID_RULE}"
+                )));
+            }
+            let get = StoreRequest::Get { conversation_id: id.clone() };
+            let details: Option<Details> =
+                host.call(&dispatch_contracts::store::STORE, &get).await.map_err(problem).and_then(
+                    |v: Value| {
+                        serde_json::from_value(v).map_err(|e| Problem::new(502, "bad_gateway", e.to_string()))
+                    },
+                )?;
+            Ok(HttpResponse::ok(&ConversationServers {
+                conversation_id: id,
+                cwd: details.and_then(|d| d.cwd),
+                servers: servers.iter().map(|s| s.status()).collect(),
+            }))
+        }
+    })
+    .operation(
+        dispatch_contracts::openapi::Operation::new("List the MCP servers a conversation's turns can use")
+            .id("getConversationMcp")
+            .tag("conversations")
+            .path_param("id", "The conversation's id")
+            .returns::<ConversationServers>(200, "The servers and their state")
+            .error(400, &["bad_request"]),
+    )
+    .serve(host)
+}
+
 impl Plugin for Mcp {
     fn manifest() -> PluginManifest {
         PluginManifest::new("mcp", env!("CARGO_PKG_VERSION"))
@@ -65,6 +117,7 @@ impl Plugin for Mcp {
             )
             .provides("service", "tool.*")
             .provides("service", SERVERS.name())
+            .provides("service", "http:GET /conversations/{}/mcp")
     }
 
     fn activate(ctx: Context) -> Result<Self, Error> {
@@ -90,6 +143,7 @@ impl Plugin for Mcp {
         host.provide_sync(&SERVERS, move |_: Value| {
             Ok(Servers { servers: listed.iter().map(|s| s.status()).collect() })
         })?;
+        status_route(host, servers.clone())?;
         // Extend every turn's tools with ours, before filters that narrow.
         let offered = Arc::clone(&tools);
         host.add_filter(&TOOLS, -100, move |mut turn: TurnTools| {

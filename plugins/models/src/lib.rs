@@ -31,6 +31,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use dispatch_abi::{codes, to_json, Context, Error, Host, Plugin, PluginManifest, Service};
 use dispatch_contracts::catalog::{CatalogRequest, ModelInfo, ModelList, Resolved, CATALOG};
+use dispatch_contracts::http;
+use dispatch_contracts::openapi::Operation;
 use dispatch_contracts::provider::{self, ProviderModels, ProviderRequest};
 use serde::Deserialize;
 use serde_json::Value;
@@ -213,6 +215,7 @@ impl Plugin for Models {
                 "The model catalog: lists every provider's models and resolves a model to its provider",
             )
             .provides("service", CATALOG.name())
+            .provides("service", "http:GET /models")
     }
 
     fn activate(ctx: Context) -> Result<Self, Error> {
@@ -242,6 +245,19 @@ impl Plugin for Models {
             aliases: Arc::new(cfg.aliases),
             registrations: Arc::default(),
         };
+        // `GET /models`: the list, as the catalog answers it.
+        let listed = catalog.clone();
+        http::Route::new(http::HttpMethod::Get, "/models", move |_req| {
+            let catalog = listed.clone();
+            async move { Ok(http::HttpResponse::ok(&catalog.list().await)) }
+        })
+        .operation(
+            Operation::new("List the models every provider serves")
+                .id("listModels")
+                .tag("models")
+                .returns::<ModelList>(200, "`<credential>/<model>` names, and what is known of each"),
+        )
+        .serve(ctx.host())?;
         ctx.host().provide(&CATALOG, move |req: CatalogRequest| {
             let catalog = catalog.clone();
             async move {

@@ -40,6 +40,7 @@
 //! and sealed before the session deactivates.
 
 pub mod log;
+mod routes;
 mod turns;
 
 use std::path::PathBuf;
@@ -115,13 +116,15 @@ pub struct SessionPlugin {
 
 impl Plugin for SessionPlugin {
     fn manifest() -> PluginManifest {
-        PluginManifest::new(dispatch_contracts::session::PLUGIN_ID, env!("CARGO_PKG_VERSION"))
-            .description("Runs agent turns: resolves model, tools and prompt, persists, streams, queues")
-            // The store must outlive the session: turns seal into it on
-            // shutdown (deactivation runs in reverse activation order).
-            .depends_on("store-sqlite")
-            .depends_on("models")
-            .provides("service", SESSION.name())
+        dispatch_contracts::http::declare_routes(
+            PluginManifest::new(dispatch_contracts::session::PLUGIN_ID, env!("CARGO_PKG_VERSION"))
+                .description("Runs agent turns: resolves model, tools and prompt, persists, streams, queues")
+                // The store must outlive the session: turns seal into it on
+                // shutdown (deactivation runs in reverse activation order).
+                .depends_on("store-sqlite")
+                .depends_on("models")
+                .provides("service", SESSION.name()),
+        )
     }
 
     fn activate(ctx: Context) -> Result<Self, Error> {
@@ -146,6 +149,8 @@ impl Plugin for SessionPlugin {
         let s = Arc::clone(&session);
         let key = dispatch_contracts::session::answering::<Box<serde_json::value::RawValue>>();
         host.provide(&key, move |request: SessionRequest| Arc::clone(&s).handle(request))?;
+        // Its HTTP routes: `POST /chat` and the conversation routes.
+        dispatch_contracts::http::serve_all(&host, routes::routes(Arc::clone(&session), host.clone()))?;
         // Tools come and go with their plugins: forget what we knew.
         let s = Arc::clone(&session);
         host.subscribe_sync(&PLUGIN_STATE, move |_| {

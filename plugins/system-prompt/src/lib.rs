@@ -346,16 +346,54 @@ impl Prompts {
 #[derive(Debug)]
 pub struct SystemPrompt;
 
+/// `GET`/`PUT /system-prompt` and `GET /system-prompt/variables`.
+fn serve_routes(host: &Host, prompts: &Arc<Prompts>) -> Result<(), Error> {
+    use dispatch_contracts::http::{problem, HttpMethod, HttpResponse, Route};
+    use dispatch_contracts::openapi::Operation;
+    let op = |summary: &str, id: &str| Operation::new(summary).id(id).tag("system-prompt");
+    let p = Arc::clone(prompts);
+    let get = Route::new(HttpMethod::Get, "/system-prompt", move |_req| {
+        std::future::ready(Ok(HttpResponse::ok(&Template { template: p.template() })))
+    })
+    .operation(
+        op("Read the system prompt's template", "getSystemPrompt").returns::<Template>(200, "The template"),
+    );
+    let p = Arc::clone(prompts);
+    let put = Route::new(HttpMethod::Put, "/system-prompt", move |req| {
+        let answer = req.body_as::<Template>().and_then(|b| {
+            let template = p.set_template(b.template).map_err(problem)?;
+            Ok(HttpResponse::ok(&Template { template }))
+        });
+        std::future::ready(answer)
+    })
+    .operation(
+        op("Replace the system prompt's template (it may be empty)", "setSystemPrompt")
+            .body::<Template>()
+            .returns::<Template>(200, "The template kept")
+            .error(400, &["bad_request"]),
+    );
+    let variables = Route::new(HttpMethod::Get, "/system-prompt/variables", |_req| {
+        std::future::ready(Ok(HttpResponse::ok(&Variables { variables: vars::catalog() })))
+    })
+    .operation(
+        op("List the variables a template may use", "getSystemPromptVariables")
+            .returns::<Variables>(200, "The variables"),
+    );
+    dispatch_contracts::http::serve_all(host, [get, put, variables])
+}
+
 fn to_value<T: Serialize>(v: &T) -> Result<Value, Error> {
     serde_json::to_value(v).map_err(|e| Error::new("plugin", e.to_string()))
 }
 
 impl Plugin for SystemPrompt {
     fn manifest() -> PluginManifest {
-        PluginManifest::new("system-prompt", env!("CARGO_PKG_VERSION"))
-            .description("The system prompt: a template with variables, rendered once per conversation")
-            .provides("service", PROMPT.name())
-            .provides("hook", SYSTEM_PROMPT.name())
+        dispatch_contracts::http::declare_routes(
+            PluginManifest::new("system-prompt", env!("CARGO_PKG_VERSION"))
+                .description("The system prompt: a template with variables, rendered once per conversation")
+                .provides("service", PROMPT.name())
+                .provides("hook", SYSTEM_PROMPT.name()),
+        )
     }
 
     fn activate(ctx: Context) -> Result<Self, Error> {
@@ -369,6 +407,7 @@ impl Plugin for SystemPrompt {
             PromptRequest::Variables => to_value(&Variables { variables: vars::catalog() }),
             _ => Err(Error::new("unsupported", "this system-prompt does not know that op")),
         })?;
+        serve_routes(&host, &prompts)?;
         host.add_filter(&SYSTEM_PROMPT, 0, move |mut ctx: PromptContext| {
             // Every turn after a conversation's first: answered from memory.
             let known = prompts.known(&ctx);

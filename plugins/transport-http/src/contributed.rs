@@ -4,21 +4,29 @@
 //! the host's registration list and refreshed when a plugin's state
 //! changes (or on a miss, in case that news has not arrived yet).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use std::convert::Infallible;
+
+use bytes::Bytes;
 use dispatch_abi::{Host, Service};
 use dispatch_contracts::http::{
-    HttpMethod, HttpRequest, HttpResponse, RouteRequest, RouteSpec, Template, SERVICE_PREFIX, VERSION,
+    HttpMethod, HttpRequest, HttpResponse, RouteRequest, RouteSpec, StreamBatch, Template, SERVICE_PREFIX,
+    VERSION,
 };
+use dispatch_contracts::openapi::Described;
 use dispatch_contracts::plugins::{PluginList, PLUGINS};
-use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW};
+use dispatch_contracts::session::WireVersion;
+use futures::SinkExt as _;
+use http_body_util::{BodyExt as _, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::Value;
 
-use crate::http::{full, json, percent_decode, query_pairs, read_body, Failure, Reply};
+use crate::http::{full, json, percent_decode, query_pairs, read_body, Body, Failure, Reply};
 use crate::routes::App;
 
 /// Longest a route's answer may take.
@@ -35,15 +43,23 @@ struct Route {
     template: Template,
     path: String,
     service: String,
+    /// The plugin that answers it.
+    plugin: String,
+    /// What it said of itself (for `/openapi.json`).
+    spec: Arc<RouteSpec>,
 }
 
 /// The table, and when it must be read again.
 #[derive(Debug)]
 pub struct Routes {
     table: RwLock<Arc<Vec<Route>>>,
-    stale: AtomicBool,
+    /// Bumped by each plugin state change.
+    generation: AtomicU64,
+    /// The generation the table was read at.
+    built: AtomicU64,
     refreshed: Mutex<Option<Instant>>,
-    /// One refresh at a time.
+    /// One refresh at a time; a request that finds the table stale waits
+    /// for the refresh under way instead of reading the old table.
     refreshing: tokio::sync::Mutex<()>,
 }
 
@@ -51,7 +67,8 @@ impl Default for Routes {
     fn default() -> Self {
         Routes {
             table: RwLock::new(Arc::new(Vec::new())),
-            stale: AtomicBool::new(true),
+            generation: AtomicU64::new(1),
+            built: AtomicU64::new(0),
             refreshed: Mutex::new(None),
             refreshing: tokio::sync::Mutex::new(()),
         }
@@ -61,18 +78,34 @@ impl Default for Routes {
 impl Routes {
     /// A plugin's state changed: read the table again before the next use.
     pub fn invalidate(&self) {
-        self.stale.store(true, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn stale(&self) -> bool {
+        self.built.load(Ordering::SeqCst) != self.generation.load(Ordering::SeqCst)
     }
 
     fn table(&self) -> Arc<Vec<Route>> {
         Arc::clone(&self.table.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Read the registrations and describe the new routes.
-    async fn refresh(&self, host: &Host) {
+    /// Read the registrations and describe the new routes: when the table
+    /// is stale, or (`missed`) a path matched nothing and the table was
+    /// not read in the last [`MISS_REFRESH`] — its plugin may have just
+    /// come, ahead of the news.
+    async fn refresh(&self, host: &Host, missed: bool) {
         let _one = self.refreshing.lock().await;
-        self.stale.store(false, Ordering::SeqCst);
-        *self.refreshed.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        let generation = self.generation.load(Ordering::SeqCst);
+        let recent = self
+            .refreshed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|at| at.elapsed() < MISS_REFRESH);
+        let current = self.built.load(Ordering::SeqCst) == generation;
+        // Someone else refreshed while this one waited.
+        if current && (!missed || recent) {
+            return;
+        }
         let list: PluginList = match host.call(&PLUGINS, &serde_json::json!({})).await {
             Ok(l) => l,
             Err(e) => {
@@ -87,7 +120,7 @@ impl Routes {
             .iter()
             .filter(|r| r.kind == "service" && r.version == VERSION && r.name.starts_with(SERVICE_PREFIX))
         {
-            if let Some(known) = old.iter().find(|r| r.service == reg.name) {
+            if let Some(known) = old.iter().find(|r| r.service == reg.name && r.plugin == reg.plugin) {
                 routes.push(known.clone());
                 continue;
             }
@@ -113,8 +146,10 @@ impl Routes {
                     routes.push(Route {
                         method: spec.method,
                         template,
-                        path: spec.path,
+                        path: spec.path.clone(),
                         service: reg.name.clone(),
+                        plugin: reg.plugin.clone(),
+                        spec: Arc::new(spec),
                     })
                 }
                 _ => {
@@ -123,6 +158,8 @@ impl Routes {
             }
         }
         *self.table.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(routes);
+        self.built.store(generation, Ordering::SeqCst);
+        *self.refreshed.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
     }
 }
 
@@ -163,41 +200,22 @@ pub async fn serve(app: &Arc<App>, req: Request<Incoming>) -> Result<Reply, Requ
     for s in raw {
         match percent_decode(s) {
             Ok(d) => segments.push(d),
-            // Not a path any template could name.
-            Err(_) => return Err(req),
+            Err(e) => return Ok(Err(e)),
         }
     }
     let routes = &app.contributed;
-    if routes.stale.load(Ordering::SeqCst) {
-        routes.refresh(&app.host).await;
+    if routes.stale() {
+        routes.refresh(&app.host, false).await;
     }
     let mut found = lookup(&routes.table(), req.method(), &segments);
     if matches!(found, Found::Missing) {
-        // Its plugin may have just come: its news may not have arrived.
-        let recent = routes
-            .refreshed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some_and(|at| at.elapsed() < MISS_REFRESH);
-        if !recent {
-            routes.refresh(&app.host).await;
-            found = lookup(&routes.table(), req.method(), &segments);
-        }
+        routes.refresh(&app.host, true).await;
+        found = lookup(&routes.table(), req.method(), &segments);
     }
     match found {
         Found::Missing => Err(req),
         Found::WrongMethod(methods) => {
-            let list: Vec<&str> = methods.iter().map(|m| m.as_str()).collect();
-            let mut r = Failure::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                format!("{} is not allowed on {}; use {}", req.method(), req.uri().path(), list.join(", ")),
-            )
-            .response();
-            if let Ok(v) = HeaderValue::from_str(&format!("{}, OPTIONS", list.join(", "))) {
-                r.headers_mut().insert(ALLOW, v);
-            }
-            Ok(Ok(r))
+            Ok(Ok(crate::routes::not_allowed(req.method(), req.uri().path(), &methods)))
         }
         Found::Route(route, params) => Ok(answer(app, route, params, req).await),
     }
@@ -209,7 +227,12 @@ async fn answer(
     params: std::collections::BTreeMap<String, String>,
     req: Request<Incoming>,
 ) -> Reply {
-    let query = query_pairs(req.uri().query())?;
+    let mut query = query_pairs(req.uri().query())?;
+    // The transport's `default_wire`: the event format of a client that
+    // does not ask, for every route that streams events.
+    if app.default_wire != WireVersion::Latest && !query.iter().any(|(k, _)| k == "wire") {
+        query.push(("wire".to_owned(), "0.1".to_owned()));
+    }
     let path = req.uri().path().to_owned();
     let body = {
         use hyper::body::Body as _;
@@ -253,12 +276,81 @@ async fn answer(
             format!("the route {} {} answered status {}", route.method.as_str(), route.path, answer.status),
         )
     })?;
-    if status == StatusCode::NO_CONTENT || answer.body.is_null() {
-        let mut r = Response::new(full(""));
-        *r.status_mut() = status;
-        return Ok(r);
+    let mut response = match answer.stream {
+        Some(stream) => {
+            let mut r = pump(app, route.service.clone(), stream);
+            *r.status_mut() = status;
+            r
+        }
+        None if status == StatusCode::NO_CONTENT || answer.body.is_null() => {
+            let mut r = Response::new(full(""));
+            *r.status_mut() = status;
+            r
+        }
+        None => json(status, &answer.body),
+    };
+    for (name, value) in &answer.headers {
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+            response.headers_mut().insert(n, v);
+        }
     }
-    Ok(json(status, &answer.body))
+    Ok(response)
+}
+
+/// An NDJSON answer: pull the route's lines and write each batch as it
+/// comes. The client leaving stops the pulls (what produces the lines —
+/// a turn — goes on).
+fn pump(app: &Arc<App>, service: String, stream: Value) -> Response<Body> {
+    let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(8);
+    let host = app.host.clone();
+    app.runner.spawn(async move {
+        let key: Service<RouteRequest, StreamBatch> = Service::named(service, VERSION);
+        let mut from = 0u64;
+        loop {
+            let request = RouteRequest::Pull { stream: stream.clone(), from };
+            let batch = match host.call(&key, &request).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, route = %key.name(), "an NDJSON stream broke off");
+                    return;
+                }
+            };
+            if !batch.lines.is_empty() {
+                let mut chunk = Vec::with_capacity(batch.lines.iter().map(|l| l.get().len() + 1).sum());
+                for l in &batch.lines {
+                    chunk.extend_from_slice(l.get().as_bytes());
+                    chunk.push(b'\n');
+                }
+                if tx.send(Ok(Frame::data(Bytes::from(chunk)))).await.is_err() {
+                    return;
+                }
+            }
+            if batch.ended {
+                return;
+            }
+            from = batch.next;
+        }
+    });
+    let mut response = Response::new(StreamBody::new(rx).boxed());
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    headers.insert("cache-control", HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// The server's OpenAPI document: the transport's own operations and
+/// every contributed route's, as they describe themselves now.
+pub async fn openapi(app: &Arc<App>) -> Value {
+    let routes = &app.contributed;
+    routes.refresh(&app.host, false).await;
+    let mut described: Vec<Described> = routes
+        .table()
+        .iter()
+        .map(|r| Described { spec: (*r.spec).clone(), plugin: r.plugin.clone() })
+        .collect();
+    described.extend(dispatch_contracts::openapi::transport_operations());
+    dispatch_contracts::openapi::assemble(env!("CARGO_PKG_VERSION"), &described)
 }
 
 #[cfg(test)]
@@ -267,7 +359,16 @@ mod tests {
     use super::*;
 
     fn route(method: HttpMethod, path: &str) -> Route {
-        Route { method, template: Template::parse(path).unwrap(), path: path.into(), service: path.into() }
+        let spec =
+            RouteSpec { method, path: path.into(), operation: Value::Null, schemas: Default::default() };
+        Route {
+            method,
+            template: Template::parse(path).unwrap(),
+            path: path.into(),
+            service: path.into(),
+            plugin: "p".into(),
+            spec: Arc::new(spec),
+        }
     }
 
     fn segs(p: &str) -> Vec<String> {

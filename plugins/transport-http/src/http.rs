@@ -149,19 +149,6 @@ fn too_large(limit: usize) -> Failure {
     )
 }
 
-/// Parse a JSON body into `T`; every problem is a `400` naming it.
-pub fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Failure> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(Failure::bad_request("the request body is empty; send a JSON object"));
-    }
-    let value: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|e| Failure::bad_request(format!("the body is not valid JSON: {e}")))?;
-    if !value.is_object() {
-        return Err(Failure::bad_request("the body must be a JSON object"));
-    }
-    serde_json::from_value(value).map_err(|e| Failure::bad_request(format!("invalid request: {e}")))
-}
-
 /// Decode `%XX` escapes (and nothing else) of a path segment or query part.
 pub fn percent_decode(s: &str) -> Result<String, Failure> {
     let bytes = s.as_bytes();
@@ -195,42 +182,15 @@ pub fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, Failure
         .collect()
 }
 
-/// The value of `name` in `pairs`.
-pub fn query_get<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-}
-
-/// A query number: absent → `None`; present → an integer ≥ `min`, else `400`.
-pub fn query_number(pairs: &[(String, String)], name: &str, min: u64) -> Result<Option<u64>, Failure> {
-    match query_get(pairs, name) {
-        // `?limit=` is the parameter left out, as the original server and
-        // the frontend's URL building read it.
-        None => Ok(None),
-        Some(v) if v.trim().is_empty() => Ok(None),
-        Some(v) => match v.trim().parse::<u64>() {
-            Ok(n) if n >= min => Ok(Some(n)),
-            _ => {
-                Err(Failure::bad_request(format!("`{name}` must be an integer of at least {min}; got {v:?}")))
-            }
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn queries_decode_and_numbers_are_checked() {
+    fn queries_decode() {
         let pairs = query_pairs(Some("q=a%20b&limit=5&beforeSeq=0&x=1+2")).unwrap();
-        assert_eq!(query_get(&pairs, "q"), Some("a b"));
-        assert_eq!(query_get(&pairs, "x"), Some("1 2"));
-        assert_eq!(query_number(&pairs, "limit", 1).unwrap(), Some(5));
-        assert_eq!(query_number(&pairs, "beforeSeq", 1).unwrap_err().status, StatusCode::BAD_REQUEST);
-        assert_eq!(query_number(&pairs, "sinceSeq", 0).unwrap(), None);
-        let empty = query_pairs(Some("limit=&sinceSeq=%20")).unwrap();
-        assert_eq!(query_number(&empty, "limit", 1).unwrap(), None);
-        assert_eq!(query_number(&empty, "sinceSeq", 0).unwrap(), None);
+        assert_eq!(pairs[0], ("q".to_owned(), "a b".to_owned()));
+        assert_eq!(pairs[3], ("x".to_owned(), "1 2".to_owned()));
         assert!(percent_decode("%zz").is_err());
     }
 }
