@@ -19,6 +19,10 @@
 //! | [`prompt`] | `system-prompt` | `system-prompt` |
 //! | [`websocket`] | `websocket` | `transport-ws` |
 //! | [`mcp`] | `mcp.servers` (and `tool.<server>__<tool>` for each bridged tool) | `mcp` |
+//! | [`http`] | `http:<METHOD> <path>` per route ([`http::Route`]), answered by `transport-http` | any plugin |
+//!
+//! [`openapi`] builds each route's OpenAPI operation from the types it
+//! reads and answers, and assembles the server's document.
 //!
 //! The payload types themselves live in `dispatch-protocol` (re-exported
 //! here as [`protocol`] and per module), which has no `abi_stable` in it, so

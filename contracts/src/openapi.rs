@@ -89,6 +89,16 @@ impl Operation {
         self.param(json!({"name": name, "in": "query", "required": false, "description": description, "schema": schema}))
     }
 
+    /// An optional query number as [`crate::http::HttpRequest::query_number`]
+    /// reads it: an integer of at least `min`, or blank (= left out).
+    pub fn query_number(self, name: &str, description: &str, min: u64) -> Operation {
+        let schema = json!({"anyOf": [
+            {"type": "integer", "minimum": min, "maximum": u64::MAX},
+            {"type": "string", "pattern": "^\\s*$"}
+        ]});
+        self.query_with(name, description, schema)
+    }
+
     /// An optional query parameter with its own schema.
     pub fn query_with(self, name: &str, description: &str, schema: Value) -> Operation {
         self.param(json!({"name": name, "in": "query", "required": false, "description": description, "schema": schema}))

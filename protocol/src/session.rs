@@ -42,8 +42,10 @@ pub struct ImageRef {
 pub struct ChatRequest {
     /// The conversation; minted when absent or empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern("^([A-Za-z0-9._:@-]{1,128})?$"))]
     pub conversation_id: Option<String>,
     /// The user's message (trimmed; must not be empty).
+    #[schemars(pattern(r"\S"))]
     pub message: String,
     /// `<credential>/<model>`; else the conversation's, else the default.
     #[serde(default, skip_serializing_if = "Option::is_none")]

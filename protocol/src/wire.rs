@@ -655,6 +655,13 @@ pub fn bounded_title(title: &str) -> String {
 /// What to tell someone whose conversation id breaks the rule.
 pub const CONVERSATION_ID_RULE: &str = "use 1-128 characters of A-Z a-z 0-9 . _ - : @";
 
+/// The rule as a regular expression (for API descriptions).
+pub const CONVERSATION_ID_PATTERN: &str = "^[A-Za-z0-9._:@-]{1,128}$";
+
+/// A string with something besides white space (for API descriptions of
+/// fields that are trimmed and must not end up empty).
+pub const NOT_BLANK_PATTERN: &str = "\\S";
+
 /// A conversation as the list endpoint shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

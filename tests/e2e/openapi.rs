@@ -170,3 +170,31 @@ fn a_wire_path_whose_plugin_is_absent_answers_503_naming_the_feature() {
     assert!(doc["paths"]["/system-prompt"].is_null() && doc["paths"]["/conversations/{id}/mcp"].is_null());
     assert!(doc["paths"]["/chat"]["post"].is_object());
 }
+
+/// A burst of requests in a server's first moment all find their routes.
+/// (The table of contributed routes was once marked fresh before it was
+/// read, and requests racing that first read answered 503; the timing it
+/// needs shows under load — `reload::a_plugin_file_overwritten…` caught
+/// it — and this burst is the plain case of the same promise.)
+#[test]
+fn a_burst_of_first_requests_all_find_their_routes() {
+    let cfg = product_config(LOOPBACK);
+    let s = Server::start(&cfg);
+    let go = std::sync::Arc::new(std::sync::Barrier::new(16));
+    let workers: Vec<_> = (0..16)
+        .map(|n| {
+            let url = format!("{}/conversations/race-{n}/status", s.base);
+            let go = std::sync::Arc::clone(&go);
+            std::thread::spawn(move || {
+                go.wait();
+                get(&url)
+            })
+        })
+        .collect();
+    for w in workers {
+        let a = w.join().unwrap();
+        // An unknown conversation: the session's own 404, not the
+        // transport's 503 for a missing plugin.
+        assert_eq!((a.status, a.body["code"].as_str()), (404, Some("not_found")), "{}", a.text);
+    }
+}

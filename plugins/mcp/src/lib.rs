@@ -102,7 +102,11 @@ fn status_route(host: &dispatch_abi::Host, servers: Vec<Arc<Server>>) -> Result<
         dispatch_contracts::openapi::Operation::new("List the MCP servers a conversation's turns can use")
             .id("getConversationMcp")
             .tag("conversations")
-            .path_param("id", "The conversation's id")
+            .path_param_with(
+                "id",
+                "The conversation's id",
+                serde_json::json!({"type": "string", "pattern": dispatch_contracts::protocol::wire::CONVERSATION_ID_PATTERN}),
+            )
             .returns::<ConversationServers>(200, "The servers and their state")
             .error(400, &["bad_request"]),
     )

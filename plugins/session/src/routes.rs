@@ -19,7 +19,7 @@ use dispatch_contracts::protocol::session::{
 use dispatch_contracts::protocol::store::{Details, History, Listing, MetaUpdate, MetricsList, StoreRequest};
 use dispatch_contracts::protocol::wire::{
     bounded_title, is_valid_conversation_id, AgentEvent, ConversationStatus, ReasoningEffort,
-    CONVERSATION_ID_RULE,
+    CONVERSATION_ID_PATTERN, CONVERSATION_ID_RULE,
 };
 use dispatch_contracts::store::STORE;
 use schemars::JsonSchema;
@@ -80,6 +80,7 @@ struct StatusBody {
 #[serde(rename_all = "camelCase")]
 struct QueueBody {
     /// The message.
+    #[schemars(pattern(r"\S"))]
     text: String,
     /// The workspace of a conversation this creates.
     #[serde(default)]
@@ -89,6 +90,7 @@ struct QueueBody {
 #[derive(Debug, Deserialize, JsonSchema)]
 struct TitleBody {
     /// The title (non-empty after trimming).
+    #[schemars(pattern(r"\S"))]
     title: String,
 }
 
@@ -103,8 +105,12 @@ struct TitleAnswer {
 struct ModelBody {
     /// `<credential>/<model>`; `null` or `""` clears. Must be present.
     #[serde(deserialize_with = "present")]
-    #[schemars(required)]
+    #[schemars(required, schema_with = "nullable_string")]
     model: Option<String>,
+}
+
+fn nullable_string(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": ["string", "null"]})
 }
 
 /// An `Option` field that must be present (`null` allowed): without a
@@ -123,6 +129,7 @@ struct ModelAnswer {
 #[derive(Debug, Deserialize, JsonSchema)]
 struct CwdBody {
     /// The working directory (DELETE clears it).
+    #[schemars(pattern(r"\S"))]
     cwd: String,
 }
 
@@ -157,6 +164,10 @@ struct ChatStream {
 }
 
 const ID: &str = "The conversation's id (1-128 of A-Z a-z 0-9 . _ - : @)";
+
+/// `?status=`: a comma-separated list of statuses (blanks between commas
+/// are skipped).
+const STATUS_LIST: &str = r"^\s*((active|queued|idle|closed)\s*)?(,\s*((active|queued|idle|closed)\s*)?)*$";
 const TAG: &str = "conversations";
 
 fn op(summary: &str, id: &str) -> Operation {
@@ -164,7 +175,9 @@ fn op(summary: &str, id: &str) -> Operation {
 }
 
 fn conv_op(summary: &str, id: &str) -> Operation {
-    op(summary, id).path_param("id", ID).error(400, &["bad_request"])
+    op(summary, id)
+        .path_param_with("id", ID, json!({"type": "string", "pattern": CONVERSATION_ID_PATTERN}))
+        .error(400, &["bad_request"])
 }
 
 /// Every route of the session.
@@ -186,7 +199,11 @@ pub fn routes(session: Arc<Session>, host: Host) -> Vec<Route> {
         "/conversations",
         op("List conversations, newest activity first", "listConversations")
             .query::<String>("q", "Only ids starting with this")
-            .query::<String>("status", "Only these statuses, comma separated: active, queued, idle, closed")
+            .query_with(
+                "status",
+                "Only these statuses, comma separated: active, queued, idle, closed",
+                json!({"type": "string", "pattern": STATUS_LIST}),
+            )
             .query::<String>("workspaceId", "Only this workspace's")
             .returns::<Listing>(200, "The conversations")
             .error(400, &["bad_request"]),
@@ -196,9 +213,9 @@ pub fn routes(session: Arc<Session>, host: Host) -> Vec<Route> {
         Get,
         "/conversations/{id}",
         conv_op("Read a window of a conversation's history", "getHistory")
-            .query::<u64>("sinceSeq", "Only chunks after this seq (≥ 0)")
-            .query::<u64>("beforeSeq", "Only chunks before this seq (≥ 1)")
-            .query::<u64>("limit", "The newest this many of the selection (≥ 1)")
+            .query_number("sinceSeq", "Only chunks after this seq", 0)
+            .query_number("beforeSeq", "Only chunks before this seq", 1)
+            .query_number("limit", "The newest this many of the selection", 1)
             .returns::<History>(200, "The chunks, ascending, and the latest seq"),
         |c, req| {
             Box::pin(async move {
@@ -477,7 +494,11 @@ pub fn routes(session: Arc<Session>, host: Host) -> Vec<Route> {
                 .id("chat")
                 .tag("chat")
                 .description("One `AgentEvent` JSON per line, flushed as produced; the stream ends after `turn-sealed`. A client that leaves does not abort the turn.")
-                .query_with("wire", "The event format: `latest` (default) or `0.1`", json!({"type": "string", "enum": ["latest", "0.1"]}))
+                .query_with(
+                    "wire",
+                    "The event format: `latest` (default), or a version: `0.1` (and older) leaves out the newer event types, any newer one is `latest`",
+                    json!({"type": "string", "pattern": "^\\s*(latest|[0-9]+\\.[0-9]+)\\s*$"}),
+                )
                 .body::<ChatRequest>()
                 .returns_ndjson::<AgentEvent>("The turn's events, one per line")
                 .response_header(200, "X-Conversation-Id", "The conversation (minted when the request had none)")

@@ -1,11 +1,13 @@
 //! # transport-http — Dispatch's HTTP API
 //!
-//! Every endpoint of `WIRE.md` on hyper 1.x: `POST /chat` streams the
-//! turn's events as NDJSON (one JSON object per line, written as they are
-//! produced, closed after `turn-sealed`); the rest are JSON in, JSON out.
-//! It owns no state: each route is a thin adapter onto a bus service —
-//! `session` for turns, `store` for history and settings, `models`,
-//! `system-prompt`, and the host's plugin list.
+//! The HTTP/1.1 server (hyper 1.x) of every route the plugins contribute
+//! (`dispatch_contracts::http`): the session's `POST /chat` (an NDJSON
+//! stream: one JSON object per line, written as produced) and
+//! conversation routes, the catalog's, the system prompt's, the MCP
+//! status, a third-party plugin's own. It owns no route of WIRE.md beyond
+//! its transport concerns — `/health`, `/extensions`, `/openapi.json`
+//! (assembled from the routes' own descriptions), the WebSocket upgrade at
+//! `/ws`, the web directory — and applies the shared rules once, to all.
 //!
 //! # Listening and access
 //!
@@ -297,7 +299,7 @@ fn query_token(query: Option<&str>) -> Option<String> {
 impl Plugin for TransportHttp {
     fn manifest() -> PluginManifest {
         PluginManifest::new("transport-http", env!("CARGO_PKG_VERSION"))
-            .description("The HTTP API: chat with NDJSON streaming, conversations, models, system prompt")
+            .description("The HTTP API: serves the routes plugins contribute, and their OpenAPI document")
             .depends_on("session")
             .provides("transport", "http")
     }
