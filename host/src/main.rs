@@ -259,6 +259,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compact a conversation: its old part summarized by a model, its
+    /// whole history kept in a new archive conversation.
+    Compact {
+        #[command(flatten)]
+        remote: Remote,
+        /// The conversation (id or unique id prefix).
+        id: String,
+        /// Messages to keep after the summary.
+        #[arg(long, default_value_t = 10)]
+        keep: u64,
+        /// The model that summarizes (default: the conversation's).
+        #[arg(long, short)]
+        model: Option<String>,
+    },
     /// Ask the web frontend to open a conversation.
     Open {
         #[command(flatten)]
@@ -650,6 +664,9 @@ fn client_command(runtime: &tokio::runtime::Runtime, command: Command) -> client
             runtime.block_on(client::history(&client::server(&remote.server)?, &id, since, json))
         }
         Command::Open { remote, id } => runtime.block_on(client::open(&client::server(&remote.server)?, &id)),
+        Command::Compact { remote, id, keep, model } => {
+            runtime.block_on(client::compact(&client::server(&remote.server)?, &id, keep, model.as_deref()))
+        }
         Command::Plugins { action: Some(PluginsAction::Reload { remote, json }), .. } => {
             runtime.block_on(client::reload(&client::server(&remote.server)?, json))
         }

@@ -92,6 +92,9 @@ pub struct Supervisor {
     settings: Settings,
     /// Per report row: where it came from, for reloads.
     slots: Vec<Slot>,
+    /// Plugins skipped by the command's choice (and their dependents):
+    /// skipping what depends on them is no problem either.
+    quiet: std::collections::HashSet<String>,
 }
 
 /// What a reload compares a report row against.
@@ -247,8 +250,15 @@ impl Supervisor {
         // The bus is empty: the host's own name cannot be taken yet.
         let _ = shared.bus.provide(HOST_ID, PLUGINS.name(), PLUGINS.version(), host_service);
 
-        let mut sup =
-            Supervisor { shared, shutdown_tx, reports, active: Vec::new(), settings, slots: Vec::new() };
+        let mut sup = Supervisor {
+            shared,
+            shutdown_tx,
+            reports,
+            active: Vec::new(),
+            settings,
+            slots: Vec::new(),
+            quiet: Default::default(),
+        };
         if let Some(requests) = reload {
             sup.provide_reload(requests);
         }
@@ -802,26 +812,34 @@ impl Supervisor {
         self.reports.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Why plugin `i` cannot be activated, if a dependency is not active.
-    fn blocked(&self, i: usize) -> Option<String> {
+    /// Why plugin `i` cannot be activated, if a dependency is not active;
+    /// and whether that is a problem (not when the dependency was left out
+    /// by the command's choice).
+    fn blocked(&self, i: usize) -> Option<(String, bool)> {
         let reports = self.reports();
         let by_id: HashMap<&str, &PluginReport> = reports.iter().rev().map(|r| (r.id.as_str(), r)).collect();
         reports[i].depends_on.iter().find_map(|dep| match by_id.get(dep.as_str()) {
             Some(r) if r.state == State::Active => None,
-            Some(r) => Some(format!(
-                "dependency `{dep}` is {}{}",
-                r.state.as_str(),
-                r.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
+            Some(r) => Some((
+                format!(
+                    "dependency `{dep}` is {}{}",
+                    r.state.as_str(),
+                    r.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
+                ),
+                !(r.state == State::Skipped && self.quiet.contains(dep)),
             )),
-            None => Some(format!("dependency `{dep}` is not available")),
+            None => Some((format!("dependency `{dep}` is not available"), true)),
         })
     }
 
     /// Mark plugin `i` skipped for `reason` (logged as a warning when it is
     /// a problem) and say so on the bus.
-    fn skip(&self, i: usize, reason: String, warn: bool) {
-        let mut reports = self.reports();
+    fn skip(&mut self, i: usize, reason: String, warn: bool) {
+        let mut reports = self.reports.lock().unwrap_or_else(PoisonError::into_inner);
         let r = &mut reports[i];
+        if !warn {
+            self.quiet.insert(r.id.clone());
+        }
         if warn {
             tracing::warn!(plugin = %r.id, file = %r.file, "plugin skipped: {reason}");
         } else {
@@ -840,8 +858,8 @@ impl Supervisor {
             self.skip(i, reason, false);
             return;
         }
-        if let Some(reason) = self.blocked(i) {
-            self.skip(i, reason, true);
+        if let Some((reason, warn)) = self.blocked(i) {
+            self.skip(i, reason, warn);
             return;
         }
         if self.stop_requested() {

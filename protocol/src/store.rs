@@ -6,6 +6,7 @@
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
 
 use crate::wire::{
     ChatMessage, Chunk, ConversationMeta, ConversationStatus, ReasoningEffort, Role, StoredChunk, TurnMetrics,
@@ -94,12 +95,69 @@ pub enum StoreRequest {
         /// The conversation.
         conversation_id: String,
     },
+    /// Compact a conversation: its whole log is copied to a new archive
+    /// conversation, and its own log replaced by a summary (seq 1, role
+    /// `system`) and the chunks from `keep_from_seq` on, renumbered from 2;
+    /// answers [`Compacted`]. Atomic: a crash at any point leaves the old
+    /// history or the new one, with the archive complete before the live log
+    /// changes. Refused (`conflict`) when the conversation's latest seq is
+    /// no longer `expect_latest_seq` — something was appended since the
+    /// caller read it.
+    Compact(CompactRequest),
+    /// A value a plugin keeps under `scope` and `key` (`scope`: a
+    /// conversation's id for its settings, or a name of the plugin's own);
+    /// answers the value or `null`.
+    GetValue {
+        /// Whose.
+        scope: String,
+        /// Which.
+        key: String,
+    },
+    /// Keep `value` under `scope` and `key` (`null` deletes it); answers
+    /// `{}`.
+    PutValue {
+        /// Whose.
+        scope: String,
+        /// Which.
+        key: String,
+        /// What (`null`: forget it).
+        value: Value,
+    },
     /// The largest chunks the store accepts; answers [`StoreLimits`]. A
     /// store without limits (or without this op: `unsupported`) takes
     /// any size. Asked so a message can be refused when it is *accepted*
     /// (a queued message, `413`) instead of failing later, when nobody
     /// is there to be told.
     Limits,
+}
+
+/// The `compact` request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CompactRequest {
+    /// The conversation compacted (its id does not change).
+    pub conversation_id: String,
+    /// The new archive conversation (must not exist).
+    pub archive_id: String,
+    /// The summary's text, stored whole as the first chunk.
+    pub summary: String,
+    /// The first seq kept: the start of a message (1 keeps everything;
+    /// `latest + 1` keeps nothing).
+    pub keep_from_seq: u64,
+    /// The latest seq the caller compacted.
+    pub expect_latest_seq: u64,
+}
+
+/// The `compact` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Compacted {
+    /// The conversation.
+    pub conversation_id: String,
+    /// The archive holding the whole old log.
+    pub archive_id: String,
+    /// The conversation's latest seq now (the summary and the kept chunks).
+    pub latest_seq: u64,
 }
 
 /// The `limits` answer: the largest chunk JSON a store accepts.

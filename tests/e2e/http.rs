@@ -17,6 +17,7 @@ use crate::support::*;
 
 /// The test script: a reply per scenario, picked by the message's start.
 pub const SCRIPT: &str = r#"{"replies": [
+  {"match": "^Please summarize", "steps": [{"text": "Summary: the user read the notes, more than once."}]},
   {"match": "^read", "steps": [
     {"toolCalls": [{"name": "read_file", "input": {"path": "notes.txt"}}], "usage": {"inputTokens": 30, "outputTokens": 5}},
     {"text": "The notes say hello.", "usage": {"inputTokens": 60, "outputTokens": 6}}]},

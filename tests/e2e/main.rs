@@ -9,6 +9,7 @@
 mod async_io;
 mod bus;
 mod cli;
+mod compaction;
 mod external;
 mod http;
 mod lifecycle;

@@ -398,6 +398,23 @@ pub async fn stop(server: &Server, id: &str) -> Outcome {
     Ok(exit::OK)
 }
 
+/// `dispatch compact`.
+pub async fn compact(server: &Server, id: &str, keep: u64, model: Option<&str>) -> Outcome {
+    let id = resolve_existing(server, id).await?;
+    let mut body = serde_json::json!({"keepLastN": keep.max(1)});
+    if let Some(m) = model {
+        body["modelName"] = serde_json::json!(m);
+    }
+    let answer = server.json("POST", &format!("/conversations/{id}/compact"), Some(&body)).await?;
+    say(&format!(
+        "compacted {id}: {} messages summarized, {} kept; the whole history is in {}",
+        answer["messagesSummarized"],
+        answer["messagesKept"],
+        answer["newConversationId"].as_str().unwrap_or("?")
+    ));
+    Ok(exit::OK)
+}
+
 /// `dispatch open`.
 pub async fn open(server: &Server, id: &str) -> Outcome {
     let id = resolve_existing(server, id).await?;

@@ -15,7 +15,7 @@
 //!    "steps": [
 //!      {"reasoning": "optional", "text": "optional", "delayMs": 0, "chunkChars": 16,
 //!       "toolCalls": [{"name": "read_file", "input": {"path": "README.md"}}],
-//!       "usage": {"inputTokens": 10, "outputTokens": 5}},
+//!       "usage": {"inputTokens": 10, "outputTokens": 5}},   (else estimated: a token per 4 characters)
 //!      {"error": {"status": 429, "message": "overloaded"}},
 //!      {"text": "final answer"}
 //!    ]}
@@ -57,10 +57,34 @@ const DEFAULT_SCRIPT: &str = include_str!("../default-script.json");
 
 /// A script.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Script {
     /// The replies, tried in order.
     pub replies: Vec<Reply>,
+    /// The context window `scripted/demo` reports (default 128 000): a
+    /// small one lets automatic compaction be tried offline.
+    #[serde(default)]
+    pub context_window: Option<u64>,
+}
+
+/// A token estimate for text: a quarter of its characters, rounded up
+/// (what a step reports when its script gives no `usage`, so context sizes
+/// and compaction thresholds work offline).
+pub fn estimate_tokens(chars: usize) -> u64 {
+    (chars as u64).div_ceil(4)
+}
+
+/// The characters of a step's input: its system prompt and every chunk's
+/// text-like content.
+fn input_chars(system_prompt: Option<&str>, messages: &[ChatMessage]) -> usize {
+    let chunk_chars = |c: &Chunk| match c {
+        Chunk::Text { text } | Chunk::Thinking { text } => text.len(),
+        Chunk::ToolCall { tool_name, input, .. } => tool_name.len() + input.to_string().len(),
+        Chunk::ToolResult { content, .. } => content.len(),
+        _ => 0,
+    };
+    system_prompt.map_or(0, str::len)
+        + messages.iter().flat_map(|m| &m.chunks).map(chunk_chars).sum::<usize>()
 }
 
 /// One scripted reply: the steps of a turn.
@@ -190,7 +214,8 @@ struct State {
 
 impl ModelProvider for State {
     fn models(&self) -> BoxFuture<Vec<ModelEntry>> {
-        Box::pin(std::future::ready(vec![ModelEntry { name: MODEL.into(), context_window: Some(128_000) }]))
+        let window = self.script.context_window.unwrap_or(128_000);
+        Box::pin(std::future::ready(vec![ModelEntry { name: MODEL.into(), context_window: Some(window) }]))
     }
 
     fn open(&self, step: StepSpec<'_>, events: EventSender) -> Result<BoxFuture<()>, Error> {
@@ -200,12 +225,13 @@ impl ModelProvider for State {
                 format!("unknown model `{}`: the scripted provider only has `{MODEL}`", step.model),
             ));
         }
-        Ok(Box::pin(play(self.plan_for(step.messages), events)))
+        let input = estimate_tokens(input_chars(step.system_prompt, step.messages));
+        Ok(Box::pin(play(self.plan_for(step.messages, input), events)))
     }
 }
 
 impl State {
-    fn plan_for(&self, messages: &[ChatMessage]) -> Vec<Planned> {
+    fn plan_for(&self, messages: &[ChatMessage], input_tokens: u64) -> Vec<Planned> {
         let (user, steps) = position(messages);
         let key = (messages.len(), user.clone());
         let tries = *self.attempts.lock().unwrap_or_else(PoisonError::into_inner).get(&key).unwrap_or(&0);
@@ -218,13 +244,13 @@ impl State {
                     *self.attempts.lock().unwrap_or_else(PoisonError::into_inner).entry(key).or_default() +=
                         1;
                 }
-                self.plan(step)
+                self.plan(step, input_tokens)
             }
         };
         plan
     }
 
-    fn plan(&self, step: &Step) -> Vec<Planned> {
+    fn plan(&self, step: &Step, input_tokens: u64) -> Vec<Planned> {
         let size = step.chunk_chars.unwrap_or(16);
         let delay = Duration::from_millis(step.delay_ms);
         let mut out = Vec::new();
@@ -257,9 +283,14 @@ impl State {
                 input: call.input.clone(),
             }));
         }
-        if let Some(u) = step.usage {
-            out.push(Planned::Event(ProviderEvent::Usage(u)));
-        }
+        // The script's usage, else an estimate.
+        let usage = step.usage.unwrap_or_else(|| {
+            let produced = step.text.as_deref().map_or(0, str::len)
+                + step.reasoning.as_deref().map_or(0, str::len)
+                + step.tool_calls.iter().map(|c| c.name.len() + c.input.to_string().len()).sum::<usize>();
+            Usage { input_tokens, output_tokens: estimate_tokens(produced), ..Usage::default() }
+        });
+        out.push(Planned::Event(ProviderEvent::Usage(usage)));
         let reason = if step.tool_calls.is_empty() { FinishReason::Stop } else { FinishReason::ToolCalls };
         out.push(Planned::Event(ProviderEvent::Finish(reason)));
         out

@@ -163,6 +163,13 @@ impl Plugin for SessionPlugin {
             s.forget_tools();
             Ok(())
         })?;
+        // A compacted conversation's history restarted: what we hold of it
+        // is stale.
+        let s = Arc::clone(&session);
+        host.subscribe_sync(&dispatch_contracts::compaction::COMPACTED, move |c| {
+            s.forget_history(&c.conversation_id);
+            Ok(())
+        })?;
         // On shutdown, stop the turns first so they seal while the store
         // and the tools are still there.
         let s = Arc::clone(&session);

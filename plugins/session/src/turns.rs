@@ -216,6 +216,14 @@ impl Session {
         self.tools.lock().unwrap_or_else(PoisonError::into_inner).clear();
     }
 
+    /// Drop the history kept for `conversation_id`'s next turn (its log was
+    /// replaced behind our back: a compaction).
+    pub fn forget_history(&self, conversation_id: &str) {
+        if let Some(c) = self.convs().get_mut(conversation_id) {
+            c.history = None;
+        }
+    }
+
     /// Refuse new turns and abort the running ones.
     pub fn begin_shutdown(&self) {
         if self.shutting_down.swap(true, Ordering::SeqCst) {

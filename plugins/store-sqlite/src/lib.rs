@@ -33,7 +33,7 @@ use dispatch_abi::{codes, to_json, Context, Error, Plugin, PluginManifest};
 use dispatch_contracts::protocol::wire::{Chunk, Role};
 use dispatch_contracts::protocol::BoxFuture;
 use dispatch_contracts::store::{
-    Appended, History, Listing, Messages, MetricsList, StoreLimits, StoreRequest, STORE,
+    Appended, Compacted, History, Listing, Messages, MetricsList, StoreLimits, StoreRequest, STORE,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -58,9 +58,12 @@ pub struct StoreSqlite {
 
 fn err(e: StoreError) -> Error {
     let code = match e {
-        StoreError::InvalidId(_) | StoreError::ChunkTooLarge { .. } | StoreError::EmptyMessage => {
-            codes::INVALID_PAYLOAD
-        }
+        StoreError::InvalidId(_)
+        | StoreError::ChunkTooLarge { .. }
+        | StoreError::EmptyMessage
+        | StoreError::BadCompaction(_) => codes::INVALID_PAYLOAD,
+        StoreError::Conflict(_) => codes::CONFLICT,
+        StoreError::NoConversation(_) => codes::NOT_FOUND,
         StoreError::Closed => codes::UNAVAILABLE,
         _ => codes::PLUGIN,
     };
@@ -100,6 +103,21 @@ async fn handle(store: Store, req: StoreRequest) -> Result<Value, Error> {
         }
         StoreRequest::Metrics { conversation_id } => {
             to_json(&MetricsList { turns: store.metrics(&conversation_id).await.map_err(err)? })
+        }
+        StoreRequest::Compact(request) => {
+            let (conversation_id, archive_id) = (request.conversation_id.clone(), request.archive_id.clone());
+            let latest_seq = store.compact(request).await.map_err(err)?;
+            to_json(&Compacted { conversation_id, archive_id, latest_seq })
+        }
+        StoreRequest::GetValue { scope, key } => match store.value(&scope, &key).await.map_err(err)? {
+            Some(text) => serde_json::from_str(&text)
+                .map_err(|e| Error::new(codes::PLUGIN, format!("a stored value is not JSON: {e}"))),
+            None => Ok(Value::Null),
+        },
+        StoreRequest::PutValue { scope, key, value } => {
+            let text = (!value.is_null()).then(|| value.to_string());
+            store.put_value(&scope, &key, text).await.map_err(err)?;
+            Ok(Value::Object(Default::default()))
         }
         StoreRequest::Limits => {
             let (text, image) = store.limits();

@@ -22,7 +22,7 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dispatch_contracts::protocol::reconcile::reconcile;
-use dispatch_contracts::protocol::store::{Details, History, MetaUpdate};
+use dispatch_contracts::protocol::store::{CompactRequest, Details, History, MetaUpdate};
 use dispatch_contracts::protocol::wire::{
     ChatMessage, Chunk, ConversationMeta, ConversationStatus, ReasoningEffort, Role, StoredChunk, TurnMetrics,
 };
@@ -87,6 +87,16 @@ pub enum StoreError {
     /// An append with no chunks.
     #[error("a message needs at least one chunk")]
     EmptyMessage,
+    /// A compaction that no longer fits the conversation (something was
+    /// appended since it was read, or the archive id is taken).
+    #[error("{0}")]
+    Conflict(String),
+    /// A compaction asked of a conversation that does not exist.
+    #[error("no conversation {0:?}")]
+    NoConversation(String),
+    /// A compaction whose kept part does not start a message.
+    #[error("{0}")]
+    BadCompaction(String),
     /// A database error.
     #[error("database error: {0}")]
     Database(String),
@@ -171,6 +181,18 @@ enum Write {
         conversation_id: String,
         metrics: String,
         turn_id: String,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// Compact a conversation (see `StoreRequest::Compact`).
+    Compact {
+        request: CompactRequest,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
+    /// Keep (`Some`) or forget a plugin's value.
+    Value {
+        scope: String,
+        key: String,
+        value: Option<String>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     /// Finish what is queued before it, close the connection, answer.
@@ -428,6 +450,34 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Compact a conversation (see `StoreRequest::Compact`); answers its
+    /// latest seq now.
+    pub async fn compact(&self, request: CompactRequest) -> Result<u64, StoreError> {
+        validate_id(&request.conversation_id)?;
+        validate_id(&request.archive_id)?;
+        let (reply, rx) = oneshot::channel();
+        self.writes.send(Write::Compact { request, reply }).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// A plugin's value, as JSON text.
+    pub async fn value(&self, scope: &str, key: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT value FROM plugin_values WHERE scope = ?1 AND key = ?2")
+            .bind(scope)
+            .bind(key)
+            .fetch_optional(&self.readers)
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Keep (`Some`, JSON text) or forget a plugin's value.
+    pub async fn put_value(&self, scope: &str, key: &str, value: Option<String>) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let write = Write::Value { scope: scope.to_owned(), key: key.to_owned(), value, reply };
+        self.writes.send(write).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
     /// The largest chunks this store accepts (their JSON): text and the
     /// rest, and images.
     pub fn limits(&self) -> (usize, usize) {
@@ -525,8 +575,9 @@ impl Store {
     pub async fn get(&self, conversation_id: &str) -> Result<Option<Details>, StoreError> {
         validate_id(conversation_id)?;
         let row = sqlx::query(
-            "SELECT id, created_at, last_activity_at, title, status, workspace_id, cwd, model, reasoning_effort, \
-             system_prompt, (SELECT COALESCE(MAX(seq), 0) FROM chunks WHERE conversation_id = conversations.id) FROM conversations WHERE id = ?1",
+            "SELECT id, created_at, last_activity_at, title, status, workspace_id, compacted_from, cwd, model, \
+             reasoning_effort, system_prompt, (SELECT COALESCE(MAX(seq), 0) FROM chunks WHERE conversation_id = conversations.id) \
+             FROM conversations WHERE id = ?1",
         )
         .bind(conversation_id)
         .fetch_optional(&self.readers)
@@ -554,7 +605,7 @@ impl Store {
         // looking up each conversation's last chunk would triple the time
         // of a 10 000-conversation list.
         let rows = sqlx::query(
-            "SELECT id, created_at, last_activity_at, title, status, workspace_id FROM conversations \
+            "SELECT id, created_at, last_activity_at, title, status, workspace_id, compacted_from FROM conversations \
              WHERE (?1 IS NULL OR substr(id, 1, length(?1)) = ?1) AND (?2 IS NULL OR status = ?2) \
              ORDER BY last_activity_at DESC, id",
         )
@@ -604,8 +655,8 @@ impl Store {
     }
 }
 
-/// A row's first six columns: id, created_at, last_activity_at, title,
-/// status, workspace_id.
+/// A row's first seven columns: id, created_at, last_activity_at, title,
+/// status, workspace_id, compacted_from.
 fn meta_of(r: &SqliteRow) -> ConversationMeta {
     let status: &str = r.get(4);
     ConversationMeta {
@@ -616,21 +667,21 @@ fn meta_of(r: &SqliteRow) -> ConversationMeta {
         status: serde_json::from_value(serde_json::Value::String(status.to_owned()))
             .unwrap_or(ConversationStatus::Idle),
         workspace_id: r.get(5),
-        compacted_from: None,
+        compacted_from: r.get(6),
     }
 }
 
 fn details(r: &SqliteRow) -> Result<Details, StoreError> {
-    let effort: Option<&str> = r.get(8);
+    let effort: Option<&str> = r.get(9);
     Ok(Details {
         meta: meta_of(r),
-        cwd: r.get(6),
-        model: r.get(7),
+        cwd: r.get(7),
+        model: r.get(8),
         reasoning_effort: effort.and_then(|e| {
             serde_json::from_value::<ReasoningEffort>(serde_json::Value::String(e.to_owned())).ok()
         }),
-        system_prompt: r.get(9),
-        latest_seq: u64::try_from(r.get::<i64, _>(10)).unwrap_or(0),
+        system_prompt: r.get(10),
+        latest_seq: u64::try_from(r.get::<i64, _>(11)).unwrap_or(0),
     })
 }
 
@@ -705,6 +756,8 @@ struct Seen {
 /// What each write of a committed transaction answers.
 enum Outcome {
     Seqs(Vec<u64>),
+    /// A compaction: the conversation's latest seq now.
+    Latest(u64),
     Unit,
 }
 
@@ -714,11 +767,18 @@ fn finish(w: Write, result: Result<Outcome, StoreError>) {
         Write::Append { reply, .. } => {
             let seqs = result.and_then(|o| match o {
                 Outcome::Seqs(s) => Ok(s),
-                Outcome::Unit => Err(StoreError::Database("internal: an append produced no seqs".into())),
+                _ => Err(StoreError::Database("internal: an append produced no seqs".into())),
             });
             let _ = reply.send(seqs);
         }
-        Write::Update { reply, .. } | Write::Metrics { reply, .. } => {
+        Write::Compact { reply, .. } => {
+            let latest = result.and_then(|o| match o {
+                Outcome::Latest(l) => Ok(l),
+                _ => Err(StoreError::Database("internal: a compaction produced no seq".into())),
+            });
+            let _ = reply.send(latest);
+        }
+        Write::Update { reply, .. } | Write::Metrics { reply, .. } | Write::Value { reply, .. } => {
             let _ = reply.send(result.map(|_| ()));
         }
         Write::Close { .. } => {}
@@ -853,6 +913,13 @@ impl Writer {
                     next.insert(id, Seen { last_seq: last, activity_at });
                     out.push(Outcome::Seqs(seqs));
                 }
+                Write::Compact { request, .. } => {
+                    let id = request.conversation_id.as_str();
+                    let known = next.get(id).or_else(|| self.seen.get(id)).map(|k| k.last_seq);
+                    let latest = compact(&tx, request, known, now)?;
+                    next.insert(id, Seen { last_seq: latest, activity_at: now });
+                    out.push(Outcome::Latest(u64::try_from(latest).unwrap_or(0)));
+                }
                 other => {
                     meta(&tx, other, now)?;
                     out.push(Outcome::Unit);
@@ -908,6 +975,100 @@ impl Drop for Tx<'_> {
     }
 }
 
+/// The prefix of the first chunk of a compacted conversation.
+const SUMMARY_PREFIX: &str = "The following is a summary of the previous conversation:\n\n";
+
+/// Compact inside the writer's transaction: copy the whole log to the
+/// archive, then replace the live log with the summary and the kept
+/// chunks renumbered from 2. `known` is the writer's idea of the latest
+/// seq, if it has one. Answers the new latest seq.
+fn compact(
+    tx: &rusqlite::Connection,
+    c: &CompactRequest,
+    known: Option<i64>,
+    now: i64,
+) -> Result<i64, StoreError> {
+    let id = c.conversation_id.as_str();
+    let exists: bool = tx
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM conversations WHERE id = ?1)")?
+        .query_row([id], |r| r.get(0))?;
+    if !exists {
+        return Err(StoreError::NoConversation(id.to_owned()));
+    }
+    let latest = match known {
+        Some(l) => l,
+        None => tx
+            .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM chunks WHERE conversation_id = ?1")?
+            .query_row([id], |r| r.get(0))?,
+    };
+    let expect = i64::try_from(c.expect_latest_seq).unwrap_or(i64::MAX);
+    if latest != expect {
+        return Err(StoreError::Conflict(format!(
+            "conversation {id:?} changed while it was being compacted (its latest seq is {latest}, not {expect})"
+        )));
+    }
+    let keep = i64::try_from(c.keep_from_seq).unwrap_or(i64::MAX);
+    if keep < 1 || keep > latest + 1 {
+        return Err(StoreError::BadCompaction(format!(
+            "keep_from_seq {keep} is outside 1..={} of conversation {id:?}",
+            latest + 1
+        )));
+    }
+    if keep <= latest {
+        let starts: bool = tx
+            .prepare_cached("SELECT message_seq = seq FROM chunks WHERE conversation_id = ?1 AND seq = ?2")?
+            .query_row(rusqlite::params![id, keep], |r| r.get(0))?;
+        if !starts {
+            return Err(StoreError::BadCompaction(format!(
+                "keep_from_seq {keep} is not the start of a message of conversation {id:?}"
+            )));
+        }
+    }
+    let taken: bool = tx
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM conversations WHERE id = ?1)")?
+        .query_row([&c.archive_id], |r| r.get(0))?;
+    if taken {
+        return Err(StoreError::Conflict(format!("the archive id {:?} is taken", c.archive_id)));
+    }
+    // 1. The archive: the conversation's settings and its whole log, seqs
+    //    as they were (they start at 1 and have no gaps).
+    tx.prepare_cached(
+        "INSERT INTO conversations (id, created_at, last_activity_at, title, status, workspace_id, cwd, model, \
+         reasoning_effort, system_prompt, compacted_from) \
+         SELECT ?2, created_at, ?3, 'Archive: ' || title, 'closed', workspace_id, cwd, model, reasoning_effort, \
+         system_prompt, compacted_from FROM conversations WHERE id = ?1",
+    )?
+    .execute(rusqlite::params![id, c.archive_id, now])?;
+    tx.prepare_cached(
+        "INSERT INTO chunks (conversation_id, seq, message_seq, role, turn_id, stored) \
+         SELECT ?2, seq, message_seq, role, turn_id, stored FROM chunks WHERE conversation_id = ?1",
+    )?
+    .execute(rusqlite::params![id, c.archive_id])?;
+    // 2. The live log: the summary, then the kept chunks (read back from
+    //    the archive) two seqs on from where they start over.
+    tx.prepare_cached("DELETE FROM chunks WHERE conversation_id = ?1")?.execute([id])?;
+    let summary = serde_json::json!({
+        "seq": 1,
+        "role": "system",
+        "chunk": {"type": "text", "text": format!("{SUMMARY_PREFIX}{}", c.summary)},
+    });
+    tx.prepare_cached(
+        "INSERT INTO chunks (conversation_id, seq, message_seq, role, turn_id, stored) \
+         VALUES (?1, 1, 1, 'system', NULL, ?2)",
+    )?
+    .execute(rusqlite::params![id, summary.to_string()])?;
+    let shift = keep - 2;
+    tx.prepare_cached(
+        "INSERT INTO chunks (conversation_id, seq, message_seq, role, turn_id, stored) \
+         SELECT ?1, seq - ?3, message_seq - ?3, role, turn_id, json_set(stored, '$.seq', seq - ?3) \
+         FROM chunks WHERE conversation_id = ?2 AND seq >= ?4",
+    )?
+    .execute(rusqlite::params![id, c.archive_id, shift, keep])?;
+    tx.prepare_cached("UPDATE conversations SET compacted_from = ?2, last_activity_at = ?3 WHERE id = ?1")?
+        .execute(rusqlite::params![id, c.archive_id, now])?;
+    Ok(latest - shift)
+}
+
 /// Make sure a conversation row exists (metadata and metrics need one);
 /// with `record_activity`, an existing row's `last_activity_at` becomes
 /// `now` too.
@@ -931,7 +1092,21 @@ fn ensure_conversation(
 /// A metadata update or a metrics append.
 fn meta(tx: &rusqlite::Connection, w: &Write, now: i64) -> Result<(), StoreError> {
     match w {
-        Write::Append { .. } | Write::Close { .. } => Ok(()),
+        Write::Append { .. } | Write::Close { .. } | Write::Compact { .. } => Ok(()),
+        Write::Value { scope, key, value, .. } => {
+            match value {
+                Some(v) => tx
+                    .prepare_cached(
+                        "INSERT INTO plugin_values (scope, key, value) VALUES (?1, ?2, ?3) \
+                         ON CONFLICT(scope, key) DO UPDATE SET value = excluded.value",
+                    )?
+                    .execute(rusqlite::params![scope, key, v])?,
+                None => tx
+                    .prepare_cached("DELETE FROM plugin_values WHERE scope = ?1 AND key = ?2")?
+                    .execute(rusqlite::params![scope, key])?,
+            };
+            Ok(())
+        }
         Write::Update { update: u, .. } => {
             ensure_conversation(tx, &u.conversation_id, now, false)?;
             let set = |col: &str, v: Option<&str>| -> Result<(), StoreError> {
@@ -1022,8 +1197,76 @@ mod tests {
         let write = Write::Append { conversation_id: id.into(), turn_id: None, messages, reply };
         match w.transaction(std::slice::from_ref(&write)).unwrap().remove(0) {
             Outcome::Seqs(s) => s,
-            Outcome::Unit => panic!("an append answered no seqs"),
+            _ => panic!("an append answered no seqs"),
         }
+    }
+
+    fn compact(w: &mut Writer, keep: u64, expect: u64) -> Result<u64, StoreError> {
+        let (reply, _rx) = oneshot::channel();
+        let request = CompactRequest {
+            conversation_id: "c".into(),
+            archive_id: format!("archive-{keep}-{expect}"),
+            summary: "short".into(),
+            keep_from_seq: keep,
+            expect_latest_seq: expect,
+        };
+        let write = Write::Compact { request, reply };
+        w.transaction(std::slice::from_ref(&write)).map(|mut o| match o.remove(0) {
+            Outcome::Latest(l) => l,
+            _ => panic!("a compaction answered no seq"),
+        })
+    }
+
+    fn rows(w: &Writer, id: &str) -> Vec<(i64, i64, String)> {
+        let mut q = w
+            .db
+            .prepare("SELECT seq, message_seq, stored FROM chunks WHERE conversation_id = ?1 ORDER BY seq")
+            .unwrap();
+        q.query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect()
+    }
+
+    /// The live log after a compaction: the summary at 1, the kept
+    /// messages from 2 with their `message_seq` and the seq inside their
+    /// stored JSON renumbered alike; the archive a copy of the old log. A
+    /// stale `expect_latest_seq` or a boundary inside a message changes
+    /// nothing.
+    #[test]
+    fn a_compaction_renumbers_the_kept_chunks_and_refuses_what_no_longer_fits() {
+        let (_dir, mut w) = writer(0);
+        for _ in 0..3 {
+            append(&mut w, "c", Some("t"));
+        }
+        // A message of two chunks at seqs 4 and 5.
+        let (reply, _rx) = oneshot::channel();
+        let two = vec![Encoded {
+            role: Role::Assistant,
+            chunks: vec![
+                r#"{"type":"text","text":"a"}"#.to_owned(),
+                r#"{"type":"text","text":"b"}"#.to_owned(),
+            ],
+            title: None,
+        }];
+        let write = Write::Append { conversation_id: "c".into(), turn_id: None, messages: two, reply };
+        w.transaction(std::slice::from_ref(&write)).unwrap();
+        let old = rows(&w, "c");
+        assert_eq!(old.len(), 5);
+
+        assert!(matches!(compact(&mut w, 2, 4), Err(StoreError::Conflict(_))), "stale latest seq");
+        assert!(matches!(compact(&mut w, 5, 5), Err(StoreError::BadCompaction(_))), "inside a message");
+        assert_eq!(rows(&w, "c"), old, "refusals change nothing");
+
+        assert_eq!(compact(&mut w, 3, 5).unwrap(), 4);
+        let live = rows(&w, "c");
+        let seqs: Vec<(i64, i64)> = live.iter().map(|(s, m, _)| (*s, *m)).collect();
+        assert_eq!(seqs, [(1, 1), (2, 2), (3, 3), (4, 3)]);
+        for (seq, _, stored) in &live {
+            let v: serde_json::Value = serde_json::from_str(stored).unwrap();
+            assert_eq!(v["seq"], *seq, "{stored}");
+        }
+        assert!(live[0].2.contains("summary of the previous conversation"));
+        assert_eq!(rows(&w, "archive-3-5"), old);
+        // The writer's idea of the latest seq follows: the next append is 5.
+        assert_eq!(append(&mut w, "c", None), [5]);
     }
 
     fn activity(w: &Writer, id: &str) -> i64 {

@@ -567,6 +567,21 @@ fn subscribe_broadcasts(host: &Host, hub: &Arc<Hub>, runner: &Runner) -> Result<
         })));
         Ok(())
     })?;
+    // A compaction restarted a conversation's seqs: clients drop their copy.
+    let h = Arc::clone(hub);
+    host.subscribe_sync(
+        &dispatch_contracts::compaction::COMPACTED,
+        move |c: dispatch_contracts::compaction::Compacted| {
+            h.broadcast(&message(&json!({
+                "type": "conversation.compacted",
+                "conversationId": c.conversation_id,
+                "newConversationId": c.new_conversation_id,
+                "messagesSummarized": c.messages_summarized,
+                "messagesKept": c.messages_kept,
+            })));
+            Ok(())
+        },
+    )?;
     Ok(())
 }
 

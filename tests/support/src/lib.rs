@@ -29,6 +29,7 @@ pub const BUNDLED_PLUGINS: &[&str] = &[
     "libdispatch_plugin_system_prompt.so",
     "libdispatch_plugin_mcp.so",
     "libdispatch_plugin_session.so",
+    "libdispatch_plugin_compaction.so",
     "libdispatch_plugin_transport_http.so",
     "libdispatch_plugin_transport_ws.so",
 ];
