@@ -13,7 +13,11 @@
 //! * `POST /chat` — a one-step scripted turn, streamed to its end: the chat
 //!   path, whose events now come through the route's `pull` op.
 //!
-//! Prints each median in µs. Point `DISPATCH_BENCH_RELEASE` at another
+//! Prints each median latency in µs, and the server's CPU time per
+//! request (every thread's, from `/proc/<pid>/task/*/schedstat`): on a
+//! shared, noisy machine the latency of two builds differs by more from
+//! run to run than routing can cost, while CPU time per request is steady
+//! enough to compare. Point `DISPATCH_BENCH_RELEASE` at another
 //! build directory (an older commit's `target/release`) to measure the
 //! direct routing side by side.
 //!
@@ -39,8 +43,10 @@ fn main() {
     let base = format!("http://127.0.0.1:{port}");
     rt.block_on(http_client::wait_ok(&format!("{base}/health"), Duration::from_secs(30)));
 
+    let pid = child.id();
     let timed_get = |url: String, expect: u16| {
-        rt.block_on(async {
+        let cpu_before = cpu_ns(pid);
+        let median = rt.block_on(async {
             let mut times = Vec::with_capacity(n);
             for i in 0..n + n / 10 {
                 let started = Instant::now();
@@ -51,12 +57,16 @@ fn main() {
                 }
             }
             median(times)
-        })
+        });
+        (median, (cpu_ns(pid) - cpu_before) as f64 / 1e3 / (n + n / 10) as f64)
     };
     let health = timed_get(format!("{base}/health"), 200);
     // An unknown conversation: the session answers 404 after its lookup.
     let status = timed_get(format!("{base}/conversations/c/status"), 404);
+    let variables = timed_get(format!("{base}/system-prompt/variables"), 200);
+    let history = timed_get(format!("{base}/conversations/c?limit=5"), 200);
     let turns = n / 5;
+    let cpu_before = cpu_ns(pid);
     let chat = rt.block_on(async {
         let mut times = Vec::with_capacity(turns);
         for i in 0..turns + turns / 10 {
@@ -71,10 +81,26 @@ fn main() {
         }
         median(times)
     });
+    let chat_cpu = (cpu_ns(pid) - cpu_before) as f64 / 1e3 / (turns + turns / 10) as f64;
     child.kill().unwrap();
     child.wait().unwrap();
     println!("build: {}", release_dir().display());
-    println!("GET /health (the transport's own):        median {health:8.1} µs over {n}");
-    println!("GET /conversations/c/status (session):    median {status:8.1} µs over {n}");
-    println!("POST /chat, a one-step turn to its end:   median {chat:8.1} µs over {turns}");
+    let line = |what: &str, (lat, cpu): (f64, f64), count: usize| {
+        println!("{what:42} median {lat:8.1} µs, server CPU {cpu:7.1} µs per request, over {count}");
+    };
+    line("GET /health (the transport's own)", health, n);
+    line("GET /conversations/c/status (session)", status, n);
+    line("GET /system-prompt/variables", variables, n);
+    line("GET /conversations/c (store)", history, n);
+    line("POST /chat, a one-step turn to its end", (chat, chat_cpu), turns);
+}
+
+/// CPU time every thread of `pid` has used, in ns.
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()))
+        .sum()
 }
