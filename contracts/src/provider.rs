@@ -60,6 +60,8 @@ pub struct StepSpec<'a> {
     pub system_prompt: Option<&'a str>,
     /// Reasoning effort.
     pub reasoning_effort: Option<ReasoningEffort>,
+    /// Most tokens the answer may take (`None`: the model's own limit).
+    pub max_output_tokens: Option<u32>,
     /// The provider's own scratch space for this context (one turn): what
     /// it derived from `messages` (their request encoding, say) kept for
     /// the next step, which then converts only the new messages. Within a
@@ -273,6 +275,7 @@ pub fn serve<P: ModelProvider>(
                     tools,
                     system_prompt,
                     reasoning_effort,
+                    max_output_tokens,
                     context,
                 } => {
                     let fields = OpenFields { messages, tools, system_prompt };
@@ -286,6 +289,7 @@ pub fn serve<P: ModelProvider>(
                         tools: &kept.tools,
                         system_prompt: kept.system_prompt.as_deref(),
                         reasoning_effort,
+                        max_output_tokens,
                         memo: &mut kept.memo,
                     };
                     let (stream_id, tx, abort) = table.open();

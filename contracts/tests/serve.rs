@@ -273,7 +273,7 @@ struct Script;
 
 impl ModelProvider for Script {
     fn models(&self) -> BoxFuture<Vec<ModelEntry>> {
-        Box::pin(async { vec![ModelEntry { name: "fx/model".into(), context_window: None }] })
+        Box::pin(async { vec![ModelEntry { name: "fx/model".into(), context_window: None, vision: None }] })
     }
     fn open(&self, step: StepSpec<'_>, events: EventSender) -> Result<BoxFuture<()>, Error> {
         if step.model != "fx/model" {
@@ -366,6 +366,7 @@ fn describe(host: &TestHost, texts: &[&str], context: Option<(u64, u64)>) -> Res
         tools: vec![ToolSpec { name: "t".into(), description: "d".into(), input_schema: json!({}) }],
         system_prompt: Some("sp".into()),
         reasoning_effort: None,
+        max_output_tokens: None,
         context: context.map(|(id, base)| ContextRef { id, base }),
     };
     let Opened { stream_id } = serde_json::from_value(host.call(&key, &open)?).unwrap();
@@ -440,6 +441,7 @@ fn step(host: &TestHost, model: &str, system_prompt: &str) -> Result<Vec<Batch>,
         tools: vec![],
         system_prompt: Some(system_prompt.into()),
         reasoning_effort: None,
+        max_output_tokens: None,
         context: None,
     };
     let Opened { stream_id } = serde_json::from_value(host.call(&key, &open)?).unwrap();

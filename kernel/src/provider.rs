@@ -16,6 +16,8 @@ pub struct ProviderOptions {
     pub system_prompt: Option<String>,
     /// Reasoning effort, where the model accepts it.
     pub reasoning_effort: Option<ReasoningEffort>,
+    /// Most tokens an answer may take (`None`: the model's own limit).
+    pub max_output_tokens: Option<u32>,
 }
 
 /// One step's request.

@@ -112,6 +112,7 @@ impl<C: ServiceCaller> RemoteProvider<C> {
             tools,
             system_prompt,
             reasoning_effort: request.options.reasoning_effort,
+            max_output_tokens: request.options.max_output_tokens,
             context: Some(ContextRef { id: sent.id, base: base as u64 }),
         }
     }
@@ -342,6 +343,7 @@ pub fn open_request(
         tools: tools.to_vec(),
         system_prompt: options.system_prompt.clone(),
         reasoning_effort: options.reasoning_effort,
+        max_output_tokens: options.max_output_tokens,
         context: None,
     }
 }

@@ -52,6 +52,9 @@ pub struct ModelInfo {
     /// Context window in tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_window: Option<u64>,
+    /// `true` when the model takes images (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vision: Option<bool>,
     /// **(ours)** The name is an alias the operator configured: the model
     /// that answers it (so a client, and its user, can tell).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -173,8 +173,10 @@ impl ProviderError {
     }
 }
 
-/// A model as a provider lists it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// A model as a provider lists it. Build it with [`ModelEntry::named`] and
+/// the setters (or `..Default::default()`), so a field added later does not
+/// break your plugin's source.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ModelEntry {
     /// `<credential>/<model>`.
@@ -182,6 +184,28 @@ pub struct ModelEntry {
     /// The model's context window in tokens, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_window: Option<u64>,
+    /// Whether it takes images, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vision: Option<bool>,
+}
+
+impl ModelEntry {
+    /// A model called `name` (`<credential>/<model>`), nothing else known.
+    pub fn named(name: impl Into<String>) -> ModelEntry {
+        ModelEntry { name: name.into(), ..ModelEntry::default() }
+    }
+
+    /// Its context window, in tokens.
+    pub fn context_window(mut self, tokens: u64) -> ModelEntry {
+        self.context_window = Some(tokens);
+        self
+    }
+
+    /// Whether it takes images.
+    pub fn vision(mut self, vision: bool) -> ModelEntry {
+        self.vision = Some(vision);
+        self
+    }
 }
 
 /// The error code of an `open` whose context the provider does not hold
@@ -223,6 +247,10 @@ pub enum ProviderRequest {
         /// Reasoning effort.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reasoning_effort: Option<ReasoningEffort>,
+        /// Most tokens the answer may take (a summary's bound); `None`:
+        /// the model's own limit.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_output_tokens: Option<u32>,
         /// Keep, or continue, a context.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         context: Option<ContextRef>,

@@ -275,3 +275,62 @@ fn the_cli_compacts_a_conversation_and_reports_a_refusal() {
     assert_ne!(refused.code(), 0);
     assert!(refused.stderr.contains("conversation too short to compact"), "{}", refused.stderr);
 }
+
+/// The summary request a real OpenAI-compatible server receives: no
+/// tools, a bounded answer (`max_tokens` 2000), the conversation's system
+/// prompt then the summarizer's instruction, the transcript as the user's
+/// message. A provider failure is a `502` with its message, and changes
+/// nothing.
+#[test]
+fn the_summary_request_is_bounded_and_has_no_tools_and_a_provider_failure_is_a_502() {
+    use dispatch_test_support::mock_openai::*;
+    let server = MockServer::start(vec![
+        Reply::sse(&[text_chunk("Summary from the mock."), finish_chunk("stop"), usage_chunk(50, 5, None)]),
+        Reply::json(500, json!({"error": {"message": "the mock is down"}})),
+    ]);
+    let openai = format!(
+        "[[plugin.config.credentials]]\nname = \"mock\"\nbase_url = {:?}\nmodels = [\"m\"]\n",
+        server.base_url()
+    );
+    let cfg = product_config_with(LOOPBACK, LOOPBACK, &[("libdispatch_plugin_provider_openai.so", openai)]);
+    let s = Server::start(&cfg);
+    for _ in 0..2 {
+        say(&s, "bounded", "read the notes");
+    }
+    let url = format!("{}/conversations/bounded/compact", s.base);
+    let a = post(&url, r#"{"keepLastN": 1, "modelName": "mock/m"}"#);
+    assert_eq!(a.status, 200, "{}", a.text);
+    let reqs = server.requests();
+    let body = &reqs[0].body;
+    assert_eq!(body["model"], "m");
+    assert_eq!(body["max_tokens"], 2000, "{body}");
+    assert!(body.get("tools").is_none(), "{body}");
+    let messages = body["messages"].as_array().unwrap();
+    assert_eq!(messages[0]["role"], "system");
+    assert!(messages[0]["content"].as_str().unwrap().ends_with("Answer with the summary only."), "{body}");
+    let user = messages[1]["content"]
+        .as_str()
+        .unwrap_or_else(|| messages[1]["content"][0]["text"].as_str().unwrap());
+    assert!(
+        user.starts_with("Please summarize the following conversation:\n\nuser: read the notes"),
+        "{user}"
+    );
+    assert!(
+        user.contains("assistant: [tool: read_file]\n\ntool: [tool result: ")
+            && user.contains("hello from the notes"),
+        "{user}"
+    );
+    assert!(history(&s, "bounded")[0]["chunk"]["text"].as_str().unwrap().ends_with("Summary from the mock."));
+
+    say(&s, "bounded", "read the notes");
+    let before = history(&s, "bounded");
+    let failed = post(&url, r#"{"keepLastN": 1, "modelName": "mock/m"}"#);
+    assert_eq!(
+        (failed.status, failed.body["code"].as_str()),
+        (502, Some("provider_error")),
+        "{}",
+        failed.text
+    );
+    assert!(failed.body["error"].as_str().unwrap().contains("the mock is down"), "{}", failed.text);
+    assert_eq!(history(&s, "bounded"), before);
+}

@@ -255,3 +255,37 @@ fn named_credentials_from_config_and_the_catalog_lists_them() {
     assert_eq!(out.code(), 1);
     assert_row(&rows, "provider-openai", "failed", &["`LOCAL_KEY`", "not set"]);
 }
+
+/// `GET /models`' `modelInfo` (the catalog's `list`): a model's context
+/// window and image input from the server's `/models` where it says
+/// (OpenRouter's `context_length` and `architecture`, vLLM's
+/// `max_model_len`), from the configuration where it does not, and image
+/// input by the documented name list last; a credential with
+/// `images = false` has no vision model.
+#[test]
+fn model_info_comes_from_the_endpoint_then_the_config_then_the_name() {
+    use dispatch_test_support::mock_openai::*;
+    let listing = serde_json::json!({"data": [
+        {"id": "big", "context_length": 200000, "architecture": {"input_modalities": ["text", "image"]}},
+        {"id": "small", "max_model_len": 4096},
+        {"id": "gpt-4o"},
+        {"id": "plain"}
+    ]});
+    let server = MockServer::start(vec![Reply::json(200, listing.clone()), Reply::json(200, listing)]);
+    let config = format!(
+        "[[plugin.config.credentials]]\nname = \"local\"\nbase_url = {url:?}\n\
+         [plugin.config.credentials.context_windows]\n\"gpt-4o\" = 128000\nbig = 1\n\
+         [[plugin.config.credentials]]\nname = \"textonly\"\nbase_url = {url:?}\nimages = false\n",
+        url = server.base_url()
+    );
+    let cfg = Config::new().plugin(MODELS, "").plugin(OPENAI, &config).write();
+    let (out, lines) = call(&cfg, &[("models", r#"{"op":"list"}"#)], &[]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let info = &lines[0]["modelInfo"];
+    assert_eq!(info["local/big"], serde_json::json!({"contextWindow": 200000, "vision": true}));
+    assert_eq!(info["local/small"], serde_json::json!({"contextWindow": 4096}));
+    assert_eq!(info["local/gpt-4o"], serde_json::json!({"contextWindow": 128000, "vision": true}));
+    assert!(info["local/plain"].is_null(), "{info}");
+    assert!(info["textonly/big"]["vision"].is_null() && info["textonly/gpt-4o"].is_null(), "{info}");
+    assert_eq!(info["textonly/big"]["contextWindow"], 200000);
+}

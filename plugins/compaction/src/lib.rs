@@ -55,6 +55,8 @@ const THRESHOLD_KEY: &str = "compaction.threshold";
 const INSTRUCTION: &str = "You are summarizing a conversation so that it can continue within a \
 limited context. Write a concise summary that keeps every fact, decision, file path, open task \
 and piece of code the conversation will need; leave out pleasantries. Answer with the summary only.";
+/// The longest summary, in tokens (the original's bound).
+const MAX_SUMMARY_TOKENS: u32 = 2000;
 /// How much of a tool result the summarizer sees.
 const RESULT_CHARS: usize = 200;
 
@@ -331,6 +333,7 @@ impl Compactor {
             model: Some(resolved.model.clone()),
             system_prompt: Some(system),
             reasoning_effort: None,
+            max_output_tokens: Some(MAX_SUMMARY_TOKENS),
         };
         let messages = vec![ChatMessage { role: Role::User, chunks: vec![Chunk::text(transcript(old))] }];
         let request = StepRequest { messages: &messages, tools: &[], options: &options };

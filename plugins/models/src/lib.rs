@@ -96,10 +96,16 @@ impl Catalog {
             match self.host.call(&reg.service, &ProviderRequest::Models).await {
                 Ok(models) => {
                     for m in models.models {
-                        if let Some(cw) = m.context_window {
+                        // `vision` is told only as `true` (WIRE.md).
+                        let vision = m.vision.filter(|v| *v);
+                        if m.context_window.is_some() || vision.is_some() {
                             out.model_info.insert(
                                 m.name.clone(),
-                                ModelInfo { context_window: Some(cw), ..ModelInfo::default() },
+                                ModelInfo {
+                                    context_window: m.context_window,
+                                    vision,
+                                    ..ModelInfo::default()
+                                },
                             );
                         }
                         out.models.push(m.name);

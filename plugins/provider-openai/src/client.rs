@@ -34,6 +34,9 @@ pub struct Credential {
     /// Whether its models are shown images (users' attachments, tools'
     /// images); `false` for text-only endpoints, which refuse them.
     pub images: bool,
+    /// The request field that bounds an answer (`max_tokens` or
+    /// `max_completion_tokens`).
+    pub max_tokens_field: &'static str,
 }
 
 impl Credential {
@@ -332,10 +335,12 @@ impl OpenAiClient {
     }
 
     /// The models this credential serves: the configured list, else the
-    /// server's `/models`.
+    /// server's `/models` — with each model's context window and whether
+    /// it takes images, where the server says (see [`listed_model`]), else
+    /// from the configuration's `context_windows` and [`vision_by_name`].
     pub async fn models(&self) -> Result<Vec<ModelEntry>, ProviderError> {
-        let names: Vec<String> = match &self.credential.models {
-            Some(list) => list.clone(),
+        let listed: Vec<Listed> = match &self.credential.models {
+            Some(list) => list.iter().map(|id| Listed { id: id.clone(), ..Listed::default() }).collect(),
             None => {
                 let models = self.client.models();
                 let fetch = models.list_byot::<Value>();
@@ -348,18 +353,114 @@ impl OpenAiClient {
                     .and_then(Value::as_array)
                     .into_iter()
                     .flatten()
-                    .filter_map(|m| m.get("id").and_then(Value::as_str).map(str::to_owned))
+                    .filter_map(listed_model)
                     .collect()
             }
         };
-        Ok(names
+        Ok(listed
             .into_iter()
-            .map(|m| ModelEntry {
-                context_window: self.credential.context_windows.get(&m).copied(),
-                name: format!("{}/{m}", self.credential.name),
+            .map(|m| {
+                let context_window =
+                    m.context_window.or_else(|| self.credential.context_windows.get(&m.id).copied());
+                // A text-only endpoint (`images = false`) takes no images,
+                // whatever its models could do elsewhere.
+                let vision = self.credential.images && m.vision.unwrap_or_else(|| vision_by_name(&m.id));
+                ModelEntry {
+                    context_window,
+                    vision: Some(vision),
+                    name: format!("{}/{}", self.credential.name, m.id),
+                }
             })
             .collect())
     }
+}
+
+/// One model of a `/models` answer, as far as it says.
+#[derive(Debug, Default, PartialEq)]
+pub struct Listed {
+    /// Its id.
+    pub id: String,
+    /// Its context window, if the server reports one.
+    pub context_window: Option<u64>,
+    /// Whether it takes images, if the server reports it.
+    pub vision: Option<bool>,
+}
+
+/// Read one entry of an OpenAI-compatible `/models` answer. Servers
+/// report the window under different names: `context_length` (OpenRouter,
+/// and its `top_provider.context_length`), `max_model_len` (vLLM),
+/// `context_window`, `max_context_length`; and image input as
+/// `architecture.input_modalities` (OpenRouter), `architecture.modality`
+/// (`"text+image->text"`) or `capabilities.vision`.
+pub fn listed_model(entry: &Value) -> Option<Listed> {
+    let id = entry.get("id")?.as_str()?.to_owned();
+    let number = |v: Option<&Value>| v.and_then(Value::as_u64).filter(|n| *n > 0);
+    let context_window = ["context_length", "max_model_len", "context_window", "max_context_length"]
+        .iter()
+        .find_map(|k| number(entry.get(*k)))
+        .or_else(|| number(entry.pointer("/top_provider/context_length")));
+    let arch = entry.get("architecture");
+    let vision = arch
+        .and_then(|a| a.get("input_modalities"))
+        .and_then(Value::as_array)
+        .map(|m| m.iter().any(|x| x == "image"))
+        .or_else(|| {
+            arch.and_then(|a| a.get("modality"))
+                .and_then(Value::as_str)
+                .map(|m| m.split("->").next().unwrap_or("").contains("image"))
+        })
+        .or_else(|| entry.pointer("/capabilities/vision").and_then(Value::as_bool));
+    Some(Listed { id, context_window, vision })
+}
+
+/// Model families that take images, for servers that do not say: matched
+/// as substrings of the lower-cased model id (without its vendor prefix).
+/// The README lists them; a credential with `images = false` overrides.
+pub const VISION_NAMES: &[&str] = &[
+    "gpt-4o",
+    "gpt-4.1",
+    "gpt-4-turbo",
+    "gpt-4-vision",
+    "gpt-5",
+    "o3",
+    "o4-",
+    "claude-3",
+    "claude-opus-4",
+    "claude-sonnet-4",
+    "claude-haiku-4",
+    "gemini",
+    "gemma-3",
+    "llava",
+    "pixtral",
+    "qwen-vl",
+    "qwen2-vl",
+    "qwen2.5-vl",
+    "qwen3-vl",
+    "umans-qwen",
+    "kimi-k2.5",
+    "kimi-vl",
+    "umans-kimi",
+    "glm-4v",
+    "glm-4.5v",
+    "grok-2-vision",
+    "grok-4",
+    "llama-3.2-11b-vision",
+    "llama-3.2-90b-vision",
+    "llama-4",
+    "mistral-small-3.1",
+    "mistral-medium-3",
+    "phi-4-multimodal",
+    "minicpm-v",
+    "internvl",
+    "-vision",
+    "-vl-",
+];
+
+/// Whether a model id names a family of [`VISION_NAMES`].
+pub fn vision_by_name(id: &str) -> bool {
+    let lower = id.to_ascii_lowercase();
+    let name = lower.rsplit('/').next().unwrap_or(&lower);
+    VISION_NAMES.iter().any(|v| name.contains(v)) || name.ends_with("-vl")
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -382,6 +483,29 @@ fn source_chain(e: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_models_entry_gives_its_window_and_image_input_under_any_of_the_usual_names() {
+        use serde_json::json;
+        let read = |v: Value| listed_model(&v).unwrap();
+        let or = read(json!({"id": "vendor/m", "context_length": 200000,
+            "architecture": {"input_modalities": ["text", "image"], "modality": "text+image->text"}}));
+        assert_eq!(or, Listed { id: "vendor/m".into(), context_window: Some(200000), vision: Some(true) });
+        let vllm = read(json!({"id": "local", "max_model_len": 32768}));
+        assert_eq!((vllm.context_window, vllm.vision), (Some(32768), None));
+        let top = read(
+            json!({"id": "x", "top_provider": {"context_length": 1000}, "architecture": {"modality": "text->text+image"}}),
+        );
+        assert_eq!(
+            (top.context_window, top.vision),
+            (Some(1000), Some(false)),
+            "an image output is not input"
+        );
+        assert_eq!(read(json!({"id": "y", "capabilities": {"vision": true}})).vision, Some(true));
+        assert!(listed_model(&json!({"object": "model"})).is_none());
+        assert!(vision_by_name("openai/gpt-4o-mini") && vision_by_name("Qwen/Qwen2.5-VL-7B-Instruct"));
+        assert!(!vision_by_name("deepseek-chat") && !vision_by_name("gpt-3.5-turbo"));
+    }
+
     use super::*;
     use std::time::SystemTime;
 

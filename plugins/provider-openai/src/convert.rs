@@ -26,11 +26,26 @@ pub struct RequestBody {
     tools: Option<Arc<RawValue>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reasoning_effort: Option<&'static str>,
+    /// The answer's bound, under the name the credential's server reads
+    /// (`max_tokens`, or `max_completion_tokens`).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    limit: Option<std::collections::BTreeMap<&'static str, u32>>,
 }
 
 #[derive(Debug, Serialize)]
 struct StreamOptions {
     include_usage: bool,
+}
+
+/// What a request asks besides its messages, tools and system prompt.
+#[derive(Debug, Clone, Copy)]
+pub struct Knobs {
+    /// Reasoning effort.
+    pub effort: Option<ReasoningEffort>,
+    /// Whether images are sent.
+    pub images: Images,
+    /// The answer's bound: the field that carries it, and tokens.
+    pub limit: Option<(&'static str, u32)>,
 }
 
 /// A context's history converted to OpenAI messages so far: kept in the
@@ -56,9 +71,9 @@ impl Converted {
         messages: &[ChatMessage],
         tools: &[ToolSpec],
         system_prompt: Option<&str>,
-        effort: Option<ReasoningEffort>,
-        images: Images,
+        knobs: Knobs,
     ) -> RequestBody {
+        let Knobs { effort, images, limit } = knobs;
         if !self.started || messages.len() < self.from {
             // First use (or a caller that broke the memo's contract):
             // start over.
@@ -94,6 +109,7 @@ impl Converted {
                 ReasoningEffort::Medium => "medium",
                 ReasoningEffort::High | ReasoningEffort::Xhigh | ReasoningEffort::Max => "high",
             }),
+            limit: limit.map(|(field, n)| [(field, n)].into_iter().collect()),
         }
     }
 }
@@ -116,7 +132,7 @@ pub fn request_body(
     effort: Option<ReasoningEffort>,
     images: Images,
 ) -> RequestBody {
-    Converted::default().body(model, messages, tools, system_prompt, effort, images)
+    Converted::default().body(model, messages, tools, system_prompt, Knobs { effort, images, limit: None })
 }
 
 /// Whether a credential's models are sent images (its `images` setting).
@@ -382,6 +398,7 @@ impl Assembler {
 
 #[cfg(test)]
 mod tests {
+    const SEND: Knobs = Knobs { effort: None, images: Images::Send, limit: None };
     use super::*;
 
     #[test]
@@ -465,14 +482,14 @@ mod tests {
         let tools = vec![ToolSpec { name: "ls".into(), description: "l".into(), input_schema: json!({}) }];
         let mut memo = Converted::default();
         for n in [1, 3, 5, 5, 9] {
-            let kept = memo.body("m", &history[..n], &tools, Some("sp"), None, Images::Send);
+            let kept = memo.body("m", &history[..n], &tools, Some("sp"), SEND);
             let fresh = request_body("m", &history[..n], &tools, Some("sp"), None, Images::Send);
             assert_eq!(serde_json::to_value(&kept).unwrap(), serde_json::to_value(&fresh).unwrap());
             assert_eq!((memo.from, memo.messages.len()), (n, n + 1));
         }
         // A shorter history breaks the memo's contract: it starts over
         // rather than answering a wrong body.
-        let kept = memo.body("m", &history[..2], &tools, Some("sp"), None, Images::Send);
+        let kept = memo.body("m", &history[..2], &tools, Some("sp"), SEND);
         assert_eq!(serde_json::to_value(&kept).unwrap()["messages"].as_array().unwrap().len(), 3);
     }
 
@@ -524,7 +541,7 @@ mod tests {
         // Step by step through the memo, the same body.
         let mut memo = Converted::default();
         for n in [1, 4, 5] {
-            let kept = memo.body("m", &history[..n], &[], None, None, Images::Send);
+            let kept = memo.body("m", &history[..n], &[], None, SEND);
             let fresh = request_body("m", &history[..n], &[], None, None, Images::Send);
             assert_eq!(serde_json::to_value(&kept).unwrap(), serde_json::to_value(&fresh).unwrap());
         }

@@ -106,6 +106,33 @@ pub struct CredentialConfig {
     /// attachment becomes a note), where they would be refused.
     #[serde(default = "yes")]
     pub images: bool,
+    /// The request field that bounds an answer's length, when Dispatch asks
+    /// for a bound (a compaction's summary): `max_tokens` (default; what
+    /// most OpenAI-compatible servers read) or `max_completion_tokens`
+    /// (what OpenAI's reasoning models require).
+    #[serde(default)]
+    pub max_tokens_field: MaxTokensField,
+}
+
+/// [`CredentialConfig::max_tokens_field`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaxTokensField {
+    /// `max_tokens`.
+    #[default]
+    MaxTokens,
+    /// `max_completion_tokens`.
+    MaxCompletionTokens,
+}
+
+impl MaxTokensField {
+    /// The field's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            MaxTokensField::MaxTokens => "max_tokens",
+            MaxTokensField::MaxCompletionTokens => "max_completion_tokens",
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -136,6 +163,7 @@ pub fn credentials(cfg: &Config, env: &dyn Fn(&str) -> Option<String>) -> Result
             models: c.models.clone(),
             context_windows: c.context_windows.clone(),
             images: c.images,
+            max_tokens_field: c.max_tokens_field.name(),
         });
     }
     if out.is_empty() {
@@ -150,6 +178,7 @@ pub fn credentials(cfg: &Config, env: &dyn Fn(&str) -> Option<String>) -> Result
                 models: model.map(|m| vec![m.strip_prefix("openai/").unwrap_or(&m).to_owned()]),
                 context_windows: BTreeMap::new(),
                 images: true,
+                max_tokens_field: MaxTokensField::MaxTokens.name(),
             });
         }
     }
@@ -214,8 +243,11 @@ impl ModelProvider for Shared {
             step.messages,
             step.tools,
             step.system_prompt,
-            step.reasoning_effort,
-            images,
+            convert::Knobs {
+                effort: step.reasoning_effort,
+                images,
+                limit: step.max_output_tokens.map(|n| (client.credential().max_tokens_field, n)),
+            },
         );
         Ok(Box::pin(client.produce(body, events)))
     }

@@ -24,6 +24,7 @@ fn client(server: &MockServer, first_byte_ms: u64) -> OpenAiClient {
             models: None,
             context_windows: BTreeMap::from([("m1".to_owned(), 32_000)]),
             images: true,
+            max_tokens_field: "max_tokens",
         },
         Timeouts {
             connect: Duration::from_secs(2),
@@ -359,6 +360,7 @@ async fn secrets_never_reach_an_error_message() {
         models: None,
         context_windows: BTreeMap::new(),
         images: true,
+        max_tokens_field: "max_tokens",
     };
     assert!(!format!("{credential:?}").contains("hunter22"));
     let timeouts = Timeouts {

@@ -65,6 +65,9 @@ pub struct Script {
     /// small one lets automatic compaction be tried offline.
     #[serde(default)]
     pub context_window: Option<u64>,
+    /// Whether `scripted/demo` reports taking images (default `false`).
+    #[serde(default)]
+    pub vision: bool,
 }
 
 /// A token estimate for text: a quarter of its characters, rounded up
@@ -215,7 +218,11 @@ struct State {
 impl ModelProvider for State {
     fn models(&self) -> BoxFuture<Vec<ModelEntry>> {
         let window = self.script.context_window.unwrap_or(128_000);
-        Box::pin(std::future::ready(vec![ModelEntry { name: MODEL.into(), context_window: Some(window) }]))
+        Box::pin(std::future::ready(vec![ModelEntry {
+            name: MODEL.into(),
+            context_window: Some(window),
+            vision: Some(self.script.vision),
+        }]))
     }
 
     fn open(&self, step: StepSpec<'_>, events: EventSender) -> Result<BoxFuture<()>, Error> {

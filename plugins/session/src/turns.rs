@@ -717,6 +717,7 @@ impl Session {
                 model: Some(resolved.model.clone()),
                 system_prompt,
                 reasoning_effort: effort,
+                max_output_tokens: None,
             },
             tools,
             cwd: Some(cwd),
