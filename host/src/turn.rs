@@ -166,6 +166,7 @@ pub async fn run(
         emit: emit.clone(),
         drain_steering: None,
         on_step: None,
+        compact: None,
     })
     .await;
     emit(AgentEvent::TurnSealed { conversation_id, turn_id });

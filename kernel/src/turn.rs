@@ -53,6 +53,11 @@ pub type SteeringDrain = Box<dyn FnMut() -> BoxFuture<Vec<String>> + Send + Sync
 /// history does not hold.
 pub type StepSink = Box<dyn FnMut(Vec<ChatMessage>) -> BoxFuture<Result<(), String>> + Send + Sync>;
 
+/// Called at each tool-result boundary with the step's context size (its
+/// input + output tokens): a new history for the rest of the turn (the
+/// conversation was compacted), or `None` to go on as it is.
+pub type Compactor = Box<dyn FnMut(u64) -> BoxFuture<Option<Vec<ChatMessage>>> + Send + Sync>;
+
 /// The content of the result of a call that was cut short by an abort.
 pub const ABORTED: &str = "Aborted: the turn was stopped before this tool call finished.";
 
@@ -90,6 +95,8 @@ pub struct TurnInput<'a> {
     pub drain_steering: Option<SteeringDrain>,
     /// Incremental persistence of each step's messages.
     pub on_step: Option<StepSink>,
+    /// Compaction at tool-result boundaries.
+    pub compact: Option<Compactor>,
 }
 
 /// What a turn hands back.
@@ -297,6 +304,14 @@ impl Turn<'_> {
                 added.extend(drained.iter().cloned());
                 if !self.save(drained).await {
                     break FinishReason::Error;
+                }
+            }
+            // Past the window's threshold: the rest of the turn runs on
+            // the compacted history (everything so far is saved).
+            let size = step_usage.input_tokens.saturating_add(step_usage.output_tokens);
+            if let (Some(compact), true) = (self.input.compact.as_mut(), size > 0) {
+                if let Some(history) = compact(size).await {
+                    self.messages = history;
                 }
             }
             index += 1;

@@ -607,3 +607,35 @@ fn the_context_size_saturates_instead_of_wrapping() {
     });
     assert_eq!(done, Some(Some(u64::MAX)));
 }
+
+/// At a tool-result boundary the compactor may hand back a compacted
+/// history: the next step is sent that, the turn goes on, and what it
+/// adds after lands after it. It is asked with the step's input + output
+/// tokens, and not at all after the last step.
+#[test]
+fn a_compactor_replaces_the_history_at_a_tool_result_boundary_and_the_turn_goes_on() {
+    let mut h = Harness::new(vec![
+        vec![call("a", "echo", json!({"x": 1})), usage(100, 20), finish(FinishReason::ToolCalls)],
+        vec![call("b", "echo", json!({"x": 2})), usage(150, 30), finish(FinishReason::ToolCalls)],
+        vec![text("done"), usage(60, 5), finish(FinishReason::Stop)],
+    ])
+    .tools(vec![echo(true)]);
+    let summary = ChatMessage { role: Role::System, chunks: vec![Chunk::text("summary so far")] };
+    h.compact_to = Some(vec![summary.clone(), ChatMessage::user("hello")]);
+    let out = h.run();
+    assert_eq!(out.reason, FinishReason::Stop);
+    assert_eq!(
+        *h.compact_sizes.lock().unwrap(),
+        [120, 180],
+        "asked at both boundaries, not after the last step"
+    );
+    let requests = h.provider.requests.lock().unwrap();
+    assert_eq!(
+        requests[1],
+        [summary.clone(), ChatMessage::user("hello")],
+        "the second step ran on the compacted history"
+    );
+    assert_eq!(requests[2].len(), 4, "the compacted history, then the second step's call and result");
+    assert_eq!(out.history[0], summary);
+    assert_eq!(out.messages.len(), 5, "every message the turn added is still handed back to be saved");
+}

@@ -334,3 +334,67 @@ fn the_summary_request_is_bounded_and_has_no_tools_and_a_provider_failure_is_a_5
     assert!(failed.body["error"].as_str().unwrap().contains("the mock is down"), "{}", failed.text);
     assert_eq!(history(&s, "bounded"), before);
 }
+
+/// Past the threshold at a tool-result boundary, the stored history is
+/// compacted while the turn runs; the turn goes on with the compacted
+/// history and seals as usual, what it appends landing after the summary.
+#[test]
+fn a_turn_past_the_threshold_at_a_tool_boundary_goes_on_with_the_compacted_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("script.json");
+    let read = json!({"toolCalls": [{"name": "read_file", "input": {"path": "notes.txt"}}]});
+    std::fs::write(
+        &script,
+        json!({"contextWindow": 100, "replies": [
+            {"match": "^Please summarize", "steps": [{"text": "Summary: work in progress."}]},
+            {"match": "^work", "steps": [read, read, read, read, {"text": "All read."}]},
+            {"steps": [{"text": "Noted."}]}
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let scripted = format!("script = {:?}", script.display().to_string());
+    let cfg =
+        product_config_with(LOOPBACK, LOOPBACK, &[("libdispatch_plugin_provider_scripted.so", scripted)]);
+    let s = Server::start(&cfg);
+    let percent = |t: u64| {
+        let body = json!({"threshold": t}).to_string();
+        let a = send("PUT", &format!("{}/conversations/mid/compact-percent", s.base), Some(&body), &[]);
+        assert_eq!(a.status, 200, "{}", a.text);
+    };
+    percent(0);
+    for i in 0..3 {
+        say(&s, "mid", &format!("note {i}"));
+    }
+    assert_ne!(history(&s, "mid")[0]["role"], "system", "off: not compacted after those turns");
+    percent(85);
+    let (a, events) = chat(&s.base, json!({"conversationId": "mid", "message": "work through the notes"}));
+    assert_eq!(a.status, 200, "{}", a.text);
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(kinds.last(), Some(&"turn-sealed"), "{kinds:?}");
+    let done = events.iter().find(|e| e["type"] == "done").unwrap();
+    assert_eq!(done["reason"], "stop", "{done}");
+    assert_eq!(kinds.iter().filter(|k| **k == "tool-result").count(), 4, "the turn did all its steps");
+    assert!(
+        s.log().contains("over the threshold mid-turn: compacting"),
+        "not compacted mid-turn:\n{}",
+        s.log()
+    );
+
+    let after = history(&s, "mid");
+    assert_eq!(after[0]["role"], "system", "{after:?}");
+    assert!(after[0]["chunk"]["text"].as_str().unwrap().ends_with("Summary: work in progress."));
+    let seqs: Vec<u64> = after.iter().map(|c| c["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=after.len() as u64).collect::<Vec<_>>());
+    results_have_calls(&after);
+    assert_eq!(
+        after.last().unwrap()["chunk"]["text"],
+        "All read.",
+        "the turn's end landed after the summary"
+    );
+    let archive = meta(&s, "mid")["compactedFrom"].as_str().unwrap().to_owned();
+    let archived = history(&s, &archive);
+    assert!(archived.iter().any(|c| c["chunk"]["text"] == "work through the notes"), "{archived:?}");
+    // And the conversation goes on.
+    say(&s, "mid", "note 4");
+}

@@ -218,6 +218,11 @@ pub struct Harness {
     /// Saves after this many succeeded fail (a full disk, a chunk over the
     /// store's limit).
     pub fail_saves_after: Option<usize>,
+    /// The history the compactor hands back at the first tool-result
+    /// boundary (none: no compactor).
+    pub compact_to: Option<Vec<ChatMessage>>,
+    /// The context sizes the compactor was called with.
+    pub compact_sizes: Arc<Mutex<Vec<u64>>>,
 }
 
 impl Harness {
@@ -251,6 +256,8 @@ impl Harness {
             steering: Arc::default(),
             persisted: Arc::default(),
             fail_saves_after: None,
+            compact_to: None,
+            compact_sizes: Arc::default(),
         }
     }
 
@@ -283,6 +290,15 @@ impl Harness {
                 let next = steering.lock().unwrap().pop_front().unwrap_or_default();
                 Box::pin(std::future::ready(next))
             })),
+            compact: self.compact_to.clone().map(|replacement| {
+                let sizes = Arc::clone(&self.compact_sizes);
+                let mut once = Some(replacement);
+                let compact: dispatch_kernel::turn::Compactor = Box::new(move |size| {
+                    sizes.lock().unwrap().push(size);
+                    Box::pin(std::future::ready(once.take()))
+                });
+                compact
+            }),
             on_step: Some(Box::new(move |msgs| {
                 let mut saved = persisted.lock().unwrap();
                 let result = if fail_after.is_some_and(|n| saved.len() >= n) {

@@ -24,12 +24,14 @@ use abi_stable::std_types::{RStr, RVec};
 use dispatch_abi::runtime::{PluginRuntime, Runner};
 use dispatch_abi::{Context, Error, Host, Plugin, PluginManifest};
 use dispatch_contracts::catalog::{CatalogRequest, ModelList, Resolved, CATALOG};
-use dispatch_contracts::compaction::{Compacted, COMPACTED};
+use dispatch_contracts::compaction::{Compacted, CompactionRequest, InFlight, COMPACTED, COMPACTION};
 use dispatch_contracts::http::{
     self, problem, HttpMethod, HttpRequest, HttpResponse, Problem, Route, RouteResult,
 };
 use dispatch_contracts::openapi::Operation;
-use dispatch_contracts::protocol::store::{CompactRequest, Details, History, MetricsList, StoreRequest};
+use dispatch_contracts::protocol::store::{
+    CompactRequest, Details, History, Messages, MetricsList, StoreRequest,
+};
 use dispatch_contracts::protocol::wire::{
     is_valid_conversation_id, ConversationStatus, Role, StoredChunk, CONVERSATION_ID_PATTERN,
     CONVERSATION_ID_RULE,
@@ -102,7 +104,17 @@ struct Compactor {
     /// Conversations being compacted now: a second request is a `409`.
     running: Mutex<HashSet<String>>,
     keep_last: u64,
+    /// Thresholds read so far (the store holds them; `PUT` updates both):
+    /// asked at every tool-result boundary, so kept at hand.
+    thresholds: Mutex<std::collections::HashMap<String, u64>>,
+    /// The catalog's model info, and when it was read: listing asks every
+    /// provider (an HTTP request to a server's `/models`), too much for
+    /// every step.
+    windows: Mutex<Option<(std::time::Instant, ModelList)>>,
 }
+
+/// How long the catalog's model info is kept.
+const WINDOWS_KEPT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The answer of `POST /conversations/:id/compact`.
 #[derive(Debug, Serialize, JsonSchema)]
@@ -209,15 +221,101 @@ impl Compactor {
     }
 
     async fn threshold(&self, id: &str) -> Result<u64, Problem> {
+        if let Some(t) = self.thresholds.lock().unwrap_or_else(PoisonError::into_inner).get(id) {
+            return Ok(*t);
+        }
         let v: Value = self
             .store(StoreRequest::GetValue { scope: id.to_owned(), key: THRESHOLD_KEY.to_owned() })
             .await?;
-        Ok(v.as_u64().unwrap_or(DEFAULT_THRESHOLD))
+        let t = v.as_u64().unwrap_or(DEFAULT_THRESHOLD);
+        let mut known = self.thresholds.lock().unwrap_or_else(PoisonError::into_inner);
+        // Bounded: an entry is cheap to read again.
+        if known.len() >= 4096 {
+            known.clear();
+        }
+        known.insert(id.to_owned(), t);
+        Ok(t)
+    }
+
+    /// `model`'s context window, from the catalog's model info (read at
+    /// most once a minute).
+    async fn window(&self, model: &str) -> Result<Option<u64>, Problem> {
+        let fresh = self
+            .windows
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < WINDOWS_KEPT)
+            .map(|(_, list)| list.model_info.get(model).and_then(|i| i.context_window));
+        if let Some(w) = fresh {
+            return Ok(w);
+        }
+        let list: ModelList = self.catalog(CatalogRequest::List).await.map_err(problem)?;
+        let w = list.model_info.get(model).and_then(|i| i.context_window);
+        *self.windows.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((std::time::Instant::now(), list));
+        Ok(w)
+    }
+
+    /// Whether what is already known (the threshold, a fresh window) says
+    /// `context` is under the threshold — no store or catalog call.
+    fn surely_under(&self, id: &str, model: &str, context: u64) -> bool {
+        let Some(threshold) = self.thresholds.lock().unwrap_or_else(PoisonError::into_inner).get(id).copied()
+        else {
+            return false;
+        };
+        if threshold == 0 || context == 0 {
+            return true;
+        }
+        let windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
+        match windows.as_ref().filter(|(at, _)| at.elapsed() < WINDOWS_KEPT) {
+            Some((_, list)) => match list.model_info.get(model).and_then(|i| i.context_window) {
+                Some(window) => context < window * threshold / 100,
+                None => true,
+            },
+            None => false,
+        }
+    }
+
+    /// Whether `context` tokens on `model` are past `id`'s threshold.
+    async fn over_threshold(&self, id: &str, model: &str, context: u64) -> Result<bool, Problem> {
+        let threshold = self.threshold(id).await?;
+        if threshold == 0 || context == 0 {
+            return Ok(false);
+        }
+        let Some(window) = self.window(model).await? else { return Ok(false) };
+        Ok(context >= window * threshold / 100)
+    }
+
+    /// At a running turn's tool-result boundary: compact when past the
+    /// threshold, and answer the history the turn goes on with.
+    async fn in_flight(
+        &self,
+        id: &str,
+        model: &str,
+        context: u64,
+    ) -> Result<Option<Vec<ChatMessage>>, Problem> {
+        if !self.over_threshold(id, model, context).await? {
+            return Ok(None);
+        }
+        tracing::info!(conversation = %id, context, "over the threshold mid-turn: compacting");
+        self.compact(id, self.keep_last, Some(model.to_owned()), true).await?;
+        let messages: Messages =
+            self.store(StoreRequest::Messages { conversation_id: id.to_owned() }).await?;
+        Ok(Some(messages.messages))
     }
 
     /// Compact `id`, keeping its last `keep` messages, summarized by
     /// `model` (else the conversation's, else the default).
-    async fn compact(&self, id: &str, keep: u64, model: Option<String>) -> Result<CompactAnswer, Problem> {
+    /// (`during_turn`: asked by the running turn itself, which is no
+    /// reason to refuse.)
+    async fn compact(
+        &self,
+        id: &str,
+        keep: u64,
+        model: Option<String>,
+        during_turn: bool,
+    ) -> Result<CompactAnswer, Problem> {
         {
             let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
             if !running.insert(id.to_owned()) {
@@ -228,7 +326,7 @@ impl Compactor {
                 ));
             }
         }
-        let result = self.compact_now(id, keep, model).await;
+        let result = self.compact_now(id, keep, model, during_turn).await;
         self.running.lock().unwrap_or_else(PoisonError::into_inner).remove(id);
         result
     }
@@ -238,6 +336,7 @@ impl Compactor {
         id: &str,
         keep: u64,
         model: Option<String>,
+        during_turn: bool,
     ) -> Result<CompactAnswer, Problem> {
         let details: Option<Details> =
             self.store(StoreRequest::Get { conversation_id: id.to_owned() }).await?;
@@ -249,7 +348,7 @@ impl Compactor {
             .call(&SESSION, &SessionRequest::Status { conversation_id: id.to_owned() })
             .await
             .and_then(|v| serde_json::from_value(v).map_err(|e| Error::new("plugin", e.to_string())));
-        if status.is_ok_and(|s| s.is_active) {
+        if !during_turn && status.is_ok_and(|s| s.is_active) {
             return Err(Problem::new(409, "conversation_active", "conversation is generating"));
         }
         let history: History = self
@@ -358,10 +457,6 @@ impl Compactor {
     /// at or over its threshold of the model's window. Quietly nothing when
     /// the threshold is 0, the window is unknown, or no turn was measured.
     async fn after_turn(&self, id: &str) -> Result<(), Problem> {
-        let threshold = self.threshold(id).await?;
-        if threshold == 0 {
-            return Ok(());
-        }
         let metrics: MetricsList =
             self.store(StoreRequest::Metrics { conversation_id: id.to_owned() }).await?;
         let Some(context) = metrics.turns.last().and_then(|t| t.context_size).filter(|c| *c > 0) else {
@@ -374,15 +469,11 @@ impl Compactor {
         let Ok(resolved) = self.catalog::<Resolved>(CatalogRequest::Resolve { model: asked }).await else {
             return Ok(());
         };
-        let list: ModelList = self.catalog(CatalogRequest::List).await.map_err(problem)?;
-        let window = list.model_info.get(&resolved.model).and_then(|i| i.context_window);
-        let Some(window) = window else { return Ok(()) };
-        let limit = window * threshold / 100;
-        if context < limit {
+        if !self.over_threshold(id, &resolved.model, context).await? {
             return Ok(());
         }
-        tracing::info!(conversation = %id, context, limit, "over the threshold: compacting");
-        self.compact(id, self.keep_last, Some(resolved.model)).await.map(|_| ())
+        tracing::info!(conversation = %id, context, "over the threshold: compacting");
+        self.compact(id, self.keep_last, Some(resolved.model), false).await.map(|_| ())
     }
 }
 
@@ -427,7 +518,7 @@ fn routes(c: &Arc<Compactor>, runner: &Runner) -> Vec<Route> {
                     .filter(|k| k.is_finite() && *k >= 1.0)
                     .map_or(DEFAULT_KEEP, |k| k as u64);
                 let model = body.model_name.map(|m| m.trim().to_owned()).filter(|m| !m.is_empty());
-                Ok(HttpResponse::ok(&c.compact(&id, keep, model).await?))
+                Ok(HttpResponse::ok(&c.compact(&id, keep, model, false).await?))
             }
             .await;
             Ok::<_, Error>(answer)
@@ -477,6 +568,7 @@ fn routes(c: &Arc<Compactor>, runner: &Runner) -> Vec<Route> {
                 value: json!(threshold),
             };
             c.store::<Value>(put).await?;
+            c.thresholds.lock().unwrap_or_else(PoisonError::into_inner).insert(id.clone(), threshold);
             Ok(HttpResponse::ok(&ThresholdAnswer { conversation_id: id, threshold }))
         }
     })
@@ -501,7 +593,8 @@ impl Plugin for CompactionPlugin {
                 .description("Summarizes the old part of long conversations and archives their history")
                 .depends_on("store-sqlite")
                 .depends_on("models")
-                .depends_on("session"),
+                .depends_on("session")
+                .provides("service", COMPACTION.name()),
         )
     }
 
@@ -514,8 +607,37 @@ impl Plugin for CompactionPlugin {
             caller: Arc::new(HostCaller(host.clone())),
             running: Mutex::default(),
             keep_last: config.keep_last.max(1),
+            thresholds: Mutex::default(),
+            windows: Mutex::default(),
         });
         http::serve_all(&host, routes(&compactor, &runtime.runner()))?;
+        let (c, runner) = (Arc::clone(&compactor), runtime.runner());
+        host.provide(&COMPACTION, move |request: CompactionRequest| -> BoxFuture<Result<InFlight, Error>> {
+            // Asked at every tool-result boundary of every turn: answered
+            // on the spot when what is known says "not yet".
+            if let CompactionRequest::InFlight { conversation_id, model, context_size } = &request {
+                if c.surely_under(conversation_id, model, *context_size) {
+                    return Box::pin(std::future::ready(Ok(InFlight::default())));
+                }
+            }
+            let c = Arc::clone(&c);
+            Box::pin(runner.run(async move {
+                match request {
+                    CompactionRequest::InFlight { conversation_id, model, context_size } => {
+                        let history = match c.in_flight(&conversation_id, &model, context_size).await {
+                            Ok(h) => h,
+                            // The turn goes on uncompacted.
+                            Err(p) => {
+                                tracing::warn!(conversation = %conversation_id, error = %p, "compaction mid-turn failed");
+                                None
+                            }
+                        };
+                        Ok(InFlight { history })
+                    }
+                    other => Err(Error::new("unsupported", format!("the compaction service does not know {other:?}"))),
+                }
+            }))
+        })?;
         if config.auto {
             let (c, runner) = (Arc::clone(&compactor), runtime.runner());
             host.subscribe_sync(&STATUS, move |s: StatusChanged| {

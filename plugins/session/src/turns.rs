@@ -708,6 +708,32 @@ impl Session {
                 })
             })
         };
+        // At tool-result boundaries, the compaction plugin (when there is
+        // one) may compact the conversation; the turn goes on with what it
+        // answers. What the turn keeps for the next stays right: the store
+        // then holds the compacted log and what the turn appended after it.
+        let compact = {
+            let host = self.host.clone();
+            let conversation_id = conversation_id.clone();
+            let model = resolved.model.clone();
+            let compactor: dispatch_kernel::turn::Compactor =
+                Box::new(move |context_size| -> BoxFuture<Option<Vec<ChatMessage>>> {
+                    let host = host.clone();
+                    let request = dispatch_contracts::compaction::CompactionRequest::InFlight {
+                        conversation_id: conversation_id.clone(),
+                        model: model.clone(),
+                        context_size,
+                    };
+                    Box::pin(async move {
+                        match host.call(&dispatch_contracts::compaction::COMPACTION, &request).await {
+                            Ok(answer) => answer.history,
+                            // No compaction plugin (or it failed): go on.
+                            Err(_) => None,
+                        }
+                    })
+                });
+            compactor
+        };
         let mut outcome = run_turn(TurnInput {
             conversation_id: conversation_id.clone(),
             turn_id: turn_id.clone(),
@@ -730,6 +756,7 @@ impl Session {
             emit: Arc::clone(&emit),
             drain_steering: Some(drain),
             on_step: Some(on_step),
+            compact: Some(compact),
         })
         .await;
 

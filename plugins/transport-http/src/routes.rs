@@ -128,6 +128,7 @@ fn absent_feature(segments: &[&str]) -> Option<&'static str> {
         ["models"] => "Model catalog",
         ["system-prompt"] | ["system-prompt", "variables"] => "System prompt service",
         ["conversations", _, "mcp"] => "MCP service",
+        ["conversations", _, "lsp"] => "LSP service",
         ["conversations", _, "compact" | "compact-percent"] => "Compaction service",
         ["chat"] | ["conversations"] => "Session service",
         ["conversations", _]
