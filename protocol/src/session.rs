@@ -145,7 +145,35 @@ pub enum SessionRequest {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         wait_ms: Option<u64>,
     },
+    /// Warm the provider's prompt cache: send what the conversation's next
+    /// turn would send (system prompt, tools, history) plus a one-token
+    /// probe, persisting nothing; answers [`Warmed`]. Refused while a turn
+    /// runs (`conflict`), for a conversation with no history
+    /// (`no_history`) or an unknown model (`unknown_model`).
+    Warm {
+        /// The conversation.
+        conversation_id: String,
+        /// The model (default: the conversation's, else the default).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
+        /// The working directory (default: the conversation's).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cwd: Option<String>,
+    },
 }
+
+/// The answer to [`SessionRequest::Warm`]: what the probe cost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Warmed {
+    /// The conversation.
+    pub conversation_id: String,
+    /// The probe's usage as the provider reported it.
+    pub usage: crate::wire::Usage,
+}
+
+/// The user message a cache warm ends with (its answer is one token).
+pub const WARM_PROBE: &str = "reply with just a .";
 
 /// A turn was started.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -155,6 +155,11 @@ pub enum RegistryRequest {
         /// The token of the surface being replaced (none for a new one).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         token: Option<String>,
+        /// Conversation scope: what a conversation shows before its own
+        /// instance is set (`spec` is then what a client shows with no
+        /// conversation at all). Absent: `spec` for both.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        conversation_spec: Option<SurfaceSpec>,
     },
     /// Replace the spec of a registered surface (the owner only). For a
     /// conversation-scoped surface, with `conversation_id`: that

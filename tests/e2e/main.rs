@@ -22,4 +22,5 @@ mod service;
 mod store;
 mod support;
 mod tools;
+mod warming;
 mod ws;

@@ -36,6 +36,7 @@ const WIRE: &[(&str, &str, &str)] = &[
     ("GET", "/conversations/{id}/reasoning-effort", "session"),
     ("PUT", "/conversations/{id}/reasoning-effort", "session"),
     ("GET", "/conversations/{id}/mcp", "mcp"),
+    ("POST", "/chat/warm", "cache-warming"),
     ("POST", "/conversations/{id}/compact", "compaction"),
     ("GET", "/conversations/{id}/compact-percent", "compaction"),
     ("PUT", "/conversations/{id}/compact-percent", "compaction"),

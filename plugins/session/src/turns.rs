@@ -290,6 +290,9 @@ impl Session {
                 SessionRequest::Last { conversation_id, wait_ms } => {
                     to_value(&self.last(&conversation_id, wait_ms).await?)
                 }
+                SessionRequest::Warm { conversation_id, model, cwd } => {
+                    to_value(&self.warm(&conversation_id, model, cwd).await?)
+                }
                 _ => Err(Error::new("unsupported", "this session does not know that op")),
             }
         })
@@ -363,6 +366,95 @@ impl Session {
                 Err(e)
             }
         }
+    }
+
+    /// A cache warm: the next turn's request, ending with the one-token
+    /// probe instead of a user's message; nothing is saved or emitted.
+    async fn warm(
+        &self,
+        conversation_id: &str,
+        model: Option<String>,
+        cwd: Option<String>,
+    ) -> Result<dispatch_contracts::session::Warmed, Error> {
+        if self.convs().get(conversation_id).is_some_and(|c| c.running.is_some()) {
+            return Err(Error::new(codes::CONFLICT, "conversation is generating"));
+        }
+        let details: Option<Details> =
+            self.store(&StoreRequest::Get { conversation_id: conversation_id.to_owned() }).await?;
+        let Some(details) = details.filter(|d| d.latest_seq > 0) else {
+            return Err(Error::new("no_history", "no history"));
+        };
+        let asked = model.map(|m| m.trim().to_owned()).filter(|m| !m.is_empty());
+        let name = asked.clone().or_else(|| details.model.clone());
+        let resolved: Resolved =
+            match self.host.call(&CATALOG, &CatalogRequest::Resolve { model: name.clone() }).await {
+                Ok(r) => decode("model catalog", r)?,
+                Err(e) if e.code() == "not_found" => {
+                    return Err(Error::new(
+                        "unknown_model",
+                        format!("unknown model: {}", name.unwrap_or_else(|| "(default)".into())),
+                    ))
+                }
+                Err(e) => return Err(e),
+            };
+        let cwd = cwd
+            .map(|c| c.trim().to_owned())
+            .filter(|c| !c.is_empty())
+            .or_else(|| details.cwd.clone())
+            .map(PathBuf::from)
+            .or_else(|| self.default_cwd.clone())
+            .ok_or_else(|| {
+                invalid("no working directory: send `cwd` or configure the session's default_cwd")
+            })?;
+        let cwd = std::fs::canonicalize(&cwd)
+            .map_err(|e| invalid(format!("the working directory {} is not usable: {e}", cwd.display())))?;
+        // The history as the next turn would see it.
+        let cached =
+            self.convs().get(conversation_id).and_then(|c| c.history.as_ref().map(|(_, h)| Arc::clone(h)));
+        let mut messages = match cached {
+            Some(h) => Arc::unwrap_or_clone(h),
+            None => {
+                let Messages { messages } = self
+                    .store(&StoreRequest::Messages { conversation_id: conversation_id.to_owned() })
+                    .await?;
+                messages
+            }
+        };
+        messages.push(ChatMessage::user(dispatch_contracts::session::WARM_PROBE));
+        let tools = self.tools_for(conversation_id, &resolved.model).await;
+        let system_prompt = self.system_prompt(conversation_id, &resolved.model, &cwd, &tools).await;
+        let specs: Vec<dispatch_kernel::provider::ToolSpec> = tools
+            .iter()
+            .map(|t| dispatch_kernel::provider::ToolSpec {
+                name: t.name().to_owned(),
+                description: t.description().to_owned(),
+                input_schema: t.input_schema(),
+            })
+            .collect();
+        let options = ProviderOptions {
+            model: Some(resolved.model.clone()),
+            system_prompt,
+            reasoning_effort: details.reasoning_effort,
+            max_output_tokens: Some(1),
+        };
+        let provider = RemoteProvider::new(Arc::clone(&self.caller), &resolved, Some(self.spawner()));
+        let request =
+            dispatch_kernel::provider::StepRequest { messages: &messages, tools: &specs, options: &options };
+        let mut usage = dispatch_kernel::wire::Usage::default();
+        {
+            use dispatch_kernel::provider::{Provider as _, ProviderEvent};
+            use futures::StreamExt as _;
+            let mut stream = provider.stream(request);
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(ProviderEvent::Usage(u)) => usage = u,
+                    Ok(ProviderEvent::Finish(_)) => break,
+                    Ok(_) => {}
+                    Err(e) => return Err(Error::new("provider_error", e.message)),
+                }
+            }
+        }
+        Ok(dispatch_contracts::session::Warmed { conversation_id: conversation_id.to_owned(), usage })
     }
 
     async fn store<T: serde::de::DeserializeOwned>(&self, request: &StoreRequest) -> Result<T, Error> {

@@ -107,8 +107,10 @@ pub struct StandardSurfaces;
 /// Register `spec` and answer the owner's token, which every update needs.
 fn register(host: &Host, spec: SurfaceSpec, scope: Scope) -> Result<Arc<str>, Error> {
     let id = spec.id.clone();
-    let registered =
-        host.call_blocking(&REGISTRY, &RegistryRequest::Register { spec, scope: Some(scope), token: None })?;
+    let registered = host.call_blocking(
+        &REGISTRY,
+        &RegistryRequest::Register { spec, scope: Some(scope), token: None, conversation_spec: None },
+    )?;
     registered
         .token
         .map(Arc::from)

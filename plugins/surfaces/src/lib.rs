@@ -37,6 +37,9 @@ struct Entry {
     spec: SurfaceSpec,
     scope: Option<Scope>,
     token: String,
+    /// Conversation scope: what a conversation shows before its instance
+    /// is set (else `spec`).
+    conversation_spec: Option<SurfaceSpec>,
     /// Conversation scope: each conversation's own spec, with the clock of
     /// its last update.
     instances: HashMap<String, (SurfaceSpec, u64)>,
@@ -74,8 +77,11 @@ impl Registry {
     pub fn apply(&mut self, req: RegistryRequest) -> Result<(RegistryResponse, Option<Outgoing>), Error> {
         let none = RegistryResponse { spec: None, catalog: None, token: None };
         match req {
-            RegistryRequest::Register { spec, scope, token } => {
+            RegistryRequest::Register { spec, scope, token, conversation_spec } => {
                 validate(&spec)?;
+                if let Some(c) = &conversation_spec {
+                    validate(c)?;
+                }
                 let (changed, token) = match self.position(&spec.id) {
                     Some(i) => {
                         let old = &mut self.entries[i];
@@ -90,6 +96,7 @@ impl Registry {
                         }
                         old.spec = spec.clone();
                         old.scope = scope;
+                        old.conversation_spec = conversation_spec;
                         (retitled, old.token.clone())
                     }
                     None => {
@@ -98,6 +105,7 @@ impl Registry {
                             spec: spec.clone(),
                             scope,
                             token: token.clone(),
+                            conversation_spec,
                             instances: HashMap::new(),
                         };
                         self.entries.push(entry);
@@ -147,9 +155,12 @@ impl Registry {
                 let i = self.position(&surface_id).ok_or_else(|| unknown(&surface_id))?;
                 let entry = &self.entries[i];
                 let spec = match (&conversation_id, entry.scope) {
-                    (Some(c), Some(Scope::Conversation)) => {
-                        entry.instances.get(c).map_or(&entry.spec, |(s, _)| s)
-                    }
+                    (Some(c), Some(Scope::Conversation)) => entry
+                        .instances
+                        .get(c)
+                        .map(|(s, _)| s)
+                        .or(entry.conversation_spec.as_ref())
+                        .unwrap_or(&entry.spec),
                     _ => &entry.spec,
                 };
                 Ok((RegistryResponse { spec: Some(spec.clone()), ..none }, None))
@@ -306,8 +317,14 @@ mod tests {
     }
 
     fn register(r: &mut Registry, id: &str, title: &str, scope: Option<Scope>) -> (String, Option<Outgoing>) {
-        let (resp, out) =
-            r.apply(RegistryRequest::Register { spec: spec(id, title), scope, token: None }).unwrap();
+        let (resp, out) = r
+            .apply(RegistryRequest::Register {
+                spec: spec(id, title),
+                scope,
+                token: None,
+                conversation_spec: None,
+            })
+            .unwrap();
         (resp.token.unwrap(), out)
     }
 
@@ -353,12 +370,21 @@ mod tests {
             })
             .unwrap_err();
         assert_eq!(e.code(), codes::FORBIDDEN);
-        let hijack = RegistryRequest::Register { spec: spec("a", "Hijacked"), scope: None, token: None };
+        let hijack = RegistryRequest::Register {
+            spec: spec("a", "Hijacked"),
+            scope: None,
+            token: None,
+            conversation_spec: None,
+        };
         assert_eq!(r.apply(hijack).unwrap_err().code(), codes::FORBIDDEN);
         assert_eq!(r.catalog()[0].title, "A", "untouched");
         // The owner can replace it, keeping its token.
-        let again =
-            RegistryRequest::Register { spec: spec("a", "A2"), scope: None, token: Some(token.clone()) };
+        let again = RegistryRequest::Register {
+            spec: spec("a", "A2"),
+            scope: None,
+            token: Some(token.clone()),
+            conversation_spec: None,
+        };
         assert_eq!(r.apply(again).unwrap().0.token.as_deref(), Some(token.as_str()));
         r.apply(RegistryRequest::Remove { surface_id: "a".into(), token, conversation_id: None }).unwrap();
         assert!(r.catalog().is_empty());
@@ -395,7 +421,12 @@ mod tests {
         assert_eq!(e.code(), codes::NOT_FOUND);
         assert_eq!(e.message(), "no surface with id `ghost` is registered");
         let e = r
-            .apply(RegistryRequest::Register { spec: spec(" ", "x"), scope: None, token: None })
+            .apply(RegistryRequest::Register {
+                spec: spec(" ", "x"),
+                scope: None,
+                token: None,
+                conversation_spec: None,
+            })
             .unwrap_err();
         assert_eq!(e.code(), codes::INVALID_PAYLOAD);
         assert!(r

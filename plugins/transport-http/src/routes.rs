@@ -131,6 +131,7 @@ fn absent_feature(segments: &[&str]) -> Option<&'static str> {
         ["conversations", _, "lsp"] => "LSP service",
         ["conversations", _, "compact" | "compact-percent"] => "Compaction service",
         ["chat"] | ["conversations"] => "Session service",
+        ["chat", "warm"] => "Warm service",
         ["conversations", _]
         | ["conversations", _, "metrics" | "status" | "last" | "stop" | "close" | "open" | "queue" | "title"]
         | ["conversations", _, "model" | "cwd" | "reasoning-effort"]
