@@ -54,7 +54,9 @@ fn main() {
     }
     let warm = || {
         rt.block_on(async {
-            let r = http_client::post_json(&format!("{base}/chat/warm"), r#"{"conversationId": "warm"}"#).await.unwrap();
+            let r = http_client::post_json(&format!("{base}/chat/warm"), r#"{"conversationId": "warm"}"#)
+                .await
+                .unwrap();
             assert_eq!(r.status, 200);
         })
     };
