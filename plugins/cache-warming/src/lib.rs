@@ -101,8 +101,8 @@ impl WarmAnswer {
 #[serde(rename_all = "camelCase")]
 #[allow(dead_code)]
 struct WarmBody {
-    /// The conversation (non-empty).
-    #[schemars(length(min = 1))]
+    /// The conversation.
+    #[schemars(regex(pattern = "^[A-Za-z0-9._:@-]{1,128}$"))]
     conversation_id: String,
     /// The model (default: the conversation's, else the default).
     #[serde(default)]
@@ -453,7 +453,7 @@ impl Plugin for CacheWarming {
                 .tag("cache-warming")
                 .body::<WarmBody>()
                 .returns::<WarmAnswer>(200, "What the one-token probe cost and how much the cache served")
-                .error(400, &["invalid_body"])
+                .error(400, &["invalid_body", "invalid_input"])
                 .error(409, &["conversation_active", "no_history", "unknown_model"])
                 .error(502, &["provider_error"]),
         )
