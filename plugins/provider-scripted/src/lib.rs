@@ -6,7 +6,7 @@
 //!
 //! The script (JSON) comes from `[plugin.config] script = "path"`, else the
 //! `DISPATCH_SCRIPT` environment variable, else the bundled
-//! `default-script.json` (a greeting, and a turn that calls `read_file` and
+//! `default-script.json` (a greeting, a compaction summary, and a turn that calls `read_file` and
 //! then answers). Format:
 //!
 //! ```json
@@ -418,6 +418,10 @@ mod tests {
         let s = Script::parse(DEFAULT_SCRIPT).unwrap();
         assert_eq!(s.reply_for("hello there").steps.len(), 1);
         assert_eq!(s.reply_for("what is this project?").steps.len(), 2);
+        // A compaction's summary request gets a summary, not the greeting
+        // its transcript may contain.
+        let summary = s.reply_for("Please summarize the following conversation:\n\nuser: hello");
+        assert!(summary.steps[0].text.as_deref().unwrap().starts_with("Summary"));
     }
 
     #[test]
