@@ -434,8 +434,12 @@ fn a_tool_calling_turn_reads_a_file_in_the_cwd_and_pairs_every_call_with_its_res
     let (a, events) = chat(&s.base, json!({"message": "read the notes"}));
     assert_eq!(a.status, 200, "{}", a.text);
     let k = kinds(&events);
-    let call = k.iter().position(|t| *t == "tool-call").expect("a tool call");
-    let result = k.iter().position(|t| *t == "tool-result").expect("a tool result");
+    let call = k
+        .iter()
+        .position(|t| *t == "tool-call")
+        .unwrap_or_else(|| panic!("no tool call: {events:?}\n{}", s.log()));
+    let result =
+        k.iter().position(|t| *t == "tool-result").unwrap_or_else(|| panic!("no tool result: {events:?}"));
     assert!(call < result);
     assert_eq!(events[call]["toolName"], "read_file");
     assert_eq!(events[call]["toolCallId"], events[result]["toolCallId"]);
