@@ -69,6 +69,10 @@ fn a_warm_is_refused_with_the_wire_messages() {
         assert_eq!(a.status, 400, "{body}: {}", a.text);
         assert_eq!(a.body["error"], "Field 'conversationId' is required and must be a non-empty string");
     }
+    // Regression (found by scripts/fuzz-api): a `model` that is not a
+    // string was taken as absent, and the warm went ahead.
+    let typed = post(&url, r#"{"conversationId": "w", "model": {"x": 1}}"#);
+    assert_eq!((typed.status, typed.body["error"].as_str()), (400, Some("Field 'model' must be a string")));
     let none = post(&url, r#"{"conversationId": "never"}"#);
     assert_eq!((none.status, none.body["error"].as_str()), (409, Some("no history")), "{}", none.text);
     let (a, _) = chat(&s.base, json!({"conversationId": "w2", "message": "hello"}));

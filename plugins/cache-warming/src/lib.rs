@@ -433,8 +433,20 @@ impl Plugin for CacheWarming {
                         .filter(|s| !s.is_empty())
                         .ok_or_else(required)?
                         .to_owned();
-                    let text = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_owned);
-                    let answer = w.warm(&id, text("model"), text("cwd")).await?;
+                    // `model` and `cwd` are strings when present (`null`: absent).
+                    let text = |k: &str| -> Result<Option<String>, Problem> {
+                        match body.get(k) {
+                            None | Some(Value::Null) => Ok(None),
+                            Some(Value::String(s)) => Ok(Some(s.clone())),
+                            Some(_) => Err(Problem::new(
+                                400,
+                                "invalid_body",
+                                format!("Field '{k}' must be a string"),
+                            )),
+                        }
+                    };
+                    let (model, cwd) = (text("model")?, text("cwd")?);
+                    let answer = w.warm(&id, model, cwd).await?;
                     // A success counts as the timer's warm too.
                     if w.with(&id, |c| c.enabled) {
                         w.arm(&id);

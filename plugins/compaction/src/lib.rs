@@ -128,7 +128,7 @@ struct CompactAnswer {
 }
 
 /// The optional body of `POST /conversations/:id/compact`.
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct CompactBody {
     /// Messages to keep after the summary (default 10; floored).
@@ -530,8 +530,14 @@ fn routes(c: &Arc<Compactor>, runner: &Runner) -> Vec<Route> {
             "Summarize the old part of a conversation and archive its whole history",
             "compactConversation",
         )
+        // Any body is taken (WIRE.md: an absent or invalid body, or field,
+        // means the defaults), so the document constrains none: a schema
+        // here would call valid what the server rightly accepts "invalid".
         .body_with(
-            schemars::SchemaGenerator::default().into_root_schema_for::<CompactBody>().to_value(),
+            json!({
+                "description": "Optional `{keepLastN?: number, modelName?: string}`; an absent or invalid body, or field, takes the defaults (10; the conversation's model)",
+                "examples": [{"keepLastN": 10}, {"keepLastN": 4, "modelName": "openrouter/deepseek/deepseek-chat"}]
+            }),
             false,
         )
         .returns::<CompactAnswer>(200, "The archive's id and what was summarized and kept")
