@@ -27,7 +27,7 @@
 
 use std::time::{Duration, Instant};
 
-use dispatch_test_support::bench::{free_port, median, release_dir, spawn_release_serve};
+use dispatch_test_support::bench::{cpu_ns, free_port, median, release_dir, spawn_release_serve};
 use dispatch_test_support::{http_client, scripted_config};
 
 fn main() {
@@ -93,14 +93,4 @@ fn main() {
     line("GET /system-prompt/variables", variables, n);
     line("GET /conversations/c (store)", history, n);
     line("POST /chat, a one-step turn to its end", (chat, chat_cpu), turns);
-}
-
-/// CPU time every thread of `pid` has used, in ns.
-fn cpu_ns(pid: u32) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
-    tasks
-        .filter_map(Result::ok)
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()))
-        .sum()
 }

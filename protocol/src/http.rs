@@ -380,6 +380,20 @@ impl HttpRequest {
         T::deserialize(value).map_err(|e| Problem::bad_request(format!("invalid request: {e}")))
     }
 
+    /// The path parameter `name` as a conversation id, checked against
+    /// the store's rule: a bad one is a `400` before anything is called.
+    pub fn conversation_id(&self, name: &str) -> Result<String, Problem> {
+        let id = self.param(name).unwrap_or_default();
+        if crate::wire::is_valid_conversation_id(id) {
+            Ok(id.to_owned())
+        } else {
+            Err(Problem::bad_request(format!(
+                "invalid conversation id {id:?}: {}",
+                crate::wire::CONVERSATION_ID_RULE
+            )))
+        }
+    }
+
     /// A query number: absent or blank → `None`; else an integer ≥ `min`,
     /// or a `400` naming the parameter.
     pub fn query_number(&self, name: &str, min: u64) -> Result<Option<u64>, Problem> {

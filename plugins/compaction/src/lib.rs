@@ -32,10 +32,7 @@ use dispatch_contracts::openapi::Operation;
 use dispatch_contracts::protocol::store::{
     CompactRequest, Details, History, Messages, MetricsList, StoreRequest,
 };
-use dispatch_contracts::protocol::wire::{
-    is_valid_conversation_id, ConversationStatus, Role, StoredChunk, CONVERSATION_ID_PATTERN,
-    CONVERSATION_ID_RULE,
-};
+use dispatch_contracts::protocol::wire::{ConversationStatus, Role, StoredChunk, CONVERSATION_ID_PATTERN};
 use dispatch_contracts::session::{SessionRequest, StatusChanged, StatusInfo, SESSION, STATUS};
 use dispatch_contracts::store::STORE;
 use dispatch_kernel::protocol::{BoxFuture, CallError};
@@ -478,12 +475,7 @@ impl Compactor {
 }
 
 fn conversation_id(req: &HttpRequest) -> Result<String, Problem> {
-    let id = req.param("id").unwrap_or_default();
-    if is_valid_conversation_id(id) {
-        Ok(id.to_owned())
-    } else {
-        Err(Problem::bad_request(format!("invalid conversation id {id:?}: {CONVERSATION_ID_RULE}")))
-    }
+    req.conversation_id("id")
 }
 
 fn id_op(summary: &str, op_id: &str) -> Operation {

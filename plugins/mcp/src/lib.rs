@@ -73,17 +73,11 @@ struct ConversationServers {
 fn status_route(host: &dispatch_abi::Host, servers: Vec<Arc<Server>>) -> Result<(), Error> {
     use dispatch_contracts::http::{problem, HttpMethod, HttpResponse, Problem, Route};
     use dispatch_contracts::protocol::store::{Details, StoreRequest};
-    use dispatch_contracts::protocol::wire::{is_valid_conversation_id, CONVERSATION_ID_RULE};
     let h = host.clone();
     Route::new(HttpMethod::Get, "/conversations/{id}/mcp", move |req| {
         let (host, servers) = (h.clone(), servers.clone());
         async move {
-            let id = req.param("id").unwrap_or_default().to_owned();
-            if !is_valid_conversation_id(&id) {
-                return Err(Problem::bad_request(format!(
-                    "invalid conversation id {id:?}: {CONVERSATION_ID_RULE}"
-                )));
-            }
+            let id = req.conversation_id("id")?;
             let get = StoreRequest::Get { conversation_id: id.clone() };
             let details: Option<Details> =
                 host.call(&dispatch_contracts::store::STORE, &get).await.map_err(problem).and_then(

@@ -18,8 +18,7 @@ use dispatch_contracts::protocol::session::{
 };
 use dispatch_contracts::protocol::store::{Details, History, Listing, MetaUpdate, MetricsList, StoreRequest};
 use dispatch_contracts::protocol::wire::{
-    bounded_title, is_valid_conversation_id, AgentEvent, ConversationStatus, ReasoningEffort,
-    CONVERSATION_ID_PATTERN, CONVERSATION_ID_RULE,
+    bounded_title, AgentEvent, ConversationStatus, ReasoningEffort, CONVERSATION_ID_PATTERN,
 };
 use dispatch_contracts::store::STORE;
 use schemars::JsonSchema;
@@ -56,15 +55,9 @@ fn unexpected(e: serde_json::Error) -> Problem {
     Problem::new(502, "bad_gateway", format!("a plugin answered an unexpected shape: {e}"))
 }
 
-/// The conversation id of the path, checked: a bad one is a `400` before
-/// anything is called.
+/// The conversation id of the path, checked.
 fn conversation_id(req: &HttpRequest) -> Result<String, Problem> {
-    let id = req.param("id").unwrap_or_default();
-    if is_valid_conversation_id(id) {
-        Ok(id.to_owned())
-    } else {
-        Err(Problem::bad_request(format!("invalid conversation id {id:?}: {CONVERSATION_ID_RULE}")))
-    }
+    req.conversation_id("id")
 }
 
 /// The wire shape of `GET /conversations/:id/status`.

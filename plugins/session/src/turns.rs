@@ -397,17 +397,7 @@ impl Session {
                 }
                 Err(e) => return Err(e),
             };
-        let cwd = cwd
-            .map(|c| c.trim().to_owned())
-            .filter(|c| !c.is_empty())
-            .or_else(|| details.cwd.clone())
-            .map(PathBuf::from)
-            .or_else(|| self.default_cwd.clone())
-            .ok_or_else(|| {
-                invalid("no working directory: send `cwd` or configure the session's default_cwd")
-            })?;
-        let cwd = std::fs::canonicalize(&cwd)
-            .map_err(|e| invalid(format!("the working directory {} is not usable: {e}", cwd.display())))?;
+        let cwd = self.resolve_cwd(cwd.as_deref(), details.cwd.as_deref())?;
         // The history as the next turn would see it.
         let cached =
             self.convs().get(conversation_id).and_then(|c| c.history.as_ref().map(|(_, h)| Arc::clone(h)));
@@ -457,6 +447,26 @@ impl Session {
         Ok(dispatch_contracts::session::Warmed { conversation_id: conversation_id.to_owned(), usage })
     }
 
+    /// A turn's working directory: the one asked, else the conversation's,
+    /// else the session's default — an existing directory, canonical.
+    fn resolve_cwd(&self, asked: Option<&str>, stored: Option<&str>) -> Result<PathBuf, Error> {
+        let cwd = asked
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .or(stored)
+            .map(PathBuf::from)
+            .or_else(|| self.default_cwd.clone())
+            .ok_or_else(|| {
+                invalid("no working directory: send `cwd` or configure the session's default_cwd")
+            })?;
+        let cwd = std::fs::canonicalize(&cwd)
+            .map_err(|e| invalid(format!("the working directory {} is not usable: {e}", cwd.display())))?;
+        if !cwd.is_dir() {
+            return Err(invalid(format!("the working directory {} is not a directory", cwd.display())));
+        }
+        Ok(cwd)
+    }
+
     async fn store<T: serde::de::DeserializeOwned>(&self, request: &StoreRequest) -> Result<T, Error> {
         let answer = self.host.call(&STORE, request).await?;
         decode("store", answer)
@@ -482,18 +492,8 @@ impl Session {
             Err(e) => return Err(Error::new(e.code(), format!("cannot resolve the model: {}", e.message()))),
         };
         let asked_cwd = request.cwd.as_deref().map(str::trim).filter(|c| !c.is_empty()).map(PathBuf::from);
-        let cwd = asked_cwd
-            .clone()
-            .or_else(|| details.as_ref().and_then(|d| d.cwd.clone()).map(PathBuf::from))
-            .or_else(|| self.default_cwd.clone())
-            .ok_or_else(|| {
-                invalid("no working directory: send `cwd` or configure the session's default_cwd")
-            })?;
-        let cwd = std::fs::canonicalize(&cwd)
-            .map_err(|e| invalid(format!("the working directory {} is not usable: {e}", cwd.display())))?;
-        if !cwd.is_dir() {
-            return Err(invalid(format!("the working directory {} is not a directory", cwd.display())));
-        }
+        let cwd =
+            self.resolve_cwd(request.cwd.as_deref(), details.as_ref().and_then(|d| d.cwd.as_deref()))?;
         let effort = request.reasoning_effort.or_else(|| details.as_ref().and_then(|d| d.reasoning_effort));
         let workspace_id = details
             .as_ref()

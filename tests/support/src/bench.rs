@@ -89,3 +89,15 @@ pub fn word_count_variant(dir: &Path, tag: &str, version: &str, words: &str) -> 
     std::fs::copy(example.join("Cargo.lock"), src.join("Cargo.lock")).unwrap();
     src.join("Cargo.toml")
 }
+
+/// CPU time every thread of `pid` has used so far, in ns (the first field
+/// of each `/proc/<pid>/task/*/schedstat`): what a request costs a server,
+/// steadier than its latency on a shared machine.
+pub fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()))
+        .sum()
+}
