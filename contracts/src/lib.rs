@@ -57,9 +57,12 @@ pub mod prompt;
 pub mod provider;
 pub mod pull;
 pub mod queue;
+#[cfg(feature = "remote")]
+pub mod remote;
 pub mod session;
 pub mod store;
 pub mod surface;
 pub mod todo;
 pub mod tool;
+pub mod vision;
 pub mod websocket;

@@ -167,6 +167,7 @@ pub async fn run(
         drain_steering: None,
         on_step: None,
         compact: None,
+        view: None,
     })
     .await;
     emit(AgentEvent::TurnSealed { conversation_id, turn_id });

@@ -108,6 +108,7 @@ fn turn(c: &mut Criterion) {
                 drain_steering: None,
                 on_step: None,
                 compact: None,
+                view: None,
             };
             let out = futures::executor::block_on(run_turn(input));
             assert_eq!(out.metrics.steps.len(), STEPS);

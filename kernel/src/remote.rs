@@ -52,12 +52,21 @@ struct Sent {
     /// The last of them: a cheap check that the next step's history
     /// extends them.
     last: Option<ChatMessage>,
+    /// Once the context holds an image: every message it holds. A viewer
+    /// (the `vision` plugin) rewrites an older image as its description
+    /// when a conversation passes its image limit, changing a message
+    /// before the last; only such a history pays for the full check.
+    held: Option<Vec<ChatMessage>>,
     /// The context's tools and system prompt (fixed for its life).
     tools: Vec<ToolSpec>,
     system_prompt: Option<String>,
     /// The provider refused contexts (a build that predates them): every
     /// step sends the whole history.
     unsupported: bool,
+}
+
+fn has_image(m: &ChatMessage) -> bool {
+    m.chunks.iter().any(|c| matches!(c, crate::wire::Chunk::Image { .. }))
 }
 
 /// A context id nobody else picks: every library carrying this code has
@@ -99,6 +108,10 @@ impl<C: ServiceCaller> RemoteProvider<C> {
         let continues = sent.count > 0
             && sent.count <= request.messages.len()
             && sent.last.as_ref() == request.messages.get(sent.count - 1)
+            && sent
+                .held
+                .as_ref()
+                .is_none_or(|held| request.messages.get(..held.len()) == Some(held.as_slice()))
             && sent.tools.as_slice() == request.tools
             && sent.system_prompt == request.options.system_prompt;
         let (base, messages, tools, system_prompt) = if continues {
@@ -123,8 +136,16 @@ impl<C: ServiceCaller> RemoteProvider<C> {
         if sent.unsupported {
             return;
         }
+        let before = if restarted { 0 } else { sent.count };
         sent.count = request.messages.len();
         sent.last = request.messages.last().cloned();
+        let added = &request.messages[before.min(request.messages.len())..];
+        match sent.held.as_mut() {
+            Some(held) if !restarted => held.extend_from_slice(added),
+            _ if added.iter().any(has_image) => sent.held = Some(request.messages.to_vec()),
+            _ if restarted => sent.held = None,
+            _ => {}
+        }
         if restarted {
             sent.tools = request.tools.to_vec();
             sent.system_prompt = request.options.system_prompt.clone();
@@ -136,6 +157,7 @@ impl<C: ServiceCaller> RemoteProvider<C> {
         let mut sent = self.sent();
         sent.count = 0;
         sent.last = None;
+        sent.held = None;
     }
 
     /// Open a step: the planned request, then the whole history again if
@@ -510,6 +532,27 @@ mod tests {
         steps(&caller, &[history(2), other]);
         let bases: Vec<u64> = caller.opens().iter().map(|o| o["context"]["base"].as_u64().unwrap()).collect();
         assert_eq!(bases, vec![0, 0]);
+    }
+
+    #[test]
+    fn a_changed_message_before_the_last_restarts_a_context_that_holds_images() {
+        let caller = Arc::new(Recorder::default());
+        let image = crate::wire::Chunk::Image { url: "data:image/png;base64,AA==".into(), mime_type: None };
+        let mut first = history(2);
+        first[0].chunks.push(image);
+        let grown = |h: &[ChatMessage], n: usize| {
+            let mut h = h.to_vec();
+            h.extend((0..n).map(|i| ChatMessage::user(format!("more{i}"))));
+            h
+        };
+        let second = grown(&first, 1);
+        // The image of message 0 shown as its description from now on.
+        let mut described = grown(&second, 1);
+        described[0].chunks[1] = crate::wire::Chunk::text("[Compacted image]: a dot");
+        let fourth = grown(&described, 1);
+        steps(&caller, &[first, second, described, fourth]);
+        let bases: Vec<u64> = caller.opens().iter().map(|o| o["context"]["base"].as_u64().unwrap()).collect();
+        assert_eq!(bases, vec![0, 2, 0, 4]);
     }
 
     #[test]

@@ -58,6 +58,14 @@ pub type StepSink = Box<dyn FnMut(Vec<ChatMessage>) -> BoxFuture<Result<(), Stri
 /// conversation was compacted), or `None` to go on as it is.
 pub type Compactor = Box<dyn FnMut(u64) -> BoxFuture<Option<Vec<ChatMessage>>> + Send + Sync>;
 
+/// Called before each model step with the history the step sends: what
+/// the model is shown instead (images described, or replaced by
+/// placeholders for a text-only model), or `None` for the history as it
+/// is. Only the request changes; the history the turn keeps and hands
+/// back for persistence does not. An abort interrupts it (the step then
+/// ends as aborted).
+pub type Viewer = Box<dyn FnMut(&[ChatMessage]) -> BoxFuture<Option<Vec<ChatMessage>>> + Send + Sync>;
+
 /// The content of the result of a call that was cut short by an abort.
 pub const ABORTED: &str = "Aborted: the turn was stopped before this tool call finished.";
 
@@ -97,6 +105,8 @@ pub struct TurnInput<'a> {
     pub on_step: Option<StepSink>,
     /// Compaction at tool-result boundaries.
     pub compact: Option<Compactor>,
+    /// What each step's request shows the model of the history.
+    pub view: Option<Viewer>,
 }
 
 /// What a turn hands back.
@@ -363,10 +373,23 @@ impl Turn<'_> {
         let mut start;
         let mut first_token: Option<u64> = None;
 
+        // What the model is shown of the history: once per step, the
+        // same for each retry.
+        let (viewed, aborted_early) = match self.input.view.as_mut() {
+            Some(view) => match or_abort(&self.input.abort, view(&self.messages)).await {
+                Some(viewed) => (viewed, false),
+                None => (None, true),
+            },
+            None => (None, false),
+        };
+
         let end = 'attempts: loop {
             start = self.now();
-            let request =
-                StepRequest { messages: &self.messages, tools: &self.specs, options: &self.input.options };
+            if aborted_early {
+                break 'attempts StepEnd::Aborted;
+            }
+            let messages = viewed.as_deref().unwrap_or(&self.messages);
+            let request = StepRequest { messages, tools: &self.specs, options: &self.input.options };
             let opened = std::panic::catch_unwind(AssertUnwindSafe(|| self.input.provider.stream(request)));
             let failure: Option<ProviderError> = match opened {
                 Err(p) => {

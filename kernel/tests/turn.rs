@@ -639,3 +639,54 @@ fn a_compactor_replaces_the_history_at_a_tool_result_boundary_and_the_turn_goes_
     assert_eq!(out.history[0], summary);
     assert_eq!(out.messages.len(), 5, "every message the turn added is still handed back to be saved");
 }
+
+/// A viewer changes what each step's request shows the model (images
+/// described, placeholders) and nothing else: the history the turn keeps
+/// and hands back to be saved is the real one, and a retry sends the same
+/// view without asking again.
+#[test]
+fn a_viewer_changes_each_request_but_not_the_history() {
+    let mut h = Harness::new(vec![
+        vec![call("a", "echo", json!({"x": 1})), finish(FinishReason::ToolCalls)],
+        vec![Item::Fail(dispatch_kernel::provider::ProviderError::retryable("overloaded", None))],
+        vec![text("done"), finish(FinishReason::Stop)],
+    ])
+    .tools(vec![echo(true)]);
+    let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&asked);
+    h.view = Some(Arc::new(move |messages: &[ChatMessage]| {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut shown = messages.to_vec();
+        shown.push(ChatMessage::user(format!("[viewed {}]", messages.len())));
+        Box::pin(std::future::ready(Some(shown)))
+    }));
+    let out = h.run();
+    assert_eq!(out.reason, FinishReason::Stop);
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 2, "once per step, not per attempt");
+    let requests = h.provider.requests.lock().unwrap();
+    assert_eq!(requests.len(), 3);
+    assert_eq!(requests[0].last(), Some(&ChatMessage::user("[viewed 1]")));
+    assert_eq!(requests[1], requests[2], "the retry sends the same view");
+    assert_eq!(requests[2].last(), Some(&ChatMessage::user("[viewed 3]")));
+    assert!(
+        !out.history.iter().chain(out.messages.iter()).any(|m| m == &ChatMessage::user("[viewed 1]")),
+        "the view is not kept"
+    );
+    assert_eq!(out.history.len(), 4, "hello, the call, its result, the answer");
+}
+
+/// An abort while the viewer works (describing images can take a model
+/// call) ends the turn as aborted at once, without a request.
+#[test]
+fn an_abort_during_the_viewer_ends_the_turn() {
+    let mut h = Harness::new(vec![vec![text("never"), finish(FinishReason::Stop)]]);
+    let abort = h.abort.clone();
+    h.view = Some(Arc::new(move |_: &[ChatMessage]| {
+        abort.abort();
+        Box::pin(futures::future::pending())
+    }));
+    let out = h.run();
+    assert_eq!(out.reason, FinishReason::Aborted);
+    assert!(h.provider.requests.lock().unwrap().is_empty(), "nothing was sent");
+    assert!(out.messages.is_empty());
+}

@@ -60,6 +60,7 @@ pub mod store;
 pub mod surface;
 pub mod todo;
 pub mod tool;
+pub mod vision;
 pub mod websocket;
 pub mod wire;
 

@@ -22,5 +22,6 @@ mod service;
 mod store;
 mod support;
 mod tools;
+mod vision;
 mod warming;
 mod ws;

@@ -208,15 +208,17 @@ fn an_image_from_an_mcp_tool_is_shown_to_the_model_and_kept_in_the_history() {
     ]);
     let mock =
         MockServer::start(vec![call, Reply::sse(&[text_chunk("The MCP logo."), finish_chunk("stop")])]);
+    // A model whose name says it sees images (a text-only one would get
+    // the vision plugin's placeholder instead).
     let mcp = format!("[plugin.config.servers.everything]\ncommand = {:?}\n", peer("mcp-server-everything"));
     let cfg = product_config_with(LOOPBACK, LOOPBACK, &[(MCP, mcp)]);
     let url = mock.base_url();
     let s = Server::start_with(
         &cfg,
-        &[("DISPATCH_BASE_URL", &url), ("DISPATCH_API_KEY", "sk-test"), ("DISPATCH_MODEL", "mock-model")],
+        &[("DISPATCH_BASE_URL", &url), ("DISPATCH_API_KEY", "sk-test"), ("DISPATCH_MODEL", "gpt-4o-mock")],
     );
     let (a, events) =
-        chat(&s.base, json!({"conversationId": "img", "message": "show me", "model": "openai/mock-model"}));
+        chat(&s.base, json!({"conversationId": "img", "message": "show me", "model": "openai/gpt-4o-mock"}));
     assert_eq!(a.status, 200, "{}", a.text);
     let r = result_of(&events).clone();
     assert_eq!(r["isError"], false, "{r}");

@@ -43,6 +43,8 @@ const WIRE: &[(&str, &str, &str)] = &[
     ("GET", "/system-prompt", "system-prompt"),
     ("PUT", "/system-prompt", "system-prompt"),
     ("GET", "/system-prompt/variables", "system-prompt"),
+    ("GET", "/settings/vision", "vision"),
+    ("PUT", "/settings/vision", "vision"),
 ];
 
 /// `(METHOD, path, plugin)` of every operation of a document.
@@ -158,6 +160,7 @@ fn a_wire_path_whose_plugin_is_absent_answers_503_naming_the_feature() {
         ("/system-prompt", "System prompt service"),
         ("/system-prompt/variables", "System prompt service"),
         ("/conversations/c1/mcp", "MCP service"),
+        ("/settings/vision", "Vision settings"),
     ] {
         let a = get(&url(path));
         assert_eq!((a.status, a.body["code"].as_str()), (503, Some("unavailable")), "{path}: {}", a.text);

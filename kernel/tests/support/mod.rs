@@ -223,7 +223,12 @@ pub struct Harness {
     pub compact_to: Option<Vec<ChatMessage>>,
     /// The context sizes the compactor was called with.
     pub compact_sizes: Arc<Mutex<Vec<u64>>>,
+    /// The viewer each step's request passes through (none: no viewer).
+    pub view: Option<ViewFn>,
 }
+
+/// A test viewer.
+pub type ViewFn = Arc<dyn Fn(&[ChatMessage]) -> BoxFuture<Option<Vec<ChatMessage>>> + Send + Sync>;
 
 impl Harness {
     pub fn new(attempts: Vec<Vec<Item>>) -> Self {
@@ -258,6 +263,7 @@ impl Harness {
             fail_saves_after: None,
             compact_to: None,
             compact_sizes: Arc::default(),
+            view: None,
         }
     }
 
@@ -298,6 +304,10 @@ impl Harness {
                     Box::pin(std::future::ready(once.take()))
                 });
                 compact
+            }),
+            view: self.view.clone().map(|f| {
+                let view: dispatch_kernel::turn::Viewer = Box::new(move |m| f(m));
+                view
             }),
             on_step: Some(Box::new(move |msgs| {
                 let mut saved = persisted.lock().unwrap();

@@ -20,7 +20,6 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use abi_stable::std_types::{RStr, RVec};
 use dispatch_abi::runtime::{PluginRuntime, Runner};
 use dispatch_abi::{Context, Error, Host, Plugin, PluginManifest};
 use dispatch_contracts::catalog::{CatalogRequest, ModelList, Resolved, CATALOG};
@@ -33,11 +32,11 @@ use dispatch_contracts::protocol::store::{
     CompactRequest, Details, History, Messages, MetricsList, StoreRequest,
 };
 use dispatch_contracts::protocol::wire::{ConversationStatus, Role, StoredChunk, CONVERSATION_ID_PATTERN};
+use dispatch_contracts::remote::{HostCaller, RemoteProvider};
 use dispatch_contracts::session::{SessionRequest, StatusChanged, StatusInfo, SESSION, STATUS};
 use dispatch_contracts::store::STORE;
-use dispatch_kernel::protocol::{BoxFuture, CallError};
+use dispatch_kernel::protocol::BoxFuture;
 use dispatch_kernel::provider::{Provider as _, ProviderEvent, ProviderOptions, StepRequest};
-use dispatch_kernel::remote::{RemoteProvider, ServiceCaller};
 use dispatch_kernel::wire::{ChatMessage, Chunk};
 use futures::StreamExt as _;
 use schemars::JsonSchema;
@@ -75,22 +74,6 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config { auto: true, keep_last: DEFAULT_KEEP, workers: 1 }
-    }
-}
-
-/// Calls bus services through the plugin's host handle (what the
-/// kernel's remote provider needs).
-struct HostCaller(Host);
-
-impl ServiceCaller for HostCaller {
-    fn call(&self, name: &str, version: u32, request: Vec<u8>) -> BoxFuture<Result<Vec<u8>, CallError>> {
-        let fut = self.0.abi().call_service(RStr::from(name), version, RVec::from(request));
-        Box::pin(async move {
-            fut.await
-                .into_result()
-                .map(RVec::into_vec)
-                .map_err(|e| CallError::new(e.code.into_string(), e.message.into_string()))
-        })
     }
 }
 

@@ -170,7 +170,8 @@ fn flush_images(pending: &mut Vec<Value>, out: &mut Vec<Value>) {
     }
 }
 
-fn text_of(chunks: &[Chunk]) -> String {
+/// The texts of `chunks`, joined by `sep`.
+fn text_of(chunks: &[Chunk], sep: &str) -> String {
     chunks
         .iter()
         .filter_map(|c| match c {
@@ -178,16 +179,18 @@ fn text_of(chunks: &[Chunk]) -> String {
             _ => None,
         })
         .collect::<Vec<_>>()
-        .join("")
+        .join(sep)
 }
 
 fn convert_message(m: &ChatMessage, images: Images, pending: &mut Vec<Value>, out: &mut Vec<Value>) {
     match m.role {
-        Role::System => out.push(json!({"role": "system", "content": text_of(&m.chunks)})),
+        Role::System => out.push(json!({"role": "system", "content": text_of(&m.chunks, "")})),
         Role::User => {
             let has_images = m.chunks.iter().any(|c| matches!(c, Chunk::Image { .. }));
             if !has_images {
-                out.push(json!({"role": "user", "content": text_of(&m.chunks)}));
+                // Consecutive user chunks (a message sent after a failed
+                // turn, an image's description) are separate paragraphs.
+                out.push(json!({"role": "user", "content": text_of(&m.chunks, "\n")}));
             } else if images == Images::Omit {
                 let text: Vec<&str> = m
                     .chunks
@@ -213,7 +216,7 @@ fn convert_message(m: &ChatMessage, images: Images, pending: &mut Vec<Value>, ou
             }
         }
         Role::Assistant => {
-            let text = text_of(&m.chunks);
+            let text = text_of(&m.chunks, "");
             let calls: Vec<Value> = m
                 .chunks
                 .iter()
@@ -247,18 +250,31 @@ fn convert_message(m: &ChatMessage, images: Images, pending: &mut Vec<Value>, ou
                         introduced = false;
                     }
                     Chunk::Image { url, .. } if images == Images::Send => {
-                        if !introduced {
-                            let (id, name) = result.unwrap_or(("", "a tool"));
-                            pending.push(json!({"type": "text",
-                                "text": format!("The image(s) returned by the `{name}` call {id}:")}));
-                            introduced = true;
-                        }
+                        introduce(pending, result, &mut introduced);
                         pending.push(image_part(url));
+                    }
+                    // What the vision plugin shows instead of a result's
+                    // image (its description, or a placeholder): beside
+                    // the images, where the model looks for them.
+                    Chunk::Text { text } => {
+                        introduce(pending, result, &mut introduced);
+                        pending.push(json!({"type": "text", "text": text}));
                     }
                     _ => {}
                 }
             }
         }
+    }
+}
+
+/// The line that says whose images follow, once per result.
+fn introduce(pending: &mut Vec<Value>, result: Option<(&str, &str)>, introduced: &mut bool) {
+    if !*introduced {
+        let (id, name) = result.unwrap_or(("", "a tool"));
+        pending.push(
+            json!({"type": "text", "text": format!("The image(s) returned by the `{name}` call {id}:")}),
+        );
+        *introduced = true;
     }
 }
 
@@ -557,6 +573,43 @@ mod tests {
         assert_eq!(messages.len(), 6, "{messages:?}");
         assert!(!body.to_string().contains("image_url"), "{body}");
         assert_eq!(messages[5]["content"], format!("what is this?\n{IMAGE_OMITTED}"));
+    }
+
+    #[test]
+    fn a_text_in_place_of_a_tool_image_follows_its_result() {
+        let calls = ChatMessage {
+            role: Role::Assistant,
+            chunks: vec![Chunk::ToolCall {
+                tool_call_id: "a".into(),
+                tool_name: "shot".into(),
+                input: json!({}),
+                step_id: None,
+            }],
+        };
+        let result = ChatMessage {
+            role: Role::Tool,
+            chunks: vec![
+                Chunk::ToolResult {
+                    tool_call_id: "a".into(),
+                    tool_name: "shot".into(),
+                    content: "took a".into(),
+                    is_error: false,
+                    step_id: None,
+                },
+                Chunk::text("[Compacted image]: a red square"),
+            ],
+        };
+        let history = vec![ChatMessage::user("look"), calls, result];
+        let body = serde_json::to_value(request_body("m", &history, &[], None, None, Images::Send)).unwrap();
+        assert_eq!(
+            body["messages"].as_array().unwrap()[2..],
+            [
+                json!({"role": "tool", "tool_call_id": "a", "content": "took a"}),
+                json!({"role": "user", "content": [
+                    {"type": "text", "text": "The image(s) returned by the `shot` call a:"},
+                    {"type": "text", "text": "[Compacted image]: a red square"}]}),
+            ]
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ use dispatch_abi::{codes, Error, HookResult, Host};
 use dispatch_contracts::catalog::{CatalogRequest, Resolved, CATALOG};
 use dispatch_contracts::plugins::{PluginList, State, PLUGINS};
 use dispatch_contracts::queue::{Cancelled, QueueRequest, QueueState, QUEUE};
+use dispatch_contracts::remote::{HostCaller, RemoteProvider};
 use dispatch_contracts::session::{
     Aborted, ChatRequest, ConversationRef, LastAnswer, OpenRequested, PromptContext, Queued, SessionRequest,
     Started, StatusChanged, StatusInfo, ToolSummary, TurnTools, Unqueued, WireVersion, EVENT, OPEN, STATUS,
@@ -20,9 +21,9 @@ use dispatch_contracts::session::{
 use dispatch_contracts::store::{
     Appended, Details, Messages, MetaUpdate, NewMessage, StoreLimits, StoreRequest, STORE,
 };
-use dispatch_kernel::protocol::{BoxFuture, CallError, Spawner};
+use dispatch_contracts::vision::{VisionRequest, VISION};
+use dispatch_kernel::protocol::{BoxFuture, Spawner};
 use dispatch_kernel::provider::ProviderOptions;
-use dispatch_kernel::remote::{RemoteProvider, ServiceCaller};
 use dispatch_kernel::runtime::{AbortSignal, MonotonicClock, RetryPolicy, Sleep};
 use dispatch_kernel::tool::Tool;
 use dispatch_kernel::toolbus::{RemoteTool, TOOL_PREFIX};
@@ -51,22 +52,6 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 const SEALED_KEPT_FOR: Duration = Duration::from_secs(60);
 /// The default wait of an `events` call.
 const DEFAULT_EVENTS_WAIT: Duration = Duration::from_secs(20);
-
-/// Calls bus services through the plugin's host handle — what the
-/// kernel's remote provider and tools need.
-struct HostCaller(Host);
-
-impl ServiceCaller for HostCaller {
-    fn call(&self, name: &str, version: u32, request: Vec<u8>) -> BoxFuture<Result<Vec<u8>, CallError>> {
-        let fut = self.0.abi().call_service(RStr::from(name), version, RVec::from(request));
-        Box::pin(async move {
-            fut.await
-                .into_result()
-                .map(RVec::into_vec)
-                .map_err(|e| CallError::new(e.code.into_string(), e.message.into_string()))
-        })
-    }
-}
 
 struct TokioSleep;
 impl Sleep for TokioSleep {
@@ -428,6 +413,10 @@ impl Session {
             max_output_tokens: Some(1),
         };
         let provider = RemoteProvider::new(Arc::clone(&self.caller), &resolved, Some(self.spawner()));
+        // The same images, shown the same way, as the turn would.
+        let mut view = viewer(self.host.clone(), conversation_id.to_owned(), resolved.model.clone());
+        let viewed = view(&messages).await;
+        let messages = viewed.unwrap_or(messages);
         let request =
             dispatch_kernel::provider::StepRequest { messages: &messages, tools: &specs, options: &options };
         let mut usage = dispatch_kernel::wire::Usage::default();
@@ -849,6 +838,7 @@ impl Session {
             drain_steering: Some(drain),
             on_step: Some(on_step),
             compact: Some(compact),
+            view: Some(viewer(self.host.clone(), conversation_id.clone(), resolved.model.clone())),
         })
         .await;
 
@@ -1198,6 +1188,35 @@ impl Session {
 /// Persist a step's messages: in one `appendMessages` call (one
 /// transaction, one hop to the store), or one `append` each for a store
 /// that does not know that op.
+/// What the model is shown of a request's images: the `vision` plugin's
+/// view (images over the limit described, placeholders for a text-only
+/// model). Asked only when the messages hold an image, so a conversation
+/// without images never pays for it; without the plugin, or when it fails,
+/// the messages go as they are (the provider decides what it sends).
+fn viewer(host: Host, conversation_id: String, model: String) -> dispatch_kernel::turn::Viewer {
+    Box::new(move |messages: &[ChatMessage]| -> BoxFuture<Option<Vec<ChatMessage>>> {
+        if !messages.iter().any(|m| m.chunks.iter().any(|c| matches!(c, Chunk::Image { .. }))) {
+            return Box::pin(std::future::ready(None));
+        }
+        let host = host.clone();
+        let request = VisionRequest::View {
+            conversation_id: conversation_id.clone(),
+            model: model.clone(),
+            messages: messages.to_vec(),
+        };
+        Box::pin(async move {
+            match host.call(&VISION, &request).await {
+                Ok(viewed) => viewed.messages,
+                Err(e) if e.code() == codes::NOT_FOUND || e.code() == codes::UNAVAILABLE => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the vision service failed; images go as they are");
+                    None
+                }
+            }
+        })
+    })
+}
+
 async fn save_step(
     host: &Host,
     conversation_id: &str,

@@ -57,6 +57,7 @@ const API_PREFIXES: &[&str] = &[
     "metrics",
     "images",
     "admin",
+    "settings",
     "openapi.json",
 ];
 
@@ -132,6 +133,7 @@ fn absent_feature(segments: &[&str]) -> Option<&'static str> {
         ["conversations", _, "compact" | "compact-percent"] => "Compaction service",
         ["chat"] | ["conversations"] => "Session service",
         ["chat", "warm"] => "Warm service",
+        ["settings", "vision"] => "Vision settings",
         ["conversations", _]
         | ["conversations", _, "metrics" | "status" | "last" | "stop" | "close" | "open" | "queue" | "title"]
         | ["conversations", _, "model" | "cwd" | "reasoning-effort"]
