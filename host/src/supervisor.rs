@@ -169,6 +169,27 @@ impl ServiceHandler for PluginsService {
     }
 }
 
+/// The plugin ids plugin `i` depends on. A `depends_on` entry names a
+/// plugin id, or else a service that a listed plugin declares: so plugins
+/// that need "the store" depend on `store`, and whichever store plugin the
+/// operator lists (`store-sqlite`, `store-postgres`, a third party's)
+/// satisfies them. Unresolved names are kept, to be reported as unknown.
+fn dependency_ids(reports: &[PluginReport], i: usize) -> Vec<String> {
+    reports[i]
+        .depends_on
+        .iter()
+        .map(|dep| {
+            if reports.iter().any(|r| &r.id == dep) {
+                return dep.clone();
+            }
+            reports
+                .iter()
+                .find(|r| r.provides.iter().any(|p| p.kind == "service" && &p.name == dep))
+                .map_or_else(|| dep.clone(), |r| r.id.clone())
+        })
+        .collect()
+}
+
 /// The row of a loaded library, from its manifest.
 fn manifest_report(path: &Path, m: dispatch_abi::ffi::Manifest, required: bool) -> PluginReport {
     PluginReport {
@@ -311,7 +332,7 @@ impl Supervisor {
             let reports = self.reports();
             loaded
                 .iter()
-                .map(|&i| Node { id: reports[i].id.clone(), depends_on: reports[i].depends_on.clone() })
+                .map(|&i| Node { id: reports[i].id.clone(), depends_on: dependency_ids(&reports, i) })
                 .collect()
         };
         let ordering = graph::order(&nodes);
@@ -481,7 +502,7 @@ impl Supervisor {
                 .iter()
                 .copied()
                 .filter(|i| !stop.contains(i))
-                .filter(|&i| self.reports()[i].depends_on.iter().any(|d| stopping.contains(d)))
+                .filter(|&i| dependency_ids(&self.reports(), i).iter().any(|d| stopping.contains(d)))
                 .collect();
             if more.is_empty() {
                 break;
@@ -618,7 +639,7 @@ impl Supervisor {
             let reports = self.reports();
             candidates
                 .iter()
-                .map(|&i| Node { id: reports[i].id.clone(), depends_on: reports[i].depends_on.clone() })
+                .map(|&i| Node { id: reports[i].id.clone(), depends_on: dependency_ids(&reports, i) })
                 .collect()
         };
         let ordering = graph::order(&nodes);
@@ -713,7 +734,7 @@ impl Supervisor {
         let nodes: Vec<Node> = {
             let reports = self.reports();
             rows.iter()
-                .map(|&i| Node { id: reports[i].id.clone(), depends_on: reports[i].depends_on.clone() })
+                .map(|&i| Node { id: reports[i].id.clone(), depends_on: dependency_ids(&reports, i) })
                 .collect()
         };
         let ordering = graph::order(&nodes);
@@ -818,7 +839,7 @@ impl Supervisor {
     fn blocked(&self, i: usize) -> Option<(String, bool)> {
         let reports = self.reports();
         let by_id: HashMap<&str, &PluginReport> = reports.iter().rev().map(|r| (r.id.as_str(), r)).collect();
-        reports[i].depends_on.iter().find_map(|dep| match by_id.get(dep.as_str()) {
+        dependency_ids(&reports, i).into_iter().find_map(|dep| match by_id.get(dep.as_str()) {
             Some(r) if r.state == State::Active => None,
             Some(r) => Some((
                 format!(
@@ -826,7 +847,7 @@ impl Supervisor {
                     r.state.as_str(),
                     r.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
                 ),
-                !(r.state == State::Skipped && self.quiet.contains(dep)),
+                !(r.state == State::Skipped && self.quiet.contains(&dep)),
             )),
             None => Some((format!("dependency `{dep}` is not available"), true)),
         })

@@ -179,6 +179,33 @@ where
     Option::<T>::deserialize(d).map(Some)
 }
 
+/// The first chunk of a compacted conversation is this, then the summary.
+pub const SUMMARY_PREFIX: &str = "The following is a summary of the previous conversation:\n\n";
+
+/// The longest default title, in characters (then `…`).
+pub const DEFAULT_TITLE_CHARS: usize = 60;
+
+/// A conversation's default title, from its first user message: the
+/// message's text on one line, cut at [`DEFAULT_TITLE_CHARS`]. Every store
+/// gives the same title.
+pub fn default_title(chunks: &[Chunk]) -> Option<String> {
+    let text: Vec<&str> = chunks
+        .iter()
+        .filter_map(|c| match c {
+            Chunk::Text { text } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    let line = text.join(" ").split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.is_empty() {
+        return None;
+    }
+    Some(match line.char_indices().nth(DEFAULT_TITLE_CHARS) {
+        Some((i, _)) => format!("{}…", &line[..i]),
+        None => line,
+    })
+}
+
 /// A metadata change.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -25,6 +25,23 @@ pub enum Role {
     Tool,
 }
 
+impl Role {
+    /// Its wire name (`"user"`, …), as stores keep it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Tool => "tool",
+        }
+    }
+
+    /// The role named `name` (its wire name).
+    pub fn parse(name: &str) -> Option<Role> {
+        [Role::System, Role::User, Role::Assistant, Role::Tool].into_iter().find(|r| r.as_str() == name)
+    }
+}
+
 /// One ordered piece of a message: the unit of the append-only log.
 ///
 /// Deserialized through a flat intermediate struct ([`ChunkRepr`]) rather
@@ -266,6 +283,24 @@ pub enum ConversationStatus {
     Idle,
     /// Dismissed by the user (not deleted).
     Closed,
+}
+
+impl ConversationStatus {
+    /// Its wire name (`"idle"`, …), as stores keep it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConversationStatus::Active => "active",
+            ConversationStatus::Queued => "queued",
+            ConversationStatus::Idle => "idle",
+            ConversationStatus::Closed => "closed",
+        }
+    }
+
+    /// The status named `name` (its wire name).
+    pub fn parse(name: &str) -> Option<ConversationStatus> {
+        use ConversationStatus::*;
+        [Active, Queued, Idle, Closed].into_iter().find(|s| s.as_str() == name)
+    }
 }
 
 /// `stdout` or `stderr` of a tool's streamed output.

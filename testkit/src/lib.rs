@@ -59,6 +59,8 @@ pub struct TestHost {
     records: Records,
     shutdown: watch::Sender<bool>,
     active: Vec<(String, PluginInstanceBox)>,
+    /// The services the active plugins declared (a dependency may name one).
+    declared: Vec<String>,
     client: Host,
     data: tempfile::TempDir,
 }
@@ -126,7 +128,16 @@ impl TestHost {
             shutdown: shutdown_rx,
         });
         let client = Host::from_abi(PluginHost::for_plugin(CLIENT_ID, &shared));
-        TestHost { runtime, shared, records, shutdown, active: Vec::new(), client, data }
+        TestHost {
+            runtime,
+            shared,
+            records,
+            shutdown,
+            active: Vec::new(),
+            declared: Vec::new(),
+            client,
+            data,
+        }
     }
 
     /// The log records plugins have sent so far, each as
@@ -146,7 +157,11 @@ impl TestHost {
         let manifest = P::manifest().to_abi();
         let id = manifest.id.to_string();
         for dep in manifest.depends_on.iter() {
-            if !self.active.iter().any(|(a, _)| a == dep.as_str()) {
+            // A plugin id, or a service an active plugin declared (as the
+            // host resolves `depends_on`).
+            if !self.active.iter().any(|(a, _)| a == dep.as_str())
+                && !self.declared.iter().any(|d| d == dep.as_str())
+            {
                 return Err(Error::new(
                     codes::NOT_FOUND,
                     format!("plugin `{id}` depends on `{dep}`, which is not active in this test host"),
@@ -167,6 +182,7 @@ impl TestHost {
                     .filter(|c| c.kind.as_str() == "service")
                     .map(|c| c.name.as_str())
                     .collect();
+                self.declared.extend(declared.iter().map(|d| (*d).to_owned()));
                 match self.shared.bus.service_drift(&id, &declared) {
                     None => Ok(()),
                     Some(drift) => Err(Error::new(codes::INVALID_CONFIG, drift)),

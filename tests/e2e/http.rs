@@ -82,6 +82,17 @@ pub fn product_config_ws(http: &str, ws: &str) -> Written {
 /// The same, with `overrides`' `[plugin.config]` bodies for some plugins
 /// (by library file name).
 pub fn product_config_with(http: &str, ws: &str, overrides: &[(&str, String)]) -> Written {
+    product_config_on(http, ws, overrides, None)
+}
+
+/// The product with another store in place of store-sqlite: its library
+/// and configuration.
+pub fn product_config_on(
+    http: &str,
+    ws: &str,
+    overrides: &[(&str, String)],
+    store: Option<(&str, String)>,
+) -> Written {
     let mut c = Config::new();
     let script = c.dir.path().join("script.json");
     // A long turn for the slow-client tests: 2000 deltas of 3000 bytes, about
@@ -96,6 +107,10 @@ pub fn product_config_with(http: &str, ws: &str, overrides: &[(&str, String)]) -
     std::fs::create_dir_all(&work).unwrap();
     std::fs::write(work.join("notes.txt"), "hello from the notes").unwrap();
     for p in dispatch_test_support::BUNDLED_PLUGINS {
+        if let (Some((library, config)), "libdispatch_plugin_store_sqlite.so") = (&store, *p) {
+            c = c.plugin(library, config);
+            continue;
+        }
         if let Some((_, config)) = overrides.iter().find(|(name, _)| name == p) {
             c = c.plugin(p, config);
             continue;

@@ -16,6 +16,7 @@ mod lifecycle;
 mod loading;
 mod mcp;
 mod openapi;
+mod postgres;
 mod providers;
 mod reload;
 mod service;

@@ -572,7 +572,7 @@ impl Plugin for CompactionPlugin {
         http::declare_routes(
             PluginManifest::new("compaction", env!("CARGO_PKG_VERSION"))
                 .description("Summarizes the old part of long conversations and archives their history")
-                .depends_on("store-sqlite")
+                .depends_on(STORE.name())
                 .depends_on("models")
                 .depends_on("session")
                 .provides("service", COMPACTION.name()),

@@ -121,7 +121,7 @@ impl Plugin for SessionPlugin {
                 .description("Runs agent turns: resolves model, tools and prompt, persists, streams, queues")
                 // The store must outlive the session: turns seal into it on
                 // shutdown (deactivation runs in reverse activation order).
-                .depends_on("store-sqlite")
+                .depends_on(dispatch_contracts::store::STORE.name())
                 .depends_on("models")
                 .provides("service", SESSION.name()),
         )

@@ -22,7 +22,7 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dispatch_contracts::protocol::reconcile::reconcile;
-use dispatch_contracts::protocol::store::{CompactRequest, Details, History, MetaUpdate};
+use dispatch_contracts::protocol::store::{CompactRequest, Details, History, MetaUpdate, SUMMARY_PREFIX};
 use dispatch_contracts::protocol::wire::{
     ChatMessage, Chunk, ConversationMeta, ConversationStatus, ReasoningEffort, Role, StoredChunk, TurnMetrics,
 };
@@ -263,45 +263,6 @@ pub fn validate_id(id: &str) -> Result<(), StoreError> {
     }
 }
 
-/// The default title: the first user message, on one line, truncated.
-fn title_from(chunks: &[Chunk]) -> Option<String> {
-    let text: String = chunks
-        .iter()
-        .filter_map(|c| match c {
-            Chunk::Text { text } => Some(text.as_str()),
-            _ => None,
-        })
-        .collect::<Vec<_>>()
-        .join(" ");
-    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if line.is_empty() {
-        return None;
-    }
-    const MAX: usize = 60;
-    Some(match line.char_indices().nth(MAX) {
-        Some((i, _)) => format!("{}…", &line[..i]),
-        None => line,
-    })
-}
-
-fn role_str(r: Role) -> &'static str {
-    match r {
-        Role::System => "system",
-        Role::User => "user",
-        Role::Assistant => "assistant",
-        Role::Tool => "tool",
-    }
-}
-
-fn status_str(s: ConversationStatus) -> &'static str {
-    match s {
-        ConversationStatus::Active => "active",
-        ConversationStatus::Queued => "queued",
-        ConversationStatus::Idle => "idle",
-        ConversationStatus::Closed => "closed",
-    }
-}
-
 fn parse_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
     serde_json::from_str(s).map_err(|e| StoreError::Database(format!("a stored row is not valid JSON: {e}")))
 }
@@ -502,7 +463,11 @@ impl Store {
             }
             encoded.push(json);
         }
-        let title = if role == Role::User { title_from(chunks) } else { None };
+        let title = if role == Role::User {
+            dispatch_contracts::protocol::store::default_title(chunks)
+        } else {
+            None
+        };
         Ok(Encoded { role, chunks: encoded, title })
     }
 
@@ -610,7 +575,7 @@ impl Store {
              ORDER BY last_activity_at DESC, id",
         )
         .bind(prefix)
-        .bind(status.map(status_str))
+        .bind(status.map(ConversationStatus::as_str))
         .fetch_all(&self.readers)
         .await?;
         Ok(rows.iter().map(meta_of).collect())
@@ -899,7 +864,7 @@ impl Writer {
                     for Encoded { role, chunks, .. } in messages {
                         let first = last + 1;
                         let n = i64::try_from(chunks.len()).unwrap_or(i64::MAX);
-                        let role = role_str(*role);
+                        let role = role.as_str();
                         for (seq, chunk) in (first..).zip(chunks) {
                             use std::fmt::Write as _;
                             stored.clear();
@@ -974,9 +939,6 @@ impl Drop for Tx<'_> {
         }
     }
 }
-
-/// The prefix of the first chunk of a compacted conversation.
-const SUMMARY_PREFIX: &str = "The following is a summary of the previous conversation:\n\n";
 
 /// Compact inside the writer's transaction: copy the whole log to the
 /// archive, then replace the live log with the summary and the kept
@@ -1120,7 +1082,7 @@ fn meta(tx: &rusqlite::Connection, w: &Write, now: i64) -> Result<(), StoreError
                 set("title", Some(&dispatch_contracts::protocol::wire::bounded_title(t)))?;
             }
             if let Some(s) = u.status {
-                set("status", Some(status_str(s)))?;
+                set("status", Some(s.as_str()))?;
             }
             if let Some(w) = &u.workspace_id {
                 set("workspace_id", Some(w))?;

@@ -573,7 +573,7 @@ impl Plugin for VisionPlugin {
         http::declare_routes(
             PluginManifest::new("vision", env!("CARGO_PKG_VERSION"))
                 .description("Shows each model what it can take of a conversation's images")
-                .depends_on("store-sqlite")
+                .depends_on(STORE.name())
                 .depends_on("models")
                 .depends_on("session")
                 .provides("service", VISION.name())

@@ -3,13 +3,15 @@
 //! the provider tests and benchmarks start on 127.0.0.1),
 //! [`process_table`] (checks that killed commands left nothing behind),
 //! [`http_client`] (a plain-HTTP client for driving `dispatch serve`) and
-//! [`ws_client`] (a WebSocket client for the same), and [`bench`] (what the
+//! [`ws_client`] (a WebSocket client for the same), [`pg`] (the test
+//! PostgreSQL server, a schema per test), and [`bench`] (what the
 //! benchmarks share).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod bench;
 pub mod http_client;
+pub mod pg;
 
 /// The bundled plugins' library files, in `plugins.toml`'s order: what
 /// the end-to-end tests and the benchmarks start as "the product".

@@ -1,0 +1,203 @@
+//! # store-postgres — the conversation store on PostgreSQL
+//!
+//! The `store` contract of `store-sqlite` (`StoreRequest`), on a database
+//! that several `dispatch serve` hosts share: any host reads and appends
+//! to any conversation, seqs stay 1-based and gap-free whichever host
+//! appends, and nothing the store answers comes from one host's memory.
+//! Listed in `plugins.toml` instead of `store-sqlite` (plugins that depend
+//! on `store-sqlite` accept it: it declares the same service).
+//!
+//! ```toml
+//! [[plugin]]
+//! path = "libdispatch_plugin_store_postgres.so"
+//! [plugin.config]
+//! url = "postgres://dispatch@db.internal:5432/dispatch"  # else $DISPATCH_DATABASE_URL
+//! schema = "dispatch"              # optional: the tables' schema (created if missing)
+//! pool_size = 16                   # connections per host
+//! connect_timeout_ms = 5000        # to connect, or to get a free connection
+//! statement_timeout_ms = 30000     # PostgreSQL's statement_timeout (0: none)
+//! max_chunk_bytes = 1048576
+//! max_image_chunk_bytes = 16777216
+//! ```
+
+pub mod store;
+
+use std::time::Duration;
+
+use dispatch_abi::runtime::{PluginRuntime, Runner};
+use dispatch_abi::{codes, to_json, Context, Error, Plugin, PluginManifest};
+use dispatch_contracts::protocol::wire::{Chunk, Role};
+use dispatch_contracts::protocol::BoxFuture;
+use dispatch_contracts::store::{
+    Appended, Compacted, History, Listing, Messages, MetricsList, StoreLimits, StoreRequest, STORE,
+};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::store::{Options, Store, StoreError};
+
+/// The variable the URL is read from when the configuration has none.
+pub const URL_VARIABLE: &str = "DISPATCH_DATABASE_URL";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Config {
+    url: Option<String>,
+    schema: Option<String>,
+    pool_size: Option<u32>,
+    connect_timeout_ms: Option<u64>,
+    statement_timeout_ms: Option<u64>,
+    max_chunk_bytes: Option<usize>,
+    max_image_chunk_bytes: Option<usize>,
+    workers: Option<usize>,
+}
+
+/// The plugin.
+pub struct StorePostgres {
+    runtime: PluginRuntime,
+    store: Store,
+}
+
+impl std::fmt::Debug for StorePostgres {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorePostgres").finish_non_exhaustive()
+    }
+}
+
+fn err(e: StoreError) -> Error {
+    let code = match e {
+        StoreError::InvalidId(_)
+        | StoreError::ChunkTooLarge { .. }
+        | StoreError::EmptyMessage
+        | StoreError::BadCompaction(_) => codes::INVALID_PAYLOAD,
+        StoreError::Conflict(_) => codes::CONFLICT,
+        StoreError::NoConversation(_) => codes::NOT_FOUND,
+        StoreError::Unavailable(_) => codes::UNAVAILABLE,
+        _ => codes::PLUGIN,
+    };
+    Error::new(code, e.to_string())
+}
+
+async fn handle(store: Store, req: StoreRequest) -> Result<Value, Error> {
+    match req {
+        StoreRequest::Append { conversation_id, role, turn_id, chunks } => {
+            let seqs =
+                store.append(&conversation_id, role, turn_id.as_deref(), &chunks).await.map_err(err)?;
+            to_json(&Appended { seqs })
+        }
+        StoreRequest::AppendMessages { conversation_id, turn_id, messages } => {
+            let messages: Vec<(Role, &[Chunk])> =
+                messages.iter().map(|m| (m.role, m.chunks.as_slice())).collect();
+            let seqs =
+                store.append_messages(&conversation_id, turn_id.as_deref(), &messages).await.map_err(err)?;
+            to_json(&Appended { seqs })
+        }
+        StoreRequest::History { conversation_id, since_seq, before_seq, limit } => {
+            let h: History =
+                store.history(&conversation_id, since_seq, before_seq, limit).await.map_err(err)?;
+            to_json(&h)
+        }
+        StoreRequest::Messages { conversation_id } => {
+            to_json(&Messages { messages: store.messages(&conversation_id).await.map_err(err)? })
+        }
+        StoreRequest::Get { conversation_id } => to_json(&store.get(&conversation_id).await.map_err(err)?),
+        StoreRequest::Update(u) => to_json(&store.update(u).await.map_err(err)?),
+        StoreRequest::List { prefix, status } => {
+            to_json(&Listing { conversations: store.list(prefix.as_deref(), status).await.map_err(err)? })
+        }
+        StoreRequest::AppendMetrics { conversation_id, metrics } => {
+            store.append_metrics(&conversation_id, &metrics).await.map_err(err)?;
+            Ok(Value::Object(Default::default()))
+        }
+        StoreRequest::Metrics { conversation_id } => {
+            to_json(&MetricsList { turns: store.metrics(&conversation_id).await.map_err(err)? })
+        }
+        StoreRequest::Compact(request) => {
+            let (conversation_id, archive_id) = (request.conversation_id.clone(), request.archive_id.clone());
+            let latest_seq = store.compact(request).await.map_err(err)?;
+            to_json(&Compacted { conversation_id, archive_id, latest_seq })
+        }
+        StoreRequest::GetValue { scope, key } => match store.value(&scope, &key).await.map_err(err)? {
+            Some(text) => serde_json::from_str(&text)
+                .map_err(|e| Error::new(codes::PLUGIN, format!("a stored value is not JSON: {e}"))),
+            None => Ok(Value::Null),
+        },
+        StoreRequest::PutValue { scope, key, value } => {
+            let text = (!value.is_null()).then(|| value.to_string());
+            store.put_value(&scope, &key, text).await.map_err(err)?;
+            Ok(Value::Object(Default::default()))
+        }
+        StoreRequest::Limits => {
+            let (text, image) = store.limits();
+            to_json(&StoreLimits { max_chunk_bytes: text as u64, max_image_chunk_bytes: image as u64 })
+        }
+        other => Err(Error::new(codes::UNSUPPORTED, format!("unsupported store request: {other:?}"))),
+    }
+}
+
+impl Plugin for StorePostgres {
+    fn manifest() -> PluginManifest {
+        PluginManifest::new("store-postgres", env!("CARGO_PKG_VERSION"))
+            .description("The conversation store on PostgreSQL, shared by several hosts")
+            .provides("service", STORE.name())
+    }
+
+    fn activate(ctx: Context) -> Result<Self, Error> {
+        let cfg: Config = ctx.config()?;
+        let url = cfg.url.clone().or_else(|| std::env::var(URL_VARIABLE).ok()).ok_or_else(|| {
+            Error::new(
+                codes::INVALID_CONFIG,
+                format!("no database: set `url` in [plugin.config] or ${URL_VARIABLE}"),
+            )
+        })?;
+        let mut options = Options::new(url);
+        options.schema = cfg.schema.clone();
+        if let Some(n) = cfg.pool_size {
+            if !(1..=1000).contains(&n) {
+                return Err(Error::new(
+                    codes::INVALID_CONFIG,
+                    format!("`pool_size` = {n} is out of range (1 to 1000)"),
+                ));
+            }
+            options.pool_size = n;
+        }
+        if let Some(ms) = cfg.connect_timeout_ms {
+            options.connect_timeout = Duration::from_millis(ms.max(1));
+        }
+        if let Some(ms) = cfg.statement_timeout_ms {
+            options.statement_timeout = Duration::from_millis(ms);
+        }
+        if let Some(m) = cfg.max_chunk_bytes {
+            options.max_chunk_bytes = m;
+        }
+        if let Some(m) = cfg.max_image_chunk_bytes {
+            options.max_image_chunk_bytes = m;
+        }
+        let shown = store::redact(&options.url);
+        let runtime = PluginRuntime::new("store-postgres", cfg.workers.unwrap_or(2).max(1))?;
+        // Open inside our runtime: the pool's connections live there.
+        let store = runtime
+            .handle()
+            .block_on(Store::open(options))
+            .map_err(|e| Error::new(codes::INVALID_CONFIG, e.to_string()))?;
+        tracing::info!(url = %shown, schema = cfg.schema.as_deref().unwrap_or("(default)"), "store open");
+        let runner: Runner = runtime.runner();
+        let s = store.clone();
+        ctx.host().provide(&STORE, move |req: StoreRequest| -> BoxFuture<Result<Value, Error>> {
+            Box::pin(runner.run(handle(s.clone(), req)))
+        })?;
+        Ok(StorePostgres { runtime, store })
+    }
+
+    fn deactivate(&mut self) -> Result<(), Error> {
+        let store = self.store.clone();
+        let _ = self
+            .runtime
+            .handle()
+            .block_on(async { tokio::time::timeout(Duration::from_secs(5), store.close()).await });
+        self.runtime.shutdown(Duration::from_secs(5));
+        Ok(())
+    }
+}
+
+dispatch_abi::export_plugin!(StorePostgres);
