@@ -48,6 +48,7 @@ pub use dispatch_protocol as protocol;
 use dispatch_rt as _;
 
 pub mod catalog;
+pub mod cluster;
 pub mod compaction;
 pub mod http;
 pub mod mcp;

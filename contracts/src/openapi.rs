@@ -283,6 +283,7 @@ pub fn transport_operations() -> Vec<Described> {
     struct Health {
         ok: bool,
     }
+
     let own = |path: &str, op: Operation| {
         let (operation, schemas) = op.into_parts();
         Described {
@@ -293,10 +294,13 @@ pub fn transport_operations() -> Vec<Described> {
     vec![
         own(
             "/health",
-            Operation::new("Whether the server answers")
+            Operation::new("Whether the server can serve (its store answers)")
                 .id("health")
                 .tag("server")
-                .returns::<Health>(200, "`{\"ok\": true}`"),
+                .returns::<Health>(200, "`{\"ok\": true}`")
+                // `{"ok": false, "error", "code": "unavailable"}`: the store
+                // cannot be reached.
+                .error(503, &["unavailable"]),
         ),
         own(
             "/extensions",

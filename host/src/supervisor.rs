@@ -163,7 +163,7 @@ impl ServiceHandler for PluginsService {
     fn call(&self, _request: RVec<u8>) -> BytesFuture {
         let reports = self.0.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let registrations = self.1.upgrade().map(|s| s.bus.registrations()).unwrap_or_default();
-        let list = PluginList { plugins: reports, registrations };
+        let list = PluginList { plugins: reports, registrations, host: None };
         let body = serde_json::to_vec(&list).unwrap_or_default();
         std::future::ready(RResult::ROk(RVec::from(body))).into_ffi()
     }

@@ -46,6 +46,7 @@ use std::sync::Arc;
 
 pub mod abort;
 pub mod catalog;
+pub mod cluster;
 pub mod compaction;
 pub mod http;
 pub mod mcp;

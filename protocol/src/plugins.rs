@@ -88,6 +88,11 @@ pub struct PluginList {
     /// from a running server.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub registrations: Vec<Registration>,
+    /// The host that answered (`GET /extensions`): its id in the cluster
+    /// when it shares a store with other hosts, else `<name>:<pid>` — which
+    /// of several hosts behind a load balancer this was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// One registration on the bus.

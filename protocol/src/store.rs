@@ -129,6 +129,10 @@ pub enum StoreRequest {
     /// (a queued message, `413`) instead of failing later, when nobody
     /// is there to be told.
     Limits,
+    /// Whether the store can serve now (readiness: `GET /health`);
+    /// answers `{}`, or fails `unavailable` when its database cannot be
+    /// reached. A store without this op (`unsupported`) counts as ready.
+    Ping,
 }
 
 /// The `compact` request.

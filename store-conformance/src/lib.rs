@@ -24,6 +24,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
+pub mod bench;
+
 use std::any::Any;
 use std::collections::HashMap;
 

@@ -5,10 +5,16 @@ use serde_json::{json, Value};
 
 use dispatch_test_support::pg::{url, Schema};
 
-use crate::http::{chat, get, product_config_on, text_of, Server, LOOPBACK};
+use std::time::{Duration, Instant};
+
+use crate::http::{chat, get, kinds, post, product_config_on, text_of, Server, Stream, LOOPBACK};
 
 fn host_config(schema: &Schema) -> crate::support::Written {
-    let store = format!("url = {:?}\nschema = {:?}\nmax_chunk_bytes = 16777216", url(), schema.name);
+    host_config_with(schema, "")
+}
+
+fn host_config_with(schema: &Schema, extra: &str) -> crate::support::Written {
+    let store = format!("url = {:?}\nschema = {:?}\nmax_chunk_bytes = 16777216\n{extra}", url(), schema.name);
     product_config_on(LOOPBACK, LOOPBACK, &[], Some(("libdispatch_plugin_store_postgres.so", store)))
 }
 
@@ -55,4 +61,183 @@ fn two_hosts_on_one_database_serve_the_same_conversations() {
     let active =
         |id: &str| ext["plugins"].as_array().unwrap().iter().any(|e| e["id"] == id && e["state"] == "active");
     assert!(active("store-postgres") && active("session") && !active("store-sqlite"), "{ext}");
+}
+
+/// One turn per conversation across the hosts: while host A runs a turn, a
+/// message for it on host B is the same `409` as on one host, naming A;
+/// a stop sent to B reaches the turn on A; once it sealed, B runs the next.
+#[test]
+fn a_turn_on_one_host_is_refused_and_stopped_from_another() {
+    let schema = Schema::new();
+    let (cfg_a, cfg_b) = (host_config(&schema), host_config(&schema));
+    let (a, b) = (Server::start(&cfg_a), Server::start(&cfg_b));
+    let mut stream = Stream::open(&a.base, &json!({"conversationId": "busy", "message": "slow please"}));
+    assert_eq!(stream.status, 200);
+    stream.until("text-delta");
+    let (second, _) = chat(&b.base, json!({"conversationId": "busy", "message": "me too"}));
+    assert_eq!((second.status, second.body["code"].as_str()), (409, Some("conflict")), "{}", second.text);
+    let error = second.body["error"].as_str().unwrap();
+    // Each host says which it is; the refusal names the one running the turn.
+    let host_of =
+        |s: &Server| get(&format!("{}/extensions", s.base)).body["host"].as_str().unwrap().to_owned();
+    let (host_a, host_b) = (host_of(&a), host_of(&b));
+    assert_ne!(host_a, host_b);
+    assert!(error.contains(&format!("already has a turn running (on {host_a}, turn ")), "{error}");
+
+    let stop = post(&format!("{}/conversations/busy/stop", b.base), "");
+    assert_eq!(stop.body, json!({"conversationId": "busy", "abortedTurn": true}), "{}", stop.text);
+    let rest = stream.rest();
+    let k = kinds(&rest);
+    assert_eq!(k.last(), Some(&"turn-sealed"), "{k:?}");
+    assert!(rest.iter().any(|e| e["type"] == "done" && e["reason"] == "aborted"), "{rest:?}");
+    // The claim is released at the seal: the next turn runs on B.
+    let (next, events) = chat(&b.base, json!({"conversationId": "busy", "message": "hello again"}));
+    assert_eq!(next.status, 200, "{}", next.text);
+    assert_eq!(kinds(&events).last(), Some(&"turn-sealed"));
+    // Nothing runs anywhere: a stop is a no-op on both.
+    for s in [&a, &b] {
+        let stop = post(&format!("{}/conversations/busy/stop", s.base), "");
+        assert_eq!(stop.body["abortedTurn"], false, "{}", stop.text);
+    }
+}
+
+/// SIGKILL of the host running a turn: its claim lapses with its lease (1 s
+/// here), and another host then runs the next turn on the conversation,
+/// whose history holds the killed turn's saved part.
+#[test]
+fn a_conversation_whose_host_died_mid_turn_is_taken_over_within_the_lease() {
+    let schema = Schema::new();
+    let lease = "claim_lease_ms = 1000";
+    let (cfg_a, cfg_b) = (host_config_with(&schema, lease), host_config_with(&schema, lease));
+    let (mut a, b) = (Server::start(&cfg_a), Server::start(&cfg_b));
+    let mut stream = Stream::open(&a.base, &json!({"conversationId": "orphan", "message": "slow please"}));
+    stream.until("text-delta");
+    a.stop_with(9);
+    let killed = Instant::now();
+    let taken = loop {
+        let (answer, events) =
+            chat(&b.base, json!({"conversationId": "orphan", "message": "are you there?"}));
+        if answer.status == 200 {
+            break (killed.elapsed(), events);
+        }
+        assert_eq!(answer.status, 409, "{}", answer.text);
+        assert!(killed.elapsed() < Duration::from_secs(10), "still claimed 10 s after its host died");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(taken.0 >= Duration::from_millis(500), "taken over before the lease ran out: {:?}", taken.0);
+    // The failover time, for BENCHMARKS.md (`-- --nocapture`).
+    eprintln!("failover: the next turn ran on host B {} ms after host A was killed", taken.0.as_millis());
+    assert_eq!(kinds(&taken.1).last(), Some(&"turn-sealed"));
+    let history = chunks(&b, "orphan");
+    assert_eq!(history[0]["chunk"]["text"], "slow please", "the killed turn's message was saved");
+    assert!(history.iter().any(|c| c["chunk"]["text"] == "are you there?"));
+}
+
+/// A TCP relay to the test database that can be cut and restored: the
+/// database "going away" for one host only, without stopping the server
+/// every other test uses.
+struct Relay {
+    port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Relay {
+    fn start() -> Relay {
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::<TcpStream>::new()));
+        let (up2, open2) = (up.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if !up2.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection is refused at once
+                }
+                let Ok(server) = TcpStream::connect("127.0.0.1:5432") else { continue };
+                let mut all = open2.lock().unwrap();
+                all.push(client.try_clone().unwrap());
+                all.push(server.try_clone().unwrap());
+                for (mut from, mut to) in
+                    [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
+                {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Relay { port, up, open }
+    }
+
+    fn url(&self) -> String {
+        url().replacen("127.0.0.1:5432", &format!("127.0.0.1:{}", self.port), 1)
+    }
+
+    /// Every connection through the relay closes, new ones are refused.
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn poll(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < Duration::from_secs(20), "{what}: not within 20 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A host whose database goes away is not ready (`/health` 503), refuses a
+/// turn with a clear error instead of hanging, and serves again once the
+/// database is back — no restart.
+#[test]
+fn a_host_that_loses_its_database_is_unready_and_recovers_without_a_restart() {
+    let schema = Schema::new();
+    let relay = Relay::start();
+    let store = format!(
+        "url = {:?}\nschema = {:?}\nconnect_timeout_ms = 1000\nstatement_timeout_ms = 5000\n",
+        relay.url(),
+        schema.name
+    );
+    let cfg =
+        product_config_on(LOOPBACK, LOOPBACK, &[], Some(("libdispatch_plugin_store_postgres.so", store)));
+    let s = Server::start(&cfg);
+    let health = || get(&format!("{}/health", s.base));
+    assert_eq!(health().body, json!({"ok": true}));
+    let (answer, _) = chat(&s.base, json!({"conversationId": "away", "message": "hello"}));
+    assert_eq!(answer.status, 200, "{}", answer.text);
+
+    relay.cut();
+    poll("/health says 503", || health().status == 503);
+    let unready = health();
+    assert_eq!(unready.body["ok"], false);
+    assert!(
+        unready.body["error"].as_str().unwrap().starts_with("the store is not ready"),
+        "{}",
+        unready.text
+    );
+    let (refused, _) = chat(&s.base, json!({"conversationId": "away", "message": "still there?"}));
+    assert_eq!(refused.status, 503, "{}", refused.text);
+    assert!(!refused.body["error"].as_str().unwrap_or_default().is_empty(), "{}", refused.text);
+
+    relay.restore();
+    poll("/health is ok again", || health().status == 200);
+    let (again, events) = chat(&s.base, json!({"conversationId": "away", "message": "back?"}));
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(kinds(&events).last(), Some(&"turn-sealed"));
+    let texts: Vec<Value> = chunks(&s, "away").iter().map(|c| c["chunk"]["text"].clone()).collect();
+    assert!(texts.contains(&json!("hello")) && texts.contains(&json!("back?")), "{texts:?}");
+    assert!(!texts.contains(&json!("still there?")), "the refused message was not half saved");
 }

@@ -514,6 +514,9 @@ pub async fn plugins(server: &Server, as_json: bool) -> Outcome {
             message: format!("the server's plugin list is not understood: {e}"),
         })?;
     let mut text = crate::report::table(&list.plugins);
+    if let Some(host) = &list.host {
+        text = format!("answered by {host}\n{text}");
+    }
     // An active `mcp` plugin: its servers too (the endpoint is per
     // conversation, but servers are the whole server's; any id answers).
     let key = dispatch_contracts::mcp::SERVERS;

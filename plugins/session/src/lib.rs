@@ -170,6 +170,12 @@ impl Plugin for SessionPlugin {
             s.forget_history(&c.conversation_id);
             Ok(())
         })?;
+        // A stop or close another host forwarded for a turn running here.
+        let s = Arc::clone(&session);
+        host.subscribe_sync(&dispatch_contracts::cluster::FORWARDED, move |f| {
+            s.forwarded(f);
+            Ok(())
+        })?;
         // On shutdown, stop the turns first so they seal while the store
         // and the tools are still there.
         let s = Arc::clone(&session);

@@ -10,6 +10,7 @@ use abi_stable::std_types::{RStr, RVec};
 use dispatch_abi::runtime::Runner;
 use dispatch_abi::{codes, Error, HookResult, Host};
 use dispatch_contracts::catalog::{CatalogRequest, Resolved, CATALOG};
+use dispatch_contracts::cluster::{Claimed, ClusterRequest, Delivered, ForwardAction, Forwarded, CLUSTER};
 use dispatch_contracts::plugins::{PluginList, State, PLUGINS};
 use dispatch_contracts::queue::{Cancelled, QueueRequest, QueueState, QUEUE};
 use dispatch_contracts::remote::{HostCaller, RemoteProvider};
@@ -328,7 +329,17 @@ impl Session {
                 conv.logs.pop_front();
             }
         }
-        match self.prepare(&conversation_id, &turn_id, message, request, abort, Arc::clone(&log)).await {
+        // Cluster-wide too (hosts sharing one store): one turn per
+        // conversation, whichever host runs it.
+        let claim = self.claim(&conversation_id, &turn_id).await;
+        let claimed = claim.is_ok();
+        let prepared = match claim {
+            Ok(()) => {
+                self.prepare(&conversation_id, &turn_id, message, request, abort, Arc::clone(&log)).await
+            }
+            Err(e) => Err(e),
+        };
+        match prepared {
             Ok(plan) => {
                 let me = Arc::clone(self);
                 self.runner.spawn(async move { me.run(plan).await });
@@ -338,15 +349,19 @@ impl Session {
                 // Nothing will seal it: wake whoever waits for that (a
                 // `stop` sent while the turn was being prepared).
                 log.abandon();
-                let mut convs = self.convs();
-                if let Some(conv) = convs.get_mut(&conversation_id) {
-                    conv.running = None;
-                    conv.logs.retain(|l| !Arc::ptr_eq(l, &log));
-                    if conv.logs.is_empty() {
-                        convs.remove(&conversation_id);
+                {
+                    let mut convs = self.convs();
+                    if let Some(conv) = convs.get_mut(&conversation_id) {
+                        conv.running = None;
+                        conv.logs.retain(|l| !Arc::ptr_eq(l, &log));
+                        if conv.logs.is_empty() {
+                            convs.remove(&conversation_id);
+                        }
                     }
                 }
-                drop(convs);
+                if claimed {
+                    self.release_claim(&conversation_id).await;
+                }
                 self.turn_ended.notify_waiters();
                 Err(e)
             }
@@ -877,6 +892,7 @@ impl Session {
             conv.running = None;
             conv.history = kept;
         }
+        self.release_claim(&conversation_id).await;
         emit(AgentEvent::TurnSealed { conversation_id: conversation_id.clone(), turn_id: turn_id.clone() });
         // A turn of many events freed as many small allocations, which
         // glibc's malloc keeps for the process: hand them back.
@@ -1034,7 +1050,23 @@ impl Session {
                 None => None,
             }
         };
-        let aborted_turn = aborting.is_some();
+        let mut aborted_turn = aborting.is_some();
+        // Not running here: maybe on another host sharing the store.
+        let mut forwarded = false;
+        if !aborted_turn {
+            let action = if close { ForwardAction::Close } else { ForwardAction::Stop };
+            let request = ClusterRequest::Forward { conversation_id: conversation_id.clone(), action };
+            match self.host.call(&CLUSTER, &request).await {
+                Ok(v) => {
+                    forwarded = serde_json::from_value::<Delivered>(v).is_ok_and(|d| d.delivered);
+                    aborted_turn = forwarded;
+                }
+                Err(e) if e.code() == codes::NOT_FOUND => {}
+                Err(e) => {
+                    tracing::warn!(conversation = %conversation_id, error = %e, "cannot forward a stop to the cluster")
+                }
+            }
+        }
         // Answer once the turn has sealed (bounded): a client that sends
         // its next message as soon as `stop` answers must not meet the
         // aborted turn still winding down (a `409` for a few milliseconds).
@@ -1043,7 +1075,8 @@ impl Session {
                 tracing::warn!(conversation = %conversation_id, "the stopped turn has not sealed yet; answering anyway");
             }
         }
-        if close && !aborted_turn {
+        // (A forwarded close is the running host's to finish.)
+        if close && !aborted_turn && !forwarded {
             let details: Option<Details> =
                 self.store(&StoreRequest::Get { conversation_id: conversation_id.clone() }).await?;
             if let Some(d) = details {
@@ -1057,6 +1090,63 @@ impl Session {
             }
         }
         Ok(Aborted { conversation_id, aborted_turn })
+    }
+
+    /// Claim the conversation's turn in the cluster, when this host shares
+    /// its store with others (the store provides `cluster`); without one
+    /// this host decides alone.
+    async fn claim(&self, conversation_id: &str, turn_id: &str) -> Result<(), Error> {
+        let request = ClusterRequest::Claim {
+            conversation_id: conversation_id.to_owned(),
+            turn_id: turn_id.to_owned(),
+        };
+        match self.host.call(&CLUSTER, &request).await {
+            Ok(v) => {
+                let claimed: Claimed = serde_json::from_value(v)
+                    .map_err(|e| Error::new(codes::PLUGIN, format!("the cluster answered: {e}")))?;
+                if claimed.granted {
+                    return Ok(());
+                }
+                let holder = claimed.holder.unwrap_or_else(|| "another host".to_owned());
+                let turn = claimed.turn_id.map(|t| format!(", turn {t}")).unwrap_or_default();
+                Err(Error::new(
+                    "conflict",
+                    format!(
+                        "conversation {conversation_id} already has a turn running (on {holder}{turn}); queue the \
+                         message (POST /conversations/{conversation_id}/queue) or stop the turn first"
+                    ),
+                ))
+            }
+            Err(e) if e.code() == codes::NOT_FOUND => Ok(()),
+            Err(e) => Err(Error::new(
+                codes::UNAVAILABLE,
+                format!("cannot claim the conversation's turn among the hosts: {e}"),
+            )),
+        }
+    }
+
+    /// Give up this host's claim on the conversation (its turn sealed). A
+    /// failure only delays the next turn elsewhere until the lease ends.
+    async fn release_claim(&self, conversation_id: &str) {
+        let request = ClusterRequest::Release { conversation_id: conversation_id.to_owned() };
+        match self.host.call(&CLUSTER, &request).await {
+            Ok(_) => {}
+            Err(e) if e.code() == codes::NOT_FOUND => {}
+            Err(e) => {
+                tracing::warn!(conversation = %conversation_id, error = %e, "cannot release the turn's claim")
+            }
+        }
+    }
+
+    /// Another host forwarded a stop or close for a turn this host runs.
+    pub(crate) fn forwarded(self: &Arc<Self>, f: Forwarded) {
+        let me = Arc::clone(self);
+        self.runner.spawn(async move {
+            let close = matches!(f.action, ForwardAction::Close);
+            if let Err(e) = me.stop(f.conversation_id.clone(), close).await {
+                tracing::warn!(conversation = %f.conversation_id, error = %e, "a forwarded stop failed");
+            }
+        });
     }
 
     async fn open(&self, conversation_id: String) -> Result<ConversationRef, Error> {

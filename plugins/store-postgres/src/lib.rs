@@ -16,16 +16,19 @@
 //! pool_size = 16                   # connections per host
 //! connect_timeout_ms = 5000        # to connect, or to get a free connection
 //! statement_timeout_ms = 30000     # PostgreSQL's statement_timeout (0: none)
+//! claim_lease_ms = 10000           # a dead host's turn claims lapse after this
 //! max_chunk_bytes = 1048576
 //! max_image_chunk_bytes = 16777216
 //! ```
 
+pub mod cluster;
 pub mod store;
 
 use std::time::Duration;
 
 use dispatch_abi::runtime::{PluginRuntime, Runner};
-use dispatch_abi::{codes, to_json, Context, Error, Plugin, PluginManifest};
+use dispatch_abi::{codes, to_json, Context, Error, Host, Plugin, PluginManifest};
+use dispatch_contracts::cluster::{ClusterRequest, CLUSTER, FORWARDED};
 use dispatch_contracts::protocol::wire::{Chunk, Role};
 use dispatch_contracts::protocol::BoxFuture;
 use dispatch_contracts::store::{
@@ -34,7 +37,13 @@ use dispatch_contracts::store::{
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::cluster::Cluster;
 use crate::store::{Options, Store, StoreError};
+
+/// How long a turn claim outlives its host's last renewal, by default: the
+/// longest a conversation whose host died waits before another host may
+/// run its next turn.
+pub const DEFAULT_LEASE_MS: u64 = 10_000;
 
 /// The variable the URL is read from when the configuration has none.
 pub const URL_VARIABLE: &str = "DISPATCH_DATABASE_URL";
@@ -49,6 +58,7 @@ struct Config {
     statement_timeout_ms: Option<u64>,
     max_chunk_bytes: Option<usize>,
     max_image_chunk_bytes: Option<usize>,
+    claim_lease_ms: Option<u64>,
     workers: Option<usize>,
 }
 
@@ -56,6 +66,7 @@ struct Config {
 pub struct StorePostgres {
     runtime: PluginRuntime,
     store: Store,
+    cluster: Cluster,
 }
 
 impl std::fmt::Debug for StorePostgres {
@@ -131,8 +142,54 @@ async fn handle(store: Store, req: StoreRequest) -> Result<Value, Error> {
             let (text, image) = store.limits();
             to_json(&StoreLimits { max_chunk_bytes: text as u64, max_image_chunk_bytes: image as u64 })
         }
+        StoreRequest::Ping => {
+            store.ping().await.map_err(err)?;
+            Ok(Value::Object(Default::default()))
+        }
         other => Err(Error::new(codes::UNSUPPORTED, format!("unsupported store request: {other:?}"))),
     }
+}
+
+async fn handle_cluster(cluster: Cluster, req: ClusterRequest) -> Result<Value, Error> {
+    match req {
+        ClusterRequest::Claim { conversation_id, turn_id } => {
+            to_json(&cluster.claim(&conversation_id, &turn_id).await.map_err(err)?)
+        }
+        ClusterRequest::Release { conversation_id } => {
+            cluster.release(&conversation_id).await.map_err(err)?;
+            Ok(Value::Object(Default::default()))
+        }
+        ClusterRequest::Forward { conversation_id, action } => {
+            to_json(&cluster.forward(&conversation_id, action).await.map_err(err)?)
+        }
+        ClusterRequest::Whoami => to_json(&cluster.member()),
+        other => Err(Error::new(codes::UNSUPPORTED, format!("unsupported cluster request: {other:?}"))),
+    }
+}
+
+/// This host's id in the cluster: its name and pid (what an operator
+/// recognises), and a random part (a pid is reused).
+fn host_id() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name = name.trim();
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("{}:{}:{}", if name.is_empty() { "host" } else { name }, std::process::id(), &random[..8])
+}
+
+/// Provide the cluster service and keep this host's part of it going.
+fn serve_cluster(host: &Host, cluster: &Cluster, runner: &Runner) -> Result<(), Error> {
+    let (c, r) = (cluster.clone(), runner.clone());
+    host.provide(&CLUSTER, move |req: ClusterRequest| -> BoxFuture<Result<Value, Error>> {
+        Box::pin(r.run(handle_cluster(c.clone(), req)))
+    })?;
+    runner.spawn(cluster.clone().renew_forever());
+    let publisher = host.clone();
+    runner.spawn(cluster.clone().listen_forever(move |f| {
+        if let Err(e) = publisher.publish(&FORWARDED, &f) {
+            tracing::warn!(error = %e, "cannot hand a forwarded action to the session");
+        }
+    }));
+    Ok(())
 }
 
 impl Plugin for StorePostgres {
@@ -140,6 +197,7 @@ impl Plugin for StorePostgres {
         PluginManifest::new("store-postgres", env!("CARGO_PKG_VERSION"))
             .description("The conversation store on PostgreSQL, shared by several hosts")
             .provides("service", STORE.name())
+            .provides("service", CLUSTER.name())
     }
 
     fn activate(ctx: Context) -> Result<Self, Error> {
@@ -183,18 +241,24 @@ impl Plugin for StorePostgres {
         tracing::info!(url = %shown, schema = cfg.schema.as_deref().unwrap_or("(default)"), "store open");
         let runner: Runner = runtime.runner();
         let s = store.clone();
+        let r = runner.clone();
         ctx.host().provide(&STORE, move |req: StoreRequest| -> BoxFuture<Result<Value, Error>> {
-            Box::pin(runner.run(handle(s.clone(), req)))
+            Box::pin(r.run(handle(s.clone(), req)))
         })?;
-        Ok(StorePostgres { runtime, store })
+        let lease = Duration::from_millis(cfg.claim_lease_ms.unwrap_or(DEFAULT_LEASE_MS).max(300));
+        let cluster = Cluster::new(store.pool().clone(), host_id(), lease);
+        serve_cluster(ctx.host(), &cluster, &runner)?;
+        tracing::info!(host = %cluster.member().host_id, lease_ms = lease.as_millis() as u64, "cluster member");
+        Ok(StorePostgres { runtime, store, cluster })
     }
 
     fn deactivate(&mut self) -> Result<(), Error> {
-        let store = self.store.clone();
-        let _ = self
-            .runtime
-            .handle()
-            .block_on(async { tokio::time::timeout(Duration::from_secs(5), store.close()).await });
+        let (store, cluster) = (self.store.clone(), self.cluster.clone());
+        let _ = self.runtime.handle().block_on(async {
+            // Free this host's claims now rather than at the lease's end.
+            let _ = tokio::time::timeout(Duration::from_secs(2), cluster.release_all()).await;
+            tokio::time::timeout(Duration::from_secs(5), store.close()).await
+        });
         self.runtime.shutdown(Duration::from_secs(5));
         Ok(())
     }

@@ -256,6 +256,11 @@ impl Store {
         })
     }
 
+    /// The connection pool (the cluster's claims and notifications use it).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// Close the pool (waits for connections in use).
     pub async fn close(&self) {
         self.pool.close().await;

@@ -123,6 +123,10 @@ async fn handle(store: Store, req: StoreRequest) -> Result<Value, Error> {
             let (text, image) = store.limits();
             to_json(&StoreLimits { max_chunk_bytes: text as u64, max_image_chunk_bytes: image as u64 })
         }
+        StoreRequest::Ping => {
+            store.ping().await.map_err(err)?;
+            Ok(Value::Object(Default::default()))
+        }
         other => Err(Error::new(codes::UNSUPPORTED, format!("unsupported store request: {other:?}"))),
     }
 }

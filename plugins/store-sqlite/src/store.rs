@@ -613,6 +613,12 @@ impl Store {
         rows.iter().map(|r| parse_json(r.get::<&str, _>(0))).collect()
     }
 
+    /// A read on the pool (readiness): the file is there and readable.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.readers).await?;
+        Ok(())
+    }
+
     /// `PRAGMA integrity_check` (for tests and operators).
     pub async fn integrity_check(&self) -> Result<String, StoreError> {
         let row = sqlx::query("PRAGMA integrity_check").fetch_one(&self.readers).await?;

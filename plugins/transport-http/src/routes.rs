@@ -6,10 +6,12 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use dispatch_abi::Host;
+use dispatch_abi::{codes, Host};
+use dispatch_contracts::cluster::{ClusterRequest, Member, CLUSTER};
 use dispatch_contracts::http::HttpMethod;
 use dispatch_contracts::plugins::PLUGINS;
 use dispatch_contracts::session::WireVersion;
+use dispatch_contracts::store::{StoreRequest, STORE};
 use http_body_util::{BodyExt as _, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
@@ -39,6 +41,43 @@ pub struct App {
 
 fn ok(value: &impl serde::Serialize) -> Reply {
     Ok(json(StatusCode::OK, value))
+}
+
+/// Which host this is: its cluster id when it shares a store with other
+/// hosts, else `<hostname>:<pid>`.
+async fn answering_host(host: &Host) -> String {
+    if let Ok(v) = host.call(&CLUSTER, &ClusterRequest::Whoami).await {
+        if let Ok(m) = serde_json::from_value::<Member>(v) {
+            return m.host_id;
+        }
+    }
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}:{}", name.trim(), std::process::id())
+}
+
+/// How long `/health` waits for the store.
+const HEALTH_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// `GET /health`: `{"ok": true}` when the host can serve — its store
+/// answers (a host that cannot reach its database is not ready: a load
+/// balancer should send elsewhere) — else `503 {"ok": false, "error",
+/// "code": "unavailable"}` (the error shape every route shares).
+/// A store that does not know `ping`, or no store at all, counts as ready.
+async fn health(host: &Host) -> Reply {
+    let ping = host.call(&STORE, &StoreRequest::Ping);
+    let problem = match tokio::time::timeout(HEALTH_WAIT, ping).await {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) if e.code() == codes::UNSUPPORTED || e.code() == codes::NOT_FOUND => None,
+        Ok(Err(e)) => Some(format!("the store is not ready: {}", e.message())),
+        Err(_) => Some(format!("the store did not answer within {} s", HEALTH_WAIT.as_secs())),
+    };
+    match problem {
+        None => ok(&json!({"ok": true})),
+        Some(error) => Ok(json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"ok": false, "error": error, "code": codes::UNAVAILABLE}),
+        )),
+    }
 }
 
 /// First path segments of the API: a path under one of them that no
@@ -79,8 +118,12 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Reply {
             return Ok(not_allowed(&method, &path, &[HttpMethod::Get]));
         }
         return match segments.as_slice() {
-            ["health"] => ok(&json!({"ok": true})),
-            ["extensions"] => ok(&app.host.call(&PLUGINS, &json!({})).await?),
+            ["health"] => health(&app.host).await,
+            ["extensions"] => {
+                let mut list = app.host.call(&PLUGINS, &json!({})).await?;
+                list.host = Some(answering_host(&app.host).await);
+                ok(&list)
+            }
             _ => ok(&crate::contributed::openapi(&app).await),
         };
     }

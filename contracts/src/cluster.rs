@@ -1,0 +1,14 @@
+//! The `cluster` contract (types in [`dispatch_protocol::cluster`],
+//! re-exported here): hosts sharing one store agree on who runs a turn.
+
+use dispatch_abi::{Event, Service};
+pub use dispatch_protocol::cluster::*;
+use serde_json::Value;
+
+/// The cluster service, provided by a store several hosts share. Answers
+/// differ by op (see [`ClusterRequest`]), hence `Value`.
+pub const CLUSTER: Service<ClusterRequest, Value> = Service::new("cluster", 1);
+
+/// Published on the host that runs a turn when another host forwarded an
+/// action for it (the session acts on it).
+pub const FORWARDED: Event<Forwarded> = Event::new("cluster.forwarded", 1);
