@@ -12,3 +12,13 @@ pub const CLUSTER: Service<ClusterRequest, Value> = Service::new("cluster", 1);
 /// Published on the host that runs a turn when another host forwarded an
 /// action for it (the session acts on it).
 pub const FORWARDED: Event<Forwarded> = Event::new("cluster.forwarded", 1);
+
+/// A turn event of a turn another host runs, relayed (published on every
+/// other host; the session keeps a copy of the turn's log, so watchers on
+/// any host see it).
+pub const REMOTE_EVENT: Event<dispatch_protocol::wire::AgentEvent> = Event::new("cluster.remote-event", 1);
+
+/// A status change on another host, relayed (transports tell their
+/// clients, as for their own host's).
+pub const REMOTE_STATUS: Event<dispatch_protocol::session::StatusChanged> =
+    Event::new("cluster.remote-status", 1);

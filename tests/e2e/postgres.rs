@@ -241,3 +241,56 @@ fn a_host_that_loses_its_database_is_unready_and_recovers_without_a_restart() {
     assert!(texts.contains(&json!("hello")) && texts.contains(&json!("back?")), "{texts:?}");
     assert!(!texts.contains(&json!("still there?")), "the refused message was not half saved");
 }
+
+/// Live events cross hosts: a turn that runs on host A is watched from host
+/// B's WebSocket — every event, identical and in order, a watcher who
+/// joins mid-turn replayed from the start — B's clients hear its status
+/// changes, and a `/last` waiter on B gets its answer.
+#[test]
+fn a_turn_on_one_host_is_watched_live_from_another() {
+    use dispatch_test_support::ws_client::WsClient;
+    let schema = Schema::new();
+    let (cfg_a, cfg_b) = (host_config(&schema), host_config(&schema));
+    let (a, b) = (Server::start(&cfg_a), Server::start(&cfg_b));
+    crate::http::rt().block_on(async {
+        let mut early = WsClient::connect(&b.ws()).await.unwrap();
+        assert_eq!(early.next().await["type"], "catalog");
+        early.send(&json!({"type": "chat.subscribe", "conversationId": "live"})).await;
+        // The chat subscription is in place once the server answered a
+        // request sent after it (a surface subscription's snapshot).
+        early.send(&json!({"type": "subscribe", "surfaceId": "loaded-extensions"})).await;
+        assert!(early.next().await["spec"].is_object());
+
+        let a_base = a.base.clone();
+        let on_a = tokio::task::spawn_blocking(move || {
+            let mut stream =
+                Stream::open(&a_base, &json!({"conversationId": "live", "message": "slow please"}));
+            assert_eq!(stream.status, 200);
+            stream.rest()
+        });
+        // A late watcher on B, mid-turn.
+        let first = early.until(|v| v["type"] == "chat.delta" && v["event"]["type"] == "text-delta").await;
+        let mut late = WsClient::connect(&b.ws()).await.unwrap();
+        late.next().await;
+        late.send(&json!({"type": "chat.subscribe", "conversationId": "live"})).await;
+        let b_base = b.base.clone();
+        let waiter = tokio::task::spawn_blocking(move || get(&format!("{b_base}/conversations/live/last")));
+
+        let mut seen_early: Vec<Value> =
+            first.iter().filter(|v| v["type"] == "chat.delta").map(|v| v["event"].clone()).collect();
+        let status_seen = first.iter().any(|v| {
+            v["type"] == "conversation.statusChanged"
+                && v["conversationId"] == "live"
+                && v["status"] == "active"
+        });
+        seen_early.extend(early.turn().await);
+        let seen_late = late.turn().await;
+        let on_a: Vec<Value> = on_a.await.unwrap();
+        assert_eq!(seen_early, on_a, "host B's watcher saw another turn than host A streamed");
+        assert_eq!(seen_late, on_a, "the late watcher on B was not replayed from the start");
+        assert!(status_seen, "B's client was not told the conversation became active: {first:?}");
+        let last = waiter.await.unwrap();
+        assert_eq!(last.status, 200, "{}", last.text);
+        assert_eq!(last.body["content"], text_of(&on_a), "{}", last.text);
+    });
+}

@@ -176,6 +176,12 @@ impl Plugin for SessionPlugin {
             s.forwarded(f);
             Ok(())
         })?;
+        // The turns other hosts run, as their events arrive relayed.
+        let s = Arc::clone(&session);
+        host.subscribe_sync(&dispatch_contracts::cluster::REMOTE_EVENT, move |e| {
+            s.remote_event(&e);
+            Ok(())
+        })?;
         // On shutdown, stop the turns first so they seal while the store
         // and the tools are still there.
         let s = Arc::clone(&session);

@@ -71,6 +71,9 @@ struct Running {
 #[derive(Default)]
 struct Conv {
     running: Option<Running>,
+    /// A turn another host runs (sharing the store), whose events arrive
+    /// relayed: its log is mirrored in `logs`, so watchers here see it.
+    remote: Option<String>,
     /// The running turn's log last, with up to [`KEEP_SEALED`] before it.
     logs: VecDeque<Arc<TurnLog>>,
     /// The reconciled history as of the last sealed turn, and the store's
@@ -80,6 +83,14 @@ struct Conv {
     /// turn over 2000 turns of one conversation). Forgotten with the
     /// conversation's other state.
     history: Option<(u64, Arc<Vec<ChatMessage>>)>,
+}
+
+/// The conversation and turn every turn event names.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EventIds {
+    conversation_id: String,
+    turn_id: String,
 }
 
 /// Everything a turn needs, resolved before it starts.
@@ -968,9 +979,55 @@ impl Session {
         let mut convs = self.convs();
         if let Some(conv) = convs.get_mut(conversation_id) {
             conv.logs.retain(|l| l.turn_id != turn_id || !l.is_sealed());
-            if conv.running.is_none() && conv.logs.is_empty() {
+            if conv.running.is_none() && conv.remote.is_none() && conv.logs.is_empty() {
                 convs.remove(conversation_id);
             }
+        }
+    }
+
+    /// An event of a turn another host runs: mirrored into that turn's
+    /// log here (created at its first event), so `events`, `status` and
+    /// `last` answer for it as for a turn of this host.
+    pub(crate) fn remote_event(self: &Arc<Self>, event: &AgentEvent) {
+        let Ok(raw) = serde_json::value::to_raw_value(event) else { return };
+        let Ok(ids) = serde_json::from_str::<EventIds>(raw.get()) else { return };
+        let kind = event.type_name();
+        let sealed = kind == "turn-sealed";
+        {
+            let mut convs = self.convs();
+            let conv = convs.entry(ids.conversation_id.clone()).or_default();
+            if conv.running.is_some() {
+                // This host runs the conversation: a stale relay.
+                return;
+            }
+            let log = match conv.logs.iter().rev().find(|l| l.turn_id == ids.turn_id) {
+                Some(l) => Arc::clone(l),
+                None => {
+                    let log = Arc::new(TurnLog::new(ids.conversation_id.clone(), ids.turn_id.clone()));
+                    conv.logs.push_back(Arc::clone(&log));
+                    while conv.logs.len() > KEEP_SEALED + 1 {
+                        conv.logs.pop_front();
+                    }
+                    conv.remote = Some(ids.turn_id.clone());
+                    log
+                }
+            };
+            log.push(kind, raw);
+            if sealed {
+                if conv.remote.as_deref() == Some(ids.turn_id.as_str()) {
+                    conv.remote = None;
+                }
+                // What we held of its history is stale: the other host wrote.
+                conv.history = None;
+            }
+        }
+        if sealed {
+            self.turn_ended.notify_waiters();
+            let me = Arc::clone(self);
+            self.runner.spawn(async move {
+                tokio::time::sleep(SEALED_KEPT_FOR).await;
+                me.evict(&ids.conversation_id, &ids.turn_id);
+            });
         }
     }
 
@@ -1008,7 +1065,7 @@ impl Session {
             let convs = self.convs();
             let conv = convs.get(conversation_id);
             (
-                conv.and_then(|c| c.running.as_ref().map(|r| r.turn_id.clone())),
+                conv.and_then(|c| c.running.as_ref().map(|r| r.turn_id.clone()).or_else(|| c.remote.clone())),
                 conv.and_then(|c| c.logs.back().map(|l| l.turn_id.clone())),
             )
         };
@@ -1231,7 +1288,13 @@ impl Session {
     async fn last(&self, conversation_id: &str, wait_ms: Option<u64>) -> Result<LastAnswer, Error> {
         let running = {
             let convs = self.convs();
-            convs.get(conversation_id).and_then(|c| c.running.as_ref().and(c.logs.back().cloned()))
+            convs.get(conversation_id).and_then(|c| {
+                if c.running.is_some() || c.remote.is_some() {
+                    c.logs.back().cloned()
+                } else {
+                    None
+                }
+            })
         };
         let mut turn_id = None;
         if let Some(log) = running {

@@ -15,6 +15,33 @@ use crate::store::StoreError;
 
 /// The channel forwarded actions travel on.
 pub const CHANNEL: &str = "dispatch_cluster";
+/// The channel relayed events travel on.
+pub const EVENTS: &str = "dispatch_events";
+/// The largest payload sent inline (PostgreSQL's limit is 8000 bytes);
+/// a larger event goes by reference to a `relayed` row.
+const MAX_PAYLOAD: usize = 7000;
+/// How long a relayed row is kept (a receiver reads it at once).
+const RELAYED_KEPT_MS: i64 = 600_000;
+
+/// What is relayed: a turn event or a status change, as its JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A `session.event`.
+    Event,
+    /// A `session.status`.
+    Status,
+}
+
+/// Relayed items as they travel: inline, or the id of the row holding them.
+#[derive(Debug, Serialize, Deserialize)]
+struct Relayed {
+    from: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    items: Vec<(Kind, Box<serde_json::value::RawValue>)>,
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "ref")]
+    reference: Option<i64>,
+}
 /// The database's clock, in ms.
 const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
@@ -172,11 +199,101 @@ impl Cluster {
         Ok(Delivered { delivered: true, host: Some(to) })
     }
 
+    /// Send what this host publishes to the other hosts, in order: each
+    /// batch of what queued meanwhile in one `NOTIFY` (by reference when
+    /// over [`MAX_PAYLOAD`]). A failed send is dropped with a warning: the
+    /// other hosts' watchers miss those live events (the store has the
+    /// turn's messages).
+    pub async fn relay_forever(
+        self,
+        mut queue: tokio::sync::mpsc::Receiver<(Kind, Box<serde_json::value::RawValue>)>,
+    ) {
+        while let Some(first) = queue.recv().await {
+            let mut size = first.1.get().len();
+            let mut items = vec![first];
+            while size < MAX_PAYLOAD {
+                match queue.try_recv() {
+                    Ok(item) => {
+                        size += item.1.get().len() + 16;
+                        items.push(item);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = self.send(items).await {
+                tracing::warn!(error = %e, "cannot relay events to the other hosts");
+            }
+        }
+    }
+
+    async fn send(&self, items: Vec<(Kind, Box<serde_json::value::RawValue>)>) -> Result<(), StoreError> {
+        let mut batch = Vec::new();
+        let mut size = 0;
+        for item in items {
+            let n = item.1.get().len() + 16;
+            if size + n > MAX_PAYLOAD && !batch.is_empty() {
+                self.notify(std::mem::take(&mut batch)).await?;
+                size = 0;
+            }
+            size += n;
+            batch.push(item);
+        }
+        if !batch.is_empty() {
+            self.notify(batch).await?;
+        }
+        Ok(())
+    }
+
+    async fn notify(&self, items: Vec<(Kind, Box<serde_json::value::RawValue>)>) -> Result<(), StoreError> {
+        let json = |r: &Relayed| serde_json::to_string(r).map_err(|e| StoreError::Database(e.to_string()));
+        let mut relayed = Relayed { from: self.host_id.to_string(), items, reference: None };
+        let mut payload = json(&relayed)?;
+        if payload.len() > MAX_PAYLOAD {
+            let id: i64 = sqlx::query_scalar(&format!(
+                "WITH gone AS (DELETE FROM relayed WHERE sent_at < {NOW_MS} - $2) \
+                 INSERT INTO relayed (body, sent_at) VALUES ($1, {NOW_MS}) RETURNING id"
+            ))
+            .bind(&payload)
+            .bind(RELAYED_KEPT_MS)
+            .fetch_one(&self.pool)
+            .await?;
+            relayed = Relayed { from: relayed.from, items: Vec::new(), reference: Some(id) };
+            payload = json(&relayed)?;
+        }
+        sqlx::query("SELECT pg_notify($1, $2)").bind(EVENTS).bind(payload).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The items of a relayed payload from another host (none from this
+    /// one).
+    async fn received(
+        &self,
+        payload: &str,
+    ) -> Result<Vec<(Kind, Box<serde_json::value::RawValue>)>, StoreError> {
+        let relayed: Relayed = serde_json::from_str(payload)
+            .map_err(|e| StoreError::Database(format!("a relayed payload: {e}")))?;
+        if *relayed.from == *self.host_id {
+            return Ok(Vec::new());
+        }
+        let Some(id) = relayed.reference else { return Ok(relayed.items) };
+        let body: String = sqlx::query_scalar("SELECT body FROM relayed WHERE id = $1")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
+        let full: Relayed =
+            serde_json::from_str(&body).map_err(|e| StoreError::Database(format!("a relayed row: {e}")))?;
+        Ok(full.items)
+    }
+
     /// Listen for actions forwarded to this host and hand each to
     /// `deliver`, for as long as the task runs. The listener reconnects by
     /// itself after a lost connection (an action sent meanwhile is lost: the
     /// sender's client may ask again).
-    pub async fn listen_forever(self, deliver: impl Fn(Forwarded) + Send + 'static) {
+    pub async fn listen_forever(
+        self,
+        deliver: impl Fn(Forwarded) + Send + 'static,
+        relayed: impl Fn(Kind, &serde_json::value::RawValue) + Send + 'static,
+    ) {
         // Until the store closes its pool (the plugin is stopping).
         while !self.pool.is_closed() {
             let mut listener = match PgListener::connect_with(&self.pool).await {
@@ -187,13 +304,21 @@ impl Cluster {
                     continue;
                 }
             };
-            if let Err(e) = listener.listen(CHANNEL).await {
+            if let Err(e) = listener.listen_all([CHANNEL, EVENTS]).await {
                 tracing::warn!(error = %e, "cannot listen for forwarded actions; trying again");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
             loop {
                 match listener.recv().await {
+                    Ok(n) if n.channel() == EVENTS => match self.received(n.payload()).await {
+                        Ok(items) => {
+                            for (kind, json) in &items {
+                                relayed(*kind, json);
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "a relayed event cannot be read"),
+                    },
                     Ok(n) => match serde_json::from_str::<Note>(n.payload()) {
                         Ok(note) if *note.to == *self.host_id => {
                             deliver(Forwarded { conversation_id: note.conversation_id, action: note.action })

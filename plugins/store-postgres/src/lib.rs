@@ -28,22 +28,29 @@ use std::time::Duration;
 
 use dispatch_abi::runtime::{PluginRuntime, Runner};
 use dispatch_abi::{codes, to_json, Context, Error, Host, Plugin, PluginManifest};
-use dispatch_contracts::cluster::{ClusterRequest, CLUSTER, FORWARDED};
+use dispatch_contracts::cluster::{ClusterRequest, CLUSTER, FORWARDED, REMOTE_EVENT, REMOTE_STATUS};
+use dispatch_contracts::protocol::wire::AgentEvent;
 use dispatch_contracts::protocol::wire::{Chunk, Role};
 use dispatch_contracts::protocol::BoxFuture;
+use dispatch_contracts::session::{StatusChanged, EVENT, STATUS};
 use dispatch_contracts::store::{
     Appended, Compacted, History, Listing, Messages, MetricsList, StoreLimits, StoreRequest, STORE,
 };
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Kind};
 use crate::store::{Options, Store, StoreError};
 
 /// How long a turn claim outlives its host's last renewal, by default: the
 /// longest a conversation whose host died waits before another host may
 /// run its next turn.
 pub const DEFAULT_LEASE_MS: u64 = 10_000;
+
+/// Events waiting to be relayed to the other hosts; past this (the
+/// database is away) new ones are dropped for them.
+const RELAY_QUEUE: usize = 65_536;
 
 /// The variable the URL is read from when the configuration has none.
 pub const URL_VARIABLE: &str = "DISPATCH_DATABASE_URL";
@@ -183,12 +190,46 @@ fn serve_cluster(host: &Host, cluster: &Cluster, runner: &Runner) -> Result<(), 
         Box::pin(r.run(handle_cluster(c.clone(), req)))
     })?;
     runner.spawn(cluster.clone().renew_forever());
-    let publisher = host.clone();
-    runner.spawn(cluster.clone().listen_forever(move |f| {
-        if let Err(e) = publisher.publish(&FORWARDED, &f) {
-            tracing::warn!(error = %e, "cannot hand a forwarded action to the session");
+    // This host's turn events and status changes, to the other hosts.
+    let (queue, relay) = tokio::sync::mpsc::channel(RELAY_QUEUE);
+    let full = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let offer = move |kind: Kind, raw: Result<Box<RawValue>, serde_json::Error>| {
+        let Ok(raw) = raw else { return };
+        if queue.try_send((kind, raw)).is_err() && !full.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!("the relay to the other hosts is behind; live events are dropped for them");
         }
-    }));
+    };
+    let o = offer.clone();
+    host.subscribe_sync(&EVENT, move |e: AgentEvent| {
+        o(Kind::Event, serde_json::value::to_raw_value(&e));
+        Ok(())
+    })?;
+    host.subscribe_sync(&STATUS, move |s: StatusChanged| {
+        offer(Kind::Status, serde_json::value::to_raw_value(&s));
+        Ok(())
+    })?;
+    runner.spawn(cluster.clone().relay_forever(relay));
+    let (publisher, republisher) = (host.clone(), host.clone());
+    runner.spawn(cluster.clone().listen_forever(
+        move |f| {
+            if let Err(e) = publisher.publish(&FORWARDED, &f) {
+                tracing::warn!(error = %e, "cannot hand a forwarded action to the session");
+            }
+        },
+        move |kind, json| {
+            let published = match kind {
+                Kind::Event => serde_json::from_str::<AgentEvent>(json.get())
+                    .map_err(|e| Error::new(codes::PLUGIN, e.to_string()))
+                    .and_then(|e| republisher.publish(&REMOTE_EVENT, &e)),
+                Kind::Status => serde_json::from_str::<StatusChanged>(json.get())
+                    .map_err(|e| Error::new(codes::PLUGIN, e.to_string()))
+                    .and_then(|s| republisher.publish(&REMOTE_STATUS, &s)),
+            };
+            if let Err(e) = published {
+                tracing::warn!(error = %e, "cannot publish a relayed event");
+            }
+        },
+    ));
     Ok(())
 }
 

@@ -544,20 +544,25 @@ fn subscribe_broadcasts(host: &Host, hub: &Arc<Hub>, runner: &Runner) -> Result<
             Ok(())
         })
     })?;
-    let h = Arc::clone(hub);
-    host.subscribe_sync(&STATUS, move |changed: StatusChanged| {
-        let StatusChanged { conversation_id, workspace_id, status } = changed;
-        h.broadcast(&message(&json!({
-            "type": "conversation.statusChanged",
-            "conversationId": conversation_id,
-            "workspaceId": workspace_id,
-            "status": status,
-        })));
-        if status == ConversationStatus::Active && h.is_watched(&conversation_id) {
-            h.probe(conversation_id, true);
-        }
-        Ok(())
-    })?;
+    // A status change here, or relayed from another host sharing the
+    // store: told to every client, and a watched conversation's new turn
+    // is fed to its watchers.
+    for key in [&STATUS, &dispatch_contracts::cluster::REMOTE_STATUS] {
+        let h = Arc::clone(hub);
+        host.subscribe_sync(key, move |changed: StatusChanged| {
+            let StatusChanged { conversation_id, workspace_id, status } = changed;
+            h.broadcast(&message(&json!({
+                "type": "conversation.statusChanged",
+                "conversationId": conversation_id,
+                "workspaceId": workspace_id,
+                "status": status,
+            })));
+            if status == ConversationStatus::Active && h.is_watched(&conversation_id) {
+                h.probe(conversation_id, true);
+            }
+            Ok(())
+        })?;
+    }
     let h = Arc::clone(hub);
     host.subscribe_sync(&OPEN, move |open: OpenRequested| {
         h.broadcast(&message(&json!({
