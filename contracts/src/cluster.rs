@@ -18,7 +18,14 @@ pub const FORWARDED: Event<Forwarded> = Event::new("cluster.forwarded", 1);
 /// any host see it).
 pub const REMOTE_EVENT: Event<dispatch_protocol::wire::AgentEvent> = Event::new("cluster.remote-event", 1);
 
-/// A status change on another host, relayed (transports tell their
-/// clients, as for their own host's).
+/// A status change on another host, as relayed (to the session, which
+/// passes it on as [`REMOTE_STATUS`] once it can answer for the turn).
+pub const RELAYED_STATUS: Event<dispatch_protocol::session::StatusChanged> =
+    Event::new("cluster.relayed-status", 1);
+
+/// A status change on another host, for the transports to tell their
+/// clients as for their own host's. Published by the session after the
+/// turn it announces is mirrored, so a transport that asks about the turn
+/// at once finds it.
 pub const REMOTE_STATUS: Event<dispatch_protocol::session::StatusChanged> =
     Event::new("cluster.remote-status", 1);

@@ -219,7 +219,16 @@ fn a_host_that_loses_its_database_is_unready_and_recovers_without_a_restart() {
     let (answer, _) = chat(&s.base, json!({"conversationId": "away", "message": "hello"}));
     assert_eq!(answer.status, 200, "{}", answer.text);
 
+    // Cut mid-turn: the step cannot be saved, and the turn ends with an
+    // error event saying so (and seals) instead of hanging.
+    let mut stream = Stream::open(&s.base, &json!({"conversationId": "midway", "message": "slow please"}));
+    stream.until("text-delta");
     relay.cut();
+    let rest = stream.rest();
+    assert_eq!(kinds(&rest).last(), Some(&"turn-sealed"), "{rest:?}");
+    let error =
+        rest.iter().find(|e| e["type"] == "error").unwrap_or_else(|| panic!("no error event: {rest:?}"));
+    assert!(error["message"].as_str().unwrap().contains("could not be saved"), "{error}");
     poll("/health says 503", || health().status == 503);
     let unready = health();
     assert_eq!(unready.body["ok"], false);
@@ -259,7 +268,7 @@ fn a_turn_on_one_host_is_watched_live_from_another() {
         // The chat subscription is in place once the server answered a
         // request sent after it (a surface subscription's snapshot).
         early.send(&json!({"type": "subscribe", "surfaceId": "loaded-extensions"})).await;
-        assert!(early.next().await["spec"].is_object());
+        early.until(|v| v["spec"].is_object()).await;
 
         let a_base = a.base.clone();
         let on_a = tokio::task::spawn_blocking(move || {
@@ -292,5 +301,54 @@ fn a_turn_on_one_host_is_watched_live_from_another() {
         let last = waiter.await.unwrap();
         assert_eq!(last.status, 200, "{}", last.text);
         assert_eq!(last.body["content"], text_of(&on_a), "{}", last.text);
+    });
+}
+
+/// A message queued on host B while the conversation's turn runs on host
+/// A waits there, and starts the next turn (on B) once A's turn sealed.
+#[test]
+fn a_message_queued_on_another_host_starts_the_next_turn() {
+    let schema = Schema::new();
+    let (cfg_a, cfg_b) = (host_config(&schema), host_config(&schema));
+    let (a, b) = (Server::start(&cfg_a), Server::start(&cfg_b));
+    let mut stream = Stream::open(&a.base, &json!({"conversationId": "q", "message": "slow please"}));
+    stream.until("text-delta");
+    let queued = post(&format!("{}/conversations/q/queue", b.base), r#"{"text": "read the notes"}"#);
+    assert_eq!(queued.status, 200, "{}", queued.text);
+    assert_eq!(queued.body["startedTurn"], false, "{}", queued.text);
+    stream.rest();
+    poll("the queued message ran", || {
+        chunks(&a, "q").iter().any(|c| c["role"] == "user" && c["chunk"]["text"] == "read the notes")
+    });
+    poll("its turn sealed", || get(&format!("{}/conversations/q/status", b.base)).body["isActive"] == false);
+    let all = chunks(&a, "q");
+    assert!(
+        all.iter().any(|c| c["chunk"]["type"] == "tool-result"),
+        "the queued turn ran its tools: {all:?}"
+    );
+}
+
+/// A turn that runs faster than the relay (its whole life in one batch)
+/// still reaches a watcher on another host, whole.
+#[test]
+fn a_fast_turn_on_one_host_reaches_a_watcher_on_another() {
+    use dispatch_test_support::ws_client::WsClient;
+    let schema = Schema::new();
+    let (cfg_a, cfg_b) = (host_config(&schema), host_config(&schema));
+    let (a, b) = (Server::start(&cfg_a), Server::start(&cfg_b));
+    crate::http::rt().block_on(async {
+        let mut watcher = WsClient::connect(&b.ws()).await.unwrap();
+        assert_eq!(watcher.next().await["type"], "catalog");
+        watcher.send(&json!({"type": "chat.subscribe", "conversationId": "fast"})).await;
+        watcher.send(&json!({"type": "subscribe", "surfaceId": "loaded-extensions"})).await;
+        watcher.until(|v| v["spec"].is_object()).await;
+        for round in 0..3 {
+            let a_base = a.base.clone();
+            let on_a = tokio::task::spawn_blocking(move || {
+                chat(&a_base, json!({"conversationId": "fast", "message": format!("hello {round}")})).1
+            });
+            let seen = watcher.turn().await;
+            assert_eq!(seen, on_a.await.unwrap(), "round {round}");
+        }
     });
 }

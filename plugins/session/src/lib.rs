@@ -182,6 +182,11 @@ impl Plugin for SessionPlugin {
             s.remote_event(&e);
             Ok(())
         })?;
+        let s = Arc::clone(&session);
+        host.subscribe_sync(&dispatch_contracts::cluster::RELAYED_STATUS, move |c| {
+            s.relayed_status(c);
+            Ok(())
+        })?;
         // On shutdown, stop the turns first so they seal while the store
         // and the tools are still there.
         let s = Arc::clone(&session);

@@ -10,7 +10,9 @@ use abi_stable::std_types::{RStr, RVec};
 use dispatch_abi::runtime::Runner;
 use dispatch_abi::{codes, Error, HookResult, Host};
 use dispatch_contracts::catalog::{CatalogRequest, Resolved, CATALOG};
-use dispatch_contracts::cluster::{Claimed, ClusterRequest, Delivered, ForwardAction, Forwarded, CLUSTER};
+use dispatch_contracts::cluster::{
+    Claimed, ClusterRequest, Delivered, ForwardAction, Forwarded, CLUSTER, REMOTE_STATUS,
+};
 use dispatch_contracts::plugins::{PluginList, State, PLUGINS};
 use dispatch_contracts::queue::{Cancelled, QueueRequest, QueueState, QUEUE};
 use dispatch_contracts::remote::{HostCaller, RemoteProvider};
@@ -74,6 +76,9 @@ struct Conv {
     /// A turn another host runs (sharing the store), whose events arrive
     /// relayed: its log is mirrored in `logs`, so watchers here see it.
     remote: Option<String>,
+    /// Another host said the conversation became active before the turn's
+    /// first event arrived: told on (with this workspace) once it did.
+    pending_active: Option<String>,
     /// The running turn's log last, with up to [`KEEP_SEALED`] before it.
     logs: VecDeque<Arc<TurnLog>>,
     /// The reconciled history as of the last sealed turn, and the store's
@@ -985,6 +990,31 @@ impl Session {
         }
     }
 
+    /// A status change relayed from another host: passed on to the
+    /// transports (`cluster.remote-status`) — an `active` only once the
+    /// turn's first event is mirrored, so whoever asks about it then finds
+    /// it.
+    pub(crate) fn relayed_status(&self, changed: StatusChanged) {
+        if changed.status == ConversationStatus::Active {
+            let mut convs = self.convs();
+            let conv = convs.entry(changed.conversation_id.clone()).or_default();
+            if conv.remote.is_none() && conv.running.is_none() {
+                conv.pending_active = Some(changed.workspace_id);
+                return;
+            }
+        } else if let Some(conv) = self.convs().get_mut(&changed.conversation_id) {
+            conv.pending_active = None;
+        }
+        self.announce_remote(&changed.conversation_id, changed.workspace_id, changed.status);
+    }
+
+    fn announce_remote(&self, conversation_id: &str, workspace_id: String, status: ConversationStatus) {
+        let changed = StatusChanged { conversation_id: conversation_id.to_owned(), workspace_id, status };
+        if let Err(e) = self.host.publish(&REMOTE_STATUS, &changed) {
+            tracing::warn!(error = %e, "cannot pass on another host's status change");
+        }
+    }
+
     /// An event of a turn another host runs: mirrored into that turn's
     /// log here (created at its first event), so `events`, `status` and
     /// `last` answer for it as for a turn of this host.
@@ -993,6 +1023,7 @@ impl Session {
         let Ok(ids) = serde_json::from_str::<EventIds>(raw.get()) else { return };
         let kind = event.type_name();
         let sealed = kind == "turn-sealed";
+        let mut announce = None;
         {
             let mut convs = self.convs();
             let conv = convs.entry(ids.conversation_id.clone()).or_default();
@@ -1009,6 +1040,7 @@ impl Session {
                         conv.logs.pop_front();
                     }
                     conv.remote = Some(ids.turn_id.clone());
+                    announce = conv.pending_active.take();
                     log
                 }
             };
@@ -1021,8 +1053,17 @@ impl Session {
                 conv.history = None;
             }
         }
+        if let Some(workspace_id) = announce {
+            self.announce_remote(&ids.conversation_id, workspace_id, ConversationStatus::Active);
+        }
         if sealed {
             self.turn_ended.notify_waiters();
+            // Messages queued here while the other host ran the turn start
+            // the next one here, as they would after a turn of this host
+            // (the conversation's workspace is the stored one).
+            let me = Arc::clone(self);
+            let id = ids.conversation_id.clone();
+            self.runner.spawn(async move { me.carry_queue(id, "default".to_owned()).await });
             let me = Arc::clone(self);
             self.runner.spawn(async move {
                 tokio::time::sleep(SEALED_KEPT_FOR).await;

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use dispatch_abi::runtime::{PluginRuntime, Runner};
 use dispatch_abi::{codes, to_json, Context, Error, Host, Plugin, PluginManifest};
-use dispatch_contracts::cluster::{ClusterRequest, CLUSTER, FORWARDED, REMOTE_EVENT, REMOTE_STATUS};
+use dispatch_contracts::cluster::{ClusterRequest, CLUSTER, FORWARDED, RELAYED_STATUS, REMOTE_EVENT};
 use dispatch_contracts::protocol::wire::AgentEvent;
 use dispatch_contracts::protocol::wire::{Chunk, Role};
 use dispatch_contracts::protocol::BoxFuture;
@@ -223,7 +223,7 @@ fn serve_cluster(host: &Host, cluster: &Cluster, runner: &Runner) -> Result<(), 
                     .and_then(|e| republisher.publish(&REMOTE_EVENT, &e)),
                 Kind::Status => serde_json::from_str::<StatusChanged>(json.get())
                     .map_err(|e| Error::new(codes::PLUGIN, e.to_string()))
-                    .and_then(|s| republisher.publish(&REMOTE_STATUS, &s)),
+                    .and_then(|s| republisher.publish(&RELAYED_STATUS, &s)),
             };
             if let Err(e) = published {
                 tracing::warn!(error = %e, "cannot publish a relayed event");
