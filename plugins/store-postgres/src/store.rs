@@ -230,6 +230,13 @@ impl Store {
             .await
             .map_err(|_| open_err(format!("no connection within {:?}", options.connect_timeout)))?
             .map_err(|e| open_err(e.to_string()))?;
+        // Hosts starting together: one creates the schema and migrates, the
+        // others wait (`CREATE SCHEMA IF NOT EXISTS` alone races: two at
+        // once fail one with a duplicate key). Released with the connection.
+        first
+            .execute("SELECT pg_advisory_lock(hashtext('dispatch store-postgres: schema'))")
+            .await
+            .map_err(|e| open_err(format!("cannot take the start-up lock: {e}")))?;
         if let Some(schema) = &options.schema {
             first
                 .execute(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"").as_str())

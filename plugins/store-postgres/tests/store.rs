@@ -118,3 +118,17 @@ fn a_database_that_cannot_be_reached_fails_activation_with_a_clear_message() {
     let bad = h.activate::<StorePostgres>(json!({"url": support::url(), "schema": "no-dashes"})).unwrap_err();
     assert!(bad.message().contains("not a plain name"), "{bad}");
 }
+
+/// Regression (found by the cross-host benchmark): two hosts starting at
+/// once on a new schema raced on `CREATE SCHEMA IF NOT EXISTS`, and one
+/// failed with a duplicate key. Both start now, and migrate once.
+#[test]
+fn hosts_starting_together_on_a_new_schema_all_start() {
+    let schema = support::Schema::new();
+    let hosts: Vec<TestHost> = std::thread::scope(|s| {
+        let starting: Vec<_> = (0..4).map(|_| s.spawn(|| support::host_on(&schema, json!({})))).collect();
+        starting.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(append(hosts[0].host(), "c", 1), vec![1]);
+    assert_eq!(append(hosts[3].host(), "c", 1), vec![2]);
+}
