@@ -19,7 +19,7 @@
 use std::time::{Duration, Instant};
 
 use dispatch_test_support::bench::{free_port, median, percentile as pct, release_dir, spawn_release_serve};
-use dispatch_test_support::pg::{url, Schema};
+use dispatch_test_support::pg::{use_postgres, Schema};
 use dispatch_test_support::{http_client, scripted_config};
 use futures::StreamExt as _;
 use tokio_tungstenite::tungstenite::Message;
@@ -75,15 +75,7 @@ async fn round(port_a: u16, ws_a: &str, ws_b: &str, id: &str, message: &str) -> 
 fn host(dir: &std::path::Path, script: &std::path::Path, schema: &Schema) -> (u16, u16, std::process::Child) {
     let (port, ws_port) = (free_port(), free_port());
     let cfg = scripted_config(&release_dir(), dir, script, (port, ws_port), &[]);
-    let toml = std::fs::read_to_string(&cfg).unwrap().replace(
-        "path = \"libdispatch_plugin_store_sqlite.so\"\n",
-        &format!(
-            "path = \"libdispatch_plugin_store_postgres.so\"\n[plugin.config]\nurl = {:?}\nschema = {:?}\n",
-            url(),
-            schema.name
-        ),
-    );
-    std::fs::write(&cfg, toml).unwrap();
+    use_postgres(&cfg, schema, "");
     (port, ws_port, spawn_release_serve(&cfg))
 }
 

@@ -19,21 +19,13 @@
 use std::time::{Duration, Instant};
 
 use dispatch_test_support::bench::{free_port, percentile as pct, release_dir, spawn_release_serve};
-use dispatch_test_support::pg::{url, Schema};
+use dispatch_test_support::pg::{use_postgres, Schema};
 use dispatch_test_support::{http_client, scripted_config};
 
 fn host(dir: &std::path::Path, script: &std::path::Path, schema: &Schema) -> (u16, std::process::Child) {
     let port = free_port();
     let cfg = scripted_config(&release_dir(), dir, script, (port, 0), &[]);
-    let toml = std::fs::read_to_string(&cfg).unwrap().replace(
-        "path = \"libdispatch_plugin_store_sqlite.so\"\n",
-        &format!(
-            "path = \"libdispatch_plugin_store_postgres.so\"\n[plugin.config]\nurl = {:?}\nschema = {:?}\npool_size = 24\n",
-            url(),
-            schema.name
-        ),
-    );
-    std::fs::write(&cfg, toml).unwrap();
+    use_postgres(&cfg, schema, "pool_size = 24\n");
     (port, spawn_release_serve(&cfg))
 }
 

@@ -53,3 +53,18 @@ impl Drop for Schema {
         psql(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
     }
 }
+
+/// Rewrite the `plugins.toml` at `cfg` (written for the bundled plugins)
+/// to use store-postgres on `schema` in place of store-sqlite, with
+/// `extra` lines of its configuration.
+pub fn use_postgres(cfg: &std::path::Path, schema: &Schema, extra: &str) {
+    let toml = std::fs::read_to_string(cfg).unwrap().replace(
+        "path = \"libdispatch_plugin_store_sqlite.so\"\n",
+        &format!(
+            "path = \"libdispatch_plugin_store_postgres.so\"\n[plugin.config]\nurl = {:?}\nschema = {:?}\n{extra}",
+            url(),
+            schema.name
+        ),
+    );
+    std::fs::write(cfg, toml).unwrap();
+}
