@@ -29,3 +29,10 @@ pub const RELAYED_STATUS: Event<dispatch_protocol::session::StatusChanged> =
 /// at once finds it.
 pub const REMOTE_STATUS: Event<dispatch_protocol::session::StatusChanged> =
     Event::new("cluster.remote-status", 1);
+
+/// A conversation's surface instance changed on another host (a todo
+/// list, a message queue: whatever a plugin shows per conversation),
+/// relayed. The `surfaces` registry takes it as its own, so clients of
+/// every host see the same instance.
+pub const REMOTE_SURFACE: Event<dispatch_protocol::surface::SurfaceChanged> =
+    Event::new("cluster.remote-surface", 1);

@@ -244,6 +244,10 @@ pub struct SurfaceChanged {
     /// for the surface itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conversation_id: Option<String>,
+    /// True when the change was made on another host and relayed here (a
+    /// cluster relays only its own hosts' changes, so none travels twice).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remote: bool,
 }
 
 /// Published when a client invokes an action.

@@ -352,3 +352,76 @@ fn a_fast_turn_on_one_host_reaches_a_watcher_on_another() {
         }
     });
 }
+
+/// A conversation's surfaces are the same on every host: a todo list the
+/// model writes on host A and a message queued on host A show on host B's
+/// WebSocket, live and to a client subscribing later; a message queued on
+/// host B shows on host A's.
+#[test]
+fn a_conversations_surfaces_show_the_same_on_every_host() {
+    use dispatch_test_support::ws_client::WsClient;
+    let schema = Schema::new();
+    let (cfg_a, cfg_b) = (host_config(&schema), host_config(&schema));
+    let (a, b) = (Server::start(&cfg_a), Server::start(&cfg_b));
+    let payload = |v: &Value| v["update"]["spec"]["fields"][0]["payload"].clone();
+    let is_update = |v: &Value, id: &str| v["type"] == "update" && v["update"]["surfaceId"] == id;
+    crate::http::rt().block_on(async {
+        let connect = |base: String| async move {
+            let mut c = WsClient::connect(&base).await.unwrap();
+            assert_eq!(c.next().await["type"], "catalog");
+            for surface in ["todo", "message-queue"] {
+                c.send(&json!({"type": "subscribe", "surfaceId": surface, "conversationId": "plan"})).await;
+                c.until(|v| v["type"] == "surface").await;
+            }
+            c
+        };
+        let (mut on_a, mut on_b) = (connect(a.ws()).await, connect(b.ws()).await);
+
+        let a_base = a.base.clone();
+        let answer = tokio::task::spawn_blocking(move || {
+            chat(&a_base, json!({"conversationId": "plan", "message": "todo: plan it"})).0
+        });
+        let seen = on_b.until(|v| is_update(v, "todo")).await;
+        let todos = payload(seen.last().unwrap());
+        assert_eq!(todos["todos"][1], json!({"content": "answer", "status": "in_progress"}), "{seen:?}");
+        assert_eq!(seen.last().unwrap()["update"]["conversationId"], "plan");
+        assert_eq!(answer.await.unwrap().status, 200);
+
+        // Queued on A while A runs a turn: B's client sees the queue.
+        let blocking = |f: Box<dyn FnOnce() + Send>| tokio::task::spawn_blocking(f);
+        let a_base = a.base.clone();
+        let stream = tokio::task::spawn_blocking(move || {
+            let mut stream =
+                Stream::open(&a_base, &json!({"conversationId": "plan", "message": "slow please"}));
+            stream.until("text-delta");
+            stream
+        })
+        .await
+        .unwrap();
+        let queue = |base: &str, text: &str| {
+            let (url, body) = (format!("{base}/conversations/plan/queue"), json!({"text": text}).to_string());
+            blocking(Box::new(move || {
+                let queued = post(&url, &body);
+                assert_eq!(queued.status, 200, "{}", queued.text);
+            }))
+        };
+        queue(&a.base, "steer: from A").await.unwrap();
+        let has = |v: &Value, text: &str| {
+            payload(v)["messages"].as_array().is_some_and(|m| m.iter().any(|m| m["text"] == text))
+        };
+        on_b.until(|v| is_update(v, "message-queue") && has(v, "steer: from A")).await;
+        // Queued on B (the turn still runs on A): A's client sees it.
+        queue(&b.base, "steer: from B").await.unwrap();
+        on_a.until(|v| is_update(v, "message-queue") && has(v, "steer: from B")).await;
+        let mut stream = stream;
+        blocking(Box::new(move || drop(stream.rest()))).await.unwrap();
+
+        // A client that subscribes on B later is shown A's todo list.
+        let mut late = WsClient::connect(&b.ws()).await.unwrap();
+        assert_eq!(late.next().await["type"], "catalog");
+        late.send(&json!({"type": "subscribe", "surfaceId": "todo", "conversationId": "plan"})).await;
+        let shown = late.until(|v| v["type"] == "surface").await;
+        let spec = &shown.last().unwrap()["spec"];
+        assert_eq!(spec["fields"][0]["payload"], todos, "{shown:?}");
+    });
+}

@@ -23,7 +23,8 @@ const MAX_PAYLOAD: usize = 7000;
 /// How long a relayed row is kept (a receiver reads it at once).
 const RELAYED_KEPT_MS: i64 = 600_000;
 
-/// What is relayed: a turn event or a status change, as its JSON.
+/// What is relayed: a turn event, a status change or a conversation's
+/// surface update, as its JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
@@ -31,6 +32,8 @@ pub enum Kind {
     Event,
     /// A `session.status`.
     Status,
+    /// A `surfaces.changed` of a conversation's instance.
+    Surface,
 }
 
 /// Relayed items as they travel: inline, or the id of the row holding them.

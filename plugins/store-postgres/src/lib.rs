@@ -28,7 +28,9 @@ use std::time::Duration;
 
 use dispatch_abi::runtime::{PluginRuntime, Runner};
 use dispatch_abi::{codes, to_json, Context, Error, Host, Plugin, PluginManifest};
-use dispatch_contracts::cluster::{ClusterRequest, CLUSTER, FORWARDED, RELAYED_STATUS, REMOTE_EVENT};
+use dispatch_contracts::cluster::{
+    ClusterRequest, CLUSTER, FORWARDED, RELAYED_STATUS, REMOTE_EVENT, REMOTE_SURFACE,
+};
 use dispatch_contracts::protocol::wire::AgentEvent;
 use dispatch_contracts::protocol::wire::{Chunk, Role};
 use dispatch_contracts::protocol::BoxFuture;
@@ -36,6 +38,7 @@ use dispatch_contracts::session::{StatusChanged, EVENT, STATUS};
 use dispatch_contracts::store::{
     Appended, Compacted, History, Listing, Messages, MetricsList, StoreLimits, StoreRequest, STORE,
 };
+use dispatch_contracts::surface::{SurfaceChanged, CHANGED as SURFACE_CHANGED};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -204,8 +207,18 @@ fn serve_cluster(host: &Host, cluster: &Cluster, runner: &Runner) -> Result<(), 
         o(Kind::Event, serde_json::value::to_raw_value(&e));
         Ok(())
     })?;
+    let o = offer.clone();
     host.subscribe_sync(&STATUS, move |s: StatusChanged| {
-        offer(Kind::Status, serde_json::value::to_raw_value(&s));
+        o(Kind::Status, serde_json::value::to_raw_value(&s));
+        Ok(())
+    })?;
+    // A conversation's surfaces (its todo list, its queue) as this host's
+    // plugins set them; not the global ones (each host shows its own
+    // plugins), nor what was relayed here.
+    host.subscribe_sync(&SURFACE_CHANGED, move |c: SurfaceChanged| {
+        if c.conversation_id.is_some() && c.spec.is_some() && !c.remote {
+            offer(Kind::Surface, serde_json::value::to_raw_value(&c));
+        }
         Ok(())
     })?;
     runner.spawn(cluster.clone().relay_forever(relay));
@@ -224,6 +237,9 @@ fn serve_cluster(host: &Host, cluster: &Cluster, runner: &Runner) -> Result<(), 
                 Kind::Status => serde_json::from_str::<StatusChanged>(json.get())
                     .map_err(|e| Error::new(codes::PLUGIN, e.to_string()))
                     .and_then(|s| republisher.publish(&RELAYED_STATUS, &s)),
+                Kind::Surface => serde_json::from_str::<SurfaceChanged>(json.get())
+                    .map_err(|e| Error::new(codes::PLUGIN, e.to_string()))
+                    .and_then(|c| republisher.publish(&REMOTE_SURFACE, &c)),
             };
             if let Err(e) = published {
                 tracing::warn!(error = %e, "cannot publish a relayed event");

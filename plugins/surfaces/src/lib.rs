@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use dispatch_abi::{codes, Context, Error, Host, Plugin, PluginManifest};
+use dispatch_contracts::cluster::REMOTE_SURFACE;
 use dispatch_contracts::protocol::wire::{is_valid_conversation_id, CONVERSATION_ID_RULE};
 use dispatch_contracts::surface::{
     CatalogEntry, RegistryRequest, RegistryResponse, Scope, SurfaceAction, SurfaceChanged, SurfaceSpec,
@@ -121,16 +122,7 @@ impl Registry {
                 let i = self.owned(&spec.id, &token)?;
                 if let Some(c) = conversation_id {
                     self.per_conversation(i, &c)?;
-                    self.clock += 1;
-                    let entry = &mut self.entries[i];
-                    entry.instances.insert(c.clone(), (spec.clone(), self.clock));
-                    if entry.instances.len() > MAX_INSTANCES {
-                        if let Some(oldest) =
-                            entry.instances.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| k.clone())
-                        {
-                            entry.instances.remove(&oldest);
-                        }
-                    }
+                    self.set_instance(i, c.clone(), spec.clone());
                     return Ok(changed_response(spec, false, Some(c)));
                 }
                 let entry = &mut self.entries[i];
@@ -147,8 +139,13 @@ impl Registry {
                     return Ok(changed_response(entry.spec.clone(), false, Some(c)));
                 }
                 self.entries.remove(i);
-                let event =
-                    SurfaceChanged { surface_id, spec: None, catalog_changed: true, conversation_id: None };
+                let event = SurfaceChanged {
+                    surface_id,
+                    spec: None,
+                    catalog_changed: true,
+                    conversation_id: None,
+                    remote: false,
+                };
                 Ok((none, Some(Outgoing::Changed(event))))
             }
             RegistryRequest::Get { surface_id, conversation_id } => {
@@ -187,6 +184,40 @@ impl Registry {
             }
             other => Err(Error::new(codes::UNSUPPORTED, format!("unsupported request {other:?}"))),
         }
+    }
+
+    /// Set conversation `c`'s instance of entry `i`, dropping the least
+    /// recently updated one past [`MAX_INSTANCES`].
+    fn set_instance(&mut self, i: usize, c: String, spec: SurfaceSpec) {
+        self.clock += 1;
+        let entry = &mut self.entries[i];
+        entry.instances.insert(c, (spec, self.clock));
+        if entry.instances.len() > MAX_INSTANCES {
+            if let Some(oldest) = entry.instances.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| k.clone())
+            {
+                entry.instances.remove(&oldest);
+            }
+        }
+    }
+
+    /// Take a conversation's instance as another host of the cluster set
+    /// it: the owner there proved its token, and the owner here (the same
+    /// plugin, configured alike) would have set the same. Answers the
+    /// change to publish, marked `remote` so it is not relayed back; none
+    /// when this host has no such conversation-scoped surface (it runs
+    /// other plugins) or the change is not an instance's.
+    pub fn mirror(&mut self, changed: SurfaceChanged) -> Option<Outgoing> {
+        let (Some(c), Some(spec)) = (changed.conversation_id, changed.spec) else { return None };
+        let i = self.position(&changed.surface_id)?;
+        if spec.id != changed.surface_id || self.per_conversation(i, &c).is_err() {
+            return None;
+        }
+        self.set_instance(i, c.clone(), spec.clone());
+        let (_, out) = changed_response(spec, false, Some(c));
+        out.map(|o| match o {
+            Outgoing::Changed(e) => Outgoing::Changed(SurfaceChanged { remote: true, ..e }),
+            other => other,
+        })
     }
 
     /// Check that entry `i` is conversation-scoped and `c` a conversation
@@ -251,6 +282,7 @@ fn changed_response(
         spec: Some(spec.clone()),
         catalog_changed,
         conversation_id,
+        remote: false,
     };
     (RegistryResponse { spec: Some(spec), catalog: None, token: None }, Some(Outgoing::Changed(event)))
 }
@@ -287,13 +319,23 @@ impl Plugin for Surfaces {
 
     fn activate(ctx: Context) -> Result<Self, Error> {
         let registry = Arc::new(Mutex::new(Registry::default()));
-        let host = ctx.host().clone();
+        let (host, r) = (ctx.host().clone(), Arc::clone(&registry));
         ctx.host().provide_sync(&REGISTRY, move |req| {
-            let (resp, out) = registry.lock().unwrap_or_else(PoisonError::into_inner).apply(req)?;
+            let (resp, out) = r.lock().unwrap_or_else(PoisonError::into_inner).apply(req)?;
             if let Some(out) = out {
                 publish(&host, out)?;
             }
             Ok(resp)
+        })?;
+        // Several hosts on one store: what another host's plugins set for a
+        // conversation shows here too. No cluster, no such event.
+        let host = ctx.host().clone();
+        ctx.host().subscribe_sync(&REMOTE_SURFACE, move |changed| {
+            let out = registry.lock().unwrap_or_else(PoisonError::into_inner).mirror(changed);
+            match out {
+                Some(out) => publish(&host, out),
+                None => Ok(()),
+            }
         })?;
         Ok(Surfaces)
     }
@@ -540,5 +582,34 @@ mod tests {
         assert_eq!(get(&mut r, "q", Some("c0")), spec("q", "Q"), "the oldest went back to the default");
         assert_ne!(get(&mut r, "q", Some("c1")), spec("q", "Q"));
         assert_ne!(get(&mut r, "q", Some(&format!("c{MAX_INSTANCES}"))), spec("q", "Q"));
+    }
+
+    #[test]
+    fn another_hosts_instance_is_mirrored_marked_remote_and_global_ones_are_not() {
+        let mut r = Registry::default();
+        register(&mut r, "todo", "Tasks", Some(Scope::Conversation));
+        register(&mut r, "stats", "Stats", Some(Scope::Global));
+        let mut theirs = spec("todo", "Tasks");
+        theirs.fields = vec![SurfaceField::Stat { label: "n".into(), value: "7".into() }];
+        let changed = |id: &str, spec: SurfaceSpec, c: Option<&str>| SurfaceChanged {
+            surface_id: id.into(),
+            spec: Some(spec),
+            catalog_changed: false,
+            conversation_id: c.map(Into::into),
+            remote: false,
+        };
+        let out = r.mirror(changed("todo", theirs.clone(), Some("c1")));
+        let Some(Outgoing::Changed(e)) = out else { panic!("{out:?}") };
+        assert!(e.remote, "a mirrored change is marked remote, so no relay sends it back");
+        assert_eq!(e.conversation_id.as_deref(), Some("c1"));
+        assert_eq!(get(&mut r, "todo", Some("c1")), theirs);
+        // Not this host's to mirror: a global surface, an unknown one, a
+        // change without a conversation, a spec under another id.
+        assert!(r.mirror(changed("stats", spec("stats", "x"), Some("c1"))).is_none());
+        assert_eq!(get(&mut r, "stats", None), spec("stats", "Stats"));
+        assert!(r.mirror(changed("ghost", spec("ghost", "x"), Some("c1"))).is_none());
+        assert!(r.mirror(changed("todo", spec("todo", "x"), None)).is_none());
+        assert!(r.mirror(changed("todo", spec("stats", "x"), Some("c2"))).is_none());
+        assert_eq!(get(&mut r, "todo", Some("c2")), spec("todo", "Tasks"));
     }
 }

@@ -591,7 +591,7 @@ fn subscribe_broadcasts(host: &Host, hub: &Arc<Hub>, runner: &Runner) -> Result<
 }
 
 async fn surface_changed(hub: &Arc<Hub>, changed: SurfaceChanged) {
-    let SurfaceChanged { surface_id, spec, catalog_changed, conversation_id } = changed;
+    let SurfaceChanged { surface_id, spec, catalog_changed, conversation_id, .. } = changed;
     hub.surface_changed(&surface_id);
     if catalog_changed {
         if let Some(frame) = hub.catalog_frame().await {
