@@ -425,3 +425,181 @@ fn a_conversations_surfaces_show_the_same_on_every_host() {
         assert_eq!(spec["fields"][0]["payload"], todos, "{shown:?}");
     });
 }
+
+/// What a turn under load ended as while PostgreSQL restarted.
+#[derive(Debug)]
+enum Outcome {
+    /// Accepted and sealed without an error.
+    Sealed,
+    /// Accepted, then ended by an `error` event (and sealed).
+    Failed(String),
+    /// Refused with a status and the JSON error.
+    Refused(u16, String),
+}
+
+/// PostgreSQL itself restarted (a private server of this test's, stopped
+/// with `fast` as an operator's restart does) while two hosts run turns:
+/// the hosts stay up, report unready, refuse or end turns with clear
+/// errors naming the database, and then serve again — turns on both,
+/// events relayed across — without a restart; every log stays gap-free
+/// and holds exactly what was accepted.
+#[test]
+fn postgresql_restarted_under_load_gives_clear_errors_then_recovers_without_restarting_the_hosts() {
+    use dispatch_test_support::pg::Private;
+    use dispatch_test_support::ws_client::{Read, WsClient};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let pg = Private::start();
+    let store = format!(
+        "url = {:?}\nschema = \"restart\"\nconnect_timeout_ms = 1000\nstatement_timeout_ms = 5000\nclaim_lease_ms = 2000\n",
+        pg.url()
+    );
+    let config = || {
+        product_config_on(
+            LOOPBACK,
+            LOOPBACK,
+            &[],
+            Some(("libdispatch_plugin_store_postgres.so", store.clone())),
+        )
+    };
+    let (cfg_a, cfg_b) = (config(), config());
+    let (a, b) = (Server::start(&cfg_a), Server::start(&cfg_b));
+    let bases = [a.base.clone(), b.base.clone()];
+
+    // Load: four clients, two per host, each on a conversation of its own.
+    let stop = Arc::new(AtomicBool::new(false));
+    let restarted = Arc::new(AtomicBool::new(false));
+    let after_restart = Arc::new(AtomicUsize::new(0));
+    let outcomes: Arc<Mutex<Vec<(usize, Outcome)>>> = Arc::default();
+    let workers: Vec<_> = (0..4)
+        .map(|i| {
+            let (base, stop, restarted, after, outcomes) = (
+                bases[i % 2].clone(),
+                stop.clone(),
+                restarted.clone(),
+                after_restart.clone(),
+                outcomes.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut counted = false;
+                for n in 0.. {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let message = if n % 3 == 2 { format!("slow {n}") } else { format!("hello {n}") };
+                    let (answer, events) =
+                        chat(&base, json!({"conversationId": format!("load-{i}"), "message": message}));
+                    let outcome = if answer.status != 200 {
+                        Outcome::Refused(
+                            answer.status,
+                            answer.body["error"].as_str().unwrap_or(&answer.text).into(),
+                        )
+                    } else if let Some(e) = events.iter().find(|e| e["type"] == "error") {
+                        Outcome::Failed(e["message"].as_str().unwrap_or_default().to_owned())
+                    } else {
+                        assert_eq!(kinds(&events).last(), Some(&"turn-sealed"), "{events:?}");
+                        Outcome::Sealed
+                    };
+                    if matches!(outcome, Outcome::Sealed) && restarted.load(Ordering::SeqCst) && !counted {
+                        counted = true;
+                        after.fetch_add(1, Ordering::SeqCst);
+                    }
+                    if !matches!(outcome, Outcome::Sealed) {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    outcomes.lock().unwrap().push((i, outcome));
+                }
+            })
+        })
+        .collect();
+    let sealed = || outcomes.lock().unwrap().iter().filter(|(_, o)| matches!(o, Outcome::Sealed)).count();
+    poll("turns run on both hosts", || sealed() >= 8);
+
+    pg.stop();
+    for base in &bases {
+        poll("/health says 503", || get(&format!("{base}/health")).status == 503);
+        let unready = get(&format!("{base}/health"));
+        assert_eq!(unready.body["code"], "unavailable", "{}", unready.text);
+        assert!(
+            unready.body["error"].as_str().unwrap().starts_with("the store is not ready"),
+            "{}",
+            unready.text
+        );
+    }
+    // Down long enough that new turns are refused, not only running ones
+    // cut short.
+    let refused = || outcomes.lock().unwrap().iter().any(|(_, o)| matches!(o, Outcome::Refused(..)));
+    poll("a turn asked for while the database is down is refused", refused);
+    pg.start_again();
+    restarted.store(true, Ordering::SeqCst);
+    for base in &bases {
+        poll("/health is ok again", || get(&format!("{base}/health")).status == 200);
+    }
+    poll("every client's turns seal again", || after_restart.load(Ordering::SeqCst) == 4);
+    stop.store(true, Ordering::SeqCst);
+    for w in workers {
+        w.join().unwrap();
+    }
+
+    // Every failure was one of the two clear forms, naming the cause.
+    let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
+    let failures: Vec<&(usize, Outcome)> =
+        outcomes.iter().filter(|(_, o)| !matches!(o, Outcome::Sealed)).collect();
+    assert!(!failures.is_empty(), "the restart was felt: {outcomes:?}");
+    for (_, failure) in &failures {
+        match failure {
+            Outcome::Refused(503, why) | Outcome::Failed(why) => assert!(
+                ["database", "store", "connection", "saved"].iter().any(|w| why.contains(w)),
+                "an error that does not say what failed: {failure:?}"
+            ),
+            other => panic!("neither a 503 nor an error event: {other:?}"),
+        }
+    }
+    // Each log is gap-free and holds one user message per accepted turn
+    // (an append acknowledged as the server went down may be the one more).
+    for i in 0..4 {
+        let log = chunks(&a, &format!("load-{i}"));
+        for (n, c) in log.iter().enumerate() {
+            assert_eq!(c["seq"], n as u64 + 1, "load-{i}: {log:?}");
+        }
+        let users = log.iter().filter(|c| c["role"] == "user").count();
+        let mine = outcomes.iter().filter(|(w, _)| *w == i);
+        let accepted = mine.clone().filter(|(_, o)| !matches!(o, Outcome::Refused(..))).count();
+        let refused = mine.filter(|(_, o)| matches!(o, Outcome::Refused(..))).count();
+        assert!(
+            (accepted..=accepted + refused).contains(&users),
+            "load-{i}: {users} user messages for {accepted} accepted turns ({refused} refused)"
+        );
+    }
+
+    // Live events cross hosts again: B's listener reconnected by itself.
+    crate::http::rt().block_on(async {
+        let mut watcher = WsClient::connect(&b.ws()).await.unwrap();
+        assert_eq!(watcher.next().await["type"], "catalog");
+        let start = Instant::now();
+        loop {
+            assert!(start.elapsed() < Duration::from_secs(20), "no turn on A reached B's watcher in 20 s");
+            let id = format!("relay-{}", start.elapsed().as_millis());
+            watcher.send(&json!({"type": "chat.subscribe", "conversationId": id})).await;
+            let a_base = a.base.clone();
+            let on_a = tokio::task::spawn_blocking(move || {
+                chat(&a_base, json!({"conversationId": id, "message": "hello again"})).1
+            })
+            .await
+            .unwrap();
+            let mut seen = Vec::new();
+            while let Read::Json(v) = watcher.read(Duration::from_secs(2)).await {
+                if v["type"] == "chat.delta" {
+                    seen.push(v["event"].clone());
+                    if v["event"]["type"] == "turn-sealed" {
+                        break;
+                    }
+                }
+            }
+            if !seen.is_empty() && seen == on_a {
+                break;
+            }
+        }
+    });
+}
