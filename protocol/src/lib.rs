@@ -64,6 +64,7 @@ pub mod tool;
 pub mod vision;
 pub mod websocket;
 pub mod wire;
+pub mod workspace;
 
 /// A boxed, sendable future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;

@@ -129,6 +129,29 @@ pub enum StoreRequest {
     /// (a queued message, `413`) instead of failing later, when nobody
     /// is there to be told.
     Limits,
+    /// Every workspace, with its conversation count, most recently active
+    /// first, `default` always among them (synthesized when never
+    /// persisted); answers [`crate::workspace::WorkspaceList`]. A
+    /// workspace's `lastActivityAt` is the latest of its own and its
+    /// conversations'.
+    Workspaces,
+    /// One workspace; answers [`crate::workspace::Workspace`] (`default`
+    /// synthesized when never persisted), or `null`.
+    GetWorkspace {
+        /// Its id.
+        id: String,
+    },
+    /// Create or change a workspace; answers the
+    /// [`crate::workspace::Workspace`]. Setting a conversation's
+    /// `workspaceId` ([`StoreRequest::Update`]) creates its workspace too.
+    PutWorkspace(crate::workspace::WorkspaceUpdate),
+    /// Forget a workspace (its conversations are the caller's to move
+    /// first); answers `{"deleted": bool}`. `default` is refused
+    /// (`conflict`).
+    DeleteWorkspace {
+        /// Its id.
+        id: String,
+    },
     /// Whether the store can serve now (readiness: `GET /health`);
     /// answers `{}`, or fails `unavailable` when its database cannot be
     /// reached. A store without this op (`unsupported`) counts as ready.
@@ -175,7 +198,7 @@ pub struct StoreLimits {
 }
 
 /// `Some(None)` = clear, `None` = leave alone.
-fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+pub(crate) fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,

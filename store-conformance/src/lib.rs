@@ -96,7 +96,8 @@ macro_rules! conformance_tests {
             compaction_archives_the_log_and_replaces_it_at_once,
             a_stale_or_malformed_compaction_is_refused_and_changes_nothing,
             values_round_trip_and_null_forgets,
-            limits_are_told_and_kept);
+            limits_are_told_and_kept,
+            workspaces_are_kept_listed_and_counted);
     };
     (@each $fresh:expr; $($check:ident),* $(,)?) => {
         $(
@@ -575,4 +576,112 @@ pub fn limits_are_told_and_kept(h: &TestHost) {
         assert_eq!(append(h, "l", Role::User, vec![image.clone()]), vec![2], "images have their own limit");
         assert_eq!(history(h, "l", Some(1), None, None).chunks[0].chunk, image);
     }
+}
+
+/// Workspaces: `default` always there (synthesized until persisted), one
+/// created on miss (explicitly, or by a conversation naming it), fields
+/// set and cleared, `createOnly` leaving an existing one alone, counts and
+/// activity from its conversations, bad slugs refused, `default`
+/// undeletable, a deleted one gone.
+pub fn workspaces_are_kept_listed_and_counted(h: &TestHost) {
+    use dispatch_contracts::protocol::workspace::{Workspace, WorkspaceList, WorkspaceUpdate};
+    let list = || ok::<WorkspaceList>(h, &StoreRequest::Workspaces).workspaces;
+    let one = |id: &str| ok::<Option<Workspace>>(h, &StoreRequest::GetWorkspace { id: id.into() });
+    let put = |u: WorkspaceUpdate| ok::<Workspace>(h, &StoreRequest::PutWorkspace(u));
+
+    let first = list();
+    assert_eq!(first.len(), 1, "a new store lists `default` alone: {first:?}");
+    assert_eq!(first[0].workspace, Workspace::synthesized("default"));
+    assert_eq!(first[0].conversation_count, 0);
+    assert_eq!(one("default"), Some(Workspace::synthesized("default")));
+    assert_eq!(one("nowhere"), None);
+
+    let made = put(WorkspaceUpdate {
+        id: "team-a".into(),
+        title: Some("Team A".into()),
+        default_cwd: Some(Some("/srv/a".into())),
+        ..WorkspaceUpdate::default()
+    });
+    assert_eq!((made.title.as_str(), made.default_cwd.as_deref()), ("Team A", Some("/srv/a")));
+    assert!(made.created_at > 0 && !made.starred && made.default_computer_id.is_none(), "{made:?}");
+    // createOnly: an existing workspace is answered as it is.
+    let same = put(WorkspaceUpdate {
+        id: "team-a".into(),
+        create_only: true,
+        title: Some("x".into()),
+        ..Default::default()
+    });
+    assert_eq!(same, made);
+    let created = put(WorkspaceUpdate { id: "fresh".into(), create_only: true, ..Default::default() });
+    assert_eq!((created.title.as_str(), created.default_cwd.as_ref()), ("fresh", None));
+    // Set, star, clear.
+    let changed = put(WorkspaceUpdate {
+        id: "team-a".into(),
+        default_computer_id: Some(Some("build-box".into())),
+        starred: Some(true),
+        default_cwd: Some(None),
+        ..Default::default()
+    });
+    assert_eq!(changed.default_computer_id.as_deref(), Some("build-box"));
+    assert!(changed.starred && changed.default_cwd.is_none() && changed.title == "Team A", "{changed:?}");
+
+    // A conversation naming a workspace creates it; counts and activity
+    // come from the conversations.
+    update(
+        h,
+        MetaUpdate {
+            conversation_id: "w1".into(),
+            workspace_id: Some("team-b".into()),
+            ..Default::default()
+        },
+    );
+    update(
+        h,
+        MetaUpdate {
+            conversation_id: "w2".into(),
+            workspace_id: Some("team-a".into()),
+            ..Default::default()
+        },
+    );
+    append(h, "w3", Role::User, vec![text("in default")]);
+    let team_b = one("team-b").expect("created by the conversation naming it");
+    assert_eq!(team_b.title, "team-b");
+    let listed = list();
+    let count = |id: &str| listed.iter().find(|w| w.workspace.id == id).map(|w| w.conversation_count);
+    assert_eq!(
+        (count("team-a"), count("team-b"), count("default"), count("fresh")),
+        (Some(1), Some(1), Some(1), Some(0))
+    );
+    let w3 = get(h, "w3").expect("w3");
+    let default = listed.iter().find(|w| w.workspace.id == "default").unwrap();
+    assert!(default.workspace.last_activity_at >= w3.meta.last_activity_at, "{default:?}");
+    for pair in listed.windows(2) {
+        assert!(
+            pair[0].workspace.last_activity_at >= pair[1].workspace.last_activity_at,
+            "most recent first: {listed:?}"
+        );
+    }
+
+    // Refusals.
+    for bad in ["", "Team", "-a", "a_b", &"x".repeat(41)] {
+        let req = StoreRequest::PutWorkspace(WorkspaceUpdate { id: bad.into(), ..Default::default() });
+        assert_eq!(code(call(h, &req)), "invalid_payload", "{bad:?}");
+    }
+    let bad_move = MetaUpdate {
+        conversation_id: "w1".into(),
+        workspace_id: Some("No Slug".into()),
+        ..Default::default()
+    };
+    assert_eq!(code(call(h, &StoreRequest::Update(bad_move))), "invalid_payload");
+    assert_eq!(get(h, "w1").unwrap().meta.workspace_id, "team-b", "a refused move changes nothing");
+    assert_eq!(code(call(h, &StoreRequest::DeleteWorkspace { id: "default".into() })), "conflict");
+
+    // Delete: gone (its conversations are the caller's to move first).
+    let deleted = ok::<Value>(h, &StoreRequest::DeleteWorkspace { id: "fresh".into() });
+    assert_eq!(deleted, json!({"deleted": true}));
+    assert_eq!(one("fresh"), None);
+    assert_eq!(
+        ok::<Value>(h, &StoreRequest::DeleteWorkspace { id: "fresh".into() }),
+        json!({"deleted": false})
+    );
 }

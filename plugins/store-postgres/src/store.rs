@@ -21,6 +21,9 @@ use dispatch_contracts::protocol::wire::{
     is_valid_conversation_id, ChatMessage, Chunk, ConversationMeta, ConversationStatus, ReasoningEffort,
     Role, StoredChunk, TurnMetrics,
 };
+use dispatch_contracts::protocol::workspace::{
+    is_valid_slug, Workspace, WorkspaceEntry, WorkspaceUpdate, DEFAULT_WORKSPACE,
+};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection as _, Executor as _, PgConnection, Row as _};
 
@@ -42,6 +45,9 @@ pub enum StoreError {
     /// A conversation id that is empty, too long or has odd characters.
     #[error("invalid conversation id {0:?}: use 1-128 characters of A-Z a-z 0-9 . _ - : @")]
     InvalidId(String),
+    /// A workspace id that is not a slug.
+    #[error("Workspace id must be a valid slug (lowercase alphanumeric + hyphens, 1–40 chars): {0:?}")]
+    InvalidWorkspace(String),
     /// A chunk over the size limit.
     #[error("chunk #{index} is {size} bytes, over the limit of {limit} bytes")]
     ChunkTooLarge {
@@ -452,9 +458,15 @@ impl Store {
         let effort = |e: &Option<ReasoningEffort>| {
             e.and_then(|e| serde_json::to_value(e).ok()).and_then(|v| v.as_str().map(str::to_owned))
         };
-        // For each clearable column: whether to set it, and to what.
+        if let Some(w) = &u.workspace_id {
+            validate_workspace(w)?;
+        }
+        // For each clearable column: whether to set it, and to what. A
+        // workspace named is created on miss, in the same statement.
         let row = sqlx::query(&format!(
-            "INSERT INTO conversations AS c (id, created_at, last_activity_at, title, status, workspace_id, \
+            "WITH ws AS (INSERT INTO workspaces (id, title, created_at, last_activity_at) \
+               SELECT $5, $5, $2, $2 WHERE $5::text IS NOT NULL ON CONFLICT (id) DO NOTHING) \
+             INSERT INTO conversations AS c (id, created_at, last_activity_at, title, status, workspace_id, \
                cwd, model, reasoning_effort, system_prompt) \
              VALUES ($1, $2, $2, COALESCE($3, ''), COALESCE($4, 'idle'), COALESCE($5, 'default'), $7, $9, $11, $13) \
              ON CONFLICT (id) DO UPDATE SET \
@@ -538,6 +550,60 @@ impl Store {
                 .fetch_all(&self.pool)
                 .await?;
         rows.iter().map(|r| parse_json(r.get::<&str, _>(0))).collect()
+    }
+
+    /// Every workspace, most recently active first.
+    pub async fn workspaces(&self) -> Result<Vec<WorkspaceEntry>, StoreError> {
+        let rows =
+            sqlx::query(&format!("{WORKSPACE_SELECT} ORDER BY 7 DESC, 1")).fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(workspace_of).collect())
+    }
+
+    /// One workspace (`default` even when never persisted).
+    pub async fn workspace(&self, id: &str) -> Result<Option<Workspace>, StoreError> {
+        validate_workspace(id)?;
+        let row = sqlx::query(&format!("{WORKSPACE_SELECT} WHERE w.id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| workspace_of(&r).workspace))
+    }
+
+    /// Create or change a workspace in one statement; answers it.
+    pub async fn put_workspace(&self, u: WorkspaceUpdate) -> Result<Workspace, StoreError> {
+        validate_workspace(&u.id)?;
+        let title = u.title.as_deref().map(dispatch_contracts::protocol::wire::bounded_title);
+        sqlx::query(
+            "INSERT INTO workspaces AS w (id, title, default_cwd, default_computer_id, starred, created_at, \
+               last_activity_at) VALUES ($1, COALESCE($2, $1), $4, $6, COALESCE($7, false), $8, $8) \
+             ON CONFLICT (id) DO UPDATE SET title = COALESCE($2, w.title), \
+               default_cwd = CASE WHEN $3 THEN $4 ELSE w.default_cwd END, \
+               default_computer_id = CASE WHEN $5 THEN $6 ELSE w.default_computer_id END, \
+               starred = COALESCE($7, w.starred) \
+             WHERE NOT $9",
+        )
+        .bind(&u.id)
+        .bind(title)
+        .bind(u.default_cwd.is_some())
+        .bind(u.default_cwd.clone().flatten())
+        .bind(u.default_computer_id.is_some())
+        .bind(u.default_computer_id.clone().flatten())
+        .bind(u.starred)
+        .bind(now_ms())
+        .bind(u.create_only)
+        .execute(&self.pool)
+        .await?;
+        self.workspace(&u.id).await?.ok_or_else(|| StoreError::Database("the workspace vanished".into()))
+    }
+
+    /// Forget a workspace; answers whether it was there.
+    pub async fn delete_workspace(&self, id: &str) -> Result<bool, StoreError> {
+        validate_workspace(id)?;
+        if id == DEFAULT_WORKSPACE {
+            return Err(StoreError::Conflict("The \"default\" workspace cannot be deleted".into()));
+        }
+        let done = sqlx::query("DELETE FROM workspaces WHERE id = $1").bind(id).execute(&self.pool).await?;
+        Ok(done.rows_affected() > 0)
     }
 
     /// A plugin's value, as JSON text.
@@ -682,6 +748,41 @@ fn meta_of(r: &PgRow) -> ConversationMeta {
         status: ConversationStatus::parse(r.get(4)).unwrap_or(ConversationStatus::Idle),
         workspace_id: r.get(5),
         compacted_from: r.get(6),
+    }
+}
+
+/// The columns of a [`Workspace`] row `w` (`last_activity_at` the latest of
+/// its own and its conversations'), then its conversation count; `default`
+/// is there even when never persisted.
+const WORKSPACE_SELECT: &str = "SELECT w.id, w.title, w.default_cwd, w.default_computer_id, w.starred, w.created_at, \
+       GREATEST(w.last_activity_at, COALESCE((SELECT MAX(c.last_activity_at) FROM conversations c \
+         WHERE c.workspace_id = w.id), 0)), \
+       (SELECT COUNT(*) FROM conversations c WHERE c.workspace_id = w.id) \
+     FROM (SELECT id, title, default_cwd, default_computer_id, starred, created_at, last_activity_at FROM workspaces \
+           UNION ALL SELECT 'default', 'default', NULL, NULL, false, 0, 0 \
+           WHERE NOT EXISTS (SELECT 1 FROM workspaces WHERE id = 'default')) w";
+
+fn workspace_of(r: &PgRow) -> WorkspaceEntry {
+    WorkspaceEntry {
+        workspace: Workspace {
+            id: r.get(0),
+            title: r.get(1),
+            default_cwd: r.get(2),
+            default_computer_id: r.get(3),
+            starred: r.get(4),
+            created_at: to_u64(r.get(5)),
+            last_activity_at: to_u64(r.get(6)),
+        },
+        conversation_count: to_u64(r.get(7)),
+    }
+}
+
+/// Workspace ids are slugs (they are the frontend's URLs).
+pub fn validate_workspace(id: &str) -> Result<(), StoreError> {
+    if is_valid_slug(id) {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidWorkspace(id.chars().take(60).collect()))
     }
 }
 

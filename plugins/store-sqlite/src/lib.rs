@@ -31,6 +31,7 @@ use std::time::Duration;
 use dispatch_abi::runtime::{PluginRuntime, Runner};
 use dispatch_abi::{codes, to_json, Context, Error, Plugin, PluginManifest};
 use dispatch_contracts::protocol::wire::{Chunk, Role};
+use dispatch_contracts::protocol::workspace::WorkspaceList;
 use dispatch_contracts::protocol::BoxFuture;
 use dispatch_contracts::store::{
     Appended, Compacted, History, Listing, Messages, MetricsList, StoreLimits, StoreRequest, STORE,
@@ -59,6 +60,7 @@ pub struct StoreSqlite {
 fn err(e: StoreError) -> Error {
     let code = match e {
         StoreError::InvalidId(_)
+        | StoreError::InvalidWorkspace(_)
         | StoreError::ChunkTooLarge { .. }
         | StoreError::EmptyMessage
         | StoreError::BadCompaction(_) => codes::INVALID_PAYLOAD,
@@ -122,6 +124,14 @@ async fn handle(store: Store, req: StoreRequest) -> Result<Value, Error> {
         StoreRequest::Limits => {
             let (text, image) = store.limits();
             to_json(&StoreLimits { max_chunk_bytes: text as u64, max_image_chunk_bytes: image as u64 })
+        }
+        StoreRequest::Workspaces => {
+            to_json(&WorkspaceList { workspaces: store.workspaces().await.map_err(err)? })
+        }
+        StoreRequest::GetWorkspace { id } => to_json(&store.workspace(&id).await.map_err(err)?),
+        StoreRequest::PutWorkspace(update) => to_json(&store.put_workspace(update).await.map_err(err)?),
+        StoreRequest::DeleteWorkspace { id } => {
+            to_json(&serde_json::json!({"deleted": store.delete_workspace(&id).await.map_err(err)?}))
         }
         StoreRequest::Ping => {
             store.ping().await.map_err(err)?;

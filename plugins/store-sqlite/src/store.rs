@@ -26,6 +26,9 @@ use dispatch_contracts::protocol::store::{CompactRequest, Details, History, Meta
 use dispatch_contracts::protocol::wire::{
     ChatMessage, Chunk, ConversationMeta, ConversationStatus, ReasoningEffort, Role, StoredChunk, TurnMetrics,
 };
+use dispatch_contracts::protocol::workspace::{
+    is_valid_slug, Workspace, WorkspaceEntry, WorkspaceUpdate, DEFAULT_WORKSPACE,
+};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
@@ -74,6 +77,9 @@ pub enum StoreError {
     /// A conversation id that is empty, too long or has odd characters.
     #[error("invalid conversation id {0:?}: use 1-128 characters of A-Z a-z 0-9 . _ - : @")]
     InvalidId(String),
+    /// A workspace id that is not a slug.
+    #[error("Workspace id must be a valid slug (lowercase alphanumeric + hyphens, 1–40 chars): {0:?}")]
+    InvalidWorkspace(String),
     /// A chunk over the size limit.
     #[error("chunk #{index} is {size} bytes, over the limit of {limit} bytes")]
     ChunkTooLarge {
@@ -195,10 +201,51 @@ enum Write {
         value: Option<String>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// Create or change a workspace, or forget one.
+    Workspace {
+        change: WorkspaceChange,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
     /// Finish what is queued before it, close the connection, answer.
     Close {
         done: oneshot::Sender<()>,
     },
+}
+
+/// A workspace write.
+enum WorkspaceChange {
+    Put(WorkspaceUpdate),
+    Delete(String),
+}
+
+/// The columns of a [`Workspace`] row `w` (`last_activity_at` the latest of
+/// its own and its conversations'), then its conversation count; `default`
+/// is there even when never persisted.
+const WORKSPACE_SELECT: &str = "SELECT w.id, w.title, w.default_cwd, w.default_computer_id, w.starred, w.created_at,        max(w.last_activity_at, COALESCE((SELECT MAX(c.last_activity_at) FROM conversations c          WHERE c.workspace_id = w.id), 0)),        (SELECT COUNT(*) FROM conversations c WHERE c.workspace_id = w.id)      FROM (SELECT id, title, default_cwd, default_computer_id, starred, created_at, last_activity_at FROM workspaces            UNION ALL SELECT 'default', 'default', NULL, NULL, 0, 0, 0            WHERE NOT EXISTS (SELECT 1 FROM workspaces WHERE id = 'default')) w";
+
+fn workspace_of(r: &sqlx::sqlite::SqliteRow) -> WorkspaceEntry {
+    let n = |i: usize| u64::try_from(r.get::<i64, _>(i)).unwrap_or(0);
+    WorkspaceEntry {
+        workspace: Workspace {
+            id: r.get(0),
+            title: r.get(1),
+            default_cwd: r.get(2),
+            default_computer_id: r.get(3),
+            starred: r.get::<i64, _>(4) != 0,
+            created_at: n(5),
+            last_activity_at: n(6),
+        },
+        conversation_count: n(7),
+    }
+}
+
+/// Workspace ids are slugs (they are the frontend's URLs).
+pub fn validate_workspace(id: &str) -> Result<(), StoreError> {
+    if is_valid_slug(id) {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidWorkspace(id.chars().take(60).collect()))
+    }
 }
 
 /// A handle on the store. Cheap to clone.
@@ -436,6 +483,52 @@ impl Store {
         let (reply, rx) = oneshot::channel();
         let write = Write::Value { scope: scope.to_owned(), key: key.to_owned(), value, reply };
         self.writes.send(write).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Every workspace, most recently active first.
+    pub async fn workspaces(&self) -> Result<Vec<WorkspaceEntry>, StoreError> {
+        let rows =
+            sqlx::query(&format!("{WORKSPACE_SELECT} ORDER BY 7 DESC, 1")).fetch_all(&self.readers).await?;
+        Ok(rows.iter().map(workspace_of).collect())
+    }
+
+    /// One workspace (`default` even when never persisted).
+    pub async fn workspace(&self, id: &str) -> Result<Option<Workspace>, StoreError> {
+        validate_workspace(id)?;
+        let row = sqlx::query(&format!("{WORKSPACE_SELECT} WHERE w.id = ?1"))
+            .bind(id)
+            .fetch_optional(&self.readers)
+            .await?;
+        Ok(row.map(|r| workspace_of(&r).workspace))
+    }
+
+    /// Create or change a workspace; answers it.
+    pub async fn put_workspace(&self, update: WorkspaceUpdate) -> Result<Workspace, StoreError> {
+        validate_workspace(&update.id)?;
+        let id = update.id.clone();
+        self.workspace_write(WorkspaceChange::Put(update)).await?;
+        self.workspace(&id).await?.ok_or_else(|| StoreError::Database("the workspace vanished".into()))
+    }
+
+    /// Forget a workspace; answers whether it was there.
+    pub async fn delete_workspace(&self, id: &str) -> Result<bool, StoreError> {
+        validate_workspace(id)?;
+        if id == DEFAULT_WORKSPACE {
+            return Err(StoreError::Conflict("The \"default\" workspace cannot be deleted".into()));
+        }
+        let existed = sqlx::query("SELECT 1 FROM workspaces WHERE id = ?1")
+            .bind(id)
+            .fetch_optional(&self.readers)
+            .await?
+            .is_some();
+        self.workspace_write(WorkspaceChange::Delete(id.to_owned())).await?;
+        Ok(existed)
+    }
+
+    async fn workspace_write(&self, change: WorkspaceChange) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.writes.send(Write::Workspace { change, reply }).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -749,7 +842,10 @@ fn finish(w: Write, result: Result<Outcome, StoreError>) {
             });
             let _ = reply.send(latest);
         }
-        Write::Update { reply, .. } | Write::Metrics { reply, .. } | Write::Value { reply, .. } => {
+        Write::Update { reply, .. }
+        | Write::Metrics { reply, .. }
+        | Write::Value { reply, .. }
+        | Write::Workspace { reply, .. } => {
             let _ = reply.send(result.map(|_| ()));
         }
         Write::Close { .. } => {}
@@ -1057,6 +1153,18 @@ fn ensure_conversation(
     Ok(())
 }
 
+/// Create workspace `id` if missing (titled by its id); answers whether
+/// it did.
+fn ensure_workspace(tx: &rusqlite::Connection, id: &str, now: i64) -> Result<bool, StoreError> {
+    let n = tx
+        .prepare_cached(
+            "INSERT INTO workspaces (id, title, created_at, last_activity_at) VALUES (?1, ?1, ?2, ?2) \
+             ON CONFLICT(id) DO NOTHING",
+        )?
+        .execute(rusqlite::params![id, now])?;
+    Ok(n > 0)
+}
+
 /// A metadata update or a metrics append.
 fn meta(tx: &rusqlite::Connection, w: &Write, now: i64) -> Result<(), StoreError> {
     match w {
@@ -1075,6 +1183,37 @@ fn meta(tx: &rusqlite::Connection, w: &Write, now: i64) -> Result<(), StoreError
             };
             Ok(())
         }
+        Write::Workspace { change: WorkspaceChange::Delete(id), .. } => {
+            tx.prepare_cached("DELETE FROM workspaces WHERE id = ?1")?.execute([id])?;
+            Ok(())
+        }
+        Write::Workspace { change: WorkspaceChange::Put(u), .. } => {
+            let created = ensure_workspace(tx, &u.id, now)?;
+            if u.create_only && !created {
+                return Ok(());
+            }
+            let set = |col: &str, v: rusqlite::types::Value| -> Result<(), StoreError> {
+                // `col` is one of the fixed names below, never input.
+                tx.prepare_cached(&format!("UPDATE workspaces SET {col} = ?1 WHERE id = ?2"))?
+                    .execute(rusqlite::params![v, u.id])?;
+                Ok(())
+            };
+            use rusqlite::types::Value as V;
+            let text = |v: &Option<String>| v.clone().map_or(V::Null, V::Text);
+            if let Some(t) = &u.title {
+                set("title", V::Text(dispatch_contracts::protocol::wire::bounded_title(t)))?;
+            }
+            if let Some(c) = &u.default_cwd {
+                set("default_cwd", text(c))?;
+            }
+            if let Some(c) = &u.default_computer_id {
+                set("default_computer_id", text(c))?;
+            }
+            if let Some(s) = u.starred {
+                set("starred", V::Integer(i64::from(s)))?;
+            }
+            Ok(())
+        }
         Write::Update { update: u, .. } => {
             ensure_conversation(tx, &u.conversation_id, now, false)?;
             let set = |col: &str, v: Option<&str>| -> Result<(), StoreError> {
@@ -1091,6 +1230,8 @@ fn meta(tx: &rusqlite::Connection, w: &Write, now: i64) -> Result<(), StoreError
                 set("status", Some(s.as_str()))?;
             }
             if let Some(w) = &u.workspace_id {
+                validate_workspace(w)?;
+                ensure_workspace(tx, w, now)?;
                 set("workspace_id", Some(w))?;
             }
             if let Some(c) = &u.cwd {
