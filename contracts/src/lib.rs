@@ -67,3 +67,4 @@ pub mod todo;
 pub mod tool;
 pub mod vision;
 pub mod websocket;
+pub mod workspace;

@@ -126,9 +126,44 @@ pub struct WorkspaceDeleted {
     pub closed_count: u64,
 }
 
+/// A turn's working directory as WIRE.md resolves it: `conversation`, the
+/// conversation's own (raw: as sent), else the workspace's `defaultCwd`,
+/// else the server's default; an absolute one stands alone, a relative one
+/// is taken from the workspace's directory (else the server's). `None` when
+/// nothing names one.
+pub fn effective_cwd(
+    conversation: Option<&str>,
+    workspace: Option<&str>,
+    server: Option<&std::path::Path>,
+) -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    let base = workspace.map(str::trim).filter(|w| !w.is_empty()).map(PathBuf::from);
+    let base = base.or_else(|| server.map(std::path::Path::to_path_buf));
+    match conversation.map(str::trim).filter(|c| !c.is_empty()) {
+        None => base,
+        Some(c) if c.starts_with('/') => Some(PathBuf::from(c)),
+        Some(c) => Some(base?.join(c)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cwd_resolves_against_the_workspace_then_the_server() {
+        use std::path::{Path, PathBuf};
+        let server = Some(Path::new("/srv/default"));
+        let p = |s: &str| Some(PathBuf::from(s));
+        assert_eq!(effective_cwd(None, None, server), p("/srv/default"));
+        assert_eq!(effective_cwd(None, Some("/ws"), server), p("/ws"));
+        assert_eq!(effective_cwd(Some("/abs"), Some("/ws"), server), p("/abs"));
+        assert_eq!(effective_cwd(Some("sub/dir"), Some("/ws"), server), p("/ws/sub/dir"));
+        assert_eq!(effective_cwd(Some("sub"), None, server), p("/srv/default/sub"));
+        assert_eq!(effective_cwd(Some("  "), Some(""), server), p("/srv/default"));
+        assert_eq!(effective_cwd(Some("sub"), None, None), None);
+        assert_eq!(effective_cwd(None, None, None), None);
+    }
 
     #[test]
     fn slugs_are_what_the_frontend_routes_on() {

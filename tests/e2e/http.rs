@@ -30,6 +30,8 @@ pub const SCRIPT: &str = r#"{"replies": [
     {"toolCalls": [{"name": "run_shell", "input": {"command": "sleep 1.5; echo slept"}}]},
     {"text": "Slept."}]},
   {"match": "^steer", "steps": [{"text": "Steered as asked."}]},
+  {"match": "^where", "steps": [
+    {"toolCalls": [{"name": "run_shell", "input": {"command": "pwd"}}]}, {"text": "There."}]},
   {"match": "^todo", "steps": [
     {"toolCalls": [{"name": "todo_write", "input": {"todos": [
       {"content": "read the notes", "status": "completed"},

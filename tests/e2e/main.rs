@@ -25,4 +25,5 @@ mod support;
 mod tools;
 mod vision;
 mod warming;
+mod workspaces;
 mod ws;

@@ -45,6 +45,15 @@ const WIRE: &[(&str, &str, &str)] = &[
     ("GET", "/system-prompt/variables", "system-prompt"),
     ("GET", "/settings/vision", "vision"),
     ("PUT", "/settings/vision", "vision"),
+    ("GET", "/workspaces", "workspaces"),
+    ("PUT", "/workspaces/{id}", "workspaces"),
+    ("GET", "/workspaces/{id}", "workspaces"),
+    ("DELETE", "/workspaces/{id}", "workspaces"),
+    ("PUT", "/workspaces/{id}/title", "workspaces"),
+    ("PUT", "/workspaces/{id}/default-cwd", "workspaces"),
+    ("PUT", "/workspaces/{id}/default-computer", "workspaces"),
+    ("PUT", "/workspaces/{id}/star", "workspaces"),
+    ("DELETE", "/workspaces/{id}/star", "workspaces"),
 ];
 
 /// `(METHOD, path, plugin)` of every operation of a document.

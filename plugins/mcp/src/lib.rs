@@ -85,9 +85,25 @@ fn status_route(host: &dispatch_abi::Host, servers: Vec<Arc<Server>>) -> Result<
                         serde_json::from_value(v).map_err(|e| Problem::new(502, "bad_gateway", e.to_string()))
                     },
                 )?;
+            // The effective directory, as the session resolves it: a
+            // relative or absent one follows the workspace's default.
+            let workspace = details.as_ref().map_or("default", |d| d.meta.workspace_id.as_str()).to_owned();
+            let get = StoreRequest::GetWorkspace { id: workspace };
+            let workspace_cwd = match host.call(&dispatch_contracts::store::STORE, &get).await {
+                Ok(v) => serde_json::from_value::<Option<dispatch_contracts::workspace::Workspace>>(v)
+                    .ok()
+                    .flatten()
+                    .and_then(|w| w.default_cwd),
+                Err(_) => None,
+            };
+            let cwd = dispatch_contracts::workspace::effective_cwd(
+                details.as_ref().and_then(|d| d.cwd.as_deref()),
+                workspace_cwd.as_deref(),
+                None,
+            );
             Ok(HttpResponse::ok(&ConversationServers {
                 conversation_id: id,
-                cwd: details.and_then(|d| d.cwd),
+                cwd: cwd.map(|p| p.to_string_lossy().into_owned()),
                 servers: servers.iter().map(|s| s.status()).collect(),
             }))
         }

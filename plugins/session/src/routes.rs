@@ -21,6 +21,7 @@ use dispatch_contracts::protocol::wire::{
     bounded_title, AgentEvent, ConversationStatus, ReasoningEffort, CONVERSATION_ID_PATTERN,
 };
 use dispatch_contracts::store::STORE;
+use dispatch_contracts::workspace::is_valid_slug;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -119,11 +120,19 @@ struct ModelAnswer {
     model: Option<String>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+/// `PUT …/cwd`'s body, for the OpenAPI document (the handler reads the
+/// fields itself, to answer WIRE.md's messages).
+#[derive(Debug, JsonSchema)]
+#[allow(dead_code)]
+#[schemars(rename_all = "camelCase")]
 struct CwdBody {
-    /// The working directory (DELETE clears it).
+    /// The working directory, kept as sent: a relative one is taken from
+    /// the workspace's `defaultCwd` (DELETE clears it).
     #[schemars(pattern(r"\S"))]
     cwd: String,
+    /// Move the conversation to this workspace (created if missing).
+    #[serde(default)]
+    workspace_id: Option<String>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -399,20 +408,34 @@ pub fn routes(session: Arc<Session>, host: Host) -> Vec<Route> {
     add(
         Put,
         "/conversations/{id}/cwd",
-        conv_op("Set the conversation's working directory", "setCwd")
+        conv_op("Set the conversation's working directory, or move it to a workspace", "setCwd")
             .body::<CwdBody>()
-            .returns::<CwdAnswer>(200, "The directory kept"),
+            .returns::<CwdAnswer>(200, "The directory kept, as sent")
+            .error(400, &["invalid_body", "invalid_slug"]),
         |c, req| {
             Box::pin(async move {
                 let id = conversation_id(&req)?;
-                let b: CwdBody = req.body_as()?;
-                let cwd = b.cwd.trim().to_owned();
-                if cwd.is_empty() {
-                    return Err(Problem::bad_request("`cwd` is empty; DELETE clears it"));
-                }
+                let body = req.body.as_ref().and_then(Value::as_object);
+                let field = |name: &str| body.and_then(|b| b.get(name));
+                let cwd = field("cwd").and_then(Value::as_str).map(str::trim).filter(|c| !c.is_empty());
+                let Some(cwd) = cwd.map(str::to_owned) else {
+                    return Err(Problem::new(
+                        400,
+                        "invalid_body",
+                        "Field 'cwd' is required and must be a non-empty string",
+                    ));
+                };
+                // With a workspace: the conversation moves there (both are
+                // created if missing; the store does it in one update).
+                let workspace_id = match field("workspaceId") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(w)) if is_valid_slug(w) => Some(w.clone()),
+                    Some(_) => return Err(Problem::new(400, "invalid_slug", "Invalid workspaceId")),
+                };
                 let update = MetaUpdate {
                     conversation_id: id.clone(),
                     cwd: Some(Some(cwd.clone())),
+                    workspace_id,
                     ..MetaUpdate::default()
                 };
                 c.store::<Value>(StoreRequest::Update(update)).await?;

@@ -25,6 +25,7 @@ use dispatch_contracts::store::{
     Appended, Details, Messages, MetaUpdate, NewMessage, StoreLimits, StoreRequest, STORE,
 };
 use dispatch_contracts::vision::{VisionRequest, VISION};
+use dispatch_contracts::workspace::{effective_cwd, is_valid_slug, Workspace, DEFAULT_WORKSPACE, SLUG_RULE};
 use dispatch_kernel::protocol::{BoxFuture, Spawner};
 use dispatch_kernel::provider::ProviderOptions;
 use dispatch_kernel::runtime::{AbortSignal, MonotonicClock, RetryPolicy, Sleep};
@@ -413,7 +414,8 @@ impl Session {
                 }
                 Err(e) => return Err(e),
             };
-        let cwd = self.resolve_cwd(cwd.as_deref(), details.cwd.as_deref())?;
+        let cwd =
+            self.resolve_cwd(cwd.as_deref(), details.cwd.as_deref(), &details.meta.workspace_id).await?;
         // The history as the next turn would see it.
         let cached =
             self.convs().get(conversation_id).and_then(|c| c.history.as_ref().map(|(_, h)| Arc::clone(h)));
@@ -469,22 +471,36 @@ impl Session {
 
     /// A turn's working directory: the one asked, else the conversation's,
     /// else the session's default — an existing directory, canonical.
-    fn resolve_cwd(&self, asked: Option<&str>, stored: Option<&str>) -> Result<PathBuf, Error> {
-        let cwd = asked
-            .map(str::trim)
-            .filter(|c| !c.is_empty())
-            .or(stored)
-            .map(PathBuf::from)
-            .or_else(|| self.default_cwd.clone())
-            .ok_or_else(|| {
-                invalid("no working directory: send `cwd` or configure the session's default_cwd")
-            })?;
+    async fn resolve_cwd(
+        &self,
+        asked: Option<&str>,
+        stored: Option<&str>,
+        workspace_id: &str,
+    ) -> Result<PathBuf, Error> {
+        let conversation = asked.map(str::trim).filter(|c| !c.is_empty()).or(stored);
+        let workspace = self.workspace_cwd(workspace_id).await;
+        let cwd = effective_cwd(conversation, workspace.as_deref(), self.default_cwd.as_deref()).ok_or_else(
+            || invalid("no working directory: send `cwd`, set the workspace's defaultCwd or configure the session's default_cwd"),
+        )?;
         let cwd = std::fs::canonicalize(&cwd)
             .map_err(|e| invalid(format!("the working directory {} is not usable: {e}", cwd.display())))?;
         if !cwd.is_dir() {
             return Err(invalid(format!("the working directory {} is not a directory", cwd.display())));
         }
         Ok(cwd)
+    }
+
+    /// The workspace's `defaultCwd`. A store that keeps no workspaces (an
+    /// older third-party one) has none to give.
+    async fn workspace_cwd(&self, workspace_id: &str) -> Option<String> {
+        let request = StoreRequest::GetWorkspace { id: workspace_id.to_owned() };
+        match self.store::<Option<Workspace>>(&request).await {
+            Ok(w) => w.and_then(|w| w.default_cwd),
+            Err(e) => {
+                tracing::debug!(workspace = workspace_id, error = %e, "no workspace directory");
+                None
+            }
+        }
     }
 
     async fn store<T: serde::de::DeserializeOwned>(&self, request: &StoreRequest) -> Result<T, Error> {
@@ -511,15 +527,25 @@ impl Session {
             Err(e) if e.code() == "not_found" => return Err(Error::new("unknown_model", e.message())),
             Err(e) => return Err(Error::new(e.code(), format!("cannot resolve the model: {}", e.message()))),
         };
-        let asked_cwd = request.cwd.as_deref().map(str::trim).filter(|c| !c.is_empty()).map(PathBuf::from);
-        let cwd =
-            self.resolve_cwd(request.cwd.as_deref(), details.as_ref().and_then(|d| d.cwd.as_deref()))?;
+        // A conversation's workspace is fixed when it is created (later
+        // `workspaceId`s are ignored), and known before its cwd is resolved.
+        let workspace_id = match &details {
+            Some(d) => d.meta.workspace_id.clone(),
+            None => {
+                let asked = request.workspace_id.as_deref().map(str::trim).filter(|w| !w.is_empty());
+                let id = asked.unwrap_or(DEFAULT_WORKSPACE);
+                if !is_valid_slug(id) {
+                    return Err(invalid(format!("Invalid workspaceId {id:?}: {SLUG_RULE}")));
+                }
+                id.to_owned()
+            }
+        };
+        // Kept as sent (WIRE.md): a relative one follows its workspace.
+        let asked_cwd = request.cwd.as_deref().map(str::trim).filter(|c| !c.is_empty()).map(str::to_owned);
+        let cwd = self
+            .resolve_cwd(asked_cwd.as_deref(), details.as_ref().and_then(|d| d.cwd.as_deref()), &workspace_id)
+            .await?;
         let effort = request.reasoning_effort.or_else(|| details.as_ref().and_then(|d| d.reasoning_effort));
-        let workspace_id = details
-            .as_ref()
-            .map(|d| d.meta.workspace_id.clone())
-            .or_else(|| request.workspace_id.clone())
-            .unwrap_or_else(|| "default".to_owned());
 
         // Refusable checks are done: from here on the turn happens.
         let mut chunks = vec![Chunk::text(message.clone())];
@@ -540,7 +566,7 @@ impl Session {
             conversation_id: conversation_id.to_owned(),
             status: Some(ConversationStatus::Active),
             model: asked_model.map(Some),
-            cwd: asked_cwd.map(|_| Some(cwd.to_string_lossy().into_owned())),
+            cwd: asked_cwd.map(Some),
             reasoning_effort: request.reasoning_effort.map(Some),
             workspace_id: details.is_none().then(|| workspace_id.clone()),
             ..MetaUpdate::default()
@@ -890,9 +916,15 @@ impl Session {
             status: Some(status),
             ..MetaUpdate::default()
         };
-        if let Err(e) = self.host.call(&STORE, &StoreRequest::Update(update)).await {
-            tracing::warn!(error = %e, conversation = %conversation_id, "cannot save the conversation's status");
-        }
+        // The status is announced with the workspace the conversation is in
+        // now: a workspace deleted meanwhile moved it to `default`.
+        let workspace_id = match self.host.call(&STORE, &StoreRequest::Update(update)).await {
+            Ok(v) => serde_json::from_value::<Details>(v).map_or(workspace_id, |d| d.meta.workspace_id),
+            Err(e) => {
+                tracing::warn!(error = %e, conversation = %conversation_id, "cannot save the conversation's status");
+                workspace_id
+            }
+        };
         // Keep the history for the next turn when every save landed. It is
         // what the store would answer because every saved step pairs each
         // tool call with its result (the kernel's guarantee), so the

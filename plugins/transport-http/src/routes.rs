@@ -177,6 +177,9 @@ fn absent_feature(segments: &[&str]) -> Option<&'static str> {
         ["chat"] | ["conversations"] => "Session service",
         ["chat", "warm"] => "Warm service",
         ["settings", "vision"] => "Vision settings",
+        ["workspaces"]
+        | ["workspaces", _]
+        | ["workspaces", _, "title" | "default-cwd" | "default-computer" | "star"] => "Workspaces",
         ["conversations", _]
         | ["conversations", _, "metrics" | "status" | "last" | "stop" | "close" | "open" | "queue" | "title"]
         | ["conversations", _, "model" | "cwd" | "reasoning-effort"]
