@@ -63,6 +63,38 @@ enum PluginsAction {
     },
 }
 
+#[derive(Subcommand)]
+enum WorkspacesAction {
+    /// Every workspace, most recently active first (`*`: starred).
+    List,
+    /// One workspace, whole.
+    Show {
+        /// Its id (slug).
+        id: String,
+    },
+    /// Retitle a workspace (created if missing).
+    Rename {
+        /// Its id (slug).
+        id: String,
+        /// The new title.
+        title: String,
+    },
+    /// Set a workspace's default directory (created if missing); without
+    /// DIR, clear it.
+    SetCwd {
+        /// Its id (slug).
+        id: String,
+        /// The directory, on the server's machine (not checked).
+        dir: Option<String>,
+    },
+    /// Delete a workspace: its conversations are closed (a running turn
+    /// aborted) and moved to `default`.
+    Delete {
+        /// Its id (slug).
+        id: String,
+    },
+}
+
 /// Where the server is.
 #[derive(clap::Args, Clone)]
 struct Remote {
@@ -163,6 +195,10 @@ enum Command {
         /// Continue this conversation (default: a new one).
         #[arg(long, short)]
         conversation: Option<String>,
+        /// The workspace a new conversation is created in (default:
+        /// `default`); its default directory applies unless --cwd is given.
+        #[arg(long, short)]
+        workspace: Option<String>,
         /// The tools' working directory (default for a new conversation on
         /// a server on this machine: this directory; else the
         /// conversation's, else the server's).
@@ -200,6 +236,9 @@ enum Command {
         /// Queue it for the running turn (or start one if none runs).
         #[arg(long)]
         queue: bool,
+        /// Find ID among this workspace's conversations.
+        #[arg(long, short)]
+        workspace: Option<String>,
         /// Ask the web frontend to open the conversation.
         #[arg(long)]
         open: bool,
@@ -235,6 +274,9 @@ enum Command {
         /// Every status, closed ones included.
         #[arg(long)]
         all: bool,
+        /// Only this workspace's.
+        #[arg(long, short)]
+        workspace: Option<String>,
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
@@ -272,6 +314,18 @@ enum Command {
         /// The model that summarizes (default: the conversation's).
         #[arg(long, short)]
         model: Option<String>,
+    },
+    /// Workspaces: list them (the default), or show, rename, set the
+    /// default directory of, or delete one.
+    Workspaces {
+        /// The server's URL.
+        #[arg(long, global = true, env = "DISPATCH_SERVER", default_value = client::DEFAULT_SERVER)]
+        server: String,
+        /// Print the server's JSON (a list: one workspace per line).
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        action: Option<WorkspacesAction>,
     },
     /// Ask the web frontend to open a conversation.
     Open {
@@ -605,6 +659,7 @@ fn client_command(runtime: &tokio::runtime::Runtime, command: Command) -> client
             model,
             text,
             conversation,
+            workspace,
             cwd,
             effort,
             file,
@@ -618,14 +673,16 @@ fn client_command(runtime: &tokio::runtime::Runtime, command: Command) -> client
                 Some(c) => Some(runtime.block_on(client::resolve(&server, &c))?),
                 None => None,
             };
+            // A new conversation on this machine starts here, unless a
+            // workspace was named: its default directory then applies.
             let cwd = match (cwd, &conversation) {
                 (Some(dir), _) => Some(client::check_dir(&dir)?),
-                (None, None) => client::default_cwd(&server),
-                (None, Some(_)) => None,
+                (None, None) if workspace.is_none() => client::default_cwd(&server),
+                (None, _) => None,
             };
             let style = client::render::Style::detect(show_reasoning);
             let mut request =
-                client::TurnRequest { conversation, message: String::new(), model, cwd, effort };
+                client::TurnRequest { conversation, message: String::new(), model, cwd, effort, workspace };
             let piped = text.is_none() && file.is_empty() && !std::io::stdin().is_terminal();
             if text.is_none() && file.is_empty() && !piped {
                 return client::interactive::run(runtime, &server, request, style);
@@ -644,21 +701,45 @@ fn client_command(runtime: &tokio::runtime::Runtime, command: Command) -> client
             let (ending, _, interrupted) = runtime.block_on(client::run_turn(&server, &request, show))?;
             Ok(client::turn_code(ending, interrupted))
         }
-        Command::Send { remote, id, text, file, queue, open, cwd, effort, show_reasoning, json } => {
+        Command::Send {
+            remote,
+            id,
+            text,
+            file,
+            queue,
+            workspace,
+            open,
+            cwd,
+            effort,
+            show_reasoning,
+            json,
+        } => {
             let server = client::server(&remote.server)?;
             let cwd = cwd.as_deref().map(client::check_dir).transpose()?;
             let message = client::compose(text.as_deref(), &file)?;
             let show = client::Show { json, style: client::render::Style::detect(show_reasoning), open };
-            runtime.block_on(client::send(&server, &id, message, queue, show, cwd, effort))
+            let request = client::SendRequest { id, message, queue, cwd, effort, workspace };
+            runtime.block_on(client::send(&server, request, show))
         }
         Command::Read { remote, id } => runtime.block_on(client::read(&client::server(&remote.server)?, &id)),
-        Command::List { remote, prefix, status, all, json } => runtime.block_on(client::list(
+        Command::List { remote, prefix, status, all, workspace, json } => runtime.block_on(client::list(
             &client::server(&remote.server)?,
             prefix.as_deref(),
             status.as_deref(),
+            workspace.as_deref(),
             all,
             json,
         )),
+        Command::Workspaces { server, json, action } => {
+            let action = match action.unwrap_or(WorkspacesAction::List) {
+                WorkspacesAction::List => client::WorkspaceAction::List,
+                WorkspacesAction::Show { id } => client::WorkspaceAction::Show(id),
+                WorkspacesAction::Rename { id, title } => client::WorkspaceAction::Rename(id, title),
+                WorkspacesAction::SetCwd { id, dir } => client::WorkspaceAction::SetCwd(id, dir),
+                WorkspacesAction::Delete { id } => client::WorkspaceAction::Delete(id),
+            };
+            runtime.block_on(client::workspaces(&client::server(&server)?, action, json))
+        }
         Command::Stop { remote, id } => runtime.block_on(client::stop(&client::server(&remote.server)?, &id)),
         Command::History { remote, id, since, json } => {
             runtime.block_on(client::history(&client::server(&remote.server)?, &id, since, json))

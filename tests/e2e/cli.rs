@@ -279,3 +279,62 @@ fn plugins_json_from_a_running_server_lists_the_registrations_with_hook_prioriti
         .any(|r| r["kind"] == "service" && r["name"] == "store" && r["plugin"] == "store-sqlite"));
     assert!(v["plugins"].as_array().unwrap().len() >= 17);
 }
+
+/// `dispatch workspaces` and `--workspace` on `chat`, `send` and `list`.
+#[test]
+fn workspaces_from_the_command_line() {
+    let cfg = product_config(LOOPBACK);
+    let s = Server::start(&cfg);
+    let dir = tempfile::tempdir().unwrap();
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, "hello from the workspace").unwrap();
+    let dir_text = dir.path().display().to_string();
+
+    let made = client(&s, &["workspaces", "set-cwd", "team", &dir_text]);
+    assert_eq!(made.code(), 0, "{}", made.stderr);
+    assert!(made.stdout.starts_with("team\n"), "{}", made.stdout);
+    assert!(made.stdout.contains(&format!("default cwd:      {dir_text}")), "{}", made.stdout);
+    let renamed = client(&s, &["workspaces", "rename", "team", "The Team"]);
+    assert!(renamed.stdout.contains("title:            The Team"), "{}", renamed.stdout);
+
+    // A new conversation in the workspace runs in its directory (no
+    // --cwd: the caller's directory is not sent then).
+    let chat = client(&s, &["chat", "--text", "read the notes", "-c", "t1", "--workspace", "team"]);
+    assert_eq!(chat.code(), 0, "{}", chat.stderr);
+    assert!(chat.stderr.contains("hello from the workspace"), "{}", chat.stderr);
+    let other = client(&s, &["chat", "--text", "hi", "-c", "t2"]);
+    assert_eq!(other.code(), 0, "{}", other.stderr);
+
+    let listed = client(&s, &["list", "--workspace", "team"]);
+    let ids: Vec<&str> = listed.stdout.lines().map(|l| l.split_whitespace().next().unwrap()).collect();
+    assert_eq!(ids, ["t1"], "{}", listed.stdout);
+    // `send --workspace` finds the id among that workspace's only.
+    let sent = client(&s, &["send", "t", "--workspace", "team", "--text", "hi again"]);
+    assert_eq!(sent.code(), 0, "{}", sent.stderr);
+    let missing = client(&s, &["send", "t2", "--workspace", "team", "--text", "x"]);
+    assert_eq!(missing.code(), 2, "{}", missing.stderr);
+    assert!(missing.stderr.contains("no conversation of workspace \"team\""), "{}", missing.stderr);
+
+    let all = client(&s, &["workspaces"]);
+    let first = all.stdout.lines().next().unwrap();
+    assert!(first.starts_with(" team") && first.contains("   1 conv"), "most recent first: {}", all.stdout);
+    assert!(all.stdout.lines().any(|l| l.trim_start().starts_with("default")), "{}", all.stdout);
+    let json: Vec<Value> = client(&s, &["workspaces", "--json"])
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let team = json.iter().find(|w| w["id"] == "team").unwrap();
+    assert_eq!((team["title"].as_str(), team["conversationCount"].as_u64()), (Some("The Team"), Some(1)));
+
+    let bad = client(&s, &["workspaces", "show", "Not_A_Slug"]);
+    assert_ne!(bad.code(), 0);
+    let deleted = client(&s, &["workspaces", "delete", "team"]);
+    assert_eq!(deleted.code(), 0, "{}", deleted.stderr);
+    assert_eq!(deleted.stdout, "deleted workspace team: 1 conversations closed and moved to default\n");
+    let refused = client(&s, &["workspaces", "delete", "default"]);
+    assert_ne!(refused.code(), 0);
+    assert!(refused.stderr.contains("The \"default\" workspace cannot be deleted"), "{}", refused.stderr);
+    let cleared = client(&s, &["workspaces", "set-cwd", "spare"]);
+    assert!(cleared.stdout.contains("default cwd:      -"), "{}", cleared.stdout);
+}

@@ -121,8 +121,25 @@ pub async fn resolve_existing(server: &Server, id: &str) -> Result<String, Failu
         .ok_or_else(|| usage(format!("no conversation is {id:?} or starts with it (see `dispatch list`)")))
 }
 
+/// [`resolve_existing`] among one workspace's conversations.
+pub async fn resolve_existing_in(
+    server: &Server,
+    id: &str,
+    workspace: Option<&str>,
+) -> Result<String, Failure> {
+    let Some(w) = workspace else { return resolve_existing(server, id).await };
+    matching_in(server, id, Some(w)).await?.ok_or_else(|| {
+        usage(format!("no conversation of workspace {w:?} is {id:?} or starts with it (see `dispatch list --workspace {w}`)"))
+    })
+}
+
 async fn matching(server: &Server, id: &str) -> Result<Option<String>, Failure> {
-    let answer = server.json("GET", &format!("/conversations?q={}", encode(id)), None).await?;
+    matching_in(server, id, None).await
+}
+
+async fn matching_in(server: &Server, id: &str, workspace: Option<&str>) -> Result<Option<String>, Failure> {
+    let scope = workspace.map(|w| format!("&workspaceId={}", encode(w))).unwrap_or_default();
+    let answer = server.json("GET", &format!("/conversations?q={}{scope}", encode(id)), None).await?;
     let ids: Vec<&str> = answer["conversations"]
         .as_array()
         .map(|a| a.iter().filter_map(|c| c["id"].as_str()).collect())
@@ -158,6 +175,9 @@ pub struct TurnRequest {
     pub cwd: Option<String>,
     /// Reasoning effort.
     pub effort: Option<String>,
+    /// The workspace a new conversation is created in (ignored for an
+    /// existing one: a conversation's workspace is fixed when it starts).
+    pub workspace: Option<String>,
 }
 
 /// How to show a turn.
@@ -199,7 +219,12 @@ pub async fn run_turn(
     // the server answered can still stop its turn.
     let conversation = request.conversation.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let mut body = json!({"message": request.message, "conversationId": conversation});
-    for (k, v) in [("model", &request.model), ("cwd", &request.cwd), ("reasoningEffort", &request.effort)] {
+    for (k, v) in [
+        ("model", &request.model),
+        ("cwd", &request.cwd),
+        ("reasoningEffort", &request.effort),
+        ("workspaceId", &request.workspace),
+    ] {
         if let Some(v) = v {
             body[k] = json!(v);
         }
@@ -319,12 +344,16 @@ pub async fn list(
     server: &Server,
     prefix: Option<&str>,
     status: Option<&str>,
+    workspace: Option<&str>,
     all: bool,
     as_json: bool,
 ) -> Outcome {
     let mut query = Vec::new();
     if let Some(p) = prefix {
         query.push(format!("q={}", encode(p)));
+    }
+    if let Some(w) = workspace {
+        query.push(format!("workspaceId={}", encode(w)));
     }
     match (all, status) {
         (true, _) => {}
@@ -469,18 +498,28 @@ pub fn history_line(c: &Value) -> String {
     format!("#{seq} {role}: {body}")
 }
 
+/// What `dispatch send` sends.
+#[derive(Debug, Clone, Default)]
+pub struct SendRequest {
+    /// The conversation: an id or a unique prefix of one.
+    pub id: String,
+    /// The message.
+    pub message: String,
+    /// Leave it for the running turn.
+    pub queue: bool,
+    /// The tools' working directory.
+    pub cwd: Option<String>,
+    /// Reasoning effort.
+    pub effort: Option<String>,
+    /// Look for `id` among this workspace's conversations only.
+    pub workspace: Option<String>,
+}
+
 /// `dispatch send <id>`: another message to an existing conversation —
 /// streamed like `chat`, or with `--queue` left for its running turn.
-pub async fn send(
-    server: &Server,
-    id: &str,
-    message: String,
-    queue: bool,
-    show: Show,
-    cwd: Option<String>,
-    effort: Option<String>,
-) -> Outcome {
-    let id = resolve_existing(server, id).await?;
+pub async fn send(server: &Server, request: SendRequest, show: Show) -> Outcome {
+    let SendRequest { id, message, queue, cwd, effort, workspace } = request;
+    let id = resolve_existing_in(server, &id, workspace.as_deref()).await?;
     if show.open {
         server.json("POST", &format!("/conversations/{id}/open"), None).await?;
     }
@@ -496,9 +535,102 @@ pub async fn send(
         }
         return Ok(exit::OK);
     }
-    let request = TurnRequest { conversation: Some(id), message, model: None, cwd, effort };
+    let request = TurnRequest { conversation: Some(id), message, model: None, cwd, effort, workspace: None };
     let (ending, _, interrupted) = run_turn(server, &request, Show { open: false, ..show }).await?;
     Ok(turn_code(ending, interrupted))
+}
+
+/// What `dispatch workspaces` does.
+#[derive(Debug, Clone)]
+pub enum WorkspaceAction {
+    /// Every workspace.
+    List,
+    /// One, whole.
+    Show(String),
+    /// Retitle one (created if missing).
+    Rename(String, String),
+    /// Set (`Some`) or clear its default directory.
+    SetCwd(String, Option<String>),
+    /// Delete one, closing its conversations.
+    Delete(String),
+}
+
+fn workspace_line(w: &Value, now: u64) -> String {
+    let star = if w["starred"].as_bool() == Some(true) { "*" } else { " " };
+    let count = w["conversationCount"].as_u64().map(|n| format!("{n:>4} conv")).unwrap_or_default();
+    let active = match w["lastActivityAt"].as_u64() {
+        Some(0) | None => "never".to_owned(),
+        Some(t) => ago(now.saturating_sub(t)),
+    };
+    let cwd = w["defaultCwd"].as_str().map(|c| format!("  {c}")).unwrap_or_default();
+    format!(
+        "{star}{:<24} {count}  {active:>9}  {}{cwd}",
+        w["id"].as_str().unwrap_or_default(),
+        w["title"].as_str().unwrap_or_default()
+    )
+}
+
+/// `dispatch workspaces`.
+pub async fn workspaces(server: &Server, action: WorkspaceAction, as_json: bool) -> Outcome {
+    let path = |id: &str, rest: &str| format!("/workspaces/{}{rest}", encode(id));
+    let answer = match &action {
+        WorkspaceAction::List => server.json("GET", "/workspaces", None).await?,
+        WorkspaceAction::Show(id) => server.json("GET", &path(id, ""), None).await?,
+        WorkspaceAction::Rename(id, title) => {
+            server.json("PUT", &path(id, "/title"), Some(&json!({ "title": title }))).await?
+        }
+        WorkspaceAction::SetCwd(id, dir) => {
+            server.json("PUT", &path(id, "/default-cwd"), Some(&json!({ "defaultCwd": dir }))).await?
+        }
+        WorkspaceAction::Delete(id) => server.json("DELETE", &path(id, ""), None).await?,
+    };
+    if as_json {
+        match &action {
+            WorkspaceAction::List => {
+                for w in answer["workspaces"].as_array().into_iter().flatten() {
+                    if !say(&w.to_string()) {
+                        break;
+                    }
+                }
+            }
+            _ => {
+                say(&answer.to_string());
+            }
+        }
+        return Ok(exit::OK);
+    }
+    let now = now_ms();
+    match action {
+        WorkspaceAction::List => {
+            for w in answer["workspaces"].as_array().into_iter().flatten() {
+                if !say(workspace_line(w, now).trim_end()) {
+                    break;
+                }
+            }
+        }
+        WorkspaceAction::Delete(id) => {
+            say(&format!(
+                "deleted workspace {id}: {} conversations closed and moved to default",
+                answer["closedCount"]
+            ));
+        }
+        WorkspaceAction::Show(_) | WorkspaceAction::Rename(..) | WorkspaceAction::SetCwd(..) => {
+            let field = |k: &str| match &answer[k] {
+                Value::Null => "-".to_owned(),
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            say(&format!(
+                "{}\n  title:            {}\n  default cwd:      {}\n  default computer: {}\n  starred:          {}",
+                field("id"),
+                field("title"),
+                field("defaultCwd"),
+                field("defaultComputerId"),
+                field("starred")
+            ));
+        }
+    }
+    Ok(exit::OK)
 }
 
 /// `dispatch plugins --server`: a running server's plugins.

@@ -131,7 +131,7 @@ struct CwdBody {
     #[schemars(pattern(r"\S"))]
     cwd: String,
     /// Move the conversation to this workspace (created if missing).
-    #[serde(default)]
+    #[schemars(pattern(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$"))]
     workspace_id: Option<String>,
 }
 

@@ -126,8 +126,15 @@ fn op(summary: &str, id: &str) -> Operation {
     Operation::new(summary).id(id).tag("workspaces")
 }
 
+/// A workspace slug, as JSON Schema.
+const SLUG_PATTERN: &str = "^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$";
+
 fn with_id(o: Operation) -> Operation {
-    o.path_param("id", "The workspace's slug (1–40 of a-z 0-9 -, no hyphen at either end)")
+    o.path_param_with(
+        "id",
+        "The workspace's slug (1–40 of a-z 0-9 -, no hyphen at either end)",
+        json!({"type": "string", "pattern": SLUG_PATTERN}),
+    )
 }
 
 /// A route whose handler runs on the plugin's runtime with the host.
@@ -185,9 +192,8 @@ fn routes(host: &Host, runner: &Runner) -> Vec<Route> {
         .operation(
             with_id(op("Create a workspace if it does not exist", "ensureWorkspace"))
                 .body_with(
-                    object_body(
-                        json!({"title": {"type": "string"}, "defaultCwd": {"type": ["string", "null"]}}),
-                    ),
+                    json!({"description": "Optional `{title?: string, defaultCwd?: string | null}`, used only \
+                        when the workspace is created; anything else (or no body) counts as `{}`"}),
                     false,
                 )
                 .returns::<Workspace>(200, "The workspace (an existing one unchanged)")
@@ -225,7 +231,11 @@ fn routes(host: &Host, runner: &Runner) -> Vec<Route> {
         })
         .operation(
             with_id(op("Rename a workspace (created if missing)", "setWorkspaceTitle"))
-                .body_with(object_body(json!({"title": {"type": "string", "minLength": 1}})), true)
+                .body_with(
+                    json!({"type": "object", "required": ["title"],
+                           "properties": {"title": {"type": "string", "pattern": "\\S"}}}),
+                    true,
+                )
                 .returns::<Workspace>(200, "The workspace")
                 .error(400, &["invalid_slug", "invalid_body"]),
         ),
@@ -245,7 +255,10 @@ fn routes(host: &Host, runner: &Runner) -> Vec<Route> {
                 "setWorkspaceDefaultCwd",
             ))
             .description("A non-empty string sets it; anything else clears it. Not checked as a path.")
-            .body_with(object_body(json!({"defaultCwd": {"type": ["string", "null"]}})), true)
+            .body_with(
+                object_body(json!({"defaultCwd": {"description": "A non-empty string sets it; anything else clears it"}})),
+                true,
+            )
             .returns::<Workspace>(200, "The workspace")
             .error(400, &["invalid_slug", "invalid_body"]),
         ),
@@ -265,7 +278,10 @@ fn routes(host: &Host, runner: &Runner) -> Vec<Route> {
                 "setWorkspaceDefaultComputer",
             ))
             .description("A non-empty string (an SSH alias, not checked) sets it; anything else clears it.")
-            .body_with(object_body(json!({"computerId": {"type": ["string", "null"]}})), true)
+            .body_with(
+                object_body(json!({"computerId": {"description": "A non-empty string sets it; anything else clears it"}})),
+                true,
+            )
             .returns::<Workspace>(200, "The workspace")
             .error(400, &["invalid_slug", "invalid_body"]),
         ),
