@@ -97,6 +97,28 @@ impl Route {
         }
     }
 
+    /// [`Route::new`] whose handler runs on the plugin's own runtime
+    /// (`runner`), for handlers that need tokio (timers, the plugin's
+    /// tasks); a runner that is stopping answers `unavailable`.
+    #[cfg(feature = "runtime")]
+    pub fn on_runtime<F, Fut>(
+        runner: &dispatch_abi::runtime::Runner,
+        method: HttpMethod,
+        path: &str,
+        handler: F,
+    ) -> Route
+    where
+        F: Fn(HttpRequest) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = RouteResult> + Send + 'static,
+    {
+        let (runner, handler) = (runner.clone(), Arc::new(handler));
+        Route::new(method, path, move |req| {
+            let handler = Arc::clone(&handler);
+            let answer = runner.run(async move { Ok(handler(req).await) });
+            async move { answer.await.unwrap_or_else(|e| Err(problem(e))) }
+        })
+    }
+
     /// Describe it for the server's OpenAPI document.
     pub fn operation(mut self, operation: crate::openapi::Operation) -> Route {
         let (operation, schemas) = operation.into_parts();

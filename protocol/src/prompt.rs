@@ -19,6 +19,16 @@ pub enum PromptRequest {
     },
     /// The variables a template may use; answers [`Variables`].
     Variables,
+    /// Render `template` with this context's values (what a turn's prompt
+    /// would be if `template` were the global one); answers [`Template`].
+    /// For a plugin that prompts a model with a template of its own (a
+    /// heartbeat's system and task prompts).
+    Render {
+        /// The template.
+        template: String,
+        /// The conversation, model and directory its variables describe.
+        context: crate::session::PromptContext,
+    },
 }
 
 /// The template — the `GET`/`PUT /system-prompt` body.

@@ -21,6 +21,8 @@ pub const SCRIPT: &str = r#"{"replies": [
   {"match": "^read", "steps": [
     {"toolCalls": [{"name": "read_file", "input": {"path": "notes.txt"}}], "usage": {"inputTokens": 30, "outputTokens": 5}},
     {"text": "The notes say hello.", "usage": {"inputTokens": 60, "outputTokens": 6}}]},
+  {"match": "^slow heartbeat", "steps": [
+    {"text": "beat beat beat beat beat beat beat beat", "chunkChars": 4, "delayMs": 300}]},
   {"match": "^slow", "steps": [
     {"text": "one two three four five six seven eight nine ten eleven twelve", "chunkChars": 4, "delayMs": 150}]},
   {"match": "^shell started", "steps": [

@@ -11,6 +11,7 @@ mod bus;
 mod cli;
 mod compaction;
 mod external;
+mod heartbeat;
 mod http;
 mod lifecycle;
 mod loading;

@@ -54,6 +54,11 @@ const WIRE: &[(&str, &str, &str)] = &[
     ("PUT", "/workspaces/{id}/default-computer", "workspaces"),
     ("PUT", "/workspaces/{id}/star", "workspaces"),
     ("DELETE", "/workspaces/{id}/star", "workspaces"),
+    ("GET", "/workspaces/{id}/heartbeat", "heartbeat"),
+    ("PUT", "/workspaces/{id}/heartbeat", "heartbeat"),
+    ("GET", "/workspaces/{id}/heartbeat/runs", "heartbeat"),
+    ("GET", "/workspaces/{id}/heartbeat/next-run", "heartbeat"),
+    ("POST", "/workspaces/{id}/heartbeat/runs/{runId}/stop", "heartbeat"),
 ];
 
 /// `(METHOD, path, plugin)` of every operation of a document.

@@ -603,3 +603,58 @@ fn postgresql_restarted_under_load_gives_clear_errors_then_recovers_without_rest
         }
     });
 }
+
+/// Two hosts that both know a workspace's heartbeat (the second started
+/// after it was enabled) run it once per interval between them, never
+/// twice at once: a run claims the workspace's heartbeat in the cluster.
+#[test]
+fn two_hosts_run_one_heartbeat_once_per_interval() {
+    let schema = Schema::new();
+    let store = format!("url = {:?}\nschema = {:?}\n", url(), schema.name);
+    let config = || {
+        product_config_on(
+            LOOPBACK,
+            LOOPBACK,
+            &[("libdispatch_plugin_heartbeat.so", "minute_ms = 300".to_owned())],
+            Some(("libdispatch_plugin_store_postgres.so", store.clone())),
+        )
+    };
+    let (cfg_a, cfg_b) = (config(), config());
+    let a = Server::start(&cfg_a);
+    let hb = json!({"enabled": true, "intervalMinutes": 1, "taskPrompt": "hello"}).to_string();
+    let put = crate::http::send("PUT", &format!("{}/workspaces/shared/heartbeat", a.base), Some(&hb), &[]);
+    assert_eq!(put.status, 200, "{}", put.text);
+    let b = Server::start(&cfg_b);
+    let runs = || {
+        get(&format!("{}/workspaces/shared/heartbeat/runs", b.base)).body["runs"].as_array().unwrap().clone()
+    };
+    poll("four runs", || runs().len() >= 4);
+    let off = crate::http::send(
+        "PUT",
+        &format!("{}/workspaces/shared/heartbeat", a.base),
+        Some(r#"{"enabled": false}"#),
+        &[],
+    );
+    assert_eq!(off.status, 200);
+    let all = runs();
+    let times: Vec<chrono_free::Ms> =
+        all.iter().map(|r| chrono_free::ms(r["triggeredAt"].as_str().unwrap())).collect();
+    for pair in times.windows(2) {
+        assert!(
+            pair[0] - pair[1] >= 250,
+            "two runs {} ms apart (an interval is 300 ms): {all:?}",
+            pair[0] - pair[1]
+        );
+    }
+}
+
+/// ISO-8601 `YYYY-MM-DDTHH:MM:SS.mmmZ` of one day to ms since midnight
+/// (enough to compare runs a few seconds apart).
+mod chrono_free {
+    pub type Ms = i64;
+    pub fn ms(iso: &str) -> Ms {
+        let t = &iso[11..23];
+        let n = |r: std::ops::Range<usize>| t[r].parse::<i64>().unwrap();
+        ((n(0..2) * 60 + n(3..5)) * 60 + n(6..8)) * 1000 + n(9..12)
+    }
+}

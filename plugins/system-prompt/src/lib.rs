@@ -405,6 +405,11 @@ impl Plugin for SystemPrompt {
             PromptRequest::Get => to_value(&Template { template: p.template() }),
             PromptRequest::Set { template } => to_value(&Template { template: p.set_template(template)? }),
             PromptRequest::Variables => to_value(&Variables { variables: vars::catalog() }),
+            PromptRequest::Render { template, context } => {
+                let roots = p.roots_for(&context);
+                let rendered = template::render(&template, &mut vars::Vars::new(&context, &roots));
+                to_value(&Template { template: rendered })
+            }
             _ => Err(Error::new("unsupported", "this system-prompt does not know that op")),
         })?;
         serve_routes(&host, &prompts)?;

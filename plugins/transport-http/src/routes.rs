@@ -10,6 +10,7 @@ use dispatch_abi::{codes, Host};
 use dispatch_contracts::cluster::{ClusterRequest, Member, CLUSTER};
 use dispatch_contracts::http::HttpMethod;
 use dispatch_contracts::plugins::PLUGINS;
+use dispatch_contracts::protocol::heartbeat::HeartbeatConfig;
 use dispatch_contracts::session::WireVersion;
 use dispatch_contracts::store::{StoreRequest, STORE};
 use http_body_util::{BodyExt as _, StreamBody};
@@ -131,6 +132,16 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Reply {
         Ok(reply) => return reply,
         Err(req) => req,
     };
+    // Without the heartbeat plugin, WIRE.md has its reads answer "nothing
+    // scheduled" (the frontend shows the defaults) and its writes `503`.
+    if method == Method::GET {
+        match segments.as_slice() {
+            ["workspaces", _, "heartbeat"] => return ok(&HeartbeatConfig::default()),
+            ["workspaces", _, "heartbeat", "runs"] => return ok(&json!({"runs": []})),
+            ["workspaces", _, "heartbeat", "next-run"] => return ok(&json!({"nextRunAt": null})),
+            _ => {}
+        }
+    }
     if let Some(feature) = absent_feature(&segments) {
         return Err(Failure::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -177,6 +188,9 @@ fn absent_feature(segments: &[&str]) -> Option<&'static str> {
         ["chat"] | ["conversations"] => "Session service",
         ["chat", "warm"] => "Warm service",
         ["settings", "vision"] => "Vision settings",
+        ["workspaces", _, "heartbeat"] | ["workspaces", _, "heartbeat", "runs", _, "stop"] => {
+            "Heartbeat service"
+        }
         ["workspaces"]
         | ["workspaces", _]
         | ["workspaces", _, "title" | "default-cwd" | "default-computer" | "star"] => "Workspaces",

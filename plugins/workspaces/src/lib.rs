@@ -18,8 +18,6 @@
 //! `defaultCwd` by asking the store itself, so it works without this
 //! plugin; without it these routes answer `503`.
 
-use std::sync::Arc;
-
 use dispatch_abi::runtime::{PluginRuntime, Runner};
 use dispatch_abi::{codes, Context, Error, Host, Plugin, PluginManifest};
 use dispatch_contracts::http::{self, problem, HttpMethod, HttpRequest, HttpResponse, Problem, Route};
@@ -143,14 +141,8 @@ where
     F: Fn(Host, HttpRequest) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<HttpResponse, Problem>> + Send + 'static,
 {
-    let (host, runner, handler) = (host.clone(), runner.clone(), Arc::new(handler));
-    Route::new(method, path, move |req| {
-        let answer = runner.run({
-            let (host, handler) = (host.clone(), Arc::clone(&handler));
-            async move { Ok(handler(host, req).await) }
-        });
-        async move { answer.await.unwrap_or_else(|e| Err(problem(e))) }
-    })
+    let host = host.clone();
+    Route::on_runtime(runner, method, path, move |req| handler(host.clone(), req))
 }
 
 fn routes(host: &Host, runner: &Runner) -> Vec<Route> {

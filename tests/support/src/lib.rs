@@ -35,6 +35,7 @@ pub const BUNDLED_PLUGINS: &[&str] = &[
     "libdispatch_plugin_cache_warming.so",
     "libdispatch_plugin_vision.so",
     "libdispatch_plugin_workspaces.so",
+    "libdispatch_plugin_heartbeat.so",
     "libdispatch_plugin_transport_http.so",
     "libdispatch_plugin_transport_ws.so",
 ];
