@@ -11,9 +11,10 @@ use crate::wire::ReasoningEffort;
 /// The workspace a run's conversation is filed in.
 pub const HEARTBEAT_WORKSPACE: &str = "heartbeat";
 
-/// One workspace's heartbeat settings; the defaults when never set.
+/// One workspace's heartbeat settings; the defaults when never set (and
+/// for any field a stored config lacks).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct HeartbeatConfig {
     /// Whether the loop is armed.
     pub enabled: bool,

@@ -120,15 +120,22 @@ impl Heartbeat {
         Ok(self.value(format!("config:{ws}")).await?.unwrap_or_default())
     }
 
-    async fn save_config(&self, ws: &str, config: &HeartbeatConfig) -> Result<(), Error> {
+    /// Read, change and save workspace `ws`'s config under the write lock
+    /// (two changes at once must not lose one); answers the saved config.
+    async fn update_config(
+        &self,
+        ws: &str,
+        change: impl FnOnce(HeartbeatConfig) -> Result<HeartbeatConfig, Problem>,
+    ) -> Result<HeartbeatConfig, Problem> {
         let _guard = self.writes.lock().await;
-        self.put(format!("config:{ws}"), config).await?;
-        let mut index: Vec<String> = self.value(INDEX_KEY.into()).await?.unwrap_or_default();
+        let config = change(self.config(ws).await.map_err(problem)?)?;
+        self.put(format!("config:{ws}"), &config).await.map_err(problem)?;
+        let mut index: Vec<String> = self.value(INDEX_KEY.into()).await.map_err(problem)?.unwrap_or_default();
         if !index.iter().any(|w| w == ws) {
             index.push(ws.to_owned());
-            self.put(INDEX_KEY.into(), &index).await?;
+            self.put(INDEX_KEY.into(), &index).await.map_err(problem)?;
         }
-        Ok(())
+        Ok(config)
     }
 
     async fn runs(&self, ws: &str) -> Result<Vec<HeartbeatRun>, Error> {
@@ -158,22 +165,42 @@ impl Heartbeat {
             let mut slots = lock(&self.slots);
             let slot = slots.entry(ws.to_owned()).or_default();
             slot.generation += 1;
-            slot.next_at = Some(SystemTime::now() + delay);
+            slot.next_at = SystemTime::now().checked_add(delay);
             slot.generation
         };
-        let (me, ws) = (Arc::clone(self), ws.to_owned());
+        self.timer(ws.to_owned(), generation, delay);
+    }
+
+    /// [`Heartbeat::arm`] unless `ws` was re-armed or disarmed since the
+    /// timer of `generation` woke (a change made meanwhile wins).
+    fn rearm_if(self: &Arc<Self>, ws: &str, generation: u64, delay: Duration) {
+        let next = {
+            let mut slots = lock(&self.slots);
+            let slot = slots.entry(ws.to_owned()).or_default();
+            if slot.generation != generation {
+                return;
+            }
+            slot.generation += 1;
+            slot.next_at = SystemTime::now().checked_add(delay);
+            slot.generation
+        };
+        self.timer(ws.to_owned(), next, delay);
+    }
+
+    fn timer(self: &Arc<Self>, ws: String, generation: u64, delay: Duration) {
+        let me = Arc::clone(self);
         self.runner.spawn(async move {
             tokio::time::sleep(delay).await;
             let current = lock(&me.slots).get(&ws).is_some_and(|s| s.generation == generation);
-            if current {
-                if let Err(e) = me.fire(&ws).await {
-                    tracing::warn!(workspace = %ws, error = %e, "a heartbeat fire failed; trying again after the interval");
-                    if let Ok(config) = me.config(&ws).await {
-                        if config.enabled {
-                            me.arm(&ws, me.interval(&config));
-                        }
-                    }
-                }
+            if !current {
+                return;
+            }
+            if let Err(e) = me.fire(&ws, generation).await {
+                // The store may be away: try again (the fire reads
+                // `enabled` again), after the interval when it is known.
+                tracing::warn!(workspace = %ws, error = %e, "a heartbeat fire failed; trying again");
+                let delay = me.config(&ws).await.map_or(me.minute, |c| me.interval(&c));
+                me.rearm_if(&ws, generation, delay);
             }
         });
     }
@@ -192,37 +219,58 @@ impl Heartbeat {
         Ok(listing.conversations.iter().any(|c| c.workspace_id == ws))
     }
 
-    async fn fire(self: &Arc<Self>, ws: &str) -> Result<(), Error> {
+    /// The timer of `generation` woke: run, skip or give way.
+    async fn fire(self: &Arc<Self>, ws: &str, generation: u64) -> Result<(), Error> {
         let config = self.config(ws).await?;
         if !config.enabled {
-            self.disarm(ws);
             return Ok(());
         }
+        let interval = self.interval(&config);
         if config.inactive_only && self.busy(ws).await? {
             tracing::debug!(workspace = %ws, "the workspace is busy: heartbeat skipped");
-            self.arm(ws, self.interval(&config));
+            self.rearm_if(ws, generation, interval);
             return Ok(());
         }
-        // Several hosts on one store each keep a timer: the one that
-        // claims the workspace's heartbeat runs it, and none runs one
-        // sooner than an interval after the last (another host's too).
-        let interval = self.interval(&config);
+        // Several hosts on one store each keep a timer: none runs one
+        // sooner than an interval after the last (another host's too), and
+        // the one that claims the workspace's heartbeat runs it.
         if let Some(last) = self.runs(ws).await?.first() {
             let since = chrono::DateTime::parse_from_rfc3339(&last.triggered_at)
                 .ok()
                 .and_then(|t| SystemTime::now().duration_since(SystemTime::from(t)).ok())
                 .unwrap_or(interval);
-            if last.status == RunStatus::Running || since < interval {
-                self.arm(ws, interval.saturating_sub(since).max(interval / 10));
+            if since < interval {
+                self.rearm_if(ws, generation, interval.saturating_sub(since).max(interval / 10));
                 return Ok(());
             }
         }
         let run_id = uuid::Uuid::new_v4().to_string();
-        if !self.claim(ws, &run_id).await? {
+        // From here this fire is the run, unless a change came meanwhile.
+        {
+            let mut slots = lock(&self.slots);
+            let slot = slots.entry(ws.to_owned()).or_default();
+            if slot.generation != generation {
+                return Ok(());
+            }
+            slot.generation += 1;
+            slot.next_at = None;
+            slot.running = Some(run_id.clone());
+        }
+        let claimed = self.claim(ws, &run_id).await;
+        if !matches!(claimed, Ok(true)) {
+            if let Some(slot) = lock(&self.slots).get_mut(ws) {
+                if slot.running.as_deref() == Some(run_id.as_str()) {
+                    slot.running = None;
+                }
+            }
+            if let Err(e) = claimed {
+                tracing::warn!(workspace = %ws, error = %e, "cannot claim the heartbeat; trying again");
+            }
             self.arm(ws, interval);
             return Ok(());
         }
-        self.run(ws, config, run_id).await
+        self.run(ws, config, run_id).await;
+        Ok(())
     }
 
     /// The cluster's claim on `ws`'s heartbeat (granted at once without a
@@ -256,32 +304,41 @@ impl Heartbeat {
         }
     }
 
-    async fn run(self: &Arc<Self>, ws: &str, config: HeartbeatConfig, run_id: String) -> Result<(), Error> {
+    /// Run: a new conversation opened by the task prompt. Whatever fails
+    /// from here ends the run `stopped` (releasing the claim, arming the
+    /// next fire), so a failure never leaves the schedule stuck.
+    async fn run(self: &Arc<Self>, ws: &str, config: HeartbeatConfig, run_id: String) {
         let conversation_id = uuid::Uuid::new_v4().to_string();
-        let record = HeartbeatRun {
-            id: run_id.clone(),
-            conversation_id: conversation_id.clone(),
-            triggered_at: iso(SystemTime::now()),
-            status: RunStatus::Running,
-        };
-        self.change_runs(ws, |runs| runs.insert(0, record)).await?;
-        {
-            let mut slots = lock(&self.slots);
-            let slot = slots.entry(ws.to_owned()).or_default();
-            slot.generation += 1;
-            slot.next_at = None;
-            slot.running = Some(run_id.clone());
-        }
         let system_prompt = (!config.system_prompt.is_empty()).then(|| config.system_prompt.clone());
         lock(&self.in_flight).insert(
             conversation_id.clone(),
             InFlight { workspace: ws.to_owned(), run: run_id.clone(), system_prompt },
         );
+        if let Err(e) = self.start_run(ws, &config, &run_id, &conversation_id).await {
+            tracing::warn!(workspace = %ws, run = %run_id, error = %e, "the heartbeat run did not start");
+            self.finish(&conversation_id, RunStatus::Stopped).await;
+        }
+    }
+
+    async fn start_run(
+        &self,
+        ws: &str,
+        config: &HeartbeatConfig,
+        run_id: &str,
+        conversation_id: &str,
+    ) -> Result<(), Error> {
+        let record = HeartbeatRun {
+            id: run_id.to_owned(),
+            conversation_id: conversation_id.to_owned(),
+            triggered_at: iso(SystemTime::now()),
+            status: RunStatus::Running,
+        };
+        self.change_runs(ws, |runs| runs.insert(0, record)).await?;
         let workspace: Option<Workspace> =
             self.store(StoreRequest::GetWorkspace { id: ws.to_owned() }).await.unwrap_or(None);
         let cwd = workspace.as_ref().and_then(|w| w.default_cwd.clone());
         let context = PromptContext {
-            conversation_id: conversation_id.clone(),
+            conversation_id: conversation_id.to_owned(),
             model: config.model.clone(),
             cwd: cwd.clone(),
             default_cwd: None,
@@ -307,10 +364,7 @@ impl Heartbeat {
             .map(|request| SessionRequest::Chat { request })
             .map_err(|e| Error::new(codes::PLUGIN, e.to_string()))?;
         tracing::info!(workspace = %ws, run = %run_id, conversation = %conversation_id, "heartbeat run");
-        if let Err(e) = self.host.call(&SESSION, &chat).await {
-            tracing::warn!(workspace = %ws, run = %run_id, error = %e, "the heartbeat run's turn did not start");
-            self.finish(&conversation_id, RunStatus::Stopped).await;
-        }
+        self.host.call(&SESSION, &chat).await?;
         Ok(())
     }
 
@@ -340,8 +394,10 @@ impl Heartbeat {
         match self.config(&done.workspace).await {
             Ok(c) if c.enabled => self.arm(&done.workspace, self.interval(&c)),
             Ok(_) => {}
+            // The store is away: arm anyway; the fire reads the config again.
             Err(e) => {
-                tracing::warn!(workspace = %done.workspace, error = %e, "cannot read the heartbeat config")
+                tracing::warn!(workspace = %done.workspace, error = %e, "cannot read the heartbeat config");
+                self.arm(&done.workspace, self.minute);
             }
         }
     }
@@ -376,15 +432,23 @@ impl Heartbeat {
     async fn resume(self: &Arc<Self>) -> Result<(), Error> {
         let index: Vec<String> = self.value(INDEX_KEY.into()).await?.unwrap_or_default();
         for ws in index {
-            self.change_runs(&ws, |runs| {
-                for r in runs.iter_mut().filter(|r| r.status == RunStatus::Running) {
-                    r.status = RunStatus::Stopped;
+            // One workspace's trouble does not keep the others waiting.
+            let resumed = async {
+                self.change_runs(&ws, |runs| {
+                    for r in runs.iter_mut().filter(|r| r.status == RunStatus::Running) {
+                        r.status = RunStatus::Stopped;
+                    }
+                })
+                .await?;
+                self.config(&ws).await
+            };
+            match resumed.await {
+                Ok(config) if config.enabled => self.arm(&ws, self.interval(&config)),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(workspace = %ws, error = %e, "cannot resume this heartbeat; trying again");
+                    self.arm(&ws, self.minute);
                 }
-            })
-            .await?;
-            let config = self.config(&ws).await?;
-            if config.enabled {
-                self.arm(&ws, self.interval(&config));
             }
         }
         Ok(())
@@ -471,8 +535,7 @@ fn routes(h: &Arc<Heartbeat>) -> Vec<Route> {
         route(Put, "/workspaces/{id}/heartbeat", |h, req| {
             Box::pin(async move {
                 let ws = req.param("id").unwrap_or_default().to_owned();
-                let config = merge(h.config(&ws).await.map_err(problem)?, req.body.as_ref())?;
-                h.save_config(&ws, &config).await.map_err(problem)?;
+                let config = h.update_config(&ws, |old| merge(old, req.body.as_ref())).await?;
                 // Every change re-arms: the next fire an interval from now.
                 let running = lock(&h.slots).get(&ws).is_some_and(|s| s.running.is_some());
                 if !config.enabled {
@@ -594,11 +657,9 @@ impl Plugin for HeartbeatPlugin {
                     .run(async move {
                         let ws = deleted.workspace_id;
                         h.disarm(&ws);
-                        let mut config = h.config(&ws).await?;
-                        if config.enabled {
-                            config.enabled = false;
-                            h.save_config(&ws, &config).await?;
-                        }
+                        h.update_config(&ws, |config| Ok(HeartbeatConfig { enabled: false, ..config }))
+                            .await
+                            .map_err(|p| Error::new(codes::PLUGIN, p.message))?;
                         Ok(())
                     })
                     .await

@@ -146,7 +146,7 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Reply {
         return Err(Failure::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
-            format!("{feature} not available: its plugin is not loaded"),
+            format!("{feature} not available"),
         ));
     }
     let api = segments.first().is_some_and(|first| API_PREFIXES.contains(first));
