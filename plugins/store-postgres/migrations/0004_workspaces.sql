@@ -14,9 +14,12 @@ CREATE TABLE workspaces (
     last_activity_at    BIGINT NOT NULL
 );
 
--- The workspaces conversations already name.
+-- The workspaces conversations already name (those whose id is a slug:
+-- nothing else can be addressed by the workspace routes).
 INSERT INTO workspaces (id, title, created_at, last_activity_at)
     SELECT workspace_id, workspace_id, MIN(created_at), MAX(last_activity_at)
-    FROM conversations GROUP BY workspace_id;
+    FROM conversations
+    WHERE workspace_id ~ '^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$'
+    GROUP BY workspace_id;
 
 CREATE INDEX conversations_by_workspace ON conversations (workspace_id);

@@ -380,6 +380,51 @@ async fn a_database_created_by_the_first_schema_version_opens_and_migrates() {
     assert_eq!(s.append("old", Role::Assistant, None, &[text("after")]).await.unwrap(), vec![2]);
 }
 
+/// Schema 5 gives the workspaces conversations already named a row each
+/// (only slugs: nothing else is addressable), so an upgraded server's
+/// home page lists them.
+#[tokio::test]
+async fn an_upgrade_to_workspaces_lists_the_workspaces_conversations_were_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dispatch.db");
+    {
+        let first_four = dir.path().join("v4");
+        std::fs::create_dir_all(&first_four).unwrap();
+        for m in MIGRATOR.iter().take(4) {
+            let name = format!("{}_{}.sql", m.version, m.description.replace(' ', "_"));
+            std::fs::write(first_four.join(name), m.sql.as_ref()).unwrap();
+        }
+        let v4 = sqlx::migrate::Migrator::new(first_four.as_path()).await.unwrap();
+        use sqlx::Connection as _;
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        v4.run(&mut conn).await.unwrap();
+        for (id, ws, at) in
+            [("a1", "team-a", 10), ("a2", "team-a", 30), ("d1", "default", 20), ("x1", "Not A Slug", 40)]
+        {
+            sqlx::query("INSERT INTO conversations (id, created_at, last_activity_at, title, workspace_id) VALUES (?1, ?2, ?2, 't', ?3)")
+                .bind(id)
+                .bind(at)
+                .bind(ws)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+        conn.close().await.unwrap();
+    }
+    let s = Store::open(Options::new(&path)).await.unwrap();
+    let listed: Vec<(String, u64, u64)> = s
+        .workspaces()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| (w.workspace.id, w.conversation_count, w.workspace.last_activity_at))
+        .collect();
+    assert_eq!(listed, vec![("team-a".to_owned(), 2, 30), ("default".to_owned(), 1, 20)]);
+    let team = s.workspace("team-a").await.unwrap().unwrap();
+    assert_eq!((team.title.as_str(), team.created_at), ("team-a", 10));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_that_fails_in_the_database_fails_alone_and_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
