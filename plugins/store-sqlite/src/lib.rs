@@ -29,13 +29,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use dispatch_abi::runtime::{PluginRuntime, Runner};
-use dispatch_abi::{codes, to_json, Context, Error, Plugin, PluginManifest};
-use dispatch_contracts::protocol::wire::{Chunk, Role};
-use dispatch_contracts::protocol::workspace::WorkspaceList;
+use dispatch_abi::{codes, Context, Error, Plugin, PluginManifest};
 use dispatch_contracts::protocol::BoxFuture;
-use dispatch_contracts::store::{
-    Appended, Compacted, History, Listing, Messages, MetricsList, StoreLimits, StoreRequest, STORE,
-};
+use dispatch_contracts::store::{StoreRequest, STORE};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -72,73 +68,17 @@ fn err(e: StoreError) -> Error {
     Error::new(code, e.to_string())
 }
 
-async fn handle(store: Store, req: StoreRequest) -> Result<Value, Error> {
-    match req {
-        StoreRequest::Append { conversation_id, role, turn_id, chunks } => {
-            let seqs =
-                store.append(&conversation_id, role, turn_id.as_deref(), &chunks).await.map_err(err)?;
-            to_json(&Appended { seqs })
-        }
-        StoreRequest::AppendMessages { conversation_id, turn_id, messages } => {
-            let messages: Vec<(Role, &[Chunk])> =
-                messages.iter().map(|m| (m.role, m.chunks.as_slice())).collect();
-            let seqs =
-                store.append_messages(&conversation_id, turn_id.as_deref(), &messages).await.map_err(err)?;
-            to_json(&Appended { seqs })
-        }
-        StoreRequest::History { conversation_id, since_seq, before_seq, limit } => {
-            let h: History =
-                store.history(&conversation_id, since_seq, before_seq, limit).await.map_err(err)?;
-            to_json(&h)
-        }
-        StoreRequest::Messages { conversation_id } => {
-            to_json(&Messages { messages: store.messages(&conversation_id).await.map_err(err)? })
-        }
-        StoreRequest::Get { conversation_id } => to_json(&store.get(&conversation_id).await.map_err(err)?),
-        StoreRequest::Update(u) => to_json(&store.update(u).await.map_err(err)?),
-        StoreRequest::List { prefix, status } => {
-            to_json(&Listing { conversations: store.list(prefix.as_deref(), status).await.map_err(err)? })
-        }
-        StoreRequest::AppendMetrics { conversation_id, metrics } => {
-            store.append_metrics(&conversation_id, &metrics).await.map_err(err)?;
-            Ok(Value::Object(Default::default()))
-        }
-        StoreRequest::Metrics { conversation_id } => {
-            to_json(&MetricsList { turns: store.metrics(&conversation_id).await.map_err(err)? })
-        }
-        StoreRequest::Compact(request) => {
-            let (conversation_id, archive_id) = (request.conversation_id.clone(), request.archive_id.clone());
-            let latest_seq = store.compact(request).await.map_err(err)?;
-            to_json(&Compacted { conversation_id, archive_id, latest_seq })
-        }
-        StoreRequest::GetValue { scope, key } => match store.value(&scope, &key).await.map_err(err)? {
-            Some(text) => serde_json::from_str(&text)
-                .map_err(|e| Error::new(codes::PLUGIN, format!("a stored value is not JSON: {e}"))),
-            None => Ok(Value::Null),
-        },
-        StoreRequest::PutValue { scope, key, value } => {
-            let text = (!value.is_null()).then(|| value.to_string());
-            store.put_value(&scope, &key, text).await.map_err(err)?;
-            Ok(Value::Object(Default::default()))
-        }
-        StoreRequest::Limits => {
-            let (text, image) = store.limits();
-            to_json(&StoreLimits { max_chunk_bytes: text as u64, max_image_chunk_bytes: image as u64 })
-        }
-        StoreRequest::Workspaces => {
-            to_json(&WorkspaceList { workspaces: store.workspaces().await.map_err(err)? })
-        }
-        StoreRequest::GetWorkspace { id } => to_json(&store.workspace(&id).await.map_err(err)?),
-        StoreRequest::PutWorkspace(update) => to_json(&store.put_workspace(update).await.map_err(err)?),
-        StoreRequest::DeleteWorkspace { id } => {
-            to_json(&serde_json::json!({"deleted": store.delete_workspace(&id).await.map_err(err)?}))
-        }
-        StoreRequest::Ping => {
-            store.ping().await.map_err(err)?;
-            Ok(Value::Object(Default::default()))
-        }
-        other => Err(Error::new(codes::UNSUPPORTED, format!("unsupported store request: {other:?}"))),
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        err(e)
     }
+}
+
+dispatch_contracts::store_backend!(Store, StoreError);
+
+/// One `store` request, answered by the shared dispatch over this store.
+async fn handle(store: Store, req: StoreRequest) -> Result<Value, Error> {
+    dispatch_contracts::store::serve(&store, req).await
 }
 
 impl Plugin for StoreSqlite {
