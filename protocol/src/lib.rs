@@ -48,6 +48,7 @@ pub mod abort;
 pub mod catalog;
 pub mod cluster;
 pub mod compaction;
+pub mod concurrency;
 pub mod heartbeat;
 pub mod http;
 pub mod mcp;

@@ -10,6 +10,7 @@ mod async_io;
 mod bus;
 mod cli;
 mod compaction;
+mod concurrency;
 mod external;
 mod heartbeat;
 mod http;

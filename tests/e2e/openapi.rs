@@ -59,6 +59,13 @@ const WIRE: &[(&str, &str, &str)] = &[
     ("GET", "/workspaces/{id}/heartbeat/runs", "heartbeat"),
     ("GET", "/workspaces/{id}/heartbeat/next-run", "heartbeat"),
     ("POST", "/workspaces/{id}/heartbeat/runs/{runId}/stop", "heartbeat"),
+    ("GET", "/concurrency/limits", "provider-concurrency"),
+    ("GET", "/concurrency/limits/{providerId}", "provider-concurrency"),
+    ("PUT", "/concurrency/limits/{providerId}", "provider-concurrency"),
+    ("DELETE", "/concurrency/limits/{providerId}", "provider-concurrency"),
+    ("GET", "/concurrency/cooldown/{providerId}", "provider-concurrency"),
+    ("PUT", "/concurrency/cooldown/{providerId}", "provider-concurrency"),
+    ("GET", "/concurrency/status", "provider-concurrency"),
 ];
 
 /// `(METHOD, path, plugin)` of every operation of a document.

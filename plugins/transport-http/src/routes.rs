@@ -98,6 +98,7 @@ const API_PREFIXES: &[&str] = &[
     "images",
     "admin",
     "settings",
+    "concurrency",
     "openapi.json",
 ];
 
@@ -139,6 +140,9 @@ pub async fn route(app: Arc<App>, req: Request<Incoming>) -> Reply {
             ["workspaces", _, "heartbeat"] => return ok(&HeartbeatConfig::default()),
             ["workspaces", _, "heartbeat", "runs"] => return ok(&json!({"runs": []})),
             ["workspaces", _, "heartbeat", "next-run"] => return ok(&json!({"nextRunAt": null})),
+            // Without provider-concurrency every provider runs unlimited.
+            ["concurrency", "limits"] => return ok(&json!({"limits": []})),
+            ["concurrency", "status"] => return ok(&json!({"providers": []})),
             _ => {}
         }
     }
@@ -188,6 +192,7 @@ fn absent_feature(segments: &[&str]) -> Option<&'static str> {
         ["chat"] | ["conversations"] => "Session service",
         ["chat", "warm"] => "Warm service",
         ["settings", "vision"] => "Vision settings",
+        ["concurrency", "limits" | "cooldown", _] => "Concurrency service",
         ["workspaces", _, "heartbeat"] | ["workspaces", _, "heartbeat", "runs", _, "stop"] => {
             "Heartbeat service"
         }

@@ -36,6 +36,7 @@ pub const BUNDLED_PLUGINS: &[&str] = &[
     "libdispatch_plugin_vision.so",
     "libdispatch_plugin_workspaces.so",
     "libdispatch_plugin_heartbeat.so",
+    "libdispatch_plugin_provider_concurrency.so",
     "libdispatch_plugin_transport_http.so",
     "libdispatch_plugin_transport_ws.so",
 ];
