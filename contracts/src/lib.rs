@@ -50,6 +50,9 @@ use dispatch_rt as _;
 pub mod catalog;
 pub mod cluster;
 pub mod compaction;
+pub mod concurrency;
+#[cfg(feature = "remote")]
+pub mod gate;
 pub mod http;
 pub mod mcp;
 pub mod openapi;

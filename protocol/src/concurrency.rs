@@ -73,3 +73,60 @@ pub struct Status {
     /// Every provider with a limit.
     pub providers: Vec<StatusEntry>,
 }
+
+/// Requests to the `concurrency` service, tagged by `op`: a slot for each
+/// token-generating provider request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum ConcurrencyRequest {
+    /// Ask for a slot; answers [`Acquired`] at once (granted or queued).
+    Acquire {
+        /// The provider (credential name).
+        provider_id: String,
+        /// The conversation whose request it is.
+        conversation_id: String,
+        /// Its workspace (a starred one goes first).
+        workspace_id: String,
+        /// When its turn started, epoch ms (older goes first).
+        turn_started_at: u64,
+    },
+    /// Wait, at most `waitMs` (20 000 at most), for a queued ticket;
+    /// answers [`Waited`].
+    Wait {
+        /// The ticket.
+        ticket: u64,
+        /// The longest wait, in ms.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wait_ms: Option<u64>,
+    },
+    /// The request ended (its stream closed); answers `{}`.
+    Release {
+        /// The ticket.
+        ticket: u64,
+        /// It ended with the provider's `429`.
+        #[serde(default)]
+        rate_limited: bool,
+    },
+}
+
+/// The answer to [`ConcurrencyRequest::Acquire`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Acquired {
+    /// Release it when the request ends.
+    pub ticket: u64,
+    /// Go ahead now; else wait for it.
+    pub granted: bool,
+    /// The provider has a limit (an unlimited one is not counted, and its
+    /// requests are never `queued`).
+    pub limited: bool,
+}
+
+/// The answer to [`ConcurrencyRequest::Wait`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Waited {
+    /// The slot is the caller's now.
+    pub granted: bool,
+}

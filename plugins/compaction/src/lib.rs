@@ -80,6 +80,8 @@ impl Default for Config {
 /// What compacting needs, shared by the routes and the automatic trigger.
 struct Compactor {
     host: Host,
+    /// Where a provider slot's release runs.
+    runner: dispatch_abi::runtime::Runner,
     caller: Arc<HostCaller>,
     /// Conversations being compacted now: a second request is a `409`.
     running: Mutex<HashSet<String>>,
@@ -361,7 +363,15 @@ impl Compactor {
             }
             Err(e) => return Err(problem(e)),
         };
-        let summary = self.summarize(&resolved, details.system_prompt.as_deref(), &all[..boundary]).await?;
+        let summary = self
+            .summarize(
+                &resolved,
+                details.system_prompt.as_deref(),
+                &all[..boundary],
+                id,
+                &details.meta.workspace_id,
+            )
+            .await?;
         let archive_id = uuid::Uuid::new_v4().to_string();
         let request = CompactRequest {
             conversation_id: id.to_owned(),
@@ -402,8 +412,26 @@ impl Compactor {
         resolved: &Resolved,
         prompt: Option<&str>,
         old: &[Group<'_>],
+        conversation_id: &str,
+        workspace_id: &str,
     ) -> Result<String, Problem> {
-        let provider = RemoteProvider::new(Arc::clone(&self.caller), resolved, None);
+        // A summary generates tokens: it takes a slot of its provider like
+        // a turn's step (announcing nothing: the turn, if any, does).
+        let runner = self.runner.clone();
+        let provider = dispatch_contracts::gate::Gated {
+            inner: RemoteProvider::new(Arc::clone(&self.caller), resolved, None),
+            host: self.host.clone(),
+            spawner: Arc::new(move |f| runner.spawn(f)),
+            asker: dispatch_contracts::gate::Asker {
+                provider_id: resolved.model.split('/').next().unwrap_or(&resolved.model).to_owned(),
+                conversation_id: conversation_id.to_owned(),
+                workspace_id: workspace_id.to_owned(),
+                turn_started_at: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            },
+            announce: Arc::new(|_| {}),
+        };
         let system = match prompt {
             Some(p) if !p.trim().is_empty() => format!("{p}\n\n{INSTRUCTION}"),
             _ => INSTRUCTION.to_owned(),
@@ -585,6 +613,7 @@ impl Plugin for CompactionPlugin {
         let runtime = PluginRuntime::new("compaction", config.workers.max(1))?;
         let compactor = Arc::new(Compactor {
             host: host.clone(),
+            runner: runtime.runner(),
             caller: Arc::new(HostCaller(host.clone())),
             running: Mutex::default(),
             keep_last: config.keep_last.max(1),

@@ -635,7 +635,10 @@ impl Plugin for HeartbeatPlugin {
             let runner = h.runner.clone();
             async move {
                 let ours = lock(&h.in_flight).contains_key(&changed.conversation_id);
-                if ours && changed.status != ConversationStatus::Active {
+                // (`queued` and `active` come and go while a step waits for
+                // a provider slot; `idle` or `closed` is the turn's end.)
+                let ended = matches!(changed.status, ConversationStatus::Idle | ConversationStatus::Closed);
+                if ours && ended {
                     let finished = runner.run(async move {
                         h.finish(&changed.conversation_id, RunStatus::Completed).await;
                         Ok(())

@@ -8,17 +8,21 @@
 //! the store (scope `concurrency`), so they survive a restart and are
 //! shared by hosts on one database.
 //!
-//! This version answers the routes — limits and cooldowns set, read,
-//! removed, and the status the frontend polls — but does not yet hold
-//! requests to them: `inFlight` and `queued` read 0 until the session asks
-//! for slots (issue 34, next part).
+//! The `concurrency` service hands out the slots: the session asks for
+//! one before each token-generating provider request and releases it when
+//! the response ends ([`limiter`] holds the rules). A `429` pauses the
+//! provider 30 s and lowers its limit by one (never below 1), kept, with a
+//! notice until an operator sets the limit again.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+pub mod limiter;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dispatch_abi::runtime::{PluginRuntime, Runner};
 use dispatch_abi::{codes, Context, Error, Host, Plugin, PluginManifest};
+use dispatch_contracts::concurrency::{Acquired, ConcurrencyRequest, Waited, CONCURRENCY};
 use dispatch_contracts::http::{
     self, problem, HttpMethod, HttpRequest, HttpResponse, Problem, Route, RouteResult,
 };
@@ -27,6 +31,8 @@ use dispatch_contracts::protocol::concurrency::{
     ProviderCooldown, ProviderLimit, ProviderLimits, Status, StatusEntry, DEFAULT_COOLDOWN_MS,
 };
 use dispatch_contracts::store::{StoreRequest, STORE};
+use dispatch_contracts::workspace::Workspace;
+use limiter::{Grant, Limiter};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -52,17 +58,18 @@ impl Settings {
         self.cooldown_ms.or(self.limit.map(|_| DEFAULT_COOLDOWN_MS))
     }
 
-    /// Its line of the status (nothing is held to the limits yet, so
-    /// nothing is in flight, queued or paused).
-    pub fn status(&self, provider_id: &str) -> Option<StatusEntry> {
+    /// Its line of the status, with the lane's `(in flight, queued,
+    /// paused until)`.
+    pub fn status(&self, provider_id: &str, lane: (u64, u64, Option<u64>)) -> Option<StatusEntry> {
         let limit = self.limit?;
+        let (in_flight, queued, paused_until) = lane;
         Some(StatusEntry {
             provider_id: provider_id.to_owned(),
             limit,
-            in_flight: 0,
-            queued: 0,
-            paused: false,
-            paused_until: None,
+            in_flight,
+            queued,
+            paused: paused_until.is_some(),
+            paused_until,
             cooldown_ms: self.cooldown().unwrap_or(DEFAULT_COOLDOWN_MS),
             auto_reduced: self.auto_reduced_from.is_some(),
             auto_reduced_from: self.auto_reduced_from,
@@ -95,9 +102,131 @@ struct Concurrency {
     runner: Runner,
     /// Serializes read-modify-write of the settings.
     writes: tokio::sync::Mutex<()>,
+    /// The settings as last read or written by this host.
+    known: Mutex<BTreeMap<String, Settings>>,
+    limiter: Mutex<Limiter>,
+    /// Queued tickets, until their waiter learns it was granted.
+    pending: Mutex<HashMap<u64, tokio::sync::watch::Receiver<bool>>>,
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The sections below only move values: none can panic half-way.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The longest single `wait`.
+const MAX_WAIT_MS: u64 = 20_000;
+
 impl Concurrency {
+    /// Hand every provider's free slots to its waiters (after a change of
+    /// limits, or a pause's end).
+    fn pump_all(&self) {
+        let known = lock(&self.known).clone();
+        let mut limiter = lock(&self.limiter);
+        for provider in limiter.providers() {
+            let limit = known.get(&provider).and_then(|s| s.limit);
+            limiter.pump(&provider, limit, now_ms());
+        }
+    }
+
+    async fn starred(&self, workspace_id: &str) -> bool {
+        let request = StoreRequest::GetWorkspace { id: workspace_id.to_owned() };
+        match self.host.call(&STORE, &request).await {
+            Ok(v) => serde_json::from_value::<Option<Workspace>>(v).ok().flatten().is_some_and(|w| w.starred),
+            Err(_) => false,
+        }
+    }
+
+    async fn acquire(&self, provider: &str, workspace_id: &str, turn_started_at: u64) -> Acquired {
+        let limit = lock(&self.known).get(provider).and_then(|s| s.limit);
+        let Some(limit) = limit else { return Acquired { ticket: 0, granted: true, limited: false } };
+        // Whether the workspace is starred only matters to a waiter.
+        let (in_flight, queued, paused) = lock(&self.limiter).lane(provider, now_ms());
+        let starred = if paused.is_some() || queued > 0 || in_flight >= limit {
+            self.starred(workspace_id).await
+        } else {
+            false
+        };
+        let grant = lock(&self.limiter).acquire(provider, limit, starred, turn_started_at, now_ms());
+        match grant {
+            Grant::Now(ticket) => Acquired { ticket, granted: true, limited: true },
+            Grant::Queued(ticket, rx) => {
+                lock(&self.pending).insert(ticket, rx);
+                Acquired { ticket, granted: false, limited: true }
+            }
+        }
+    }
+
+    async fn wait(&self, ticket: u64, wait_ms: u64) -> Waited {
+        let Some(mut rx) = lock(&self.pending).get(&ticket).cloned() else { return Waited { granted: true } };
+        let wait = Duration::from_millis(wait_ms.min(MAX_WAIT_MS));
+        let granted = matches!(tokio::time::timeout(wait, rx.wait_for(|g| *g)).await, Ok(Ok(_)));
+        if granted {
+            lock(&self.pending).remove(&ticket);
+        }
+        Waited { granted }
+    }
+
+    /// A request ended: after the provider's cooldown its slot goes to the
+    /// next waiter. A `429` pauses the provider and lowers its limit.
+    async fn release(self: &Arc<Self>, ticket: u64, rate_limited: bool) {
+        lock(&self.pending).remove(&ticket);
+        let Some(provider) = lock(&self.limiter).release(ticket) else { return };
+        if rate_limited {
+            let until = lock(&self.limiter).pause(&provider, now_ms());
+            let key = provider.clone();
+            let lowered = self
+                .change(move |all| {
+                    let s = all.entry(key).or_default();
+                    if let Some(l) = s.limit {
+                        s.auto_reduced_from = s.auto_reduced_from.or(Some(l));
+                        s.limit = Some(l.saturating_sub(1).max(1));
+                    }
+                    Ok(())
+                })
+                .await;
+            if let Err(p) = lowered {
+                tracing::warn!(provider = %provider, error = %p.message, "cannot lower the limit after a 429");
+            }
+            tracing::warn!(provider = %provider, "a 429: the provider's queue pauses 30 s");
+            let me = Arc::clone(self);
+            self.runner.spawn(async move {
+                tokio::time::sleep(Duration::from_millis(until.saturating_sub(now_ms()))).await;
+                me.pump_all();
+            });
+        }
+        let settings = lock(&self.known).get(&provider).cloned().unwrap_or_default();
+        let cooldown = Duration::from_millis(settings.cooldown().unwrap_or(0));
+        let me = Arc::clone(self);
+        self.runner.spawn(async move {
+            if !cooldown.is_zero() {
+                tokio::time::sleep(cooldown).await;
+            }
+            lock(&me.limiter).free(&provider);
+            let limit = lock(&me.known).get(&provider).and_then(|s| s.limit);
+            lock(&me.limiter).pump(&provider, limit, now_ms());
+        });
+    }
+
+    /// Every 30 s: a slot held more than five minutes is taken back.
+    async fn reclaim_forever(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tick.tick().await;
+            let stale = lock(&self.limiter).stale(now_ms());
+            for ticket in stale {
+                tracing::warn!(ticket, "a provider slot held over five minutes is taken back");
+                self.release(ticket, false).await;
+            }
+        }
+    }
+
     async fn settings(&self) -> Result<BTreeMap<String, Settings>, Problem> {
         let request = StoreRequest::GetValue { scope: SCOPE.into(), key: KEY.into() };
         let v = self.host.call(&STORE, &request).await.map_err(problem)?;
@@ -122,6 +251,8 @@ impl Concurrency {
             serde_json::to_value(&all).map_err(|e| problem(Error::new(codes::PLUGIN, e.to_string())))?;
         let request = StoreRequest::PutValue { scope: SCOPE.into(), key: KEY.into(), value };
         self.host.call(&STORE, &request).await.map_err(problem)?;
+        *lock(&self.known) = all;
+        self.pump_all();
         Ok(answer)
     }
 }
@@ -129,6 +260,12 @@ impl Concurrency {
 fn not_configured(what: &str) -> Problem {
     Problem::new(404, "not_configured", what)
 }
+
+/// The largest limit taken (**ours**: WIRE.md sets none; no provider
+/// allows more requests at once, and a number past it is a mistake).
+const MAX_LIMIT: u64 = 1_000_000;
+/// The longest cooldown taken: a day (**ours**, likewise).
+const MAX_COOLDOWN_MS: u64 = 86_400_000;
 
 const NO_LIMIT: &str = "No concurrency limit configured for this provider";
 const NO_CONFIG: &str = "No concurrency configuration for this provider";
@@ -189,7 +326,7 @@ fn routes(c: &Arc<Concurrency>) -> Vec<Route> {
         route(Put, "/concurrency/limits/{providerId}", |c, req| {
             Box::pin(async move {
                 let id = req.param("providerId").unwrap_or_default().to_owned();
-                let limit = field(&req, "limit").filter(|l| *l >= 1).ok_or_else(|| {
+                let limit = field(&req, "limit").filter(|l| (1..=MAX_LIMIT).contains(l)).ok_or_else(|| {
                     Problem::new(400, "invalid_body", "Body must be { limit: <positive integer> }")
                 })?;
                 let key = id.clone();
@@ -211,7 +348,7 @@ fn routes(c: &Arc<Concurrency>) -> Vec<Route> {
             ))
             .body_with(
                 json!({"type": "object", "required": ["limit"],
-                           "properties": {"limit": {"type": "integer", "minimum": 1}}}),
+                           "properties": {"limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}}}),
                 true,
             )
             .returns::<ProviderLimit>(200, "The limit kept")
@@ -259,7 +396,7 @@ fn routes(c: &Arc<Concurrency>) -> Vec<Route> {
         route(Put, "/concurrency/cooldown/{providerId}", |c, req| {
             Box::pin(async move {
                 let id = req.param("providerId").unwrap_or_default().to_owned();
-                let cooldown_ms = field(&req, "cooldownMs").ok_or_else(|| {
+                let cooldown_ms = field(&req, "cooldownMs").filter(|c| *c <= MAX_COOLDOWN_MS).ok_or_else(|| {
                     Problem::new(400, "invalid_body", "Body must be { cooldownMs: <non-negative integer> }")
                 })?;
                 let key = id.clone();
@@ -278,7 +415,7 @@ fn routes(c: &Arc<Concurrency>) -> Vec<Route> {
             ))
             .body_with(
                 json!({"type": "object", "required": ["cooldownMs"],
-                           "properties": {"cooldownMs": {"type": "integer", "minimum": 0}}}),
+                           "properties": {"cooldownMs": {"type": "integer", "minimum": 0, "maximum": MAX_COOLDOWN_MS}}}),
                 true,
             )
             .returns::<ProviderCooldown>(200, "The cooldown kept")
@@ -286,7 +423,11 @@ fn routes(c: &Arc<Concurrency>) -> Vec<Route> {
         ),
         route(Get, "/concurrency/status", |c, _req| {
             Box::pin(async move {
-                let providers = c.settings().await?.iter().filter_map(|(id, s)| s.status(id)).collect();
+                let settings = c.settings().await?;
+                let limiter = lock(&c.limiter);
+                let now = now_ms();
+                let providers =
+                    settings.iter().filter_map(|(id, s)| s.status(id, limiter.lane(id, now))).collect();
                 Ok(HttpResponse::ok(&Status { providers }))
             })
         })
@@ -312,8 +453,11 @@ impl Plugin for ProviderConcurrency {
     fn manifest() -> PluginManifest {
         http::declare_routes(
             PluginManifest::new("provider-concurrency", env!("CARGO_PKG_VERSION"))
-                .description("Per-provider limits and cooldowns, kept in the store, and their routes")
-                .depends_on(STORE.name()),
+                .description(
+                    "Per-provider limits and cooldowns: slots for provider requests, and their routes",
+                )
+                .depends_on(STORE.name())
+                .provides("service", CONCURRENCY.name()),
         )
     }
 
@@ -324,8 +468,44 @@ impl Plugin for ProviderConcurrency {
             host: host.clone(),
             runner: runtime.runner(),
             writes: tokio::sync::Mutex::new(()),
+            known: Mutex::default(),
+            limiter: Mutex::default(),
+            pending: Mutex::default(),
         });
+        match runtime.handle().block_on(c.settings()) {
+            Ok(settings) => *lock(&c.known) = settings,
+            Err(p) => {
+                tracing::warn!(error = %p.message, "cannot read the concurrency settings: unlimited until they are set")
+            }
+        }
         http::serve_all(&host, routes(&c))?;
+        let (me, runner) = (Arc::clone(&c), runtime.runner());
+        host.provide(&CONCURRENCY, move |request: ConcurrencyRequest| {
+            let me = Arc::clone(&me);
+            runner.run(async move {
+                let answer = match request {
+                    ConcurrencyRequest::Acquire { provider_id, workspace_id, turn_started_at, .. } => {
+                        serde_json::to_value(me.acquire(&provider_id, &workspace_id, turn_started_at).await)
+                    }
+                    ConcurrencyRequest::Wait { ticket, wait_ms } => {
+                        serde_json::to_value(me.wait(ticket, wait_ms.unwrap_or(MAX_WAIT_MS)).await)
+                    }
+                    ConcurrencyRequest::Release { ticket, rate_limited } => {
+                        me.release(ticket, rate_limited).await;
+                        Ok(json!({}))
+                    }
+                    other => {
+                        return Err(Error::new(
+                            codes::UNSUPPORTED,
+                            format!("unsupported concurrency request {other:?}"),
+                        ))
+                    }
+                };
+                answer.map_err(|e| Error::new(codes::PLUGIN, e.to_string()))
+            })
+        })?;
+        runtime.runner().spawn(Arc::clone(&c).reclaim_forever());
+
         Ok(ProviderConcurrency { runtime: Some(runtime) })
     }
 
@@ -355,15 +535,16 @@ mod tests {
 
     #[test]
     fn the_status_shows_limited_providers_their_cooldown_and_an_automatic_reduction() {
-        assert_eq!(Settings { cooldown_ms: Some(10), ..Settings::default() }.status("p"), None);
+        assert_eq!(Settings { cooldown_ms: Some(10), ..Settings::default() }.status("p", (0, 0, None)), None);
         let s = Settings { limit: Some(2), ..Settings::default() };
-        let line = s.status("p").unwrap();
+        let line = s.status("p", (0, 0, None)).unwrap();
         assert_eq!(
             (line.limit, line.cooldown_ms, line.auto_reduced, line.notice.is_none()),
             (2, 350, false, true)
         );
         let reduced = Settings { limit: Some(1), cooldown_ms: Some(0), auto_reduced_from: Some(3) };
-        let line = reduced.status("p").unwrap();
+        let line = reduced.status("p", (1, 2, Some(99))).unwrap();
+        assert_eq!((line.in_flight, line.queued, line.paused, line.paused_until), (1, 2, true, Some(99)));
         assert_eq!((line.cooldown_ms, line.auto_reduced_from), (0, Some(3)));
         assert_eq!(
             line.notice.as_deref(),

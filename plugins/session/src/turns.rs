@@ -13,6 +13,7 @@ use dispatch_contracts::catalog::{CatalogRequest, Resolved, CATALOG};
 use dispatch_contracts::cluster::{
     Claimed, ClusterRequest, Delivered, ForwardAction, Forwarded, CLUSTER, REMOTE_STATUS,
 };
+use dispatch_contracts::gate::{Announce, Asker, Gated};
 use dispatch_contracts::plugins::{PluginList, State, PLUGINS};
 use dispatch_contracts::queue::{Cancelled, QueueRequest, QueueState, QUEUE};
 use dispatch_contracts::remote::{HostCaller, RemoteProvider};
@@ -206,6 +207,33 @@ impl Session {
     fn convs(&self) -> MutexGuard<'_, HashMap<String, Conv>> {
         // Critical sections only move values in and out of the map.
         self.convs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `provider`'s requests held to its slots (see [`crate::gate`]), for
+    /// a turn of `conversation_id` starting now.
+    fn gated<P>(&self, provider: P, model: &str, conversation_id: &str, workspace_id: &str) -> Gated<P> {
+        let (host, c, w) = (self.host.clone(), conversation_id.to_owned(), workspace_id.to_owned());
+        let announce: Announce = Arc::new(move |status| {
+            let changed = StatusChanged { conversation_id: c.clone(), workspace_id: w.clone(), status };
+            if let Err(e) = host.publish(&STATUS, &changed) {
+                tracing::warn!(error = %e, "cannot announce a conversation's status");
+            }
+        });
+        let turn_started_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        Gated {
+            inner: provider,
+            host: self.host.clone(),
+            spawner: self.spawner(),
+            asker: Asker {
+                provider_id: model.split('/').next().unwrap_or(model).to_owned(),
+                conversation_id: conversation_id.to_owned(),
+                workspace_id: workspace_id.to_owned(),
+                turn_started_at,
+            },
+            announce,
+        }
     }
 
     fn spawner(&self) -> Spawner {
@@ -445,7 +473,12 @@ impl Session {
             reasoning_effort: details.reasoning_effort,
             max_output_tokens: Some(1),
         };
-        let provider = RemoteProvider::new(Arc::clone(&self.caller), &resolved, Some(self.spawner()));
+        let provider = self.gated(
+            RemoteProvider::new(Arc::clone(&self.caller), &resolved, Some(self.spawner())),
+            &resolved.model,
+            conversation_id,
+            &details.meta.workspace_id,
+        );
         // The same images, shown the same way, as the turn would.
         let mut view = viewer(self.host.clone(), conversation_id.to_owned(), resolved.model.clone());
         let viewed = view(&messages).await;
@@ -760,7 +793,12 @@ impl Session {
         });
         self.publish_status(&conversation_id, &workspace_id, ConversationStatus::Active);
 
-        let provider = RemoteProvider::new(Arc::clone(&self.caller), &resolved, Some(self.spawner()));
+        let provider = self.gated(
+            RemoteProvider::new(Arc::clone(&self.caller), &resolved, Some(self.spawner())),
+            &resolved.model,
+            &conversation_id,
+            &workspace_id,
+        );
         let retry = match &self.config.retry_delays_ms {
             Some(delays) => RetryPolicy {
                 delays: delays.iter().map(|ms| Duration::from_millis(*ms)).collect(),
