@@ -76,6 +76,32 @@ impl<P> std::fmt::Debug for Gated<P> {
     }
 }
 
+impl<P> Gated<P> {
+    /// `inner` gated for a request of `model` (`<credential>/<model>`: the
+    /// credential is the provider) in `conversation_id` of `workspace_id`,
+    /// for a turn starting now.
+    pub fn new(
+        inner: P,
+        host: Host,
+        spawner: Spawner,
+        model: &str,
+        conversation_id: &str,
+        workspace_id: &str,
+        announce: Announce,
+    ) -> Gated<P> {
+        let turn_started_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let asker = Asker {
+            provider_id: model.split('/').next().unwrap_or(model).to_owned(),
+            conversation_id: conversation_id.to_owned(),
+            workspace_id: workspace_id.to_owned(),
+            turn_started_at,
+        };
+        Gated { inner, host, spawner, asker, announce }
+    }
+}
+
 impl<P: Provider> Gated<P> {
     /// A slot, once granted; `None` when requests to this provider are not
     /// limited (or there is no limiter).

@@ -230,7 +230,12 @@ fn a_429_pauses_the_provider_and_lowers_its_limit_until_restored() {
         &json!({"conversationId": "rl", "message": "hi", "model": "openai/mock-model"}),
     );
     assert_eq!(stream.status, 200);
-    poll("the provider is paused", || status_of(&s, "openai")["paused"] == true);
+    // (The pause comes first, so nothing starts meanwhile; the lowered
+    // limit is kept in the store a moment later.)
+    poll("the provider is paused and its limit lowered", || {
+        let line = status_of(&s, "openai");
+        line["paused"] == true && line["autoReduced"] == true
+    });
     let line = status_of(&s, "openai");
     assert_eq!(
         (line["limit"].as_u64(), line["autoReduced"].as_bool(), line["autoReducedFrom"].as_u64()),

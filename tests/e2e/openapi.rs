@@ -189,6 +189,27 @@ fn a_wire_path_whose_plugin_is_absent_answers_503_naming_the_feature() {
     }
     let put = send("PUT", &url("/system-prompt"), Some(r#"{"template": "x"}"#), &[]);
     assert_eq!(put.status, 503, "{}", put.text);
+    // Without workspaces, heartbeat and provider-concurrency: WIRE.md's
+    // reads answer "nothing there", the rest 503 with its exact texts.
+    assert_eq!(get(&url("/workspaces")).status, 503);
+    assert_eq!(get(&url("/workspaces/w/heartbeat")).body["intervalMinutes"], 30);
+    assert_eq!(get(&url("/workspaces/w/heartbeat/runs")).body, serde_json::json!({"runs": []}));
+    assert_eq!(get(&url("/workspaces/w/heartbeat/next-run")).body, serde_json::json!({"nextRunAt": null}));
+    assert_eq!(get(&url("/concurrency/limits")).body, serde_json::json!({"limits": []}));
+    assert_eq!(get(&url("/concurrency/status")).body, serde_json::json!({"providers": []}));
+    for (method, path, message) in [
+        ("PUT", "/workspaces/w/heartbeat", "Heartbeat service not available"),
+        ("POST", "/workspaces/w/heartbeat/runs/r/stop", "Heartbeat service not available"),
+        ("PUT", "/concurrency/limits/p", "Concurrency service not available"),
+        ("GET", "/concurrency/cooldown/p", "Concurrency service not available"),
+    ] {
+        let a = send(method, &url(path), Some("{}"), &[]);
+        assert_eq!((a.status, a.body["error"].as_str()), (503, Some(message)), "{method} {path}");
+    }
+    // Turns run unlimited: no concurrency service to ask.
+    let (answer, events) = crate::http::chat(&s.base, serde_json::json!({"message": "hi"}));
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(events.last().unwrap()["type"], "turn-sealed");
     // The session's routes are there.
     assert_eq!(get(&url("/conversations")).status, 200);
     let bogus = get(&url("/conversations/c1/bogus"));

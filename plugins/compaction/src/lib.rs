@@ -418,20 +418,15 @@ impl Compactor {
         // A summary generates tokens: it takes a slot of its provider like
         // a turn's step (announcing nothing: the turn, if any, does).
         let runner = self.runner.clone();
-        let provider = dispatch_contracts::gate::Gated {
-            inner: RemoteProvider::new(Arc::clone(&self.caller), resolved, None),
-            host: self.host.clone(),
-            spawner: Arc::new(move |f| runner.spawn(f)),
-            asker: dispatch_contracts::gate::Asker {
-                provider_id: resolved.model.split('/').next().unwrap_or(&resolved.model).to_owned(),
-                conversation_id: conversation_id.to_owned(),
-                workspace_id: workspace_id.to_owned(),
-                turn_started_at: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-            },
-            announce: Arc::new(|_| {}),
-        };
+        let provider = dispatch_contracts::gate::Gated::new(
+            RemoteProvider::new(Arc::clone(&self.caller), resolved, None),
+            self.host.clone(),
+            Arc::new(move |f| runner.spawn(f)),
+            &resolved.model,
+            conversation_id,
+            workspace_id,
+            Arc::new(|_| {}),
+        );
         let system = match prompt {
             Some(p) if !p.trim().is_empty() => format!("{p}\n\n{INSTRUCTION}"),
             _ => INSTRUCTION.to_owned(),

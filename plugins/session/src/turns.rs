@@ -13,7 +13,7 @@ use dispatch_contracts::catalog::{CatalogRequest, Resolved, CATALOG};
 use dispatch_contracts::cluster::{
     Claimed, ClusterRequest, Delivered, ForwardAction, Forwarded, CLUSTER, REMOTE_STATUS,
 };
-use dispatch_contracts::gate::{Announce, Asker, Gated};
+use dispatch_contracts::gate::{Announce, Gated};
 use dispatch_contracts::plugins::{PluginList, State, PLUGINS};
 use dispatch_contracts::queue::{Cancelled, QueueRequest, QueueState, QUEUE};
 use dispatch_contracts::remote::{HostCaller, RemoteProvider};
@@ -219,21 +219,15 @@ impl Session {
                 tracing::warn!(error = %e, "cannot announce a conversation's status");
             }
         });
-        let turn_started_at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        Gated {
-            inner: provider,
-            host: self.host.clone(),
-            spawner: self.spawner(),
-            asker: Asker {
-                provider_id: model.split('/').next().unwrap_or(model).to_owned(),
-                conversation_id: conversation_id.to_owned(),
-                workspace_id: workspace_id.to_owned(),
-                turn_started_at,
-            },
+        Gated::new(
+            provider,
+            self.host.clone(),
+            self.spawner(),
+            model,
+            conversation_id,
+            workspace_id,
             announce,
-        }
+        )
     }
 
     fn spawner(&self) -> Spawner {
