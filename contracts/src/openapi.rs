@@ -104,6 +104,11 @@ impl Operation {
         self.param(json!({"name": name, "in": "query", "required": false, "description": description, "schema": schema}))
     }
 
+    /// A query parameter the operation cannot do without, with its schema.
+    pub fn query_required(self, name: &str, description: &str, schema: Value) -> Operation {
+        self.param(json!({"name": name, "in": "query", "required": true, "description": description, "schema": schema}))
+    }
+
     /// A JSON request body of type `T` (required).
     pub fn body<T: JsonSchema>(mut self) -> Operation {
         let schema = self.inputs.subschema_for::<T>().to_value();

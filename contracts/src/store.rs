@@ -12,6 +12,7 @@ pub const STORE: Service<StoreRequest, Value> = Service::new("store", 1);
 use std::future::Future;
 
 use dispatch_abi::{codes, Error};
+use dispatch_protocol::trace::{ThroughputRow, TraceEvent, TracePage, MAX_PAGE};
 use dispatch_protocol::wire::{ChatMessage, Chunk, ConversationMeta, ConversationStatus, Role, TurnMetrics};
 use dispatch_protocol::workspace::{Workspace, WorkspaceEntry, WorkspaceList, WorkspaceUpdate};
 
@@ -104,6 +105,16 @@ pub trait StoreBackend: Send + Sync {
     ) -> impl Future<Output = Result<Workspace, Self::Error>> + Send;
     /// [`StoreRequest::DeleteWorkspace`]: whether it was there.
     fn delete_workspace(&self, id: &str) -> impl Future<Output = Result<bool, Self::Error>> + Send;
+    /// [`StoreRequest::AppendTraces`]: only those [`TraceEvent::is_kept`].
+    fn append_traces(&self, traces: &[TraceEvent]) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// [`StoreRequest::Traces`] (the query's `limit` already checked).
+    fn traces(&self, query: &TraceQuery) -> impl Future<Output = Result<TracePage, Self::Error>> + Send;
+    /// [`StoreRequest::Throughput`], sorted by model.
+    fn throughput(
+        &self,
+        start: u64,
+        end: u64,
+    ) -> impl Future<Output = Result<Vec<ThroughputRow>, Self::Error>> + Send;
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<Value, Error> {
@@ -182,6 +193,25 @@ pub async fn serve<S: StoreBackend>(store: &S, req: StoreRequest) -> Result<Valu
         }
         StoreRequest::DeleteWorkspace { id } => {
             to_json(&serde_json::json!({"deleted": store.delete_workspace(&id).await.map_err(Into::into)?}))
+        }
+        StoreRequest::AppendTraces { traces } => {
+            let kept: Vec<TraceEvent> = traces.into_iter().filter(TraceEvent::is_kept).collect();
+            if !kept.is_empty() {
+                store.append_traces(&kept).await.map_err(Into::into)?;
+            }
+            Ok(unit())
+        }
+        StoreRequest::Traces(query) => {
+            if query.limit == 0 || query.limit > MAX_PAGE {
+                return Err(Error::new(
+                    codes::INVALID_PAYLOAD,
+                    format!("`limit` must be 1 to {MAX_PAGE}, not {}", query.limit),
+                ));
+            }
+            to_json(&store.traces(&query).await.map_err(Into::into)?)
+        }
+        StoreRequest::Throughput { start, end } => {
+            to_json(&ThroughputList { models: store.throughput(start, end).await.map_err(Into::into)? })
         }
         other => Err(Error::new(codes::UNSUPPORTED, format!("unsupported store request: {other:?}"))),
     }
@@ -288,6 +318,25 @@ macro_rules! store_backend {
             }
             async fn delete_workspace(&self, id: &str) -> Result<bool, $error> {
                 <$store>::delete_workspace(self, id).await
+            }
+            async fn append_traces(
+                &self,
+                traces: &[$crate::protocol::trace::TraceEvent],
+            ) -> Result<(), $error> {
+                <$store>::append_traces(self, traces).await
+            }
+            async fn traces(
+                &self,
+                query: &$crate::store::TraceQuery,
+            ) -> Result<$crate::protocol::trace::TracePage, $error> {
+                <$store>::traces(self, query).await
+            }
+            async fn throughput(
+                &self,
+                start: u64,
+                end: u64,
+            ) -> Result<Vec<$crate::protocol::trace::ThroughputRow>, $error> {
+                <$store>::throughput(self, start, end).await
             }
         }
     };

@@ -404,9 +404,12 @@ async fn next(
     } else if is_stopping() {
         // Ended by the stop (a shell's aborted command): say why.
         batch.result = batch.result.map(|r| match r {
-            RunResult::Output { content, is_error: true, images } => {
-                RunResult::Output { content: format!("{STOPPED}: {content}"), is_error: true, images }
-            }
+            RunResult::Output { content, is_error: true, images, timed_out } => RunResult::Output {
+                content: format!("{STOPPED}: {content}"),
+                is_error: true,
+                images,
+                timed_out,
+            },
             RunResult::Failed { message } => RunResult::Failed { message: format!("{STOPPED}: {message}") },
             other => other,
         });

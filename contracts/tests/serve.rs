@@ -217,7 +217,10 @@ fn a_served_tool_streams_output_then_its_result_and_forgets_the_run() {
         }
     };
     assert_eq!(output, vec![OutputPiece { stream: OutputStream::Stdout, text: "hi".into() }]);
-    assert_eq!(result, RunResult::Output { content: "hi".into(), is_error: false, images: vec![] });
+    assert_eq!(
+        result,
+        RunResult::Output { content: "hi".into(), is_error: false, images: vec![], timed_out: false }
+    );
     assert_eq!(next(&host, "echo", id).unwrap_err().code(), codes::NOT_FOUND);
 }
 
@@ -533,7 +536,10 @@ fn a_tool_server_adds_replaces_and_withdraws_tools_while_it_runs() {
             break r;
         }
     };
-    assert_eq!(result, RunResult::Output { content: "again".into(), is_error: false, images: vec![] });
+    assert_eq!(
+        result,
+        RunResult::Output { content: "again".into(), is_error: false, images: vec![], timed_out: false }
+    );
 
     // A withdrawn tool's service answers that it is gone, and it can come back.
     assert!(set.remove("wait"));

@@ -327,6 +327,21 @@ enum Command {
         #[command(subcommand)]
         action: Option<WorkspacesAction>,
     },
+    /// Print a conversation's turn traces: a line per model request, its
+    /// tool calls nested, durations right-aligned (needs the `traces`
+    /// plugin on the server).
+    Traces {
+        #[command(flatten)]
+        remote: Remote,
+        /// The conversation (id or unique id prefix).
+        id: String,
+        /// Only this turn's.
+        #[arg(long)]
+        turn: Option<String>,
+        /// One trace (the server's JSON) per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Ask the web frontend to open a conversation.
     Open {
         #[command(flatten)]
@@ -745,6 +760,12 @@ fn client_command(runtime: &tokio::runtime::Runtime, command: Command) -> client
             runtime.block_on(client::history(&client::server(&remote.server)?, &id, since, json))
         }
         Command::Open { remote, id } => runtime.block_on(client::open(&client::server(&remote.server)?, &id)),
+        Command::Traces { remote, id, turn, json } => runtime.block_on(client::traces::traces(
+            &client::server(&remote.server)?,
+            &id,
+            turn.as_deref(),
+            json,
+        )),
         Command::Compact { remote, id, keep, model } => {
             runtime.block_on(client::compact(&client::server(&remote.server)?, &id, keep, model.as_deref()))
         }

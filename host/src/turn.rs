@@ -168,6 +168,7 @@ pub async fn run(
         on_step: None,
         compact: None,
         view: None,
+        observe: None,
     })
     .await;
     emit(AgentEvent::TurnSealed { conversation_id, turn_id });

@@ -109,6 +109,7 @@ fn turn(c: &mut Criterion) {
                 on_step: None,
                 compact: None,
                 view: None,
+                observe: None,
             };
             let out = futures::executor::block_on(run_turn(input));
             assert_eq!(out.metrics.steps.len(), STEPS);

@@ -281,7 +281,12 @@ mod tests {
         );
         let batch = RunBatch {
             output: vec![],
-            result: Some(RunResult::Output { content: "x".into(), is_error: true, images: vec![] }),
+            result: Some(RunResult::Output {
+                content: "x".into(),
+                is_error: true,
+                images: vec![],
+                timed_out: false,
+            }),
         };
         assert_eq!(
             serde_json::to_value(&batch).unwrap(),

@@ -35,6 +35,9 @@ use crate::reconcile::reconcile;
 use crate::runtime::{AbortSignal, Clock, RetryPolicy, Sleep};
 use crate::tool::{Tool, ToolContext, ToolError, ToolOutput};
 use crate::wire::{AgentEvent, ChatMessage, Chunk, FinishReason, Role, StepMetrics, TurnMetrics, Usage};
+use dispatch_protocol::trace::{
+    bounded, bounded_input, RequestOutcome, ToolOutcome, TraceBody, TraceEvent, MAX_TRACE_TEXT,
+};
 use dispatch_protocol::BoxFuture;
 
 /// Receives every event of the turn, in order. Called from the turn's task
@@ -65,6 +68,11 @@ pub type Compactor = Box<dyn FnMut(u64) -> BoxFuture<Option<Vec<ChatMessage>>> +
 /// back for persistence does not. An abort interrupts it (the step then
 /// ends as aborted).
 pub type Viewer = Box<dyn FnMut(&[ChatMessage]) -> BoxFuture<Option<Vec<ChatMessage>>> + Send + Sync>;
+
+/// Receives a turn's telemetry: one [`TraceEvent`] per provider request
+/// (each attempt) and per tool call, with times from the turn's clock
+/// (`0` without one). Called inline: keep it cheap (publish and return).
+pub type Observer = Arc<dyn Fn(TraceEvent) + Send + Sync>;
 
 /// The content of the result of a call that was cut short by an abort.
 pub const ABORTED: &str = "Aborted: the turn was stopped before this tool call finished.";
@@ -107,6 +115,8 @@ pub struct TurnInput<'a> {
     pub compact: Option<Compactor>,
     /// What each step's request shows the model of the history.
     pub view: Option<Viewer>,
+    /// Where request and tool traces go (`None`: nowhere, at no cost).
+    pub observe: Option<Observer>,
 }
 
 /// What a turn hands back.
@@ -134,6 +144,33 @@ struct Call {
     name: String,
     input: Value,
     dispatched_at: Option<u64>,
+}
+
+/// A call's result and how it ran, for its trace.
+struct Executed {
+    output: ToolOutput,
+    outcome: ToolOutcome,
+    started: Option<u64>,
+}
+
+impl Executed {
+    /// A call that never ran.
+    fn not_run(output: ToolOutput, outcome: ToolOutcome) -> Self {
+        Executed { output, outcome, started: None }
+    }
+}
+
+/// One request attempt, for [`Turn::observe_request`].
+struct RequestTrace<'a> {
+    step_id: &'a str,
+    attempt: usize,
+    start: Option<u64>,
+    first_token: Option<u64>,
+    outcome: RequestOutcome,
+    usage: Option<Usage>,
+    finish: Option<FinishReason>,
+    error: Option<&'a ProviderError>,
+    retry_delay_ms: Option<u64>,
 }
 
 enum StepEnd {
@@ -372,6 +409,9 @@ impl Turn<'_> {
         let mut waited = Duration::ZERO;
         let mut start;
         let mut first_token: Option<u64> = None;
+        // The attempt whose trace is not yet out, and why it failed.
+        let mut open_attempt = false;
+        let mut failure_seen: Option<ProviderError> = None;
 
         // What the model is shown of the history: once per step, the
         // same for each retry.
@@ -388,6 +428,7 @@ impl Turn<'_> {
             if aborted_early {
                 break 'attempts StepEnd::Aborted;
             }
+            open_attempt = true;
             let messages = viewed.as_deref().unwrap_or(&self.messages);
             let request = StepRequest { messages, tools: &self.specs, options: &self.input.options };
             let opened = std::panic::catch_unwind(AssertUnwindSafe(|| self.input.provider.stream(request)));
@@ -462,11 +503,24 @@ impl Turn<'_> {
             // Retry only while nothing of this step reached anyone.
             if error.retryable && !had_content {
                 if let Some(delay) = self.input.retry.delay_for(attempt, error.retry_after, waited) {
+                    let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+                    self.observe_request(RequestTrace {
+                        step_id: &step_id,
+                        attempt,
+                        start,
+                        first_token: None,
+                        outcome: RequestOutcome::Retry,
+                        usage: None,
+                        finish: None,
+                        error: Some(&error),
+                        retry_delay_ms: Some(delay_ms),
+                    });
+                    open_attempt = false;
                     self.emit(AgentEvent::ProviderRetry {
                         conversation_id: conversation_id.clone(),
                         turn_id: turn_id.clone(),
                         attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
-                        delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                        delay_ms,
                         message: error.message.clone(),
                         code: error.code.clone(),
                     });
@@ -482,11 +536,30 @@ impl Turn<'_> {
             self.emit(AgentEvent::Error {
                 conversation_id: conversation_id.clone(),
                 turn_id: turn_id.clone(),
-                message: error.message,
-                code: error.code,
+                message: error.message.clone(),
+                code: error.code.clone(),
             });
+            failure_seen = Some(error);
             break StepEnd::Failed;
         };
+        if open_attempt {
+            let (outcome, finish) = match &end {
+                StepEnd::Finished(r) => (RequestOutcome::Ok, Some(r.clone())),
+                StepEnd::Failed => (RequestOutcome::Error, None),
+                StepEnd::Aborted => (RequestOutcome::Aborted, None),
+            };
+            self.observe_request(RequestTrace {
+                step_id: &step_id,
+                attempt,
+                start,
+                first_token,
+                outcome,
+                usage: usage.is_reported().then_some(usage),
+                finish,
+                error: failure_seen.as_ref(),
+                retry_delay_ms: None,
+            });
+        }
 
         // Step timing.
         let end_ms = self.now();
@@ -510,12 +583,19 @@ impl Turn<'_> {
 
         // Tool calls: run them, or say why they did not run. Either way each
         // gets exactly one result.
-        let outputs: Vec<ToolOutput> = match end {
+        let outputs: Vec<Executed> = match end {
             StepEnd::Finished(_) => self.dispatch(&calls).await,
-            StepEnd::Aborted => calls.iter().map(|_| aborted()).collect(),
+            StepEnd::Aborted => {
+                calls.iter().map(|_| Executed::not_run(aborted(), ToolOutcome::Aborted)).collect()
+            }
             StepEnd::Failed => calls
                 .iter()
-                .map(|_| ToolOutput::error("Not run: the model's response failed before the step completed."))
+                .map(|_| {
+                    Executed::not_run(
+                        ToolOutput::error("Not run: the model's response failed before the step completed."),
+                        ToolOutcome::Error,
+                    )
+                })
                 .collect(),
         };
         let end = match end {
@@ -528,11 +608,35 @@ impl Turn<'_> {
         if !chunks.is_empty() {
             messages.push(ChatMessage { role: Role::Assistant, chunks });
         }
-        for (call, out) in calls.iter().zip(outputs) {
-            let duration_ms = match (call.dispatched_at, self.now()) {
+        for (call, executed) in calls.iter().zip(outputs) {
+            let now = self.now();
+            let duration_ms = match (call.dispatched_at, now) {
                 (Some(a), Some(b)) => Some(b.saturating_sub(a)),
                 _ => None,
             };
+            if let Some(observe) = &self.input.observe {
+                let (input, input_bytes) = bounded_input(&call.input);
+                let (output, output_bytes) = bounded(&executed.output.content, MAX_TRACE_TEXT);
+                let ended_at = now.unwrap_or(0);
+                observe(TraceEvent {
+                    conversation_id: conversation_id.clone(),
+                    turn_id: turn_id.clone(),
+                    step_id: Some(step_id.clone()),
+                    started_at: executed.started.unwrap_or(ended_at),
+                    ended_at,
+                    body: TraceBody::Tool {
+                        tool_call_id: call.id.clone(),
+                        tool_name: call.name.clone(),
+                        plugin: None,
+                        input,
+                        input_bytes,
+                        output,
+                        output_bytes,
+                        outcome: executed.outcome,
+                    },
+                });
+            }
+            let out = executed.output;
             self.emit(AgentEvent::ToolResult {
                 conversation_id: conversation_id.clone(),
                 turn_id: turn_id.clone(),
@@ -563,7 +667,7 @@ impl Turn<'_> {
     /// Run a step's calls: in parallel (bounded) when every tool in the
     /// batch is concurrency-safe, otherwise one after the other. Results
     /// come back in call order.
-    async fn dispatch(&self, calls: &[Call]) -> Vec<ToolOutput> {
+    async fn dispatch(&self, calls: &[Call]) -> Vec<Executed> {
         let parallel = calls.len() > 1
             && calls.iter().all(|c| self.by_name.get(&c.name).is_none_or(|t| t.concurrency_safe()));
         if parallel {
@@ -572,7 +676,7 @@ impl Turn<'_> {
             // prove the turn's future `Send` for every lifetime of `c` (the
             // closure's higher-ranked signature), and a turn could not be
             // spawned on a multi-thread runtime.
-            type CallFuture<'f> = std::pin::Pin<Box<dyn Future<Output = ToolOutput> + Send + 'f>>;
+            type CallFuture<'f> = std::pin::Pin<Box<dyn Future<Output = Executed> + Send + 'f>>;
             let futs: Vec<CallFuture<'_>> =
                 calls.iter().map(|c| Box::pin(self.execute(c)) as CallFuture<'_>).collect();
             futures::stream::iter(futs).buffered(limit).collect().await
@@ -585,8 +689,56 @@ impl Turn<'_> {
         }
     }
 
-    /// One call, with every failure turned into an error result.
-    async fn execute(&self, call: &Call) -> ToolOutput {
+    /// One call, with every failure turned into an error result, and
+    /// when it started.
+    async fn execute(&self, call: &Call) -> Executed {
+        let started = self.now();
+        let output = self.run_call(call).await;
+        let outcome = if output.content == ABORTED && output.is_error {
+            ToolOutcome::Aborted
+        } else if output.timed_out {
+            ToolOutcome::Timeout
+        } else if output.is_error {
+            ToolOutcome::Error
+        } else {
+            ToolOutcome::Ok
+        };
+        Executed { output, outcome, started }
+    }
+
+    /// Report one provider request to the observer.
+    fn observe_request(&self, r: RequestTrace<'_>) {
+        let Some(observe) = &self.input.observe else { return };
+        let ended_at = self.now().unwrap_or(0);
+        let started_at = r.start.unwrap_or(ended_at);
+        let (ttft_ms, decode_ms) = match r.first_token {
+            Some(f) => (Some(f.saturating_sub(started_at)), Some(ended_at.saturating_sub(f))),
+            None => (None, None),
+        };
+        observe(TraceEvent {
+            conversation_id: self.input.conversation_id.clone(),
+            turn_id: self.input.turn_id.clone(),
+            step_id: Some(r.step_id.to_owned()),
+            started_at,
+            ended_at,
+            body: TraceBody::Request {
+                // The kernel does not know the model's name: the caller's
+                // observer fills it in.
+                model: String::new(),
+                attempt: u32::try_from(r.attempt).unwrap_or(u32::MAX),
+                outcome: r.outcome,
+                ttft_ms,
+                decode_ms,
+                usage: r.usage,
+                finish: r.finish,
+                status: r.error.and_then(|e| e.code.clone()),
+                error: r.error.map(|e| e.message.clone()),
+                retry_delay_ms: r.retry_delay_ms,
+            },
+        });
+    }
+
+    async fn run_call(&self, call: &Call) -> ToolOutput {
         let Some(tool) = self.by_name.get(&call.name) else {
             let mut names: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
             names.sort_unstable();

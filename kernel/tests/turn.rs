@@ -690,3 +690,130 @@ fn an_abort_during_the_viewer_ends_the_turn() {
     assert!(h.provider.requests.lock().unwrap().is_empty(), "nothing was sent");
     assert!(out.messages.is_empty());
 }
+
+// ---- telemetry (the observer) -----------------------------------------
+
+fn traces(h: &Harness) -> Vec<dispatch_protocol::trace::TraceEvent> {
+    h.traces.lock().unwrap().clone()
+}
+
+#[test]
+fn every_request_attempt_is_traced_with_why_it_was_retried() {
+    use dispatch_protocol::trace::{RequestOutcome, TraceBody};
+    let h = Harness::new(vec![
+        vec![retryable("overloaded")],
+        vec![Item::Advance(40), text("hi"), Item::Advance(60), usage(10, 2)],
+    ]);
+    h.run();
+    let requests: Vec<_> = traces(&h)
+        .into_iter()
+        .filter_map(|t| match t.body {
+            TraceBody::Request {
+                attempt,
+                outcome,
+                ttft_ms,
+                decode_ms,
+                usage,
+                status,
+                error,
+                retry_delay_ms,
+                ..
+            } => Some((
+                t.step_id,
+                attempt,
+                outcome,
+                ttft_ms,
+                decode_ms,
+                usage.map(|u| u.output_tokens),
+                status,
+                error,
+                retry_delay_ms,
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        requests,
+        vec![
+            (
+                Some("t1#0".into()),
+                0,
+                RequestOutcome::Retry,
+                None,
+                None,
+                None,
+                Some("429".into()),
+                Some("overloaded".into()),
+                Some(100)
+            ),
+            (Some("t1#0".into()), 1, RequestOutcome::Ok, Some(40), Some(60), Some(2), None, None, None),
+        ]
+    );
+}
+
+#[test]
+fn tool_traces_say_how_each_call_ended() {
+    use dispatch_protocol::trace::{ToolOutcome, TraceBody};
+    let failing = tool("fail", false, |_, _| Box::pin(async { Err(ToolError::Failed("disk full".into())) }));
+    let late =
+        tool("late", false, |_, _| Box::pin(async { Ok(ToolOutput::timed_out("[timed out after 5 ms]")) }));
+    let big = tool("big", false, |_, _| Box::pin(async { Ok(ToolOutput::ok("y".repeat(20_000))) }));
+    let h = Harness::new(vec![
+        vec![
+            call("1", "echo", json!({"a": 1})),
+            call("2", "fail", json!({})),
+            call("3", "late", json!({})),
+            call("4", "big", json!({})),
+            call("5", "nope", json!({})),
+        ],
+        vec![text("done")],
+    ])
+    .tools(vec![echo(false), failing, late, big]);
+    h.run();
+    let tools: Vec<_> = traces(&h)
+        .into_iter()
+        .filter_map(|t| match t.body {
+            TraceBody::Tool { tool_call_id, outcome, output, output_bytes, input, .. } => {
+                Some((tool_call_id, outcome, output.len(), output_bytes, input))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(tools.len(), 5, "{tools:?}");
+    assert_eq!(tools[0].1, ToolOutcome::Ok);
+    assert_eq!(tools[0].4, json!({"a": 1}));
+    assert_eq!(tools[1].1, ToolOutcome::Error);
+    assert_eq!(tools[2].1, ToolOutcome::Timeout);
+    assert_eq!(
+        (tools[3].1, tools[3].2, tools[3].3),
+        (ToolOutcome::Ok, dispatch_protocol::trace::MAX_TRACE_TEXT, 20_000)
+    );
+    assert_eq!(tools[4].1, ToolOutcome::Error);
+}
+
+#[test]
+fn an_aborted_call_is_traced_as_aborted() {
+    use dispatch_protocol::trace::{ToolOutcome, TraceBody};
+    let abort = Arc::new(std::sync::Mutex::new(None::<dispatch_kernel::runtime::AbortSignal>));
+    let a = Arc::clone(&abort);
+    let slow = tool("slow", false, move |_, _| {
+        let signal = a.lock().unwrap().clone().unwrap();
+        Box::pin(async move {
+            signal.abort();
+            futures::future::pending::<()>().await;
+            unreachable!()
+        })
+    });
+    let h = Harness::new(vec![vec![call("stuck", "slow", json!({})), call("after", "echo", json!({}))]])
+        .tools(vec![echo(false), slow]);
+    *abort.lock().unwrap() = Some(h.abort.clone());
+    h.run();
+    let outcomes: Vec<ToolOutcome> = traces(&h)
+        .into_iter()
+        .filter_map(|t| match t.body {
+            TraceBody::Tool { outcome, .. } => Some(outcome),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(outcomes, [ToolOutcome::Aborted, ToolOutcome::Aborted]);
+}

@@ -83,7 +83,13 @@ fn usage_omits_absent_cache_counters() {
         json!({"inputTokens": 10, "outputTokens": 5}),
     );
     golden(
-        Usage { input_tokens: 10, output_tokens: 5, cache_read_tokens: Some(8), cache_write_tokens: Some(2) },
+        Usage {
+            input_tokens: 10,
+            output_tokens: 5,
+            cache_read_tokens: Some(8),
+            cache_write_tokens: Some(2),
+            ..Usage::default()
+        },
         json!({"inputTokens": 10, "outputTokens": 5, "cacheReadTokens": 8, "cacheWriteTokens": 2}),
     );
 }

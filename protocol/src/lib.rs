@@ -63,6 +63,7 @@ pub mod store;
 pub mod surface;
 pub mod todo;
 pub mod tool;
+pub mod trace;
 pub mod vision;
 pub mod websocket;
 pub mod wire;

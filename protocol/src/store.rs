@@ -152,10 +152,55 @@ pub enum StoreRequest {
         /// Its id.
         id: String,
     },
+    /// Keep turn traces, in order; answers `{}`. Not conversation
+    /// activity: a conversation's `lastActivityAt` does not move.
+    AppendTraces {
+        /// Oldest first.
+        traces: Vec<crate::trace::TraceEvent>,
+    },
+    /// A page of a conversation's traces, oldest first; answers
+    /// [`crate::trace::TracePage`].
+    Traces(TraceQuery),
+    /// Generation per model over `[start, end)` (epoch ms), from the
+    /// stored `turn` traces with generation time; answers
+    /// [`ThroughputList`].
+    Throughput {
+        /// From, inclusive.
+        start: u64,
+        /// To, exclusive.
+        end: u64,
+    },
     /// Whether the store can serve now (readiness: `GET /health`);
     /// answers `{}`, or fails `unavailable` when its database cannot be
     /// reached. A store without this op (`unsupported`) counts as ready.
     Ping,
+}
+
+/// The `traces` request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TraceQuery {
+    /// The conversation.
+    pub conversation_id: String,
+    /// Only this turn's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn_id: Option<String>,
+    /// Only this kind (`context`, `request`, `tool`, `turn`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Only traces after this id (a page's `nextCursor`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<u64>,
+    /// At most this many (1 to [`crate::trace::MAX_PAGE`]).
+    pub limit: u64,
+}
+
+/// The `throughput` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ThroughputList {
+    /// One per model, by name.
+    pub models: Vec<crate::trace::ThroughputRow>,
 }
 
 /// The `compact` request.

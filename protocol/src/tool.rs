@@ -103,12 +103,21 @@ pub struct ToolOutput {
     /// configured for text only leaves them out, so say in `content` what
     /// they are.
     pub images: Vec<ImageRef>,
+    /// The tool gave up on its own time limit (an error result too): told
+    /// apart in traces and metrics from other failures.
+    pub timed_out: bool,
 }
 
 impl ToolOutput {
     /// A result the model should read as `is_error` says.
     pub fn new(content: impl Into<String>, is_error: bool) -> Self {
-        ToolOutput { content: content.into(), is_error, images: Vec::new() }
+        ToolOutput { content: content.into(), is_error, images: Vec::new(), timed_out: false }
+    }
+
+    /// An error result saying the call ran out of time (a command killed
+    /// at its timeout, a server that never answered).
+    pub fn timed_out(content: impl Into<String>) -> Self {
+        ToolOutput { timed_out: true, ..Self::new(content, true) }
     }
 
     /// A successful result.
@@ -244,6 +253,10 @@ pub enum RunResult {
         /// built before images existed read and write the same JSON.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         images: Vec<ImageRef>,
+        /// [`ToolOutput::timed_out`]; absent when false, for the same
+        /// reason.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        timed_out: bool,
     },
     /// [`ToolError::InvalidInput`].
     InvalidInput {
@@ -260,7 +273,12 @@ pub enum RunResult {
 impl From<Result<ToolOutput, ToolError>> for RunResult {
     fn from(r: Result<ToolOutput, ToolError>) -> Self {
         match r {
-            Ok(o) => RunResult::Output { content: o.content, is_error: o.is_error, images: o.images },
+            Ok(o) => RunResult::Output {
+                content: o.content,
+                is_error: o.is_error,
+                images: o.images,
+                timed_out: o.timed_out,
+            },
             Err(ToolError::InvalidInput(message)) => RunResult::InvalidInput { message },
             Err(ToolError::Failed(message)) => RunResult::Failed { message },
         }
@@ -270,7 +288,9 @@ impl From<Result<ToolOutput, ToolError>> for RunResult {
 impl From<RunResult> for Result<ToolOutput, ToolError> {
     fn from(r: RunResult) -> Self {
         match r {
-            RunResult::Output { content, is_error, images } => Ok(ToolOutput { content, is_error, images }),
+            RunResult::Output { content, is_error, images, timed_out } => {
+                Ok(ToolOutput { content, is_error, images, timed_out })
+            }
             RunResult::InvalidInput { message } => Err(ToolError::InvalidInput(message)),
             RunResult::Failed { message } => Err(ToolError::Failed(message)),
         }

@@ -217,6 +217,10 @@ pub struct Usage {
     /// Prompt tokens written to the provider's cache.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_write_tokens: Option<u64>,
+    /// Of the generated tokens, those spent reasoning (**ours**: WIRE.md's
+    /// `Usage` has no such field; clients that do not know it ignore it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_tokens: Option<u64>,
 }
 
 impl Usage {
@@ -226,6 +230,15 @@ impl Usage {
             || self.output_tokens > 0
             || self.cache_read_tokens.is_some()
             || self.cache_write_tokens.is_some()
+            || self.reasoning_tokens.is_some()
+    }
+
+    /// The share of the prompt served from the provider's cache, in
+    /// `[0, 1]`; `None` when the provider said nothing about its cache or
+    /// there was no prompt.
+    pub fn cache_hit_rate(&self) -> Option<f64> {
+        let read = self.cache_read_tokens?;
+        (self.input_tokens > 0).then(|| (read as f64 / self.input_tokens as f64).clamp(0.0, 1.0))
     }
 }
 
@@ -245,6 +258,7 @@ impl std::ops::Add for Usage {
             output_tokens: self.output_tokens.saturating_add(other.output_tokens),
             cache_read_tokens: opt(self.cache_read_tokens, other.cache_read_tokens),
             cache_write_tokens: opt(self.cache_write_tokens, other.cache_write_tokens),
+            reasoning_tokens: opt(self.reasoning_tokens, other.reasoning_tokens),
         }
     }
 }

@@ -32,10 +32,15 @@ use std::collections::HashMap;
 use dispatch_abi::Error;
 use dispatch_contracts::protocol::reconcile::INTERRUPTED;
 use dispatch_contracts::protocol::store::{
-    CompactRequest, Details, MetaUpdate, NewMessage, DEFAULT_TITLE_CHARS, SUMMARY_PREFIX,
+    CompactRequest, Details, MetaUpdate, NewMessage, ThroughputList, TraceQuery, DEFAULT_TITLE_CHARS,
+    SUMMARY_PREFIX,
+};
+use dispatch_contracts::protocol::trace::{
+    ThroughputRow, ToolOutcome, TraceBody, TraceEvent, TracePage, MAX_PAGE,
 };
 use dispatch_contracts::protocol::wire::{
-    ChatMessage, Chunk, ConversationStatus, ReasoningEffort, Role, StepMetrics, TurnMetrics, Usage,
+    ChatMessage, Chunk, ConversationStatus, FinishReason, ReasoningEffort, Role, StepMetrics, TurnMetrics,
+    Usage,
 };
 use dispatch_contracts::store::{
     Appended, History, Listing, Messages, MetricsList, StoreLimits, StoreRequest, STORE,
@@ -97,7 +102,9 @@ macro_rules! conformance_tests {
             a_stale_or_malformed_compaction_is_refused_and_changes_nothing,
             values_round_trip_and_null_forgets,
             limits_are_told_and_kept,
-            workspaces_are_kept_listed_and_counted);
+            workspaces_are_kept_listed_and_counted,
+            traces_page_in_order_filter_and_stay_stable_while_appended,
+            throughput_sums_the_turns_of_a_period_by_model);
     };
     (@each $fresh:expr; $($check:ident),* $(,)?) => {
         $(
@@ -684,4 +691,151 @@ pub fn workspaces_are_kept_listed_and_counted(h: &TestHost) {
         ok::<Value>(h, &StoreRequest::DeleteWorkspace { id: "fresh".into() }),
         json!({"deleted": false})
     );
+}
+
+fn trace(conv: &str, turn: &str, at: u64, body: TraceBody) -> TraceEvent {
+    TraceEvent {
+        conversation_id: conv.into(),
+        turn_id: turn.into(),
+        step_id: None,
+        started_at: at,
+        ended_at: at + 5,
+        body,
+    }
+}
+
+fn tool_trace(conv: &str, turn: &str, at: u64, n: u64) -> TraceEvent {
+    trace(
+        conv,
+        turn,
+        at,
+        TraceBody::Tool {
+            tool_call_id: format!("call-{n}"),
+            tool_name: "run_shell".into(),
+            plugin: Some("tool-shell".into()),
+            input: json!({"command": "ls"}),
+            input_bytes: 16,
+            output: "ok".into(),
+            output_bytes: 2,
+            outcome: ToolOutcome::Ok,
+        },
+    )
+}
+
+fn turn_trace(conv: &str, turn: &str, model: &str, ended: u64, output: u64, gen_ms: u64) -> TraceEvent {
+    TraceEvent {
+        ended_at: ended,
+        ..trace(
+            conv,
+            turn,
+            ended.saturating_sub(gen_ms),
+            TraceBody::Turn {
+                model: model.into(),
+                reason: FinishReason::Stop,
+                usage: Some(Usage { input_tokens: 10, output_tokens: output, ..Usage::default() }),
+                cache_hit_rate: None,
+                steps: 1,
+                tool_calls: 0,
+                gen_ms,
+                context_size: None,
+            },
+        )
+    }
+}
+
+fn append_traces(h: &TestHost, traces: Vec<TraceEvent>) {
+    let _: Value = ok(h, &StoreRequest::AppendTraces { traces });
+}
+
+fn page(h: &TestHost, conv: &str, turn: Option<&str>, after: Option<u64>, limit: u64) -> TracePage {
+    ok(
+        h,
+        &StoreRequest::Traces(TraceQuery {
+            conversation_id: conv.into(),
+            turn_id: turn.map(str::to_owned),
+            kind: None,
+            after,
+            limit,
+        }),
+    )
+}
+
+/// A conversation's traces come back oldest first, a page at a time; a
+/// page's cursor continues exactly after it even while more are appended;
+/// turn and kind filters apply; `append` records are not kept; a trace
+/// does not create or touch its conversation.
+pub fn traces_page_in_order_filter_and_stay_stable_while_appended(h: &TestHost) {
+    let first: Vec<TraceEvent> = (0..5).map(|n| tool_trace("tr1", "t1", 100 + n, n)).collect();
+    append_traces(h, first.clone());
+    append_traces(h, vec![tool_trace("other", "t9", 100, 99)]);
+    append_traces(h, vec![trace("tr1", "t1", 200, TraceBody::Append { messages: 2, ok: true })]);
+    assert_eq!(get(h, "tr1"), None, "traces are not conversation activity");
+
+    let p1 = page(h, "tr1", None, None, 2);
+    assert_eq!(p1.traces.iter().map(|t| t.event.clone()).collect::<Vec<_>>(), first[..2]);
+    assert_eq!(p1.traces[0].duration_ms, 5);
+    let cursor: u64 = p1.next_cursor.as_deref().expect("more pages").parse().expect("numeric cursor");
+    // A turn appends between two page reads.
+    let second: Vec<TraceEvent> = (5..8).map(|n| tool_trace("tr1", "t2", 300 + n, n)).collect();
+    append_traces(h, second.clone());
+    let mut seen: Vec<TraceEvent> = p1.traces.into_iter().map(|t| t.event).collect();
+    let mut after = Some(cursor);
+    while let Some(a) = after {
+        let p = page(h, "tr1", None, Some(a), 2);
+        seen.extend(p.traces.iter().map(|t| t.event.clone()));
+        after = p.next_cursor.map(|c| c.parse().unwrap());
+    }
+    let all: Vec<TraceEvent> = first.iter().chain(&second).cloned().collect();
+    assert_eq!(seen, all, "every trace once, in order, no `append` record");
+
+    let t2 = page(h, "tr1", Some("t2"), None, 200);
+    assert_eq!(t2.traces.len(), 3);
+    assert_eq!(t2.next_cursor, None);
+    let tools_only: TracePage = ok(
+        h,
+        &StoreRequest::Traces(TraceQuery {
+            conversation_id: "tr1".into(),
+            turn_id: None,
+            kind: Some("turn".into()),
+            after: None,
+            limit: 10,
+        }),
+    );
+    assert!(tools_only.traces.is_empty());
+    for limit in [0, MAX_PAGE + 1] {
+        let bad = StoreRequest::Traces(TraceQuery {
+            conversation_id: "tr1".into(),
+            turn_id: None,
+            kind: None,
+            after: None,
+            limit,
+        });
+        assert_eq!(code(call(h, &bad)), "invalid_payload", "limit {limit}");
+    }
+}
+
+/// Throughput sums the `turn` traces that ended in `[start, end)` per
+/// model, leaving out turns without generation time.
+pub fn throughput_sums_the_turns_of_a_period_by_model(h: &TestHost) {
+    append_traces(
+        h,
+        vec![
+            turn_trace("tp1", "a", "x/fast", 1_000, 100, 1_000),
+            turn_trace("tp1", "b", "x/fast", 1_500, 300, 1_000),
+            turn_trace("tp2", "c", "x/slow", 1_999, 10, 2_000),
+            turn_trace("tp2", "d", "x/slow", 2_000, 10, 2_000),
+            turn_trace("tp2", "e", "x/idle", 1_200, 0, 0),
+            tool_trace("tp2", "c", 1_100, 1),
+        ],
+    );
+    let list: ThroughputList = ok(h, &StoreRequest::Throughput { start: 1_000, end: 2_000 });
+    assert_eq!(
+        list.models,
+        vec![
+            ThroughputRow { model: "x/fast".into(), output_tokens: 400, gen_ms: 2_000, turns: 2 },
+            ThroughputRow { model: "x/slow".into(), output_tokens: 10, gen_ms: 2_000, turns: 1 },
+        ]
+    );
+    let none: ThroughputList = ok(h, &StoreRequest::Throughput { start: 5_000, end: 6_000 });
+    assert!(none.models.is_empty());
 }

@@ -25,6 +25,7 @@ mod service;
 mod store;
 mod support;
 mod tools;
+mod traces;
 mod vision;
 mod warming;
 mod workspaces;

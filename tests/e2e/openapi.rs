@@ -66,6 +66,9 @@ const WIRE: &[(&str, &str, &str)] = &[
     ("GET", "/concurrency/cooldown/{providerId}", "provider-concurrency"),
     ("PUT", "/concurrency/cooldown/{providerId}", "provider-concurrency"),
     ("GET", "/concurrency/status", "provider-concurrency"),
+    ("GET", "/metrics/throughput", "traces"),
+    ("GET", "/conversations/{id}/traces", "traces"),
+    ("GET", "/conversations/{id}/turns/{turnId}/context", "traces"),
 ];
 
 /// `(METHOD, path, plugin)` of every operation of a document.

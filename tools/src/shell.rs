@@ -399,7 +399,11 @@ impl Shell {
             End::Aborted => ("[aborted; the command's process group was killed]".to_owned(), true),
         };
         content.push_str(&note);
-        Ok(ToolOutput::new(content, is_error))
+        Ok(if matches!(end, End::TimedOut(_)) {
+            ToolOutput::timed_out(content)
+        } else {
+            ToolOutput::new(content, is_error)
+        })
     }
 }
 

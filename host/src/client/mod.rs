@@ -9,6 +9,7 @@
 pub mod http;
 pub mod interactive;
 pub mod render;
+pub mod traces;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

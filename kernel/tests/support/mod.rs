@@ -225,6 +225,8 @@ pub struct Harness {
     pub compact_sizes: Arc<Mutex<Vec<u64>>>,
     /// The viewer each step's request passes through (none: no viewer).
     pub view: Option<ViewFn>,
+    /// What the turn's observer received.
+    pub traces: Arc<Mutex<Vec<dispatch_protocol::trace::TraceEvent>>>,
 }
 
 /// A test viewer.
@@ -264,6 +266,7 @@ impl Harness {
             compact_to: None,
             compact_sizes: Arc::default(),
             view: None,
+            traces: Arc::default(),
         }
     }
 
@@ -308,6 +311,10 @@ impl Harness {
             view: self.view.clone().map(|f| {
                 let view: dispatch_kernel::turn::Viewer = Box::new(move |m| f(m));
                 view
+            }),
+            observe: Some({
+                let traces = Arc::clone(&self.traces);
+                Arc::new(move |t| traces.lock().unwrap().push(t))
             }),
             on_step: Some(Box::new(move |msgs| {
                 let mut saved = persisted.lock().unwrap();

@@ -492,6 +492,7 @@ mod tests {
             output_tokens: 1,
             cache_read_tokens: Some(875),
             cache_write_tokens: Some(125),
+            ..Usage::default()
         };
         let a = WarmAnswer::of(&u);
         assert_eq!((a.cache_pct, a.expected_cache_rate), (88, 88));

@@ -254,8 +254,8 @@ impl Server {
                 cancel(handle, "timed out").await;
                 // Without holding the call's result back.
                 self.runner.spawn(Arc::clone(&self).check_responsive(live.clone()));
-                Err(ToolError::Failed(format!(
-                    "the MCP server `{server}` did not answer within {} s; the call was cancelled",
+                Ok(ToolOutput::timed_out(format!(
+                    "Tool `{name}` failed: the MCP server `{server}` did not answer within {} s; the call was cancelled",
                     timeout.as_secs_f64()
                 )))
             }

@@ -330,6 +330,63 @@ pub fn error_value(err: &Value, status: Option<u16>) -> ProviderError {
     ProviderError { message, code, retryable, retry_after: None }
 }
 
+/// The first of `paths` present as a count (`a.b` reads a nested field).
+fn count(u: &Value, paths: &[&str]) -> Option<u64> {
+    paths.iter().find_map(|path| {
+        let mut v = u;
+        for key in path.split('.') {
+            v = v.get(key)?;
+        }
+        v.as_u64()
+    })
+}
+
+/// A completion's `usage` object, whichever OpenAI-compatible dialect
+/// wrote it: OpenAI's `prompt_tokens_details.cached_tokens` and
+/// `completion_tokens_details.reasoning_tokens`, DeepSeek's
+/// `prompt_cache_hit_tokens` / `prompt_cache_miss_tokens`, and the cache
+/// writes gateways pass on from providers that charge for them
+/// (OpenRouter's `cache_write_tokens`, Anthropic's
+/// `cache_creation_input_tokens` through LiteLLM). A counter the server
+/// did not send stays `None` — never a guessed 0.
+pub fn usage_of(u: &Value) -> Usage {
+    let read = count(
+        u,
+        &[
+            "prompt_tokens_details.cached_tokens",
+            "prompt_cache_hit_tokens",
+            "cache_read_input_tokens",
+            "cached_tokens",
+        ],
+    );
+    let input = count(u, &["prompt_tokens", "input_tokens"]).or_else(|| {
+        let miss = count(u, &["prompt_cache_miss_tokens"])?;
+        Some(miss.saturating_add(read.unwrap_or(0)))
+    });
+    Usage {
+        input_tokens: input.unwrap_or(0),
+        output_tokens: count(u, &["completion_tokens", "output_tokens"]).unwrap_or(0),
+        cache_read_tokens: read,
+        cache_write_tokens: count(
+            u,
+            &[
+                "prompt_tokens_details.cache_write_tokens",
+                "prompt_tokens_details.cache_creation_tokens",
+                "cache_creation_input_tokens",
+                "cache_write_tokens",
+            ],
+        ),
+        reasoning_tokens: count(
+            u,
+            &[
+                "completion_tokens_details.reasoning_tokens",
+                "output_tokens_details.reasoning_tokens",
+                "reasoning_tokens",
+            ],
+        ),
+    }
+}
+
 impl Assembler {
     /// Feed one chunk; answers the events it completes (text, reasoning).
     pub fn feed(&mut self, chunk: &Value) -> Result<Vec<ProviderEvent>, ProviderError> {
@@ -337,17 +394,8 @@ impl Assembler {
             return Err(error_value(err, None));
         }
         let mut out = Vec::new();
-        if let Some(u) = chunk.get("usage").filter(|u| !u.is_null()) {
-            let n = |v: Option<&Value>| v.and_then(Value::as_u64).unwrap_or(0);
-            self.usage = Some(Usage {
-                input_tokens: n(u.get("prompt_tokens")),
-                output_tokens: n(u.get("completion_tokens")),
-                cache_read_tokens: u
-                    .get("prompt_tokens_details")
-                    .and_then(|d| d.get("cached_tokens"))
-                    .and_then(Value::as_u64),
-                cache_write_tokens: None,
-            });
+        if let Some(u) = chunk.get("usage").filter(|u| u.is_object()) {
+            self.usage = Some(usage_of(u));
         }
         let Some(choice) = chunk.get("choices").and_then(Value::as_array).and_then(|c| c.first()) else {
             return Ok(out);
@@ -416,6 +464,43 @@ impl Assembler {
 mod tests {
     const SEND: Knobs = Knobs { effort: None, images: Images::Send, limit: None };
     use super::*;
+
+    /// Every dialect's counters land in the same fields; nothing the
+    /// server did not say is invented.
+    #[test]
+    fn usage_reads_every_dialect() {
+        let openai = usage_of(&json!({
+            "prompt_tokens": 1200, "completion_tokens": 80,
+            "prompt_tokens_details": {"cached_tokens": 1024},
+            "completion_tokens_details": {"reasoning_tokens": 64}
+        }));
+        assert_eq!(
+            openai,
+            Usage {
+                input_tokens: 1200,
+                output_tokens: 80,
+                cache_read_tokens: Some(1024),
+                cache_write_tokens: None,
+                reasoning_tokens: Some(64),
+            }
+        );
+        let deepseek = usage_of(&json!({
+            "completion_tokens": 5, "prompt_cache_hit_tokens": 700, "prompt_cache_miss_tokens": 300
+        }));
+        assert_eq!((deepseek.input_tokens, deepseek.cache_read_tokens), (1000, Some(700)));
+        let openrouter = usage_of(&json!({
+            "prompt_tokens": 50, "completion_tokens": 5,
+            "prompt_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 40}
+        }));
+        assert_eq!((openrouter.cache_read_tokens, openrouter.cache_write_tokens), (Some(0), Some(40)));
+        let litellm = usage_of(&json!({
+            "prompt_tokens": 90, "completion_tokens": 5,
+            "cache_creation_input_tokens": 30, "cache_read_input_tokens": 60
+        }));
+        assert_eq!((litellm.cache_read_tokens, litellm.cache_write_tokens), (Some(60), Some(30)));
+        let bare = usage_of(&json!({"prompt_tokens": 3, "completion_tokens": 4}));
+        assert_eq!(bare, Usage { input_tokens: 3, output_tokens: 4, ..Usage::default() });
+    }
 
     #[test]
     fn history_converts_with_tool_calls_and_results() {

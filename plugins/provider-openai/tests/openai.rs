@@ -180,7 +180,8 @@ async fn usage_includes_cached_prompt_tokens() {
         input_tokens: 1000,
         output_tokens: 10,
         cache_read_tokens: Some(800),
-        cache_write_tokens: None
+        cache_write_tokens: None,
+        reasoning_tokens: None
     })));
 }
 

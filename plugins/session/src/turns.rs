@@ -20,19 +20,21 @@ use dispatch_contracts::remote::{HostCaller, RemoteProvider};
 use dispatch_contracts::session::{
     Aborted, ChatRequest, ConversationRef, LastAnswer, OpenRequested, PromptContext, Queued, SessionRequest,
     Started, StatusChanged, StatusInfo, ToolSummary, TurnTools, Unqueued, WireVersion, EVENT, OPEN, STATUS,
-    SYSTEM_PROMPT, TOOLS,
+    SYSTEM_PROMPT, TOOLS, TRACE,
 };
 use dispatch_contracts::store::{
     Appended, Details, Messages, MetaUpdate, NewMessage, StoreLimits, StoreRequest, STORE,
 };
 use dispatch_contracts::vision::{VisionRequest, VISION};
 use dispatch_contracts::workspace::{effective_cwd, is_valid_slug, Workspace, DEFAULT_WORKSPACE, SLUG_RULE};
+use dispatch_kernel::protocol::trace::{TraceBody, TraceEvent};
 use dispatch_kernel::protocol::{BoxFuture, Spawner};
 use dispatch_kernel::provider::ProviderOptions;
+use dispatch_kernel::provider::ToolSpec;
 use dispatch_kernel::runtime::{AbortSignal, MonotonicClock, RetryPolicy, Sleep};
 use dispatch_kernel::tool::Tool;
 use dispatch_kernel::toolbus::{RemoteTool, TOOL_PREFIX};
-use dispatch_kernel::turn::{run_turn, TurnInput};
+use dispatch_kernel::turn::{run_turn, TurnInput, TurnOutcome};
 use dispatch_kernel::wire::{
     is_valid_conversation_id, AgentEvent, ChatMessage, Chunk, ConversationStatus, FinishReason,
     ReasoningEffort, Role, CONVERSATION_ID_RULE,
@@ -113,6 +115,8 @@ struct Plan {
     effort: Option<ReasoningEffort>,
     history: Vec<ChatMessage>,
     tools: Vec<Arc<dyn Tool>>,
+    /// Which plugin serves each tool (those it could tell), for traces.
+    owners: HashMap<String, String>,
     system_prompt: Option<String>,
     abort: AbortSignal,
     log: Arc<TurnLog>,
@@ -451,7 +455,7 @@ impl Session {
             }
         };
         messages.push(ChatMessage::user(dispatch_contracts::session::WARM_PROBE));
-        let tools = self.tools_for(conversation_id, &resolved.model).await;
+        let (tools, _) = self.tools_for(conversation_id, &resolved.model).await;
         let system_prompt = self.system_prompt(conversation_id, &resolved.model, &cwd, &tools).await;
         let specs: Vec<dispatch_kernel::provider::ToolSpec> = tools
             .iter()
@@ -616,7 +620,7 @@ impl Session {
             }
         };
 
-        let tools = self.tools_for(conversation_id, &resolved.model).await;
+        let (tools, owners) = self.tools_for(conversation_id, &resolved.model).await;
         let system_prompt = self.system_prompt(conversation_id, &resolved.model, &cwd, &tools).await;
         Ok(Plan {
             conversation_id: conversation_id.to_owned(),
@@ -629,6 +633,7 @@ impl Session {
             effort,
             history,
             tools,
+            owners,
             system_prompt,
             abort,
             log,
@@ -636,18 +641,35 @@ impl Session {
     }
 
     /// The tools for a turn: every `tool.*` service of an active plugin,
-    /// through the `session.tools` filters.
-    async fn tools_for(&self, conversation_id: &str, model: &str) -> Vec<Arc<dyn Tool>> {
+    /// through the `session.tools` filters; and the plugin serving each
+    /// (a family's tools are its one family plugin's, when there is one).
+    async fn tools_for(
+        &self,
+        conversation_id: &str,
+        model: &str,
+    ) -> (Vec<Arc<dyn Tool>>, HashMap<String, String>) {
+        let mut owners = HashMap::new();
+        let mut families = Vec::new();
         let mut names: Vec<String> = match self.host.call(&PLUGINS, &json!({})).await {
             Ok(PluginList { plugins, .. }) => plugins
                 .into_iter()
                 .filter(|p| p.state == State::Active)
-                .flat_map(|p| p.provides)
-                .filter(|p| p.kind == "service")
-                .filter_map(|p| p.name.strip_prefix(TOOL_PREFIX).map(str::to_owned))
+                .flat_map(|p| {
+                    let id = p.id;
+                    p.provides.into_iter().map(move |s| (id.clone(), s))
+                })
+                .filter(|(_, p)| p.kind == "service")
+                .filter_map(|(id, p)| p.name.strip_prefix(TOOL_PREFIX).map(|n| (id, n.to_owned())))
                 // A declared family (`tool.*`) names no tool: its plugin
                 // adds its tools through the `session.tools` filter.
-                .filter(|name| !name.ends_with('*'))
+                .filter_map(|(id, name)| {
+                    if name.ends_with('*') {
+                        families.push(id);
+                        return None;
+                    }
+                    owners.insert(name.clone(), id);
+                    Some(name)
+                })
                 .collect(),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list the plugins; the turn offers no tools");
@@ -696,7 +718,12 @@ impl Session {
             };
             tools.push(tool);
         }
-        tools
+        if let [family] = families.as_slice() {
+            for t in &tools {
+                owners.entry(t.name().to_owned()).or_insert_with(|| family.clone());
+            }
+        }
+        (tools, owners)
     }
 
     async fn system_prompt(
@@ -775,11 +802,36 @@ impl Session {
             effort,
             history,
             tools,
+            owners,
             system_prompt,
             abort,
             log,
         } = plan;
         let emit = self.emitter(Arc::clone(&log));
+        // The turn's clock counts from here; traces carry wall time.
+        let clock = MonotonicClock::start();
+        let base = epoch_ms();
+        let trace =
+            Tracer { host: self.host.clone(), base, model: resolved.model.clone(), owners: Arc::new(owners) };
+        trace.publish(TraceEvent {
+            conversation_id: conversation_id.clone(),
+            turn_id: turn_id.clone(),
+            step_id: None,
+            started_at: base,
+            ended_at: base,
+            body: TraceBody::Context {
+                model: resolved.model.clone(),
+                system_prompt: system_prompt.clone(),
+                tools: tools
+                    .iter()
+                    .map(|t| ToolSpec {
+                        name: t.name().to_owned(),
+                        description: t.description().to_owned(),
+                        input_schema: t.input_schema(),
+                    })
+                    .collect(),
+            },
+        });
         emit(AgentEvent::UserMessage {
             conversation_id: conversation_id.clone(),
             turn_id: turn_id.clone(),
@@ -805,6 +857,7 @@ impl Session {
         // for the next turn.
         let saved = Arc::new(Mutex::new(Some(user_seq)));
         let on_step = {
+            let trace = trace.clone();
             let host = self.host.clone();
             let conversation_id = conversation_id.clone();
             let turn_id = turn_id.clone();
@@ -814,6 +867,7 @@ impl Session {
                 let conversation_id = conversation_id.clone();
                 let turn_id = turn_id.clone();
                 let saved = Arc::clone(&saved);
+                let trace = trace.clone();
                 Box::pin(async move {
                     // Steering alone: the user's queued messages. When they
                     // cannot be saved they go back to the queue, so nothing
@@ -827,7 +881,17 @@ impl Session {
                         })
                         .collect();
                     let only_steering = steering.len() == messages.len();
+                    let count = u32::try_from(messages.len()).unwrap_or(u32::MAX);
+                    let started_at = epoch_ms();
                     let result = save_step(&host, &conversation_id, &turn_id, messages).await;
+                    trace.publish(TraceEvent {
+                        conversation_id: conversation_id.clone(),
+                        turn_id: turn_id.clone(),
+                        step_id: None,
+                        started_at,
+                        ended_at: epoch_ms(),
+                        body: TraceBody::Append { messages: count, ok: result.is_ok() },
+                    });
                     {
                         let mut last = saved.lock().unwrap_or_else(PoisonError::into_inner);
                         *last = match (&result, *last) {
@@ -918,7 +982,7 @@ impl Session {
             tools,
             cwd: Some(cwd),
             abort,
-            clock: Some(Arc::new(MonotonicClock::start())),
+            clock: Some(Arc::new(clock)),
             sleep: Arc::new(TokioSleep),
             retry,
             max_steps: self.config.max_steps,
@@ -928,8 +992,10 @@ impl Session {
             on_step: Some(on_step),
             compact: Some(compact),
             view: Some(viewer(self.host.clone(), conversation_id.clone(), resolved.model.clone())),
+            observe: Some(trace.observer()),
         })
         .await;
+        trace.publish(trace.turn_end(&conversation_id, &turn_id, &outcome));
 
         let metrics = StoreRequest::AppendMetrics {
             conversation_id: conversation_id.clone(),
@@ -1609,5 +1675,78 @@ mod tests {
         let seen = store(&t, Takes::Unknown);
         t.block_on(save_step(t.host(), "c", "t", step())).unwrap();
         assert_eq!(*seen.lock().unwrap(), ["append Assistant", "append Tool"]);
+    }
+}
+
+/// Now, epoch ms.
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Publishes a turn's telemetry on `session.trace`: the kernel's records
+/// with wall-clock times, the model and each tool's plugin filled in.
+/// Facts only: what becomes of them is the subscribers' business.
+#[derive(Clone)]
+struct Tracer {
+    host: Host,
+    /// Epoch ms when the turn's clock read 0.
+    base: u64,
+    model: String,
+    owners: Arc<HashMap<String, String>>,
+}
+
+impl Tracer {
+    fn publish(&self, event: TraceEvent) {
+        // Nobody listening is not worth a log line.
+        let _ = self.host.publish(&TRACE, &event);
+    }
+
+    /// The kernel's observer.
+    fn observer(&self) -> dispatch_kernel::turn::Observer {
+        let me = self.clone();
+        Arc::new(move |mut event: TraceEvent| {
+            event.started_at = event.started_at.saturating_add(me.base);
+            event.ended_at = event.ended_at.saturating_add(me.base);
+            match &mut event.body {
+                TraceBody::Request { model, .. } => model.clone_from(&me.model),
+                TraceBody::Tool { tool_name, plugin, .. } => {
+                    plugin.clone_from(&me.owners.get(tool_name).cloned())
+                }
+                _ => {}
+            }
+            me.publish(event);
+        })
+    }
+
+    /// The record of a turn that ended.
+    fn turn_end(&self, conversation_id: &str, turn_id: &str, outcome: &TurnOutcome) -> TraceEvent {
+        let metrics = &outcome.metrics;
+        let tool_calls = outcome
+            .messages
+            .iter()
+            .flat_map(|m| &m.chunks)
+            .filter(|c| matches!(c, Chunk::ToolCall { .. }))
+            .count();
+        let reported = outcome.usage.is_reported();
+        let ended_at = epoch_ms();
+        TraceEvent {
+            conversation_id: conversation_id.to_owned(),
+            turn_id: turn_id.to_owned(),
+            step_id: None,
+            started_at: self.base,
+            ended_at: metrics.duration_ms.map_or(ended_at, |d| self.base.saturating_add(d)),
+            body: TraceBody::Turn {
+                model: self.model.clone(),
+                reason: outcome.reason.clone(),
+                usage: reported.then_some(outcome.usage),
+                cache_hit_rate: outcome.usage.cache_hit_rate(),
+                steps: u32::try_from(metrics.steps.len()).unwrap_or(u32::MAX),
+                tool_calls: u32::try_from(tool_calls).unwrap_or(u32::MAX),
+                gen_ms: metrics.steps.iter().filter_map(|s| s.gen_total_ms).sum(),
+                context_size: metrics.context_size,
+            },
+        }
     }
 }

@@ -15,8 +15,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dispatch_contracts::protocol::reconcile::reconcile;
 use dispatch_contracts::protocol::store::{
-    default_title, CompactRequest, Details, History, MetaUpdate, SUMMARY_PREFIX,
+    default_title, CompactRequest, Details, History, MetaUpdate, TraceQuery, SUMMARY_PREFIX,
 };
+use dispatch_contracts::protocol::trace::{ThroughputRow, Trace, TraceEvent, TracePage};
 use dispatch_contracts::protocol::wire::{
     is_valid_conversation_id, ChatMessage, Chunk, ConversationMeta, ConversationStatus, ReasoningEffort,
     Role, StoredChunk, TurnMetrics,
@@ -604,6 +605,90 @@ impl Store {
         }
         let done = sqlx::query("DELETE FROM workspaces WHERE id = $1").bind(id).execute(&self.pool).await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    /// Keep turn traces, in order, in one statement.
+    pub async fn append_traces(&self, traces: &[TraceEvent]) -> Result<(), StoreError> {
+        let n = traces.len();
+        let (mut conv, mut turn, mut kind, mut ended) =
+            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut model, mut output, mut gen, mut body) =
+            (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        let int = |v: Option<u64>| v.map(|v| i64::try_from(v).unwrap_or(i64::MAX));
+        for t in traces {
+            validate_id(&t.conversation_id)?;
+            let c = t.columns();
+            conv.push(t.conversation_id.clone());
+            turn.push(t.turn_id.clone());
+            kind.push(c.kind);
+            ended.push(i64::try_from(t.ended_at).unwrap_or(i64::MAX));
+            model.push(c.model);
+            output.push(int(c.output_tokens));
+            gen.push(int(c.gen_ms));
+            body.push(serde_json::to_string(t).map_err(|e| StoreError::Database(e.to_string()))?);
+        }
+        // `WITH ORDINALITY` keeps the ids in the records' order.
+        sqlx::query(
+            "INSERT INTO traces (conversation_id, turn_id, kind, ended_at, model, output_tokens, gen_ms, body)              SELECT c, t, k, e, m, o, g, b FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[],              $5::text[], $6::bigint[], $7::bigint[], $8::text[]) WITH ORDINALITY AS r(c, t, k, e, m, o, g, b, n)              ORDER BY n",
+        )
+        .bind(conv)
+        .bind(turn)
+        .bind(kind)
+        .bind(ended)
+        .bind(model)
+        .bind(output)
+        .bind(gen)
+        .bind(body)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A page of a conversation's traces, oldest first.
+    pub async fn traces(&self, query: &TraceQuery) -> Result<TracePage, StoreError> {
+        validate_id(&query.conversation_id)?;
+        let rows = sqlx::query(
+            "SELECT id, body FROM traces WHERE conversation_id = $1 AND id > $2              AND ($3::text IS NULL OR turn_id = $3) AND ($4::text IS NULL OR kind = $4) ORDER BY id LIMIT $5",
+        )
+        .bind(&query.conversation_id)
+        .bind(i64::try_from(query.after.unwrap_or(0)).unwrap_or(i64::MAX))
+        .bind(query.turn_id.as_deref())
+        .bind(query.kind.as_deref())
+        .bind(i64::try_from(query.limit.saturating_add(1)).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        let traces = rows
+            .iter()
+            .map(|r| {
+                let id = u64::try_from(r.get::<i64, _>(0)).unwrap_or(0);
+                Trace::from_stored(id, r.get::<&str, _>(1)).map_err(|e| StoreError::Database(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(TracePage::of(traces, query.limit))
+    }
+
+    /// Generation per model over `[start, end)`.
+    pub async fn throughput(&self, start: u64, end: u64) -> Result<Vec<ThroughputRow>, StoreError> {
+        let bound = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let rows = sqlx::query(
+            "SELECT model, SUM(output_tokens)::bigint, SUM(gen_ms)::bigint, COUNT(*) FROM traces \
+             WHERE kind = 'turn' AND ended_at >= $1 AND ended_at < $2 AND gen_ms > 0 AND model IS NOT NULL \
+             GROUP BY model ORDER BY model",
+        )
+        .bind(bound(start))
+        .bind(bound(end))
+        .fetch_all(&self.pool)
+        .await?;
+        let count = |v: i64| u64::try_from(v).unwrap_or(0);
+        Ok(rows
+            .iter()
+            .map(|r| ThroughputRow {
+                model: r.get(0),
+                output_tokens: count(r.get(1)),
+                gen_ms: count(r.get(2)),
+                turns: count(r.get(3)),
+            })
+            .collect())
     }
 
     /// A plugin's value, as JSON text.

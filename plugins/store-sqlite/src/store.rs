@@ -22,7 +22,10 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dispatch_contracts::protocol::reconcile::reconcile;
-use dispatch_contracts::protocol::store::{CompactRequest, Details, History, MetaUpdate, SUMMARY_PREFIX};
+use dispatch_contracts::protocol::store::{
+    CompactRequest, Details, History, MetaUpdate, TraceQuery, SUMMARY_PREFIX,
+};
+use dispatch_contracts::protocol::trace::{ThroughputRow, Trace, TraceColumns, TraceEvent, TracePage};
 use dispatch_contracts::protocol::wire::{
     ChatMessage, Chunk, ConversationMeta, ConversationStatus, ReasoningEffort, Role, StoredChunk, TurnMetrics,
 };
@@ -206,10 +209,24 @@ enum Write {
         change: WorkspaceChange,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// Keep turn traces.
+    Traces {
+        rows: Vec<TraceRow>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
     /// Finish what is queued before it, close the connection, answer.
     Close {
         done: oneshot::Sender<()>,
     },
+}
+
+/// A trace as written: its columns and its JSON.
+struct TraceRow {
+    conversation_id: String,
+    turn_id: String,
+    ended_at: i64,
+    columns: TraceColumns,
+    body: String,
 }
 
 /// A workspace write.
@@ -524,6 +541,71 @@ impl Store {
             .is_some();
         self.workspace_write(WorkspaceChange::Delete(id.to_owned())).await?;
         Ok(existed)
+    }
+
+    /// Keep turn traces, in order (one transaction with whatever else the
+    /// writer has queued).
+    pub async fn append_traces(&self, traces: &[TraceEvent]) -> Result<(), StoreError> {
+        let mut rows = Vec::with_capacity(traces.len());
+        for t in traces {
+            validate_id(&t.conversation_id)?;
+            rows.push(TraceRow {
+                conversation_id: t.conversation_id.clone(),
+                turn_id: t.turn_id.clone(),
+                ended_at: i64::try_from(t.ended_at).unwrap_or(i64::MAX),
+                columns: t.columns(),
+                body: serde_json::to_string(t).map_err(|e| StoreError::Database(e.to_string()))?,
+            });
+        }
+        let (reply, rx) = oneshot::channel();
+        self.writes.send(Write::Traces { rows, reply }).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// A page of a conversation's traces, oldest first.
+    pub async fn traces(&self, query: &TraceQuery) -> Result<TracePage, StoreError> {
+        validate_id(&query.conversation_id)?;
+        let after = i64::try_from(query.after.unwrap_or(0)).unwrap_or(i64::MAX);
+        let rows = sqlx::query(
+            "SELECT id, body FROM traces WHERE conversation_id = ?1 AND id > ?2              AND (?3 IS NULL OR turn_id = ?3) AND (?4 IS NULL OR kind = ?4) ORDER BY id LIMIT ?5",
+        )
+        .bind(&query.conversation_id)
+        .bind(after)
+        .bind(query.turn_id.as_deref())
+        .bind(query.kind.as_deref())
+        .bind(i64::try_from(query.limit.saturating_add(1)).unwrap_or(i64::MAX))
+        .fetch_all(&self.readers)
+        .await?;
+        let traces = rows
+            .iter()
+            .map(|r| {
+                let id = u64::try_from(r.get::<i64, _>(0)).unwrap_or(0);
+                Trace::from_stored(id, r.get::<&str, _>(1)).map_err(|e| StoreError::Database(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(TracePage::of(traces, query.limit))
+    }
+
+    /// Generation per model over `[start, end)`.
+    pub async fn throughput(&self, start: u64, end: u64) -> Result<Vec<ThroughputRow>, StoreError> {
+        let bound = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let rows = sqlx::query(
+            "SELECT model, SUM(output_tokens), SUM(gen_ms), COUNT(*) FROM traces              WHERE kind = 'turn' AND ended_at >= ?1 AND ended_at < ?2 AND gen_ms > 0 AND model IS NOT NULL              GROUP BY model ORDER BY model",
+        )
+        .bind(bound(start))
+        .bind(bound(end))
+        .fetch_all(&self.readers)
+        .await?;
+        let count = |v: i64| u64::try_from(v).unwrap_or(0);
+        Ok(rows
+            .iter()
+            .map(|r| ThroughputRow {
+                model: r.get(0),
+                output_tokens: count(r.get(1)),
+                gen_ms: count(r.get(2)),
+                turns: count(r.get(3)),
+            })
+            .collect())
     }
 
     async fn workspace_write(&self, change: WorkspaceChange) -> Result<(), StoreError> {
@@ -845,7 +927,8 @@ fn finish(w: Write, result: Result<Outcome, StoreError>) {
         Write::Update { reply, .. }
         | Write::Metrics { reply, .. }
         | Write::Value { reply, .. }
-        | Write::Workspace { reply, .. } => {
+        | Write::Workspace { reply, .. }
+        | Write::Traces { reply, .. } => {
             let _ = reply.send(result.map(|_| ()));
         }
         Write::Close { .. } => {}
@@ -1169,6 +1252,25 @@ fn ensure_workspace(tx: &rusqlite::Connection, id: &str, now: i64) -> Result<boo
 fn meta(tx: &rusqlite::Connection, w: &Write, now: i64) -> Result<(), StoreError> {
     match w {
         Write::Append { .. } | Write::Close { .. } | Write::Compact { .. } => Ok(()),
+        Write::Traces { rows, .. } => {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO traces (conversation_id, turn_id, kind, ended_at, model, output_tokens, gen_ms, body)                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            let int = |v: Option<u64>| v.map(|v| i64::try_from(v).unwrap_or(i64::MAX));
+            for r in rows {
+                insert.execute(rusqlite::params![
+                    r.conversation_id,
+                    r.turn_id,
+                    r.columns.kind,
+                    r.ended_at,
+                    r.columns.model,
+                    int(r.columns.output_tokens),
+                    int(r.columns.gen_ms),
+                    r.body
+                ])?;
+            }
+            Ok(())
+        }
         Write::Value { scope, key, value, .. } => {
             match value {
                 Some(v) => tx

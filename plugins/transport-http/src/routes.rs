@@ -192,6 +192,8 @@ fn absent_feature(segments: &[&str]) -> Option<&'static str> {
         ["chat"] | ["conversations"] => "Session service",
         ["chat", "warm"] => "Warm service",
         ["settings", "vision"] => "Vision settings",
+        ["metrics", "throughput"] => "Throughput",
+        ["conversations", _, "traces"] | ["conversations", _, "turns", _, "context"] => "Traces",
         ["concurrency", "limits" | "cooldown", _] => "Concurrency service",
         ["workspaces", _, "heartbeat"] | ["workspaces", _, "heartbeat", "runs", _, "stop"] => {
             "Heartbeat service"
