@@ -144,6 +144,16 @@ impl Operation {
         self
     }
 
+    /// A text answer of `content_type` (not JSON: Prometheus' exposition
+    /// format, say).
+    pub fn returns_text(mut self, status: u16, content_type: &str, description: &str) -> Operation {
+        self.responses.insert(
+            status.to_string(),
+            json!({"description": description, "content": {content_type: {"schema": {"type": "string"}}}}),
+        );
+        self
+    }
+
     /// An NDJSON answer (`200`), each line a `T`.
     pub fn returns_ndjson<T: JsonSchema>(mut self, description: &str) -> Operation {
         let schema = self.outputs.subschema_for::<T>().to_value();

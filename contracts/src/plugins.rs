@@ -25,5 +25,8 @@ pub const PLUGIN_STATE: Event<PluginReport> = Event::new("dispatch.plugin-state"
 /// difference to the running plugins (any request; send `{}`). Provided by
 /// `dispatch serve` only.
 pub const RELOAD: Service<Value, ReloadReport> = Service::new("dispatch.reload", 1);
+/// A reload of the plugin set finished (whether asked over the bus, by
+/// SIGHUP or by the admin route): what it did.
+pub const RELOADED: Event<ReloadReport> = Event::new("dispatch.reloaded", 1);
 /// The plugin id the host provides these under.
 pub const HOST_ID: &str = "dispatch";

@@ -14,7 +14,7 @@ use dispatch_abi::ffi::{BytesFuture, PluginInstanceBox, PluginModRef, ServiceHan
 pub use dispatch_contracts::plugins::{
     PluginList, PluginReport, Provided, ReloadChange, ReloadReport, State, HOST_ID,
 };
-use dispatch_contracts::plugins::{PLUGINS, PLUGIN_STATE, RELOAD};
+use dispatch_contracts::plugins::{PLUGINS, PLUGIN_STATE, RELOAD, RELOADED};
 use dispatch_kernel::graph::{self, GraphError, Node};
 use tokio::sync::watch;
 
@@ -447,6 +447,15 @@ impl Supervisor {
     /// activate is reported and nothing else is disturbed. Libraries stay
     /// mapped (abi_stable never unloads).
     pub async fn reload(&mut self, plan: Plan) -> ReloadReport {
+        let report = self.apply(plan).await;
+        if let Ok(bytes) = serde_json::to_vec(&report) {
+            let _ = self.shared.bus.publish(HOST_ID, RELOADED.name(), RELOADED.version(), bytes);
+        }
+        report
+    }
+
+    /// [`Supervisor::reload`]'s work.
+    async fn apply(&mut self, plan: Plan) -> ReloadReport {
         let mut out = ReloadReport::default();
         let Plan { plugins: planned, by_id, .. } = plan;
         let by_id: HashMap<String, crate::config::IdEntry> =

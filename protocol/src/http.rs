@@ -267,6 +267,20 @@ pub struct HttpResponse {
     /// writes each line as it arrives. The client leaving stops the pulls.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<Value>,
+    /// A body that is not JSON, sent as it is with its content type
+    /// (Prometheus' text format, say); `body` is then ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<TextBody>,
+}
+
+/// A non-JSON answer body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TextBody {
+    /// Its `Content-Type`.
+    pub content_type: String,
+    /// The body.
+    pub text: String,
 }
 
 /// Lines of an NDJSON answer (`pull`).
@@ -290,6 +304,18 @@ impl HttpResponse {
             body: serde_json::to_value(body).unwrap_or(Value::Null),
             headers: BTreeMap::new(),
             stream: None,
+            text: None,
+        }
+    }
+
+    /// `status` with a non-JSON body of `content_type`.
+    pub fn text(status: u16, content_type: &str, text: String) -> HttpResponse {
+        HttpResponse {
+            status,
+            body: Value::Null,
+            headers: BTreeMap::new(),
+            stream: None,
+            text: Some(TextBody { content_type: content_type.to_owned(), text }),
         }
     }
 
@@ -305,7 +331,13 @@ impl HttpResponse {
 
     /// A `200` NDJSON answer pulled with `stream` (see [`HttpResponse::stream`]).
     pub fn ndjson(stream: Value) -> HttpResponse {
-        HttpResponse { status: 200, body: Value::Null, headers: BTreeMap::new(), stream: Some(stream) }
+        HttpResponse {
+            status: 200,
+            body: Value::Null,
+            headers: BTreeMap::new(),
+            stream: Some(stream),
+            text: None,
+        }
     }
 
     /// The answer with one more header.

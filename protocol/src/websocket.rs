@@ -51,3 +51,11 @@ pub struct Handshake {
     /// Present it to `adopt`.
     pub ticket: String,
 }
+
+/// The `websocket.connections` event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Connections {
+    /// Open now.
+    pub open: u64,
+}

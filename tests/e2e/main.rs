@@ -17,6 +17,7 @@ mod http;
 mod lifecycle;
 mod loading;
 mod mcp;
+mod metrics;
 mod openapi;
 mod postgres;
 mod providers;

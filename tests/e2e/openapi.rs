@@ -67,6 +67,7 @@ const WIRE: &[(&str, &str, &str)] = &[
     ("PUT", "/concurrency/cooldown/{providerId}", "provider-concurrency"),
     ("GET", "/concurrency/status", "provider-concurrency"),
     ("GET", "/metrics/throughput", "traces"),
+    ("GET", "/metrics", "metrics"),
     ("GET", "/conversations/{id}/traces", "traces"),
     ("GET", "/conversations/{id}/turns/{turnId}/context", "traces"),
 ];

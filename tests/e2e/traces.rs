@@ -177,10 +177,7 @@ fn a_tool_turn_is_traced_end_to_end_and_kept_across_a_restart() {
     assert!(lines[2].trim_start().starts_with("↳ read_file ok (tool-read-file)"), "{text}");
     assert!(lines[4].trim_start().starts_with("end stop · 2 steps · 1 tool calls"), "{text}");
     let json_lines = run(&["traces", "tr-ok", "--json", "--server", &s.base], &[], Duration::from_secs(30));
-    let parsed: Vec<Value> = json_lines.stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let parsed: Vec<Value> = json_lines.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(parsed, all_traces(&s.base, "tr-ok", 200));
 
     // Kept across a restart.

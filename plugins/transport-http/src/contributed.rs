@@ -276,18 +276,26 @@ async fn answer(
             format!("the route {} {} answered status {}", route.method.as_str(), route.path, answer.status),
         )
     })?;
-    let mut response = match answer.stream {
-        Some(stream) => {
+    let mut response = match (answer.stream, answer.text) {
+        (Some(stream), _) => {
             let mut r = pump(app, route.service.clone(), stream);
             *r.status_mut() = status;
             r
         }
-        None if status == StatusCode::NO_CONTENT || answer.body.is_null() => {
+        (None, Some(text)) => {
+            let mut r = Response::new(full(text.text));
+            *r.status_mut() = status;
+            let kind = HeaderValue::from_str(&text.content_type)
+                .unwrap_or_else(|_| HeaderValue::from_static("text/plain; charset=utf-8"));
+            r.headers_mut().insert(hyper::header::CONTENT_TYPE, kind);
+            r
+        }
+        (None, None) if status == StatusCode::NO_CONTENT || answer.body.is_null() => {
             let mut r = Response::new(full(""));
             *r.status_mut() = status;
             r
         }
-        None => json(status, &answer.body),
+        (None, None) => json(status, &answer.body),
     };
     for (name, value) in &answer.headers {
         if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {

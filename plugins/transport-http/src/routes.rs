@@ -193,6 +193,7 @@ fn absent_feature(segments: &[&str]) -> Option<&'static str> {
         ["chat", "warm"] => "Warm service",
         ["settings", "vision"] => "Vision settings",
         ["metrics", "throughput"] => "Throughput",
+        ["metrics"] => "Metrics",
         ["conversations", _, "traces"] | ["conversations", _, "turns", _, "context"] => "Traces",
         ["concurrency", "limits" | "cooldown", _] => "Concurrency service",
         ["workspaces", _, "heartbeat"] | ["workspaces", _, "heartbeat", "runs", _, "stop"] => {

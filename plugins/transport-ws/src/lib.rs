@@ -50,7 +50,7 @@ use dispatch_abi::{codes, Context, Error, Host, Plugin, PluginManifest};
 use dispatch_contracts::protocol::wire::ConversationStatus;
 use dispatch_contracts::session::{OpenRequested, StatusChanged, WireVersion, OPEN, SESSION, STATUS};
 use dispatch_contracts::surface::{RegistryRequest, SurfaceChanged, CHANGED, REGISTRY};
-use dispatch_contracts::websocket::{Handshake, UpgradeRequest, WEBSOCKET};
+use dispatch_contracts::websocket::{Connections, Handshake, UpgradeRequest, CONNECTIONS, WEBSOCKET};
 use dispatch_listen::Gate;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -268,6 +268,7 @@ const TICKET_LIFETIME: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 struct Shared {
     hub: Arc<Hub>,
+    host: Host,
     runner: Runner,
     token: Option<String>,
     default_wire: WireVersion,
@@ -293,9 +294,11 @@ impl Shared {
         let shared = Arc::clone(self);
         let open = shared.open.fetch_add(1, Ordering::SeqCst) + 1;
         shared.peak.fetch_max(open, Ordering::SeqCst);
+        shared.announce(open);
         self.runner.spawn(async move {
             conn::serve(Arc::clone(&shared.hub), ws, wire, shared.options).await;
             let left = shared.open.fetch_sub(1, Ordering::SeqCst) - 1;
+            shared.announce(left);
             // The last of many sockets closed: what they held (buffers,
             // queues) is free but kept by glibc's malloc; hand it back.
             if left == 0 && shared.peak.swap(0, Ordering::SeqCst) >= TRIM_AFTER_SOCKETS {
@@ -303,6 +306,11 @@ impl Shared {
             }
             shared.closed.notify_waiters();
         });
+    }
+
+    /// Tell subscribers (metrics) how many are open.
+    fn announce(&self, open: usize) {
+        let _ = self.host.publish(&CONNECTIONS, &Connections { open: open as u64 });
     }
 
     /// `503` when `max_connections` sockets are open already.
@@ -420,6 +428,7 @@ impl Plugin for TransportWs {
             .depends_on("surfaces")
             .provides("transport", "websocket")
             .provides("service", WEBSOCKET.name())
+            .provides("event", CONNECTIONS.name())
     }
 
     fn activate(ctx: Context) -> Result<Self, Error> {
@@ -469,6 +478,7 @@ impl Plugin for TransportWs {
         let hub = Hub::new(host.clone(), runtime.runner(), config.max_queued_messages);
         let shared = Arc::new(Shared {
             hub: Arc::clone(&hub),
+            host: host.clone(),
             runner: runtime.runner(),
             gate: Gate::new(token.is_some(), config.allowed_origins.as_deref(), &config.allowed_hosts),
             token,
