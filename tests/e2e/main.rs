@@ -19,6 +19,7 @@ mod loading;
 mod mcp;
 mod metrics;
 mod openapi;
+mod otel;
 mod postgres;
 mod providers;
 mod reload;

@@ -142,6 +142,12 @@ pub fn hermetic(cmd: &mut Command) -> &mut Command {
     ] {
         cmd.env_remove(var);
     }
+    // The otel plugin reads the OpenTelemetry SDK's standard variables.
+    for (var, _) in std::env::vars_os() {
+        if var.to_str().is_some_and(|v| v.starts_with("OTEL_")) {
+            cmd.env_remove(var);
+        }
+    }
     cmd
 }
 

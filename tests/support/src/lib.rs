@@ -39,6 +39,7 @@ pub const BUNDLED_PLUGINS: &[&str] = &[
     "libdispatch_plugin_provider_concurrency.so",
     "libdispatch_plugin_traces.so",
     "libdispatch_plugin_metrics.so",
+    "libdispatch_plugin_otel.so",
     "libdispatch_plugin_transport_http.so",
     "libdispatch_plugin_transport_ws.so",
 ];
