@@ -633,6 +633,7 @@ impl Turn<'_> {
                         output,
                         output_bytes,
                         outcome: executed.outcome,
+                        step_usage: usage.is_reported().then_some(usage),
                     },
                 });
             }

@@ -121,6 +121,9 @@ pub enum TraceBody {
         output_bytes: u64,
         /// How it ended.
         outcome: ToolOutcome,
+        /// The model usage of the step that asked for it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step_usage: Option<Usage>,
     },
     /// The turn, once it ended.
     Turn {
@@ -381,6 +384,7 @@ mod tests {
                     output: "a".into(),
                     output_bytes: 1,
                     outcome: ToolOutcome::Timeout,
+                    step_usage: None,
                 },
             },
         };

@@ -718,6 +718,7 @@ fn tool_trace(conv: &str, turn: &str, at: u64, n: u64) -> TraceEvent {
             output: "ok".into(),
             output_bytes: 2,
             outcome: ToolOutcome::Ok,
+            step_usage: None,
         },
     )
 }

@@ -79,6 +79,7 @@ fn a_tool_turn_is_traced_end_to_end_and_kept_across_a_restart() {
         "{tool}"
     );
     assert_eq!(tool["input"], json!({"path": "notes.txt"}));
+    assert_eq!(tool["stepUsage"], json!({"inputTokens": 30, "outputTokens": 5}), "the step's usage");
     assert!(tool["output"].as_str().unwrap().contains("hello"), "{tool}");
     assert!(tool["endedAt"].as_u64() >= tool["startedAt"].as_u64());
     let turn = &traces[4];

@@ -504,6 +504,7 @@ mod tests {
                 output: String::new(),
                 output_bytes: 0,
                 outcome: ToolOutcome::Timeout,
+                step_usage: None,
             },
         ));
         m.see(&fact(

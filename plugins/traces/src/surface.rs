@@ -206,6 +206,7 @@ mod tests {
                 output: String::new(),
                 output_bytes: 0,
                 outcome: ToolOutcome::Error,
+                step_usage: None,
             },
         );
         let turn = event(
