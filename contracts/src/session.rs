@@ -22,9 +22,9 @@ pub const fn answering<T>() -> Service<SessionRequest, T> {
 pub const EVENT: Event<AgentEvent> = Event::new("session.event", 1);
 /// Turn telemetry: what each turn offered the model, its provider
 /// requests, its tool calls, its store writes and its end, as facts (see
-/// [`dispatch_protocol::trace`]). The `traces`, `metrics` and `otel`
-/// plugins subscribe.
-pub const TRACE: Event<dispatch_protocol::trace::TraceEvent> = Event::new("session.trace", 1);
+/// [`dispatch_protocol::trace`]), a step's together. The `traces`,
+/// `metrics` and `otel` plugins subscribe.
+pub const TRACE: Event<dispatch_protocol::trace::TraceBatch> = Event::new("session.trace", 1);
 /// A conversation's status changed (`active`, `queued`, `idle`, `closed`).
 pub const STATUS: Event<StatusChanged> = Event::new("session.status", 1);
 /// A client asked the others to open a conversation.

@@ -5,6 +5,7 @@
 //!
 //! * **off**: the plugins of the peer bench (models, provider-openai,
 //!   store-sqlite, tool-read-file, session, transport-http) and surfaces;
+//! * **metrics**, **traces**: the same with one of them;
 //! * **traces + metrics**: the same with `traces` and `metrics`;
 //! * **+ otel, no endpoint**: and `otel` loaded with no OTLP endpoint;
 //! * **+ otel exporting**: `otel` exporting to a local OTLP sink.
@@ -138,8 +139,10 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let sink = format!("http://127.0.0.1:{}", otlp_sink());
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let setups: [(&'static str, &[&str], Option<&str>); 4] = [
+    let setups: [(&'static str, &[&str], Option<&str>); 6] = [
         ("off", &[], None),
+        ("metrics", &["libdispatch_plugin_metrics.so"], None),
+        ("traces", &["libdispatch_plugin_traces.so"], None),
         ("traces + metrics", &["libdispatch_plugin_traces.so", "libdispatch_plugin_metrics.so"], None),
         (
             "+ otel, no endpoint",

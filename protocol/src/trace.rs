@@ -22,6 +22,17 @@ pub const MAX_TRACE_TEXT: usize = 16 * 1024;
 /// The most traces one page answers.
 pub const MAX_PAGE: u64 = 200;
 
+/// What one `session.trace` event carries: a step's facts together (its
+/// request, its tool calls, its write), so subscribers wake once a step,
+/// not once a fact. In order; a turn's `context` comes first in the first
+/// batch and its `turn` last in the last.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TraceBatch {
+    /// The facts, oldest first.
+    pub facts: Vec<TraceEvent>,
+}
+
 /// One fact about a turn: a record of the `session.trace` event, and,
 /// with an id, a stored trace.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

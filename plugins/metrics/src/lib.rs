@@ -36,7 +36,7 @@ use dispatch_abi::{Context, Error, Host, Plugin, PluginManifest};
 use dispatch_contracts::http::{self, HttpMethod, HttpResponse, Problem, Route};
 use dispatch_contracts::openapi::Operation;
 use dispatch_contracts::plugins::{PluginList, ReloadReport, PLUGINS, RELOADED};
-use dispatch_contracts::protocol::trace::{RequestOutcome, TraceBody, TraceEvent};
+use dispatch_contracts::protocol::trace::{RequestOutcome, TraceBatch, TraceBody, TraceEvent};
 use dispatch_contracts::protocol::wire::Usage;
 use dispatch_contracts::queue::QueueState;
 use dispatch_contracts::session::TRACE;
@@ -384,8 +384,8 @@ impl Plugin for MetricsPlugin {
         let host = ctx.host().clone();
         let metrics = Arc::new(Metrics::new());
         let m = Arc::clone(&metrics);
-        host.subscribe_sync(&TRACE, move |t: TraceEvent| {
-            m.see(&t);
+        host.subscribe_sync(&TRACE, move |batch: TraceBatch| {
+            batch.facts.iter().for_each(|t| m.see(t));
             Ok(())
         })?;
         let m = Arc::clone(&metrics);

@@ -37,7 +37,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dispatch_abi::runtime::{PluginRuntime, Runner};
 use dispatch_abi::{Context as PluginContext, Error, Plugin, PluginManifest};
-use dispatch_contracts::protocol::trace::{RequestOutcome, ToolOutcome, TraceBody, TraceEvent};
+use dispatch_contracts::protocol::trace::{RequestOutcome, ToolOutcome, TraceBatch, TraceBody, TraceEvent};
 use dispatch_contracts::protocol::wire::{FinishReason, Usage};
 use dispatch_contracts::session::TRACE;
 use opentelemetry::trace::{
@@ -321,9 +321,11 @@ impl Plugin for Otel {
             .build();
         let tracer = provider.tracer("dispatch");
         let turns = Arc::new(Turns::default());
-        ctx.host().subscribe_sync(&TRACE, move |fact: TraceEvent| {
-            if let Some(facts) = turns.take_in(fact) {
-                export(&tracer, &facts);
+        ctx.host().subscribe_sync(&TRACE, move |batch: TraceBatch| {
+            for fact in batch.facts {
+                if let Some(facts) = turns.take_in(fact) {
+                    export(&tracer, &facts);
+                }
             }
             Ok(())
         })?;

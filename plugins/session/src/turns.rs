@@ -27,7 +27,7 @@ use dispatch_contracts::store::{
 };
 use dispatch_contracts::vision::{VisionRequest, VISION};
 use dispatch_contracts::workspace::{effective_cwd, is_valid_slug, Workspace, DEFAULT_WORKSPACE, SLUG_RULE};
-use dispatch_kernel::protocol::trace::{TraceBody, TraceEvent};
+use dispatch_kernel::protocol::trace::{TraceBatch, TraceBody, TraceEvent};
 use dispatch_kernel::protocol::{BoxFuture, Spawner};
 use dispatch_kernel::provider::ProviderOptions;
 use dispatch_kernel::provider::ToolSpec;
@@ -811,9 +811,16 @@ impl Session {
         // The turn's clock counts from here; traces carry wall time.
         let clock = MonotonicClock::start();
         let base = epoch_ms();
-        let trace =
-            Tracer { host: self.host.clone(), base, model: resolved.model.clone(), owners: Arc::new(owners) };
-        trace.publish(TraceEvent {
+        let trace = Tracer {
+            host: self.host.clone(),
+            base,
+            model: resolved.model.clone(),
+            owners: Arc::new(owners),
+            pending: Arc::default(),
+            runner: self.runner.clone(),
+            scheduled: Arc::default(),
+        };
+        trace.record(TraceEvent {
             conversation_id: conversation_id.clone(),
             turn_id: turn_id.clone(),
             step_id: None,
@@ -884,7 +891,7 @@ impl Session {
                     let count = u32::try_from(messages.len()).unwrap_or(u32::MAX);
                     let started_at = epoch_ms();
                     let result = save_step(&host, &conversation_id, &turn_id, messages).await;
-                    trace.publish(TraceEvent {
+                    trace.record(TraceEvent {
                         conversation_id: conversation_id.clone(),
                         turn_id: turn_id.clone(),
                         step_id: None,
@@ -995,7 +1002,8 @@ impl Session {
             observe: Some(trace.observer()),
         })
         .await;
-        trace.publish(trace.turn_end(&conversation_id, &turn_id, &outcome));
+        trace.record(trace.turn_end(&conversation_id, &turn_id, &outcome));
+        trace.flush();
 
         let metrics = StoreRequest::AppendMetrics {
             conversation_id: conversation_id.clone(),
@@ -1685,22 +1693,52 @@ fn epoch_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// How long a turn's facts gather before they are sent: a turn of fast
+/// steps sends one event per this, not one per step (each event wakes
+/// every subscriber: BENCHMARKS.md, "Observability").
+const TRACE_LINGER: Duration = Duration::from_millis(100);
+
 /// Publishes a turn's telemetry on `session.trace`: the kernel's records
-/// with wall-clock times, the model and each tool's plugin filled in.
-/// Facts only: what becomes of them is the subscribers' business.
+/// with wall-clock times, the model and each tool's plugin filled in,
+/// gathered for up to [`TRACE_LINGER`] into one event (the turn's end is
+/// sent at once). Facts only: what becomes of them is the subscribers'
+/// business.
 #[derive(Clone)]
 struct Tracer {
     host: Host,
+    runner: Runner,
     /// Epoch ms when the turn's clock read 0.
     base: u64,
     model: String,
     owners: Arc<HashMap<String, String>>,
+    pending: Arc<Mutex<Vec<TraceEvent>>>,
+    /// A send is scheduled.
+    scheduled: Arc<AtomicBool>,
 }
 
 impl Tracer {
-    fn publish(&self, event: TraceEvent) {
-        // Nobody listening is not worth a log line.
-        let _ = self.host.publish(&TRACE, &event);
+    /// Keep `event` for the next send, and make sure one comes.
+    fn record(&self, event: TraceEvent) {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner).push(event);
+        if !self.scheduled.swap(true, Ordering::AcqRel) {
+            let me = self.clone();
+            self.runner.spawn(async move {
+                tokio::time::sleep(TRACE_LINGER).await;
+                me.scheduled.store(false, Ordering::Release);
+                me.flush();
+            });
+        }
+    }
+
+    /// Send what was recorded since the last send. Under the lock, so two
+    /// sends cannot overtake each other.
+    fn flush(&self) {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        if !pending.is_empty() {
+            let batch = TraceBatch { facts: std::mem::take(&mut *pending) };
+            // Nobody listening is not worth a log line.
+            let _ = self.host.publish(&TRACE, &batch);
+        }
     }
 
     /// The kernel's observer.
@@ -1716,7 +1754,7 @@ impl Tracer {
                 }
                 _ => {}
             }
-            me.publish(event);
+            me.record(event);
         })
     }
 

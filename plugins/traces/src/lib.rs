@@ -16,23 +16,26 @@
 //! the frontend renders as it renders any surface.
 //!
 //! Writes are batched by one task, in the order the events came, so a
-//! conversation's traces get increasing ids; a burst costs one store
-//! transaction, not one per fact.
+//! conversation's traces get increasing ids: facts wait up to 200 ms for
+//! more (a turn's end is written at once), so a turn of many steps costs a
+//! store transaction every 200 ms, not one per step.
 
 pub mod period;
 mod routes;
 mod surface;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use dispatch_abi::runtime::PluginRuntime;
 use dispatch_abi::{Context, Error, Host, Plugin, PluginManifest};
 use dispatch_contracts::http;
-use dispatch_contracts::protocol::trace::TraceEvent;
+use dispatch_contracts::protocol::trace::{TraceBatch, TraceEvent};
 use dispatch_contracts::session::TRACE;
 use dispatch_contracts::store::{StoreRequest, STORE};
 use serde_json::Value;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{watch, Notify};
 
 /// The most facts waiting for the store; past it new ones are dropped (and
 /// counted in the log) rather than memory growing without bound while the
@@ -40,6 +43,10 @@ use tokio::sync::{mpsc, watch};
 const QUEUE: usize = 16_384;
 /// The most facts one store write carries.
 const BATCH: usize = 512;
+/// How long facts wait for more before they are written, unless a turn
+/// ends first: a step's facts then share a transaction with the next
+/// steps' instead of costing one each (BENCHMARKS.md, "Observability").
+const LINGER: Duration = Duration::from_millis(200);
 
 /// The plugin.
 pub struct Traces {
@@ -53,38 +60,87 @@ impl std::fmt::Debug for Traces {
     }
 }
 
+/// Facts waiting for the writer. The subscriber wakes the writer only
+/// when the inbox was empty or a turn ended, so a busy turn costs one
+/// wake-up per linger, not one per step.
+#[derive(Default)]
+struct Inbox {
+    facts: Mutex<Vec<TraceEvent>>,
+    wake: Notify,
+    dropped: AtomicU64,
+}
+
+impl Inbox {
+    fn take_in(&self, batch: TraceBatch) {
+        let ends = ends_turn(&batch.facts);
+        let was_empty = {
+            let mut facts = self.facts.lock().unwrap_or_else(PoisonError::into_inner);
+            let was_empty = facts.is_empty();
+            if facts.len() + batch.facts.len() > QUEUE {
+                let n = self.dropped.fetch_add(batch.facts.len() as u64, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    tracing::warn!(dropped = n, "the store is behind; turn traces are being dropped");
+                }
+                return;
+            }
+            facts.extend(batch.facts);
+            was_empty
+        };
+        if was_empty || ends {
+            self.wake.notify_one();
+        }
+    }
+
+    fn take(&self) -> Vec<TraceEvent> {
+        std::mem::take(&mut *self.facts.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn has_turn_end(&self) -> bool {
+        self.facts.lock().unwrap_or_else(PoisonError::into_inner).iter().any(|t| t.kind() == "turn")
+    }
+}
+
 /// Keeps facts, a batch at a time, until told to stop; then writes what
-/// is still queued and returns.
+/// is still waiting and returns.
 async fn writer(
     host: Host,
-    mut rx: mpsc::Receiver<TraceEvent>,
+    inbox: Arc<Inbox>,
     mut stop: watch::Receiver<bool>,
     surface: Option<surface::Surface>,
 ) {
     let mut surface = surface;
     loop {
-        let first = tokio::select! {
-            next = rx.recv() => next,
-            _ = stop.changed() => None,
-        };
-        let Some(first) = first else { break };
-        let mut batch = vec![first];
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(t) => batch.push(t),
-                Err(_) => break,
+        tokio::select! {
+            () = inbox.wake.notified() => {}
+            _ = stop.changed() => break,
+        }
+        // More of the turn is coming: let it gather (a turn's end cuts the
+        // wait short).
+        if !inbox.has_turn_end() {
+            tokio::select! {
+                () = tokio::time::sleep(LINGER) => {}
+                () = inbox.wake.notified() => {}
+                _ = stop.changed() => {}
             }
         }
-        write(&host, &mut batch, surface.as_mut()).await;
+        let mut facts = inbox.take();
+        while !facts.is_empty() {
+            let rest = facts.split_off(facts.len().min(BATCH));
+            write(&host, &mut facts, surface.as_mut()).await;
+            facts = rest;
+        }
     }
     // Stopping: what already came is kept.
-    let mut rest = Vec::new();
-    while let Ok(t) = rx.try_recv() {
-        rest.push(t);
-    }
+    let mut rest = inbox.take();
     if !rest.is_empty() {
         write(&host, &mut rest, None).await;
     }
+}
+
+/// Whether the batch's last fact ends a turn (then it is written at once:
+/// a client reading a turn's traces after it sealed finds them).
+fn ends_turn(batch: &[TraceEvent]) -> bool {
+    batch.last().is_some_and(|t| t.kind() == "turn")
 }
 
 async fn write(host: &Host, batch: &mut Vec<TraceEvent>, surface: Option<&mut surface::Surface>) {
@@ -114,20 +170,15 @@ impl Plugin for Traces {
     fn activate(ctx: Context) -> Result<Self, Error> {
         let host = ctx.host().clone();
         let runtime = PluginRuntime::new("traces", 1)?;
-        let (tx, rx) = mpsc::channel::<TraceEvent>(QUEUE);
+        let inbox = Arc::new(Inbox::default());
         let (stop, stopped) = watch::channel(false);
-        let dropped = std::sync::atomic::AtomicU64::new(0);
-        host.subscribe_sync(&TRACE, move |event: TraceEvent| {
-            if tx.try_send(event).is_err() {
-                let n = dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                if n.is_power_of_two() {
-                    tracing::warn!(dropped = n, "the store is behind; turn traces are being dropped");
-                }
-            }
+        let sink = Arc::clone(&inbox);
+        host.subscribe_sync(&TRACE, move |batch: TraceBatch| {
+            sink.take_in(batch);
             Ok(())
         })?;
         let surface = surface::Surface::register(&host);
-        runtime.runner().spawn(writer(host.clone(), rx, stopped, surface));
+        runtime.runner().spawn(writer(host.clone(), inbox, stopped, surface));
         http::serve_all(&host, routes::routes(&host, &runtime.runner()))?;
         Ok(Traces { runtime: Some(runtime), stop })
     }
