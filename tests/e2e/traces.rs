@@ -176,7 +176,7 @@ fn a_tool_turn_is_traced_end_to_end_and_kept_across_a_restart() {
     assert_eq!(lines.len(), 5, "{text}");
     assert!(lines[0].starts_with(&format!("turn {turn_id} · scripted/demo")), "{text}");
     assert!(lines[2].trim_start().starts_with("↳ read_file ok (tool-read-file)"), "{text}");
-    assert!(lines[4].trim_start().starts_with("end stop · 2 steps · 1 tool calls"), "{text}");
+    assert!(lines[4].trim_start().starts_with("end stop · 2 steps · 1 tool call ·"), "{text}");
     let json_lines = run(&["traces", "tr-ok", "--json", "--server", &s.base], &[], Duration::from_secs(30));
     let parsed: Vec<Value> = json_lines.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(parsed, all_traces(&s.base, "tr-ok", 200));

@@ -111,6 +111,35 @@ fn the_catalog_comes_on_connect_and_a_task_list_updates_its_conversations_watche
     });
 }
 
+/// The traces plugin's per-conversation surface: what the frontend shows
+/// of a turn without knowing traces exist (`stat` fields and a `table`).
+#[test]
+fn a_conversations_trace_surface_shows_its_last_turn() {
+    let cfg = product_config(LOOPBACK);
+    let s = Server::start(&cfg);
+    rt().block_on(async {
+        let (mut c, catalog) = connect(&s.ws()).await;
+        let entry = catalog["catalog"].as_array().unwrap().iter().find(|e| e["id"] == "traces").cloned();
+        assert_eq!(
+            entry.map(|e| (e["scope"].clone(), e["title"].clone())),
+            Some((json!("conversation"), json!("Trace")))
+        );
+        c.send(&json!({"type": "subscribe", "surfaceId": "traces", "conversationId": "tr-ws"})).await;
+        let first = c.until(|v| v["type"] == "surface").await.pop().unwrap();
+        assert_eq!(first["spec"]["fields"][0], json!({"kind": "stat", "label": "Last turn", "value": "—"}));
+        c.send(&json!({"type": "chat.send", "conversationId": "tr-ws", "message": "read the notes"})).await;
+        let seen = c.until(|v| is_update(v, "traces")).await;
+        let spec = &seen.last().unwrap()["update"]["spec"];
+        let last = spec["fields"][0]["value"].as_str().unwrap();
+        assert!(last.contains("2 steps · 1 tool call · stop"), "{spec}");
+        assert_eq!(spec["fields"][2]["value"], "90 in · 11 out", "{spec}");
+        let rows = spec["fields"][4]["payload"]["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 3, "two requests and a tool call: {spec}");
+        assert_eq!(rows[1][1], "  read_file", "{spec}");
+        assert_eq!(rows[0][2], "ok", "{spec}");
+    });
+}
+
 #[test]
 fn chat_send_streams_the_http_events_and_a_late_subscriber_gets_the_whole_turn_then_the_next() {
     let cfg = product_config(LOOPBACK);

@@ -126,12 +126,16 @@ pub fn line(t: &Value) -> String {
                 t["cacheHitRate"].as_f64().map(|r| format!(" · cache {:.0}%", r * 100.0)).unwrap_or_default();
             let usage =
                 if t["usage"].is_null() { String::new() } else { format!(" · {}", usage(&t["usage"])) };
+            let count = |key: &str, one: &str| {
+                let n = t[key].as_u64().unwrap_or(0);
+                format!("{n} {one}{}", if n == 1 { "" } else { "s" })
+            };
             timed(
                 format!(
-                    "  end {} · {} steps · {} tool calls{usage}{cache}",
+                    "  end {} · {} · {}{usage}{cache}",
                     s("reason"),
-                    t["steps"],
-                    t["toolCalls"]
+                    count("steps", "step"),
+                    count("toolCalls", "tool call")
                 ),
                 ms,
             )

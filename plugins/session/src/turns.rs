@@ -1002,8 +1002,7 @@ impl Session {
             observe: Some(trace.observer()),
         })
         .await;
-        trace.record(trace.turn_end(&conversation_id, &turn_id, &outcome));
-        trace.flush();
+        let ended = trace.turn_end(&conversation_id, &turn_id, &outcome);
 
         let metrics = StoreRequest::AppendMetrics {
             conversation_id: conversation_id.clone(),
@@ -1012,6 +1011,10 @@ impl Session {
         if let Err(e) = self.host.call(&STORE, &metrics).await {
             tracing::warn!(error = %e, conversation = %conversation_id, "cannot save the turn's metrics");
         }
+        // After the metrics: a subscriber reading the conversation's totals
+        // on the turn's end finds this turn among them.
+        trace.record(ended);
+        trace.flush();
         let closing = {
             let convs = self.convs();
             convs.get(&conversation_id).and_then(|c| c.running.as_ref()).is_some_and(|r| r.closing)

@@ -236,7 +236,7 @@ pub fn routes(host: &Host, runner: &Runner) -> Vec<Route> {
                 .query_required(
                     "date",
                     "YYYY-MM-DD (day, week) or YYYY-MM (month)",
-                    json!({"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}(-[0-9]{2})?$"}),
+                    json!({"type": "string", "pattern": "^[0-9]{4}-(0[1-9]|1[0-2])(-(0[1-9]|[12][0-9]|3[01]))?$"}),
                 )
                 .returns::<Throughput>(200, "Per-model throughput, fastest first")
                 .error(400, &["bad_request"])
