@@ -151,12 +151,13 @@ struct Executed {
     output: ToolOutput,
     outcome: ToolOutcome,
     started: Option<u64>,
+    ended: Option<u64>,
 }
 
 impl Executed {
     /// A call that never ran.
     fn not_run(output: ToolOutput, outcome: ToolOutcome) -> Self {
-        Executed { output, outcome, started: None }
+        Executed { output, outcome, started: None, ended: None }
     }
 }
 
@@ -617,7 +618,7 @@ impl Turn<'_> {
             if let Some(observe) = &self.input.observe {
                 let (input, input_bytes) = bounded_input(&call.input);
                 let (output, output_bytes) = bounded(&executed.output.content, MAX_TRACE_TEXT);
-                let ended_at = now.unwrap_or(0);
+                let ended_at = executed.ended.or(now).unwrap_or(0);
                 observe(TraceEvent {
                     conversation_id: conversation_id.clone(),
                     turn_id: turn_id.clone(),
@@ -704,7 +705,7 @@ impl Turn<'_> {
         } else {
             ToolOutcome::Ok
         };
-        Executed { output, outcome, started }
+        Executed { output, outcome, started, ended: self.now() }
     }
 
     /// Report one provider request to the observer.

@@ -817,3 +817,35 @@ fn an_aborted_call_is_traced_as_aborted() {
         .collect();
     assert_eq!(outcomes, [ToolOutcome::Aborted, ToolOutcome::Aborted]);
 }
+
+/// Regression guard: each call's trace ends when that call ended, not
+/// when the step's last call did.
+#[test]
+fn each_tool_trace_ends_when_its_own_call_ended() {
+    use dispatch_protocol::trace::TraceBody;
+    let h = Harness::new(vec![
+        vec![call("1", "slow_a", json!({})), call("2", "slow_b", json!({}))],
+        vec![text("done")],
+    ]);
+    let clock = Arc::clone(&h.clock);
+    let clock_b = Arc::clone(&h.clock);
+    let a = tool("slow_a", false, move |_, _| {
+        clock.advance(10);
+        Box::pin(async { Ok(ToolOutput::ok("a")) })
+    });
+    let b = tool("slow_b", false, move |_, _| {
+        clock_b.advance(30);
+        Box::pin(async { Ok(ToolOutput::ok("b")) })
+    });
+    let h = h.tools(vec![a, b]);
+    h.run();
+    let spans: Vec<(u64, u64)> = traces(&h)
+        .into_iter()
+        .filter(|t| matches!(t.body, TraceBody::Tool { .. }))
+        .map(|t| (t.started_at, t.ended_at))
+        .collect();
+    assert_eq!(spans.len(), 2);
+    assert_eq!(spans[0].1 - spans[0].0, 10, "{spans:?}");
+    assert_eq!(spans[1].1 - spans[1].0, 30, "{spans:?}");
+    assert_eq!(spans[0].1, spans[1].0, "the second starts when the first ended");
+}

@@ -22,10 +22,11 @@ pub const MAX_TRACE_TEXT: usize = 16 * 1024;
 /// The most traces one page answers.
 pub const MAX_PAGE: u64 = 200;
 
-/// What one `session.trace` event carries: a step's facts together (its
-/// request, its tool calls, its write), so subscribers wake once a step,
-/// not once a fact. In order; a turn's `context` comes first in the first
-/// batch and its `turn` last in the last.
+/// What one `session.trace` event carries: the facts of a turn gathered
+/// for up to 100 ms (its requests, tool calls, writes), so subscribers of
+/// a turn of fast steps wake a few times, not once a fact. In order; a
+/// turn's `context` comes first in the first batch and its `turn` last in
+/// the last.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TraceBatch {
@@ -305,7 +306,8 @@ pub struct TraceColumns {
     pub kind: &'static str,
     /// A `turn`'s model (throughput groups by it).
     pub model: Option<String>,
-    /// A `turn`'s output tokens.
+    /// A `turn`'s output tokens (`None` when its provider reported no
+    /// usage: throughput leaves it out).
     pub output_tokens: Option<u64>,
     /// A `turn`'s generation time.
     pub gen_ms: Option<u64>,
@@ -318,7 +320,7 @@ impl TraceEvent {
             TraceBody::Turn { model, usage, gen_ms, .. } => TraceColumns {
                 kind: self.kind(),
                 model: Some(model.clone()),
-                output_tokens: Some(usage.map_or(0, |u| u.output_tokens)),
+                output_tokens: usage.map(|u| u.output_tokens),
                 gen_ms: Some(*gen_ms),
             },
             _ => TraceColumns { kind: self.kind(), model: None, output_tokens: None, gen_ms: None },

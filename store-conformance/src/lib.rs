@@ -816,7 +816,7 @@ pub fn traces_page_in_order_filter_and_stay_stable_while_appended(h: &TestHost) 
 }
 
 /// Throughput sums the `turn` traces that ended in `[start, end)` per
-/// model, leaving out turns without generation time.
+/// model, leaving out turns without generation time or reported usage.
 pub fn throughput_sums_the_turns_of_a_period_by_model(h: &TestHost) {
     append_traces(
         h,
@@ -827,6 +827,14 @@ pub fn throughput_sums_the_turns_of_a_period_by_model(h: &TestHost) {
             turn_trace("tp2", "d", "x/slow", 2_000, 10, 2_000),
             turn_trace("tp2", "e", "x/idle", 1_200, 0, 0),
             tool_trace("tp2", "c", 1_100, 1),
+            // No usage reported: its time would only lower the rate.
+            {
+                let mut silent = turn_trace("tp2", "f", "x/fast", 1_300, 0, 500);
+                if let TraceBody::Turn { usage, .. } = &mut silent.body {
+                    *usage = None;
+                }
+                silent
+            },
         ],
     );
     let list: ThroughputList = ok(h, &StoreRequest::Throughput { start: 1_000, end: 2_000 });

@@ -25,8 +25,9 @@
 //! | `dispatch_plugin_reloads_total` | counter | `result` (`ok`, `failed`) |
 //! | `dispatch_store_append_duration_seconds` | histogram | `outcome` |
 //!
-//! Label values are bounded: no conversation or turn ids; models and tools
-//! past the first [`MAX_VALUES`] distinct names count as `other`.
+//! Label values are bounded: no conversation or turn ids; models, tools and
+//! status codes past the first [`MAX_VALUES`] distinct values count as
+//! `other`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -52,6 +53,9 @@ use serde_json::json;
 /// The most distinct values a `model` or `tool` label takes; the rest are
 /// `other`, so a misbehaving client cannot grow the series without bound.
 pub const MAX_VALUES: usize = 256;
+
+/// The most turns counted as running at once.
+const MAX_ACTIVE: usize = 100_000;
 
 /// What `GET /metrics` answers as its content type.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -165,6 +169,12 @@ pub struct Metrics {
     store_append: Histograms<AppendLabel>,
     models: Bounded,
     tools: Bounded,
+    /// Providers' status codes (`cause`, `status` labels).
+    statuses: Bounded,
+    /// The turns running now (conversation, turn): their count is
+    /// `turns_active`, which cannot drift when a turn's end never comes
+    /// (its host plugin reloaded mid-turn) or the plugin starts mid-turn.
+    active: Mutex<HashSet<(String, String)>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -202,6 +212,8 @@ impl Metrics {
             store_append: Family::new_with_constructor(store_latency),
             models: Bounded::default(),
             tools: Bounded::default(),
+            statuses: Bounded::default(),
+            active: Mutex::default(),
             registry: Registry::default(),
         };
         registry.register("turns_started", "Turns started", m.turns_started.clone());
@@ -244,7 +256,7 @@ impl Metrics {
         match &t.body {
             TraceBody::Context { model, .. } => {
                 self.turns_started.get_or_create(&ModelLabel { model: self.models.label(model) }).inc();
-                self.turns_active.inc();
+                self.set_active(t, true);
             }
             TraceBody::Request { model, outcome, ttft_ms, usage, status, .. } => {
                 let model = self.models.label(model);
@@ -260,7 +272,7 @@ impl Metrics {
                 if let Some(u) = usage {
                     self.count_tokens(&model, u);
                 }
-                let status = status.clone().unwrap_or_else(|| "other".to_owned());
+                let status = status.as_deref().map_or_else(|| "other".to_owned(), |s| self.statuses.label(s));
                 match outcome {
                     RequestOutcome::Retry => {
                         self.retries.get_or_create(&CauseLabels { model, cause: status }).inc();
@@ -285,7 +297,7 @@ impl Metrics {
                     .get_or_create(&ReasonLabels { model: model.clone(), reason: reason.as_str().to_owned() })
                     .inc();
                 self.steps.get_or_create(&ModelLabel { model }).inc_by(u64::from(*steps));
-                self.turns_active.dec();
+                self.set_active(t, false);
             }
             TraceBody::Append { ok, .. } => {
                 let outcome = if *ok { "ok" } else { "error" };
@@ -293,6 +305,22 @@ impl Metrics {
             }
             _ => {}
         }
+    }
+
+    /// A turn started or ended. Past [`MAX_ACTIVE`] running turns (ends
+    /// that never came) the set starts over rather than grow.
+    fn set_active(&self, t: &TraceEvent, on: bool) {
+        let mut active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (t.conversation_id.clone(), t.turn_id.clone());
+        if on {
+            if active.len() >= MAX_ACTIVE {
+                active.clear();
+            }
+            active.insert(key);
+        } else {
+            active.remove(&key);
+        }
+        self.turns_active.set(i64::try_from(active.len()).unwrap_or(i64::MAX));
     }
 
     fn count_tokens(&self, model: &str, u: &Usage) {

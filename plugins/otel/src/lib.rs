@@ -240,9 +240,31 @@ fn child(tracer: &SdkTracer, step: &Context, f: &TraceEvent) {
     span.end_with_timestamp(time(f.ended_at.max(f.started_at)));
 }
 
-/// Running turns' facts until their end.
+/// A fact as a span needs it: without the bodies a trace keeps (a tool's
+/// input and output, the system prompt, the tools' schemas), which spans
+/// do not carry.
+fn light(mut fact: TraceEvent) -> TraceEvent {
+    match &mut fact.body {
+        TraceBody::Tool { input, output, .. } => {
+            *input = serde_json::Value::Null;
+            output.clear();
+        }
+        TraceBody::Context { system_prompt, tools, .. } => {
+            *system_prompt = None;
+            tools.clear();
+        }
+        _ => {}
+    }
+    fact
+}
+
+/// A running turn: (conversation, turn) → (when it was first seen, its
+/// facts so far).
+type Running = HashMap<(String, String), (u64, Vec<TraceEvent>)>;
+
+/// Running turns' facts until their end, and a counter ordering them.
 #[derive(Default)]
-struct Turns(Mutex<HashMap<(String, String), Vec<TraceEvent>>>);
+struct Turns(Mutex<(u64, Running)>);
 
 impl Turns {
     /// Keep `fact`; at a turn's end, its facts.
@@ -251,22 +273,24 @@ impl Turns {
             return None;
         }
         let key = (fact.conversation_id.clone(), fact.turn_id.clone());
-        let mut turns = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut guard = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let (next, turns) = &mut *guard;
         if matches!(fact.body, TraceBody::Turn { .. }) {
-            let mut facts = turns.remove(&key).unwrap_or_default();
+            let mut facts = turns.remove(&key).map(|(_, f)| f).unwrap_or_default();
             facts.push(fact);
             return Some(facts);
         }
         if !turns.contains_key(&key) && turns.len() >= MAX_TURNS {
             // Turns whose end never came (their host process died and
-            // another took over): forget one.
-            if let Some(stale) = turns.keys().next().cloned() {
-                turns.remove(&stale);
+            // another took over): forget the oldest.
+            if let Some(oldest) = turns.iter().min_by_key(|(_, (n, _))| *n).map(|(k, _)| k.clone()) {
+                turns.remove(&oldest);
             }
         }
-        let facts = turns.entry(key).or_default();
+        *next += 1;
+        let (_, facts) = turns.entry(key).or_insert_with(|| (*next, Vec::new()));
         if facts.len() < MAX_FACTS {
-            facts.push(fact);
+            facts.push(light(fact));
         }
         None
     }

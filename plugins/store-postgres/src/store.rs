@@ -672,7 +672,7 @@ impl Store {
         let bound = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         let rows = sqlx::query(
             "SELECT model, SUM(output_tokens)::bigint, SUM(gen_ms)::bigint, COUNT(*) FROM traces \
-             WHERE kind = 'turn' AND ended_at >= $1 AND ended_at < $2 AND gen_ms > 0 AND model IS NOT NULL \
+             WHERE kind = 'turn' AND ended_at >= $1 AND ended_at < $2 AND gen_ms > 0 AND output_tokens IS NOT NULL AND model IS NOT NULL \
              GROUP BY model ORDER BY model",
         )
         .bind(bound(start))

@@ -52,6 +52,8 @@ const LINGER: Duration = Duration::from_millis(200);
 pub struct Traces {
     runtime: Option<PluginRuntime>,
     stop: watch::Sender<bool>,
+    /// Told when the writer has written what was waiting, on stop.
+    written: std::sync::mpsc::Receiver<()>,
 }
 
 impl std::fmt::Debug for Traces {
@@ -77,9 +79,14 @@ impl Inbox {
             let mut facts = self.facts.lock().unwrap_or_else(PoisonError::into_inner);
             let was_empty = facts.is_empty();
             if facts.len() + batch.facts.len() > QUEUE {
-                let n = self.dropped.fetch_add(batch.facts.len() as u64, Ordering::Relaxed) + 1;
-                if n.is_power_of_two() {
-                    tracing::warn!(dropped = n, "the store is behind; turn traces are being dropped");
+                let n = batch.facts.len() as u64;
+                let before = self.dropped.fetch_add(n, Ordering::Relaxed);
+                // Logged when the count passes a power of two.
+                if (before + n).checked_ilog2() != before.checked_ilog2() {
+                    tracing::warn!(
+                        dropped = before + n,
+                        "the store is behind; turn traces are being dropped"
+                    );
                 }
                 return;
             }
@@ -107,6 +114,7 @@ async fn writer(
     inbox: Arc<Inbox>,
     mut stop: watch::Receiver<bool>,
     surface: Option<surface::Surface>,
+    done: std::sync::mpsc::Sender<()>,
 ) {
     let mut surface = surface;
     loop {
@@ -123,6 +131,9 @@ async fn writer(
                 _ = stop.changed() => {}
             }
         }
+        if *stop.borrow() {
+            break;
+        }
         let mut facts = inbox.take();
         while !facts.is_empty() {
             let rest = facts.split_off(facts.len().min(BATCH));
@@ -130,11 +141,14 @@ async fn writer(
             facts = rest;
         }
     }
-    // Stopping: what already came is kept.
+    // Stopping: what already came is kept (`deactivate` waits for this).
     let mut rest = inbox.take();
-    if !rest.is_empty() {
+    while !rest.is_empty() {
+        let more = rest.split_off(rest.len().min(BATCH));
         write(&host, &mut rest, None).await;
+        rest = more;
     }
+    let _ = done.send(());
 }
 
 /// Whether the batch's last fact ends a turn (then it is written at once:
@@ -178,13 +192,19 @@ impl Plugin for Traces {
             Ok(())
         })?;
         let surface = surface::Surface::register(&host);
-        runtime.runner().spawn(writer(host.clone(), inbox, stopped, surface));
+        let (done, written) = std::sync::mpsc::channel();
+        runtime.runner().spawn(writer(host.clone(), inbox, stopped, surface, done));
         http::serve_all(&host, routes::routes(&host, &runtime.runner()))?;
-        Ok(Traces { runtime: Some(runtime), stop })
+        Ok(Traces { runtime: Some(runtime), stop, written })
     }
 
     fn deactivate(&mut self) -> Result<(), Error> {
         let _ = self.stop.send(true);
+        // The writer keeps what is waiting before the runtime stops (the
+        // store outlives this plugin: session, then store, deactivate after).
+        if self.written.recv_timeout(Duration::from_secs(5)).is_err() {
+            tracing::warn!("the last turn traces could not be written before stopping");
+        }
         if let Some(mut r) = self.runtime.take() {
             r.shutdown(Duration::from_secs(5));
         }

@@ -49,6 +49,10 @@ impl Surface {
     pub async fn see(&mut self, host: &Host, batch: &[TraceEvent]) {
         for t in batch {
             match &t.body {
+                // A new turn: rows of one whose end never came go.
+                TraceBody::Context { .. } => {
+                    self.rows.remove(&t.conversation_id);
+                }
                 TraceBody::Request { .. } | TraceBody::Tool { .. } => {
                     let rows = self.rows.entry(t.conversation_id.clone()).or_default();
                     if rows.len() < MAX_ROWS {

@@ -283,6 +283,7 @@ struct Shared {
     peak: AtomicUsize,
     max_connections: usize,
     closed: Notify,
+    announcing: Mutex<()>,
 }
 
 impl Shared {
@@ -294,11 +295,11 @@ impl Shared {
         let shared = Arc::clone(self);
         let open = shared.open.fetch_add(1, Ordering::SeqCst) + 1;
         shared.peak.fetch_max(open, Ordering::SeqCst);
-        shared.announce(open);
+        shared.announce();
         self.runner.spawn(async move {
             conn::serve(Arc::clone(&shared.hub), ws, wire, shared.options).await;
             let left = shared.open.fetch_sub(1, Ordering::SeqCst) - 1;
-            shared.announce(left);
+            shared.announce();
             // The last of many sockets closed: what they held (buffers,
             // queues) is free but kept by glibc's malloc; hand it back.
             if left == 0 && shared.peak.swap(0, Ordering::SeqCst) >= TRIM_AFTER_SOCKETS {
@@ -308,9 +309,13 @@ impl Shared {
         });
     }
 
-    /// Tell subscribers (metrics) how many are open.
-    fn announce(&self, open: usize) {
-        let _ = self.host.publish(&CONNECTIONS, &Connections { open: open as u64 });
+    /// Tell subscribers (metrics) how many are open: read and published
+    /// under a lock, so the last announcement carries the last count even
+    /// when sockets open and close at once.
+    fn announce(&self) {
+        let _order = self.announcing.lock().unwrap_or_else(PoisonError::into_inner);
+        let open = self.open.load(Ordering::SeqCst) as u64;
+        let _ = self.host.publish(&CONNECTIONS, &Connections { open });
     }
 
     /// `503` when `max_connections` sockets are open already.
@@ -490,6 +495,7 @@ impl Plugin for TransportWs {
             peak: AtomicUsize::new(0),
             max_connections: config.max_connections.max(1),
             closed: Notify::new(),
+            announcing: Mutex::new(()),
         });
 
         subscribe_broadcasts(&host, &hub, &runtime.runner())?;
