@@ -198,6 +198,24 @@ impl Server {
             }
         };
         let port = port_in(&line);
+        // Listening is not yet serving: a server that exits during the rest
+        // of its start-up must fail here, with its log, not as a refused
+        // connection somewhere later in the test.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "the server exited ({status}) after it started listening; its log:\n{}",
+                    log.lock().unwrap()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server stopped accepting on {port}; its log:\n{}",
+                log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         Server { child: Some(child), base: format!("http://127.0.0.1:{port}"), log, ws_line }
     }
 
