@@ -273,6 +273,19 @@ impl Trace {
 }
 
 impl TracePage {
+    /// The page of stored rows `(id, JSON)` read for `limit` (up to
+    /// `limit + 1` of them): what both stores answer.
+    pub fn from_rows<'a>(
+        rows: impl IntoIterator<Item = (i64, &'a str)>,
+        limit: u64,
+    ) -> Result<TracePage, serde_json::Error> {
+        let traces = rows
+            .into_iter()
+            .map(|(id, body)| Trace::from_stored(u64::try_from(id).unwrap_or(0), body))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(TracePage::of(traces, limit))
+    }
+
     /// The page of a query for `limit` that read up to `limit + 1` rows:
     /// a row past the limit means there is a next page.
     pub fn of(mut rows: Vec<Trace>, limit: u64) -> TracePage {

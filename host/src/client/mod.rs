@@ -154,7 +154,7 @@ async fn matching_in(server: &Server, id: &str, workspace: Option<&str>) -> Resu
 }
 
 /// Percent-encode a query value.
-fn encode(s: &str) -> String {
+pub(crate) fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),

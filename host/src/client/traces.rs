@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use super::{exit, resolve_existing, say, Outcome, Server};
+use super::{encode, exit, resolve_existing, say, Outcome, Server};
 
 /// The width the text of a line is padded to before its duration.
 const WIDTH: usize = 72;
@@ -39,16 +39,6 @@ pub async fn traces(server: &Server, id: &str, turn: Option<&str>, as_json: bool
         say(&format!("no traces for {id}{}", turn.map(|t| format!(" turn {t}")).unwrap_or_default()));
     }
     Ok(exit::OK)
-}
-
-/// Percent-encode a query value (turn ids are plain, but say so safely).
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn duration(ms: u64) -> String {

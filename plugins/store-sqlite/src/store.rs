@@ -25,7 +25,7 @@ use dispatch_contracts::protocol::reconcile::reconcile;
 use dispatch_contracts::protocol::store::{
     CompactRequest, Details, History, MetaUpdate, TraceQuery, SUMMARY_PREFIX,
 };
-use dispatch_contracts::protocol::trace::{ThroughputRow, Trace, TraceColumns, TraceEvent, TracePage};
+use dispatch_contracts::protocol::trace::{ThroughputRow, TraceColumns, TraceEvent, TracePage};
 use dispatch_contracts::protocol::wire::{
     ChatMessage, Chunk, ConversationMeta, ConversationStatus, ReasoningEffort, Role, StoredChunk, TurnMetrics,
 };
@@ -576,14 +576,8 @@ impl Store {
         .bind(i64::try_from(query.limit.saturating_add(1)).unwrap_or(i64::MAX))
         .fetch_all(&self.readers)
         .await?;
-        let traces = rows
-            .iter()
-            .map(|r| {
-                let id = u64::try_from(r.get::<i64, _>(0)).unwrap_or(0);
-                Trace::from_stored(id, r.get::<&str, _>(1)).map_err(|e| StoreError::Database(e.to_string()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(TracePage::of(traces, query.limit))
+        TracePage::from_rows(rows.iter().map(|r| (r.get::<i64, _>(0), r.get::<&str, _>(1))), query.limit)
+            .map_err(|e| StoreError::Database(e.to_string()))
     }
 
     /// Generation per model over `[start, end)`.
