@@ -14,7 +14,7 @@
 //! | [`surface`] | `surfaces`, `surfaces.changed`, `surfaces.action` | `surfaces` |
 //! | [`plugins`] | `dispatch.plugins`, `dispatch.plugin-state` | the host |
 //! | [`todo`](mod@todo) | `todo`, `todo.changed` | `tool-todo` |
-//! | [`session`] | `session`, `session.event`, `session.status`, `session.open`; hooks `session.tools`, `session.system-prompt` | `session` |
+//! | [`session`] | `session`, `session.event`, `session.status`, `session.open`; hooks `session.tools`, `session.tool-result`, `session.system-prompt` | `session` |
 //! | [`queue`] | `message-queue`, `message-queue.changed` | `message-queue` |
 //! | [`prompt`] | `system-prompt` | `system-prompt` |
 //! | [`websocket`] | `websocket` | `transport-ws` |

@@ -31,6 +31,9 @@ pub const STATUS: Event<StatusChanged> = Event::new("session.status", 1);
 pub const OPEN: Event<OpenRequested> = Event::new("session.open", 1);
 /// Filter: the tools a turn offers.
 pub const TOOLS: Hook<TurnTools> = Hook::new("session.tools", 1);
+/// Filter: notes for the model after a tool's result (see
+/// [`ToolResultNotes`]). Filters must be quick or bounded: the turn waits.
+pub const TOOL_RESULT: Hook<ToolResultNotes> = Hook::new("session.tool-result", 1);
 /// Filter: a turn's system prompt.
 pub const SYSTEM_PROMPT: Hook<PromptContext> = Hook::new("session.system-prompt", 1);
 /// The plugin id of the bundled session.

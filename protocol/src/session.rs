@@ -302,8 +302,11 @@ pub struct OpenRequested {
 }
 
 /// The value of the `session.tools` hook: the tools a turn offers, by tool
-/// name. Filters may remove names or add any tool served on the bus as
-/// `tool.<name>`.
+/// name. Filters may remove names, add any tool served on the bus as
+/// `tool.<name>`, and describe a tool differently for this turn
+/// (`describe`) — a tool whose choices depend on the turn's directory (the
+/// skills there, say) is described per turn without a service per
+/// directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TurnTools {
@@ -313,6 +316,55 @@ pub struct TurnTools {
     pub model: String,
     /// Tool names, in offering order.
     pub tools: Vec<String>,
+    /// The turn's working directory (absolute, resolved), when the session
+    /// knows it: filters offer the tools of the project there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Per tool name: what the model is told instead of the tool's own
+    /// description and schema, for this turn only.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub describe: std::collections::BTreeMap<String, ToolDescription>,
+}
+
+/// How a `session.tools` filter describes a tool for one turn. A field
+/// left `None` keeps the tool's own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolDescription {
+    /// The description the model reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The JSON Schema of the tool's input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_schema: Option<serde_json::Value>,
+}
+
+/// The value of the `session.tool-result` hook, run after each tool call
+/// of a turn that ended with a result (not one aborted): what was called,
+/// and notes for the model. A filter appends to `notes` — it never sees
+/// or rewrites the result itself, so filters cannot undo one another; the
+/// session adds the notes after the result, each after a blank line. The
+/// `lsp` plugin appends an edited file's diagnostics this way; a linter
+/// plugin can do the same.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolResultNotes {
+    /// The conversation.
+    pub conversation_id: String,
+    /// The call's id.
+    pub tool_call_id: String,
+    /// The tool's name.
+    pub tool: String,
+    /// The input it was called with.
+    pub input: serde_json::Value,
+    /// The turn's working directory (absolute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Whether the result is an error.
+    pub is_error: bool,
+    /// What filters add, in order.
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 /// The value of the `session.system-prompt` hook: what a new

@@ -24,6 +24,7 @@ mod postgres;
 mod providers;
 mod reload;
 mod service;
+mod skills;
 mod store;
 mod support;
 mod tools;

@@ -16,14 +16,6 @@ fn reply(text: &str) -> Reply {
     Reply::sse(&[text_chunk(text), finish_chunk("stop"), usage_chunk(50, 3, None)])
 }
 
-fn tool_call(id: &str, name: &str, args: &Value) -> Reply {
-    Reply::sse(&[
-        json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": id, "type": "function",
-            "function": {"name": name, "arguments": args.to_string()}}]}, "finish_reason": null}]}),
-        finish_chunk("tool_calls"),
-    ])
-}
-
 /// The product, with the test server as credential `mock` serving a
 /// vision model and a text-only one.
 fn config(server: &MockServer) -> crate::support::Written {

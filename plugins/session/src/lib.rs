@@ -40,6 +40,7 @@
 //! and sealed before the session deactivates.
 
 pub mod log;
+mod offered;
 mod routes;
 mod turns;
 

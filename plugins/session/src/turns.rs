@@ -455,7 +455,7 @@ impl Session {
             }
         };
         messages.push(ChatMessage::user(dispatch_contracts::session::WARM_PROBE));
-        let (tools, _) = self.tools_for(conversation_id, &resolved.model).await;
+        let (tools, _) = self.tools_for(conversation_id, &resolved.model, &cwd).await;
         let system_prompt = self.system_prompt(conversation_id, &resolved.model, &cwd, &tools).await;
         let specs: Vec<dispatch_kernel::provider::ToolSpec> = tools
             .iter()
@@ -620,7 +620,7 @@ impl Session {
             }
         };
 
-        let (tools, owners) = self.tools_for(conversation_id, &resolved.model).await;
+        let (tools, owners) = self.tools_for(conversation_id, &resolved.model, &cwd).await;
         let system_prompt = self.system_prompt(conversation_id, &resolved.model, &cwd, &tools).await;
         Ok(Plan {
             conversation_id: conversation_id.to_owned(),
@@ -647,6 +647,7 @@ impl Session {
         &self,
         conversation_id: &str,
         model: &str,
+        cwd: &std::path::Path,
     ) -> (Vec<Arc<dyn Tool>>, HashMap<String, String>) {
         let mut owners = HashMap::new();
         let mut families = Vec::new();
@@ -676,17 +677,23 @@ impl Session {
                 Vec::new()
             }
         };
-        let value =
-            TurnTools { conversation_id: conversation_id.to_owned(), model: model.to_owned(), tools: names };
-        names = match self.host.run_hook(&TOOLS, &value).await {
-            Ok(HookResult::Continue(v)) => v.tools,
+        let value = TurnTools {
+            conversation_id: conversation_id.to_owned(),
+            model: model.to_owned(),
+            tools: names,
+            cwd: Some(cwd.to_string_lossy().into_owned()),
+            describe: Default::default(),
+        };
+        let mut describe;
+        (names, describe) = match self.host.run_hook(&TOOLS, &value).await {
+            Ok(HookResult::Continue(v)) => (v.tools, v.describe),
             Ok(HookResult::Vetoed { plugin, reason }) => {
                 tracing::warn!(%plugin, %reason, "a tools filter vetoed; the turn offers no tools");
-                Vec::new()
+                (Vec::new(), Default::default())
             }
             Err(e) => {
                 tracing::warn!(error = %e, "the tools hook failed; offering every tool");
-                value.tools
+                (value.tools, Default::default())
             }
         };
         let mut tools = Vec::with_capacity(names.len());
@@ -716,7 +723,8 @@ impl Session {
                     }
                 },
             };
-            tools.push(tool);
+            let described = describe.remove(tool.name());
+            tools.push(crate::offered::Offered::wrap(tool, described, self.host.clone()));
         }
         if let [family] = families.as_slice() {
             for t in &tools {

@@ -271,6 +271,15 @@ fn answer(out: &mut TcpStream, reply: &Reply, spent: &mut Duration) -> bool {
     true
 }
 
+/// A streamed reply that calls tool `name` with `args`, as call `id`.
+pub fn tool_call(id: &str, name: &str, args: &Value) -> Reply {
+    Reply::sse(&[
+        serde_json::json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": id, "type": "function",
+            "function": {"name": name, "arguments": args.to_string()}}]}, "finish_reason": null}]}),
+        finish_chunk("tool_calls"),
+    ])
+}
+
 /// A streamed chat chunk with a text delta.
 pub fn text_chunk(text: &str) -> Value {
     serde_json::json!({"id": "c", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]})
