@@ -1118,13 +1118,9 @@ fn close_open_filters_extensions_and_the_static_web_directory() {
     assert_eq!(get(&format!("{}/health", s.base)).body, json!({"ok": true}));
     assert_eq!(post(&format!("{}/nowhere", s.base), "{}").status, 404);
     // An API call this server does not have is a JSON 404, not the app's
-    // index.html; one WIRE.md has whose plugin is not loaded (dispatch-web
-    // asks for `/conversations/:id/lsp`) a JSON 503 naming the feature.
+    // index.html (one whose plugin is not loaded: openapi.rs).
     let none = get(&format!("{}/conversations/c1/nothing-here", s.base));
     assert_eq!((none.status, none.body["code"].as_str()), (404, Some("not_found")), "{}", none.text);
-    let lsp = get(&format!("{}/conversations/c1/lsp", s.base));
-    assert_eq!((lsp.status, lsp.body["code"].as_str()), (503, Some("unavailable")), "{}", lsp.text);
-    assert_eq!(lsp.body["error"], "LSP service not available");
 }
 
 /// Regression (issue 31, HIGH): with no token, a page the user's browser

@@ -16,6 +16,7 @@ mod heartbeat;
 mod http;
 mod lifecycle;
 mod loading;
+mod lsp;
 mod mcp;
 mod metrics;
 mod openapi;

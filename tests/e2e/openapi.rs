@@ -36,6 +36,7 @@ const WIRE: &[(&str, &str, &str)] = &[
     ("GET", "/conversations/{id}/reasoning-effort", "session"),
     ("PUT", "/conversations/{id}/reasoning-effort", "session"),
     ("GET", "/conversations/{id}/mcp", "mcp"),
+    ("GET", "/conversations/{id}/lsp", "lsp"),
     ("POST", "/chat/warm", "cache-warming"),
     ("POST", "/conversations/{id}/compact", "compaction"),
     ("GET", "/conversations/{id}/compact-percent", "compaction"),
@@ -185,6 +186,7 @@ fn a_wire_path_whose_plugin_is_absent_answers_503_naming_the_feature() {
         ("/system-prompt", "System prompt service"),
         ("/system-prompt/variables", "System prompt service"),
         ("/conversations/c1/mcp", "MCP service"),
+        ("/conversations/c1/lsp", "LSP service"),
         ("/settings/vision", "Vision settings"),
     ] {
         let a = get(&url(path));

@@ -71,36 +71,13 @@ struct ConversationServers {
 /// use. They are configured for the whole server, so every conversation
 /// lists the same.
 fn status_route(host: &dispatch_abi::Host, servers: Vec<Arc<Server>>) -> Result<(), Error> {
-    use dispatch_contracts::http::{problem, HttpMethod, HttpResponse, Problem, Route};
-    use dispatch_contracts::protocol::store::{Details, StoreRequest};
+    use dispatch_contracts::http::{problem, HttpMethod, HttpResponse, Route};
     let h = host.clone();
     Route::new(HttpMethod::Get, "/conversations/{id}/mcp", move |req| {
         let (host, servers) = (h.clone(), servers.clone());
         async move {
             let id = req.conversation_id("id")?;
-            let get = StoreRequest::Get { conversation_id: id.clone() };
-            let details: Option<Details> =
-                host.call(&dispatch_contracts::store::STORE, &get).await.map_err(problem).and_then(
-                    |v: Value| {
-                        serde_json::from_value(v).map_err(|e| Problem::new(502, "bad_gateway", e.to_string()))
-                    },
-                )?;
-            // The effective directory, as the session resolves it: a
-            // relative or absent one follows the workspace's default.
-            let workspace = details.as_ref().map_or("default", |d| d.meta.workspace_id.as_str()).to_owned();
-            let get = StoreRequest::GetWorkspace { id: workspace };
-            let workspace_cwd = match host.call(&dispatch_contracts::store::STORE, &get).await {
-                Ok(v) => serde_json::from_value::<Option<dispatch_contracts::workspace::Workspace>>(v)
-                    .ok()
-                    .flatten()
-                    .and_then(|w| w.default_cwd),
-                Err(_) => None,
-            };
-            let cwd = dispatch_contracts::workspace::effective_cwd(
-                details.as_ref().and_then(|d| d.cwd.as_deref()),
-                workspace_cwd.as_deref(),
-                None,
-            );
+            let cwd = dispatch_contracts::workspace::conversation_cwd(&host, &id).await.map_err(problem)?;
             Ok(HttpResponse::ok(&ConversationServers {
                 conversation_id: id,
                 cwd: cwd.map(|p| p.to_string_lossy().into_owned()),

@@ -31,6 +31,7 @@ pub const BUNDLED_PLUGINS: &[&str] = &[
     "libdispatch_plugin_system_prompt.so",
     "libdispatch_plugin_mcp.so",
     "libdispatch_plugin_skills.so",
+    "libdispatch_plugin_lsp.so",
     "libdispatch_plugin_session.so",
     "libdispatch_plugin_compaction.so",
     "libdispatch_plugin_cache_warming.so",
