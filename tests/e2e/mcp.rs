@@ -47,9 +47,19 @@ fn say(s: &Server, conversation: &str, message: &str) -> Vec<Value> {
     events
 }
 
-/// The MCP servers as `GET /conversations/:id/mcp` reports them, by name.
+/// Give conversation `c1` a directory of its own: `/mcp` lists nothing for
+/// a conversation without one.
+fn with_cwd(s: &Server) {
+    let cwd = std::env::temp_dir().display().to_string();
+    let body = json!({"cwd": cwd}).to_string();
+    let a = send("PUT", &format!("{}/conversations/c1/cwd", s.base), Some(&body), &[]);
+    assert_eq!(a.status, 200, "{}", a.text);
+}
+
+/// The MCP servers as `GET /mcp/servers` reports them (the plugin's own
+/// states), by name.
 fn servers(s: &Server) -> Vec<Value> {
-    let a = get(&format!("{}/conversations/c1/mcp", s.base));
+    let a = get(&format!("{}/mcp/servers", s.base));
     assert_eq!(a.status, 200, "{}", a.text);
     a.body["servers"].as_array().unwrap().clone()
 }
@@ -131,9 +141,21 @@ fn reference_servers_tools_are_called_through_chat_and_a_broken_server_is_report
     let fs = server(&list, "filesystem");
     assert_eq!(fs["state"], "connected", "{fs}");
     assert!(fs["toolCount"].as_u64().unwrap() >= 10, "{fs}");
+    // A conversation's view, in the states the web frontend knows.
+    with_cwd(&s);
     let a = get(&format!("{}/conversations/c1/mcp", s.base));
     assert_eq!(a.body["conversationId"], "c1");
-    assert!(a.body.get("cwd").is_some(), "{}", a.body);
+    assert_eq!(a.body["cwd"], std::env::temp_dir().display().to_string(), "{}", a.body);
+    let rows = a.body["servers"].as_array().unwrap();
+    let everything = server(rows, "everything");
+    assert_eq!(
+        (everything["state"].as_str(), everything["configSource"].as_str()),
+        (Some("connected"), Some("[plugin.config.servers]"))
+    );
+    assert_eq!(server(rows, "filesystem")["configSource"], desktop.display().to_string());
+    let broken = server(rows, "broken");
+    assert_eq!(broken["state"], "error", "{broken}");
+    assert!(broken["error"].as_str().unwrap().contains("refusing to start"), "{broken}");
 
     // A call with a result, through the model.
     let events = say(&s, "c1", "mcp echo");
@@ -482,7 +504,9 @@ fn configured_secrets_never_come_back_through_a_servers_messages() {
     assert!(chatty_error.contains("my key is [redacted]"), "{chatty_error}");
     assert!(!remote_error.contains(&token), "{remote_error}");
     assert!(!chatty_error.contains(&key), "{chatty_error}");
+    with_cwd(&s);
     let a = get(&format!("{}/conversations/c1/mcp", s.base));
+    assert!(a.text.contains("chatty"), "{}", a.text);
     assert!(!a.text.contains(&token) && !a.text.contains(&key), "{}", a.text);
     // A call to a failed server: the error the model sees names why, without them.
     let events = say(&s, "c1", "mcp echo");
@@ -545,4 +569,120 @@ fn sigterm_while_an_mcp_server_starts_stops_the_host_at_once() {
     let log: Vec<String> = rx.try_iter().collect();
     assert!(took < Duration::from_secs(5), "stopped {took:?} after SIGTERM; log:\n{}", log.join("\n"));
     assert!(status.success(), "{status:?}; log:\n{}", log.join("\n"));
+}
+
+/// Regression guard for the per-project servers: a project's
+/// `.dispatch/mcp.json` server is started by its first turn, used by its
+/// conversations and offered to no other project; `opencode.json`'s shape
+/// is read; a broken project file is reported, never fatal.
+#[test]
+fn a_projects_own_servers_serve_its_conversations_only() {
+    use dispatch_test_support::mock_openai::*;
+    let everything = peer("mcp-server-everything");
+    let project = tempfile::tempdir().unwrap();
+    let a_dir = project.path().canonicalize().unwrap();
+    std::fs::create_dir(a_dir.join(".dispatch")).unwrap();
+    std::fs::write(
+        a_dir.join(".dispatch/mcp.json"),
+        json!({"servers": {"proj": {"command": everything}, "nothere": {"command": "/nonexistent/mcp-server"}}}).to_string(),
+    )
+    .unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let b_dir = other.path().canonicalize().unwrap();
+    std::fs::write(
+        b_dir.join("opencode.json"),
+        json!({"mcp": {"od": {"type": "local", "command": [everything], "enabled": true}}}).to_string(),
+    )
+    .unwrap();
+    let broken = tempfile::tempdir().unwrap();
+    let c_dir = broken.path().canonicalize().unwrap();
+    std::fs::create_dir(c_dir.join(".dispatch")).unwrap();
+    std::fs::write(c_dir.join(".dispatch/mcp.json"), "{\"servers\": ").unwrap();
+
+    let done = |t: &str| Reply::sse(&[text_chunk(t), finish_chunk("stop")]);
+    let mock = MockServer::start(vec![
+        tool_call("c1", "proj__echo", &json!({"message": "from the project"})),
+        done("Echoed."),
+        done("B."),
+        done("C."),
+    ]);
+    let cfg = product_config_with(LOOPBACK, LOOPBACK, &[(MCP, "start_timeout_ms = 15000\n".to_owned())]);
+    let url = mock.base_url();
+    let s = Server::start_with(
+        &cfg,
+        &[("DISPATCH_BASE_URL", &url), ("DISPATCH_API_KEY", "sk-test"), ("DISPATCH_MODEL", "mock-model")],
+    );
+    let say = |id: &str, cwd: &Path, message: &str| -> Vec<Value> {
+        let body = json!({"conversationId": id, "message": message, "model": "openai/mock-model",
+            "cwd": cwd.display().to_string()});
+        let (a, events) = chat(&s.base, body);
+        assert_eq!(a.status, 200, "{}", a.text);
+        assert_eq!(events.last().unwrap()["type"], "turn-sealed", "{events:?}");
+        events
+    };
+    let status = |id: &str| -> Vec<Value> {
+        let a = get(&format!("{}/conversations/{id}/mcp", s.base));
+        assert_eq!(a.status, 200, "{}", a.text);
+        a.body["servers"].as_array().unwrap().clone()
+    };
+    let offered = |request: &dispatch_test_support::mock_openai::Request| -> Vec<String> {
+        request.body["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["function"]["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    // Before a turn there: configured, not started.
+    let put = send(
+        "PUT",
+        &format!("{}/conversations/a/cwd", s.base),
+        Some(&json!({"cwd": a_dir}).to_string()),
+        &[],
+    );
+    assert_eq!(put.status, 200, "{}", put.text);
+    let rows = status("a");
+    let proj = server(&rows, "proj");
+    assert_eq!(
+        (proj["state"].as_str(), proj["toolCount"].as_u64()),
+        (Some("disconnected"), Some(0)),
+        "{proj}"
+    );
+    assert_eq!(proj["configSource"], ".dispatch/mcp.json");
+
+    // Its first turn starts it; the model is offered its tools and calls one.
+    let events = say("a", &a_dir, "echo");
+    let r = result_of(&events);
+    assert_eq!(r["content"], "Echo: from the project", "{r}");
+    let tools = offered(&mock.requests()[0]);
+    assert!(tools.contains(&"proj__echo".to_owned()), "{tools:?}");
+    assert!(!tools.iter().any(|t| t.starts_with("od__")), "{tools:?}");
+    let rows = status("a");
+    let proj = server(&rows, "proj");
+    assert_eq!(proj["state"], "connected", "{proj}");
+    assert!(proj["toolCount"].as_u64().unwrap() >= 10, "{proj}");
+    let missing = server(&rows, "nothere");
+    assert_eq!(missing["state"], "error", "{missing}");
+    assert!(missing["error"].as_str().unwrap().contains("/nonexistent/mcp-server"), "{missing}");
+
+    // Another project: its own (opencode.json) server, not the first one's.
+    say("b", &b_dir, "hello");
+    let tools = offered(&mock.requests()[2]);
+    assert!(tools.iter().any(|t| t.starts_with("od__")), "{tools:?}");
+    assert!(!tools.iter().any(|t| t.starts_with("proj__")), "{tools:?}");
+    let rows = status("b");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!((rows[0]["id"].as_str(), rows[0]["state"].as_str()), (Some("od"), Some("connected")));
+    assert_eq!(rows[0]["configSource"], "opencode.json");
+
+    // A broken project file: reported, and the turn goes on.
+    say("c", &c_dir, "hello");
+    let rows = status("c");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        (rows[0]["id"].as_str(), rows[0]["state"].as_str()),
+        (Some(".dispatch/mcp.json"), Some("error"))
+    );
+    assert!(rows[0]["error"].as_str().unwrap().contains("not valid JSON"), "{rows:?}");
 }

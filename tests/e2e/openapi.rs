@@ -37,6 +37,7 @@ const WIRE: &[(&str, &str, &str)] = &[
     ("PUT", "/conversations/{id}/reasoning-effort", "session"),
     ("GET", "/conversations/{id}/mcp", "mcp"),
     ("GET", "/conversations/{id}/lsp", "lsp"),
+    ("GET", "/mcp/servers", "mcp"),
     ("POST", "/chat/warm", "cache-warming"),
     ("POST", "/conversations/{id}/compact", "compaction"),
     ("GET", "/conversations/{id}/compact-percent", "compaction"),

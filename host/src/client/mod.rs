@@ -658,7 +658,7 @@ pub async fn plugins(server: &Server, as_json: bool) -> Outcome {
         p.state == dispatch_contracts::plugins::State::Active && p.provides.iter().any(|s| s.name == mcp)
     });
     if has_mcp {
-        let answer = server.json("GET", "/conversations/dispatch-cli/mcp", None).await?;
+        let answer = server.json("GET", "/mcp/servers", None).await?;
         if let Ok(servers) = serde_json::from_value::<dispatch_contracts::mcp::Servers>(answer) {
             text.push('\n');
             text.push_str(&crate::report::mcp_table(&servers.servers));

@@ -40,6 +40,14 @@ pub struct Config {
     /// Worker threads of the plugin's runtime.
     #[serde(default = "default_workers")]
     pub workers: usize,
+    /// Read each turn's project servers (`<cwd>/.dispatch/mcp.json`, else
+    /// `<cwd>/opencode.json`'s `mcp`), see [`crate::project`].
+    #[serde(default = "default_project_servers")]
+    pub project_servers: bool,
+}
+
+fn default_project_servers() -> bool {
+    true
 }
 
 impl Default for Config {
@@ -51,6 +59,7 @@ impl Default for Config {
             call_timeout_ms: default_call_timeout_ms(),
             max_restarts: default_max_restarts(),
             workers: default_workers(),
+            project_servers: default_project_servers(),
         }
     }
 }
@@ -104,6 +113,11 @@ pub struct ServerConfig {
 pub struct Launch {
     /// Its name.
     pub name: String,
+    /// Where it is configured (`[plugin.config.servers]`, a file's path,
+    /// a project's `.dispatch/mcp.json`): `configSource` in status.
+    pub origin: String,
+    /// The project directory whose turns use it; `None`: every turn.
+    pub project: Option<PathBuf>,
     /// Stdio or HTTP.
     pub transport: Transport,
     /// Its call timeout.
@@ -362,6 +376,8 @@ pub fn compile(
         }
         launches.push(Launch {
             name,
+            origin: origin.clone(),
+            project: None,
             transport,
             call_timeout: Duration::from_millis(call_timeout_ms),
             secrets,

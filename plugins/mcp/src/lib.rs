@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod content;
+pub mod project;
 pub mod server;
 
 use std::collections::HashMap;
@@ -49,6 +50,8 @@ pub struct Mcp {
     /// Each server's supervisor, running on the tools' runner (which stops
     /// whatever outlives the grace period).
     supervisors: Vec<futures::future::BoxFuture<'static, Result<(), Error>>>,
+    /// The projects' own servers (unless `project_servers = false`).
+    projects: Option<Arc<project::Projects>>,
 }
 
 impl std::fmt::Debug for Mcp {
@@ -57,31 +60,133 @@ impl std::fmt::Debug for Mcp {
     }
 }
 
+/// `GET /mcp/servers` (ours): the globally configured servers in this
+/// plugin's own states (`starting`, `restarting`, `failed`, …), with their
+/// restarts — what `dispatch plugins --server` shows an operator.
+fn servers_route(host: &dispatch_abi::Host, globals: Vec<Arc<Server>>) -> Result<(), Error> {
+    use dispatch_contracts::http::{HttpMethod, HttpResponse, Route};
+    Route::new(HttpMethod::Get, "/mcp/servers", move |_req| {
+        let servers = Servers { servers: globals.iter().map(|s| s.status()).collect() };
+        std::future::ready(Ok(HttpResponse::ok(&servers)))
+    })
+    .operation(
+        dispatch_contracts::openapi::Operation::new("List the MCP servers configured for the whole server")
+            .id("getMcpServers")
+            .tag("mcp")
+            .returns::<Servers>(200, "Every globally configured server, in name order"),
+    )
+    .serve(host)
+}
+
+/// One server in `GET /conversations/:id/mcp`, in the states the web
+/// frontend knows.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+struct RouteServer {
+    id: String,
+    /// `connecting`, `connected`, `error` or `disconnected`.
+    state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    tool_count: usize,
+    /// Where it is configured: `[plugin.config.servers]`, a file's path,
+    /// or the project's `.dispatch/mcp.json` / `opencode.json`.
+    config_source: String,
+    /// (ours) `stdio` or `http`.
+    transport: String,
+    /// (ours) Starts after the first.
+    restarts: u32,
+}
+
+impl RouteServer {
+    fn of(server: &Server) -> RouteServer {
+        use dispatch_contracts::mcp::ServerState as S;
+        let status = server.status();
+        let state = match status.state {
+            S::Starting => "connecting",
+            S::Connected => "connected",
+            S::Stopped => "disconnected",
+            // Restarting after a failure, or given up on.
+            _ => "error",
+        };
+        RouteServer {
+            id: status.id,
+            state,
+            error: status.error.filter(|_| state == "error"),
+            tool_count: status.tool_count,
+            config_source: server.origin().to_owned(),
+            transport: status.transport,
+            restarts: status.restarts,
+        }
+    }
+
+    /// A project server no turn has started (since its file changed).
+    fn unused(launch: &config::Launch) -> RouteServer {
+        RouteServer {
+            id: launch.name.clone(),
+            state: "disconnected",
+            error: None,
+            tool_count: 0,
+            config_source: launch.origin.clone(),
+            transport: launch.transport.kind().to_owned(),
+            restarts: 0,
+        }
+    }
+}
+
 /// The answer of `GET /conversations/:id/mcp`.
 #[derive(Debug, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 struct ConversationServers {
     conversation_id: String,
-    /// The conversation's own working directory, if it has one.
+    /// The conversation's own working directory; `null` when it has none.
     cwd: Option<String>,
-    servers: Vec<dispatch_contracts::mcp::ServerStatus>,
+    servers: Vec<RouteServer>,
 }
 
-/// `GET /conversations/:id/mcp`: the servers a conversation's turns can
-/// use. They are configured for the whole server, so every conversation
-/// lists the same.
-fn status_route(host: &dispatch_abi::Host, servers: Vec<Arc<Server>>) -> Result<(), Error> {
+/// `GET /conversations/:id/mcp`: the servers a conversation's turns use —
+/// the global ones, then its project's (and the problems of its project's
+/// files, as `error` rows named after the file). Nothing is started here:
+/// a project's servers start with its first turn.
+fn status_route(
+    host: &dispatch_abi::Host,
+    globals: Vec<Arc<Server>>,
+    projects: Option<Arc<project::Projects>>,
+) -> Result<(), Error> {
     use dispatch_contracts::http::{problem, HttpMethod, HttpResponse, Route};
     let h = host.clone();
     Route::new(HttpMethod::Get, "/conversations/{id}/mcp", move |req| {
-        let (host, servers) = (h.clone(), servers.clone());
+        let (host, globals, projects) = (h.clone(), globals.clone(), projects.clone());
         async move {
             let id = req.conversation_id("id")?;
             let cwd = dispatch_contracts::workspace::conversation_cwd(&host, &id).await.map_err(problem)?;
+            let Some(dir) = &cwd else {
+                return Ok(HttpResponse::ok(&ConversationServers { conversation_id: id, cwd: None, servers: Vec::new() }));
+            };
+            let mut servers: Vec<RouteServer> = globals.iter().map(|s| RouteServer::of(s)).collect();
+            if let Some(projects) = projects {
+                let project = projects.peek(dir);
+                for (file, error) in &project.read.problems {
+                    servers.push(RouteServer {
+                        id: (*file).to_owned(),
+                        state: "error",
+                        error: Some(error.clone()),
+                        tool_count: 0,
+                        config_source: (*file).to_owned(),
+                        transport: String::new(),
+                        restarts: 0,
+                    });
+                }
+                if project.servers.is_empty() {
+                    servers.extend(project.read.launches.iter().map(RouteServer::unused));
+                } else {
+                    servers.extend(project.servers.iter().map(|s| RouteServer::of(s)));
+                }
+            }
             Ok(HttpResponse::ok(&ConversationServers {
                 conversation_id: id,
                 cwd: cwd.map(|p| p.to_string_lossy().into_owned()),
-                servers: servers.iter().map(|s| s.status()).collect(),
+                servers,
             }))
         }
     })
@@ -109,6 +214,7 @@ impl Plugin for Mcp {
             .provides("service", "tool.*")
             .provides("service", SERVERS.name())
             .provides("service", "http:GET /conversations/{}/mcp")
+            .provides("service", "http:GET /mcp/servers")
     }
 
     fn activate(ctx: Context) -> Result<Self, Error> {
@@ -134,16 +240,35 @@ impl Plugin for Mcp {
         host.provide_sync(&SERVERS, move |_: Value| {
             Ok(Servers { servers: listed.iter().map(|s| s.status()).collect() })
         })?;
-        status_route(host, servers.clone())?;
-        // Extend every turn's tools with ours, before filters that narrow.
-        let offered = Arc::clone(&tools);
+        let projects = config.project_servers.then(|| {
+            project::Projects::new(
+                config.clone(),
+                Arc::clone(&bridge) as Arc<dyn Tools>,
+                tools.runner().clone(),
+            )
+        });
+        status_route(host, servers.clone(), projects.clone())?;
+        servers_route(host, servers.clone())?;
+        // Extend every turn's tools with ours — the global servers', then
+        // its project's, started for it — before filters that narrow.
+        let (offered, globals, turn_projects, runner) =
+            (Arc::clone(&bridge), servers.clone(), projects.clone(), tools.runner().clone());
         host.add_filter(&TOOLS, -100, move |mut turn: TurnTools| {
-            for name in offered.names() {
-                if !turn.tools.contains(&name) {
-                    turn.tools.push(name);
+            let mut names = offered.names_of(&globals);
+            let (offered, runner) = (Arc::clone(&offered), runner.clone());
+            let project = turn_projects.clone().zip(turn.cwd.clone().map(std::path::PathBuf::from));
+            async move {
+                if let Some((projects, cwd)) = project {
+                    let project = runner.run(async move { Ok(projects.for_turn(&cwd).await) }).await?;
+                    names.extend(offered.names_of(&project.servers));
                 }
+                for name in names {
+                    if !turn.tools.contains(&name) {
+                        turn.tools.push(name);
+                    }
+                }
+                Ok(turn)
             }
-            std::future::ready(Ok(turn))
         })?;
 
         let (shutdown, stop_rx) = watch::channel(false);
@@ -176,7 +301,7 @@ impl Plugin for Mcp {
             // Each supervisor has logged how its server's start went.
             let _ = futures::executor::block_on(waited);
         }
-        Ok(Mcp { tools, servers, shutdown, supervisors })
+        Ok(Mcp { tools, servers, shutdown, supervisors, projects })
     }
 
     fn deactivate(&mut self) -> Result<(), Error> {
@@ -185,6 +310,13 @@ impl Plugin for Mcp {
         if !supervisors.is_empty() {
             let waited = self.tools.runner().run(async move {
                 let _ = tokio::time::timeout(STOP_GRACE, futures::future::join_all(supervisors)).await;
+                Ok(())
+            });
+            let _ = futures::executor::block_on(waited);
+        }
+        if let Some(projects) = self.projects.clone() {
+            let waited = self.tools.runner().run(async move {
+                projects.shutdown(STOP_GRACE).await;
                 Ok(())
             });
             let _ = futures::executor::block_on(waited);
@@ -202,24 +334,41 @@ impl Plugin for Mcp {
 struct Bridge {
     tools: Arc<ToolServer>,
     /// Dispatch name → its server, for every tool offered now.
-    names: Mutex<HashMap<String, String>>,
+    names: Mutex<HashMap<String, Arc<Server>>>,
+}
+
+impl Bridge {
+    /// The names of the tools `servers` offer now.
+    fn names_of(&self, servers: &[Arc<Server>]) -> Vec<String> {
+        let names = self.names.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut of: Vec<String> = names
+            .iter()
+            .filter(|(_, s)| servers.iter().any(|o| Arc::ptr_eq(o, s)))
+            .map(|(n, _)| n.clone())
+            .collect();
+        of.sort();
+        of
+    }
 }
 
 impl Tools for Bridge {
     fn publish(&self, server: &Arc<Server>, listed: Vec<RemoteTool>) {
         let mut names = self.names.lock().unwrap_or_else(PoisonError::into_inner);
         let before: Vec<String> =
-            names.iter().filter(|(_, s)| s.as_str() == server.name()).map(|(n, _)| n.clone()).collect();
+            names.iter().filter(|(_, s)| Arc::ptr_eq(s, server)).map(|(n, _)| n.clone()).collect();
         for n in &before {
             names.remove(n);
         }
+        // A project's server may share its name with another project's:
+        // its tools' names then differ by a hash of the project.
+        let salt = server.project().map(|p| p.display().to_string()).unwrap_or_default();
         let mut now = Vec::new();
         for remote in listed {
-            let name = tool_name(server.name(), &remote.name, |n| names.contains_key(n));
+            let name = tool_name(server.name(), &remote.name, &salt, |n| names.contains_key(n));
             let tool = McpTool { name: name.clone(), server: Arc::clone(server), remote };
             match self.tools.add(Arc::new(tool)) {
                 Ok(()) => {
-                    names.insert(name.clone(), server.name().to_owned());
+                    names.insert(name.clone(), Arc::clone(server));
                     now.push(name);
                 }
                 Err(e) => tracing::warn!(server = %server.name(), tool = %name, "tool left out: {e}"),
@@ -235,7 +384,7 @@ impl Tools for Bridge {
 /// anything but ASCII letters, digits, `_` and `-` made `_`; when that is
 /// too long or already `taken`, shortened and suffixed with a hash of the
 /// two names, so it stays the same across restarts.
-fn tool_name(server: &str, tool: &str, taken: impl Fn(&str) -> bool) -> String {
+fn tool_name(server: &str, tool: &str, salt: &str, taken: impl Fn(&str) -> bool) -> String {
     let clean = |s: &str| -> String {
         s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect()
     };
@@ -245,13 +394,18 @@ fn tool_name(server: &str, tool: &str, taken: impl Fn(&str) -> bool) -> String {
     }
     // FNV-1a: small, stable across builds and platforms.
     let mut hash: u32 = 0x811c_9dc5;
-    for b in server.bytes().chain([0]).chain(tool.bytes()) {
+    for b in salt.bytes().chain([0]).chain(server.bytes()).chain([0]).chain(tool.bytes()) {
         hash = (hash ^ u32::from(b)).wrapping_mul(0x0100_0193);
     }
     let suffix = format!("_{hash:08x}");
     let mut short = name;
     short.truncate(MAX_NAME - suffix.len());
-    short + &suffix
+    let named = short + &suffix;
+    if taken(&named) && !salt.is_empty() {
+        // Two projects' servers of one name: tell them apart again.
+        return tool_name(server, tool, &format!("{salt}\0"), taken);
+    }
+    named
 }
 
 /// One MCP tool as a Dispatch tool.
@@ -294,15 +448,15 @@ mod tests {
     #[test]
     fn tool_names_fit_what_providers_accept() {
         let none = |_: &str| false;
-        assert_eq!(tool_name("fs", "read_file", none), "fs__read_file");
-        assert_eq!(tool_name("my server", "get.weather/now", none), "my_server__get_weather_now");
-        let long = tool_name("server", &"x".repeat(100), none);
+        assert_eq!(tool_name("fs", "read_file", "", none), "fs__read_file");
+        assert_eq!(tool_name("my server", "get.weather/now", "", none), "my_server__get_weather_now");
+        let long = tool_name("server", &"x".repeat(100), "", none);
         assert_eq!(long.len(), MAX_NAME);
-        assert_eq!(long, tool_name("server", &"x".repeat(100), none), "not stable");
-        assert_ne!(long, tool_name("server", &"x".repeat(101), none));
+        assert_eq!(long, tool_name("server", &"x".repeat(100), "", none), "not stable");
+        assert_ne!(long, tool_name("server", &"x".repeat(101), "", none));
         // Two tools that clean to the same name do not collide.
         let taken = |n: &str| n == "a__b_c";
-        let second = tool_name("a", "b.c", taken);
+        let second = tool_name("a", "b.c", "", taken);
         assert!(second.starts_with("a__b_c_") && second.len() == "a__b_c".len() + 9, "{second}");
         assert!(second.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
     }

@@ -130,6 +130,16 @@ impl Server {
         &self.launch.name
     }
 
+    /// The project whose turns use it (`None`: every turn).
+    pub fn project(&self) -> Option<&std::path::Path> {
+        self.launch.project.as_deref()
+    }
+
+    /// Where it is configured.
+    pub fn origin(&self) -> &str {
+        &self.launch.origin
+    }
+
     /// How it is doing.
     pub fn status(&self) -> ServerStatus {
         let s = self.status.lock().unwrap_or_else(PoisonError::into_inner);

@@ -87,6 +87,7 @@ async fn health(host: &Host) -> Reply {
 /// a page).
 const API_PREFIXES: &[&str] = &[
     "conversations",
+    "mcp",
     "chat",
     "models",
     "system-prompt",
@@ -186,7 +187,7 @@ fn absent_feature(segments: &[&str]) -> Option<&'static str> {
     Some(match segments {
         ["models"] => "Model catalog",
         ["system-prompt"] | ["system-prompt", "variables"] => "System prompt service",
-        ["conversations", _, "mcp"] => "MCP service",
+        ["conversations", _, "mcp"] | ["mcp", "servers"] => "MCP service",
         ["conversations", _, "lsp"] => "LSP service",
         ["conversations", _, "compact" | "compact-percent"] => "Compaction service",
         ["chat"] | ["conversations"] => "Session service",
