@@ -96,17 +96,21 @@ struct Setup {
 }
 
 fn start(lsp: &str, replies: Vec<Reply>) -> Setup {
+    start_on(lsp, replies, &path_with_peers())
+}
+
+/// … with `path` as the server's `PATH`.
+fn start_on(lsp: &str, replies: Vec<Reply>, path: &str) -> Setup {
     let mock = MockServer::start(replies);
     let cfg = product_config_with(LOOPBACK, LOOPBACK, &[("libdispatch_plugin_lsp.so", lsp.to_owned())]);
     let url = mock.base_url();
-    let path = path_with_peers();
     let s = Server::start_with(
         &cfg,
         &[
             ("DISPATCH_BASE_URL", &url),
             ("DISPATCH_API_KEY", "sk-test"),
             ("DISPATCH_MODEL", "mock-model"),
-            ("PATH", &path),
+            ("PATH", path),
         ],
     );
     Setup { s, mock, _cfg: cfg }
@@ -342,4 +346,38 @@ fn a_second_language_from_opencode_json_reports_its_own_diagnostics() {
     let status = setup.status("py");
     assert_eq!(status["servers"][0]["configSource"], "opencode.json", "{status}");
     assert_eq!(status["servers"][0]["state"], "connected", "{status}");
+}
+
+/// Regression guard: where `typescript-language-server` is not installed,
+/// the built-in server nobody asked for adds nothing to edits (a
+/// configured server that is missing does: the test above).
+#[test]
+fn without_the_built_in_server_installed_edits_say_nothing_of_it() {
+    let project = ts_project();
+    let root = project.path().canonicalize().unwrap();
+    let setup = start_on(
+        "",
+        vec![
+            tool_call(
+                "w",
+                "write_file",
+                &json!({"path": "src/new.ts", "content": "export const x: number = \"no\";\n"}),
+            ),
+            done("Written."),
+        ],
+        "/usr/bin:/bin",
+    );
+    let r = result(&setup.say("plain", &root, "write"));
+    assert_eq!(r["isError"], false, "{r}");
+    assert_eq!(r["content"], "Created src/new.ts (31 bytes, 1 lines)", "nothing added: {r}");
+    let status = setup.status("plain");
+    let ts = &status["servers"][0];
+    assert_eq!((ts["id"].as_str(), ts["state"].as_str()), (Some("typescript"), Some("error")), "{status}");
+    assert!(
+        ts["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("typescript [from built-in]: cannot start `typescript-language-server --stdio`"),
+        "{status}"
+    );
 }

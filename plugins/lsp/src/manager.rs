@@ -18,6 +18,16 @@ const CRASH_BACKOFF: Duration = Duration::from_secs(1);
 /// A server up this long before it crashed starts its back-off afresh.
 const HEALTHY: Duration = Duration::from_secs(60);
 
+/// Whether `spec`'s program can be found (on `PATH`, or as a path).
+pub fn installed(spec: &Spec) -> bool {
+    let Some(program) = spec.command.first() else { return false };
+    if program.contains('/') {
+        return std::path::Path::new(program).is_file();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
 /// Where one instance is.
 #[derive(Debug, Default)]
 enum Slot {

@@ -137,6 +137,11 @@ pub async fn edit_note(manager: &Manager, settings: &Settings, cwd: &Path, path:
     let asks = servers.iter().map(|(spec, root)| async move {
         let client = match tokio::time::timeout_at(deadline, manager.client(spec, root)).await {
             Ok(Ok(c)) => c,
+            // The built-in server was not asked for: where it is not
+            // installed, edits say nothing of it.
+            Ok(Err(_)) if spec.source == config::Source::BuiltIn && !crate::manager::installed(spec) => {
+                return None
+            }
             Ok(Err(e)) => {
                 return Some(format!(
                     "LSP: {} is not available, so {shown_path} was not checked: {e}",

@@ -12,6 +12,12 @@
 //! turn through the `session.tools` filter), follows
 //! `notifications/tools/list_changed`, and each call goes to the server
 //! ([`server`]). With no servers configured the plugin does nothing.
+//!
+//! A project may bring its own servers ([`project`]): a turn in that
+//! directory starts them and gets their tools too; other projects' turns
+//! do not. `GET /conversations/:id/mcp` reports a conversation's servers in
+//! the web frontend's four states; `GET /mcp/servers` the global ones in
+//! the plugin's own.
 
 pub mod config;
 pub mod content;
