@@ -32,5 +32,8 @@ pub async fn conversation_cwd(
     let get = StoreRequest::GetWorkspace { id: details.meta.workspace_id };
     // A workspace that cannot be read leaves a relative cwd unresolved.
     let workspace = host.call(&workspace_of, &get).await.ok().flatten();
-    Ok(effective_cwd(Some(&own), workspace.and_then(|w| w.default_cwd).as_deref(), None))
+    let cwd = effective_cwd(Some(&own), workspace.and_then(|w| w.default_cwd).as_deref(), None);
+    // As the session resolves a turn's: symlinks and `..` resolved, so a
+    // plugin keyed by the turn's directory finds the same one.
+    Ok(cwd.map(|c| std::fs::canonicalize(&c).unwrap_or(c)))
 }

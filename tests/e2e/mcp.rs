@@ -605,6 +605,7 @@ fn a_projects_own_servers_serve_its_conversations_only() {
         done("Echoed."),
         done("B."),
         done("C."),
+        done("Changed."),
     ]);
     let cfg = product_config_with(LOOPBACK, LOOPBACK, &[(MCP, "start_timeout_ms = 15000\n".to_owned())]);
     let url = mock.base_url();
@@ -685,4 +686,25 @@ fn a_projects_own_servers_serve_its_conversations_only() {
         (Some(".dispatch/mcp.json"), Some("error"))
     );
     assert!(rows[0]["error"].as_str().unwrap().contains("not valid JSON"), "{rows:?}");
+
+    // The first project's file changes: its old server goes, tools and
+    // process, and the new one serves its next turn.
+    let old_pid = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|c| c == a_dir))
+        .expect("the project server runs in its project");
+    std::fs::write(
+        a_dir.join(".dispatch/mcp.json"),
+        json!({"servers": {"next": {"command": everything}}}).to_string(),
+    )
+    .unwrap();
+    say("a", &a_dir, "hello again");
+    let tools = offered(mock.requests().last().unwrap());
+    assert!(tools.contains(&"next__echo".to_owned()), "{tools:?}");
+    assert!(!tools.iter().any(|t| t.starts_with("proj__")), "{tools:?}");
+    wait_dead(old_pid, "the replaced project server");
+    let rows = status("a");
+    assert_eq!(rows.iter().map(|r| r["id"].as_str().unwrap()).collect::<Vec<_>>(), ["next"], "{rows:?}");
 }

@@ -1,10 +1,11 @@
 //! One running language server: a child process spoken to over stdio with
 //! `async-lsp`, the documents it has open, and the diagnostics it published.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use async_lsp::lsp_types::{
 };
 use async_lsp::router::Router;
 use async_lsp::{LanguageServer as _, ServerSocket};
+use dispatch_abi::runtime::Runner;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _};
 use tokio::sync::watch;
@@ -25,76 +27,148 @@ use crate::config::Spec;
 const STDERR_LINE_BYTES: usize = 4096;
 /// How long `shutdown` waits for the server's answer before killing it.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// Documents kept open in a server at most: the least recently used is
+/// closed past this (each open one is re-checked against the disk before
+/// every request, and its text kept here).
+const MAX_OPEN: usize = 32;
+/// The last lines of a server's stderr kept for the error of a failed start.
+const TAIL_LINES: usize = 5;
 
 /// What a server published for one document.
 #[derive(Debug, Clone, Default)]
 struct Published {
     /// The publish counter's value when it arrived.
     seq: u64,
+    /// The document version it is for, when the server said.
+    version: Option<i32>,
     items: Vec<Diagnostic>,
 }
 
-/// Published diagnostics, and a counter that moves on every publish (what
-/// a waiter watches).
+/// Published diagnostics of the open documents, and a counter that moves
+/// on every publish (what a waiter watches).
 #[derive(Debug)]
 struct Diagnostics {
     by_uri: Mutex<HashMap<Url, Published>>,
+    /// The documents open in the server: only theirs are kept.
+    open: Mutex<HashSet<Url>>,
     seq: watch::Sender<u64>,
 }
 
 impl Diagnostics {
     fn publish(&self, params: PublishDiagnosticsParams) {
+        if !self.open.lock().unwrap_or_else(PoisonError::into_inner).contains(&params.uri) {
+            return;
+        }
         let mut map = self.by_uri.lock().unwrap_or_else(PoisonError::into_inner);
         let seq = *self.seq.borrow() + 1;
-        map.insert(params.uri, Published { seq, items: params.diagnostics });
+        map.insert(params.uri, Published { seq, version: params.version, items: params.diagnostics });
         self.seq.send_replace(seq);
     }
 
     fn get(&self, uri: &Url) -> Option<Published> {
         self.by_uri.lock().unwrap_or_else(PoisonError::into_inner).get(uri).cloned()
     }
+
+    fn opened(&self, uri: &Url) {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner).insert(uri.clone());
+    }
+
+    fn closed(&self, uri: &Url) {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner).remove(uri);
+        self.by_uri.lock().unwrap_or_else(PoisonError::into_inner).remove(uri);
+    }
 }
 
 /// A document as the server knows it.
 #[derive(Debug)]
 struct Open {
+    path: PathBuf,
     version: i32,
     text: String,
+    /// When it was last synced (for closing the least recently used).
+    used: u64,
+}
+
+/// How the connection ended.
+#[derive(Debug, Clone)]
+pub struct Ended {
+    /// Why, for the status and the log.
+    pub why: String,
+    /// When.
+    pub at: Instant,
+}
+
+/// What a sync sent: the document, and what a fresh publish for it is.
+#[derive(Debug, Clone)]
+pub struct Synced {
+    /// The document.
+    pub uri: Url,
+    /// `None` when the document was already current (its known
+    /// diagnostics stand); else the publish counter before the change and
+    /// the version sent.
+    pub after: Option<(u64, i32)>,
+}
+
+/// The process group a server leads, killed once.
+#[derive(Debug)]
+struct Group {
+    pgid: Option<i32>,
+    killed: AtomicBool,
+}
+
+impl Group {
+    /// SIGKILL the whole group (the helpers a server started too), once:
+    /// after that the number may belong to another group.
+    fn kill(&self) {
+        if self.killed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Some(pgid) = self.pgid {
+            // SAFETY: killpg takes plain integers. The group is the one
+            // this server leads, and its leader is not reaped before this
+            // ran (the waiter kills, then waits), so the number is still
+            // that group's; one already empty fails with ESRCH.
+            unsafe {
+                libc::killpg(pgid, libc::SIGKILL);
+            }
+        }
+    }
 }
 
 /// A running server.
 pub struct Client {
     spec: Spec,
-    root: PathBuf,
     socket: ServerSocket,
-    capabilities: lsp::ServerCapabilities,
     diagnostics: Arc<Diagnostics>,
     open: tokio::sync::Mutex<HashMap<Url, Open>>,
+    uses: AtomicU64,
     pid: Option<u32>,
-    /// `Some(why)` once the server's connection ended.
-    ended: watch::Receiver<Option<String>>,
+    group: Arc<Group>,
+    ended: watch::Receiver<Option<Ended>>,
     /// The `watch` sidecar, killed with the server.
     sidecar: Mutex<Option<Box<dyn process_wrap::tokio::ChildWrapper>>>,
     started: Instant,
-    killed: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("id", &self.spec.id).field("pid", &self.pid).finish_non_exhaustive()
+    }
 }
 
 impl Drop for Client {
-    /// Whatever ends a client (an idle shutdown, a plugin stop that ran
-    /// out of time) ends its processes — the helpers a server started too.
+    /// Whatever ends a client (an idle shutdown, a replaced configuration,
+    /// a plugin stop that ran out of time) ends its processes.
     fn drop(&mut self) {
         self.kill_group();
     }
 }
 
-impl std::fmt::Debug for Client {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("id", &self.spec.id).field("root", &self.root).finish_non_exhaustive()
-    }
-}
-
 /// The spawned process of a command line, in its own process group (so
-/// the helpers a server starts, `tsserver` say, go with it).
+/// the helpers a server starts, `tsserver` say, go with it), with a clean
+/// environment: the language server comes from a project's files, so it
+/// gets what a shell command gets (`PATH`, `HOME`, the locale, …) plus its
+/// own `env` — never the host's provider keys.
 fn spawn(
     command: &[String],
     env: &std::collections::BTreeMap<String, String>,
@@ -103,7 +177,12 @@ fn spawn(
 ) -> std::io::Result<Box<dyn process_wrap::tokio::ChildWrapper>> {
     let (program, args) = command.split_first().ok_or_else(|| std::io::Error::other("empty command"))?;
     let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args).current_dir(cwd).envs(env).kill_on_drop(true);
+    cmd.args(args)
+        .current_dir(cwd)
+        .env_clear()
+        .envs(dispatch_contracts::protocol::secrets::base_env())
+        .envs(env)
+        .kill_on_drop(true);
     if piped {
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     } else {
@@ -114,21 +193,24 @@ fn spawn(
     wrapped.spawn()
 }
 
-/// The last lines a server wrote to stderr, for the error of a failed start.
+/// The last lines a server wrote to stderr.
 type Tail = Arc<Mutex<std::collections::VecDeque<String>>>;
-/// How many stderr lines a [`Tail`] keeps.
-const TAIL_LINES: usize = 5;
 
 /// Log each stderr line of a server (or its sidecar), bounded, keeping the
-/// last few in `tail`.
-async fn log_stderr(id: String, stderr: tokio::process::ChildStderr, tail: Tail) {
+/// last few in `tail`; `done` fires at its end.
+async fn log_stderr(
+    id: String,
+    stderr: tokio::process::ChildStderr,
+    tail: Tail,
+    done: tokio::sync::oneshot::Sender<()>,
+) {
     let mut reader = tokio::io::BufReader::new(stderr);
     let mut line = Vec::new();
     loop {
         line.clear();
         let mut limited = (&mut reader).take(STDERR_LINE_BYTES as u64 + 1);
-        match tokio::io::AsyncBufReadExt::read_until(&mut limited, b'\n', &mut line).await {
-            Ok(0) | Err(_) => return,
+        match limited.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
         let text = String::from_utf8_lossy(&line);
@@ -141,12 +223,27 @@ async fn log_stderr(id: String, stderr: tokio::process::ChildStderr, tail: Tail)
             }
             kept.push_back(text.to_owned());
         }
-        // Skip the rest of an overlong line.
-        if line.len() > STDERR_LINE_BYTES && line.last() != Some(&b'\n') {
-            let mut rest = Vec::new();
-            if reader.read_until(b'\n', &mut rest).await.unwrap_or(0) == 0 {
-                return;
-            }
+        // Drop the rest of an overlong line without holding it.
+        if line.len() > STDERR_LINE_BYTES && line.last() != Some(&b'\n') && !skip_line(&mut reader).await {
+            break;
+        }
+    }
+    let _ = done.send(());
+}
+
+/// Consume up to the next newline; false at the end of the stream.
+async fn skip_line(reader: &mut tokio::io::BufReader<tokio::process::ChildStderr>) -> bool {
+    loop {
+        let (found, n) = match reader.fill_buf().await {
+            Ok([]) | Err(_) => return false,
+            Ok(buf) => match buf.iter().position(|&b| b == b'\n') {
+                Some(i) => (true, i + 1),
+                None => (false, buf.len()),
+            },
+        };
+        reader.consume(n);
+        if found {
+            return true;
         }
     }
 }
@@ -162,7 +259,6 @@ fn language_id(path: &Path) -> String {
         "py" | "pyi" => "python",
         "rs" => "rust",
         "rb" => "ruby",
-        "luau" => "luau",
         "h" => "c",
         "hpp" | "cc" | "cxx" => "cpp",
         other => return other.to_owned(),
@@ -176,28 +272,36 @@ pub fn uri_of(path: &Path) -> Result<Url, String> {
 }
 
 impl Client {
-    /// Start `spec` for `root` and initialise it, within `timeout`.
-    pub async fn start(spec: &Spec, root: &Path, timeout: Duration) -> Result<Arc<Client>, String> {
+    /// Start `spec` for `root` and initialise it, within `timeout`; its
+    /// background tasks run on `runner`. Whatever goes wrong, no process
+    /// is left behind.
+    pub async fn start(
+        spec: &Spec,
+        root: &Path,
+        timeout: Duration,
+        runner: &Runner,
+    ) -> Result<Arc<Client>, String> {
         let mut child = spawn(&spec.command, &spec.env, root, true)
             .map_err(|e| format!("cannot start `{}`: {e}", spec.command.join(" ")))?;
         let pid = child.id();
+        let group =
+            Arc::new(Group { pgid: pid.and_then(|p| i32::try_from(p).ok()), killed: AtomicBool::new(false) });
         let (stdin, stdout, stderr) = (child.stdin().take(), child.stdout().take(), child.stderr().take());
         let (Some(stdin), Some(stdout)) = (stdin, stdout) else {
+            group.kill();
             return Err("the server's stdio could not be captured".into());
         };
         let tail = Tail::default();
-        if let Some(stderr) = stderr {
-            tokio::spawn(log_stderr(spec.id.clone(), stderr, Arc::clone(&tail)));
+        let (stderr_done, stderr_read) = tokio::sync::oneshot::channel();
+        match stderr {
+            Some(stderr) => runner.spawn(log_stderr(spec.id.clone(), stderr, Arc::clone(&tail), stderr_done)),
+            None => drop(stderr_done),
         }
-        let with_tail = |e: String| {
-            let kept = tail.lock().unwrap_or_else(PoisonError::into_inner);
-            if kept.is_empty() {
-                e
-            } else {
-                format!("{e} (its stderr: {})", kept.iter().cloned().collect::<Vec<_>>().join(" | "))
-            }
-        };
-        let diagnostics = Arc::new(Diagnostics { by_uri: Mutex::default(), seq: watch::channel(0).0 });
+        let diagnostics = Arc::new(Diagnostics {
+            by_uri: Mutex::default(),
+            open: Mutex::default(),
+            seq: watch::channel(0).0,
+        });
         let initialization = spec.initialization.clone();
         let folders = vec![WorkspaceFolder { uri: uri_of(root)?, name: root.display().to_string() }];
         let published = Arc::clone(&diagnostics);
@@ -236,25 +340,48 @@ impl Client {
         });
         let (ended_tx, ended) = watch::channel(None);
         let id = spec.id.clone();
-        let child = Arc::new(tokio::sync::Mutex::new(child));
-        let waited = Arc::clone(&child);
-        tokio::spawn(async move {
+        let waiter_group = Arc::clone(&group);
+        // The loop's own handle on the connection: async-lsp's main loop
+        // must not outlive every socket (it would panic), and this one
+        // lives exactly as long as the loop.
+        let keep = socket.clone();
+        runner.spawn(async move {
             let why = match main.run_buffered(stdout.compat(), stdin.compat_write()).await {
                 Ok(()) => "the connection closed".to_owned(),
                 Err(e) => format!("the connection failed: {e}"),
             };
-            // Say how the process ended, when it did.
-            let status =
-                tokio::time::timeout(Duration::from_secs(1), async { waited.lock().await.wait().await })
-                    .await;
-            let why = match status {
-                Ok(Ok(s)) => format!("the server exited ({s})"),
+            drop(keep);
+            // Kill what is left of the group while its leader is not yet
+            // reaped (its number cannot be reused before), then reap it.
+            waiter_group.kill();
+            let why = match tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
+                Ok(Ok(status)) => format!("the server exited ({status})"),
                 _ => why,
             };
             tracing::debug!(server = %id, "{why}");
-            let _ = ended_tx.send(Some(why));
+            let _ = ended_tx.send(Some(Ended { why, at: Instant::now() }));
         });
 
+        // A failed start says why, with the last of the server's stderr.
+        let fail = |e: String| {
+            let group = Arc::clone(&group);
+            let tail = Arc::clone(&tail);
+            async move {
+                group.kill();
+                // The stderr reader may still be reading what the server
+                // said as it died.
+                let _ = tokio::time::timeout(Duration::from_millis(500), stderr_read).await;
+                let kept = tail.lock().unwrap_or_else(PoisonError::into_inner);
+                if kept.is_empty() {
+                    e
+                } else {
+                    format!("{e} (its stderr: {})", kept.iter().cloned().collect::<Vec<_>>().join(" | "))
+                }
+            }
+        };
+        let ended_why = |mut rx: watch::Receiver<Option<Ended>>| async move {
+            rx.wait_for(Option::is_some).await.ok().and_then(|e| e.clone()).map(|e| e.why).unwrap_or_default()
+        };
         let params = InitializeParams {
             process_id: Some(std::process::id()),
             #[allow(deprecated)]
@@ -264,37 +391,34 @@ impl Client {
             workspace_folders: Some(folders),
             ..InitializeParams::default()
         };
-        let ended_rx = ended.clone();
-        let ended_why = |mut rx: watch::Receiver<Option<String>>| async move {
-            rx.wait_for(Option::is_some).await.ok().and_then(|w| w.clone()).unwrap_or_default()
-        };
         let init = tokio::select! {
             r = tokio::time::timeout(timeout, socket.clone().initialize(params)) => match r {
-                Ok(Ok(r)) => r,
+                Ok(Ok(_)) => Ok(()),
                 Ok(Err(e)) => {
-                    // The connection broke: say how the process ended, if
-                    // it did.
+                    // The connection broke, or the server refused: say how
+                    // the process ended, if it did.
                     let why = tokio::time::timeout(Duration::from_millis(1500), ended_why(ended.clone())).await;
-                    return Err(with_tail(match why {
+                    Err(match why {
                         Ok(why) => format!("it ended before initialising: {why}"),
                         Err(_) => format!("initialize failed: {e}"),
-                    }));
+                    })
                 }
-                Err(_) => {
-                    kill(&child).await;
-                    return Err(with_tail(format!("it did not initialise within {} ms", timeout.as_millis())));
-                }
+                Err(_) => Err(format!("it did not initialise within {} ms", timeout.as_millis())),
             },
-            why = ended_why(ended_rx.clone()) => {
-                return Err(with_tail(format!("it ended before initialising: {why}")));
-            }
+            why = ended_why(ended.clone()) => Err(format!("it ended before initialising: {why}")),
         };
-        socket.clone().initialized(InitializedParams {}).map_err(|e| format!("initialized failed: {e}"))?;
+        if let Err(e) = init {
+            return Err(fail(e).await);
+        }
+        if let Err(e) = socket.clone().initialized(InitializedParams {}) {
+            return Err(fail(format!("initialized failed: {e}")).await);
+        }
         let sidecar = match &spec.watch {
             Some(command) if !command.is_empty() => match spawn(command, &spec.env, root, false) {
                 Ok(mut c) => {
                     if let Some(stderr) = c.stderr().take() {
-                        tokio::spawn(log_stderr(format!("{} watch", spec.id), stderr, Tail::default()));
+                        let (done, _) = tokio::sync::oneshot::channel();
+                        runner.spawn(log_stderr(format!("{} watch", spec.id), stderr, Tail::default(), done));
                     }
                     Some(c)
                 }
@@ -305,21 +429,17 @@ impl Client {
             },
             _ => None,
         };
-        // The process stays owned by the waiting task; keep it from
-        // outliving a dropped client through kill_on_drop there.
-        drop(child);
         Ok(Arc::new(Client {
             spec: spec.clone(),
-            root: root.to_path_buf(),
             socket,
-            capabilities: init.capabilities,
             diagnostics,
             open: tokio::sync::Mutex::default(),
+            uses: AtomicU64::new(0),
             pid,
+            group,
             ended,
             sidecar: Mutex::new(sidecar),
             started: Instant::now(),
-            killed: false.into(),
         }))
     }
 
@@ -333,19 +453,21 @@ impl Client {
         self.pid
     }
 
-    /// Why its connection ended, if it did.
-    pub fn ended(&self) -> Option<String> {
+    /// How its connection ended, if it did.
+    pub fn ended(&self) -> Option<Ended> {
         self.ended.borrow().clone()
     }
 
-    /// How long it has been running.
+    /// How long it ran (until it ended, or until now).
     pub fn uptime(&self) -> Duration {
-        self.started.elapsed()
+        self.ended().map_or_else(|| self.started.elapsed(), |e| e.at.saturating_duration_since(self.started))
     }
 
-    /// What it answered to `initialize`.
-    pub fn capabilities(&self) -> &lsp::ServerCapabilities {
-        &self.capabilities
+    /// Wait until the connection ends.
+    async fn until_ended(&self) -> String {
+        let mut rx = self.ended.clone();
+        let why = rx.wait_for(Option::is_some).await.ok().and_then(|e| e.clone()).map(|e| e.why);
+        why.unwrap_or_default()
     }
 
     /// A request answered within `timeout`, failing at once when the
@@ -355,46 +477,59 @@ impl Client {
         params: R::Params,
         timeout: Duration,
     ) -> Result<R::Result, String> {
-        let mut ended = self.ended.clone();
         tokio::select! {
             r = tokio::time::timeout(timeout, self.socket.request::<R>(params)) => match r {
                 Ok(r) => r.map_err(|e| format!("{} failed: {e}", R::METHOD)),
                 Err(_) => Err(format!("{} did not answer {} within {} ms.", self.spec.name, R::METHOD, timeout.as_millis())),
             },
-            _ = ended.wait_for(Option::is_some) => Err(format!("the server ended: {}", self.ended().unwrap_or_default())),
+            why = self.until_ended() => Err(format!("the server ended: {why}")),
         }
     }
 
     /// Tell the server what `path` holds now (opening it the first time,
-    /// the whole text after that); answers the publish counter before the
-    /// change, for [`Client::diagnostics_after`]. An unchanged open
-    /// document is not sent again.
-    pub async fn sync(&self, path: &Path) -> Result<(Url, Option<u64>), String> {
+    /// the whole text after that). The other open documents are checked
+    /// against the disk first (a shell command or `git checkout` may have
+    /// changed them: the server must not judge this file against stale
+    /// ones); one gone is closed, and past [`MAX_OPEN`] the least
+    /// recently used are.
+    pub async fn sync(&self, path: &Path) -> Result<Synced, String> {
         let text = tokio::fs::read_to_string(path)
             .await
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let uri = uri_of(path)?;
         let mut open = self.open.lock().await;
+        let used = self.uses.fetch_add(1, Ordering::Relaxed);
+        // The others, against the disk.
+        let others: Vec<(Url, PathBuf)> =
+            open.iter().filter(|(u, _)| **u != uri).map(|(u, d)| (u.clone(), d.path.clone())).collect();
+        for (other, other_path) in others {
+            match tokio::fs::read_to_string(&other_path).await {
+                Ok(now) => {
+                    let Some(doc) = open.get_mut(&other) else { continue };
+                    if doc.text != now {
+                        self.change(&other, doc, now)?;
+                    }
+                }
+                Err(_) => self.close(&mut open, &other)?,
+            }
+        }
+        while open.len() >= MAX_OPEN && !open.contains_key(&uri) {
+            let Some(oldest) = open.iter().min_by_key(|(_, d)| d.used).map(|(u, _)| u.clone()) else { break };
+            self.close(&mut open, &oldest)?;
+        }
         let before = *self.diagnostics.seq.borrow();
-        match open.get_mut(&uri) {
-            Some(doc) if doc.text == text => return Ok((uri, None)),
+        let after = match open.get_mut(&uri) {
             Some(doc) => {
-                doc.version += 1;
-                doc.text.clone_from(&text);
-                let params = lsp::DidChangeTextDocumentParams {
-                    text_document: lsp::VersionedTextDocumentIdentifier {
-                        uri: uri.clone(),
-                        version: doc.version,
-                    },
-                    content_changes: vec![lsp::TextDocumentContentChangeEvent {
-                        range: None,
-                        range_length: None,
-                        text,
-                    }],
-                };
-                self.socket.clone().did_change(params).map_err(|e| format!("didChange failed: {e}"))?;
+                doc.used = used;
+                if doc.text == text {
+                    None
+                } else {
+                    self.change(&uri, doc, text)?;
+                    Some((before, doc.version))
+                }
             }
             None => {
+                self.diagnostics.opened(&uri);
                 let item = lsp::TextDocumentItem {
                     uri: uri.clone(),
                     language_id: language_id(path),
@@ -405,49 +540,75 @@ impl Client {
                     .clone()
                     .did_open(lsp::DidOpenTextDocumentParams { text_document: item })
                     .map_err(|e| format!("didOpen failed: {e}"))?;
-                open.insert(uri.clone(), Open { version: 1, text });
+                open.insert(uri.clone(), Open { path: path.to_path_buf(), version: 1, text, used });
+                Some((before, 1))
             }
-        }
-        Ok((uri, Some(before)))
+        };
+        Ok(Synced { uri, after })
     }
 
-    /// The diagnostics of `uri` published after counter value `since`
-    /// (`None`: whatever is known, waiting for a first publish), then
-    /// quiet for `settle` (a server may publish a file's syntax errors
-    /// before its type errors); `None` if none came by `deadline`.
+    fn change(&self, uri: &Url, doc: &mut Open, text: String) -> Result<(), String> {
+        doc.version += 1;
+        let params = lsp::DidChangeTextDocumentParams {
+            text_document: lsp::VersionedTextDocumentIdentifier { uri: uri.clone(), version: doc.version },
+            content_changes: vec![lsp::TextDocumentContentChangeEvent {
+                range: None,
+                range_length: None,
+                text: text.clone(),
+            }],
+        };
+        doc.text = text;
+        self.socket.clone().did_change(params).map_err(|e| format!("didChange failed: {e}"))
+    }
+
+    fn close(&self, open: &mut HashMap<Url, Open>, uri: &Url) -> Result<(), String> {
+        open.remove(uri);
+        self.diagnostics.closed(uri);
+        let params = lsp::DidCloseTextDocumentParams {
+            text_document: lsp::TextDocumentIdentifier { uri: uri.clone() },
+        };
+        self.socket.clone().did_close(params).map_err(|e| format!("didClose failed: {e}"))
+    }
+
+    /// The diagnostics of a synced document: for a changed one, those of
+    /// a publish after the change (for the version sent, when the server
+    /// says which), then quiet for `settle` (a server may publish a file's
+    /// syntax errors before its type errors); for an unchanged one, what is
+    /// known (or the first publish). `None` if none came by `deadline` or
+    /// the server ended.
     pub async fn diagnostics_after(
         &self,
-        uri: &Url,
-        since: Option<u64>,
+        synced: &Synced,
         deadline: tokio::time::Instant,
         settle: Duration,
     ) -> Option<Vec<Diagnostic>> {
-        let mut seq = self.diagnostics.seq.subscribe();
-        let fresh = |p: &Published| since.is_none_or(|s| p.seq > s);
-        // The first fresh publish.
-        loop {
-            if self.diagnostics.get(uri).is_some_and(|p| fresh(&p)) {
-                break;
+        let uri = &synced.uri;
+        let fresh = |p: &Published| match synced.after {
+            None => true,
+            Some((since, version)) => p.seq > since && p.version.is_none_or(|v| v >= version),
+        };
+        let wait = async {
+            let mut seq = self.diagnostics.seq.subscribe();
+            // The first fresh publish.
+            while !self.diagnostics.get(uri).is_some_and(|p| fresh(&p)) {
+                tokio::time::timeout_at(deadline, seq.changed()).await.ok()?.ok()?;
             }
-            if self.ended().is_some() {
-                return None;
-            }
-            match tokio::time::timeout_at(deadline, seq.changed()).await {
-                Ok(Ok(())) => {}
-                _ => return None,
-            }
-        }
-        // Then until the file's diagnostics stop changing.
-        loop {
-            let at = self.diagnostics.get(uri).map(|p| p.seq);
-            let quiet = (tokio::time::Instant::now() + settle).min(deadline);
+            // Then until the file's diagnostics stop changing.
             loop {
-                match tokio::time::timeout_at(quiet, seq.changed()).await {
-                    Ok(Ok(())) if self.diagnostics.get(uri).map(|p| p.seq) != at => break,
-                    Ok(Ok(())) => continue,
-                    _ => return self.diagnostics.get(uri).map(|p| p.items),
+                let at = self.diagnostics.get(uri).map(|p| p.seq);
+                let quiet = (tokio::time::Instant::now() + settle).min(deadline);
+                loop {
+                    match tokio::time::timeout_at(quiet, seq.changed()).await {
+                        Ok(Ok(())) if self.diagnostics.get(uri).map(|p| p.seq) != at => break,
+                        Ok(Ok(())) => continue,
+                        _ => return self.diagnostics.get(uri).map(|p| p.items),
+                    }
                 }
             }
+        };
+        tokio::select! {
+            found = wait => found,
+            _ = self.until_ended() => None,
         }
     }
 
@@ -457,32 +618,25 @@ impl Client {
         if self.ended().is_none() {
             let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.socket.clone().shutdown(())).await;
             let _ = self.socket.clone().exit(());
-            let mut ended = self.ended.clone();
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, ended.wait_for(Option::is_some)).await;
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.until_ended()).await;
         }
         self.kill_group();
     }
 
-    /// Kill the process group (and the sidecar's) at once; once.
+    /// Kill the process group (once) and the sidecar, at once.
     pub fn kill_group(&self) {
-        if self.killed.swap(true, std::sync::atomic::Ordering::AcqRel) {
-            return;
-        }
-        if let Some(pgid) = self.pid.and_then(|p| i32::try_from(p).ok()) {
-            // SAFETY: killpg takes plain integers; the group is the one the
-            // server leads (spawned as its leader); one already gone makes
-            // it fail with ESRCH, which is fine.
-            unsafe {
-                libc::killpg(pgid, libc::SIGKILL);
-            }
-        }
+        self.group.kill();
         if let Some(mut sidecar) = self.sidecar.lock().unwrap_or_else(PoisonError::into_inner).take() {
             let _ = sidecar.start_kill();
         }
     }
 
-    /// The resident memory of the server's process group, in bytes (Linux).
+    /// The resident memory of the server's process group, in bytes
+    /// (Linux; reads `/proc`, so call it off the async threads).
     pub fn rss_bytes(&self) -> Option<u64> {
+        if self.group.killed.load(Ordering::Acquire) {
+            return None;
+        }
         let pgid = self.pid?;
         let mut total = 0u64;
         for entry in std::fs::read_dir("/proc").ok()?.flatten() {
@@ -504,11 +658,6 @@ impl Client {
         }
         Some(total)
     }
-}
-
-/// Kill a child that never initialised.
-async fn kill(child: &Arc<tokio::sync::Mutex<Box<dyn process_wrap::tokio::ChildWrapper>>>) {
-    let _ = Box::into_pin(child.lock().await.kill()).await;
 }
 
 /// What this client can do, as `initialize` tells the server.

@@ -145,15 +145,25 @@ struct ConversationServers {
 /// The servers of `cwd`, started (each within the start timeout).
 async fn status(manager: &Manager, settings: &Settings, cwd: &std::path::Path) -> Vec<ServerInfo> {
     let specs = config::for_cwd(cwd, settings.built_in);
-    let starts = specs.iter().map(|s| manager.client(s, cwd));
+    // A status poll starts servers but is not a use: it does not keep them
+    // from idling.
+    let starts = specs.iter().map(|s| manager.client(s, cwd, false));
     let _ = tokio::time::timeout(
         settings.start_timeout + Duration::from_secs(1),
         futures::future::join_all(starts),
     )
     .await;
+    let running: Vec<Option<Arc<client::Client>>> = specs.iter().map(|s| manager.running(s, cwd)).collect();
+    // Reading /proc: off the async threads.
+    let rss: Vec<Option<u64>> = tokio::task::spawn_blocking(move || {
+        running.iter().map(|c| c.as_ref().and_then(|c| c.rss_bytes())).collect()
+    })
+    .await
+    .unwrap_or_default();
     specs
         .iter()
-        .map(|s| {
+        .enumerate()
+        .map(|(i, s)| {
             let (state, error) = match manager.state(s, cwd) {
                 State::Connected => ("connected", None),
                 State::Starting => ("starting", None),
@@ -168,7 +178,7 @@ async fn status(manager: &Manager, settings: &Settings, cwd: &std::path::Path) -
                 state,
                 error,
                 config_source: s.source.as_str(),
-                rss_bytes: manager.running(s, cwd).and_then(|c| c.rss_bytes()),
+                rss_bytes: rss.get(i).copied().flatten(),
             }
         })
         .collect()
@@ -246,11 +256,11 @@ impl Plugin for Lsp {
             settle: Duration::from_millis(config.settle_ms),
             built_in: config.built_in,
         };
-        let manager = Manager::new(settings.clone());
         let host = ctx.host();
-        let tool = LspTool { manager: Arc::clone(&manager), settings: settings.clone() };
-        let server = tools::serve(host, Arc::new(tool), config.workers)?;
+        let server = ToolServer::new(host, "lsp", config.workers)?;
         let runner = server.runner().clone();
+        let manager = Manager::new(settings.clone(), runner.clone());
+        server.add(Arc::new(LspTool { manager: Arc::clone(&manager), settings: settings.clone() }))?;
         status_route(host, Arc::clone(&manager), settings.clone(), runner.clone())?;
 
         // Diagnostics after an edit.
@@ -265,8 +275,11 @@ impl Plugin for Lsp {
                 let Some((cwd, path)) = target else { return Ok(notes) };
                 let cwd = PathBuf::from(cwd);
                 let Ok(path) = tool::resolve(&cwd, &path) else { return Ok(notes) };
-                let note = r.run(async move { Ok(tool::edit_note(&m, &s, &cwd, &path).await) }).await?;
-                notes.notes.extend(note);
+                match r.run(async move { Ok(tool::edit_note(&m, &s, &cwd, &path).await) }).await {
+                    Ok(note) => notes.notes.extend(note),
+                    // Stopping: the edit stands without its diagnostics.
+                    Err(e) => tracing::debug!(error = %e, "no diagnostics for this edit"),
+                }
                 Ok(notes)
             }
         })?;

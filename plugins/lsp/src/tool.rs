@@ -121,8 +121,8 @@ pub async fn diagnostics(
     deadline: tokio::time::Instant,
     settle: Duration,
 ) -> Result<Option<Vec<Diagnostic>>, String> {
-    let (uri, since) = client.sync(path).await?;
-    Ok(client.diagnostics_after(&uri, since, deadline, settle).await)
+    let synced = client.sync(path).await?;
+    Ok(client.diagnostics_after(&synced, deadline, settle).await)
 }
 
 /// The note added after a successful edit of `path`: the diagnostics of
@@ -135,7 +135,8 @@ pub async fn edit_note(manager: &Manager, settings: &Settings, cwd: &Path, path:
     let deadline = tokio::time::Instant::now() + settings.diagnostics_wait;
     let shown_path = &shown(cwd, path);
     let asks = servers.iter().map(|(spec, root)| async move {
-        let client = match tokio::time::timeout_at(deadline, manager.client(spec, root)).await {
+        // A start outlives this wait: the next edit finds it running.
+        let client = match tokio::time::timeout_at(deadline, manager.client(spec, root, true)).await {
             Ok(Ok(c)) => c,
             // The built-in server was not asked for: where it is not
             // installed, edits say nothing of it.
@@ -300,7 +301,7 @@ async fn server(
             ));
         }
     };
-    let client = manager.client(&spec, &root).await?;
+    let client = manager.client(&spec, &root, true).await?;
     Ok((client, spec))
 }
 
@@ -368,7 +369,7 @@ async fn run(manager: &Manager, settings: &Settings, cwd: &Path, input: Input) -
                     .map(|l| lsp::Location { uri: l.target_uri, range: l.target_selection_range })
                     .collect(),
             };
-            Ok(locations_text(cwd, &locations, "No definition found."))
+            Ok(locations_text(cwd, locations, "No definition found.").await)
         }
         ("references", Some(p)) => {
             let params = lsp::ReferenceParams {
@@ -378,7 +379,7 @@ async fn run(manager: &Manager, settings: &Settings, cwd: &Path, input: Input) -
                 context: lsp::ReferenceContext { include_declaration: true },
             };
             let found = client.request::<req::References>(params, timeout).await?.unwrap_or_default();
-            Ok(locations_text(cwd, &found, "No references found."))
+            Ok(locations_text(cwd, found, "No references found.").await)
         }
         ("documentSymbols", Some(p)) => {
             let params = lsp::DocumentSymbolParams {
@@ -458,8 +459,21 @@ fn location_text(cwd: &Path, l: &lsp::Location) -> String {
     }
 }
 
-fn locations_text(cwd: &Path, locations: &[lsp::Location], none: &str) -> String {
-    list_text(locations.iter().map(|l| location_text(cwd, l)).collect(), none)
+/// The first [`MAX_ITEMS`] locations, each with its line read from disk
+/// (off the async threads).
+async fn locations_text(cwd: &Path, locations: Vec<lsp::Location>, none: &'static str) -> String {
+    let total = locations.len();
+    let cwd = cwd.to_path_buf();
+    let shown = tokio::task::spawn_blocking(move || {
+        locations.iter().take(MAX_ITEMS).map(|l| location_text(&cwd, l)).collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    let mut text = list_text(shown, none);
+    if total > MAX_ITEMS {
+        text.push_str(&format!("\n… and {} more", total - MAX_ITEMS));
+    }
+    text
 }
 
 fn list_text(mut lines: Vec<String>, none: &str) -> String {

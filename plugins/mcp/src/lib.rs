@@ -265,8 +265,11 @@ impl Plugin for Mcp {
             let project = turn_projects.clone().zip(turn.cwd.clone().map(std::path::PathBuf::from));
             async move {
                 if let Some((projects, cwd)) = project {
-                    let project = runner.run(async move { Ok(projects.for_turn(&cwd).await) }).await?;
-                    names.extend(offered.names_of(&project.servers));
+                    match runner.run(async move { Ok(projects.for_turn(&cwd).await) }).await {
+                        Ok(project) => names.extend(offered.names_of(&project.servers)),
+                        // Stopping: the turn goes on with the global servers.
+                        Err(e) => tracing::debug!(error = %e, "no project servers for this turn"),
+                    }
                 }
                 for name in names {
                     if !turn.tools.contains(&name) {

@@ -126,20 +126,25 @@ pub fn read(cwd: &Path, base: &Config) -> Read {
         if servers.is_empty() {
             continue;
         }
-        let config = Config { servers, config_file: None, ..base.clone() };
-        match config::compile(&config, None, &|name| std::env::var(name).ok()) {
-            Ok(launches) => {
-                read.launches = launches
-                    .into_iter()
-                    .map(|l| Launch { origin: file.to_owned(), project: Some(cwd.to_path_buf()), ..l })
-                    .collect();
-                read.source = Some(file);
-            }
-            Err(e) => {
-                let e = e.replace("([plugin.config.servers])", &format!("({file})"));
-                read.problems.extend(e.lines().map(|l| (file, l.to_owned())));
+        // Entry by entry, so one bad server does not take the others down.
+        // `${NAME}` is not expanded: the file comes with the project, and
+        // the host's environment holds its provider keys.
+        for (id, server) in servers {
+            let config =
+                Config { servers: BTreeMap::from([(id, server)]), config_file: None, ..base.clone() };
+            match config::compile(&config, None, &|_| None) {
+                Ok(launches) => read.launches.extend(launches.into_iter().map(|l| Launch {
+                    origin: file.to_owned(),
+                    project: Some(cwd.to_path_buf()),
+                    ..l
+                })),
+                Err(e) => {
+                    let e = e.replace("([plugin.config.servers])", &format!("({file})"));
+                    read.problems.extend(e.lines().map(|l| (file, l.to_owned())));
+                }
             }
         }
+        read.source = Some(file);
         return read;
     }
     read
@@ -153,6 +158,23 @@ pub struct Project {
     pub servers: Vec<Arc<Server>>,
     shutdown: watch::Sender<bool>,
     started: tokio::sync::OnceCell<()>,
+    /// A turn began starting them.
+    starting: std::sync::atomic::AtomicBool,
+    /// Their supervisors, for deactivation.
+    supervisors: Mutex<Vec<futures::future::BoxFuture<'static, Result<(), dispatch_abi::Error>>>>,
+}
+
+impl Project {
+    fn new(read: Read, servers: Vec<Arc<Server>>) -> Arc<Project> {
+        Arc::new(Project {
+            read,
+            servers,
+            shutdown: watch::channel(false).0,
+            started: Default::default(),
+            starting: false.into(),
+            supervisors: Mutex::default(),
+        })
+    }
 }
 
 impl std::fmt::Debug for Project {
@@ -163,12 +185,12 @@ impl std::fmt::Debug for Project {
 
 /// Every project's servers, by directory.
 pub struct Projects {
+    /// The projects with servers a turn asked for (a directory without
+    /// any is not kept).
     map: Mutex<HashMap<PathBuf, Arc<Project>>>,
     base: Config,
     tools: Arc<dyn Tools>,
     runner: Runner,
-    /// Supervisors of every project server started, for deactivation.
-    supervisors: Mutex<Vec<futures::future::BoxFuture<'static, Result<(), dispatch_abi::Error>>>>,
 }
 
 impl std::fmt::Debug for Projects {
@@ -180,7 +202,7 @@ impl std::fmt::Debug for Projects {
 impl Projects {
     /// No project loaded yet.
     pub fn new(base: Config, tools: Arc<dyn Tools>, runner: Runner) -> Arc<Projects> {
-        Arc::new(Projects { map: Mutex::default(), base, tools, runner, supervisors: Mutex::default() })
+        Arc::new(Projects { map: Mutex::default(), base, tools, runner })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Arc<Project>>> {
@@ -203,13 +225,13 @@ impl Projects {
             .iter()
             .map(|l| Server::new(l.clone(), start_timeout, self.base.max_restarts, self.runner.clone()))
             .collect();
-        let project = Arc::new(Project {
-            read,
-            servers,
-            shutdown: watch::channel(false).0,
-            started: Default::default(),
-        });
-        if let Some(old) = map.insert(cwd.to_path_buf(), Arc::clone(&project)) {
+        let project = Project::new(read, servers);
+        let old = if project.servers.is_empty() {
+            map.remove(cwd)
+        } else {
+            map.insert(cwd.to_path_buf(), Arc::clone(&project))
+        };
+        if let Some(old) = old {
             tracing::info!(project = %cwd.display(), "the project's MCP configuration changed; its servers are replaced");
             self.stop(&old);
         }
@@ -233,6 +255,7 @@ impl Projects {
         project
             .started
             .get_or_init(|| async {
+                project.starting.store(true, std::sync::atomic::Ordering::Release);
                 let mut firsts = Vec::new();
                 for s in &project.servers {
                     let (first, started) = tokio::sync::oneshot::channel();
@@ -246,7 +269,7 @@ impl Projects {
                         supervise.await;
                         Ok(())
                     }));
-                    self.supervisors.lock().unwrap_or_else(PoisonError::into_inner).push(running);
+                    project.supervisors.lock().unwrap_or_else(PoisonError::into_inner).push(running);
                     firsts.push(started);
                 }
                 let deadline = Duration::from_millis(self.base.start_timeout_ms) + Duration::from_millis(500);
@@ -256,21 +279,18 @@ impl Projects {
         project
     }
 
-    /// The project of `cwd` if a turn started it and its files did not
-    /// change since; else what its files say, not started.
+    /// The project of `cwd` if a turn started it (or is starting it) and
+    /// its files did not change since; else what its files say, not
+    /// started.
     pub fn peek(&self, cwd: &Path) -> Arc<Project> {
         let read = read(cwd, &self.base);
         if let Some(p) = self.lock().get(cwd) {
-            if p.read.fingerprint == read.fingerprint && p.started.initialized() {
+            if p.read.fingerprint == read.fingerprint && p.starting.load(std::sync::atomic::Ordering::Acquire)
+            {
                 return Arc::clone(p);
             }
         }
-        Arc::new(Project {
-            read,
-            servers: Vec::new(),
-            shutdown: watch::channel(false).0,
-            started: Default::default(),
-        })
+        Project::new(read, Vec::new())
     }
 
     /// Stop every project's servers, waiting for them at most `grace`.
@@ -279,8 +299,10 @@ impl Projects {
         for p in &projects {
             let _ = p.shutdown.send(true);
         }
-        let supervisors =
-            std::mem::take(&mut *self.supervisors.lock().unwrap_or_else(PoisonError::into_inner));
+        let supervisors: Vec<_> = projects
+            .iter()
+            .flat_map(|p| std::mem::take(&mut *p.supervisors.lock().unwrap_or_else(PoisonError::into_inner)))
+            .collect();
         let _ = tokio::time::timeout(grace, futures::future::join_all(supervisors)).await;
         for p in &projects {
             for s in &p.servers {

@@ -560,6 +560,10 @@ pub async fn supervise(
         }
         server.status.lock().unwrap_or_else(PoisonError::into_inner).restarts += 1;
     }
+    // Stopped (the plugin, or a project whose configuration changed): its
+    // tools go — after the loop, so a start finishing as the stop came
+    // cannot leave them behind.
+    offer(&server, &tools, Vec::new());
     server.set_state(ServerState::Stopped, None);
 }
 

@@ -76,6 +76,14 @@ fn walk(tree: &Path, agent_only: bool) -> Vec<Skill> {
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
         let mut entries: Vec<_> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
         entries.sort();
+        // An Agent Skill's directory: its SKILL.md is the skill, and the
+        // rest (references, scripts, templates) is its material.
+        if depth > 0 && entries.iter().any(|p| p.file_name().is_some_and(|n| n == "SKILL.md")) {
+            if let Some(skill) = agent_skill(&dir.join("SKILL.md")) {
+                skills.push(skill);
+            }
+            continue;
+        }
         let mut subdirs = Vec::new();
         for path in entries {
             seen += 1;
@@ -90,12 +98,7 @@ fn walk(tree: &Path, agent_only: bool) -> Vec<Skill> {
                 continue;
             }
             let is_md = path.extension().is_some_and(|e| e == "md");
-            let is_skill_md = path.file_name().is_some_and(|n| n == "SKILL.md");
-            if is_skill_md && depth > 0 {
-                if let Some(skill) = agent_skill(&path) {
-                    skills.push(skill);
-                }
-            } else if is_md && !agent_only {
+            if is_md && !agent_only {
                 if let Some(skill) = dispatch_skill(&path) {
                     skills.push(skill);
                 }
@@ -258,6 +261,8 @@ mod tests {
         // Supporting files of an Agent Skill are not skills of their own.
         write(&cwd.path().join(".claude/skills/pdf-tools/reference.md"), "not a skill");
         write(&cwd.path().join(".skills/lint/SKILL.md"), "---\ndescription: Lints\n---\nrun it");
+        write(&cwd.path().join(".skills/lint/reference.md"), "material, not a skill");
+        write(&cwd.path().join(".skills/lint/docs/more.md"), "material too");
         let skills = catalog(Some(cwd.path()), None);
         assert_eq!(skills.keys().collect::<Vec<_>>(), ["lint", "pdf"]);
         assert_eq!(skills["pdf"].summary.as_deref(), Some("Fills PDF forms."));
