@@ -33,6 +33,11 @@
 //!   a new `op`, a new event or result variant. Every enum a contract may
 //!   grow (ops, event kinds, result kinds, states) is `#[non_exhaustive]`,
 //!   so matching code keeps compiling.
+//! * **Hook values pass through every filter**, and a filter built before a
+//!   field existed drops it when it re-encodes the value: a new field of a
+//!   hook value must be one whose loss its readers survive (they fall back,
+//!   as `session.tools` does to a tool's own description without
+//!   `describe`).
 //! * **What bumps the schema version** (the `u32` of the bus key): removing,
 //!   renaming or retyping a field, a new required field, or a changed
 //!   meaning. A plugin built against the old version then gets

@@ -156,6 +156,8 @@ fn an_edit_into_a_type_error_carries_its_diagnostic_and_the_lsp_tool_answers() {
             done("Outlined."),
             lsp(json!({"operation": "diagnostics", "path": "src/main.ts"})),
             done("Clean."),
+            lsp(json!({"operation": "workspaceSymbols", "query": "add"})),
+            done("Searched."),
             lsp(json!({"operation": "hover", "path": "src/main.ts", "line": 2})),
             done("Refused."),
             done("No cwd."),
@@ -190,6 +192,8 @@ fn an_edit_into_a_type_error_carries_its_diagnostic_and_the_lsp_tool_answers() {
     let symbols = answer("symbols");
     assert!(symbols.contains("Function add (L1)"), "{symbols}");
     assert_eq!(answer("diagnostics"), "No diagnostics for src/main.ts.");
+    let found = answer("workspace symbols");
+    assert!(found.contains("Function add — src/math.ts:1:1: export function add("), "{found}");
     let r = result(&setup.say("ts", &root, "bad hover"));
     assert_eq!(r["isError"], true);
     assert_eq!(
@@ -291,13 +295,18 @@ fn a_missing_crashing_or_idle_server_is_reported_and_turns_go_on() {
     // A fixed configuration is tried at once, not after the retry delay.
     let tsls = peers_bin().join("typescript-language-server").display().to_string();
     config(
-        json!({"ghost": {"name": "TS", "command": [tsls, "--stdio"], "extensions": [".ts"], "rootMarkers": ["tsconfig.json"]}}),
+        json!({"ghost": {"name": "TS", "command": [tsls, "--stdio"], "extensions": [".ts"], "rootMarkers": ["tsconfig.json"],
+            "watch": ["sh", "-c", "touch watch-ran; exec sleep 600"]}}),
     );
     let status = setup.status("p");
     let ghost = &status["servers"][0];
     assert_eq!(ghost["state"], "connected", "{status}");
     let pids = processes_in(&root, "typescript-language-server");
     assert!(!pids.is_empty(), "no server process in {}", root.display());
+    // Its `watch` sidecar runs beside it.
+    wait_until("the sidecar runs", Duration::from_secs(10), || {
+        root.join("watch-ran").exists() && !processes_in(&root, "sleep").is_empty()
+    });
 
     // Killed: restarted (after its back-off), as new processes.
     for pid in &pids {
@@ -312,8 +321,9 @@ fn a_missing_crashing_or_idle_server_is_reported_and_turns_go_on() {
     });
 
     // Idle: shut down after idle_timeout_ms, its processes gone.
-    wait_until("the idle server is shut down", Duration::from_secs(15), || {
+    wait_until("the idle server is shut down, its sidecar too", Duration::from_secs(15), || {
         processes_in(&root, "typescript-language-server").is_empty()
+            && processes_in(&root, "sleep").is_empty()
     });
     assert_eq!(setup.status("p")["servers"][0]["state"], "connected", "started again on use");
 }

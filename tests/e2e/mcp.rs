@@ -47,13 +47,16 @@ fn say(s: &Server, conversation: &str, message: &str) -> Vec<Value> {
     events
 }
 
-/// Give conversation `c1` a directory of its own: `/mcp` lists nothing for
-/// a conversation without one.
-fn with_cwd(s: &Server) {
-    let cwd = std::env::temp_dir().display().to_string();
+/// Give conversation `c1` a directory of its own (empty: no project
+/// servers), kept as long as the answer: `/mcp` lists nothing for a
+/// conversation without one.
+fn with_cwd(s: &Server) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path().canonicalize().unwrap().display().to_string();
     let body = json!({"cwd": cwd}).to_string();
     let a = send("PUT", &format!("{}/conversations/c1/cwd", s.base), Some(&body), &[]);
     assert_eq!(a.status, 200, "{}", a.text);
+    (dir, cwd)
 }
 
 /// The MCP servers as `GET /mcp/servers` reports them (the plugin's own
@@ -142,10 +145,10 @@ fn reference_servers_tools_are_called_through_chat_and_a_broken_server_is_report
     assert_eq!(fs["state"], "connected", "{fs}");
     assert!(fs["toolCount"].as_u64().unwrap() >= 10, "{fs}");
     // A conversation's view, in the states the web frontend knows.
-    with_cwd(&s);
+    let (_dir, cwd) = with_cwd(&s);
     let a = get(&format!("{}/conversations/c1/mcp", s.base));
     assert_eq!(a.body["conversationId"], "c1");
-    assert_eq!(a.body["cwd"], std::env::temp_dir().display().to_string(), "{}", a.body);
+    assert_eq!(a.body["cwd"], cwd, "{}", a.body);
     let rows = a.body["servers"].as_array().unwrap();
     let everything = server(rows, "everything");
     assert_eq!(
@@ -504,7 +507,7 @@ fn configured_secrets_never_come_back_through_a_servers_messages() {
     assert!(chatty_error.contains("my key is [redacted]"), "{chatty_error}");
     assert!(!remote_error.contains(&token), "{remote_error}");
     assert!(!chatty_error.contains(&key), "{chatty_error}");
-    with_cwd(&s);
+    let _cwd = with_cwd(&s);
     let a = get(&format!("{}/conversations/c1/mcp", s.base));
     assert!(a.text.contains("chatty"), "{}", a.text);
     assert!(!a.text.contains(&token) && !a.text.contains(&key), "{}", a.text);

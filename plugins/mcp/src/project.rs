@@ -223,7 +223,10 @@ impl Projects {
         let servers = read
             .launches
             .iter()
-            .map(|l| Server::new(l.clone(), start_timeout, self.base.max_restarts, self.runner.clone()))
+            // Never given up on: a failing project server is retried in
+            // the background (backing off to every 30 s) for as long as
+            // its project's file names it.
+            .map(|l| Server::new(l.clone(), start_timeout, u32::MAX, self.runner.clone()))
             .collect();
         let project = Project::new(read, servers);
         let old = if project.servers.is_empty() {
