@@ -65,16 +65,7 @@ fn config(dir: &Path, port: u16, extra: &[&str]) -> PathBuf {
     }
     plugins
         .push(("libdispatch_plugin_transport_http.so".to_owned(), format!("addr = [\"127.0.0.1:{port}\"]")));
-    let mut toml = dispatch_test_support::host_table(&release_dir());
-    for (p, c) in plugins {
-        toml.push_str(&format!("\n[[plugin]]\npath = {p:?}\n"));
-        if !c.is_empty() {
-            toml.push_str(&format!("[plugin.config]\n{c}\n"));
-        }
-    }
-    let path = dir.join("plugins.toml");
-    std::fs::write(&path, toml).unwrap();
-    path
+    dispatch_test_support::bench::write_plugins_toml(dir, &plugins)
 }
 
 /// An OTLP/HTTP sink: answers every request `200` with an empty protobuf

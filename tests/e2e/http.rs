@@ -151,6 +151,18 @@ pub struct Server {
 }
 
 impl Server {
+    /// … with the OpenAI-compatible mock at `mock_url` as the default
+    /// provider ([`MOCK_MODEL`]), and `extra` environment.
+    pub fn start_on_mock(cfg: &Path, mock_url: &str, extra: &[(&str, &str)]) -> Server {
+        let mut env = vec![
+            ("DISPATCH_BASE_URL", mock_url),
+            ("DISPATCH_API_KEY", "sk-test"),
+            ("DISPATCH_MODEL", "mock-model"),
+        ];
+        env.extend_from_slice(extra);
+        Server::start_with(cfg, &env)
+    }
+
     /// Start `dispatch serve` on `cfg` and wait until it listens.
     pub fn start(cfg: &Path) -> Server {
         Server::start_with(cfg, &[])
@@ -393,6 +405,27 @@ pub fn chat(base: &str, body: Value) -> (Answer, Vec<Value>) {
     let a = post(&format!("{base}/chat"), &body.to_string());
     let events = if a.status == 200 { lines(&a) } else { Vec::new() };
     (a, events)
+}
+
+/// The mock model (`dispatch_test_support::mock_openai`), as a chat names
+/// it once [`Server::start_on_mock`] configured it.
+pub const MOCK_MODEL: &str = "openai/mock-model";
+
+/// A turn of `conversation` in `cwd` with the mock model, which must seal.
+pub fn say_in(base: &str, conversation: &str, cwd: &Path, message: &str) -> Vec<Value> {
+    let body = json!({"conversationId": conversation, "message": message, "model": MOCK_MODEL,
+        "cwd": cwd.display().to_string()});
+    let (a, events) = chat(base, body);
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(events.last().unwrap()["type"], "turn-sealed", "{events:?}");
+    events
+}
+
+/// The only tool result of a turn.
+pub fn result_of(events: &[Value]) -> &Value {
+    let results: Vec<&Value> = events.iter().filter(|e| e["type"] == "tool-result").collect();
+    assert_eq!(results.len(), 1, "{events:?}");
+    results[0]
 }
 
 pub fn kinds(events: &[Value]) -> Vec<&str> {

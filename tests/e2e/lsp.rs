@@ -30,39 +30,23 @@ fn path_with_peers() -> String {
     format!("{}:{}", peers_bin().display(), std::env::var("PATH").unwrap_or_default())
 }
 
-fn write(path: &Path, text: &str) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
-}
-
-fn done(text: &str) -> Reply {
-    Reply::sse(&[text_chunk(text), finish_chunk("stop")])
-}
-
 /// A small strict TypeScript project.
 fn ts_project() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
-    write(
+    write_creating(
         &p.join("tsconfig.json"),
         r#"{"compilerOptions": {"strict": true, "target": "es2020", "module": "commonjs"}}"#,
     );
-    write(
+    write_creating(
         &p.join("src/math.ts"),
         "export function add(a: number, b: number): number {\n  return a + b;\n}\n",
     );
-    write(
+    write_creating(
         &p.join("src/main.ts"),
         "import { add } from \"./math\";\nconst total: number = add(1, 2);\nconsole.log(total);\n",
     );
     dir
-}
-
-/// The one tool result of a turn.
-fn result(events: &[Value]) -> Value {
-    let results: Vec<&Value> = events.iter().filter(|e| e["type"] == "tool-result").collect();
-    assert_eq!(results.len(), 1, "{events:?}");
-    results[0].clone()
 }
 
 /// Pids of the processes running with `dir` as their working directory
@@ -103,27 +87,13 @@ fn start(lsp: &str, replies: Vec<Reply>) -> Setup {
 fn start_on(lsp: &str, replies: Vec<Reply>, path: &str) -> Setup {
     let mock = MockServer::start(replies);
     let cfg = product_config_with(LOOPBACK, LOOPBACK, &[("libdispatch_plugin_lsp.so", lsp.to_owned())]);
-    let url = mock.base_url();
-    let s = Server::start_with(
-        &cfg,
-        &[
-            ("DISPATCH_BASE_URL", &url),
-            ("DISPATCH_API_KEY", "sk-test"),
-            ("DISPATCH_MODEL", "mock-model"),
-            ("PATH", path),
-        ],
-    );
+    let s = Server::start_on_mock(&cfg, &mock.base_url(), &[("PATH", path)]);
     Setup { s, mock, _cfg: cfg }
 }
 
 impl Setup {
     fn say(&self, conversation: &str, cwd: &Path, message: &str) -> Vec<Value> {
-        let body = json!({"conversationId": conversation, "message": message, "model": "openai/mock-model",
-            "cwd": cwd.display().to_string()});
-        let (a, events) = chat(&self.s.base, body);
-        assert_eq!(a.status, 200, "{}", a.text);
-        assert_eq!(events.last().unwrap()["type"], "turn-sealed", "{events:?}");
-        events
+        say_in(&self.s.base, conversation, cwd, message)
     }
 
     fn status(&self, conversation: &str) -> Value {
@@ -143,40 +113,40 @@ fn an_edit_into_a_type_error_carries_its_diagnostic_and_the_lsp_tool_answers() {
         "",
         vec![
             tool_call("e1", "edit_file", &edit("add(1, 2)", "add(1, \"2\")")),
-            done("Broke it."),
+            text_reply("Broke it."),
             tool_call("e2", "edit_file", &edit("add(1, \"2\")", "add(1, 2)")),
-            done("Fixed it."),
+            text_reply("Fixed it."),
             lsp(json!({"operation": "hover", "path": "src/main.ts", "line": 2, "character": 23})),
-            done("Hovered."),
+            text_reply("Hovered."),
             lsp(json!({"operation": "definition", "path": "src/main.ts", "line": 2, "character": 23})),
-            done("Found."),
+            text_reply("Found."),
             lsp(json!({"operation": "references", "path": "src/math.ts", "line": 1, "character": 17})),
-            done("Referenced."),
+            text_reply("Referenced."),
             lsp(json!({"operation": "documentSymbols", "path": "src/math.ts"})),
-            done("Outlined."),
+            text_reply("Outlined."),
             lsp(json!({"operation": "diagnostics", "path": "src/main.ts"})),
-            done("Clean."),
+            text_reply("Clean."),
             lsp(json!({"operation": "workspaceSymbols", "query": "add"})),
-            done("Searched."),
+            text_reply("Searched."),
             lsp(json!({"operation": "hover", "path": "src/main.ts", "line": 2})),
-            done("Refused."),
-            done("No cwd."),
+            text_reply("Refused."),
+            text_reply("No cwd."),
         ],
     );
 
     // Into a type error: the result ends with the diagnostic, its line.
-    let r = result(&setup.say("ts", &root, "break it"));
+    let r = result_of(&setup.say("ts", &root, "break it")).clone();
     assert_eq!(r["isError"], false, "{r}");
     let content = r["content"].as_str().unwrap();
     assert!(content.contains("LSP diagnostics for src/main.ts (TypeScript):\nERROR L2:"), "{content}");
     assert!(content.contains("(2345)"), "{content}");
     assert!(content.contains("not assignable to parameter of type 'number'"), "{content}");
     // And back: no diagnostics, no note.
-    let r = result(&setup.say("ts", &root, "fix it"));
+    let r = result_of(&setup.say("ts", &root, "fix it")).clone();
     assert!(!r["content"].as_str().unwrap().contains("LSP"), "{r}");
 
     let answer = |message: &str| -> String {
-        let r = result(&setup.say("ts", &root, message));
+        let r = result_of(&setup.say("ts", &root, message)).clone();
         assert_eq!(r["isError"], false, "{r}");
         r["content"].as_str().unwrap().to_owned()
     };
@@ -194,7 +164,7 @@ fn an_edit_into_a_type_error_carries_its_diagnostic_and_the_lsp_tool_answers() {
     assert_eq!(answer("diagnostics"), "No diagnostics for src/main.ts.");
     let found = answer("workspace symbols");
     assert!(found.contains("Function add — src/math.ts:1:1: export function add("), "{found}");
-    let r = result(&setup.say("ts", &root, "bad hover"));
+    let r = result_of(&setup.say("ts", &root, "bad hover")).clone();
     assert_eq!(r["isError"], true);
     assert_eq!(
         r["content"],
@@ -243,22 +213,23 @@ fn an_edit_into_a_type_error_carries_its_diagnostic_and_the_lsp_tool_answers() {
 fn a_missing_crashing_or_idle_server_is_reported_and_turns_go_on() {
     let project = ts_project();
     let root = project.path().canonicalize().unwrap();
-    let config =
-        |servers: Value| write(&root.join(".dispatch/lsp.json"), &json!({"servers": servers}).to_string());
+    let config = |servers: Value| {
+        write_creating(&root.join(".dispatch/lsp.json"), &json!({"servers": servers}).to_string())
+    };
     config(json!({"ghost": {"command": ["no-such-language-server", "--stdio"], "extensions": [".ts"]},
         "dies": {"name": "Dies", "command": ["sh", "-c", "echo dying >&2; exit 3"], "extensions": [".py"]}}));
     let setup = start(
         "idle_timeout_ms = 1500\nretry_after_ms = 60000",
         vec![
-            done("Hi."),
+            text_reply("Hi."),
             tool_call(
                 "w",
                 "write_file",
                 &json!({"path": "src/new.ts", "content": "export const x: number = 1;\n"}),
             ),
-            done("Written anyway."),
+            text_reply("Written anyway."),
             tool_call("l", "lsp", &json!({"operation": "diagnostics", "path": "src/main.ts"})),
-            done("Told."),
+            text_reply("Told."),
         ],
     );
     setup.say("p", &root, "hi");
@@ -278,14 +249,14 @@ fn a_missing_crashing_or_idle_server_is_reported_and_turns_go_on() {
     assert!(error.contains("exit status: 3") && error.ends_with("(its stderr: dying)"), "{dies}");
 
     // The turn goes on: the write succeeds and says the file was not checked.
-    let r = result(&setup.say("p", &root, "write"));
+    let r = result_of(&setup.say("p", &root, "write")).clone();
     assert_eq!(r["isError"], false, "{r}");
     let content = r["content"].as_str().unwrap();
     assert!(
         content.contains("LSP: ghost is not available, so src/new.ts was not checked: ghost [from"),
         "{content}"
     );
-    let r = result(&setup.say("p", &root, "ask"));
+    let r = result_of(&setup.say("p", &root, "ask")).clone();
     assert_eq!(r["isError"], true);
     assert!(
         r["content"].as_str().unwrap().starts_with("ghost [from .dispatch/lsp.json]: cannot start"),
@@ -333,7 +304,7 @@ fn a_second_language_from_opencode_json_reports_its_own_diagnostics() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().canonicalize().unwrap();
     let pyright = peers_bin().join("pyright-langserver").display().to_string();
-    write(
+    write_creating(
         &root.join("opencode.json"),
         &json!({"lsp": {"pyright": {"command": [pyright, "--stdio"], "extensions": [".py"]}}}).to_string(),
     );
@@ -345,10 +316,10 @@ fn a_second_language_from_opencode_json_reports_its_own_diagnostics() {
                 "write_file",
                 &json!({"path": "app.py", "content": "def f(x: int) -> int:\n    return x\n\nf(\"no\")\n"}),
             ),
-            done("Written."),
+            text_reply("Written."),
         ],
     );
-    let r = result(&setup.say("py", &root, "write"));
+    let r = result_of(&setup.say("py", &root, "write")).clone();
     let content = r["content"].as_str().unwrap();
     assert!(content.contains("LSP diagnostics for app.py (pyright):\nERROR L4:3:"), "{content}");
     let status = setup.status("py");
@@ -371,11 +342,11 @@ fn without_the_built_in_server_installed_edits_say_nothing_of_it() {
                 "write_file",
                 &json!({"path": "src/new.ts", "content": "export const x: number = \"no\";\n"}),
             ),
-            done("Written."),
+            text_reply("Written."),
         ],
         "/usr/bin:/bin",
     );
-    let r = result(&setup.say("plain", &root, "write"));
+    let r = result_of(&setup.say("plain", &root, "write")).clone();
     assert_eq!(r["isError"], false, "{r}");
     assert_eq!(r["content"], "Created src/new.ts (31 bytes, 1 lines)", "nothing added: {r}");
     let status = setup.status("plain");

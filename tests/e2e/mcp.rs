@@ -33,13 +33,6 @@ fn fixture() -> String {
     bin.display().to_string()
 }
 
-/// The only tool result of a turn.
-fn result_of(events: &[Value]) -> &Value {
-    let results: Vec<&Value> = events.iter().filter(|e| e["type"] == "tool-result").collect();
-    assert_eq!(results.len(), 1, "{events:?}");
-    results[0]
-}
-
 fn say(s: &Server, conversation: &str, message: &str) -> Vec<Value> {
     let (a, events) = chat(&s.base, json!({"conversationId": conversation, "message": message}));
     assert_eq!(a.status, 200, "{}", a.text);
@@ -602,28 +595,16 @@ fn a_projects_own_servers_serve_its_conversations_only() {
     std::fs::create_dir(c_dir.join(".dispatch")).unwrap();
     std::fs::write(c_dir.join(".dispatch/mcp.json"), "{\"servers\": ").unwrap();
 
-    let done = |t: &str| Reply::sse(&[text_chunk(t), finish_chunk("stop")]);
     let mock = MockServer::start(vec![
         tool_call("c1", "proj__echo", &json!({"message": "from the project"})),
-        done("Echoed."),
-        done("B."),
-        done("C."),
-        done("Changed."),
+        text_reply("Echoed."),
+        text_reply("B."),
+        text_reply("C."),
+        text_reply("Changed."),
     ]);
     let cfg = product_config_with(LOOPBACK, LOOPBACK, &[(MCP, "start_timeout_ms = 15000\n".to_owned())]);
-    let url = mock.base_url();
-    let s = Server::start_with(
-        &cfg,
-        &[("DISPATCH_BASE_URL", &url), ("DISPATCH_API_KEY", "sk-test"), ("DISPATCH_MODEL", "mock-model")],
-    );
-    let say = |id: &str, cwd: &Path, message: &str| -> Vec<Value> {
-        let body = json!({"conversationId": id, "message": message, "model": "openai/mock-model",
-            "cwd": cwd.display().to_string()});
-        let (a, events) = chat(&s.base, body);
-        assert_eq!(a.status, 200, "{}", a.text);
-        assert_eq!(events.last().unwrap()["type"], "turn-sealed", "{events:?}");
-        events
-    };
+    let s = Server::start_on_mock(&cfg, &mock.base_url(), &[]);
+    let say = |id: &str, cwd: &Path, message: &str| say_in(&s.base, id, cwd, message);
     let status = |id: &str| -> Vec<Value> {
         let a = get(&format!("{}/conversations/{id}/mcp", s.base));
         assert_eq!(a.status, 200, "{}", a.text);

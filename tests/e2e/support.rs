@@ -238,6 +238,12 @@ pub fn call(config: &Path, pairs: &[(&str, &str)], env: &[(&str, &str)]) -> (Out
 }
 
 /// SHA-256 of a file, hex.
+/// Write `text` to `path`, creating its directories.
+pub fn write_creating(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
 pub fn sha256(path: &Path) -> String {
     use sha2::Digest;
     let bytes = std::fs::read(path).unwrap();

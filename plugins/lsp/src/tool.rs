@@ -1,11 +1,12 @@
 //! The `lsp` tool, and the diagnostics note added after an edit.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_lsp::lsp_types::{self as lsp, request as req, Diagnostic, DiagnosticSeverity};
 use dispatch_contracts::tool::{BoxFuture, Tool, ToolContext, ToolError, ToolOutput};
+use dispatch_tools::contain::Workdir;
 use serde_json::{json, Value};
 
 use crate::client::{uri_of, Client};
@@ -29,22 +30,11 @@ pub struct LspTool {
     pub(crate) settings: Settings,
 }
 
-/// `path` made absolute against `cwd`, `..` resolved, kept inside `cwd`.
+/// An existing `path` inside `cwd`, checked as the file tools check theirs
+/// (lexically, then after every symlink — a language server must not be
+/// pointed at a file outside through one).
 pub fn resolve(cwd: &Path, path: &str) -> Result<PathBuf, String> {
-    let mut out = PathBuf::new();
-    for c in cwd.join(path).components() {
-        match c {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::CurDir => {}
-            other => out.push(other),
-        }
-    }
-    if !out.starts_with(cwd) {
-        return Err(format!("Error: {path} is outside the working directory."));
-    }
-    Ok(out)
+    Workdir::new(Some(cwd)).and_then(|w| w.existing(path)).map_err(|e| format!("Error: {e}"))
 }
 
 /// Shown paths: relative to `cwd` when inside it.
@@ -524,10 +514,20 @@ mod tests {
 
     #[test]
     fn paths_stay_inside_the_working_directory() {
-        let cwd = Path::new("/srv/p");
-        assert_eq!(resolve(cwd, "src/../a.ts").unwrap(), PathBuf::from("/srv/p/a.ts"));
-        assert!(resolve(cwd, "../q/a.ts").is_err());
-        assert!(resolve(cwd, "/etc/passwd").is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let cwd = dir.path().canonicalize().unwrap();
+        std::fs::create_dir(cwd.join("src")).unwrap();
+        std::fs::write(cwd.join("a.ts"), "").unwrap();
+        assert_eq!(resolve(&cwd, "src/../a.ts").unwrap(), cwd.join("a.ts"));
+        assert!(resolve(&cwd, "../q/a.ts").is_err());
+        assert!(resolve(&cwd, "/etc/passwd").is_err());
+        // Through a symlink: refused too.
+        std::os::unix::fs::symlink("/etc/passwd", cwd.join("out.ts")).unwrap();
+        assert!(
+            resolve(&cwd, "out.ts").unwrap_err().contains("through a symlink"),
+            "{:?}",
+            resolve(&cwd, "out.ts")
+        );
     }
 
     #[test]

@@ -101,3 +101,19 @@ pub fn cpu_ns(pid: u32) -> u64 {
         .filter_map(|s| s.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()))
         .sum()
 }
+
+/// Write `<dir>/plugins.toml` for the release build: the `[host]` table
+/// ([`crate::host_table`]) and `plugins` in order, each with its
+/// `[plugin.config]` body (TOML lines; empty for none). Answers its path.
+pub fn write_plugins_toml<P: AsRef<str>>(dir: &Path, plugins: &[(P, String)]) -> PathBuf {
+    let mut toml = crate::host_table(&release_dir());
+    for (p, c) in plugins {
+        toml.push_str(&format!("\n[[plugin]]\npath = {:?}\n", p.as_ref()));
+        if !c.is_empty() {
+            toml.push_str(&format!("[plugin.config]\n{c}\n"));
+        }
+    }
+    let path = dir.join("plugins.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}

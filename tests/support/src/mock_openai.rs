@@ -271,6 +271,11 @@ fn answer(out: &mut TcpStream, reply: &Reply, spent: &mut Duration) -> bool {
     true
 }
 
+/// A streamed reply of `text`, the turn's last step.
+pub fn text_reply(text: &str) -> Reply {
+    Reply::sse(&[text_chunk(text), finish_chunk("stop")])
+}
+
 /// A streamed reply that calls tool `name` with `args`, as call `id`.
 pub fn tool_call(id: &str, name: &str, args: &Value) -> Reply {
     Reply::sse(&[
